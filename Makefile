@@ -1,0 +1,30 @@
+# Two commands on a fresh machine (see README):
+#   make demo   installs into .venv (CPU), then runs the main job on the bundled footage
+#   make test   installs into .venv (CPU), then runs the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# 1. CPU torch first (a bare `torch` would pull a CUDA build), 2. the project under the same pins.
+	$(PIP) install -q -c constraints/cpu.txt torch torchvision
+	$(PIP) install -q -c constraints/cpu.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/multishot pipeline run --config configs/pipeline/demo.yaml
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/python benchmarks/pipeline.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,170 @@
+"""Where a shard set lives and how its tars are written and read.
+
+A shard set is what one pipeline run writes under its output folder (local path or any
+``pyarrow.fs`` URI)::
+
+    OUT/
+      shards/{source_id}-{n:05d}.tar   WebDataset tars: {key}.mp4 + {key}.json per sample
+      index/samples.parquet            one row per sample (key, shard, bucket, duration, …)
+      index/shots.parquet              every detected shot with its scores and decision
+      index/rejects.parquet            every input video that was rejected, with the reason
+      manifest.json                    shard name → sha256, bytes, sample count, keys
+      report.json                      the run report
+      config.resolved.yaml             the configuration the run used
+      _work/                           per-video results: the unit a rerun resumes from
+
+Shards are written under a temporary name and renamed when complete, so a reader never sees
+a half-written tar (WebDataset convention; video2dataset does the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.fs as pafs
+import webdataset as wds
+
+from dataset.record import SampleRecord
+
+TMP_SUFFIX = ".tmp"
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A ``pyarrow.fs`` filesystem and path for a local path or URI (``s3://``, ``gs://``, …).
+
+    Raises:
+        pyarrow.ArrowInvalid: the URI's scheme is not supported by pyarrow.
+    """
+    if "://" not in uri:
+        import os
+
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+@dataclass(frozen=True)
+class ShardSetLayout:
+    """Paths of a shard set's parts under ``root`` (see the module docstring)."""
+
+    root: str
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    @property
+    def shards_dir(self) -> str:
+        return self._join("shards")
+
+    def shard(self, name: str) -> str:
+        return self._join("shards", name)
+
+    @property
+    def samples_index(self) -> str:
+        return self._join("index", "samples.parquet")
+
+    @property
+    def shots_table(self) -> str:
+        return self._join("index", "shots.parquet")
+
+    @property
+    def rejects_table(self) -> str:
+        return self._join("index", "rejects.parquet")
+
+    @property
+    def manifest(self) -> str:
+        return self._join("manifest.json")
+
+    @property
+    def report(self) -> str:
+        return self._join("report.json")
+
+    @property
+    def resolved_config(self) -> str:
+        return self._join("config.resolved.yaml")
+
+    @property
+    def work_dir(self) -> str:
+        return self._join("_work")
+
+
+@dataclass
+class ShardInfo:
+    """What the manifest records of one shard."""
+
+    name: str
+    sha256: str
+    bytes: int
+    num_samples: int
+    keys: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_shard(fs: pafs.FileSystem, path: str, samples: Iterable[tuple[SampleRecord, bytes]]) -> ShardInfo:
+    """Write ``(record, mp4 bytes)`` pairs as one WebDataset tar at ``path``, atomically.
+
+    The tar is built under ``path + '.<uuid>.tmp'`` and moved to ``path`` once closed; member
+    mtimes are 0 so equal inputs give byte-equal shards.
+
+    Raises:
+        ValueError: a key repeats within the shard.
+    """
+    buf = io.BytesIO()
+    keys: list[str] = []
+    with wds.TarWriter(buf, mtime=0.0) as sink:
+        for record, mp4 in samples:
+            if record.key in keys:
+                raise ValueError(f"duplicate key {record.key} in shard {path}")
+            keys.append(record.key)
+            sink.write({"__key__": record.key, "mp4": mp4, "json": record.to_json()})
+    data = buf.getvalue()
+    tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+    return ShardInfo(path.rsplit("/", 1)[-1], hashlib.sha256(data).hexdigest(), len(data), len(keys), keys)
+
+
+def read_shard(fs: pafs.FileSystem, path: str) -> Iterator[tuple[SampleRecord, bytes]]:
+    """Yield ``(record, mp4 bytes)`` from a shard written by :func:`write_shard`.
+
+    Raises:
+        tarfile.TarError: the tar is unreadable.
+        ValueError: a sample lacks its ``.mp4`` or ``.json`` member.
+        pydantic.ValidationError: a ``.json`` member does not match :class:`SampleRecord`.
+    """
+    with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        pending: dict[str, dict[str, bytes]] = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            parts = pending.setdefault(key, {})
+            parts[ext] = tar.extractfile(member).read()
+            if "mp4" in parts and "json" in parts:
+                del pending[key]
+                yield SampleRecord.from_json(parts["json"]), parts["mp4"]
+        if pending:
+            raise ValueError(f"{path}: incomplete samples {sorted(pending)}")
+
+
+def write_json(fs: pafs.FileSystem, path: str, obj: object) -> None:
+    """Write JSON atomically (temp name, then move)."""
+    tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(tmp) as out:
+        out.write(json.dumps(obj, indent=1, sort_keys=True).encode())
+    fs.move(tmp, path)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> object:
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read())

@@ -1,0 +1,3 @@
+from multishot.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""The ``multishot`` command: one sub-command per leg of a sample's journey.
+
+Each part registers its own sub-commands (``register(subparsers)`` in ``<part>/cli.py``), so the
+entry point stays thin and imports heavy libraries only for the command that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: module providing ``register(subparsers)`` for each top-level command
+COMMANDS = {
+    "pipeline": "pipeline.cli",
+    "shards": "dataset.cli",
+    "annotate": "annotate.cli",
+    "precompute": "trainer.cli",
+    "train": "trainer.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="multishot",
+        description="Turn video archives into multi-shot training shards and fine-tune "
+        "HoloCine-style multi-shot video DiTs on them.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    registered = set()
+    for module_name in dict.fromkeys(COMMANDS.values()):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue  # part not built yet
+        if hasattr(module, "register"):
+            module.register(sub)
+            registered.add(module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Loading YAML configs into typed models, with errors that name the bad key.
+
+Every run kind (pipeline, annotate, train) has a pydantic model with ``extra="forbid"``; a
+default lives in the model and nowhere else (not in argparse, not in a builder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file is unreadable or does not validate; the message names each bad key."""
+
+
+def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
+    """Read YAML at ``path`` into ``model``; ``overrides`` (nested dict) win over the file.
+
+    Raises:
+        ConfigError: file missing, not YAML, not a mapping, or a key is unknown / invalid
+            (message: ``path: key.sub: reason`` per problem).
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys, got {type(data).__name__}")
+    _merge(data, overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        problems = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+        ]
+        raise ConfigError(f"{path}: invalid config\n" + "\n".join(problems)) from None
+
+
+def _merge(base: dict, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def config_hash(config: BaseModel) -> str:
+    """16 hex digits of sha256 over the config's canonical JSON: names what produced a shard."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def dump_yaml(config: BaseModel) -> str:
+    """The resolved config as YAML, written next to a run's outputs."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
