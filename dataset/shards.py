@@ -22,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
 import webdataset as wds
@@ -133,22 +135,82 @@ def write_shard(fs: pafs.FileSystem, path: str, samples: Iterable[tuple[SampleRe
     return ShardInfo(path.rsplit("/", 1)[-1], hashlib.sha256(data).hexdigest(), len(data), len(keys), keys)
 
 
-def read_shard(fs: pafs.FileSystem, path: str) -> Iterator[tuple[SampleRecord, bytes]]:
-    """Yield ``(record, mp4 bytes)`` from a shard written by :func:`write_shard`.
+#: Largest tar member a reader accepts (bytes); a 15 s 832x480 H.264 sample is a few MB.
+MAX_MEMBER_BYTES = 1 << 30
+
+
+class UnsafeTarError(tarfile.TarError):
+    """A tar member that a reader refuses: unsafe name, link or special file, or oversized."""
+
+
+def member_problem(member: tarfile.TarInfo, max_bytes: int = MAX_MEMBER_BYTES) -> str | None:
+    """Why ``member`` must not be read from a shard, or ``None`` when it is a safe regular file.
+
+    Refused (the tar-slip and tar-bomb cases of ``tarfile``'s ``data`` filter, stricter): an
+    empty or absolute name (``/x``, ``C:\\x``), a ``..`` component, a backslash, a symbolic or
+    hard link, any non-regular member (directory, device, FIFO), and a member larger than
+    ``max_bytes``.
+    """
+    name = member.name
+    parts = name.replace("\\", "/").split("/")
+    if not name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return f"member {name!r}: absolute or empty name"
+    if ".." in parts:
+        return f"member {name!r}: '..' component in name"
+    if "\\" in name:
+        return f"member {name!r}: backslash in name"
+    if member.issym() or member.islnk():
+        return f"member {name!r}: link to {member.linkname!r}"
+    if not member.isfile():
+        return f"member {name!r}: not a regular file (tar type {member.type!r})"
+    if member.size > max_bytes:
+        return f"member {name!r}: {member.size} bytes, over the {max_bytes}-byte limit"
+    return None
+
+
+def iter_members(
+    stream: BinaryIO, *, max_member_bytes: int = MAX_MEMBER_BYTES, read: Callable[[str], bool] = lambda name: True
+) -> Iterator[tuple[str, bytes | None]]:
+    """Stream a tar's members as ``(name, data)``, one at a time, refusing unsafe members.
+
+    The tar is read front to back (``tarfile`` stream mode), so only the current member is
+    held in memory. ``data`` is ``None`` for members whose name ``read`` rejects (skipped
+    without buffering). Nothing is ever written to disk.
 
     Raises:
+        UnsafeTarError: a member fails :func:`member_problem`.
+        tarfile.TarError: the tar is malformed or truncated.
+    """
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            problem = member_problem(member, max_member_bytes)
+            if problem:
+                raise UnsafeTarError(problem)
+            data = None
+            if read(member.name):
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name!r}: unexpected end of data")
+            yield member.name, data
+
+
+def read_shard(
+    fs: pafs.FileSystem, path: str, *, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[tuple[SampleRecord, bytes]]:
+    """Yield ``(record, mp4 bytes)`` from a shard written by :func:`write_shard`, streaming.
+
+    Raises:
+        UnsafeTarError: a member with an unsafe name, a link, or one over ``max_member_bytes``.
         tarfile.TarError: the tar is unreadable.
         ValueError: a sample lacks its ``.mp4`` or ``.json`` member.
         pydantic.ValidationError: a ``.json`` member does not match :class:`SampleRecord`.
     """
-    with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    with fs.open_input_stream(path) as stream:
         pending: dict[str, dict[str, bytes]] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
+        for name, data in iter_members(stream, max_member_bytes=max_member_bytes):
+            key, _, ext = name.partition(".")
             parts = pending.setdefault(key, {})
-            parts[ext] = tar.extractfile(member).read()
+            parts[ext] = data
             if "mp4" in parts and "json" in parts:
                 del pending[key]
                 yield SampleRecord.from_json(parts["json"]), parts["mp4"]

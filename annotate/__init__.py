@@ -1,0 +1,1 @@
+"""Gemini captioning of multi-shot samples (HoloCine-style hierarchical captions)."""

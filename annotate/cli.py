@@ -1,0 +1,71 @@
+"""``multishot annotate``: caption an existing shard set with Gemini into a new shard set."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+CREDENTIALS = (
+    "set GEMINI_API_KEY (Gemini Developer API), or GOOGLE_GENAI_USE_VERTEXAI=true "
+    "with GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION (Vertex AI, application default credentials); "
+    "GOOGLE_GEMINI_BASE_URL points the client at another compatible endpoint"
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``annotate`` to the ``multishot`` command."""
+    p = subparsers.add_parser(
+        "annotate",
+        help="caption a shard set with Gemini (global + per-shot captions)",
+        description="Caption every sample of shard set IN with Gemini (HoloCine-style global caption "
+        "with [characterN] tags plus one caption per shot, the known cut times in the prompt) and "
+        "write a new shard set OUT: same shard names, captions in each {key}.json, caption_status "
+        "ok / failed (reason in caption_error; failed samples are kept), index/samples.parquet with "
+        "the caption columns, the other index tables copied, manifest.json with checksums. "
+        "Rerunning resumes: shards already in OUT are skipped, and replies are cached by "
+        "(video content, model, prompt version), so nothing is paid for twice. "
+        "Credentials come from the environment only: " + CREDENTIALS + ".",
+    )
+    p.add_argument("--shards", required=True, metavar="IN", help="input shard set root (path or URI)")
+    p.add_argument("--output", required=True, metavar="OUT", help="output shard set root (path or URI)")
+    p.add_argument(
+        "--config", metavar="YAML",
+        help="annotate config (e.g. configs/annotate/default.yaml); without it, the built-in defaults",
+    )
+    p.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="response cache (overrides the config's cache_dir; default OUT/_work/captions)",
+    )
+    p.add_argument("--retry-failed", action="store_true", help="redo OUT shards that hold failed samples")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from annotate.captioner import Captioner
+    from annotate.config import AnnotateConfig
+    from annotate.shardset import annotate_shard_set
+    from dataset.shards import ShardSetLayout
+    from multishot.config import load_config
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    overrides = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    config = (
+        load_config(args.config, AnnotateConfig, overrides) if args.config
+        else AnnotateConfig.model_validate(overrides)
+    )
+    captioner = Captioner.from_env(config, cache_dir=f"{ShardSetLayout(args.output).work_dir}/captions")
+    if captioner is None:
+        print(f"multishot annotate: no Gemini credentials: {CREDENTIALS}", file=sys.stderr)
+        return 2
+    if not args.verbose:  # one INFO line per HTTP request would bury the progress bar
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    with logging_redirect_tqdm():  # retry warnings print above the bar, not through it
+        summary = annotate_shard_set(captioner, args.shards, args.output, retry_failed=args.retry_failed)
+    print(
+        f"{summary['samples']} samples: {summary['ok']} captioned, {summary['failed']} failed "
+        f"({summary['shards_written']} shards written, {summary['shards_resumed']} resumed, "
+        f"{len(summary['unreadable_shards'])} unreadable) -> {args.output}"
+    )
+    return 0

@@ -1,0 +1,109 @@
+"""The caption reply Gemini must give, and the checks a reply must pass before it is used.
+
+HoloCine (arXiv 2510.20822, §3.1) captions each sample hierarchically: a global caption naming
+characters ``[character1]``, ``[character2]`` … and ending "This scene contains N shots.", then
+one caption per shot. :class:`CaptionReply` is passed to the SDK as ``response_schema`` (the
+service constrains its JSON to it; the class and field docstrings are sent as the schema's
+descriptions, so they speak to the model); :func:`check_reply` then checks what a schema
+cannot say.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field, ValidationError
+
+from dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
+
+#: a character tag as the model might write it; only the exact form ``[characterN]`` is accepted
+_LOOSE_TAG = re.compile(r"\[\s*character\s*(\d+)\s*\]", re.IGNORECASE)
+_SHOT_COUNT = re.compile(r"this scene contains (\d+) shots?\.?", re.IGNORECASE)
+
+
+class ShotCaption(BaseModel):
+    """The caption of one shot of the clip."""
+
+    shot: int = Field(description="1-based shot number, in order")
+    caption: str = Field(description="shot size, camera movement and action of this shot")
+
+
+class CaptionReply(BaseModel):
+    """Hierarchical captions of one multi-shot video clip."""
+
+    global_caption: str = Field(description="characters as [characterN], environment, plot")
+    shot_captions: list[ShotCaption] = Field(description="one entry per shot, in order")
+
+
+def parse_reply(text: str | None) -> tuple[CaptionReply | None, str | None]:
+    """Parse the reply's JSON text; ``(reply, None)`` or ``(None, why it is not a reply)``."""
+    if not text or not text.strip():
+        return None, "the reply was empty"
+    try:
+        return CaptionReply.model_validate_json(text), None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "reply"
+        return None, f"the reply is not the requested JSON object ({where}: {first['msg']})"
+
+
+def check_reply(reply: CaptionReply, num_shots: int) -> list[str]:
+    """Problems of a parsed reply for a sample of ``num_shots`` shots; empty when usable.
+
+    Checks: exactly ``num_shots`` shot captions numbered 1..N in order; no empty caption; tags
+    written exactly ``[characterN]``; the global caption introduces ``[character1]`` …
+    ``[characterK]`` in order of first use; shot captions use only tags the global caption
+    introduced; a "This scene contains M shots." sentence, if present, says ``M == num_shots``;
+    no HoloCine prompt tags (they would break the prompt's span parsing).
+    """
+    problems: list[str] = []
+    shots = reply.shot_captions
+    if len(shots) != num_shots:
+        problems.append(f"expected exactly {num_shots} shot_captions, got {len(shots)}")
+    numbers = [s.shot for s in shots]
+    if numbers != list(range(1, len(shots) + 1)):
+        problems.append(f"shot numbers must be 1..{len(shots)} in order, got {numbers}")
+    if not reply.global_caption.strip():
+        problems.append("global_caption is empty")
+    for s in shots:
+        if not s.caption.strip():
+            problems.append(f"the caption of shot {s.shot} is empty")
+    texts = [("global_caption", reply.global_caption)] + [(f"shot {s.shot}", s.caption) for s in shots]
+    for where, text in texts:
+        for m in _LOOSE_TAG.finditer(text):
+            if m.group(0) != f"[character{int(m.group(1))}]":
+                problems.append(f"{where} writes {m.group(0)!r}; write tags exactly as [character{int(m.group(1))}]")
+        for tag in (GLOBAL_TAG, PER_SHOT_TAG, CUT_TAG):
+            if tag in text:
+                problems.append(f"{where} contains the reserved tag {tag}")
+    introduced = list(dict.fromkeys(int(n) for n in _LOOSE_TAG.findall(reply.global_caption)))
+    if introduced != list(range(1, len(introduced) + 1)):
+        problems.append(
+            "global_caption must introduce [character1], [character2], … in order of first use, "
+            f"got {['[character%d]' % n for n in introduced]}"
+        )
+    for s in shots:
+        unknown = sorted({int(n) for n in _LOOSE_TAG.findall(s.caption)} - set(introduced))
+        if unknown:
+            tags = ", ".join(f"[character{n}]" for n in unknown)
+            problems.append(f"shot {s.shot} uses {tags}, which global_caption does not introduce")
+    stated = _SHOT_COUNT.search(reply.global_caption)
+    if stated and int(stated.group(1)) != num_shots:
+        problems.append(f"global_caption says {stated.group(1)} shots, the clip has {num_shots}")
+    return problems
+
+
+def final_captions(reply: CaptionReply, num_shots: int) -> tuple[str, list[str]]:
+    """The global caption (ending "This scene contains N shots.", as HoloCine's) and shot captions.
+
+    Raises:
+        ValueError: the reply has problems (call :func:`check_reply` first).
+    """
+    problems = check_reply(reply, num_shots)
+    if problems:
+        raise ValueError("; ".join(problems))
+    global_caption = reply.global_caption.strip()
+    if not _SHOT_COUNT.search(global_caption):
+        plural = "s" if num_shots != 1 else ""
+        global_caption = f"{global_caption} This scene contains {num_shots} shot{plural}."
+    return global_caption, [s.caption.strip() for s in reply.shot_captions]

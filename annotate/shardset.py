@@ -1,0 +1,173 @@
+"""Captioning an existing shard set into a new one: ``multishot annotate --shards IN --output OUT``.
+
+IN is a shard set as the pipeline writes it (:class:`dataset.shards.ShardSetLayout`). OUT gets
+the same shard names with every ``{key}.json`` captioned (``caption_status`` ok / failed, the
+reason in ``caption_error``; failed samples are kept), a new ``index/samples.parquet`` with the
+caption columns, copies of the other index tables and config, a manifest with checksums and a
+report. A shard already present in OUT is complete (shards are written atomically) and is
+skipped on a rerun, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from annotate.captioner import Captioner
+from dataset.record import SampleRecord
+from multishot.config import dump_yaml
+from dataset.shardset import sample_row
+from dataset.shards import ShardInfo, ShardSetLayout, read_json, read_shard, resolve, write_json, write_shard
+
+log = logging.getLogger(__name__)
+
+#: the annotate config a run used, written next to its outputs (holds no credentials)
+RESOLVED_CONFIG = "annotate.resolved.yaml"
+
+#: columns of ``index/samples.parquet`` that annotation (re)writes
+CAPTION_COLUMNS = ("caption_status", "caption_error", "caption_model")
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def shard_names(fs: pafs.FileSystem, layout: ShardSetLayout) -> tuple[list[str], int | None]:
+    """Shard names in manifest order (else sorted ``*.tar`` in ``shards/``) and the sample total if known."""
+    if _exists(fs, layout.manifest):
+        shards = read_json(fs, layout.manifest)["shards"]
+        return [s["name"] for s in shards], sum(s["num_samples"] for s in shards)
+    listing = fs.get_file_info(pafs.FileSelector(layout.shards_dir, allow_not_found=True))
+    return sorted(i.base_name for i in listing if i.base_name.endswith(".tar")), None
+
+
+def _read_done(fs: pafs.FileSystem, path: str) -> tuple[ShardInfo, list[SampleRecord]]:
+    """ShardInfo (checksum recomputed) and records of a shard already written to OUT."""
+    with fs.open_input_stream(path) as stream:
+        data = stream.read()
+    records = [record for record, _ in read_shard(fs, path)]
+    name = path.rsplit("/", 1)[-1]
+    return ShardInfo(name, hashlib.sha256(data).hexdigest(), len(data), len(records), [r.key for r in records]), records
+
+
+def _samples_table(fs: pafs.FileSystem, source: ShardSetLayout, records: dict[str, tuple[str, SampleRecord]]) -> pa.Table:
+    """IN's samples index with the caption columns replaced by the new records' (joined on key).
+
+    Samples that could not be captioned at all (their shard was unreadable) keep IN's values.
+    Without an IN index, the rows are built from the records (:func:`dataset.shardset.sample_row`).
+    """
+    if not _exists(fs, source.samples_index):
+        log.warning("%s is missing; building the index from the shards' records", source.samples_index)
+        table = pa.Table.from_pylist([sample_row(record, shard) for shard, record in records.values()])
+    else:
+        table = pq.read_table(source.samples_index, filesystem=fs)
+    keys = table["key"].to_pylist()
+    for column in CAPTION_COLUMNS:
+        old = table[column].to_pylist() if column in table.column_names else [None] * len(keys)
+        if column == "caption_status":
+            old = [v or "pending" for v in old]
+        new = [getattr(records[k][1], column) if k in records else v for k, v in zip(keys, old)]
+        array = pa.array(new, type=pa.string())
+        if column in table.column_names:
+            table = table.set_column(table.column_names.index(column), column, array)
+        else:
+            table = table.append_column(column, array)
+    return table
+
+
+def _copy_if_present(in_fs: pafs.FileSystem, src: str, out_fs: pafs.FileSystem, dst: str) -> None:
+    if _exists(in_fs, src):
+        out_fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(src, dst, source_filesystem=in_fs, destination_filesystem=out_fs)
+
+
+def annotate_shard_set(captioner: Captioner, shards: str, output: str, *, retry_failed: bool = False) -> dict:
+    """Caption every sample of the shard set at ``shards`` into a new shard set at ``output``.
+
+    Args:
+        captioner: does the captioning (its ``config.concurrency`` samples at a time).
+        shards, output: shard-set roots (local paths or ``pyarrow.fs`` URIs); must differ.
+        retry_failed: also redo OUT shards holding failed samples (cached replies cost nothing).
+
+    Returns:
+        The ``annotate`` section written into OUT's ``report.json``: counts of ok / failed
+        samples, shards written / resumed / unreadable (with reasons), failure reasons, seconds.
+
+    Raises:
+        ValueError: ``shards`` and ``output`` are the same place.
+    """
+    started = time.monotonic()
+    in_fs, in_root = resolve(shards)
+    out_fs, out_root = resolve(output)
+    if in_root.rstrip("/") == out_root.rstrip("/") and type(in_fs) is type(out_fs):
+        raise ValueError("--output must differ from --shards: annotation writes a new shard set")
+    src, dst = ShardSetLayout(in_root), ShardSetLayout(out_root)
+    names, total = shard_names(in_fs, src)
+    infos: list[ShardInfo] = []
+    records: dict[str, tuple[str, SampleRecord]] = {}  # key -> (shard name, captioned record)
+    unreadable: dict[str, str] = {}
+    written = resumed = 0
+
+    # shard name → [(record, mp4)] → annotate (threads) → write shard → manifest / index rows
+    with ThreadPoolExecutor(captioner.config.concurrency) as pool, tqdm(total=total, unit="sample", desc="annotate") as bar:
+        for name in names:
+            if _exists(out_fs, dst.shard(name)):
+                info, done = _read_done(out_fs, dst.shard(name))
+                if not (retry_failed and any(r.caption_status != "ok" for r in done)):
+                    infos.append(info)
+                    records.update((r.key, (name, r)) for r in done)
+                    resumed += 1
+                    bar.update(len(done))
+                    continue
+            try:
+                samples = list(read_shard(in_fs, src.shard(name)))
+            except (OSError, tarfile.TarError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+                unreadable[name] = f"{type(err).__name__}: {err}"
+                log.error("skipping unreadable shard %s: %s", name, unreadable[name])
+                continue
+
+            def one(sample: tuple[SampleRecord, bytes]) -> SampleRecord:
+                out = captioner.annotate(*sample)
+                bar.update(1)
+                return out
+
+            captioned = list(pool.map(one, samples))
+            infos.append(write_shard(out_fs, dst.shard(name), zip(captioned, (mp4 for _, mp4 in samples))))
+            records.update((r.key, (name, r)) for r in captioned)
+            written += 1
+            bar.set_postfix(failed=sum(r.caption_status != "ok" for _, r in records.values()))
+
+    out_fs.create_dir(f"{out_root}/index", recursive=True)
+    pq.write_table(_samples_table(in_fs, src, records), dst.samples_index, filesystem=out_fs)
+    for path in ("shots_table", "rejects_table", "resolved_config"):
+        _copy_if_present(in_fs, getattr(src, path), out_fs, getattr(dst, path))
+    write_json(out_fs, dst.manifest, {"shards": [i.to_dict() for i in infos]})
+    with out_fs.open_output_stream(f"{out_root}/{RESOLVED_CONFIG}") as out:
+        out.write(dump_yaml(captioner.config).encode())
+
+    statuses = collections.Counter(r.caption_status for _, r in records.values())
+    reasons = collections.Counter(r.caption_error for _, r in records.values() if r.caption_error)
+    summary = {
+        "model": captioner.config.model,
+        "prompt_version": captioner.prompt_version,
+        "samples": len(records),
+        "ok": statuses["ok"],
+        "failed": statuses["failed"],
+        "shards_written": written,
+        "shards_resumed": resumed,
+        "unreadable_shards": unreadable,
+        "failure_reasons": dict(reasons.most_common(20)),
+        "elapsed_s": round(time.monotonic() - started, 2),
+    }
+    report = read_json(in_fs, src.report) if _exists(in_fs, src.report) else {}
+    write_json(out_fs, dst.report, {**(report if isinstance(report, dict) else {"pipeline": report}), "annotate": summary})
+    return summary

@@ -1,0 +1,187 @@
+"""``multishot shards ls|stats|show|sheet|verify|export``: see, check and export a shard set.
+
+PATH is a shard set's root (local folder or ``pyarrow.fs`` URI such as ``s3://bucket/run``),
+as written by ``multishot pipeline``. Each command is a thin wrapper over one module of
+``dataset/`` (shardset, where, stats, describe, sheet, verify, export).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dataset.shards import MAX_MEMBER_BYTES
+
+_WHERE_HELP = (
+    "keep samples where FIELD OP VALUE holds (OP: = != < <= > >=); repeat to combine, e.g. "
+    "--where bucket=15s --where num_shots>=3 --where caption_status=pending. "
+    "Fields: the ls columns."
+)
+
+
+def _open(args: argparse.Namespace):
+    from dataset.shardset import ShardSet
+
+    return ShardSet.open(args.path, max_member_bytes=args.max_member_mb << 20, progress=not args.quiet)
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from dataset.shardset import ROW_COLUMNS
+    from dataset.where import parse_where, select
+
+    conditions = [parse_where(w, ROW_COLUMNS) for w in args.where]
+    rows = select(_open(args).rows(), conditions)
+    if args.json:  # streamed: one line per sample as it is read
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    rows = list(rows)  # the table's column widths need every row
+    shown = [c for c in ROW_COLUMNS if c not in ("shard", "source")] if not args.wide else list(ROW_COLUMNS)
+    table = [[_cell(row[c]) for c in shown] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in table]) for i, c in enumerate(shown)]
+    for r in [shown, *table]:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(f"{len(rows)} samples", file=sys.stderr)
+    return 0
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.2f}"
+    return str(value)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from dataset.stats import compute_stats, format_stats, plot_stats
+
+    stats = compute_stats(_open(args))
+    summary = stats.summary()
+    print(json.dumps(summary, indent=1) if args.json else format_stats(summary))
+    if args.plot:
+        plot_stats(stats, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from dataset.describe import describe_sample
+
+    record, _ = _open(args).sample(args.key)
+    print(record.model_dump_json(indent=1) if args.json else describe_sample(record))
+    return 0
+
+
+def _sheet(args: argparse.Namespace) -> int:
+    from dataset.sheet import render_sheet
+
+    record, mp4 = _open(args).sample(args.key)
+    image, layout = render_sheet(record, mp4, frames_per_shot=args.frames, thumb_height=args.thumb_height)
+    image.save(args.output)
+    print(f"wrote {args.output}: {layout.width}x{layout.height} px, {record.num_shots} shots", file=sys.stderr)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from dataset.verify import verify
+
+    problems = verify(_open(args), decode=not args.no_decode)
+    for problem in problems:
+        print(problem)
+    print(f"{len(problems)} problems" if problems else "ok: no problems found", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dataset.describe import caption_state
+    from dataset.export import export_sample
+
+    record, mp4 = _open(args).sample(args.key)
+    for path in export_sample(record, mp4, args.output):
+        print(path)
+    if record.caption_status != "ok":
+        print(f"{record.key}: no prompt written, captions {caption_state(record)}", file=sys.stderr)
+    return 0
+
+
+def _handled(func):
+    """Run a command, turning expected failures (missing key/set, damaged shard) into exit 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        import tarfile
+
+        import pydantic
+
+        try:
+            return func(args)
+        except (KeyError, FileNotFoundError, ValueError, tarfile.TarError, pydantic.ValidationError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            print(f"multishot shards {args.shards_command}: {message}", file=sys.stderr)
+            if not isinstance(err, (KeyError, FileNotFoundError)):
+                print("run `multishot shards verify PATH` to list every problem of the set", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``shards`` and its sub-commands to the ``multishot`` parser."""
+    shards = subparsers.add_parser(
+        "shards",
+        help="inspect, check and export a shard set",
+        description=__doc__.split("\n\n")[0] + " Long scans show a progress bar on stderr.",
+    )
+    commands = shards.add_subparsers(dest="shards_command", metavar="SUBCOMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("path", metavar="PATH", help="shard set root: local folder or pyarrow.fs URI")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument(
+        "--max-member-mb",
+        type=int,
+        default=MAX_MEMBER_BYTES >> 20,
+        help="refuse tar members larger than this many MiB (default %(default)s)",
+    )
+    keyed = argparse.ArgumentParser(add_help=False, parents=[common])
+    keyed.add_argument("key", metavar="KEY", help="sample key (see `ls`)")
+
+    p = commands.add_parser("ls", parents=[common], help="list samples (from the index, else the shards)")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD OP VALUE", help=_WHERE_HELP)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--wide", action="store_true", help="also show shard and source columns")
+    p.set_defaults(func=_handled(_ls))
+
+    p = commands.add_parser(
+        "stats", parents=[common], help="totals, duration / shot-count / score histograms, rejection reasons"
+    )
+    p.add_argument("--plot", metavar="OUT.png", help="also write a figure of the distributions (PNG)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_handled(_stats))
+
+    p = commands.add_parser("show", parents=[keyed], help="a sample's metadata, shots, cut frames and HoloCine prompt")
+    p.add_argument("--json", action="store_true", help="print the sample's JSON record instead")
+    p.set_defaults(func=_handled(_show))
+
+    p = commands.add_parser(
+        "sheet", parents=[keyed], help="contact sheet PNG: one row of frames per shot, with time range and caption"
+    )
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
+    p.add_argument("--frames", type=int, default=4, help="frames per shot (default %(default)s)")
+    p.add_argument("--thumb-height", type=int, default=135, help="thumbnail height in pixels (default %(default)s)")
+    p.set_defaults(func=_handled(_sheet))
+
+    p = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="check tars, member names, mp4 decoding vs JSON, schema, index and checksums; exit 1 on problems",
+    )
+    p.add_argument("--no-decode", action="store_true", help="skip decoding the mp4s (faster, weaker)")
+    p.set_defaults(func=_handled(_verify))
+
+    p = commands.add_parser(
+        "export", parents=[keyed], help="write KEY.mp4, KEY.json and (captions ok) KEY.txt with the prompt"
+    )
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder (or pyarrow.fs URI) to write to")
+    p.set_defaults(func=_handled(_export))

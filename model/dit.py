@@ -1,0 +1,343 @@
+"""The Wan2.1 / Wan2.2 DiT with HoloCine's multi-shot attention.
+
+Reads bottom-up like Wan2.2's ``wan/modules/model.py`` (embeddings and RoPE → norms →
+attention → block → head → model) and keeps its parameter names, so Wan2.1/2.2 and HoloCine
+checkpoints load by name (:mod:`model.checkpoint`). Differences from Wan's code, all
+numerically negligible or structural: RoPE is applied with real cos/sin in float32 instead of
+complex float64; the timestep is one value per sample (``[B]``; Wan2.2 TI2V's per-token
+timesteps for image conditioning are not supported); HoloCine's two mechanisms are built in:
+window cross-attention (``text_spans``) and sparse inter-shot self-attention (``shot_layout``),
+see :mod:`model.attention` and :mod:`model.prompt_spans`.
+
+Numerically sensitive parts run in float32 whatever the parameter dtype: the timestep
+embedding and modulation, the norms, RoPE, and the gated residual updates (as Wan does under
+``autocast(float32)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.attention import BACKENDS, dense_attention, sparse_self_attention
+from model.config import WanConfig
+from model.layout import ShotLayout
+from model.prompt_spans import TextSpans, shot_text_mask
+
+#: Positions per RoPE axis in Wan's tables (``rope_params(1024, …)``).
+ROPE_MAX_POSITIONS = 1024
+
+
+def sinusoid_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep features ``[cos, sin]`` (float64 inside): ``[N]`` → ``[N, dim]`` float32."""
+    half = dim // 2
+    pos = position.to(torch.float64)
+    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=pos.device) / half)
+    sinusoid = torch.outer(pos, freqs)
+    return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1).float()
+
+
+def rope_cos_sin(config: WanConfig, grid: tuple[int, int, int], device: torch.device,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D RoPE tables for a ``(f, h, w)`` token grid: cos and sin ``[f·h·w, 1, head_dim/2]``
+    float32, bands (t, h, w) of ``config.rope_bands`` channels, theta 10000 (Wan ``rope_params``;
+    channel pairs ``(2j, 2j+1)`` rotate together).
+
+    Raises:
+        ValueError: an axis exceeds :data:`ROPE_MAX_POSITIONS`.
+    """
+    if max(grid) > ROPE_MAX_POSITIONS:
+        raise ValueError(f"token grid {grid} exceeds {ROPE_MAX_POSITIONS} RoPE positions")
+    angles = []
+    for axis, (n, band) in enumerate(zip(grid, config.rope_bands)):
+        inv = 1.0 / 10000 ** (torch.arange(0, band, 2, dtype=torch.float64, device=device) / band)
+        a = torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv)
+        shape = [1, 1, 1, band // 2]
+        shape[axis] = n
+        angles.append(a.view(shape).expand(*grid, band // 2))
+    theta = torch.cat(angles, dim=-1).reshape(math.prod(grid), 1, -1)
+    return theta.cos().float(), theta.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of ``x`` ``[B, L, H, D]`` by the tables of :func:`rope_cos_sin`."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xf[..., 0], xf[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over the last dim with a learned scale (Wan ``WanRMSNorm``), float32 inside."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) \
+            * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 (Wan ``WanLayerNorm``), returned in the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with QK RMS norm over the full width and 3D RoPE (Wan
+    ``WanSelfAttention``); sparse inter-shot when given a :class:`ShotLayout`."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                layout: ShotLayout | None, backend: str) -> torch.Tensor:
+        """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention."""
+        b, seq, _ = x.shape
+        q = apply_rope(self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1), cos, sin)
+        k = apply_rope(self.norm_k(self.k(x)).view(b, seq, self.num_heads, -1), cos, sin)
+        v = self.v(x).view(b, seq, self.num_heads, -1)
+        if layout is None:
+            out = dense_attention(q, k, v)
+        else:
+            out = sparse_self_attention(q, k, v, layout, backend)
+        return self.o(out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Text cross-attention (Wan ``WanCrossAttention``, T2V), with HoloCine's window mask."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``, ``context`` ``[B, L_text, dim]``, ``mask`` boolean
+        ``[B, L, L_text]`` or None → ``[B, L, dim]``."""
+        b, seq, _ = x.shape
+        q = self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1)
+        k = self.norm_k(self.k(context)).view(b, context.shape[1], self.num_heads, -1)
+        v = self.v(context).view(b, context.shape[1], self.num_heads, -1)
+        return self.o(dense_attention(q, k, v, mask).flatten(2))
+
+
+class WanBlock(nn.Module):
+    """One DiT block (Wan ``WanAttentionBlock``):
+    ``x += g1·SA(LN(x)(1+s1)+b1); x += CA(norm3(x), text); x += g2·FFN(LN(x)(1+s2)+b2)``,
+    with the six modulation vectors ``modulation + e0`` (float32)."""
+
+    def __init__(self, config: WanConfig):
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.norm1 = LayerNorm(dim, eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, config.num_heads, eps)
+        self.norm3 = LayerNorm(dim, eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(dim, config.num_heads, eps)
+        self.norm2 = LayerNorm(dim, eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(config.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor, layout: ShotLayout | None,
+                text_mask: torch.Tensor | None, backend: str) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` float32, ``context`` ``[B, L_text, dim]``
+        → ``[B, L, dim]``."""
+        assert e0.dtype == torch.float32
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).chunk(6, 1)
+        y = self.self_attn((self.norm1(x).float() * (1 + scale1) + shift1).type_as(x),
+                           cos, sin, layout, backend)
+        x = (x.float() + y.float() * gate1).type_as(x)
+        x = x + self.cross_attn(self.norm3(x), context, text_mask)
+        y = self.ffn((self.norm2(x).float() * (1 + scale2) + shift2).type_as(x))
+        return (x.float() + y.float() * gate2).type_as(x)
+
+
+class Head(nn.Module):
+    """Output head (Wan ``Head``): modulated LayerNorm, then a linear map to patch pixels."""
+
+    def __init__(self, config: WanConfig):
+        super().__init__()
+        self.norm = LayerNorm(config.dim, config.eps, elementwise_affine=False)
+        self.head = nn.Linear(config.dim, config.out_channels * math.prod(config.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim ** 0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``, ``e`` ``[B, dim]`` float32 → ``[B, L, out·prod(patch)]``."""
+        shift, scale = (self.modulation.float() + e[:, None]).chunk(2, 1)
+        return self.head((self.norm(x).float() * (1 + scale) + shift).type_as(x))
+
+
+class WanModel(nn.Module):
+    """Wan2.1/2.2 text-to-video DiT predicting the flow-matching velocity, with HoloCine's
+    window cross-attention and sparse inter-shot self-attention.
+
+    Args:
+        config: the architecture (:func:`model.config.get_config`).
+        attention_backend: sparse self-attention backend, one of
+            :data:`model.attention.BACKENDS`.
+        sparse_self_attention: use the sparse inter-shot self-attention when a shot layout is
+            given (HoloCine's ``use_sparse_self_attn``); False keeps full self-attention and
+            uses the layout for the window cross-attention only.
+        window_inclusive_end, window_admit_padding: HoloCine's window-mask quirks
+            (:func:`model.prompt_spans.shot_text_mask`), on by default.
+    Raises:
+        ValueError: unknown backend.
+    """
+
+    def __init__(self, config: WanConfig, attention_backend: str = "reference", *,
+                 sparse_self_attention: bool = True, window_inclusive_end: bool = True,
+                 window_admit_padding: bool = True):
+        super().__init__()
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"unknown attention backend {attention_backend!r}; "
+                             f"choose from {BACKENDS}")
+        self.config = config
+        self.attention_backend = attention_backend
+        self.sparse_self_attention = sparse_self_attention
+        self.window_inclusive_end = window_inclusive_end
+        self.window_admit_padding = window_admit_padding
+        dim = config.dim
+        self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size,
+                                         stride=config.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim),
+                                            nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(),
+                                            nn.Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
+        self.head = Head(config)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Wan's initialisation (``WanModel.init_weights``): Xavier-uniform linears with zero
+        bias, Xavier patch embedding, N(0, 0.02) text/time embeddings, zero output head,
+        modulation N(0, 1/dim). Call after ``to_empty`` when the model was built on ``meta``."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (RMSNorm, LayerNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        for p in [b.modulation for b in self.blocks] + [self.head.modulation]:
+            p.copy_(torch.randn_like(p) / self.config.dim ** 0.5)
+
+    def text_mask(self, layout: ShotLayout, text_spans: list[TextSpans | None],
+                  text_len: int) -> torch.Tensor:
+        """Window cross-attention mask ``[B, L, text_len]`` bool for the batch; a None entry (or
+        spans without a global caption) leaves that sample unmasked.
+
+        Raises:
+            ValueError: ``len(text_spans) != B`` or a video has more shots than its prompt.
+        """
+        if len(text_spans) != layout.batch_size:
+            raise ValueError(f"{len(text_spans)} text spans for a batch of {layout.batch_size}")
+        device = layout.frame_shot.device
+        s_max = max(len(starts) for starts in layout.shot_starts)
+        tables = []
+        for starts, spans in zip(layout.shot_starts, text_spans):
+            spans = spans or TextSpans(None)
+            table = shot_text_mask(spans, len(starts), text_len,
+                                   inclusive_end=self.window_inclusive_end,
+                                   admit_padding=self.window_admit_padding)
+            tables.append(torch.cat([table, table.new_zeros(s_max - len(starts), text_len)]))
+        table = torch.stack(tables).to(device)                            # [B, S_max, Lt]
+        per_frame = torch.gather(table, 1, layout.frame_shot[:, :, None].expand(-1, -1, text_len))
+        return per_frame.repeat_interleave(layout.tokens_per_frame, dim=1)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                shot_layout: ShotLayout | None = None,
+                text_spans: list[TextSpans | None] | None = None) -> torch.Tensor:
+        """Predict the flow-matching velocity of noisy latents.
+
+        Args:
+            x: latents ``[B, C_in, F_lat, H_lat, W_lat]``; ``F_lat``, ``H_lat``, ``W_lat``
+                divisible by the patch size.
+            timestep: ``[B]`` float in ``[0, 1000)``.
+            context: UMT5 text states ``[B, L_text, text_dim]``, ``L_text <= text_len``; shorter
+                contexts are zero-padded to ``text_len`` (Wan pads to 512; the pads pass through
+                the text embedding and are attended to).
+            shot_layout: the batch's shots (``F_lat`` latent frames of ``(H_lat/2)·(W_lat/2)``
+                tokens); None → one shot, full self-attention.
+            text_spans: per sample :class:`TextSpans` for window cross-attention (needs
+                ``shot_layout``); None → unmasked cross-attention.
+        Returns:
+            ``[B, C_out, F_lat, H_lat, W_lat]`` in the parameters' dtype.
+        Raises:
+            ValueError: shapes disagree with the config or the layout; ``text_spans`` without a
+                layout.
+        """
+        cfg = self.config
+        b = x.shape[0]
+        pt, ph, pw = cfg.patch_size
+        if x.shape[1] != cfg.in_channels or any(n % p for n, p in zip(x.shape[2:], cfg.patch_size)):
+            raise ValueError(f"latents {tuple(x.shape)} do not fit {cfg.in_channels} channels "
+                             f"and patch {cfg.patch_size}")
+        if context.shape[1] > cfg.text_len or context.shape[2] != cfg.text_dim:
+            raise ValueError(f"context {tuple(context.shape)} exceeds [B, {cfg.text_len}, "
+                             f"{cfg.text_dim}]")
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        if shot_layout is not None and (shot_layout.batch_size, shot_layout.num_latent_frames,
+                                        shot_layout.tokens_per_frame) != (b, grid[0],
+                                                                          grid[1] * grid[2]):
+            raise ValueError(f"shot layout ({shot_layout.batch_size} × "
+                             f"{shot_layout.num_latent_frames} frames × "
+                             f"{shot_layout.tokens_per_frame} tokens) does not fit batch {b}, "
+                             f"token grid {grid}")
+        if text_spans is not None and shot_layout is None:
+            raise ValueError("window cross-attention (text_spans) needs a shot_layout")
+        dtype = self.patch_embedding.weight.dtype
+
+        # Timestep → e [B, dim] and the six block modulations e0 [B, 6, dim], float32.
+        e = self.time_embedding(sinusoid_embedding(cfg.freq_dim, timestep).to(dtype)).float()
+        e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, cfg.dim))
+
+        context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        context = self.text_embedding(context)                        # [B, text_len, dim]
+        text_mask = None if text_spans is None else \
+            self.text_mask(shot_layout, text_spans, cfg.text_len)     # [B, L, text_len]
+
+        tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)   # [B, L, dim]
+        cos, sin = rope_cos_sin(cfg, grid, tokens.device)
+        layout = shot_layout if self.sparse_self_attention else None
+        for block in self.blocks:
+            tokens = block(tokens, e0, context, cos, sin, layout, text_mask,
+                           self.attention_backend)
+        out = self.head(tokens, e)                                    # [B, L, pt·ph·pw·C]
+        return self.unpatchify(out, grid)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``[B, f·h·w, pt·ph·pw·C]`` → ``[B, C, f·pt, h·ph, w·pw]`` (Wan's channel-last patch
+        order ``(pt, ph, pw, C)``)."""
+        b, c = x.shape[0], self.config.out_channels
+        f, h, w = grid
+        pt, ph, pw = self.config.patch_size
+        x = x.view(b, f, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(b, c, f * pt, h * ph, w * pw)

@@ -1,0 +1,80 @@
+"""Aesthetic score: the LAION improved aesthetic predictor on OpenAI CLIP ViT-L/14 embeddings.
+
+The predictor (github christophschuhmann/improved-aesthetic-predictor, weights
+``sac+logos+ava1-l14-linearMSE.pth``) is an MLP 768 → 1024 → 128 → 64 → 16 → 1 with dropout and
+no activations, applied to the **L2-normalised** CLIP image embedding; unnormalised embeddings
+give meaningless scores of 20-30. The CLIP model is open_clip's ``ViT-L-14-quickgelu`` with the
+OpenAI weights (a GELU/QuickGELU mismatch moves scores by about 0.6). Both weight files are
+paths in the config: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class AestheticHead(nn.Module):
+    """LAION's MLP; parameter names match the released ``.pth`` (``layers.{0,2,4,6,7}``).
+
+    ``forward``: L2-normalised embeddings ``[N, 768]`` → scores ``[N]`` (about 1-10).
+    """
+
+    def __init__(self, dim: int = 768):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.layers(embedding).squeeze(-1)
+
+
+class AestheticScorer:
+    """CLIP image embedding → L2 normalise → :class:`AestheticHead`, on CPU or CUDA.
+
+    Raises:
+        FileNotFoundError: a weights path does not exist.
+        RuntimeError: the weights do not fit the architecture (names the missing keys).
+    """
+
+    def __init__(self, clip_model: str, clip_weights: Path, head_weights: Path):
+        from multishot.torchvision_cpu import import_torchvision
+
+        import_torchvision()  # before open_clip, which imports torchvision's transforms
+        import open_clip
+
+        for path in (clip_weights, head_weights):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"aesthetic weights not found: {path}")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            clip_model, pretrained=str(clip_weights), device=self.device
+        )
+        self.model.eval()
+        dim = self.model.visual.output_dim
+        self.head = AestheticHead(dim).to(self.device).eval()
+        self.head.load_state_dict(torch.load(head_weights, map_location=self.device, weights_only=True))
+
+    @torch.inference_mode()
+    def score(self, frames: list[np.ndarray]) -> np.ndarray:
+        """Scores ``[N]`` for RGB uint8 frames ``[H, W, 3]`` (CLIP's resize + centre crop)."""
+        from PIL import Image
+
+        batch = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames]).to(self.device)
+        embedding = self.model.encode_image(batch).float()
+        embedding = embedding / embedding.norm(dim=-1, keepdim=True)
+        return self.head(embedding).cpu().numpy()

@@ -1,0 +1,139 @@
+"""The pipeline's configuration: one typed model per stage, loaded from ``configs/pipeline/*.yaml``.
+
+Every default lives here (not in argparse, not in the stages). Unknown keys are errors, and a
+bad value is reported with its dotted key (``multishot.config.load_config``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DetectConfig(_Section):
+    """Stage 2, shot detection."""
+
+    backend: Literal["transnetv2", "content", "adaptive"] = "transnetv2"
+    threshold: float = Field(0.4, gt=0, lt=1, description="TransNetV2 transition probability")
+    content_threshold: float = Field(27.0, gt=0, description="PySceneDetect ContentDetector")
+    adaptive_threshold: float = Field(3.0, gt=0, description="PySceneDetect AdaptiveDetector")
+    min_shot_s: float = Field(1.0, ge=0, description="shots shorter than this are dropped (s)")
+    batch_windows: int = Field(8, ge=1, description="TransNetV2 windows of 100 frames per forward")
+    num_actors: int = Field(1, ge=1, description="detector actors (one model each)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per detector actor")
+
+
+class AnalyseConfig(_Section):
+    """Stage 3, per-shot scores from one decode pass over frames sampled inside each shot."""
+
+    frames_per_shot: int = Field(3, ge=1, description="frames sampled evenly inside each shot")
+    ocr_backend: Literal["rapidocr", "paddleocr", "none"] = "rapidocr"
+    ocr_frames_per_shot: int = Field(1, ge=0, description="of the sampled frames, how many get OCR")
+    ocr_max_side: int = Field(640, ge=64, description="longest side (px) of frames given to OCR")
+    ocr_min_confidence: float = Field(0.8, ge=0, le=1, description="recognition score a text box needs")
+    clip_weights: Path | None = Field(
+        None, description="open_clip ViT-L-14 (QuickGELU, OpenAI) weights file; None: aesthetic skipped"
+    )
+    aesthetic_head_weights: Path | None = Field(
+        None, description="LAION improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth"
+    )
+    clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture name")
+    num_actors: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> AnalyseConfig:
+        if (self.clip_weights is None) != (self.aesthetic_head_weights is None):
+            raise ValueError("clip_weights and aesthetic_head_weights are given together or not at all")
+        return self
+
+    @property
+    def aesthetic_enabled(self) -> bool:
+        return self.clip_weights is not None
+
+
+class FilterConfig(_Section):
+    """Stage 4, per-shot thresholds; a shot failing any of them is removed (with its reason)."""
+
+    min_brightness: float = Field(20.0, ge=0, le=255, description="mean luma (0-255) below: too dark")
+    max_brightness: float = Field(235.0, ge=0, le=255, description="mean luma above: too bright")
+    max_ocr_text_ratio: float = Field(0.02, ge=0, le=1, description="text box area fraction above: text")
+    min_aesthetic: float = Field(4.5, description="LAION aesthetic score below: ugly (when scored)")
+
+
+class Bucket(_Section):
+    """A target duration: samples of ``target_s ± tolerance_s`` seconds of whole shots."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+    target_s: float = Field(gt=0)
+    tolerance_s: float = Field(ge=0)
+
+
+class PackConfig(_Section):
+    """Stage 5, packing consecutive kept shots into multi-shot samples (HoloCine §3.1)."""
+
+    buckets: list[Bucket] = Field(
+        default_factory=lambda: [
+            Bucket(name="5s", target_s=5.0, tolerance_s=1.0),
+            Bucket(name="15s", target_s=15.0, tolerance_s=3.0),
+            Bucket(name="60s", target_s=60.0, tolerance_s=10.0),
+        ]
+    )
+    max_shots: int = Field(13, ge=1, description="most shots in one sample (HoloCine: 13)")
+    min_shots: int = Field(1, ge=1, description="fewest shots in one sample")
+    min_last_shot_s: float = Field(
+        1.0, ge=0, description="an overshooting last shot is cut short only if this much remains (s)"
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PackConfig:
+        names = [b.name for b in self.buckets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"bucket names repeat: {names}")
+        if self.min_shots > self.max_shots:
+            raise ValueError("min_shots exceeds max_shots")
+        return self
+
+
+class RenderConfig(_Section):
+    """Stage 6, encoding each sample at the training geometry."""
+
+    width: int = Field(832, ge=16, multiple_of=16)
+    height: int = Field(480, ge=16, multiple_of=16)
+    fps: float = Field(16.0, gt=0)
+    crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor")
+    preset: str = Field("veryfast", description="x264 preset")
+
+
+class WriteConfig(_Section):
+    """Stage 7, WebDataset shards."""
+
+    max_samples_per_shard: int = Field(500, ge=1)
+
+
+class RayConfig(_Section):
+    """Where the pipeline runs. ``address: null`` starts a local Ray (or joins the job's cluster
+    under ``ray job submit``)."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None: all")
+
+
+class PipelineConfig(_Section):
+    """A whole pipeline run: inputs, outputs and every stage's settings."""
+
+    input: str | None = Field(None, description="folder, glob, text file of paths, or Parquet manifest")
+    output: str | None = Field(None, description="output folder or URI")
+    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"])
+    detect: DetectConfig = DetectConfig()
+    analyse: AnalyseConfig = AnalyseConfig()
+    filter: FilterConfig = FilterConfig()
+    pack: PackConfig = PackConfig()
+    render: RenderConfig = RenderConfig()
+    write: WriteConfig = WriteConfig()
+    ray: RayConfig = RayConfig()

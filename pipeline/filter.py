@@ -1,0 +1,28 @@
+"""Stage 4, filtering: each shot's scores against the thresholds in config → kept, or why not.
+
+Every shot and every decision is kept in ``index/shots.parquet``, kept or not. Reasons:
+``undecodable`` (none of its sampled frames decoded), ``too_dark``, ``too_bright``, ``text``
+(OCR text-area ratio above ``max_ocr_text_ratio``), ``low_aesthetic`` (only when scored).
+A shot failing several tests carries all their reasons, comma-separated.
+"""
+
+from __future__ import annotations
+
+from pipeline.analyse import ShotScores
+from pipeline.config import FilterConfig
+
+
+def decide(scores: ShotScores, config: FilterConfig) -> str:
+    """``''`` when the shot is kept, else its comma-separated reasons (see the module docstring)."""
+    if scores.brightness is None:
+        return "undecodable"
+    reasons = []
+    if scores.brightness < config.min_brightness:
+        reasons.append("too_dark")
+    if scores.brightness > config.max_brightness:
+        reasons.append("too_bright")
+    if scores.ocr_text_ratio is not None and scores.ocr_text_ratio > config.max_ocr_text_ratio:
+        reasons.append("text")
+    if scores.aesthetic is not None and scores.aesthetic < config.min_aesthetic:
+        reasons.append("low_aesthetic")
+    return ",".join(reasons)

@@ -1,0 +1,267 @@
+"""The pipeline as a Ray Data chain: video files → shots → samples → WebDataset shards.
+
+One row per source video (a :class:`~pipeline.task.VideoTask`); every stage maps a row to a row
+(1:1), so a video's shards and its result file are written by the stage that renders it, and a
+rerun can skip whole videos. Stage logic lives in the stage modules as plain functions and
+classes; the wrappers here only load models once per Ray actor, time the stage, and turn a bad
+input into a recorded rejection instead of a failed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+
+import pyarrow.fs as pafs
+from tqdm import tqdm
+
+from dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve
+from multishot.config import config_hash
+from pipeline.config import PipelineConfig
+from pipeline.discover import discover
+from pipeline.filter import decide
+from pipeline.index import finalize
+from pipeline.pack import PackShot, pack_video
+from pipeline.render import render_samples
+from pipeline.sample import plan_sample
+from pipeline.task import ShotRow, VideoTask, fingerprint
+from pipeline.video import DecodeStats, ProbeError, probe
+from pipeline.write import load_result, save_result, write_samples
+
+log = logging.getLogger(__name__)
+
+#: a decode pass that ends this many seconds before the container's duration marks damage
+TRUNCATION_SLACK_S = 1.0
+
+
+def samples_hash(config: PipelineConfig) -> str:
+    """Hash of the settings that decide the samples (not input, output or Ray placement)."""
+    return config_hash(config.model_copy(update={"input": None, "output": None, "ray": type(config.ray)()}))
+
+
+def _guarded(stage: str):
+    """Make ``fn(task)`` (or ``method(self, task)``) a row → row stage that runs on live tasks
+    only, is timed, and records a bad input (rejected) or an unexpected exception (error)."""
+
+    def wrap(fn):
+        def run(*args):
+            *owner, row = args
+            task = VideoTask.from_row(row)
+            if task.alive:
+                with task.timed(stage):
+                    try:
+                        fn(*owner, task)
+                    except ProbeError as err:
+                        task.fail(stage, str(err))
+                    except Exception as err:  # noqa: BLE001 - one bad video must not end the run
+                        log.warning("%s failed on %s:\n%s", stage, task.source, traceback.format_exc())
+                        task.fail(stage, f"{type(err).__name__}: {err}", status="error")
+            return task.to_row()
+
+        return run
+
+    return wrap
+
+
+def _fs(source: str) -> tuple[pafs.FileSystem, str]:
+    return resolve(source)
+
+
+@_guarded("probe")
+def probe_stage(task: VideoTask) -> None:
+    """1:1. Container facts (duration, fps, frames, size, codec); unopenable files are rejected."""
+    fs, path = _fs(task.source)
+    task.info = probe(path, fs)
+
+
+def _note_damage(task: VideoTask, stats: DecodeStats) -> None:
+    """Mark a video decoded only in part as ``partial`` with what was lost (it is still used)."""
+    notes = []
+    if task.info and stats.last_time_s < task.info.duration_s - TRUNCATION_SLACK_S:
+        notes.append(f"decoding stopped at {stats.last_time_s:.2f} s of {task.info.duration_s:.2f} s")
+    if stats.errors:
+        notes.append(f"{stats.errors} undecodable packets skipped ({stats.last_error})")
+    if notes:
+        task.fail(task.stage or "detect", "; ".join(notes), status="partial")
+
+
+class DetectStage:
+    """Actor pool stage, one detector model per actor (GPU when Ray gives the actor one)."""
+
+    def __init__(self, config: PipelineConfig):
+        from pipeline.detect import make_detector
+
+        self.detector = make_detector(config.detect)
+
+    @_guarded("detect")
+    def __call__(self, task: VideoTask) -> None:
+        fs, path = _fs(task.source)
+        stats = task.decode.setdefault("detect", DecodeStats())
+        shots = self.detector.detect(path, fs, task.info.fps, stats)
+        _note_damage(task, stats)
+        if not shots:
+            task.fail("detect", f"no shots found ({stats.frames} frames decoded)")
+            return
+        task.shots = [ShotRow(shot, None) for shot in shots]
+
+
+class AnalyseStage:
+    """Actor pool stage: OCR (and CLIP when weights are given) loaded once per actor."""
+
+    def __init__(self, config: PipelineConfig):
+        from pipeline.analyse import ShotAnalyser
+
+        self.config = config
+        self.analyser = ShotAnalyser(config.analyse)
+
+    @_guarded("analyse")
+    def __call__(self, task: VideoTask) -> None:
+        fs, path = _fs(task.source)
+        stats = task.decode.setdefault("analyse", DecodeStats())
+        scores = self.analyser.analyse(path, fs, task.info.fps, [r.shot for r in task.shots], stats)
+        for shot_row, score in zip(task.shots, scores):
+            shot_row.scores = score
+            shot_row.reason = decide(score, self.config.filter)
+
+
+def pack_stage(row: dict, config: PipelineConfig) -> dict:
+    """1:1, pure: filter decisions → packed samples per bucket."""
+
+    @_guarded("pack")
+    def run(task: VideoTask) -> None:
+        shots = [PackShot(i, r.shot.start_frame, r.shot.end_frame, r.kept, r.shot.gap_before) for i, r in enumerate(task.shots)]
+        task.samples = pack_video(shots, config.pack, task.info.fps, config.render.fps)
+
+    return run(row)
+
+
+class RenderWriteStage:
+    """1:1: render every sample of a video from one decode pass, write its shards and result."""
+
+    def __init__(self, config: PipelineConfig, samples_hash: str):
+        self.config = config
+        self.hash = samples_hash
+        self.fs, root = resolve(config.output)
+        self.layout = ShardSetLayout(root)
+
+    def __call__(self, row: dict) -> dict:
+        row = self._render_write(row)
+        save_result(VideoTask.from_row(row), self.fs, self.layout, self.hash)
+        return row
+
+    @_guarded("render")
+    def _render_write(self, task: VideoTask) -> None:
+        if not task.samples:
+            return
+        planned = [plan_sample(task, sample, self.config, self.hash) for sample in task.samples]
+        fs, path = _fs(task.source)
+        stats = task.decode.setdefault("render", DecodeStats())
+        rendered = render_samples(path, fs, task.info, [job for _, job in planned], self.config.render, stats)
+        done = []
+        for (record, _), result in zip(planned, rendered):
+            if result.mp4 is None:
+                task.dropped_samples.append({"key": record.key, "reason": result.error})
+            else:
+                done.append((record, result.mp4))
+        with task.timed("write"):
+            write_samples(task, done, self.fs, self.layout, self.config.write.max_samples_per_shard)
+
+
+def _init_ray(config: PipelineConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:  # a private local Ray on loopback
+        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+
+
+def _clean_temporaries(fs: pafs.FileSystem, layout: ShardSetLayout) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    removed = 0
+    for folder in (layout.shards_dir, layout.work_dir):
+        if fs.get_file_info(folder).type != pafs.FileType.Directory:
+            continue
+        for info in fs.get_file_info(pafs.FileSelector(folder)):
+            if info.path.endswith(TMP_SUFFIX):
+                fs.delete_file(info.path)
+                removed += 1
+    return removed
+
+
+def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
+    """Run every stage over ``config.input`` into ``config.output``; return the run report.
+
+    Videos whose result file exists for the same sample settings are skipped (resume). Raises:
+        pipeline.discover.InputError: the input names no videos.
+        ValueError: no output given.
+    """
+    if not config.input or not config.output:
+        raise ValueError("both input and output are needed (config keys 'input'/'output' or --input/--output)")
+    start = time.time()
+    sources = discover(config.input, config.extensions)
+    fs, root = resolve(config.output)
+    layout = ShardSetLayout(root)
+    fs.create_dir(layout.work_dir, recursive=True)
+    removed = _clean_temporaries(fs, layout)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    chash = samples_hash(config)
+
+    tasks, unreadable, seen = [], [], {}
+    for source in sources:
+        sfs, path = resolve(source)
+        try:
+            source_id = fingerprint(sfs, path)
+        except OSError as err:
+            unreadable.append({"source": source, "source_id": "", "status": "rejected", "stage": "discover", "reason": f"cannot read: {err}"})
+            continue
+        if source_id in seen:
+            unreadable.append({"source": source, "source_id": source_id, "status": "rejected", "stage": "discover", "reason": f"duplicate of {seen[source_id]}"})
+            continue
+        seen[source_id] = source
+        tasks.append(VideoTask(source, source_id))
+    todo = [t for t in tasks if load_result(fs, layout, t.source_id, chash) is None]
+    log.info("%d videos: %d to process, %d already done", len(tasks), len(todo), len(tasks) - len(todo))
+    if not config.analyse.aesthetic_enabled:
+        log.warning("aesthetic: skipped (no clip_weights / aesthetic_head_weights in the config); "
+                    "every sample is marked aesthetic_status=skipped")
+
+    if todo:
+        _run_ray(config, chash, todo, progress)
+    results = [load_result(fs, layout, t.source_id, chash) for t in tasks]
+    return finalize(fs, layout, config, chash, [r for r in results if r], unreadable, time.time() - start)
+
+
+def _run_ray(config: PipelineConfig, chash: str, todo: list[VideoTask], progress: bool) -> None:
+    import ray.data
+
+    _init_ray(config)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # one bar over videos below instead of one per operator
+    ctx.execution_options.preserve_order = False
+
+    pool = ray.data.ActorPoolStrategy
+    ds = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
+    ds = ds.map(probe_stage, num_cpus=0)  # 1:1, reads headers only: reserves no core
+    ds = ds.map(  # 1:1, actor pool: the TransNetV2 model loads once per actor
+        DetectStage, fn_constructor_args=(config,), compute=pool(size=config.detect.num_actors),
+        num_cpus=1, num_gpus=config.detect.num_gpus,
+    )
+    ds = ds.map(  # 1:1, actor pool: OCR (+ CLIP) models load once per actor; light, shares a core
+        AnalyseStage, fn_constructor_args=(config,), compute=pool(size=config.analyse.num_actors), num_cpus=0.5
+    )
+    ds = ds.map(pack_stage, fn_kwargs={"config": config}, num_cpus=0)  # 1:1, pure and quick
+    ds = ds.map(  # 1:1: decode once, encode every sample, write shards + the resume marker
+        RenderWriteStage, fn_constructor_args=(config, chash), compute=pool(min_size=1, max_size=2), num_cpus=0.5
+    )
+    with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
+        for row in ds.iter_rows():
+            task = VideoTask.from_row(row)
+            bar.set_postfix_str(f"{task.status}: {os.path.basename(task.source)}")
+            bar.update()

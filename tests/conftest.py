@@ -1,0 +1,138 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+
+# ---- trainer engineer: small multi-shot shards cut from the real footage ----------------------
+# Used by tests/test_loader.py and tests/test_train_*.py until the pipeline's `footage_shards`
+# fixture exists (and for the corrupt-sample shard, which the pipeline never writes).
+
+import io  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+TRAIN_FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
+#: (footage file, start second) of each shot source; consecutive shots come from different films
+TRAIN_SHOT_SOURCES = [
+    ("archive/sintel_film_excerpt_26s.mp4", 3.0),
+    ("archive/bbb_first60s_360p.mp4", 40.0),
+    ("archive/tos_excerpt_64s_512x120_fmp4.mp4", 20.0),
+    ("archive/sintel_trailer_480p.mp4", 12.0),
+    ("archive/bbb_first60s_360p.mp4", 15.0),
+    ("archive/sintel_film_excerpt_26s.mp4", 15.0),
+]
+
+
+def _footage_frames(name: str, start_s: float, count: int, size: tuple[int, int]) -> list:
+    import av
+
+    frames = []
+    with av.open(str(TRAIN_FOOTAGE / name)) as container:
+        stream = container.streams.video[0]
+        container.seek(int(start_s / stream.time_base), stream=stream)
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time < start_s:
+                continue
+            frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
+            if len(frames) == count:
+                return frames
+    raise RuntimeError(f"{name} has fewer than {count} frames after {start_s}s")
+
+
+def _encode_mp4(frames: list, fps: int) -> bytes:
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    return buf.getvalue()
+
+
+def make_footage_sample(key: str, sources: list[tuple[str, float]], shot_frames: list[int],
+                        captioned: bool, size: tuple[int, int] = (128, 72), fps: int = 16):
+    """A (SampleRecord, mp4 bytes) pair: one shot per source, joined by hard cuts."""
+    from dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
+
+    frames, shots, start = [], [], 0
+    for i, ((name, start_s), count) in enumerate(zip(sources, shot_frames)):
+        frames += _footage_frames(name, start_s, count, size)
+        shots.append(Shot(
+            index=i, source_start_frame=int(start_s * 24), source_end_frame=int(start_s * 24) + count,
+            source_start_s=start_s, source_end_s=start_s + count / fps, start_frame=start,
+            end_frame=start + count, latent_start_frame=latent_cut_frame(start) if start else 0,
+            brightness=float(frames[-1].mean()), ocr_text_ratio=0.0, aesthetic=None,
+            caption=Path(name).stem.split("_")[0] if captioned else ""))
+        start += count
+    cuts = [s.start_frame for s in shots[1:]]
+    record = SampleRecord(
+        key=key, source=sources[0][0], source_id="footage", bucket="2s", target_duration_s=2.0,
+        fps=fps, width=size[0], height=size[1], num_frames=start,
+        num_latent_frames=num_latent_frames(start), duration_s=start / fps, cut_frames=cuts,
+        latent_cut_frames=[latent_cut_frame(c) for c in cuts], shots=shots, aesthetic_status="skipped",
+        caption_status="ok" if captioned else "pending",
+        global_caption="Blender films" if captioned else "", config_hash="test")
+    return record, _encode_mp4(frames, fps)
+
+
+@pytest.fixture(scope="session")
+def train_footage_shards(tmp_path_factory) -> dict[str, str]:
+    """Shard sets cut from the real footage, 128×72 at 16 fps, 33 frames (2–3 shots) a sample.
+
+    Returns ``{"clean": root, "corrupt": root}``: ``clean`` has 2 shards of 3 samples (some
+    captioned, some ``pending``); ``corrupt`` has 1 shard of 4 samples of which the second's
+    mp4 is ``bad/corrupt_random_bytes.mp4`` and the fourth's is cut to its first 2000 bytes.
+    """
+    from dataset.shards import resolve, write_shard
+
+    root = tmp_path_factory.mktemp("train_footage")
+    fs, _ = resolve(str(root))
+    splits = [[17, 16], [13, 12, 8], [9, 24], [21, 12], [5, 16, 12], [25, 8]]
+    samples = [make_footage_sample(f"clip{i:02d}", [TRAIN_SHOT_SOURCES[(i + j) % 6] for j in range(len(s))],
+                                   s, captioned=i % 2 == 0) for i, s in enumerate(splits)]
+    clean = root / "clean"
+    write_shard(fs, str(clean / "shards" / "a-00000.tar"), samples[:3])
+    write_shard(fs, str(clean / "shards" / "a-00001.tar"), samples[3:])
+    bad_bytes = (TRAIN_FOOTAGE / "bad" / "corrupt_random_bytes.mp4").read_bytes()
+    mixed = [samples[0], (samples[1][0].model_copy(update={"key": "broken"}), bad_bytes), samples[2],
+             (samples[3][0].model_copy(update={"key": "truncated"}), samples[3][1][:2000])]
+    write_shard(fs, str(root / "corrupt" / "shards" / "b-00000.tar"), mixed)
+    return {"clean": str(clean), "corrupt": str(root / "corrupt")}
+
+
+@pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory) -> dict[str, str]:
+    """Random tiny frozen encoders saved in ``save_pretrained`` layout (no weights can be
+    downloaded here): a Wan VAE (diffusers AutoencoderKLWan, 16 latent channels, stride 4×8×8),
+    a UMT5 encoder of width 32 (the ``tiny`` DiT's text_dim) and a word-level fast tokenizer
+    whose HoloCine tags are single tokens. Returns ``{"vae": dir, "text_encoder": dir}``."""
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    import torch
+    from diffusers import AutoencoderKLWan
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    root = tmp_path_factory.mktemp("tiny_encoders")
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+    vae.save_pretrained(root / "vae")
+    words = ["<pad>", "</s>", "<unk>", "a", "multi-shot", "video", "shot", "Blender", "films",
+             "sintel", "bbb", "tos"] + [str(i) for i in range(1, 10)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.add_tokens(["[global caption]", "[per shot caption]", "[shot cut]"])
+    fast.save_pretrained(root / "text_encoder")
+    umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(fast), d_model=32, d_kv=16, d_ff=64,
+                                       num_layers=1, num_heads=2))
+    umt5.save_pretrained(root / "text_encoder")
+    return {"vae": str(root / "vae"), "text_encoder": str(root / "text_encoder")}

@@ -1,0 +1,86 @@
+"""The typed configuration of a fine-tuning run (``configs/train/*.yaml``).
+
+One pydantic model per component, each field with its default and meaning here and nowhere
+else; unknown keys are errors naming the key (:func:`multishot.config.load_config`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dataset.loader import DataConfig
+from trainer.flow_matching import FlowMatchConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    """The DiT being fine-tuned."""
+
+    name: Literal["tiny", "1.3B", "5B", "14B"] = Field(description="architecture (model.config.get_config)")
+    init_from: str | None = Field(None, description=(
+        "Wan / HoloCine safetensors file or folder (official or diffusers names); None = Wan's "
+        "random initialisation"))
+    attention_backend: Literal["reference", "varlen", "sdpa", "flex"] = Field("sdpa", description=(
+        "sparse self-attention kernel (model.attention); 'varlen' or 'flex' on GPUs"))
+    sparse_self_attention: bool = Field(True, description=(
+        "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
+    window_cross_attention: bool = Field(True, description=(
+        "mask cross-attention to each shot's caption window (needs a tokenizer)"))
+    activation_checkpointing: bool = Field(True, description="recompute each block in backward")
+
+
+class EncodersConfig(_Section):
+    """Frozen encoders (needed for data.kind 'video', for window cross-attention and precompute)."""
+
+    vae: str | None = Field(None, description="diffusers AutoencoderKLWan folder")
+    text_encoder: str | None = Field(None, description="transformers UMT5EncoderModel folder")
+    tokenizer: str | None = Field(None, description="tokenizer folder; None = text_encoder's")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="encoder compute dtype")
+
+
+class OptimConfig(_Section):
+    """AdamW with linear warm-up, then a constant / cosine / linear schedule."""
+
+    lr: float = Field(1e-5, gt=0, description="peak learning rate (HoloCine: 1e-5)")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up from 0 over these steps")
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine / linear floor, × lr")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None = off")
+
+
+class RunConfig(_Section):
+    """Length, outputs, checkpoints and logging of a run."""
+
+    output_dir: str = Field(description="checkpoints/, tensorboard/, metrics.jsonl, config.resolved.yaml")
+    max_steps: int = Field(gt=0, description="optimiser steps of the whole run")
+    seed: int = Field(0, description="initialisation and noise / timestep draws")
+    mixed_precision: Literal["bf16", "fp32"] = Field("bf16", description=(
+        "FSDP2 compute dtype on GPUs ('bf16': bf16 parameters, fp32 gradient reduction and "
+        "fp32 master weights); CPU runs always compute in fp32"))
+    checkpoint_every: int = Field(500, gt=0, description="steps between DCP checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
+    resume: bool = Field(True, description="continue from the newest complete checkpoint in output_dir")
+    export_safetensors: bool = Field(True, description="write output_dir/model.safetensors at the end")
+    log_every: int = Field(10, gt=0, description="steps between logged metrics")
+    tensorboard: bool = Field(True, description="write TensorBoard event files")
+    peak_tflops: float = Field(989.0, gt=0, description=(
+        "dense bf16 peak per GPU for MFU (H100/H200 SXM datasheet: 989)"))
+
+
+class TrainConfig(_Section):
+    """A fine-tuning run: ``multishot train --config FILE``."""
+
+    model: ModelConfig
+    data: DataConfig
+    encoders: EncodersConfig = EncodersConfig()
+    objective: FlowMatchConfig = FlowMatchConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig

@@ -1,0 +1,80 @@
+"""Per-step metrics: loss, grad norm, lr, throughput, MFU, peak memory; TensorBoard + jsonl.
+
+MFU = model FLOPs of the step / step time / peak, per GPU. Model FLOPs are 3 × the forward
+(:func:`model.flops.forward_flops`, which counts the sparse attention's useful pairs): backward
+is twice the forward for every matmul; the activation-checkpointing recompute is not counted
+(it is hardware work, not model work), as in the PaLM / torchtitan definition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from model.config import WanConfig
+from model.flops import forward_flops
+from model.layout import ShotLayout
+
+#: backward ≈ 2 × forward for a training step's model FLOPs
+TRAIN_FLOPS_PER_FORWARD = 3
+
+
+def step_flops(config: WanConfig, layout: ShotLayout, sparse: bool) -> int:
+    """Model FLOPs of one training step on this rank's batch (all samples of ``layout``)."""
+    per_sample = forward_flops(config, layout.num_latent_frames, layout.tokens_per_frame,
+                               layout if sparse else None)
+    return TRAIN_FLOPS_PER_FORWARD * per_sample * layout.batch_size
+
+
+class MetricsLogger:
+    """Writes one JSON line per logged step to ``metrics.jsonl`` (rank 0) and, if asked, the
+    same scalars to TensorBoard under ``tensorboard/``."""
+
+    def __init__(self, output_dir: str | Path, tensorboard: bool, enabled: bool):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as out:
+            out.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for name, value in metrics.items():
+                self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class StepTimer:
+    """Wall time of a step, synchronising the device first (a host sync, once per step, only
+    where metrics are logged)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        """Seconds since the previous lap (or construction)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak allocated device memory since the last reset, GiB (0 on CPU)."""
+    if device.type != "cuda":
+        return 0.0
+    return torch.cuda.max_memory_allocated(device) / 2**30

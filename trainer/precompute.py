@@ -1,0 +1,71 @@
+"""``multishot precompute``: encode a video shard set once into a latent shard set.
+
+For every input shard, in order, one output shard of the same name under ``OUT/shards/``:
+
+    {key}.json + {key}.mp4                        a pipeline sample
+      → clip: first data.num_frames frames, resized/cropped to data.height × width
+        (the training loader's own decoding: same cuts, same prompt)
+      → VAE latents [C, F_lat, H_lat, W_lat], UMT5 states [L_real, D] (encoder dtype)
+      → {key}.json + {key}.safetensors            (dataset.latents.LatentSample)
+
+Undecodable samples are skipped and listed with their reason in ``OUT/precompute_report.json``;
+``OUT/manifest.json`` lists the written shards as the pipeline's manifest does.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from tqdm import tqdm
+
+from dataset.latents import LatentSample, write_latent_shard
+from dataset.loader import ShardStream, SkipSample, iter_tar
+from dataset.shards import ShardSetLayout, resolve, write_json
+from model.config import get_config
+from trainer.config import TrainConfig
+from trainer.encoders import FrozenEncoders
+
+log = logging.getLogger(__name__)
+
+
+def precompute(config: TrainConfig, out: str) -> dict:
+    """Encode ``config.data.shards`` with ``config.encoders`` into a latent shard set at ``out``.
+
+    Returns:
+        the report: ``{"samples", "shards", "skipped", "skips": ["key: reason", ...]}``.
+    Raises:
+        RuntimeError: ``encoders.vae`` or ``encoders.text_encoder`` is not set.
+    """
+    data = config.data.model_copy(update={"kind": "video", "num_workers": 0, "shuffle_buffer": 1})
+    stream = ShardStream(data)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoders = FrozenEncoders.load(config.encoders, device)
+    if encoders.vae is None or encoders.text_encoder is None:
+        raise RuntimeError("precompute needs encoders.vae and encoders.text_encoder")
+    text_len = get_config(config.model.name).text_len
+    fs, root = resolve(out)
+    layout = ShardSetLayout(root)
+    manifest, skips, count = {}, [], 0
+    for url in tqdm(stream.urls, desc="precompute", unit="shard"):
+        samples = []
+        for key, parts in iter_tar(url):
+            try:
+                sample = stream.decode(key, parts)
+            except SkipSample as err:
+                skips.append(f"{key}: {err}")
+                log.warning("skipping sample %s: %s", key, err)
+                continue
+            video = sample["video"]
+            latents = encoders.encode_video(video[None])[0].to(encoders.dtype).cpu()
+            context = encoders.encode_prompts([sample["prompt"]], text_len)[0].to(encoders.dtype).cpu()
+            samples.append(LatentSample(sample["record"], latents, context, sample["prompt"],
+                                        sample["num_frames"], video.shape[2], video.shape[3]))
+        name = url.rsplit("/", 1)[-1]
+        info = write_latent_shard(fs, layout.shard(name), samples)
+        manifest[name] = info.to_dict()
+        count += len(samples)
+    write_json(fs, layout.manifest, manifest)
+    report = {"samples": count, "shards": len(manifest), "skipped": len(skips), "skips": skips}
+    write_json(fs, f"{root}/precompute_report.json", report)
+    return report

@@ -1,0 +1,253 @@
+"""The fine-tuning loop: latents, timesteps and the shot layout in; flow-matching loss out.
+
+``Trainer(config).train()`` is the whole run (torchtitan's shape): set up the process group,
+build the model, wrap it (activation checkpointing → FSDP2 per block → root), resume from the
+newest checkpoint if there is one, then per step
+
+    batch (clips or precomputed latents, cut frames, prompts)
+      → latents [B, C, F_lat, H_lat, W_lat], context [B, L_text, D]   frozen encoders if needed
+      → ShotLayout (host, once per batch) and prompt token spans
+      → x_t, timestep, target = flow matching (one timestep per sample)
+      → velocity = model(x_t, timestep, context, layout, spans) → weighted MSE
+      → backward, clip, AdamW, schedule
+      → metrics every ``log_every``, DCP checkpoint every ``checkpoint_every``
+
+and at the end a checkpoint and a single safetensors export in Wan key names.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from dataset.loader import Batch, TrainLoader
+from model.checkpoint import load_into, load_state_dict_file
+from model.config import get_config
+from model.dit import WanModel
+from model.layout import ShotLayout
+from multishot.config import dump_yaml
+from trainer import checkpoint as ckpt
+from trainer.config import OptimConfig, TrainConfig
+from trainer.encoders import FrozenEncoders
+from trainer.flow_matching import FlowMatching
+from trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
+from trainer.parallelize import apply_activation_checkpointing, apply_fsdp
+
+log = logging.getLogger(__name__)
+
+#: called after every step on every rank with (step, metrics); metrics is empty between logs
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join (or create) the default process group: NCCL on GPUs, gloo on CPU.
+
+    Reads torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` /
+    ``MASTER_PORT``; without them runs as a single process on a loopback store.
+    Returns ``(rank, world_size, device)``.
+    """
+    cuda = torch.cuda.is_available()
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=os.environ.get("MASTER_PORT", "29511"))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def lr_lambda(optim: OptimConfig, max_steps: int) -> Callable[[int], float]:
+    """Multiplier of ``optim.lr`` after ``step`` scheduler steps: linear warm-up from 0, then
+    constant, cosine or linear decay to ``min_lr_ratio`` at ``max_steps``."""
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * decay
+    return factor
+
+
+class Trainer:
+    """One fine-tuning run of :class:`~trainer.config.TrainConfig` on this process's rank.
+
+    Raises (at construction):
+        ValueError: the data kind needs encoders that the config does not name, or a
+            checkpoint to initialise from does not fit the architecture.
+    """
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.rank, self.world_size, self.device = init_distributed()
+        run = config.run
+        self.output_dir = Path(run.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.output_dir / "config.resolved.yaml").write_text(dump_yaml(config))
+
+        self.model_config = get_config(config.model.name)
+        self.model = self._build_model()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+                                           betas=config.optim.betas, eps=config.optim.eps,
+                                           weight_decay=config.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.optim, run.max_steps))
+        self.flow = FlowMatching(config.objective, self.device)
+        self.encoders = self._load_encoders()
+        self.loader = TrainLoader(config.data, self.rank, self.world_size)
+        # extra doubles as the template of what a resume loads per rank
+        self.state = ckpt.TrainState(self.model, self.optimizer, self.scheduler, 0,
+                                     {"loader": self.loader.state_dict()})
+        self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
+        latest = ckpt.latest_checkpoint(self.output_dir) if run.resume else None
+        if latest is not None:
+            ckpt.load(self.state, latest)
+            self.loader.load_state_dict(self.state.extra["loader"])
+            log.info("resumed from %s (step %d)", latest, self.state.step)
+
+    # ---- construction ----------------------------------------------------------------------
+    def _build_model(self) -> torch.nn.Module:
+        cfg = self.config.model
+        torch.manual_seed(self.config.run.seed)  # same initial weights on every rank
+        with torch.device(self.device):
+            model = WanModel(self.model_config, cfg.attention_backend,
+                             sparse_self_attention=cfg.sparse_self_attention)
+        if cfg.init_from:
+            report = load_into(model, load_state_dict_file(cfg.init_from, device=str(self.device)))
+            if report.missing or report.mismatched:
+                raise ValueError(f"{cfg.init_from} does not fit model {cfg.name}: {report}")
+        if cfg.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        apply_fsdp(model, mixed_precision=self.device.type == "cuda" and self.config.run.mixed_precision == "bf16")
+        return model
+
+    def _load_encoders(self) -> FrozenEncoders:
+        cfg = self.config
+        if cfg.data.kind == "video" and not (cfg.encoders.vae and cfg.encoders.text_encoder):
+            raise ValueError("data.kind 'video' needs encoders.vae and encoders.text_encoder "
+                             "(or precompute latents: `multishot precompute`)")
+        if cfg.model.window_cross_attention and not (cfg.encoders.tokenizer or cfg.encoders.text_encoder):
+            raise ValueError("model.window_cross_attention needs encoders.tokenizer")
+        enc = cfg.encoders
+        if cfg.data.kind == "latents":  # only the tokenizer is needed, for the prompt windows
+            enc = enc.model_copy(update={"vae": None, "text_encoder": None,
+                                         "tokenizer": enc.tokenizer or enc.text_encoder})
+        return FrozenEncoders.load(enc, self.device)
+
+    # ---- one step --------------------------------------------------------------------------
+    def prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, ShotLayout, list | None]:
+        """Model inputs of a batch: latents [B, C, F_lat, H_lat, W_lat], context
+        [B, L_text, D] (float32, on the device), its ShotLayout and prompt token spans."""
+        text_len = self.model_config.text_len
+        if batch.video is not None:
+            latents = self.encoders.encode_video(batch.video)
+            states = self.encoders.encode_prompts(batch.prompts, text_len)
+            length = max(s.shape[0] for s in states)
+            context = torch.stack([torch.nn.functional.pad(s, (0, 0, 0, length - s.shape[0]))
+                                   for s in states])
+        else:
+            latents = batch.latents.to(self.device, torch.float32, non_blocking=True)
+            context = batch.context.to(self.device, torch.float32, non_blocking=True)
+        _, ph, pw = self.model_config.patch_size
+        tokens_per_frame = (latents.shape[3] // ph) * (latents.shape[4] // pw)
+        layout = ShotLayout.stack([
+            ShotLayout.from_cut_frames(batch.num_frames, cuts, tokens_per_frame, self.device)
+            for cuts in batch.cut_frames])
+        spans = self.encoders.text_spans(batch.prompts, text_len) \
+            if self.config.model.window_cross_attention else None
+        return latents, context, layout, spans
+
+    def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, ShotLayout]:
+        """One optimiser step. Returns (loss, grad norm) as device scalars and the layout."""
+        latents, context, layout, spans = self.prepare(batch)
+        generator = torch.Generator(self.device).manual_seed(
+            (self.config.run.seed * 1_000_003 + self.state.step) * 4099 + self.rank)
+        noised = self.flow.noise(latents, generator)
+        prediction = self.model(noised.x_t, noised.timestep, context, layout, spans)
+        loss = self.flow.loss(prediction, noised)
+        torch._assert_async(torch.isfinite(loss), "non-finite loss")  # no host sync on GPUs
+        loss.backward()
+        max_norm = self.config.optim.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.state.step += 1
+        return loss.detach(), grad_norm, layout
+
+    # ---- the run ---------------------------------------------------------------------------
+    def train(self, on_step: StepCallback | None = None) -> None:
+        """Run until ``run.max_steps``, checkpointing and logging; then export the weights.
+
+        Args:
+            on_step: called after every step on every rank with (step, metrics) — metrics are
+                filled on logging steps (e.g. the Ray Train launcher reports them).
+        """
+        run = self.config.run
+        bar = tqdm(total=run.max_steps, initial=self.state.step, desc="train", unit="step",
+                   disable=self.rank != 0)
+        timer = StepTimer(self.device)
+        window = {"flops": 0, "samples": 0, "tokens": 0, "steps": 0}
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        for batch in self.loader:
+            if self.state.step >= run.max_steps:
+                break
+            loss, grad_norm, layout = self.step(batch)
+            window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention)
+            window["samples"] += layout.batch_size
+            window["tokens"] += layout.batch_size * layout.seq_len
+            window["steps"] += 1
+            metrics: dict[str, float] = {}
+            step = self.state.step
+            if step % run.log_every == 0 or step == run.max_steps:
+                metrics = self._metrics(loss, grad_norm, window, timer.lap())
+                window = dict.fromkeys(window, 0)
+                self.metrics.log(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", mfu=f"{metrics['mfu']:.1%}")
+            bar.update(1)
+            if step % run.checkpoint_every == 0 or step == run.max_steps:
+                self.save()
+            if on_step is not None:
+                on_step(step, metrics)
+        bar.close()
+        if run.export_safetensors:
+            ckpt.export_safetensors(self.model, self.output_dir / "model.safetensors")
+        self.metrics.close()
+
+    def _metrics(self, loss: torch.Tensor, grad_norm: torch.Tensor, window: dict, seconds: float) -> dict[str, float]:
+        """Scalars over the steps since the last log (one all-reduce, one host sync)."""
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        stats = torch.stack([loss.float(), torch.tensor(float(self.loader.skipped), device=loss.device),
+                             torch.tensor(float(window["samples"]), device=loss.device)])
+        dist.all_reduce(stats)
+        step_time = seconds / max(1, window["steps"])
+        return {
+            "loss": stats[0].item() / self.world_size,
+            "grad_norm": float(grad_norm),
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_time_s": step_time,
+            "samples_per_s": stats[2].item() / seconds,
+            "tokens_per_s_per_gpu": window["tokens"] / seconds,
+            "mfu": window["flops"] / seconds / (self.config.run.peak_tflops * 1e12),
+            "peak_memory_gib": peak_memory_gib(self.device),
+            "skipped_samples": stats[1].item(),
+        }
+
+    def save(self) -> Path:
+        """Checkpoint the run now (collective)."""
+        self.state.extra = {"loader": self.loader.state_dict()}
+        return ckpt.save(self.state, self.output_dir, self.config.run.keep_checkpoints)
