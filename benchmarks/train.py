@@ -4,7 +4,9 @@ Runs the trainer's own step (``Trainer.step``: flow matching, FSDP2 with bf16 pa
 fp32 reduction, per-block activation checkpointing, AdamW, grad clipping) on one random
 precomputed-shape batch: Wan2.2-VAE latents [1, 48, 61, 30, 52] (23,790 tokens after the
 (1, 2, 2) patch) and a 512-token context, cut into HoloCine's default-like 6 shots
-(cuts [37, 73, 113, 169, 205]). Sparse inter-shot vs full self-attention.
+(cuts [37, 73, 113, 169, 205]). Sparse inter-shot vs full self-attention; the blocks
+regionally compiled (``model.compile``) unless ``--no-compile``; ``--checkpoint-skip-last N``
+keeps the last N blocks' activations instead of recomputing them.
 
     torchrun --standalone --nproc-per-node N benchmarks/train.py --attention sparse --out R.json
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -37,7 +40,10 @@ FRAMES, LATENT = 241, (48, 61, 30, 52)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attention", choices=["sparse", "full"], default="sparse")
-    parser.add_argument("--backend", default="varlen", help="sparse attention backend (model.attention)")
+    parser.add_argument("--backend", default="sdpa", help="sparse attention backend (model.attention)")
+    parser.add_argument("--no-compile", action="store_true", help="run the blocks eagerly")
+    parser.add_argument("--checkpoint-skip-last", type=int, default=0,
+                        help="last N blocks without activation checkpointing")
     parser.add_argument("--model", default="5B")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
@@ -49,7 +55,8 @@ def main() -> None:
     config = TrainConfig.model_validate({
         "model": {"name": args.model, "attention_backend": args.backend,
                   "sparse_self_attention": args.attention == "sparse",
-                  "window_cross_attention": False, "activation_checkpointing": True},
+                  "window_cross_attention": False, "activation_checkpointing": True,
+                  "checkpoint_skip_last": args.checkpoint_skip_last, "compile": not args.no_compile},
         "data": {"shards": [str(tmp / "unused.tar")], "kind": "latents", "num_workers": 0},
         "optim": {"lr": 1e-5, "warmup_steps": 0},
         "run": {"output_dir": str(tmp / "run"), "max_steps": 10_000, "resume": False,
@@ -76,6 +83,10 @@ def main() -> None:
         "device": torch.cuda.get_device_name(), "gpus": trainer.world_size, "torch": torch.__version__,
         "model": args.model, "attention": args.attention,
         "backend": args.backend if args.attention == "sparse" else "dense sdpa",
+        "adamw_fused": bool(trainer.optimizer.defaults.get("fused")),
+        "alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF"),
+        "compiled": not args.no_compile, "checkpointed_blocks":
+            trainer.model_config.num_layers - args.checkpoint_skip_last,
         "frames": FRAMES, "latents": list(LATENT), "tokens_per_sample": layout.seq_len,
         "shots": layout.num_shots, "batch_per_gpu": 1, "timed_steps": len(times),
         "step_time_s": step_time, "step_times_s": times,

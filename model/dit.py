@@ -110,11 +110,23 @@ class SelfAttention(nn.Module):
         q = apply_rope(self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1), cos, sin)
         k = apply_rope(self.norm_k(self.k(x)).view(b, seq, self.num_heads, -1), cos, sin)
         v = self.v(x).view(b, seq, self.num_heads, -1)
-        if layout is None:
-            out = dense_attention(q, k, v)
-        else:
-            out = sparse_self_attention(q, k, v, layout, backend)
-        return self.o(out.flatten(2))
+        return self.o(self_attention_kernel(q, k, v, layout, backend).flatten(2))
+
+
+@torch.compiler.disable
+def self_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          layout: ShotLayout | None, backend: str) -> torch.Tensor:
+    """The self-attention kernel call, ``[B, L, H, D]`` → ``[B, L, H, D]``: full attention for
+    ``layout=None``, else the sparse inter-shot attention of ``backend``.
+
+    An eager island under a regional ``torch.compile`` of the block (the trainer's
+    ``model.compile``): the kernels are cuDNN / flash calls either way, the sparse backends'
+    per-shot Python loops would otherwise specialise (recompile) the block for every new shot
+    layout, and a Ulysses all-to-all over heads can wrap this one call later.
+    """
+    if layout is None:
+        return dense_attention(q, k, v)
+    return sparse_self_attention(q, k, v, layout, backend)
 
 
 class CrossAttention(nn.Module):

@@ -30,7 +30,7 @@ def latent_shot_starts(num_frames: int, cut_frames: list[int]) -> list[int]:
     """First latent frame of every shot, from pixel-frame cuts.
 
     Cuts are forced to ``4t + 1`` and mapped with :func:`dataset.record.latent_cut_frame`;
-    cuts that land on latent frame 0 or past the end, and duplicates, are dropped, as
+    cuts at frame 0 (no cut), cuts past the end and duplicates are dropped, as
     HoloCine's ``WanVideoUnit_ShotEmbedder`` does. E.g. 241 frames with cuts
     ``[37, 73, 113, 169, 205]`` → ``[0, 10, 19, 29, 43, 52]`` (61 latent frames).
 
@@ -38,7 +38,7 @@ def latent_shot_starts(num_frames: int, cut_frames: list[int]) -> list[int]:
         ValueError: ``num_frames`` is not ``4k + 1``.
     """
     f_lat = num_latent_frames(num_frames)
-    latent = {latent_cut_frame(c) for c in (enforce_4t_plus_1(f) for f in cut_frames) if c >= 1}
+    latent = {latent_cut_frame(enforce_4t_plus_1(f)) for f in cut_frames if f >= 1}
     return [0] + sorted(c for c in latent if 0 < c < f_lat)
 
 

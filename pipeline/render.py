@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import cv2
@@ -68,15 +69,21 @@ class _Encoder:
     def __init__(self, config: RenderConfig):
         self.buffer = io.BytesIO()
         self.container = av.open(self.buffer, mode="w", format="mp4")
-        rate = round(config.fps) if float(config.fps).is_integer() else config.fps
-        self.stream = self.container.add_stream("libx264", rate=rate)
+        rate = Fraction(config.fps).limit_denominator(1001)
+        # one x264 thread: parallelism comes from rendering videos side by side
+        options = {"crf": str(config.crf), "preset": config.preset, "threads": "1"}
+        self.stream = self.container.add_stream("libx264", rate=rate, options=options)
         self.stream.width, self.stream.height = config.width, config.height
         self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": str(config.crf), "preset": config.preset}
-        self.stream.thread_count = 1  # parallelism comes from rendering videos side by side
+        self.time_base = 1 / rate
+        self.frames = 0
 
     def add(self, frame: np.ndarray) -> None:
-        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video_frame.pts = self.frames  # explicit 16 fps timestamps for x264's rate control
+        video_frame.time_base = self.time_base
+        self.frames += 1
+        self.container.mux(self.stream.encode(video_frame))
 
     def finish(self) -> bytes:
         self.container.mux(self.stream.encode())

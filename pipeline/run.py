@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.fs as pafs
 from tqdm import tqdm
@@ -37,8 +38,10 @@ TRUNCATION_SLACK_S = 1.0
 
 
 def samples_hash(config: PipelineConfig) -> str:
-    """Hash of the settings that decide the samples (not input, output or Ray placement)."""
-    return config_hash(config.model_copy(update={"input": None, "output": None, "ray": type(config.ray)()}))
+    """Hash of the settings that decide the samples: not input, output, Ray placement, nor the
+    captioning settings (captions of finished shards are added by ``multishot annotate``)."""
+    neutral = {"input": None, "output": None, "ray": type(config.ray)(), "annotate": type(config.annotate)()}
+    return config_hash(config.model_copy(update=neutral))
 
 
 def _guarded(stage: str):
@@ -138,13 +141,17 @@ def pack_stage(row: dict, config: PipelineConfig) -> dict:
 
 
 class RenderWriteStage:
-    """1:1: render every sample of a video from one decode pass, write its shards and result."""
+    """1:1: render every sample of a video from one decode pass, caption it when a Gemini key
+    is configured, write its shards and result."""
 
     def __init__(self, config: PipelineConfig, samples_hash: str):
+        from annotate.captioner import Captioner
+
         self.config = config
         self.hash = samples_hash
         self.fs, root = resolve(config.output)
         self.layout = ShardSetLayout(root)
+        self.captioner = Captioner.from_env(config.annotate, cache_dir=f"{self.layout.work_dir}/captions")
 
     def __call__(self, row: dict) -> dict:
         row = self._render_write(row)
@@ -165,20 +172,34 @@ class RenderWriteStage:
                 task.dropped_samples.append({"key": record.key, "reason": result.error})
             else:
                 done.append((record, result.mp4))
+        if self.captioner is not None:
+            with task.timed("annotate"), ThreadPoolExecutor(self.config.annotate.concurrency) as pool:
+                records = pool.map(lambda pair: self.captioner.annotate(*pair), done)
+                done = [(record, mp4) for record, (_, mp4) in zip(records, done)]
         with task.timed("write"):
             write_samples(task, done, self.fs, self.layout, self.config.write.max_samples_per_shard)
 
 
-def _init_ray(config: PipelineConfig) -> None:
+def _init_ray(config: PipelineConfig) -> bool:
+    """Connect to Ray; returns True when this call started a private local Ray (to shut down).
+
+    A private local Ray is kept on loopback: Ray's "no cluster" mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is first imported) makes it use
+    127.0.0.1 as the node address, where ``ray.init(_node_ip_address="127.0.0.1")`` would be
+    rewritten to the machine's external address.
+    """
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
-        return
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+        return False
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:  # a private local Ray on loopback
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+        return False
+    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
+    return True
 
 
 def _clean_temporaries(fs: pafs.FileSystem, layout: ShardSetLayout) -> int:
@@ -239,16 +260,27 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
 
 
 def _run_ray(config: PipelineConfig, chash: str, todo: list[VideoTask], progress: bool) -> None:
+    import ray
+
+    started = _init_ray(config)
+    try:
+        _execute(config, chash, todo, progress)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _execute(config: PipelineConfig, chash: str, todo: list[VideoTask], progress: bool) -> None:
     import ray.data
 
-    _init_ray(config)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar over videos below instead of one per operator
     ctx.execution_options.preserve_order = False
 
-    pool = ray.data.ActorPoolStrategy
+    pool, tasks = ray.data.ActorPoolStrategy, ray.data.TaskPoolStrategy
     ds = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
-    ds = ds.map(probe_stage, num_cpus=0)  # 1:1, reads headers only: reserves no core
+    # 1:1, reads headers only: reserves no core, and two at a time are plenty
+    ds = ds.map(probe_stage, num_cpus=0, compute=tasks(size=2))
     ds = ds.map(  # 1:1, actor pool: the TransNetV2 model loads once per actor
         DetectStage, fn_constructor_args=(config,), compute=pool(size=config.detect.num_actors),
         num_cpus=1, num_gpus=config.detect.num_gpus,
@@ -256,7 +288,7 @@ def _run_ray(config: PipelineConfig, chash: str, todo: list[VideoTask], progress
     ds = ds.map(  # 1:1, actor pool: OCR (+ CLIP) models load once per actor; light, shares a core
         AnalyseStage, fn_constructor_args=(config,), compute=pool(size=config.analyse.num_actors), num_cpus=0.5
     )
-    ds = ds.map(pack_stage, fn_kwargs={"config": config}, num_cpus=0)  # 1:1, pure and quick
+    ds = ds.map(pack_stage, fn_kwargs={"config": config}, num_cpus=0, compute=tasks(size=2))  # 1:1, pure, quick
     ds = ds.map(  # 1:1: decode once, encode every sample, write shards + the resume marker
         RenderWriteStage, fn_constructor_args=(config, chash), compute=pool(min_size=1, max_size=2), num_cpus=0.5
     )

@@ -2,6 +2,40 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
+
+FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """The real pipeline (local Ray, TransNetV2, rapidocr, x264) over ``../shared/footage/archive``
+    plus the five broken files of ``../shared/footage/bad``: ``(output root, report)``."""
+    from multishot.config import load_config
+    from pipeline.config import PipelineConfig
+    from pipeline.run import run_pipeline
+
+    work = tmp_path_factory.mktemp("pipeline")
+    listing = work / "inputs.txt"
+    listing.write_text("\n".join(str(p) for d in ("archive", "bad") for p in sorted((FOOTAGE / d).glob("*.mp4"))))
+    config = load_config(
+        REPO / "configs" / "pipeline" / "demo.yaml", PipelineConfig,
+        {"input": str(listing), "output": str(work / "out"), "ray": {"num_cpus": os.cpu_count() or 2}},
+    )
+    report = run_pipeline(config, progress=False)
+    return str(work / "out"), report
+
+
+@pytest.fixture(scope="session")
+def footage_shards(pipeline_run):
+    """Root folder (str) of a shard set the real pipeline made from the real footage."""
+    return pipeline_run[0]
+
+
 
 # ---- trainer engineer: small multi-shot shards cut from the real footage ----------------------
 # Used by tests/test_loader.py and tests/test_train_*.py until the pipeline's `footage_shards`

@@ -26,8 +26,8 @@ def test_latent_shot_starts_match_holocine():
     # Cuts are forced to the nearest 4t+1 first (Python round: ties to even t).
     assert [enforce_4t_plus_1(f) for f in (36, 38, 39, 40, 43, 47)] == [37, 37, 41, 41, 41, 49]
     assert latent_shot_starts(81, [40]) == [0, 11]           # 40 → 41 → latent 11
-    # Duplicates, cuts in latent frame 0 and past the end are dropped.
-    assert latent_shot_starts(81, [2, 37, 38, 200]) == [0, 10]
+    # Frame 0 is no cut; duplicates and cuts past the end are dropped; frame 2 → 1 → latent 1.
+    assert latent_shot_starts(81, [0, 2, 37, 38, 200]) == [0, 1, 10]
     with pytest.raises(ValueError):
         latent_shot_starts(80, [37])
 

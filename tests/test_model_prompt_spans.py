@@ -110,3 +110,14 @@ def test_model_text_mask_follows_each_tokens_shot():
     assert torch.equal(mask[0, :8], table[0].expand(8, -1))
     assert torch.equal(mask[0, 8:], table[1].expand(8, -1))
     assert mask[1].all()                               # None: unmasked (negative prompt)
+
+
+def test_hugging_face_fast_tokenizer_gives_the_same_spans():
+    # The trainer passes a transformers fast tokenizer (UMT5's); wrap the same local tokenizer.
+    from transformers import PreTrainedTokenizerFast
+    tok = word_tokenizer([PROMPT])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>")
+    assert prompt_token_spans(hf, PROMPT, 30) == prompt_token_spans(tok, PROMPT, 30)
+    # Truncation to the text length keeps the spans inside it.
+    short = prompt_token_spans(hf, PROMPT, 16)
+    assert short.shot_spans[-1][1] <= 16

@@ -1,5 +1,6 @@
 """Parallelism applied beside the single-device model (torchtitan's ``parallelize`` order):
-per-block activation checkpointing, then FSDP2 per block, then FSDP2 on the root.
+regional ``torch.compile`` of every block, per-block activation checkpointing, then FSDP2 per
+block, then FSDP2 on the root.
 
 The model code (``model/dit.py``) knows nothing of this. Attention takes ``q, k, v`` as
 ``[B, L, heads, head_dim]`` in one function, so Ulysses context parallelism (an all-to-all
@@ -15,11 +16,37 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch import nn
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Wrap every block of ``model.blocks`` so its activations are recomputed in backward
-    (non-reentrant ``torch.utils.checkpoint``; DiffSynth's per-block gradient checkpointing)."""
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
+    """Compile every block of ``model.blocks`` in place (regional compilation,
+    ``nn.Module.compile``: parameter names and state-dict keys unchanged).
+
+    The blocks share one code object and dynamo lifts their parameters to graph inputs, so the
+    graphs are compiled once and reused by all blocks. Inductor fuses the float32 element-wise
+    work around the matmuls (modulation, LayerNorm / RMSNorm, RoPE, gated residuals: bf16 in,
+    float32 math, bf16 out, one kernel) — the numerics stay Wan's. The self-attention call
+    (:func:`model.dit.self_attention_kernel`) is an eager island, so a new shot layout
+    recompiles nothing. Compiled inside the activation checkpoint and the FSDP2 unit: the
+    recompute re-runs the compiled forward, and FSDP's all-gather hooks stay eager.
+
+    Args:
+        backend: the ``torch.compile`` backend (``"aot_eager"`` checks the graphs without
+            generating kernels).
+    """
+    for block in model.blocks:
+        block.compile(backend=backend)
+
+
+def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0) -> None:
+    """Wrap blocks of ``model.blocks`` so their activations are recomputed in backward
+    (non-reentrant ``torch.utils.checkpoint``; DiffSynth's per-block gradient checkpointing).
+
+    Args:
+        skip_last: the last ``skip_last`` blocks keep their activations (no recompute): each
+            saves a third of its forward's work for its activations' memory.
+    """
     for i, block in enumerate(model.blocks):
-        model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+        if i < len(model.blocks) - skip_last:
+            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def apply_fsdp(model: nn.Module, mixed_precision: bool) -> None:
@@ -31,8 +58,12 @@ def apply_fsdp(model: nn.Module, mixed_precision: bool) -> None:
             fp32 parameters stay the optimiser's master weights); False computes in fp32 (CPU /
             gloo runs).
     """
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if mixed_precision else MixedPrecisionPolicy()
+    # cast_forward_inputs off: the model casts activations to its parameters' dtype itself and
+    # keeps timesteps and the modulation in fp32 (Wan asserts it; bf16 timesteps near 1000
+    # would round to steps of 4)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                  cast_forward_inputs=False) \
+        if mixed_precision else MixedPrecisionPolicy(cast_forward_inputs=False)
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
         # the last block's parameters are needed again at once by backward: keep them gathered

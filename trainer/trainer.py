@@ -1,7 +1,7 @@
 """The fine-tuning loop: latents, timesteps and the shot layout in; flow-matching loss out.
 
 ``Trainer(config).train()`` is the whole run (torchtitan's shape): set up the process group,
-build the model, wrap it (activation checkpointing → FSDP2 per block → root), resume from the
+build the model, wrap it (regional compile → activation checkpointing → FSDP2 per block → root), resume from the
 newest checkpoint if there is one, then per step
 
     batch (clips or precomputed latents, cut frames, prompts)
@@ -39,7 +39,7 @@ from trainer.config import OptimConfig, TrainConfig
 from trainer.encoders import FrozenEncoders
 from trainer.flow_matching import FlowMatching
 from trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
-from trainer.parallelize import apply_activation_checkpointing, apply_fsdp
+from trainer.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ class Trainer:
         self.model = self._build_model()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
-                                           weight_decay=config.optim.weight_decay)
+                                           weight_decay=config.optim.weight_decay,
+                                           fused=self.device.type == "cuda")  # one kernel, DTensor-aware
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config.optim, run.max_steps))
         self.flow = FlowMatching(config.objective, self.device)
@@ -128,8 +129,10 @@ class Trainer:
             report = load_into(model, load_state_dict_file(cfg.init_from, device=str(self.device)))
             if report.missing or report.mismatched:
                 raise ValueError(f"{cfg.init_from} does not fit model {cfg.name}: {report}")
+        if cfg.compile if cfg.compile is not None else self.device.type == "cuda":
+            apply_compile(model)
         if cfg.activation_checkpointing:
-            apply_activation_checkpointing(model)
+            apply_activation_checkpointing(model, cfg.checkpoint_skip_last)
         apply_fsdp(model, mixed_precision=self.device.type == "cuda" and self.config.run.mixed_precision == "bf16")
         return model
 

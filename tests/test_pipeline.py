@@ -1,0 +1,226 @@
+"""The main job on real footage: stages, bad inputs, shard contents, report.
+
+The heavy end-to-end run is the session fixture ``pipeline_run`` (tests/conftest.py): the real
+pipeline over ../shared/footage/archive plus ../shared/footage/bad, once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.config import ConfigError, load_config
+from pipeline.config import DetectConfig, PipelineConfig
+from pipeline.detect import SceneDetectDetector, TransNetV2Detector, shots_from_predictions
+from pipeline.discover import InputError, discover
+from pipeline.ocr import polygon_area, text_area_ratio
+from pipeline.render import source_frames_for_shot
+from pipeline.video import DecodeStats, ProbeError, probe
+from synthetic_edit import build as build_synthetic_edit
+
+FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
+REPO = Path(__file__).resolve().parents[1]
+BAD = sorted(p.name for p in (FOOTAGE / "bad").glob("*.mp4"))
+
+
+# ---- detection -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_edit(tmp_path_factory):
+    return build_synthetic_edit(tmp_path_factory.mktemp("edit"))
+
+
+def _boundaries(shots) -> list[float]:
+    """Detected shot changes: a hard cut's frame, or the middle of a dropped transition."""
+    return [(a.end_frame + b.start_frame) / 2 for a, b in zip(shots, shots[1:])]
+
+
+def _precision_recall(found: list[float], truth: list[float], tolerance: float = 2.0) -> tuple[float, float]:
+    matched, used = 0, set()
+    for t in truth:
+        hit = next((i for i, f in enumerate(found) if i not in used and abs(f - t) <= tolerance), None)
+        if hit is not None:
+            used.add(hit)
+            matched += 1
+    return (matched / len(found) if found else 0.0), matched / len(truth)
+
+
+def test_transnetv2_finds_hard_cuts_and_dissolve(synthetic_edit):
+    detector = TransNetV2Detector(DetectConfig(min_shot_s=0.5))
+    stats = DecodeStats()
+    shots = detector.detect(str(synthetic_edit.path), resolve(str(synthetic_edit.path))[0], 24.0, stats)
+    precision, recall = _precision_recall(_boundaries(shots), synthetic_edit.boundaries)
+    assert (precision, recall) == (1.0, 1.0), (_boundaries(shots), synthetic_edit.boundaries)
+    # hard cuts leave the shots adjacent; the dissolve's frames belong to no shot
+    (a, b) = synthetic_edit.dissolves[0]
+    gradual = [s for s in shots if s.gap_before]
+    assert len(gradual) == 1 and gradual[0].start_frame >= b - 2
+    assert all(x.end_frame == y.start_frame for x, y in zip(shots, shots[1:]) if not y.gap_before)
+    assert stats.frames == synthetic_edit.num_frames
+
+
+def test_pyscenedetect_content_finds_hard_cuts(synthetic_edit):
+    detector = SceneDetectDetector(DetectConfig(backend="content", min_shot_s=0.5))
+    shots = detector.detect(str(synthetic_edit.path), resolve(str(synthetic_edit.path))[0], 24.0, DecodeStats())
+    found = _boundaries(shots)
+    _, hard_recall = _precision_recall(found, [float(c) for c in synthetic_edit.hard_cuts])
+    assert hard_recall == 1.0, found
+
+
+def test_shots_from_predictions_rule():
+    single = np.zeros(100)
+    many = np.zeros(100)
+    single[29] = many[29] = 0.9  # hard cut: shot 0 ends after frame 29
+    single[60:62] = 0.8  # gradual transition, many-hot covers 57..64
+    many[57:65] = 0.9
+    shots = shots_from_predictions(single, many, threshold=0.4, min_shot_frames=5)
+    assert [(s.start_frame, s.end_frame, s.gap_before) for s in shots] == [
+        (0, 30, False), (30, 57, False), (65, 100, True)
+    ]
+
+
+def test_shots_from_predictions_drops_short_shot_and_marks_gap():
+    single, many = np.zeros(60), np.zeros(60)
+    single[[19, 22]] = many[[19, 22]] = 0.9  # a 3-frame shot between two cuts
+    shots = shots_from_predictions(single, many, threshold=0.4, min_shot_frames=5)
+    assert [(s.start_frame, s.end_frame, s.gap_before) for s in shots] == [(0, 20, False), (23, 60, True)]
+
+
+# ---- small parts -----------------------------------------------------------------------------
+
+
+def test_probe_real_and_broken():
+    info = probe(str(FOOTAGE / "archive" / "tos_excerpt_64s_512x120_fmp4.mp4"))
+    assert (info.width, info.height, info.fps) == (512, 120, 24.0)
+    assert info.num_frames == 1536  # the container says 0 frames: derived from the duration
+    assert info.display_width == 288  # pixel aspect 9:16
+    for name in ("corrupt_zero_bytes.mp4", "corrupt_random_bytes.mp4", "corrupt_truncated_moovatend_sintel.mp4"):
+        with pytest.raises(ProbeError):
+            probe(str(FOOTAGE / "bad" / name))
+
+
+def test_text_area_ratio():
+    box = np.array([[0, 0], [10, 0], [10, 5], [0, 5]], dtype=float)
+    assert polygon_area(box) == 50
+    assert text_area_ratio(np.stack([box, box + 20]), 10, 20) == 0.5
+    assert text_area_ratio(None, 10, 10) == 0.0
+
+
+def test_resampling_never_reads_past_the_shot():
+    frames = source_frames_for_shot(100, 16, source_fps=24.0, fps=16.0)
+    assert frames[0] == 100 and frames[-1] < 100 + 24 and frames == sorted(frames)
+    assert source_frames_for_shot(0, 4, source_fps=12.0, fps=16.0) == [0, 0, 1, 2]
+
+
+def test_discover_forms(tmp_path):
+    archive = FOOTAGE / "archive"
+    by_folder = discover(str(archive), [".mp4"])
+    assert len(by_folder) == 4
+    assert discover(str(archive / "*.mp4"), [".mp4"]) == by_folder
+    listing = tmp_path / "list.txt"
+    listing.write_text("# films\n" + "\n".join(by_folder[:2]) + "\n")
+    assert discover(str(listing), [".mp4"]) == by_folder[:2]
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"path": by_folder[2:]}), tmp_path / "m.parquet")
+    assert discover(str(tmp_path / "m.parquet"), [".mp4"]) == by_folder[2:]
+    assert discover("file://" + str(archive), [".mp4"]) == ["file://" + p for p in by_folder]
+    with pytest.raises(InputError, match="does not exist"):
+        discover(str(tmp_path / "nope"), [".mp4"])
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detect:\n  treshold: 0.5\nrender:\n  width: 833\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, PipelineConfig)
+    assert "detect.treshold" in str(err.value) and "render.width" in str(err.value)
+    assert load_config(REPO / "configs" / "pipeline" / "demo.yaml", PipelineConfig).render.width == 832
+
+
+# ---- the whole run on real footage (session fixture) -------------------------------------------
+
+
+def test_every_bad_file_is_rejected_or_processed_up_to_the_damage(pipeline_run):
+    out, report = pipeline_run
+    rejects = pq.read_table(ShardSetLayout(out).rejects_table).to_pylist()
+    by_name = {Path(r["source"]).name: r for r in rejects}
+    assert set(BAD) <= set(by_name), by_name
+    for name in BAD:
+        assert by_name[name]["status"] in ("rejected", "partial") and by_name[name]["reason"], by_name[name]
+    for name in ("corrupt_zero_bytes.mp4", "corrupt_random_bytes.mp4", "corrupt_truncated_moovatend_sintel.mp4"):
+        assert by_name[name]["status"] == "rejected" and by_name[name]["stage"] == "probe"
+    assert "decoding stopped at 31" in by_name["corrupt_truncated_faststart_bbb.mp4"]["reason"]
+    assert "undecodable packets" in by_name["corrupt_zeroed_middle_bbb.mp4"]["reason"]
+    # the good films went through, and the damaged ones still gave samples up to the damage
+    assert report["videos_by_status"]["ok"] == 4 and "error" not in report["videos_by_status"]
+    sources = {Path(r["source"]).name for r in pq.read_table(ShardSetLayout(out).samples_index).to_pylist()}
+    assert "corrupt_truncated_faststart_bbb.mp4" in sources
+
+
+def test_shards_hold_valid_samples(pipeline_run):
+    out, report = pipeline_run
+    layout = ShardSetLayout(out)
+    fs, _ = resolve(out)
+    manifest = json.loads(Path(layout.manifest).read_text())
+    index = pq.read_table(layout.samples_index).to_pylist()
+    keys = []
+    for shard in manifest["shards"]:
+        path = Path(layout.shard(shard["name"]))
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+        assert all(n.count(".") == 1 for n in names)  # key has no dots; one extension
+        for record, mp4 in read_shard(fs, str(path)):
+            keys.append(record.key)
+            assert record.width == 832 and record.height == 480 and record.fps == 16
+            assert record.num_frames % 4 == 1 and all(c % 4 == 1 for c in record.cut_frames)
+            assert record.caption_status == "pending" and record.aesthetic_status == "skipped"
+            assert 1 <= record.num_shots <= 13
+            assert mp4[4:8] == b"ftyp"
+    assert len(keys) == len(set(keys)) == len(index) == report["samples"] > 0
+    assert {r["key"] for r in index} == set(keys)
+    # no 60 s run of kept, adjacent shots exists in this footage (titles and dark shots break them)
+    assert {"5s", "15s"} <= set(report["samples_per_bucket"]) <= {"5s", "15s", "60s"}
+    assert not list(Path(layout.shards_dir).glob("*.tmp"))
+
+
+def test_shots_table_keeps_every_decision(pipeline_run):
+    out, report = pipeline_run
+    shots = pq.read_table(ShardSetLayout(out).shots_table).to_pylist()
+    assert len(shots) == report["shots_found"] > 30
+    assert sum(s["kept"] for s in shots) == report["shots_kept"]
+    assert all((s["reason"] == "") == s["kept"] for s in shots)
+    # the Sintel trailer's title card and the Tears of Steel bitrate overlay are text
+    text = {Path(s["source"]).name for s in shots if "text" in s["reason"]}
+    assert "sintel_trailer_480p.mp4" in text and "tos_excerpt_64s_512x120_fmp4.mp4" in text
+    assert all(s["aesthetic"] is None for s in shots)
+
+
+def test_report_and_verify(pipeline_run, capsys):
+    out, report = pipeline_run
+    saved = json.loads(Path(ShardSetLayout(out).report).read_text())
+    assert saved["samples"] == report["samples"] and saved["realtime_factor"] > 0
+    assert saved["aesthetic"].startswith("skipped")
+    assert saved["decode_passes_per_video"] == 3.0
+    from multishot.cli import main
+
+    assert main(["shards", "verify", out, "-q"]) == 0
+
+
+def test_rerun_skips_finished_videos(pipeline_run):
+    out, report = pipeline_run
+    from multishot.config import load_config as load
+    from pipeline.run import run_pipeline
+
+    listing = Path(out).parent / "inputs.txt"
+    config = load(REPO / "configs" / "pipeline" / "demo.yaml", PipelineConfig, {"input": str(listing), "output": out})
+    again = run_pipeline(config, progress=False)
+    assert again["samples"] == report["samples"]
+    assert again["stage_seconds"] == report["stage_seconds"]  # nothing was processed again
