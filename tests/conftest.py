@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -36,17 +37,9 @@ def footage_shards(pipeline_run):
     return pipeline_run[0]
 
 
+# ---- small multi-shot shards cut from the real footage, for the training tests -----------------
+# 128×72 samples keep CPU training fast; the corrupt-sample shard is one the pipeline never writes.
 
-# ---- trainer engineer: small multi-shot shards cut from the real footage ----------------------
-# Used by tests/test_loader.py and tests/test_train_*.py until the pipeline's `footage_shards`
-# fixture exists (and for the corrupt-sample shard, which the pipeline never writes).
-
-import io  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-TRAIN_FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 #: (footage file, start second) of each shot source; consecutive shots come from different films
 TRAIN_SHOT_SOURCES = [
     ("archive/sintel_film_excerpt_26s.mp4", 3.0),
@@ -62,7 +55,7 @@ def _footage_frames(name: str, start_s: float, count: int, size: tuple[int, int]
     import av
 
     frames = []
-    with av.open(str(TRAIN_FOOTAGE / name)) as container:
+    with av.open(str(FOOTAGE / name)) as container:
         stream = container.streams.video[0]
         container.seek(int(start_s / stream.time_base), stream=stream)
         for frame in container.decode(stream):
@@ -131,7 +124,7 @@ def train_footage_shards(tmp_path_factory) -> dict[str, str]:
     clean = root / "clean"
     write_shard(fs, str(clean / "shards" / "a-00000.tar"), samples[:3])
     write_shard(fs, str(clean / "shards" / "a-00001.tar"), samples[3:])
-    bad_bytes = (TRAIN_FOOTAGE / "bad" / "corrupt_random_bytes.mp4").read_bytes()
+    bad_bytes = (FOOTAGE / "bad" / "corrupt_random_bytes.mp4").read_bytes()
     mixed = [samples[0], (samples[1][0].model_copy(update={"key": "broken"}), bad_bytes), samples[2],
              (samples[3][0].model_copy(update={"key": "truncated"}), samples[3][1][:2000])]
     write_shard(fs, str(root / "corrupt" / "shards" / "b-00000.tar"), mixed)

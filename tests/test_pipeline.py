@@ -224,3 +224,17 @@ def test_rerun_skips_finished_videos(pipeline_run):
     again = run_pipeline(config, progress=False)
     assert again["samples"] == report["samples"]
     assert again["stage_seconds"] == report["stage_seconds"]  # nothing was processed again
+
+
+def test_training_loader_reads_the_pipeline_shards(footage_shards):
+    """The contract between the halves: the training loader reads what the pipeline wrote."""
+    from dataset.loader import DataConfig, TrainLoader
+
+    config = DataConfig(shards=[footage_shards], num_frames=33, height=48, width=80, batch_size=1,
+                        shuffle_buffer=1, num_workers=0, uncaptioned="placeholder")
+    batch = next(iter(TrainLoader(config)))
+    assert tuple(batch.video.shape) == (1, 3, 33, 48, 80)
+    assert -1.0 <= float(batch.video.min()) and float(batch.video.max()) <= 1.0
+    assert batch.prompts[0].startswith("[global caption]")
+    assert batch.prompts[0].count("[shot cut]") == len(batch.cut_frames[0])
+    assert all(c % 4 == 1 and c < 33 for c in batch.cut_frames[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -121,7 +122,9 @@ def _free_port() -> int:
 
 def test_ray_job_submit_on_a_loopback_head(small_job, tmp_path):
     clips, config = small_job
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+           # the cluster and the job client share a token, as on a real token-auth cluster
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
     ray = [sys.executable, "-m", "ray.scripts.scripts"]

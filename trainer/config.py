@@ -26,7 +26,8 @@ class ModelConfig(_Section):
         "Wan / HoloCine safetensors file or folder (official or diffusers names); None = Wan's "
         "random initialisation"))
     attention_backend: Literal["reference", "varlen", "sdpa", "flex"] = Field("sdpa", description=(
-        "sparse self-attention kernel (model.attention); 'varlen' or 'flex' on GPUs"))
+        "sparse self-attention kernel (model.attention); 'sdpa' (per-shot cuDNN) is the fastest on "
+        "Hopper (benchmarks/results/attention.md)"))
     sparse_self_attention: bool = Field(True, description=(
         "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
     window_cross_attention: bool = Field(True, description=(

@@ -1,8 +1,8 @@
 """The fine-tuning loop: latents, timesteps and the shot layout in; flow-matching loss out.
 
 ``Trainer(config).train()`` is the whole run (torchtitan's shape): set up the process group,
-build the model, wrap it (regional compile → activation checkpointing → FSDP2 per block → root), resume from the
-newest checkpoint if there is one, then per step
+build the model, wrap it (regional compile → activation checkpointing → FSDP2 per block →
+root), resume from the newest checkpoint if there is one, then per step
 
     batch (clips or precomputed latents, cut frames, prompts)
       → latents [B, C, F_lat, H_lat, W_lat], context [B, L_text, D]   frozen encoders if needed
@@ -129,7 +129,7 @@ class Trainer:
             report = load_into(model, load_state_dict_file(cfg.init_from, device=str(self.device)))
             if report.missing or report.mismatched:
                 raise ValueError(f"{cfg.init_from} does not fit model {cfg.name}: {report}")
-        if cfg.compile if cfg.compile is not None else self.device.type == "cuda":
+        if self.device.type == "cuda" if cfg.compile is None else cfg.compile:
             apply_compile(model)
         if cfg.activation_checkpointing:
             apply_activation_checkpointing(model, cfg.checkpoint_skip_last)
