@@ -19,11 +19,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder comes first on sys.path, and this file (pipeline.py)
+# would shadow the `pipeline` package: look packages up from the repository instead.
+sys.path[0] = str(REPO)
 
 
 def main() -> None:
