@@ -14,21 +14,17 @@ zero-pads it to the text length at use.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 import torch
-import webdataset as wds
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from dataset.record import SampleRecord
-from dataset.shards import TMP_SUFFIX, ShardInfo
+from dataset.shards import ShardInfo, write_tar
 
 
 @dataclass
@@ -73,24 +69,12 @@ class LatentSample:
 
 
 def write_latent_shard(fs: pafs.FileSystem, path: str, samples: Iterable[LatentSample]) -> ShardInfo:
-    """Write precomputed samples as one WebDataset tar at ``path``, atomically (temp name, move).
+    """Write precomputed samples (``{key}.json`` + ``{key}.safetensors``) as one WebDataset tar at
+    ``path``, atomically (:func:`dataset.shards.write_tar`).
 
     Raises:
         ValueError: a key repeats within the shard.
     """
-    buf = io.BytesIO()
-    keys: list[str] = []
-    with wds.TarWriter(buf, mtime=0.0) as sink:
-        for sample in samples:
-            if sample.record.key in keys:
-                raise ValueError(f"duplicate key {sample.record.key} in shard {path}")
-            keys.append(sample.record.key)
-            sink.write({"__key__": sample.record.key, "json": sample.record.to_json(),
-                        "safetensors": sample.to_bytes()})
-    data = buf.getvalue()
-    tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
-    return ShardInfo(path.rsplit("/", 1)[-1], hashlib.sha256(data).hexdigest(), len(data), len(keys), keys)
+    return write_tar(fs, path, (
+        {"__key__": s.record.key, "json": s.record.to_json(), "safetensors": s.to_bytes()} for s in samples
+    ))

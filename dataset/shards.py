@@ -109,30 +109,41 @@ class ShardInfo:
         return asdict(self)
 
 
-def write_shard(fs: pafs.FileSystem, path: str, samples: Iterable[tuple[SampleRecord, bytes]]) -> ShardInfo:
-    """Write ``(record, mp4 bytes)`` pairs as one WebDataset tar at ``path``, atomically.
+def write_tar(fs: pafs.FileSystem, path: str, samples: Iterable[dict[str, bytes | str]]) -> ShardInfo:
+    """Write WebDataset samples (``{"__key__": key, ext: bytes, …}``) as one tar at ``path``, atomically.
 
-    The tar is built under ``path + '.<uuid>.tmp'`` and moved to ``path`` once closed; member
-    mtimes are 0 so equal inputs give byte-equal shards.
+    The tar is built in memory, written under ``path + '.<uuid>.tmp'`` and moved to ``path``;
+    member mtimes are 0, so equal inputs give byte-equal tars.
 
     Raises:
-        ValueError: a key repeats within the shard.
+        ValueError: a key repeats within the tar.
     """
     buf = io.BytesIO()
     keys: list[str] = []
     with wds.TarWriter(buf, mtime=0.0) as sink:
-        for record, mp4 in samples:
-            if record.key in keys:
-                raise ValueError(f"duplicate key {record.key} in shard {path}")
-            keys.append(record.key)
-            sink.write({"__key__": record.key, "mp4": mp4, "json": record.to_json()})
+        for sample in samples:
+            if sample["__key__"] in keys:
+                raise ValueError(f"duplicate key {sample['__key__']} in shard {path}")
+            keys.append(sample["__key__"])
+            sink.write(sample)
     data = buf.getvalue()
+    _write_atomic(fs, path, data)
+    return ShardInfo(path.rsplit("/", 1)[-1], hashlib.sha256(data).hexdigest(), len(data), len(keys), keys)
+
+
+def write_shard(fs: pafs.FileSystem, path: str, samples: Iterable[tuple[SampleRecord, bytes]]) -> ShardInfo:
+    """Write ``(record, mp4 bytes)`` pairs as one WebDataset tar (``{key}.mp4`` + ``{key}.json``)
+    at ``path``, atomically (:func:`write_tar`)."""
+    return write_tar(fs, path, ({"__key__": r.key, "mp4": mp4, "json": r.to_json()} for r, mp4 in samples))
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` under a temporary name beside ``path``, then move it into place."""
     tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(tmp) as out:
         out.write(data)
     fs.move(tmp, path)
-    return ShardInfo(path.rsplit("/", 1)[-1], hashlib.sha256(data).hexdigest(), len(data), len(keys), keys)
 
 
 #: Largest tar member a reader accepts (bytes); a 15 s 832x480 H.264 sample is a few MB.
@@ -220,11 +231,7 @@ def read_shard(
 
 def write_json(fs: pafs.FileSystem, path: str, obj: object) -> None:
     """Write JSON atomically (temp name, then move)."""
-    tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(tmp) as out:
-        out.write(json.dumps(obj, indent=1, sort_keys=True).encode())
-    fs.move(tmp, path)
+    _write_atomic(fs, path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> object:

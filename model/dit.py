@@ -129,15 +129,11 @@ def self_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return sparse_self_attention(q, k, v, layout, backend)
 
 
-class CrossAttention(nn.Module):
-    """Text cross-attention (Wan ``WanCrossAttention``, T2V), with HoloCine's window mask."""
+class CrossAttention(SelfAttention):
+    """Text cross-attention (Wan ``WanT2VCrossAttention``, T2V), with HoloCine's window mask.
 
-    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
+    Same parameters as :class:`SelfAttention` (Wan subclasses it the same way); no RoPE.
+    """
 
     def forward(self, x: torch.Tensor, context: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
