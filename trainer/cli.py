@@ -2,7 +2,8 @@
 
 ``multishot train --config FILE`` starts ``torchrun`` with one process per local GPU (one
 process on a CPU-only machine); each process runs :func:`main`, as ``torchrun -m trainer``
-does on a cluster.
+does on a cluster. ``--launcher ray`` runs the same ranks as Ray Train workers instead
+(:mod:`trainer.ray_launch`).
 """
 
 from __future__ import annotations
@@ -46,12 +47,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train", help="fine-tune the multi-shot DiT on shards (FSDP2 over the local GPUs)",
         description="Fine-tune a Wan DiT with HoloCine's sparse inter-shot attention on shards "
-        "with rectified flow matching. Starts torchrun with one process per local GPU (one on "
-        "CPU); resumes from the newest checkpoint in run.output_dir. On a cluster run "
-        "`torchrun --nnodes N --nproc-per-node 8 -m trainer --config FILE` instead.")
+        "with rectified flow matching; resumes from the newest checkpoint in run.output_dir. "
+        "Two launchers run the same ranks, config, checkpoints and metrics: "
+        "'torchrun' (default) starts one process per local GPU (one on CPU) on this machine "
+        "(on a cluster run `torchrun --nnodes N --nproc-per-node 8 -m trainer --config FILE` "
+        "instead); 'ray' runs --num-workers Ray Train workers (TorchTrainer, one GPU each "
+        "with NCCL, or CPU with gloo) on the Ray cluster at --ray-address, or on a local Ray, "
+        "and reports the metrics to Ray Train. Paths in the config must be reachable from "
+        "every worker (a shared run.output_dir on several nodes).")
     _add_config_args(train)
+    train.add_argument("--launcher", choices=("torchrun", "ray"), default="torchrun",
+                       help="torchrun on this machine (default) or Ray Train on a Ray cluster")
     train.add_argument("--nproc", type=int, default=None,
-                       help="processes on this machine (default: local GPUs, or 1 on CPU)")
+                       help="torchrun: processes on this machine (default: local GPUs, or 1 on CPU)")
+    train.add_argument("--num-workers", type=int, default=None,
+                       help="ray: workers, one rank each (default: GPUs of the Ray cluster, or 1)")
+    train.add_argument("--use-gpu", action=argparse.BooleanOptionalAction, default=None,
+                       help="ray: one GPU per worker, or CPU workers (default: whether the "
+                       "cluster has GPUs)")
+    train.add_argument("--ray-address", default=None,
+                       help="ray: cluster to join, e.g. 'auto' or 'ray://head:10001' "
+                       "(default: $RAY_ADDRESS, else start a local Ray)")
+    train.add_argument("--max-failures", type=int, default=0,
+                       help="ray: restarts after a worker dies, each resuming from the newest "
+                       "checkpoint (default: 0)")
     train.set_defaults(func=_launch)
     pre = subparsers.add_parser(
         "precompute", help="encode video shards once into latent + text-embedding shards",
@@ -65,9 +84,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _launch(args: argparse.Namespace) -> int:
+    config = load_config(args.config, _train_config(), _overrides(args.set))  # fail here, not in N ranks
+    if args.launcher == "ray":
+        from trainer.ray_launch import launch
+
+        launch(config, args.num_workers, use_gpu=args.use_gpu, address=args.ray_address,
+               max_failures=args.max_failures)
+        print(f"done: checkpoints and metrics in {config.run.output_dir}")
+        return 0
     import torch
 
-    load_config(args.config, _train_config(), _overrides(args.set))  # fail here, not in N ranks
     nproc = args.nproc or max(1, torch.cuda.device_count())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "trainer", "--config", args.config,

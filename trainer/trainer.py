@@ -51,17 +51,21 @@ def init_distributed() -> tuple[int, int, torch.device]:
     """Join (or create) the default process group: NCCL on GPUs, gloo on CPU.
 
     Reads torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` /
-    ``MASTER_PORT``; without them runs as a single process on a loopback store.
-    Returns ``(rank, world_size, device)``.
+    ``MASTER_PORT``; without them runs as a single process on a loopback store. A group that
+    a launcher already made (Ray Train's ``TorchTrainer``) is used as it is, on the GPU that
+    launcher made current. Returns ``(rank, world_size, device)``.
     """
     cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
+    launched = dist.is_initialized()  # by Ray Train, which also made this worker's GPU current
+    if not launched:
         if "RANK" not in os.environ:
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                               MASTER_PORT=os.environ.get("MASTER_PORT", "29511"))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    device = torch.device("cpu")
     if cuda:
+        device = torch.device("cuda", torch.cuda.current_device() if launched
+                              else int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
 
