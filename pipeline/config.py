@@ -29,6 +29,7 @@ class DetectConfig(_Section):
     batch_windows: int = Field(8, ge=1, description="TransNetV2 windows of 100 frames per forward")
     bf16: bool = Field(True, description="TransNetV2 in bf16 where the hardware supports it (else fp32)")
     num_actors: int = Field(1, ge=1, description="detector actors (one model each)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves per detector actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per detector actor")
 
 

@@ -283,7 +283,7 @@ def _execute(config: PipelineConfig, chash: str, todo: list[VideoTask], progress
     ds = ds.map(probe_stage, num_cpus=0, compute=tasks(size=2))
     ds = ds.map(  # 1:1, actor pool: the TransNetV2 model loads once per actor
         DetectStage, fn_constructor_args=(config,), compute=pool(size=config.detect.num_actors),
-        num_cpus=1, num_gpus=config.detect.num_gpus,
+        num_cpus=config.detect.num_cpus, num_gpus=config.detect.num_gpus,
     )
     ds = ds.map(  # 1:1, actor pool: OCR (+ CLIP) models load once per actor; light, shares a core
         AnalyseStage, fn_constructor_args=(config,), compute=pool(size=config.analyse.num_actors), num_cpus=0.5
