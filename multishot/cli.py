@@ -29,17 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    registered = set()
     for module_name in dict.fromkeys(COMMANDS.values()):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue  # part not built yet
-        if hasattr(module, "register"):
-            module.register(sub)
-            registered.add(module_name)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

@@ -40,6 +40,7 @@ class AnalyseConfig(_Section):
     ocr_backend: Literal["rapidocr", "paddleocr", "none"] = "rapidocr"
     ocr_frames_per_shot: int = Field(1, ge=0, description="of the sampled frames, how many get OCR")
     ocr_max_side: int = Field(640, ge=64, description="longest side (px) of frames given to OCR")
+    ocr_min_side: int = Field(240, ge=32, description="OCR upscales frames whose shorter side is below this (px)")
     ocr_min_confidence: float = Field(0.8, ge=0, le=1, description="recognition score a text box needs")
     clip_weights: Path | None = Field(
         None, description="open_clip ViT-L-14 (QuickGELU, OpenAI) weights file; None: aesthetic skipped"

@@ -38,9 +38,15 @@ TRUNCATION_SLACK_S = 1.0
 
 
 def samples_hash(config: PipelineConfig) -> str:
-    """Hash of the settings that decide the samples: not input, output, Ray placement, nor the
-    captioning settings (captions of finished shards are added by ``multishot annotate``)."""
-    neutral = {"input": None, "output": None, "ray": type(config.ray)(), "annotate": type(config.annotate)()}
+    """Hash of the settings that decide the samples: not input and output, not where and how
+    wide stages run (Ray, actors, batch sizes), nor the captioning settings (captions of
+    finished shards are added by ``multishot annotate``)."""
+    placement = {"num_actors": 1, "num_cpus": 1.0, "num_gpus": 0.0, "batch_windows": 8}
+    neutral = {
+        "input": None, "output": None, "ray": type(config.ray)(), "annotate": type(config.annotate)(),
+        "detect": config.detect.model_copy(update=placement),
+        "analyse": config.analyse.model_copy(update={"num_actors": 1}),
+    }
     return config_hash(config.model_copy(update=neutral))
 
 
@@ -68,14 +74,10 @@ def _guarded(stage: str):
     return wrap
 
 
-def _fs(source: str) -> tuple[pafs.FileSystem, str]:
-    return resolve(source)
-
-
 @_guarded("probe")
 def probe_stage(task: VideoTask) -> None:
     """1:1. Container facts (duration, fps, frames, size, codec); unopenable files are rejected."""
-    fs, path = _fs(task.source)
+    fs, path = resolve(task.source)
     task.info = probe(path, fs)
 
 
@@ -100,7 +102,7 @@ class DetectStage:
 
     @_guarded("detect")
     def __call__(self, task: VideoTask) -> None:
-        fs, path = _fs(task.source)
+        fs, path = resolve(task.source)
         stats = task.decode.setdefault("detect", DecodeStats())
         shots = self.detector.detect(path, fs, task.info.fps, stats)
         _note_damage(task, stats)
@@ -121,7 +123,7 @@ class AnalyseStage:
 
     @_guarded("analyse")
     def __call__(self, task: VideoTask) -> None:
-        fs, path = _fs(task.source)
+        fs, path = resolve(task.source)
         stats = task.decode.setdefault("analyse", DecodeStats())
         scores = self.analyser.analyse(path, fs, task.info.fps, [r.shot for r in task.shots], stats)
         for shot_row, score in zip(task.shots, scores):
@@ -163,7 +165,7 @@ class RenderWriteStage:
         if not task.samples:
             return
         planned = [plan_sample(task, sample, self.config, self.hash) for sample in task.samples]
-        fs, path = _fs(task.source)
+        fs, path = resolve(task.source)
         stats = task.decode.setdefault("render", DecodeStats())
         rendered = render_samples(path, fs, task.info, [job for _, job in planned], self.config.render, stats)
         done = []

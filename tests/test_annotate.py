@@ -16,6 +16,7 @@ import logging
 import shutil
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -74,9 +75,11 @@ def _render(segments: list[tuple[float, int]]) -> bytes:
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=FPS, options={"preset": "ultrafast", "crf": "30"})
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        index = 0
         for start_s, count in segments:
             for frame in _decode(start_s, count):
-                frame.pts = None
+                frame.pts, frame.time_base = index, Fraction(1, FPS)  # the sample's own 16 fps clock
+                index += 1
                 out.mux(stream.encode(frame))
         out.mux(stream.encode())
     return buf.getvalue()

@@ -238,3 +238,14 @@ def test_training_loader_reads_the_pipeline_shards(footage_shards):
     assert batch.prompts[0].startswith("[global caption]")
     assert batch.prompts[0].count("[shot cut]") == len(batch.cut_frames[0])
     assert all(c % 4 == 1 and c < 33 for c in batch.cut_frames[0])
+
+
+def test_samples_hash_ignores_placement_but_not_stage_settings():
+    from pipeline.run import samples_hash
+
+    demo = REPO / "configs" / "pipeline" / "demo.yaml"
+    base = samples_hash(load_config(demo, PipelineConfig))
+    moved = load_config(demo, PipelineConfig, {"detect": {"num_actors": 1, "num_cpus": 1.0}, "output": "/elsewhere"})
+    assert samples_hash(moved) == base  # a rerun with other placement still resumes
+    assert samples_hash(load_config(demo, PipelineConfig, {"detect": {"threshold": 0.5}})) != base
+    assert samples_hash(load_config(demo, PipelineConfig, {"render": {"fps": 24}})) != base
