@@ -393,6 +393,13 @@ class TrainLoader:
         self.taken += 1
         return batch
 
+    def close(self) -> None:
+        """Stop reading now: shut down the DataLoader workers and close the shard and video
+        streams held by suspended generators, instead of leaving them to interpreter exit
+        (where their native threads can abort the process). Iterating again starts anew
+        from the current position."""
+        self._iter = None  # drops the DataLoader iterator: workers shut down, generators close
+
     def state_dict(self) -> dict:
         """Position of every slot, skip counts and batches taken (plain ints: DCP-friendly)."""
         return {"positions": list(self.stream.positions), "skipped": list(self.stream.skipped),

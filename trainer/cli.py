@@ -126,5 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from trainer.trainer import Trainer
 
-    Trainer(load_config(args.config, _train_config(), _overrides(args.set))).train()
+    import torch.distributed as dist
+
+    try:
+        Trainer(load_config(args.config, _train_config(), _overrides(args.set))).train()
+    finally:
+        if dist.is_initialized():  # torchrun's ranks own their group: end it before exit
+            dist.destroy_process_group()
     return 0

@@ -205,10 +205,22 @@ class Trainer:
         run = self.config.run
         bar = tqdm(total=run.max_steps, initial=self.state.step, desc="train", unit="step",
                    disable=self.rank != 0)
-        timer = StepTimer(self.device)
-        window = {"flops": 0, "samples": 0, "tokens": 0, "steps": 0}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            self._loop(on_step, bar)
+        finally:
+            self.loader.close()
+            bar.close()
+        if run.export_safetensors:
+            ckpt.export_safetensors(self.model, self.output_dir / "model.safetensors")
+        self.metrics.close()
+
+    def _loop(self, on_step: StepCallback | None, bar: tqdm) -> None:
+        """Steps until ``run.max_steps``: log, checkpoint and call ``on_step`` as configured."""
+        run = self.config.run
+        timer = StepTimer(self.device)
+        window = {"flops": 0, "samples": 0, "tokens": 0, "steps": 0}
         for batch in self.loader:
             if self.state.step >= run.max_steps:
                 break
@@ -229,10 +241,6 @@ class Trainer:
                 self.save()
             if on_step is not None:
                 on_step(step, metrics)
-        bar.close()
-        if run.export_safetensors:
-            ckpt.export_safetensors(self.model, self.output_dir / "model.safetensors")
-        self.metrics.close()
 
     def _metrics(self, loss: torch.Tensor, grad_norm: torch.Tensor, window: dict, seconds: float) -> dict[str, float]:
         """Scalars over the steps since the last log (one all-reduce, one host sync)."""
