@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: a decode pass that ends this many seconds before the container's duration marks damage
 TRUNCATION_SLACK_S = 1.0
+#: what a TransNetV2 actor holds (model, a batch of windows' activations): measured 1.3 GiB
+#: with 8 windows a batch; told to Ray so it does not over-pack actors on small nodes
+DETECT_MEMORY_BYTES = int(1.5 * 2**30)
 
 
 def samples_hash(config: PipelineConfig) -> str:
@@ -286,6 +289,7 @@ def _execute(config: PipelineConfig, chash: str, todo: list[VideoTask], progress
     ds = ds.map(  # 1:1, actor pool: the TransNetV2 model loads once per actor
         DetectStage, fn_constructor_args=(config,), compute=pool(size=config.detect.num_actors),
         num_cpus=config.detect.num_cpus, num_gpus=config.detect.num_gpus,
+        memory=DETECT_MEMORY_BYTES,
     )
     ds = ds.map(  # 1:1, actor pool: OCR (+ CLIP) models load once per actor; light, shares a core
         AnalyseStage, fn_constructor_args=(config,), compute=pool(size=config.analyse.num_actors), num_cpus=0.5
