@@ -58,7 +58,7 @@ class ShotRow:
     """A detected shot with its scores and the filter's decision (a row of ``shots.parquet``)."""
 
     shot: DetectedShot
-    scores: ShotScores
+    scores: ShotScores | None  # None until the analyse stage has run
     reason: str = ""  # '' = kept, else comma-separated reasons
 
     @property
@@ -112,7 +112,14 @@ class VideoTask:
     def result(self) -> dict:
         """JSON-ready per-video result: what the index, tables and report are built from."""
         data = asdict(self)
+        unscored = {"brightness": None, "ocr_text_ratio": None, "aesthetic": None}
         data["shots"] = [
-            {**asdict(row.shot), **asdict(row.scores), "kept": row.kept, "reason": row.reason} for row in self.shots
+            {
+                **asdict(row.shot),
+                **(asdict(row.scores) if row.scores else unscored),
+                "kept": row.kept and row.scores is not None,
+                "reason": row.reason if row.scores else "not analysed",
+            }
+            for row in self.shots
         ]
         return data

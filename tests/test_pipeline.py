@@ -249,3 +249,15 @@ def test_samples_hash_ignores_placement_but_not_stage_settings():
     assert samples_hash(moved) == base  # a rerun with other placement still resumes
     assert samples_hash(load_config(demo, PipelineConfig, {"detect": {"threshold": 0.5}})) != base
     assert samples_hash(load_config(demo, PipelineConfig, {"render": {"fps": 24}})) != base
+
+
+def test_result_of_a_video_that_failed_before_analysis():
+    """A video whose analysis failed still leaves a readable result: shots unscored, not kept."""
+    from pipeline.detect import DetectedShot
+    from pipeline.task import ShotRow, VideoTask
+
+    task = VideoTask("/x/film.mp4", "0123456789abcdef")
+    task.shots = [ShotRow(DetectedShot(0, 30, False), None)]
+    task.fail("analyse", "RuntimeError: boom", status="error")
+    (shot,) = task.result()["shots"]
+    assert shot["kept"] is False and shot["reason"] == "not analysed" and shot["brightness"] is None
