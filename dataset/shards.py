@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 import uuid
@@ -44,8 +45,6 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         pyarrow.ArrowInvalid: the URI's scheme is not supported by pyarrow.
     """
     if "://" not in uri:
-        import os
-
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     return pafs.FileSystem.from_uri(uri)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -54,7 +54,6 @@ class DecodeStats:
     errors: int = 0
     last_error: str = ""
     last_time_s: float = 0.0
-    messages: list[str] = field(default_factory=list)
 
 
 def open_container(source: str, fs: pafs.FileSystem | None = None) -> av.container.InputContainer:
