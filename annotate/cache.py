@@ -15,8 +15,8 @@ import logging
 
 import pyarrow.fs as pafs
 
-from dataset.record import SampleRecord
-from dataset.shards import read_json, resolve, write_json
+from multishot.dataset.record import SampleRecord
+from multishot.dataset.shards import read_json, resolve, write_json
 
 log = logging.getLogger(__name__)
 

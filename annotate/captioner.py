@@ -21,12 +21,12 @@ from google import genai
 from google.genai import types
 from pydantic import ValidationError
 
-from annotate.cache import ResponseCache, sample_hash
-from annotate.config import AnnotateConfig
-from annotate.prompt import PromptTemplate, correction
-from annotate.reply import CaptionReply, check_reply, final_captions, parse_reply
-from annotate.retry import RateLimiter, ServiceError, call_with_retries
-from dataset.record import SampleRecord
+from multishot.annotate.cache import ResponseCache, sample_hash
+from multishot.annotate.config import AnnotateConfig
+from multishot.annotate.prompt import PromptTemplate, correction
+from multishot.annotate.reply import CaptionReply, check_reply, final_captions, parse_reply
+from multishot.annotate.retry import RateLimiter, ServiceError, call_with_retries
+from multishot.dataset.record import SampleRecord
 
 log = logging.getLogger(__name__)
 

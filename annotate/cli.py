@@ -42,10 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from annotate.captioner import Captioner
-    from annotate.config import AnnotateConfig
-    from annotate.shardset import annotate_shard_set
-    from dataset.shards import ShardSetLayout
+    from multishot.annotate.captioner import Captioner
+    from multishot.annotate.config import AnnotateConfig
+    from multishot.annotate.shardset import annotate_shard_set
+    from multishot.dataset.shards import ShardSetLayout
     from multishot.config import load_config
     from tqdm.contrib.logging import logging_redirect_tqdm
 

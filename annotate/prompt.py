@@ -14,8 +14,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotate.reply import CaptionReply
-from dataset.record import SampleRecord
+from multishot.annotate.reply import CaptionReply
+from multishot.dataset.record import SampleRecord
 
 #: sent after an invalid reply; ``$problems`` lists what was wrong
 CORRECTION = (

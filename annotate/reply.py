@@ -14,7 +14,7 @@ import re
 
 from pydantic import BaseModel, Field, ValidationError
 
-from dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
+from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
 
 #: a character tag as the model might write it; only the exact form ``[characterN]`` is accepted
 _LOOSE_TAG = re.compile(r"\[\s*character\s*(\d+)\s*\]", re.IGNORECASE)

@@ -22,11 +22,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from annotate.captioner import Captioner
-from dataset.record import SampleRecord
+from multishot.annotate.captioner import Captioner
+from multishot.dataset.record import SampleRecord
 from multishot.config import dump_yaml
-from dataset.shardset import sample_row
-from dataset.shards import ShardInfo, ShardSetLayout, read_json, read_shard, resolve, write_json, write_shard
+from multishot.dataset.shardset import sample_row
+from multishot.dataset.shards import ShardInfo, ShardSetLayout, read_json, read_shard, resolve, write_json, write_shard
 
 log = logging.getLogger(__name__)
 

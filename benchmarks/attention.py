@@ -31,14 +31,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.attention import (BACKENDS, dense_attention, flex_block_mask,  # noqa: E402
+from multishot.model.attention import (BACKENDS, dense_attention, flex_block_mask,  # noqa: E402
                              sparse_self_attention, varlen_implementation)
-from model.config import WanConfig  # noqa: E402
-from model.dit import WanModel  # noqa: E402
-from model.flops import ATTENTION_BACKWARD_RATIO, attention_flops  # noqa: E402
-from model.layout import ShotLayout, enforce_4t_plus_1  # noqa: E402
+from multishot.model.config import WanConfig  # noqa: E402
+from multishot.model.dit import WanModel  # noqa: E402
+from multishot.model.flops import ATTENTION_BACKWARD_RATIO, attention_flops  # noqa: E402
+from multishot.model.layout import ShotLayout, enforce_4t_plus_1  # noqa: E402
 
 TOKENS_PER_FRAME = 30 * 52  # 480×832, VAE stride 8, patch 2
 HEAD_DIM = 128

@@ -25,9 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path, and this file (pipeline.py)
-# would shadow the `pipeline` package: look packages up from the repository instead.
-sys.path[0] = str(REPO)
 
 
 def main() -> None:
@@ -38,8 +35,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from multishot.config import load_config
-    from pipeline.config import PipelineConfig
-    from pipeline.run import run_pipeline
+    from multishot.pipeline.config import PipelineConfig
+    from multishot.pipeline.run import run_pipeline
 
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:

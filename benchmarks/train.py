@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dataset.loader import Batch
-from trainer.config import TrainConfig
-from trainer.metrics import peak_memory_gib, step_flops
-from trainer.trainer import Trainer
+from multishot.dataset.loader import Batch
+from multishot.trainer.config import TrainConfig
+from multishot.trainer.metrics import peak_memory_gib, step_flops
+from multishot.trainer.trainer import Trainer
 
 CUTS = [37, 73, 113, 169, 205]
 FRAMES, LATENT = 241, (48, 61, 30, 52)

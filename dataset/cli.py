@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from dataset.shards import MAX_MEMBER_BYTES
+from multishot.dataset.shards import MAX_MEMBER_BYTES
 
 _WHERE_HELP = (
     "keep samples where FIELD OP VALUE holds (OP: = != < <= > >=); repeat to combine, e.g. "
@@ -21,14 +21,14 @@ _WHERE_HELP = (
 
 
 def _open(args: argparse.Namespace):
-    from dataset.shardset import ShardSet
+    from multishot.dataset.shardset import ShardSet
 
     return ShardSet.open(args.path, max_member_bytes=args.max_member_mb << 20, progress=not args.quiet)
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from dataset.shardset import ROW_COLUMNS
-    from dataset.where import parse_where, select
+    from multishot.dataset.shardset import ROW_COLUMNS
+    from multishot.dataset.where import parse_where, select
 
     conditions = [parse_where(w, ROW_COLUMNS) for w in args.where]
     rows = select(_open(args).rows(), conditions)
@@ -55,7 +55,7 @@ def _cell(value) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from dataset.stats import compute_stats, format_stats, plot_stats
+    from multishot.dataset.stats import compute_stats, format_stats, plot_stats
 
     stats = compute_stats(_open(args))
     summary = stats.summary()
@@ -67,7 +67,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from dataset.describe import describe_sample
+    from multishot.dataset.describe import describe_sample
 
     record, _ = _open(args).sample(args.key)
     print(record.model_dump_json(indent=1) if args.json else describe_sample(record))
@@ -75,7 +75,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _sheet(args: argparse.Namespace) -> int:
-    from dataset.sheet import render_sheet
+    from multishot.dataset.sheet import render_sheet
 
     record, mp4 = _open(args).sample(args.key)
     image, layout = render_sheet(record, mp4, frames_per_shot=args.frames, thumb_height=args.thumb_height)
@@ -85,7 +85,7 @@ def _sheet(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from dataset.verify import verify
+    from multishot.dataset.verify import verify
 
     problems = verify(_open(args), decode=not args.no_decode)
     for problem in problems:
@@ -95,8 +95,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dataset.describe import caption_state
-    from dataset.export import export_sample
+    from multishot.dataset.describe import caption_state
+    from multishot.dataset.export import export_sample
 
     record, mp4 = _open(args).sample(args.key)
     for path in export_sample(record, mp4, args.output):

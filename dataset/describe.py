@@ -7,7 +7,7 @@ cut] …``); a sample whose captions are not ``ok`` says so instead of printing 
 
 from __future__ import annotations
 
-from dataset.record import SampleRecord, Shot
+from multishot.dataset.record import SampleRecord, Shot
 
 
 def shot_summary(record: SampleRecord, shot: Shot) -> str:

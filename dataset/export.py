@@ -13,8 +13,8 @@ import os
 
 import pyarrow.fs as pafs
 
-from dataset.record import KEY_PATTERN, SampleRecord
-from dataset.shards import resolve
+from multishot.dataset.record import KEY_PATTERN, SampleRecord
+from multishot.dataset.shards import resolve
 
 
 def export_sample(record: SampleRecord, mp4: bytes, out_dir: str) -> list[str]:

@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from dataset.record import SampleRecord
-from dataset.shards import ShardInfo, write_tar
+from multishot.dataset.record import SampleRecord
+from multishot.dataset.shards import ShardInfo, write_tar
 
 
 @dataclass

@@ -35,9 +35,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dataset.latents import LatentSample
-from dataset.record import SampleRecord, build_prompt, num_latent_frames
-from dataset.shards import TMP_SUFFIX, ShardSetLayout, iter_members, resolve
+from multishot.dataset.latents import LatentSample
+from multishot.dataset.record import SampleRecord, build_prompt, num_latent_frames
+from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, iter_members, resolve
 
 log = logging.getLogger(__name__)
 

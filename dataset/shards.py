@@ -33,7 +33,7 @@ from typing import BinaryIO
 import pyarrow.fs as pafs
 import webdataset as wds
 
-from dataset.record import SampleRecord
+from multishot.dataset.record import SampleRecord
 
 TMP_SUFFIX = ".tmp"
 

@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from dataset.record import SampleRecord
-from dataset.shards import MAX_MEMBER_BYTES, ShardSetLayout, iter_members, read_json, resolve
+from multishot.dataset.record import SampleRecord
+from multishot.dataset.shards import MAX_MEMBER_BYTES, ShardSetLayout, iter_members, read_json, resolve
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from dataset.describe import caption_state, shot_summary
-from dataset.frames import frames_at
-from dataset.record import SampleRecord, Shot
+from multishot.dataset.describe import caption_state, shot_summary
+from multishot.dataset.frames import frames_at
+from multishot.dataset.record import SampleRecord, Shot
 
 MARGIN = 12  # pixels around the sheet
 GAP = 6  # pixels between thumbnails

@@ -14,7 +14,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from dataset.shardset import ShardSet
+from multishot.dataset.shardset import ShardSet
 
 #: Per-shot filter scores (``Shot`` fields and ``shots.parquet`` columns) and their units.
 SCORES = {

@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pydantic
 
-from dataset.frames import check_mp4
-from dataset.record import KEY_PATTERN, SampleRecord
-from dataset.shards import TMP_SUFFIX, member_problem
-from dataset.shardset import ShardSet
+from multishot.dataset.frames import check_mp4
+from multishot.dataset.record import KEY_PATTERN, SampleRecord
+from multishot.dataset.shards import TMP_SUFFIX, member_problem
+from multishot.dataset.shardset import ShardSet
 
 #: Members a shard may hold per sample (see ``dataset.shards.write_shard``).
 MEMBER_EXTENSIONS = ("mp4", "json")

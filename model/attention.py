@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from model.layout import ShotLayout
+from multishot.model.layout import ShotLayout
 
 BACKENDS = ("reference", "varlen", "sdpa", "flex")
 

@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.attention import BACKENDS, dense_attention, sparse_self_attention
-from model.config import WanConfig
-from model.layout import ShotLayout
-from model.prompt_spans import TextSpans, shot_text_mask
+from multishot.model.attention import BACKENDS, dense_attention, sparse_self_attention
+from multishot.model.config import WanConfig
+from multishot.model.layout import ShotLayout
+from multishot.model.prompt_spans import TextSpans, shot_text_mask
 
 #: Positions per RoPE axis in Wan's tables (``rope_params(1024, …)``).
 ROPE_MAX_POSITIONS = 1024

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from model.config import WanConfig
-from model.layout import ShotLayout
+from multishot.model.config import WanConfig
+from multishot.model.layout import ShotLayout
 
 #: Backward over forward FLOPs: 2 for matmuls (grad input + grad weight); for attention
 #: FlashAttention's convention of 2.5 (five matmuls against two) is used by the benchmark.

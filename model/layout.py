@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dataset.record import VAE_TEMPORAL_STRIDE, latent_cut_frame, num_latent_frames
+from multishot.dataset.record import VAE_TEMPORAL_STRIDE, latent_cut_frame, num_latent_frames
 
 
 def enforce_4t_plus_1(frame: int) -> int:

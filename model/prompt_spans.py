@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
+from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
 
 
 def clean_prompt(prompt: str) -> str:

@@ -13,11 +13,11 @@ import sys
 
 #: module providing ``register(subparsers)`` for each top-level command
 COMMANDS = {
-    "pipeline": "pipeline.cli",
-    "shards": "dataset.cli",
-    "annotate": "annotate.cli",
-    "precompute": "trainer.cli",
-    "train": "trainer.cli",
+    "pipeline": "multishot.pipeline.cli",
+    "shards": "multishot.dataset.cli",
+    "annotate": "multishot.annotate.cli",
+    "precompute": "multishot.trainer.cli",
+    "train": "multishot.trainer.cli",
 }
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipeline.config import AnalyseConfig
-from pipeline.detect import DetectedShot
-from pipeline.video import DecodeStats, iter_frames
+from multishot.pipeline.config import AnalyseConfig
+from multishot.pipeline.detect import DetectedShot
+from multishot.pipeline.video import DecodeStats, iter_frames
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,12 @@ class ShotAnalyser:
         self.config = config
         self.text = None
         if config.ocr_backend != "none" and config.ocr_frames_per_shot > 0:
-            from pipeline.ocr import TextDetector
+            from multishot.pipeline.ocr import TextDetector
 
             self.text = TextDetector(config)
         self.aesthetic = None
         if config.aesthetic_enabled:
-            from pipeline.aesthetic import AestheticScorer
+            from multishot.pipeline.aesthetic import AestheticScorer
 
             self.aesthetic = AestheticScorer(config.clip_model, config.clip_weights, config.aesthetic_head_weights)
 

@@ -44,9 +44,9 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from multishot.config import ConfigError, load_config
-    from pipeline.config import PipelineConfig
-    from pipeline.discover import InputError
-    from pipeline.run import run_pipeline
+    from multishot.pipeline.config import PipelineConfig
+    from multishot.pipeline.discover import InputError
+    from multishot.pipeline.run import run_pipeline
 
     overrides: dict = {}
     for key in ("input", "output"):

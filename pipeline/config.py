@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from annotate.config import AnnotateConfig
+from multishot.annotate.config import AnnotateConfig
 
 
 class _Section(BaseModel):

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipeline.config import DetectConfig
-from pipeline.video import DecodeStats, iter_frames
+from multishot.pipeline.config import DetectConfig
+from multishot.pipeline.video import DecodeStats, iter_frames
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import os
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dataset.shards import resolve
+from multishot.dataset.shards import resolve
 
 
 class InputError(ValueError):

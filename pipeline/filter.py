@@ -8,8 +8,8 @@ A shot failing several tests carries all their reasons, comma-separated.
 
 from __future__ import annotations
 
-from pipeline.analyse import ShotScores
-from pipeline.config import FilterConfig
+from multishot.pipeline.analyse import ShotScores
+from multishot.pipeline.config import FilterConfig
 
 
 def decide(scores: ShotScores, config: FilterConfig) -> str:

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dataset.shards import ShardSetLayout, write_json
+from multishot.dataset.shards import ShardSetLayout, write_json
 from multishot.config import dump_yaml
-from pipeline.config import PipelineConfig
+from multishot.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import logging
 import cv2
 import numpy as np
 
-from pipeline.config import AnalyseConfig
+from multishot.pipeline.config import AnalyseConfig
 
 log = logging.getLogger(__name__)
 

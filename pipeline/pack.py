@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import Bucket, PackConfig
+from multishot.pipeline.config import Bucket, PackConfig
 
 LATENT_STRIDE = 4
 

@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import pyarrow.fs as pafs
 
-from pipeline.config import RenderConfig
-from pipeline.video import DecodeStats, VideoInfo, iter_frames
+from multishot.pipeline.config import RenderConfig
+from multishot.pipeline.video import DecodeStats, VideoInfo, iter_frames
 
 log = logging.getLogger(__name__)
 

@@ -18,18 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.fs as pafs
 from tqdm import tqdm
 
-from dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve
+from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve
 from multishot.config import config_hash
-from pipeline.config import PipelineConfig
-from pipeline.discover import discover
-from pipeline.filter import decide
-from pipeline.index import finalize
-from pipeline.pack import PackShot, pack_video
-from pipeline.render import render_samples
-from pipeline.sample import plan_sample
-from pipeline.task import ShotRow, VideoTask, fingerprint
-from pipeline.video import DecodeStats, ProbeError, probe
-from pipeline.write import load_result, save_result, write_samples
+from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.discover import discover
+from multishot.pipeline.filter import decide
+from multishot.pipeline.index import finalize
+from multishot.pipeline.pack import PackShot, pack_video
+from multishot.pipeline.render import render_samples
+from multishot.pipeline.sample import plan_sample
+from multishot.pipeline.task import ShotRow, VideoTask, fingerprint
+from multishot.pipeline.video import DecodeStats, ProbeError, probe
+from multishot.pipeline.write import load_result, save_result, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class DetectStage:
     """Actor pool stage, one detector model per actor (GPU when Ray gives the actor one)."""
 
     def __init__(self, config: PipelineConfig):
-        from pipeline.detect import make_detector
+        from multishot.pipeline.detect import make_detector
 
         self.detector = make_detector(config.detect)
 
@@ -119,7 +119,7 @@ class AnalyseStage:
     """Actor pool stage: OCR (and CLIP when weights are given) loaded once per actor."""
 
     def __init__(self, config: PipelineConfig):
-        from pipeline.analyse import ShotAnalyser
+        from multishot.pipeline.analyse import ShotAnalyser
 
         self.config = config
         self.analyser = ShotAnalyser(config.analyse)
@@ -150,7 +150,7 @@ class RenderWriteStage:
     is configured, write its shards and result."""
 
     def __init__(self, config: PipelineConfig, samples_hash: str):
-        from annotate.captioner import Captioner
+        from multishot.annotate.captioner import Captioner
 
         self.config = config
         self.hash = samples_hash

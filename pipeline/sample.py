@@ -9,12 +9,12 @@ sample's cut frames in output-frame and latent-frame units; the caption fields e
 
 from __future__ import annotations
 
-from dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
-from dataset.shardset import sample_row
-from pipeline.config import PipelineConfig
-from pipeline.pack import PackedSample
-from pipeline.render import RenderJob, source_frames_for_shot
-from pipeline.task import VideoTask, slug
+from multishot.dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
+from multishot.dataset.shardset import sample_row
+from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.pack import PackedSample
+from multishot.pipeline.render import RenderJob, source_frames_for_shot
+from multishot.pipeline.task import VideoTask, slug
 
 
 def plan_sample(task: VideoTask, sample: PackedSample, config: PipelineConfig, config_hash: str) -> tuple[SampleRecord, RenderJob]:

@@ -20,10 +20,10 @@ from typing import Literal
 
 import pyarrow.fs as pafs
 
-from pipeline.analyse import ShotScores
-from pipeline.detect import DetectedShot
-from pipeline.pack import PackedSample
-from pipeline.video import DecodeStats, VideoInfo
+from multishot.pipeline.analyse import ShotScores
+from multishot.pipeline.detect import DetectedShot
+from multishot.pipeline.pack import PackedSample
+from multishot.pipeline.video import DecodeStats, VideoInfo
 
 Status = Literal["ok", "partial", "rejected", "error"]
 CHUNK_BYTES = 8 << 20

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pyarrow.fs as pafs
 
-from dataset.record import SampleRecord
-from dataset.shards import ShardSetLayout, read_json, write_json, write_shard
-from pipeline.sample import index_row
-from pipeline.task import VideoTask
+from multishot.dataset.record import SampleRecord
+from multishot.dataset.shards import ShardSetLayout, read_json, write_json, write_shard
+from multishot.pipeline.sample import index_row
+from multishot.pipeline.task import VideoTask
 
 
 def shard_name(source_id: str, n: int) -> str:

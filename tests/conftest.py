@@ -17,8 +17,8 @@ def pipeline_run(tmp_path_factory):
     """The real pipeline (local Ray, TransNetV2, rapidocr, x264) over ``../shared/footage/archive``
     plus the five broken files of ``../shared/footage/bad``: ``(output root, report)``."""
     from multishot.config import load_config
-    from pipeline.config import PipelineConfig
-    from pipeline.run import run_pipeline
+    from multishot.pipeline.config import PipelineConfig
+    from multishot.pipeline.run import run_pipeline
 
     work = tmp_path_factory.mktemp("pipeline")
     listing = work / "inputs.txt"
@@ -83,7 +83,7 @@ def _encode_mp4(frames: list, fps: int) -> bytes:
 def make_footage_sample(key: str, sources: list[tuple[str, float]], shot_frames: list[int],
                         captioned: bool, size: tuple[int, int] = (128, 72), fps: int = 16):
     """A (SampleRecord, mp4 bytes) pair: one shot per source, joined by hard cuts."""
-    from dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
+    from multishot.dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
 
     frames, shots, start = [], [], 0
     for i, ((name, start_s), count) in enumerate(zip(sources, shot_frames)):
@@ -114,7 +114,7 @@ def train_footage_shards(tmp_path_factory) -> dict[str, str]:
     captioned, some ``pending``); ``corrupt`` has 1 shard of 4 samples of which the second's
     mp4 is ``bad/corrupt_random_bytes.mp4`` and the fourth's is cut to its first 2000 bytes.
     """
-    from dataset.shards import resolve, write_shard
+    from multishot.dataset.shards import resolve, write_shard
 
     root = tmp_path_factory.mktemp("train_footage")
     fs, _ = resolve(str(root))

@@ -14,9 +14,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pipeline.aesthetic import AestheticHead, AestheticScorer
-from pipeline.config import AnalyseConfig
-from pipeline.video import iter_frames
+from multishot.pipeline.aesthetic import AestheticHead, AestheticScorer
+from multishot.pipeline.config import AnalyseConfig
+from multishot.pipeline.video import iter_frames
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 TINY = {
@@ -77,9 +77,9 @@ def test_missing_or_mismatched_weights_are_clear_errors(weights, tmp_path):
 
 
 def test_analyser_scores_every_shot_when_weights_are_given(weights):
-    from pipeline.analyse import ShotAnalyser
-    from pipeline.detect import DetectedShot
-    from pipeline.video import DecodeStats
+    from multishot.pipeline.analyse import ShotAnalyser
+    from multishot.pipeline.detect import DetectedShot
+    from multishot.pipeline.video import DecodeStats
 
     name, clip, head = weights
     config = AnalyseConfig(clip_model=name, clip_weights=clip, aesthetic_head_weights=head, ocr_backend="none")

@@ -24,13 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotate.captioner import Captioner
-from annotate.config import CONFIG_DIR, AnnotateConfig
-from annotate.prompt import PromptTemplate
-from annotate.reply import CaptionReply, check_reply, final_captions
-from annotate.retry import backoff_s, retry_after_s
-from dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
-from dataset.shards import ShardSetLayout, read_json, read_shard, resolve, write_json, write_shard
+from multishot.annotate.captioner import Captioner
+from multishot.annotate.config import CONFIG_DIR, AnnotateConfig
+from multishot.annotate.prompt import PromptTemplate
+from multishot.annotate.reply import CaptionReply, check_reply, final_captions
+from multishot.annotate.retry import backoff_s, retry_after_s
+from multishot.dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
+from multishot.dataset.shards import ShardSetLayout, read_json, read_shard, resolve, write_json, write_shard
 from multishot.cli import main as multishot_main
 from multishot.config import load_config
 

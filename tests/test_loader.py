@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from dataset.loader import PLACEHOLDER_CAPTION, DataConfig, ShardStream, TrainLoader, list_shards
-from dataset.record import CUT_TAG, GLOBAL_TAG, build_prompt
+from multishot.dataset.loader import PLACEHOLDER_CAPTION, DataConfig, ShardStream, TrainLoader, list_shards
+from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, build_prompt
 
 
 def config(root: str, **kw) -> DataConfig:

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from model.attention import dense_attention, pack_kv, sparse_self_attention
-from model.layout import ShotLayout, enforce_4t_plus_1, latent_shot_starts
+from multishot.model.attention import dense_attention, pack_kv, sparse_self_attention
+from multishot.model.layout import ShotLayout, enforce_4t_plus_1, latent_shot_starts
 
 
 def rel(a, b):

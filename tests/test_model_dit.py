@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from model.checkpoint import (from_diffusers, is_diffusers_state_dict, load_into,
+from multishot.model.checkpoint import (from_diffusers, is_diffusers_state_dict, load_into,
                               load_state_dict_file, save_safetensors)
-from model.config import get_config
-from model.dit import WanModel, apply_rope, rope_cos_sin
-from model.flops import attention_flops, forward_flops
-from model.layout import ShotLayout
-from model.prompt_spans import TextSpans
+from multishot.model.config import get_config
+from multishot.model.dit import WanModel, apply_rope, rope_cos_sin
+from multishot.model.flops import attention_flops, forward_flops
+from multishot.model.layout import ShotLayout
+from multishot.model.prompt_spans import TextSpans
 
 TINY = get_config("tiny")
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
-from dataset.record import build_prompt
-from model.config import WanConfig
-from model.dit import WanModel
-from model.layout import ShotLayout
-from model.prompt_spans import (TextSpans, char_spans, clean_prompt, prompt_token_spans,
+from multishot.dataset.record import build_prompt
+from multishot.model.config import WanConfig
+from multishot.model.dit import WanModel
+from multishot.model.layout import ShotLayout
+from multishot.model.prompt_spans import (TextSpans, char_spans, clean_prompt, prompt_token_spans,
                                 shot_text_mask, token_spans)
 
 PROMPT = "[global caption] A man. [per shot caption] He sits. [shot cut] He runs."

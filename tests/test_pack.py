@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import Bucket, PackConfig
-from pipeline.pack import PackShot, pack_video, runs, shot_frames, target_frames
+from multishot.pipeline.config import Bucket, PackConfig
+from multishot.pipeline.pack import PackShot, pack_video, runs, shot_frames, target_frames
 
 SOURCE_FPS = 24.0
 FPS = 16.0

@@ -14,14 +14,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
 from multishot.config import ConfigError, load_config
-from pipeline.config import DetectConfig, PipelineConfig
-from pipeline.detect import SceneDetectDetector, TransNetV2Detector, shots_from_predictions
-from pipeline.discover import InputError, discover
-from pipeline.ocr import polygon_area, text_area_ratio
-from pipeline.render import source_frames_for_shot
-from pipeline.video import DecodeStats, ProbeError, probe
+from multishot.pipeline.config import DetectConfig, PipelineConfig
+from multishot.pipeline.detect import SceneDetectDetector, TransNetV2Detector, shots_from_predictions
+from multishot.pipeline.discover import InputError, discover
+from multishot.pipeline.ocr import polygon_area, text_area_ratio
+from multishot.pipeline.render import source_frames_for_shot
+from multishot.pipeline.video import DecodeStats, ProbeError, probe
 from synthetic_edit import build as build_synthetic_edit
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
@@ -217,7 +217,7 @@ def test_report_and_verify(pipeline_run, capsys):
 def test_rerun_skips_finished_videos(pipeline_run):
     out, report = pipeline_run
     from multishot.config import load_config as load
-    from pipeline.run import run_pipeline
+    from multishot.pipeline.run import run_pipeline
 
     listing = Path(out).parent / "inputs.txt"
     config = load(REPO / "configs" / "pipeline" / "demo.yaml", PipelineConfig, {"input": str(listing), "output": out})
@@ -228,7 +228,7 @@ def test_rerun_skips_finished_videos(pipeline_run):
 
 def test_training_loader_reads_the_pipeline_shards(footage_shards):
     """The contract between the halves: the training loader reads what the pipeline wrote."""
-    from dataset.loader import DataConfig, TrainLoader
+    from multishot.dataset.loader import DataConfig, TrainLoader
 
     config = DataConfig(shards=[footage_shards], num_frames=33, height=48, width=80, batch_size=1,
                         shuffle_buffer=1, num_workers=0, uncaptioned="placeholder")
@@ -241,7 +241,7 @@ def test_training_loader_reads_the_pipeline_shards(footage_shards):
 
 
 def test_samples_hash_ignores_placement_but_not_stage_settings():
-    from pipeline.run import samples_hash
+    from multishot.pipeline.run import samples_hash
 
     demo = REPO / "configs" / "pipeline" / "demo.yaml"
     base = samples_hash(load_config(demo, PipelineConfig))
@@ -253,8 +253,8 @@ def test_samples_hash_ignores_placement_but_not_stage_settings():
 
 def test_result_of_a_video_that_failed_before_analysis():
     """A video whose analysis failed still leaves a readable result: shots unscored, not kept."""
-    from pipeline.detect import DetectedShot
-    from pipeline.task import ShotRow, VideoTask
+    from multishot.pipeline.detect import DetectedShot
+    from multishot.pipeline.task import ShotRow, VideoTask
 
     task = VideoTask("/x/film.mp4", "0123456789abcdef")
     task.shots = [ShotRow(DetectedShot(0, 30, False), None)]

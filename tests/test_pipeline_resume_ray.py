@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
 from multishot.cli import main
-from pipeline.video import iter_frames, probe
+from multishot.pipeline.video import iter_frames, probe
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 CLIPS = [  # (film, first second, seconds): several shots each
@@ -165,8 +165,8 @@ def test_pipeline_captions_samples_when_a_key_is_set(small_job, tmp_path, monkey
     from gemini_server import GeminiServer
 
     from multishot.config import load_config
-    from pipeline.config import PipelineConfig
-    from pipeline.run import run_pipeline
+    from multishot.pipeline.config import PipelineConfig
+    from multishot.pipeline.run import run_pipeline
 
     clips, config_path = small_job
     key = "AIzaTEST-pipeline-stage-0c1d2e3f"

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dataset.frames import check_mp4
-from dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
-from dataset.shards import ShardSetLayout, UnsafeTarError, read_shard, resolve, write_json, write_shard
-from dataset.shardset import ShardSet
-from dataset.verify import verify
+from multishot.dataset.frames import check_mp4
+from multishot.dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
+from multishot.dataset.shards import ShardSetLayout, UnsafeTarError, read_shard, resolve, write_json, write_shard
+from multishot.dataset.shardset import ShardSet
+from multishot.dataset.verify import verify
 from multishot.cli import main
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
@@ -505,7 +505,7 @@ def test_stats_totals_and_plot(good_set, tmp_path, capsys):
 
 
 def test_sheet_has_one_row_per_shot_showing_that_shot(good_set, tmp_path, capsys):
-    from dataset.sheet import GAP, RULE_COLOUR, plan_sheet
+    from multishot.dataset.sheet import GAP, RULE_COLOUR, plan_sheet
 
     png = tmp_path / "sheet.png"
     code, _, err = _shards(["sheet", str(good_set), "sintel-a", "-o", str(png), "--frames", "3"], capsys)

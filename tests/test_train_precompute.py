@@ -13,8 +13,8 @@ import yaml
 
 from multishot.cli import main as multishot_main
 from multishot.config import load_config
-from trainer.config import TrainConfig
-from trainer.flow_matching import FlowMatchConfig, FlowMatching
+from multishot.trainer.config import TrainConfig
+from multishot.trainer.flow_matching import FlowMatchConfig, FlowMatching
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def test_precompute_then_train_on_latents(tmp_path, train_footage_shards, tiny_e
     assert any(s.startswith("broken: undecodable mp4") for s in report["skips"])
     assert set(json.loads((out / "manifest.json").read_text())) == {"a-00000.tar", "a-00001.tar", "b-00000.tar"}
 
-    from dataset.loader import DataConfig, TrainLoader
+    from multishot.dataset.loader import DataConfig, TrainLoader
 
     loader = TrainLoader(DataConfig(shards=[str(out)], kind="latents", num_frames=17, num_workers=0))
     batch = next(iter(loader))
@@ -53,7 +53,7 @@ def test_precompute_then_train_on_latents(tmp_path, train_footage_shards, tiny_e
         monkeypatch.delenv(var, raising=False)
     train = load_config(config, TrainConfig, {"data": {"shards": [str(out)], "kind": "latents"},
                                               "encoders": {"vae": None}})
-    from trainer.trainer import Trainer
+    from multishot.trainer.trainer import Trainer
 
     try:
         trainer = Trainer(train)

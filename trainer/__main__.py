@@ -1,10 +1,10 @@
-"""``torchrun [...] -m trainer --config FILE``: one rank of a fine-tuning run."""
+"""``torchrun [...] -m multishot.trainer --config FILE``: one rank of a fine-tuning run."""
 
 from __future__ import annotations
 
 import sys
 
-from trainer.cli import main
+from multishot.trainer.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.stateful import Stateful
 
-from model.checkpoint import save_safetensors
+from multishot.model.checkpoint import save_safetensors
 
 log = logging.getLogger(__name__)
 

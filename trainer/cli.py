@@ -1,7 +1,7 @@
 """``multishot train`` and ``multishot precompute`` (thin: parse, load the config, hand over).
 
 ``multishot train --config FILE`` starts ``torchrun`` with one process per local GPU (one
-process on a CPU-only machine); each process runs :func:`main`, as ``torchrun -m trainer``
+process on a CPU-only machine); each process runs :func:`main`, as ``torchrun -m multishot.trainer``
 does on a cluster. ``--launcher ray`` runs the same ranks as Ray Train workers instead
 (:mod:`trainer.ray_launch`).
 """
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with rectified flow matching; resumes from the newest checkpoint in run.output_dir. "
         "Two launchers run the same ranks, config, checkpoints and metrics: "
         "'torchrun' (default) starts one process per local GPU (one on CPU) on this machine "
-        "(on a cluster run `torchrun --nnodes N --nproc-per-node 8 -m trainer --config FILE` "
+        "(on a cluster run `torchrun --nnodes N --nproc-per-node 8 -m multishot.trainer --config FILE` "
         "instead); 'ray' runs --num-workers Ray Train workers (TorchTrainer, one GPU each "
         "with NCCL, or CPU with gloo) on the Ray cluster at --ray-address, or on a local Ray, "
         "and reports the metrics to Ray Train. Paths in the config must be reachable from "
@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _launch(args: argparse.Namespace) -> int:
     config = load_config(args.config, _train_config(), _overrides(args.set))  # fail here, not in N ranks
     if args.launcher == "ray":
-        from trainer.ray_launch import launch
+        from multishot.trainer.ray_launch import launch
 
         launch(config, args.num_workers, use_gpu=args.use_gpu, address=args.ray_address,
                max_failures=args.max_failures)
@@ -96,20 +96,20 @@ def _launch(args: argparse.Namespace) -> int:
 
     nproc = args.nproc or max(1, torch.cuda.device_count())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "trainer", "--config", args.config,
+           f"--nproc-per-node={nproc}", "-m", "multishot.trainer", "--config", args.config,
            *[f"--set={s}" for s in args.set]]
     log.info("launching: %s", " ".join(cmd))
     return subprocess.call(cmd, env=os.environ.copy())
 
 
 def _train_config():
-    from trainer.config import TrainConfig
+    from multishot.trainer.config import TrainConfig
 
     return TrainConfig
 
 
 def _precompute(args: argparse.Namespace) -> int:
-    from trainer.precompute import precompute
+    from multishot.trainer.precompute import precompute
 
     config = load_config(args.config, _train_config(), _overrides(args.set))
     report = precompute(config, args.out)
@@ -119,12 +119,12 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank: ``python -m trainer --config FILE [--set KEY=VALUE ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    """One rank: ``python -m multishot.trainer --config FILE [--set KEY=VALUE ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m multishot.trainer", description=__doc__)
     _add_config_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from trainer.trainer import Trainer
+    from multishot.trainer.trainer import Trainer
 
     import torch.distributed as dist
 

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dataset.loader import DataConfig
-from trainer.flow_matching import FlowMatchConfig
+from multishot.dataset.loader import DataConfig
+from multishot.trainer.flow_matching import FlowMatchConfig
 
 
 class _Section(BaseModel):

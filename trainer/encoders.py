@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from model.prompt_spans import TextSpans, clean_prompt, prompt_token_spans
-from trainer.config import EncodersConfig
+from multishot.model.prompt_spans import TextSpans, clean_prompt, prompt_token_spans
+from multishot.trainer.config import EncodersConfig
 
 
 def load_tokenizer(path: str) -> Any:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from model.config import WanConfig
-from model.flops import forward_flops
-from model.layout import ShotLayout
+from multishot.model.config import WanConfig
+from multishot.model.flops import forward_flops
+from multishot.model.layout import ShotLayout
 
 #: backward ≈ 2 × forward for a training step's model FLOPs
 TRAIN_FLOPS_PER_FORWARD = 3

@@ -19,12 +19,12 @@ import logging
 import torch
 from tqdm import tqdm
 
-from dataset.latents import LatentSample, write_latent_shard
-from dataset.loader import ShardStream, SkipSample, iter_tar
-from dataset.shards import ShardSetLayout, resolve, write_json
-from model.config import get_config
-from trainer.config import TrainConfig
-from trainer.encoders import FrozenEncoders
+from multishot.dataset.latents import LatentSample, write_latent_shard
+from multishot.dataset.loader import ShardStream, SkipSample, iter_tar
+from multishot.dataset.shards import ShardSetLayout, resolve, write_json
+from multishot.model.config import get_config
+from multishot.trainer.config import TrainConfig
+from multishot.trainer.encoders import FrozenEncoders
 
 log = logging.getLogger(__name__)
 

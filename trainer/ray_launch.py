@@ -2,7 +2,7 @@
 
 Each Ray Train worker is one rank. Ray Train makes the process group (gloo on CPU workers,
 NCCL on GPU workers), sets ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE`` and the worker's
-current GPU; then the worker runs exactly what ``torchrun -m trainer`` runs —
+current GPU; then the worker runs exactly what ``torchrun -m multishot.trainer`` runs —
 ``Trainer(config).train()`` — so the config, the DCP checkpoints in ``run.output_dir``, the
 ``metrics.jsonl`` / TensorBoard logs and the safetensors export are the same. The logged
 metrics (loss, grad norm, lr, MFU, ...) also go to ``ray.train.report`` on every logging
@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.config import TrainConfig
+from multishot.trainer.config import TrainConfig
 
 if TYPE_CHECKING:
     from ray.train import Result
@@ -34,7 +34,7 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
     Returns the last metrics it reported (``step`` included)."""
     import ray.train
 
-    from trainer.trainer import Trainer
+    from multishot.trainer.trainer import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ray Train moves workers into its own run folder; relative paths in the config mean

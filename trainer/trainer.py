@@ -28,18 +28,18 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dataset.loader import Batch, TrainLoader
-from model.checkpoint import load_into, load_state_dict_file
-from model.config import get_config
-from model.dit import WanModel
-from model.layout import ShotLayout
+from multishot.dataset.loader import Batch, TrainLoader
+from multishot.model.checkpoint import load_into, load_state_dict_file
+from multishot.model.config import get_config
+from multishot.model.dit import WanModel
+from multishot.model.layout import ShotLayout
 from multishot.config import dump_yaml
-from trainer import checkpoint as ckpt
-from trainer.config import OptimConfig, TrainConfig
-from trainer.encoders import FrozenEncoders
-from trainer.flow_matching import FlowMatching
-from trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
-from trainer.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
+from multishot.trainer import checkpoint as ckpt
+from multishot.trainer.config import OptimConfig, TrainConfig
+from multishot.trainer.encoders import FrozenEncoders
+from multishot.trainer.flow_matching import FlowMatching
+from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
+from multishot.trainer.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
 
 log = logging.getLogger(__name__)
 

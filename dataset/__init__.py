@@ -1,0 +1,1 @@
+"""The sample record, shard reading and writing, the shards CLI and the training loader."""
