@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 CREDENTIALS = (
     "set GEMINI_API_KEY (Gemini Developer API), or GOOGLE_GENAI_USE_VERTEXAI=true "
@@ -47,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from multishot.annotate.shardset import annotate_shard_set
     from multishot.dataset.shards import ShardSetLayout
     from multishot.config import load_config
+    from multishot.errors import UsageError
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from multishot.dataset.shardset import ShardSet
+
+    ShardSet.open(args.shards)  # not a shard set: FileNotFoundError naming it, before any work
     overrides = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     config = (
         load_config(args.config, AnnotateConfig, overrides) if args.config
@@ -56,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     )
     captioner = Captioner.from_env(config, cache_dir=f"{ShardSetLayout(args.output).work_dir}/captions")
     if captioner is None:
-        print(f"multishot annotate: no Gemini credentials: {CREDENTIALS}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no Gemini credentials: {CREDENTIALS}")
     if not args.verbose:  # one INFO line per HTTP request would bury the progress bar
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)

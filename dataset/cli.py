@@ -107,21 +107,23 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _handled(func):
-    """Run a command, turning expected failures (missing key/set, damaged shard) into exit 2."""
+    """Run a command, turning expected failures (missing key/set, damaged shard) into a
+    :class:`~multishot.errors.UsageError` (one line on stderr, exit 2)."""
 
     def run(args: argparse.Namespace) -> int:
         import tarfile
 
         import pydantic
 
+        from multishot.errors import UsageError
+
         try:
             return func(args)
         except (KeyError, FileNotFoundError, ValueError, tarfile.TarError, pydantic.ValidationError) as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"multishot shards {args.shards_command}: {message}", file=sys.stderr)
+            message = f"{args.shards_command}: {err.args[0] if isinstance(err, KeyError) and err.args else err}"
             if not isinstance(err, (KeyError, FileNotFoundError)):
-                print("run `multishot shards verify PATH` to list every problem of the set", file=sys.stderr)
-            return 2
+                message += " (run `multishot shards verify PATH` to list every problem of the set)"
+            raise UsageError(message) from err
 
     return run
 

@@ -9,11 +9,14 @@ writes safetensors in official names.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 #: diffusers → Wan key rewrites, applied in order (block index kept by the regex group).
@@ -41,65 +44,140 @@ _DIFFUSERS_RULES: list[tuple[str, str]] = [
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "dit.")
 
 
-def is_diffusers_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
-    """True for diffusers ``WanTransformer3DModel`` key names."""
+def is_diffusers_state_dict(state_dict: Iterable[str]) -> bool:
+    """True for diffusers ``WanTransformer3DModel`` key names (``state_dict``: a state dict or
+    its keys)."""
     return any(k.startswith("condition_embedder.") or ".attn1." in k for k in state_dict)
 
 
 def from_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename diffusers Wan keys to Wan's; keys no rule matches are kept as they are (and then
     show up as unexpected in :func:`load_into`)."""
-    out = {}
-    for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _DIFFUSERS_RULES:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                break
-        out[new] = value
-    return out
+    return {_from_diffusers_key(key): value for key, value in state_dict.items()}
 
 
-def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _from_diffusers_key(key: str) -> str:
+    for pattern, repl in _DIFFUSERS_RULES:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def wan_names(keys: Iterable[str]) -> dict[str, str]:
+    """Official Wan name of every checkpoint key: a wrapper prefix shared by all keys stripped
+    (``model.diffusion_model.``, ...), diffusers names mapped (:func:`from_diffusers`).
+
+    Returns:
+        ``{checkpoint key: Wan key}`` in the order of ``keys``.
+    """
+    keys = list(keys)
+    names = {k: k for k in keys}
     for prefix in _PREFIXES:
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return state_dict
+        if keys and all(k.startswith(prefix) for k in keys):
+            names = {k: k[len(prefix):] for k in keys}
+            break
+    if is_diffusers_state_dict(names.values()):
+        names = {k: _from_diffusers_key(v) for k, v in names.items()}
+    return names
+
+
+def checkpoint_files(path: str | Path) -> list[Path]:
+    """The safetensors files of a checkpoint.
+
+    ``path`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` (shards listed in its
+    ``weight_map``, e.g. Wan's ``diffusion_pytorch_model-0000x-of-0000y.safetensors``), or a
+    folder holding one index or any ``.safetensors`` files.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path`` (or a listed shard is missing).
+    """
+    path = Path(path)
+    if path.is_dir():
+        index = sorted(path.glob("*.safetensors.index.json"))
+        files = _index_files(index[0]) if index else sorted(path.glob("*.safetensors"))
+    elif path.name.endswith(".index.json") and path.is_file():
+        files = _index_files(path)
+    else:
+        files = [path]
+    if not files or not all(f.is_file() for f in files):
+        raise FileNotFoundError(f"no safetensors checkpoint at {path}")
+    return files
+
+
+def _index_files(index: Path) -> list[Path]:
+    return [index.parent / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """A tensor of a safetensors file as its header describes it (no data read)."""
+
+    file: Path
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_headers(files: list[Path]) -> dict[str, TensorHeader]:
+    """``{checkpoint key: TensorHeader}`` of ``files`` from their headers alone.
+
+    Raises:
+        ValueError: the same key appears in two files.
+    """
+    headers: dict[str, TensorHeader] = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                if key in headers:
+                    raise ValueError(f"{f} repeats key {key} of {headers[key].file}")
+                part = handle.get_slice(key)
+                headers[key] = TensorHeader(f, tuple(part.get_shape()),
+                                            _SAFETENSORS_DTYPES[part.get_dtype()])
+    return headers
+
+
+#: safetensors header dtype names → torch dtypes
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                       "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
 def load_state_dict_file(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """A Wan DiT state dict in official names from safetensors.
+    """A Wan DiT state dict in official names from safetensors (every tensor, on ``device``).
 
-    ``path`` is a ``.safetensors`` file, a ``*.safetensors.index.json`` (shards listed in its
-    ``weight_map``), or a folder holding one index or any ``.safetensors`` files. Diffusers names
-    are mapped (:func:`from_diffusers`), a common wrapper prefix stripped.
+    ``path`` as :func:`checkpoint_files` takes it; names mapped by :func:`wan_names`. A
+    distributed run loads only its shards instead (:func:`trainer.checkpoint.load_init_weights`).
 
     Raises:
         FileNotFoundError: nothing loadable at ``path``.
         ValueError: the same key appears in two files.
     """
-    path = Path(path)
-    if path.is_dir():
-        index = sorted(path.glob("*.safetensors.index.json"))
-        files = [path / f for f in sorted(set(json.loads(index[0].read_text())["weight_map"]
-                                              .values()))] if index \
-            else sorted(path.glob("*.safetensors"))
-    elif path.name.endswith(".index.json"):
-        files = [path.parent / f for f in
-                 sorted(set(json.loads(path.read_text())["weight_map"].values()))]
-    else:
-        files = [path]
-    if not files or not all(f.is_file() for f in files):
-        raise FileNotFoundError(f"no safetensors checkpoint at {path}")
     state: dict[str, torch.Tensor] = {}
-    for f in files:
+    for f in checkpoint_files(path):
         part = load_file(str(f), device=device)
         dup = state.keys() & part.keys()
         if dup:
             raise ValueError(f"{f} repeats keys {sorted(dup)[:3]}…")
         state.update(part)
-    state = _strip_prefix(state)
-    return from_diffusers(state) if is_diffusers_state_dict(state) else state
+    return {wan: state[key] for key, wan in wan_names(state).items()}
+
+
+def compare_shapes(model_shapes: dict[str, tuple[int, ...]],
+                   file_shapes: dict[str, tuple[int, ...]]) -> LoadReport:
+    """What loading a checkpoint of ``file_shapes`` into a model of ``model_shapes`` (both
+    ``{Wan key: shape}``) would leave missing, unexpected and mismatched."""
+    report = LoadReport(missing=sorted(model_shapes.keys() - file_shapes.keys()),
+                        unexpected=sorted(file_shapes.keys() - model_shapes.keys()))
+    for key in sorted(model_shapes.keys() & file_shapes.keys()):
+        if tuple(model_shapes[key]) != tuple(file_shapes[key]):
+            report.mismatched.append(f"{key}: {tuple(file_shapes[key])} vs "
+                                     f"{tuple(model_shapes[key])}")
+    return report
 
 
 @dataclass
@@ -131,16 +209,11 @@ def load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> Lo
     keys of the wrong shape, and report what did not match. The model's own values stay where
     nothing was loaded."""
     own = model.state_dict()
-    report = LoadReport(missing=sorted(own.keys() - state_dict.keys()),
-                        unexpected=sorted(state_dict.keys() - own.keys()))
-    loadable = {}
-    for key in sorted(own.keys() & state_dict.keys()):
-        if own[key].shape != state_dict[key].shape:
-            report.mismatched.append(f"{key}: {tuple(state_dict[key].shape)} vs "
-                                     f"{tuple(own[key].shape)}")
-        else:
-            loadable[key] = state_dict[key]
-    model.load_state_dict(loadable, strict=False)
+    report = compare_shapes({k: tuple(v.shape) for k, v in own.items()},
+                            {k: tuple(v.shape) for k, v in state_dict.items()})
+    bad = {m.split(":")[0] for m in report.mismatched}
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own and k not in bad},
+                          strict=False)
     return report
 
 

@@ -205,13 +205,3 @@ class ShotLayout:
         own first frame: ``sum_i N_i · (N_i + G)`` (for FLOP counts)."""
         return sum((q1 - q0) * (k1 - k0) for q0, q1, k0, k1 in
                    zip(self.q_offsets, self.q_offsets[1:], self.kv_offsets, self.kv_offsets[1:]))
-
-    def to(self, device: torch.device | str) -> ShotLayout:
-        """The same layout with its tensors on ``device`` (a fresh cache)."""
-        tensors = {k: getattr(self, k).to(device) for k in
-                   ("frame_shot", "kv_index", "cu_seqlens_q", "cu_seqlens_k", "q_segment",
-                    "kv_segment", "own_rows")}
-        return ShotLayout(self.num_latent_frames, self.tokens_per_frame, self.shot_starts,
-                          self.q_offsets, self.kv_offsets, self.max_q, self.max_kv, **tensors,
-                          bank_tokens=tuple(t.to(device) for t in self.bank_tokens),
-                          bank_row_ranges=self.bank_row_ranges)

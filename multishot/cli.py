@@ -2,6 +2,12 @@
 
 Each part registers its own sub-commands (``register(subparsers)`` in ``<part>/cli.py``), so the
 entry point stays thin and imports heavy libraries only for the command that runs.
+
+Every command reports a bad input the same way, here and nowhere else: one line
+``multishot COMMAND: PROBLEM`` on stderr and exit code 2, no traceback (``-v`` logs it). A bad
+input is a :class:`multishot.errors.UsageError` raised by the part (config errors included),
+a pydantic ``ValidationError``, a ``FileNotFoundError``, or an argparse usage error. Output piped
+into a reader that stops early (``multishot shards ls PATH | head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -9,7 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from multishot.errors import USAGE_EXIT, UsageError, one_line
+
+log = logging.getLogger(__name__)
 
 #: module providing ``register(subparsers)`` for each top-level command
 COMMANDS = {
@@ -20,9 +31,20 @@ COMMANDS = {
     "train": "multishot.trainer.cli",
 }
 
+#: exit status after the reader of stdout went away (128 + SIGPIPE, as a shell tool killed by it)
+BROKEN_PIPE_EXIT = 141
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``PROG: error: PROBLEM (see PROG --help)``, exit 2)
+    instead of the usage block followed by the error. Sub-parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="multishot",
         description="Turn video archives into multi-shot training shards and fine-tune "
         "HoloCine-style multi-shot video DiTs on them.",
@@ -34,14 +56,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line report of ``err`` when it is a user's mistake, else None (a bug)."""
+    from pydantic import ValidationError
+
+    if isinstance(err, UsageError):
+        return one_line(err)
+    if isinstance(err, ValidationError):
+        return one_line("; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                                  for e in err.errors()))
+    if isinstance(err, FileNotFoundError):
+        return f"no such file or directory: {err.filename}" if err.filename else one_line(err)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``multishot`` command; returns its exit status (2 for a bad input)."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # a closed pipe shows here, inside the handler below, not as an "Exception ignored"
+            # when the interpreter flushes stdout at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader stopped early (`| head`): point stdout at /dev/null so the interpreter's
+        # own flush at exit does not fail again (Python's documented recipe, signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+
+
+def _run(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        raise
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None:
+            raise
+        log.debug("bad input", exc_info=True)  # the traceback, for -v
+        print(f"multishot {args.command}: {message}", file=sys.stderr)
+        return USAGE_EXIT
 
 
 if __name__ == "__main__":

@@ -14,11 +14,14 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from multishot.errors import UsageError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
-    """A config file is unreadable or does not validate; the message names each bad key."""
+class ConfigError(UsageError, ValueError):
+    """A config file is unreadable or does not validate; the message names each bad key (the
+    CLI prints it as one line, exit 2)."""
 
 
 def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:

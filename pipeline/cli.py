@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import os
 
-    from multishot.config import ConfigError, load_config
+    from multishot.config import load_config
+    from multishot.errors import UsageError
     from multishot.pipeline.config import PipelineConfig
     from multishot.pipeline.discover import InputError
     from multishot.pipeline.run import run_pipeline
@@ -62,7 +63,6 @@ def _run(args: argparse.Namespace) -> int:
             if v is not None and "://" not in v
         })
         report = run_pipeline(config, progress=not args.no_progress)
-    except (ConfigError, InputError, ValueError) as err:
-        print(f"error: {err}")
-        return 2
+    except (InputError, ValueError) as err:
+        raise UsageError(str(err)) from err
     return 1 if report["videos_by_status"].get("error") else 0

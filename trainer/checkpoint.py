@@ -1,22 +1,32 @@
-"""Checkpoints that resume exactly (torch.distributed.checkpoint), and export to safetensors.
+"""Checkpoints that resume exactly (torch.distributed.checkpoint), initial weights loaded
+shard by shard, and export to safetensors.
 
 A checkpoint is a DCP folder ``output_dir/checkpoints/step-NNNNNNNN/`` holding, sharded as the
 run is: the model and AdamW state (``get_state_dict``: FSDP2 DTensor shards), the learning-rate
 scheduler, the step counter, and per rank (keys ``rank{r}``, as torchtitan keys its data loader
 state) the loader position and the CPU / CUDA RNG states. DCP writes ``.metadata`` after every
 rank has written its part, so only folders holding it count as complete.
+
+Initial weights (``model.init_from``: Wan / HoloCine / diffusers safetensors) are read into the
+already sharded model by :func:`load_init_weights`: every rank reads only the slices of each
+tensor that it owns (DCP's ``HuggingFaceStorageReader``), as torchtitan loads Hugging Face
+checkpoints, so no rank ever holds the whole state dict.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import HuggingFaceStorageReader
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -25,7 +35,16 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.stateful import Stateful
 
-from multishot.model.checkpoint import save_safetensors
+from multishot.errors import UsageError
+from multishot.model.checkpoint import (
+    LoadReport,
+    TensorHeader,
+    checkpoint_files,
+    compare_shapes,
+    read_headers,
+    save_safetensors,
+    wan_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +141,78 @@ def export_safetensors(model: torch.nn.Module, path: str | Path) -> Path | None:
         log.info("exported %d tensors to %s", len(full), out)
     dist.barrier()
     return out
+
+
+@dataclass
+class InitLoad:
+    """What :func:`load_init_weights` did on this rank.
+
+    ``report``: keys missing / unexpected / mismatched against the model (:class:`LoadReport`);
+    ``bytes_read``: bytes of tensor slices this rank read from the files; ``largest_read``: the
+    largest single slice (the reader holds one at a time besides the model's own shards);
+    ``checkpoint_bytes``: the whole checkpoint's tensors, for comparison.
+    """
+
+    report: LoadReport
+    bytes_read: int
+    largest_read: int
+    checkpoint_bytes: int
+
+
+class _SliceReader(HuggingFaceStorageReader):
+    """DCP's safetensors reader, counting the bytes of the slices it is asked to read (the
+    planner asks each rank only for its own shards' slices)."""
+
+    def __init__(self, path: str, headers: dict[str, TensorHeader]):
+        super().__init__(path)
+        self.headers = headers
+        self.bytes_read = self.largest_read = 0
+
+    def read_data(self, plan, planner):
+        for item in plan.items:
+            n = self.headers[item.storage_index.fqn].dtype.itemsize
+            for length in item.lengths:
+                n *= length
+            self.bytes_read += n
+            self.largest_read = max(self.largest_read, n)
+        return super().read_data(plan, planner)
+
+
+def load_init_weights(model: torch.nn.Module, path: str | Path) -> InitLoad:
+    """Load a Wan DiT checkpoint into ``model``, already sharded (FSDP2) and materialised, each
+    rank reading only the slices it owns. Collective: every rank calls it.
+
+    ``path`` is what :func:`model.checkpoint.checkpoint_files` takes (one ``.safetensors``, a
+    sharded ``*.safetensors.index.json`` or a folder); keys are mapped to Wan names by
+    :func:`model.checkpoint.wan_names` (diffusers names, wrapper prefixes) and cast to the
+    parameters' dtype. Keys the model lacks are left unread.
+
+    Raises:
+        UsageError: nothing at ``path``, or the checkpoint lacks a parameter of the model or
+            has one in another shape (the message lists them).
+    """
+    try:
+        files = checkpoint_files(path)
+    except FileNotFoundError as err:
+        raise UsageError(f"model.init_from: {err}") from None
+    headers = read_headers(files)
+    names = wan_names(headers)
+    # sharded DTensors sharing the parameters' storage, under clean Wan names (DCP drops the
+    # activation-checkpoint and compile wrappers' prefixes)
+    own = get_model_state_dict(model)
+    report = compare_shapes({k: tuple(v.shape) for k, v in own.items()},
+                            {wan: headers[key].shape for key, wan in names.items()})
+    if report.missing or report.mismatched:
+        raise UsageError(f"model.init_from {path} does not fit the model: {report}")
+    if report.unexpected:
+        log.warning("%s: %d tensors the model does not have, not loaded: %s", path,
+                    len(report.unexpected), report.unexpected[:5])
+    request = {key: own[wan] for key, wan in names.items() if wan in own}
+    # the reader loads every .safetensors of one folder: give it a folder of just these files
+    with tempfile.TemporaryDirectory(prefix="init_from-") as folder:
+        for f in files:
+            os.symlink(f.resolve(), Path(folder) / f.name)
+        reader = _SliceReader(folder, {key: headers[key] for key in request})
+        dcp.load(request, storage_reader=reader)
+    return InitLoad(report, reader.bytes_read, reader.largest_read,
+                    sum(h.nbytes for h in headers.values()))

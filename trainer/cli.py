@@ -1,22 +1,30 @@
 """``multishot train`` and ``multishot precompute`` (thin: parse, load the config, hand over).
 
-``multishot train --config FILE`` starts ``torchrun`` with one process per local GPU (one
-process on a CPU-only machine); each process runs :func:`main`, as ``torchrun -m multishot.trainer``
-does on a cluster. ``--launcher ray`` runs the same ranks as Ray Train workers instead
-(:mod:`trainer.ray_launch`).
+``multishot train --config FILE`` runs torchrun (in this process, ``torch.distributed.run``)
+with one rank per local GPU (one rank on a CPU-only machine); each rank runs :func:`main`, as
+``torchrun -m multishot.trainer`` does on a cluster. ``--launcher ray`` runs the same ranks as
+Ray Train workers instead (:mod:`trainer.ray_launch`).
+
+A rank that fails on a bad input (a :class:`multishot.errors.UsageError`: a checkpoint that does
+not fit, a missing encoder folder, ...) writes its one-line message to torchelastic's error file
+(``TORCHELASTIC_ERROR_FILE``) and exits 2; the launcher reads it and ends ``multishot train``
+with that line and exit 2 instead of torchrun's child-failure report. Any other failure keeps its
+traceback on the rank's stderr and ends the launcher with one summary line and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import subprocess
 import sys
+import time
 
 import yaml
 
 from multishot.config import load_config
+from multishot.errors import USAGE_EXIT, UsageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,7 @@ def _overrides(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--set expects KEY=VALUE, got {pair!r}")
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -95,11 +103,45 @@ def _launch(args: argparse.Namespace) -> int:
     import torch
 
     nproc = args.nproc or max(1, torch.cuda.device_count())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "multishot.trainer", "--config", args.config,
-           *[f"--set={s}" for s in args.set]]
-    log.info("launching: %s", " ".join(cmd))
-    return subprocess.call(cmd, env=os.environ.copy())
+    return torchrun([f"--nproc-per-node={nproc}", "-m", "multishot.trainer", "--config",
+                     args.config, *[f"--set={s}" for s in args.set]])
+
+
+def torchrun(argv: list[str]) -> int:
+    """``torchrun --standalone ARGV`` in this process (``torch.distributed.run``): returns 0,
+    or 1 with one line naming the first failed rank and its error.
+
+    Raises:
+        UsageError: the first failed rank stopped on a bad input (exit 2, its message).
+    """
+    from torch.distributed import run as torch_run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    log.debug("torchrun --standalone %s", " ".join(argv))
+    # the agent's own log lines (rendezvous, worker group, "failed (exitcode: 2)") would bury
+    # the ranks' output and the one-line summary below
+    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    try:
+        torch_run.run(torch_run.parse_args(["--standalone", *argv]))
+    except ChildFailedError as err:
+        # the earliest rank that said why (ranks the agent stopped after it have no record)
+        reported = {r: f for r, f in err.failures.items() if _has_error_file(f)}
+        rank, failure = min(reported.items(), key=lambda rf: rf[1].timestamp) if reported \
+            else err.get_first_failure()
+        message = failure.message if isinstance(failure.message, str) \
+            else failure.message.get("message", "")  # torchelastic's own record format
+        if failure.exitcode == USAGE_EXIT and _has_error_file(failure):
+            raise UsageError(message) from None
+        if not _has_error_file(failure) and failure.exitcode > 0:
+            message = "see its output above"
+        print(f"multishot train: rank {rank} failed (exit code {failure.exitcode}): "
+              f"{one_line(message)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _has_error_file(failure) -> bool:
+    return failure.error_file_data.get("message") not in (None, "<NONE>")
 
 
 def _train_config():
@@ -119,8 +161,14 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank: ``python -m multishot.trainer --config FILE [--set KEY=VALUE ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m multishot.trainer", description=__doc__)
+    """One rank: ``python -m multishot.trainer --config FILE [--set KEY=VALUE ...]``.
+
+    Returns 0 when the run finished, 2 after a bad input (reported as the module docstring
+    says); other errors propagate.
+    """
+    from multishot.cli import ArgumentParser, user_error_message
+
+    parser = ArgumentParser(prog="python -m multishot.trainer", description=__doc__)
     _add_config_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -130,7 +178,26 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         Trainer(load_config(args.config, _train_config(), _overrides(args.set))).train()
+    except Exception as err:
+        message = user_error_message(err)
+        _report_rank_failure(message or f"{type(err).__name__}: {one_line(err)}",
+                             print_it=message is not None)
+        if message is None:
+            raise
+        return USAGE_EXIT
     finally:
         if dist.is_initialized():  # torchrun's ranks own their group: end it before exit
             dist.destroy_process_group()
     return 0
+
+
+def _report_rank_failure(message: str, print_it: bool) -> None:
+    """Hand ``message`` to the launcher through torchelastic's error file (its ``{"message":
+    str, "timestamp": int}`` record); without a launcher that reads it, print it (if
+    ``print_it``) as ``multishot train: MESSAGE`` on stderr."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        with open(error_file, "w") as out:
+            json.dump({"message": message, "timestamp": int(time.time())}, out)
+    elif print_it:
+        print(f"multishot train: {message}", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multishot.dataset.loader import DataConfig
 from multishot.trainer.flow_matching import FlowMatchConfig
@@ -91,3 +91,16 @@ class TrainConfig(_Section):
     objective: FlowMatchConfig = FlowMatchConfig()
     optim: OptimConfig = OptimConfig()
     run: RunConfig
+
+    @model_validator(mode="after")
+    def _encoders_for_the_data(self) -> TrainConfig:
+        """Refuse at load (in the launcher, not in N ranks) a run that would need an encoder
+        the config does not name."""
+        enc = self.encoders
+        if self.data.kind == "video" and not (enc.vae and enc.text_encoder):
+            raise ValueError("data.kind 'video' needs encoders.vae and encoders.text_encoder "
+                             "(or precompute latents: `multishot precompute`)")
+        if self.model.window_cross_attention and not (enc.tokenizer or enc.text_encoder):
+            raise ValueError("model.window_cross_attention needs encoders.tokenizer or "
+                             "encoders.text_encoder")
+        return self

@@ -1,6 +1,8 @@
-"""Parallelism applied beside the single-device model (torchtitan's ``parallelize`` order):
-regional ``torch.compile`` of every block, per-block activation checkpointing, then FSDP2 per
-block, then FSDP2 on the root.
+"""Parallelism applied beside the single-device model: :func:`parallelize` owns the order.
+
+The trainer builds the model on the ``meta`` device, calls :func:`parallelize`, then
+materialises the shards (``to_empty`` + ``WanModel.init_weights``) and loads ``init_from`` into
+them (:func:`trainer.checkpoint.load_init_weights`), so no rank holds the whole model.
 
 The model code (``model/dit.py``) knows nothing of this. Attention takes ``q, k, v`` as
 ``[B, L, heads, head_dim]`` in one function, so Ulysses context parallelism (an all-to-all
@@ -10,10 +12,40 @@ without touching the sparse attention.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch import nn
+
+if TYPE_CHECKING:
+    from multishot.trainer.config import ModelConfig
+
+
+def parallelize(model: nn.Module, config: ModelConfig, device: torch.device,
+                mixed_precision: bool) -> None:
+    """Wrap ``model`` (a ``WanModel``, on ``meta`` or materialised) in place, in this order:
+
+    1. regional ``torch.compile`` of every block (:func:`apply_compile`), if
+       ``config.compile`` (None: on for CUDA, off for CPU);
+    2. activation checkpointing around every block but the last ``checkpoint_skip_last``
+       (:func:`apply_activation_checkpointing`), if ``config.activation_checkpointing``;
+    3. FSDP2 on every block, then on the root (:func:`apply_fsdp`).
+
+    torchtitan checkpoints first and compiles the checkpointed block; we compile inside the
+    checkpoint because our self-attention call is a deliberate graph break (an eager island,
+    :func:`model.dit.self_attention_kernel`), and a checkpoint region dynamo traces must be one
+    graph. FSDP comes last so that its all-gather hooks wrap the whole (checkpointed) block.
+
+    Args:
+        mixed_precision: bf16 compute with fp32 gradient reduction (see :func:`apply_fsdp`).
+    """
+    if device.type == "cuda" if config.compile is None else config.compile:
+        apply_compile(model)
+    if config.activation_checkpointing:
+        apply_activation_checkpointing(model, config.checkpoint_skip_last)
+    apply_fsdp(model, mixed_precision)
 
 
 def apply_compile(model: nn.Module, backend: str = "inductor") -> None:

@@ -1,8 +1,8 @@
 """The fine-tuning loop: latents, timesteps and the shot layout in; flow-matching loss out.
 
 ``Trainer(config).train()`` is the whole run (torchtitan's shape): set up the process group,
-build the model, wrap it (regional compile → activation checkpointing → FSDP2 per block →
-root), resume from the newest checkpoint if there is one, then per step
+build the model on ``meta`` and shard it (regional compile → activation checkpointing → FSDP2
+per block → root), materialise and initialise it or load ``init_from`` shard by shard, resume from the newest checkpoint if there is one, then per step
 
     batch (clips or precomputed latents, cut frames, prompts)
       → latents [B, C, F_lat, H_lat, W_lat], context [B, L_text, D]   frozen encoders if needed
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -29,17 +30,17 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from multishot.dataset.loader import Batch, TrainLoader
-from multishot.model.checkpoint import load_into, load_state_dict_file
-from multishot.model.config import get_config
+from multishot.model.config import WanConfig, get_config
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout
 from multishot.config import dump_yaml
+from multishot.errors import UsageError
 from multishot.trainer import checkpoint as ckpt
-from multishot.trainer.config import OptimConfig, TrainConfig
+from multishot.trainer.config import ModelConfig, OptimConfig, TrainConfig
 from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
 from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
-from multishot.trainer.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
+from multishot.trainer.parallelize import parallelize
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,54 @@ def lr_lambda(optim: OptimConfig, max_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def build_model(model_config: WanConfig, config: ModelConfig, device: torch.device, *,
+                seed: int, mixed_precision: bool, load_init: bool = True,
+                ) -> tuple[torch.nn.Module, ckpt.InitLoad | None]:
+    """The sharded ``WanModel`` of a run (collective: every rank of the default process group).
+
+    Built on ``meta``, wrapped by :func:`trainer.parallelize.parallelize` (compile →
+    activation checkpointing → FSDP2), materialised on ``device`` (``to_empty``) with Wan's
+    initialisation (``WanModel.init_weights``), then, if ``config.init_from`` and
+    ``load_init``, read from that checkpoint slice by slice
+    (:func:`trainer.checkpoint.load_init_weights`): no rank holds the whole model or state dict.
+
+    Args:
+        model_config: the architecture (``model.config.get_config(config.name)``).
+        config: the run's model section (backend, sparse attention, wrappers, ``init_from``).
+        seed: seeds the initialisation.
+        mixed_precision: bf16 compute under FSDP2 (``trainer.parallelize.apply_fsdp``).
+    Returns:
+        the model and what the checkpoint load read on this rank (None without a load).
+    Raises:
+        UsageError: ``init_from`` is missing or does not fit the architecture.
+    """
+    with torch.device("meta"):
+        model = WanModel(model_config, config.attention_backend,
+                         sparse_self_attention=config.sparse_self_attention)
+    parallelize(model, config, device, mixed_precision)
+    model.to_empty(device=device)
+    # CUDA: DTensor's RNG gives every shard its slice of one seeded full tensor (the same
+    # weights at any world size). CPU has no DTensor RNG: each rank draws its shards from its
+    # own generator, so the seed is made per rank (one seed would repeat the shards' values).
+    torch.manual_seed(seed + (dist.get_rank() if device.type == "cpu" else 0))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "DTensor random operators may not have complete support")
+        model.init_weights()
+    loaded = None
+    if config.init_from and load_init:
+        loaded = ckpt.load_init_weights(model, config.init_from)
+        log.info("initialised from %s: read %.1f of its %.1f MiB on this rank", config.init_from,
+                 loaded.bytes_read / 2**20, loaded.checkpoint_bytes / 2**20)
+    return model, loaded
+
+
 class Trainer:
     """One fine-tuning run of :class:`~trainer.config.TrainConfig` on this process's rank.
 
     Raises (at construction):
-        ValueError: the data kind needs encoders that the config does not name, or a
-            checkpoint to initialise from does not fit the architecture.
+        UsageError: the checkpoint to initialise from is missing or does not fit the
+            architecture.
+        OSError: an encoder folder is missing or unreadable.
     """
 
     def __init__(self, config: TrainConfig):
@@ -102,7 +145,11 @@ class Trainer:
             (self.output_dir / "config.resolved.yaml").write_text(dump_yaml(config))
 
         self.model_config = get_config(config.model.name)
-        self.model = self._build_model()
+        latest = ckpt.latest_checkpoint(self.output_dir) if run.resume else None
+        self.model, _ = build_model(
+            self.model_config, config.model, self.device, seed=run.seed,
+            mixed_precision=self.device.type == "cuda" and run.mixed_precision == "bf16",
+            load_init=latest is None)  # a resume overwrites every weight anyway
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
                                            weight_decay=config.optim.weight_decay,
@@ -116,38 +163,19 @@ class Trainer:
         self.state = ckpt.TrainState(self.model, self.optimizer, self.scheduler, 0,
                                      {"loader": self.loader.state_dict()})
         self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
-        latest = ckpt.latest_checkpoint(self.output_dir) if run.resume else None
         if latest is not None:
             ckpt.load(self.state, latest)
             self.loader.load_state_dict(self.state.extra["loader"])
             log.info("resumed from %s (step %d)", latest, self.state.step)
 
     # ---- construction ----------------------------------------------------------------------
-    def _build_model(self) -> torch.nn.Module:
-        cfg = self.config.model
-        torch.manual_seed(self.config.run.seed)  # same initial weights on every rank
-        with torch.device(self.device):
-            model = WanModel(self.model_config, cfg.attention_backend,
-                             sparse_self_attention=cfg.sparse_self_attention)
-        if cfg.init_from:
-            report = load_into(model, load_state_dict_file(cfg.init_from, device=str(self.device)))
-            if report.missing or report.mismatched:
-                raise ValueError(f"{cfg.init_from} does not fit model {cfg.name}: {report}")
-        if self.device.type == "cuda" if cfg.compile is None else cfg.compile:
-            apply_compile(model)
-        if cfg.activation_checkpointing:
-            apply_activation_checkpointing(model, cfg.checkpoint_skip_last)
-        apply_fsdp(model, mixed_precision=self.device.type == "cuda" and self.config.run.mixed_precision == "bf16")
-        return model
-
     def _load_encoders(self) -> FrozenEncoders:
         cfg = self.config
-        if cfg.data.kind == "video" and not (cfg.encoders.vae and cfg.encoders.text_encoder):
-            raise ValueError("data.kind 'video' needs encoders.vae and encoders.text_encoder "
-                             "(or precompute latents: `multishot precompute`)")
-        if cfg.model.window_cross_attention and not (cfg.encoders.tokenizer or cfg.encoders.text_encoder):
-            raise ValueError("model.window_cross_attention needs encoders.tokenizer")
         enc = cfg.encoders
+        for name in ("vae", "text_encoder", "tokenizer"):
+            folder = getattr(enc, name)
+            if folder and not Path(folder).is_dir():
+                raise UsageError(f"encoders.{name}: no such folder {folder}")
         if cfg.data.kind == "latents":  # only the tokenizer is needed, for the prompt windows
             enc = enc.model_copy(update={"vae": None, "text_encoder": None,
                                          "tokenizer": enc.tokenizer or enc.text_encoder})
@@ -220,11 +248,12 @@ class Trainer:
         """Steps until ``run.max_steps``: log, checkpoint and call ``on_step`` as configured."""
         run = self.config.run
         timer = StepTimer(self.device)
-        window = {"flops": 0, "samples": 0, "tokens": 0, "steps": 0}
+        window = {"loss": 0, "flops": 0, "samples": 0, "tokens": 0, "steps": 0}  # since the last log
         for batch in self.loader:
             if self.state.step >= run.max_steps:
                 break
             loss, grad_norm, layout = self.step(batch)
+            window["loss"] += loss  # a device tensor: no host sync until the log
             window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention)
             window["samples"] += layout.batch_size
             window["tokens"] += layout.batch_size * layout.seq_len
@@ -232,7 +261,7 @@ class Trainer:
             metrics: dict[str, float] = {}
             step = self.state.step
             if step % run.log_every == 0 or step == run.max_steps:
-                metrics = self._metrics(loss, grad_norm, window, timer.lap())
+                metrics = self._metrics(grad_norm, window, timer.lap())
                 window = dict.fromkeys(window, 0)
                 self.metrics.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", mfu=f"{metrics['mfu']:.1%}")
@@ -242,14 +271,17 @@ class Trainer:
             if on_step is not None:
                 on_step(step, metrics)
 
-    def _metrics(self, loss: torch.Tensor, grad_norm: torch.Tensor, window: dict, seconds: float) -> dict[str, float]:
-        """Scalars over the steps since the last log (one all-reduce, one host sync)."""
+    def _metrics(self, grad_norm: torch.Tensor, window: dict, seconds: float) -> dict[str, float]:
+        """Scalars of a log (one all-reduce, one host sync): the loss averaged over the steps
+        since the last log (``window``) and over ranks; the grad norm and lr of the last step;
+        throughput and MFU over the window's ``seconds``; skipped samples so far (all ranks)."""
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        loss = window["loss"] / window["steps"]
         stats = torch.stack([loss.float(), torch.tensor(float(self.loader.skipped), device=loss.device),
                              torch.tensor(float(window["samples"]), device=loss.device)])
         dist.all_reduce(stats)
-        step_time = seconds / max(1, window["steps"])
+        step_time = seconds / window["steps"]
         return {
             "loss": stats[0].item() / self.world_size,
             "grad_norm": float(grad_norm),
