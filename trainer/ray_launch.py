@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from multishot.errors import UsageError
 from multishot.trainer.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -74,10 +75,11 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
         ``metrics`` / ``checkpoint`` stay empty, as no checkpoint is handed to Ray.
 
     Raises:
+        UsageError: a worker stopped on a bad input (e.g. ``init_from`` does not fit).
         ray.train.TrainingFailedError: a worker failed more than ``max_failures`` times.
     """
     import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
     owns_ray = not ray.is_initialized()
@@ -97,7 +99,15 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
             # Ray keeps only its run state here; the checkpoints are the trainer's own DCP ones
             run_config=RunConfig(name="ray_train", storage_path=str(output_dir),
                                  failure_config=FailureConfig(max_failures=max_failures)))
-        return trainer.fit()
+        try:
+            return trainer.fit()
+        except WorkerGroupError as err:
+            # a worker's bad input ends the launch as torchrun's does: one line, exit 2
+            causes = [getattr(e, "cause", e) for e in err.worker_failures.values()]
+            usage = [c for c in causes if isinstance(c, UsageError)]
+            if usage:
+                raise UsageError(str(usage[0])) from None
+            raise
     finally:
         if owns_ray:
             ray.shutdown()

@@ -2,7 +2,8 @@
 
 ``Trainer(config).train()`` is the whole run (torchtitan's shape): set up the process group,
 build the model on ``meta`` and shard it (regional compile → activation checkpointing → FSDP2
-per block → root), materialise and initialise it or load ``init_from`` shard by shard, resume from the newest checkpoint if there is one, then per step
+per block → root), materialise it with Wan's initialisation, read ``init_from`` into the shards,
+resume from the newest checkpoint if there is one, then per step
 
     batch (clips or precomputed latents, cut frames, prompts)
       → latents [B, C, F_lat, H_lat, W_lat], context [B, L_text, D]   frozen encoders if needed
@@ -100,6 +101,7 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
         model_config: the architecture (``model.config.get_config(config.name)``).
         config: the run's model section (backend, sparse attention, wrappers, ``init_from``).
         seed: seeds the initialisation.
+        load_init: read ``config.init_from`` (False when a resume will overwrite the weights).
         mixed_precision: bf16 compute under FSDP2 (``trainer.parallelize.apply_fsdp``).
     Returns:
         the model and what the checkpoint load read on this rank (None without a load).
@@ -131,8 +133,8 @@ class Trainer:
 
     Raises (at construction):
         UsageError: the checkpoint to initialise from is missing or does not fit the
-            architecture.
-        OSError: an encoder folder is missing or unreadable.
+            architecture, or an encoder folder is missing.
+        OSError: an encoder folder is unreadable (not in ``save_pretrained`` layout).
     """
 
     def __init__(self, config: TrainConfig):
