@@ -3,7 +3,7 @@ from a sharded Wan-named safetensors checkpoint without any rank reading the who
 
 The checkpoint is written by a plain single-process ``WanModel`` with random weights in bf16
 (as Wan ships), split into ``diffusion_pytorch_model-0000x-of-0000N.safetensors`` + index; the
-ranks run the trainer's real :func:`trainer.trainer.build_model`.
+ranks run the trainer's real :func:`trainer.parallelize.build_model`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _rank(rank: int, port: int, checkpoint: str, results: dict) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         from multishot.trainer.config import ModelConfig
-        from multishot.trainer.trainer import build_model
+        from multishot.trainer.parallelize import build_model
 
         config = ModelConfig(name="14B", init_from=checkpoint, attention_backend="sdpa",
                              activation_checkpointing=True, compile=False)

@@ -1,6 +1,6 @@
 """Parallelism applied beside the single-device model: :func:`parallelize` owns the order.
 
-The trainer builds the model on the ``meta`` device, calls :func:`parallelize`, then
+:func:`build_model` builds the model on the ``meta`` device, calls :func:`parallelize`, then
 materialises the shards (``to_empty`` + ``WanModel.init_weights``) and loads ``init_from`` into
 them (:func:`trainer.checkpoint.load_init_weights`), so no rank holds the whole model.
 
@@ -12,15 +12,66 @@ without touching the sparse attention.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch import nn
 
+from multishot.model.config import WanConfig
+from multishot.model.dit import WanModel
+from multishot.trainer.checkpoint import InitLoad, load_init_weights
+
 if TYPE_CHECKING:
     from multishot.trainer.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_config: WanConfig, config: ModelConfig, device: torch.device, *,
+                seed: int, mixed_precision: bool, load_init: bool = True,
+                ) -> tuple[torch.nn.Module, InitLoad | None]:
+    """The sharded ``WanModel`` of a run (collective: every rank of the default process group).
+
+    Built on ``meta``, wrapped by :func:`parallelize` (compile →
+    activation checkpointing → FSDP2), materialised on ``device`` (``to_empty``) with Wan's
+    initialisation (``WanModel.init_weights``), then, if ``config.init_from`` and
+    ``load_init``, read from that checkpoint slice by slice
+    (:func:`trainer.checkpoint.load_init_weights`): no rank holds the whole model or state dict.
+
+    Args:
+        model_config: the architecture (``model.config.get_config(config.name)``).
+        config: the run's model section (backend, sparse attention, wrappers, ``init_from``).
+        seed: seeds the initialisation.
+        load_init: read ``config.init_from`` (False when a resume will overwrite the weights).
+        mixed_precision: bf16 compute under FSDP2 (:func:`apply_fsdp`).
+    Returns:
+        the model and what the checkpoint load read on this rank (None without a load).
+    Raises:
+        UsageError: ``init_from`` is missing or does not fit the architecture.
+    """
+    with torch.device("meta"):
+        model = WanModel(model_config, config.attention_backend,
+                         sparse_self_attention=config.sparse_self_attention)
+    parallelize(model, config, device, mixed_precision)
+    model.to_empty(device=device)
+    # CUDA: DTensor's RNG gives every shard its slice of one seeded full tensor (the same
+    # weights at any world size). CPU has no DTensor RNG: each rank draws its shards from its
+    # own generator, so the seed is made per rank (one seed would repeat the shards' values).
+    torch.manual_seed(seed + (dist.get_rank() if device.type == "cpu" else 0))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "DTensor random operators may not have complete support")
+        model.init_weights()
+    loaded = None
+    if config.init_from and load_init:
+        loaded = load_init_weights(model, config.init_from)
+        log.info("initialised from %s: read %.1f of its %.1f MiB on this rank", config.init_from,
+                 loaded.bytes_read / 2**20, loaded.checkpoint_bytes / 2**20)
+    return model, loaded
 
 
 def parallelize(model: nn.Module, config: ModelConfig, device: torch.device,

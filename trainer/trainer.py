@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -31,17 +30,16 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from multishot.dataset.loader import Batch, TrainLoader
-from multishot.model.config import WanConfig, get_config
-from multishot.model.dit import WanModel
+from multishot.model.config import get_config
 from multishot.model.layout import ShotLayout
 from multishot.config import dump_yaml
 from multishot.errors import UsageError
 from multishot.trainer import checkpoint as ckpt
-from multishot.trainer.config import ModelConfig, OptimConfig, TrainConfig
+from multishot.trainer.config import OptimConfig, TrainConfig
 from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
 from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
-from multishot.trainer.parallelize import parallelize
+from multishot.trainer.parallelize import build_model
 
 log = logging.getLogger(__name__)
 
@@ -84,48 +82,6 @@ def lr_lambda(optim: OptimConfig, max_steps: int) -> Callable[[int], float]:
         decay = 0.5 * (1 + math.cos(math.pi * progress)) if optim.schedule == "cosine" else 1 - progress
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * decay
     return factor
-
-
-def build_model(model_config: WanConfig, config: ModelConfig, device: torch.device, *,
-                seed: int, mixed_precision: bool, load_init: bool = True,
-                ) -> tuple[torch.nn.Module, ckpt.InitLoad | None]:
-    """The sharded ``WanModel`` of a run (collective: every rank of the default process group).
-
-    Built on ``meta``, wrapped by :func:`trainer.parallelize.parallelize` (compile →
-    activation checkpointing → FSDP2), materialised on ``device`` (``to_empty``) with Wan's
-    initialisation (``WanModel.init_weights``), then, if ``config.init_from`` and
-    ``load_init``, read from that checkpoint slice by slice
-    (:func:`trainer.checkpoint.load_init_weights`): no rank holds the whole model or state dict.
-
-    Args:
-        model_config: the architecture (``model.config.get_config(config.name)``).
-        config: the run's model section (backend, sparse attention, wrappers, ``init_from``).
-        seed: seeds the initialisation.
-        load_init: read ``config.init_from`` (False when a resume will overwrite the weights).
-        mixed_precision: bf16 compute under FSDP2 (``trainer.parallelize.apply_fsdp``).
-    Returns:
-        the model and what the checkpoint load read on this rank (None without a load).
-    Raises:
-        UsageError: ``init_from`` is missing or does not fit the architecture.
-    """
-    with torch.device("meta"):
-        model = WanModel(model_config, config.attention_backend,
-                         sparse_self_attention=config.sparse_self_attention)
-    parallelize(model, config, device, mixed_precision)
-    model.to_empty(device=device)
-    # CUDA: DTensor's RNG gives every shard its slice of one seeded full tensor (the same
-    # weights at any world size). CPU has no DTensor RNG: each rank draws its shards from its
-    # own generator, so the seed is made per rank (one seed would repeat the shards' values).
-    torch.manual_seed(seed + (dist.get_rank() if device.type == "cpu" else 0))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "DTensor random operators may not have complete support")
-        model.init_weights()
-    loaded = None
-    if config.init_from and load_init:
-        loaded = ckpt.load_init_weights(model, config.init_from)
-        log.info("initialised from %s: read %.1f of its %.1f MiB on this rank", config.init_from,
-                 loaded.bytes_read / 2**20, loaded.checkpoint_bytes / 2**20)
-    return model, loaded
 
 
 class Trainer:
