@@ -3,7 +3,9 @@
 Reads Wan2.1 / Wan2.2 / HoloCine safetensors (one file, or shards with a
 ``*.safetensors.index.json``) and diffusers-format Wan transformers (``WanTransformer3DModel``
 key names, mapped as DiffSynth-Studio's ``WanModelStateDictConverter.from_diffusers`` does), and
-writes safetensors in official names.
+writes safetensors in official names. The name mapping (:func:`wan_names`) and the file headers
+(:func:`read_headers`) also serve the trainer's distributed loader, which reads each rank's
+slices without loading whole tensors (:func:`trainer.checkpoint.load_init_weights`).
 """
 
 from __future__ import annotations

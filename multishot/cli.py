@@ -95,11 +95,9 @@ def _run(argv: list[str] | None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except BrokenPipeError:
-        raise
     except Exception as err:
         message = user_error_message(err)
-        if message is None:
+        if message is None:  # a bug (or a broken pipe, handled in main): keep the traceback
             raise
         log.debug("bad input", exc_info=True)  # the traceback, for -v
         print(f"multishot {args.command}: {message}", file=sys.stderr)
