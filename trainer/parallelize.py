@@ -37,11 +37,11 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
                 ) -> tuple[torch.nn.Module, InitLoad | None]:
     """The sharded ``WanModel`` of a run (collective: every rank of the default process group).
 
-    Built on ``meta``, wrapped by :func:`parallelize` (compile →
-    activation checkpointing → FSDP2), materialised on ``device`` (``to_empty``) with Wan's
-    initialisation (``WanModel.init_weights``), then, if ``config.init_from`` and
-    ``load_init``, read from that checkpoint slice by slice
-    (:func:`trainer.checkpoint.load_init_weights`): no rank holds the whole model or state dict.
+    Built on ``meta``, wrapped by :func:`parallelize` (compile → activation checkpointing →
+    FSDP2), materialised on ``device`` (``to_empty``) with Wan's initialisation
+    (``WanModel.init_weights``), then, if ``config.init_from`` and ``load_init``, read from that
+    checkpoint slice by slice (:func:`trainer.checkpoint.load_init_weights`): no rank holds the
+    whole model or state dict.
 
     Args:
         model_config: the architecture (``model.config.get_config(config.name)``).
@@ -59,9 +59,9 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
                          sparse_self_attention=config.sparse_self_attention)
     parallelize(model, config, device, mixed_precision)
     model.to_empty(device=device)
-    # CUDA: DTensor's RNG gives every shard its slice of one seeded full tensor (the same
-    # weights at any world size). CPU has no DTensor RNG: each rank draws its shards from its
-    # own generator, so the seed is made per rank (one seed would repeat the shards' values).
+    # CUDA: DTensor's offset-based RNG draws every shard as its part of one seeded full
+    # tensor. CPU has no DTensor RNG: each rank draws its shards from its own generator, so the
+    # seed is made per rank (one seed would give every rank's shards the same values).
     torch.manual_seed(seed + (dist.get_rank() if device.type == "cpu" else 0))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "DTensor random operators may not have complete support")
