@@ -37,7 +37,9 @@ def test_precompute_then_train_on_latents(tmp_path, train_footage_shards, tiny_e
     report = json.loads((out / "precompute_report.json").read_text())
     assert (report["samples"], report["shards"], report["skipped"]) == (8, 3, 2)
     assert any(s.startswith("broken: undecodable mp4") for s in report["skips"])
-    assert set(json.loads((out / "manifest.json").read_text())) == {"a-00000.tar", "a-00001.tar", "b-00000.tar"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "latents" and manifest["samples_hash"] == "test"
+    assert {s["name"] for s in manifest["shards"]} == {"a-00000.tar", "a-00001.tar", "b-00000.tar"}
 
     from multishot.dataset.loader import DataConfig, TrainLoader
 
