@@ -118,6 +118,8 @@ def _handled(func):
 
         try:
             return func(args)
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): not a problem of the shard set
         except (KeyError, OSError, ValueError, tarfile.TarError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             hint = ""

@@ -123,10 +123,21 @@ class ShardSet:
 
     def sniff_kind(self) -> ShardKind:
         """The kind of a set without a manifest: ``latents`` when the first sample has a
-        ``.safetensors`` member, else ``samples``."""
+        ``.safetensors`` member, else ``samples``. Reads member names, and JSON members only."""
         for name in self.shard_files():
-            for sample in read_samples(self.fs, self.layout.shard(name), max_member_bytes=self.max_member_bytes):
-                return "latents" if "safetensors" in sample else "samples"
+            extensions: set[str] = set()
+
+            def note(member: str) -> bool:
+                extensions.add(member_key(member)[1])
+                return member.endswith(".json")
+
+            # the first sample comes out once the second's JSON (or the end) is reached, so by
+            # then every member of the first sample has been named
+            for _ in read_samples(self.fs, self.layout.shard(name), max_member_bytes=self.max_member_bytes,
+                                  select=note):
+                break
+            if extensions:
+                return "latents" if "safetensors" in extensions else "samples"
         return "samples"
 
     def table(self, path: str) -> pa.Table | None:
