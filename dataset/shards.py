@@ -369,7 +369,7 @@ def iter_members(
     try:
         with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tar:
             for member in tar:
-                tar.members = []  # stream mode would otherwise keep every header (webdataset does this too)
+                tar.members = []  # tarfile would otherwise keep every header (webdataset does this too)
                 problem = member_problem(member, max_member_bytes)
                 if problem:
                     if handler(UnsafeTarError(problem)):
@@ -381,6 +381,11 @@ def iter_members(
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"member {member.name!r}: unexpected end of data")
                 yield {"fname": member.name, "data": data, "__url__": url}
+            # random-access mode ends quietly where a skipped member runs past the end of the
+            # file (it finds no next header); the next header's offset tells
+            size = stream.seek(0, io.SEEK_END) if seekable else None
+            if size is not None and tar.offset > size:
+                raise tarfile.ReadError(f"unexpected end of data: the tar ends at byte {size}, inside a member")
     except UnsafeTarError:
         raise  # raised by the handler itself
     except tarfile.TarError as err:

@@ -492,6 +492,17 @@ def test_export_writes_mp4_and_prompt(good_set, tmp_path, capsys):
     assert code == 2 and "symbolic link" in err and not (tmp_path / "outside.mp4").exists()
 
 
+def test_listing_a_truncated_shard_without_index_fails_loudly(copy_set, capsys):
+    # ls reads only the JSON members and skips the videos by seeking: a cut inside a skipped
+    # video must still be noticed, not end the listing quietly one sample short
+    shard = copy_set / "shards" / "sintel-00000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: _member_offsets(shard)["sintel-b.mp4"][0] + 1000])
+    shutil.rmtree(copy_set / "index")
+    code, out, err = _shards(["ls", str(copy_set), "--json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "unexpected end of data" in err and "sintel-b" not in out
+
+
 def test_stats_totals_and_plot(good_set, tmp_path, capsys):
     png = tmp_path / "stats.png"
     code, out, _ = _shards(["stats", str(good_set), "--json", "--plot", str(png)], capsys)
