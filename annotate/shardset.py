@@ -1,10 +1,10 @@
 """Captioning an existing shard set into a new one: ``multishot annotate --shards IN --output OUT``.
 
-IN is a shard set as the pipeline writes it (:class:`dataset.shards.ShardSetLayout`). OUT gets
+IN is a shard set of kind samples or captioned (:mod:`dataset.shards`). OUT, of kind captioned, gets
 the same shard names with every ``{key}.json`` captioned (``caption_status`` ok / failed, the
 reason in ``caption_error``; failed samples are kept), a new ``index/samples.parquet`` with the
-caption columns, copies of the other index tables and config, a manifest with checksums and a
-report. A shard already present in OUT is complete (shards are written atomically) and is
+caption columns, copies of the other index tables and config, a manifest (checksums, IN's
+samples_hash) and a report. A shard already present in OUT is complete (shards are written atomically) and is
 skipped on a rerun, so an interrupted run resumes where it stopped.
 """
 
@@ -26,7 +26,19 @@ from multishot.annotate.captioner import Captioner
 from multishot.dataset.record import SampleRecord
 from multishot.config import dump_yaml
 from multishot.dataset.shardset import sample_row
-from multishot.dataset.shards import ShardInfo, ShardSetLayout, read_json, read_shard, resolve, write_json, write_shard
+from multishot.dataset.shards import (
+    Manifest,
+    ShardInfo,
+    ShardSetLayout,
+    common_samples_hash,
+    read_json,
+    read_manifest,
+    read_shard,
+    resolve,
+    write_json,
+    write_manifest,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +54,16 @@ def _exists(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def shard_names(fs: pafs.FileSystem, layout: ShardSetLayout) -> tuple[list[str], int | None]:
-    """Shard names in manifest order (else sorted ``*.tar`` in ``shards/``) and the sample total if known."""
-    if _exists(fs, layout.manifest):
-        shards = read_json(fs, layout.manifest)["shards"]
-        return [s["name"] for s in shards], sum(s["num_samples"] for s in shards)
+    """Shard names in manifest order (else sorted ``*.tar`` in ``shards/``) and the sample total if known.
+
+    Raises:
+        ValueError: IN is a latent set (no videos to caption), or its manifest is damaged.
+    """
+    manifest = read_manifest(fs, layout)
+    if manifest is not None:
+        if manifest.kind == "latents":
+            raise ValueError(f"{layout.root} is a latent shard set: annotate needs the videos (a samples set)")
+        return [s.name for s in manifest.shards], sum(s.num_samples for s in manifest.shards)
     listing = fs.get_file_info(pafs.FileSelector(layout.shards_dir, allow_not_found=True))
     return sorted(i.base_name for i in listing if i.base_name.endswith(".tar")), None
 
@@ -150,7 +168,8 @@ def annotate_shard_set(captioner: Captioner, shards: str, output: str, *, retry_
     pq.write_table(_samples_table(in_fs, src, records), dst.samples_index, filesystem=out_fs)
     for path in ("shots_table", "rejects_table", "resolved_config"):
         _copy_if_present(in_fs, getattr(src, path), out_fs, getattr(dst, path))
-    write_json(out_fs, dst.manifest, {"shards": [i.to_dict() for i in infos]})
+    samples_hash = common_samples_hash(r for _, r in records.values())
+    write_manifest(out_fs, dst, Manifest(kind="captioned", samples_hash=samples_hash, shards=infos))
     with out_fs.open_output_stream(f"{out_root}/{RESOLVED_CONFIG}") as out:
         out.write(dump_yaml(captioner.config).encode())
 

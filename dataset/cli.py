@@ -1,7 +1,8 @@
 """``multishot shards ls|stats|show|sheet|verify|export``: see, check and export a shard set.
 
-PATH is a shard set's root (local folder or ``pyarrow.fs`` URI such as ``s3://bucket/run``),
-as written by ``multishot pipeline``. Each command is a thin wrapper over one module of
+PATH is a shard set's root (local folder or ``pyarrow.fs`` URI such as ``s3://bucket/run``) of
+any kind: samples (``multishot pipeline``), captioned (``multishot annotate``) or latents
+(``multishot precompute``); ``sheet`` needs the mp4s of the first two. Each command is a thin wrapper over one module of
 ``dataset/`` (shardset, where, stats, describe, sheet, verify, export).
 """
 
@@ -11,7 +12,7 @@ import argparse
 import json
 import sys
 
-from multishot.dataset.shards import MAX_MEMBER_BYTES
+from multishot.dataset.shards import MAX_MEMBER_BYTES, ShardError
 
 _WHERE_HELP = (
     "keep samples where FIELD OP VALUE holds (OP: = != < <= > >=); repeat to combine, e.g. "
@@ -69,7 +70,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from multishot.dataset.describe import describe_sample
 
-    record, _ = _open(args).sample(args.key)
+    record, _ = _open(args).sample(args.key, json_only=True)  # metadata only: the video is streamed past
     print(record.model_dump_json(indent=1) if args.json else describe_sample(record))
     return 0
 
@@ -77,8 +78,10 @@ def _show(args: argparse.Namespace) -> int:
 def _sheet(args: argparse.Namespace) -> int:
     from multishot.dataset.sheet import render_sheet
 
-    record, mp4 = _open(args).sample(args.key)
-    image, layout = render_sheet(record, mp4, frames_per_shot=args.frames, thumb_height=args.thumb_height)
+    record, members = _open(args).sample(args.key)
+    if "mp4" not in members:
+        raise ValueError(f"sample {args.key} has no .mp4 member (a latent shard set?): a sheet needs the video")
+    image, layout = render_sheet(record, members["mp4"], frames_per_shot=args.frames, thumb_height=args.thumb_height)
     image.save(args.output)
     print(f"wrote {args.output}: {layout.width}x{layout.height} px, {record.num_shots} shots", file=sys.stderr)
     return 0
@@ -98,8 +101,8 @@ def _export(args: argparse.Namespace) -> int:
     from multishot.dataset.describe import caption_state
     from multishot.dataset.export import export_sample
 
-    record, mp4 = _open(args).sample(args.key)
-    for path in export_sample(record, mp4, args.output):
+    record, members = _open(args).sample(args.key)
+    for path in export_sample(record, members, args.output, force=args.force):
         print(path)
     if record.caption_status != "ok":
         print(f"{record.key}: no prompt written, captions {caption_state(record)}", file=sys.stderr)
@@ -107,23 +110,24 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _handled(func):
-    """Run a command, turning expected failures (missing key/set, damaged shard) into a
-    :class:`~multishot.errors.UsageError` (one line on stderr, exit 2)."""
+    """Run a command, turning expected failures (missing key/set, damaged shard, bad output
+    path) into a :class:`~multishot.errors.UsageError` (one line on stderr, exit 2)."""
 
     def run(args: argparse.Namespace) -> int:
         import tarfile
-
-        import pydantic
 
         from multishot.errors import UsageError
 
         try:
             return func(args)
-        except (KeyError, FileNotFoundError, ValueError, tarfile.TarError, pydantic.ValidationError) as err:
-            message = f"{args.shards_command}: {err.args[0] if isinstance(err, KeyError) and err.args else err}"
-            if not isinstance(err, (KeyError, FileNotFoundError)):
-                message += " (run `multishot shards verify PATH` to list every problem of the set)"
-            raise UsageError(message) from err
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): not a problem of the shard set
+        except (KeyError, OSError, ValueError, tarfile.TarError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            hint = ""
+            if isinstance(err, (ShardError, tarfile.TarError)):
+                hint = " (`multishot shards verify PATH` lists every problem of the set)"
+            raise UsageError(f"{args.shards_command}: {message}{hint}") from err
 
     return run
 
@@ -183,7 +187,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_handled(_verify))
 
     p = commands.add_parser(
-        "export", parents=[keyed], help="write KEY.mp4, KEY.json and (captions ok) KEY.txt with the prompt"
+        "export", parents=[keyed],
+        help="write the sample's members (KEY.json + KEY.mp4, or KEY.safetensors) and, captions ok, KEY.txt "
+             "with the prompt",
     )
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder (or pyarrow.fs URI) to write to")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder (or pyarrow.fs URI) to write into; made when missing")
+    p.add_argument("--force", action="store_true", help="overwrite files of the sample already in DIR")
     p.set_defaults(func=_handled(_export))

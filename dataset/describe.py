@@ -43,7 +43,7 @@ def describe_sample(record: SampleRecord, shard: str | None = None) -> str:
         f"shot_cut_frames   {record.cut_frames}",
         f"latent cut frames {record.latent_cut_frames}",
         f"aesthetic         {record.aesthetic_status}",
-        f"config_hash       {record.config_hash}",
+        f"samples_hash      {record.samples_hash}",
         f"captions          {caption_state(record)}",
     ]
     if record.caption_status == "ok":

@@ -1,7 +1,7 @@
 """Precomputed shards: the VAE latents and UMT5 embeddings of a sample, stored once.
 
-``multishot precompute`` turns a video shard set into a latent shard set with the same layout
-(``shards/*.tar`` + ``manifest.json``); each tar holds per sample::
+``multishot precompute`` turns a video shard set into a shard set of kind ``latents``
+(:mod:`dataset.shards`: ``shards/*.tar`` + ``manifest.json``, no index); each tar holds per sample::
 
     {key}.json          the SampleRecord, unchanged (cuts, shots, captions)
     {key}.safetensors   "latents" [C, F_lat, H_lat, W_lat] and "context" [L_real, D] tensors,
@@ -77,4 +77,4 @@ def write_latent_shard(fs: pafs.FileSystem, path: str, samples: Iterable[LatentS
     """
     return write_tar(fs, path, (
         {"__key__": s.record.key, "json": s.record.to_json(), "safetensors": s.to_bytes()} for s in samples
-    ))
+    ), "latents")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import logging
 import random
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -37,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from multishot.dataset.latents import LatentSample
 from multishot.dataset.record import SampleRecord, build_prompt, num_latent_frames
-from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, iter_members, resolve
+from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, read_samples, resolve
 
 log = logging.getLogger(__name__)
 
@@ -142,29 +141,25 @@ def list_shards(urls: list[str]) -> list[str]:
 
 
 def iter_tar(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {ext: bytes})`` per sample of a WebDataset tar, in tar order.
+    """Yield ``(key, {ext: bytes})`` per sample of a WebDataset tar, in tar order
+    (:func:`dataset.shards.read_samples`: consecutive members with one key form a sample).
 
-    Members are streamed through :func:`dataset.shards.iter_members` (unsafe members refused);
-    a sample is complete when the next key starts (WebDataset groups consecutive members).
+    A refused member (unsafe name, link, oversized) or a repeated one is logged and dropped,
+    so its sample comes out incomplete and :meth:`ShardStream.decode` counts it as a skip; a
+    truncated tar is logged and ends there.
 
     Raises:
-        tarfile.TarError, OSError: the tar cannot be read, or holds an unsafe member.
+        OSError: the tar cannot be opened.
     """
     fs, path = resolve(url)
-    # Local tars through Python's own file object: a pyarrow stream left open in a suspended
-    # generator aborts DataLoader workers at exit once PyAV has decoded in them.
-    local = isinstance(fs, pafs.LocalFileSystem)
-    with open(path, "rb") if local else fs.open_input_stream(path) as stream:
-        key, parts = None, {}
-        for name, data in iter_members(stream):
-            member_key, _, ext = name.rsplit("/", 1)[-1].partition(".")
-            if member_key != key and key is not None:
-                yield key, parts
-                parts = {}
-            key = member_key
-            parts[ext] = data
-        if key is not None:
-            yield key, parts
+
+    def log_and_continue(exn: Exception) -> bool:
+        log.warning("shard %s: %s", url, exn)
+        return True
+
+    for sample in read_samples(fs, path, handler=log_and_continue):
+        key = sample.pop("__key__")
+        yield key, {ext: data for ext, data in sample.items() if not ext.startswith("__")}
 
 
 def decode_clip(mp4: bytes, num_frames: int, height: int | None, width: int | None) -> torch.Tensor:
@@ -260,7 +255,7 @@ class ShardStream(IterableDataset):
                         buffer.append(sample)
                         if len(buffer) >= cfg.shuffle_buffer:
                             yield buffer.pop(rng.randrange(len(buffer)))
-                except (tarfile.TarError, OSError) as err:
+                except OSError as err:  # damage inside a tar is handled (logged) by iter_tar
                     log.warning("shard %s unreadable from sample %d on: %s", url, index, err)
             while buffer:
                 yield buffer.pop(rng.randrange(len(buffer)))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -135,7 +135,10 @@ class SampleRecord(BaseModel):
     caption_error: str | None = None
     caption_model: str | None = None
     global_caption: str = ""
-    config_hash: str
+    samples_hash: str = Field(
+        validation_alias=AliasChoices("samples_hash", "config_hash"),  # config_hash: sets made before the rename
+        description="hash of the pipeline settings that decided the sample (pipeline.run.compute_samples_hash)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SampleRecord:

@@ -1,10 +1,11 @@
-"""Reading a whole shard set for inspection: listing, summaries, and finding one sample.
+"""Reading a whole shard set of any kind (samples, captioned, latents) for inspection:
+listing, summaries, and finding one sample.
 
 The ``{key}.json`` records inside the shards are authoritative; the Parquet index
 (``index/samples.parquet``) is the fast path for listing and for finding which shard holds a
-key. Without an index, listing scans the shards' JSON members (mp4 members are skipped
-without being buffered). Shards are streamed one member at a time through
-:func:`dataset.shards.iter_members`, so a shard set of any size is read in bounded memory.
+key. Without an index (latent sets have none), listing scans the shards' JSON members; the
+other members are streamed past without being buffered (:func:`dataset.shards.read_samples`),
+so a shard set of any size is read in bounded memory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from multishot.dataset.record import SampleRecord
-from multishot.dataset.shards import MAX_MEMBER_BYTES, ShardSetLayout, iter_members, read_json, resolve
+from multishot.dataset.shards import (
+    MAX_MEMBER_BYTES,
+    Manifest,
+    ShardError,
+    ShardKind,
+    ShardSetLayout,
+    member_key,
+    parse_record,
+    read_manifest,
+    read_samples,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +77,12 @@ def sample_row(record: SampleRecord, shard: str) -> dict:
 
 @dataclass
 class ShardSet:
-    """A shard set at ``root`` on ``fs`` (layout: :class:`dataset.shards.ShardSetLayout`)."""
+    """A shard set at ``root`` on ``fs`` (layout and kinds: :mod:`dataset.shards`).
+
+    Readers raise on a damaged shard (webdataset's re-raise handler): ``UnsafeTarError`` or
+    ``tarfile.TarError`` (the tar), ``ShardError`` (a member repeats, a bad ``{key}.json``,
+    a bad manifest); ``multishot shards verify`` lists every such problem instead.
+    """
 
     fs: pafs.FileSystem
     layout: ShardSetLayout
@@ -91,9 +108,37 @@ class ShardSet:
     def has_index(self) -> bool:
         return self.exists(self.layout.samples_index)
 
-    def manifest(self) -> dict | None:
-        """``manifest.json`` parsed, or ``None`` when absent."""
-        return read_json(self.fs, self.layout.manifest) if self.exists(self.layout.manifest) else None
+    def manifest(self) -> Manifest | None:
+        """``manifest.json`` (older sets' shapes upgraded), or ``None`` when absent.
+
+        Raises:
+            dataset.shards.ManifestError: it is not a manifest.
+        """
+        return read_manifest(self.fs, self.layout)
+
+    def kind(self) -> ShardKind:
+        """The manifest's kind, else :meth:`sniff_kind`."""
+        manifest = self.manifest()
+        return manifest.kind if manifest is not None else self.sniff_kind()
+
+    def sniff_kind(self) -> ShardKind:
+        """The kind of a set without a manifest: ``latents`` when the first sample has a
+        ``.safetensors`` member, else ``samples``. Reads member names, and JSON members only."""
+        for name in self.shard_files():
+            extensions: set[str] = set()
+
+            def note(member: str) -> bool:
+                extensions.add(member_key(member)[1])
+                return member.endswith(".json")
+
+            # the first sample comes out once the second's JSON (or the end) is reached, so by
+            # then every member of the first sample has been named
+            for _ in read_samples(self.fs, self.layout.shard(name), max_member_bytes=self.max_member_bytes,
+                                  select=note):
+                break
+            if extensions:
+                return "latents" if "safetensors" in extensions else "samples"
+        return "samples"
 
     def table(self, path: str) -> pa.Table | None:
         """A Parquet table of the set (e.g. ``layout.shots_table``), or ``None`` when absent."""
@@ -109,7 +154,7 @@ class ShardSet:
         """The shards to read: the manifest's list when there is one, else the folder's tars."""
         manifest = self.manifest()
         if manifest is not None:
-            return [s["name"] for s in manifest["shards"]]
+            return [s.name for s in manifest.shards]
         return self.shard_files()
 
     def progress_bar(self, items: list[str], desc: str) -> tqdm:
@@ -117,32 +162,27 @@ class ShardSet:
         return tqdm(items, desc=desc, unit="shard", disable=not self.progress or len(items) < 2)
 
     def records(self) -> Iterator[tuple[str, SampleRecord]]:
-        """Every ``(shard name, record)`` from the shards' JSON members; mp4s are skipped unread.
-
-        Raises:
-            dataset.shards.UnsafeTarError, tarfile.TarError, pydantic.ValidationError: a
-            damaged shard (``multishot shards verify`` lists every such problem).
-        """
+        """Every ``(shard name, record)`` from the shards' JSON members; other members are
+        streamed past unread."""
         for name in self.progress_bar(self.shard_names(), "reading records"):
-            with self.fs.open_input_stream(self.layout.shard(name)) as stream:
-                for member, data in iter_members(
-                    stream, max_member_bytes=self.max_member_bytes, read=lambda n: n.endswith(".json")
-                ):
-                    if data is not None:
-                        yield name, SampleRecord.from_json(data)
+            for sample in read_samples(self.fs, self.layout.shard(name), max_member_bytes=self.max_member_bytes,
+                                       select=lambda n: n.endswith(".json")):
+                yield name, parse_record(sample["json"], sample["__key__"])
 
     def rows(self) -> Iterator[dict]:
         """Listing rows (:data:`ROW_COLUMNS`), streamed: from the index (read in record
         batches) when it has every :data:`INDEX_REQUIRED` column, else from the shards' JSON
-        (logged). Optional summary columns missing from the index come out as ``None``.
+        (logged, except for a latent set, which has no index by design). Optional summary
+        columns missing from the index come out as ``None``.
         """
         names = pq.read_schema(self.layout.samples_index, filesystem=self.fs).names if self.has_index() else []
         missing = [c for c in INDEX_REQUIRED if c not in names]
         if missing:
-            log.warning(
-                "index/samples.parquet %s; listing from the shards' JSON",
-                "lacks " + ", ".join(missing) if names else "missing",
-            )
+            if names or self.kind() != "latents":
+                log.warning(
+                    "index/samples.parquet %s; listing from the shards' JSON",
+                    "lacks " + ", ".join(missing) if names else "missing",
+                )
             yield from (sample_row(record, shard) for shard, record in self.records())
             return
         with self.fs.open_input_file(self.layout.samples_index) as f:
@@ -163,29 +203,26 @@ class ShardSet:
                     return list(dict.fromkeys(rows.column("shard").to_pylist()))
         manifest = self.manifest()
         if manifest is not None:
-            shards = [s["name"] for s in manifest["shards"] if key in s.get("keys", [])]
+            shards = [s.name for s in manifest.shards if key in s.keys]
             if shards:
                 return shards
         return self.shard_names()
 
-    def sample(self, key: str) -> tuple[SampleRecord, bytes]:
-        """The record and mp4 bytes of sample ``key``, streaming only the shard(s) that hold it.
+    def sample(self, key: str, *, json_only: bool = False) -> tuple[SampleRecord, dict[str, bytes]]:
+        """The record and members (``{ext: bytes}``, the ``json`` included) of sample ``key``,
+        streaming only the shard(s) that hold it; ``json_only`` reads the ``{key}.json``
+        member alone and streams past the others (a 1 GB video costs no memory).
 
         Raises:
             KeyError: no shard holds ``key``.
-            dataset.shards.UnsafeTarError, tarfile.TarError, pydantic.ValidationError: the
-            shard holding it is damaged.
+            dataset.shards.ShardError: the sample has no ``.json`` member, or a bad one.
         """
-        prefix = f"{key}."
+        wanted = (lambda n: n == f"{key}.json") if json_only else (lambda n: member_key(n)[0] == key)
         for name in self.progress_bar(self.locate(key), f"looking for {key}"):
-            parts: dict[str, bytes] = {}
-            with self.fs.open_input_stream(self.layout.shard(name)) as stream:
-                for member, data in iter_members(
-                    stream, max_member_bytes=self.max_member_bytes, read=lambda n: n.startswith(prefix)
-                ):
-                    if data is None:
-                        continue
-                    parts[member[len(prefix) :]] = data
-                    if "json" in parts and "mp4" in parts:
-                        return SampleRecord.from_json(parts["json"]), parts["mp4"]
+            for sample in read_samples(self.fs, self.layout.shard(name), max_member_bytes=self.max_member_bytes,
+                                       select=wanted):
+                if "json" not in sample:
+                    raise ShardError(f"shards/{name}: sample {key} has no .json member")
+                members = {k: v for k, v in sample.items() if not k.startswith("__")}
+                return parse_record(sample["json"], key), members
         raise KeyError(f"no sample {key!r} in {self.layout.root}")

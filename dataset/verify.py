@@ -1,19 +1,26 @@
-"""``multishot shards verify``: check a shard set end to end and list every problem found.
+"""``multishot shards verify``: check a shard set of any kind end to end and list every problem.
 
 Checks, in one streaming pass per shard (each shard's bytes are read once: hashed, untarred
 and decoded together, one sample in memory at a time):
 
-* the manifest lists exactly the ``*.tar`` files in ``shards/`` (no stray or missing shards,
-  no left-over temporary files) and each shard's sha256, size, sample count and keys match;
+* ``manifest.json`` is a manifest (:class:`dataset.shards.Manifest`; its ``kind`` says which
+  members a sample holds) and lists exactly the ``*.tar`` files in ``shards/`` (no stray or
+  missing shards, no left-over temporary files); each shard's sha256, size, sample count and
+  keys match;
 * every tar reads to its end; every member is a safe regular file (no absolute name, ``..``,
-  link, or oversized member: :func:`dataset.shards.member_problem`) named ``{key}.mp4`` or
-  ``{key}.json`` with a valid key, and every key has both members, once in the whole set;
-* every ``.json`` is a valid :class:`~dataset.record.SampleRecord` whose key is its member's;
+  link, or oversized member: :func:`dataset.shards.member_problem`) named ``{key}.{ext}``
+  with a valid key and an extension of the set's kind, and every key has all its members,
+  once in the whole set;
+* every ``.json`` is a valid :class:`~dataset.record.SampleRecord` whose key is its member's,
+  with ``duration_s == num_frames / fps``; in a captioned set none is still ``pending``;
 * every ``.mp4`` decodes without an FFmpeg error, with the frame count, size and frame rate
-  its JSON claims, and ``duration_s == num_frames / fps``;
-* ``index/samples.parquet`` has one row per sample, in the right shard, agreeing with the JSON.
+  its JSON claims; every ``.safetensors`` holds latents [C, F_lat, H_lat, W_lat] of the
+  frames it says were encoded (at most the record's) and a [L, D] context;
+* ``index/samples.parquet`` has one row per sample, in the right shard, agreeing with the JSON
+  (latent sets have no index).
 
-Problems are collected, never raised, so one run reports all of them.
+Problems are collected, never raised (the readers' handler records them), so one run reports
+all of them.
 """
 
 from __future__ import annotations
@@ -26,15 +33,24 @@ from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pydantic
 
 from multishot.dataset.frames import check_mp4
-from multishot.dataset.record import KEY_PATTERN, SampleRecord
-from multishot.dataset.shards import TMP_SUFFIX, member_problem
+from multishot.dataset.latents import LatentSample
+from multishot.dataset.record import KEY_PATTERN, SampleRecord, num_latent_frames
+from multishot.dataset.shards import (
+    KIND_MEMBERS,
+    TMP_SUFFIX,
+    BadRecordError,
+    ManifestError,
+    ShardInfo,
+    ShardKind,
+    UnsafeTarError,
+    iter_samples,
+    member_key,
+    parse_record,
+)
 from multishot.dataset.shardset import ShardSet
 
-#: Members a shard may hold per sample (see ``dataset.shards.write_shard``).
-MEMBER_EXTENSIONS = ("mp4", "json")
 #: Index columns compared with the JSON record when present (same-named record attributes).
 INDEX_FIELDS = ("source", "source_id", "bucket", "num_frames", "num_shots", "caption_status")
 
@@ -78,15 +94,21 @@ class _HashingReader:
             pass
 
 
-def check_sample(record: SampleRecord, mp4: bytes, where: str, *, decode: bool = True) -> list[Problem]:
-    """Problems of one parsed sample: duration arithmetic, and (``decode``) its mp4 against its JSON."""
+def check_record(record: SampleRecord, kind: ShardKind, where: str) -> list[Problem]:
+    """Problems of one parsed record in a set of ``kind``: duration arithmetic, caption state."""
     problems = []
     if abs(record.duration_s - record.num_frames / record.fps) > 0.5 / record.fps:
         problems.append(
             Problem(where, f"duration_s {record.duration_s} != num_frames/fps {record.num_frames / record.fps:.4f}")
         )
-    if not decode:
-        return problems
+    if kind == "captioned" and record.caption_status == "pending":
+        problems.append(Problem(where, "caption_status 'pending' in a captioned set"))
+    return problems
+
+
+def check_mp4_member(record: SampleRecord, mp4: bytes, where: str) -> list[Problem]:
+    """Problems of a sample's mp4 against its JSON (decoded with PyAV)."""
+    problems = []
     found = check_mp4(mp4)
     if found.errors:
         quoted = "; ".join(found.errors[:MAX_QUOTED_ERRORS])
@@ -105,105 +127,115 @@ def check_sample(record: SampleRecord, mp4: bytes, where: str, *, decode: bool =
     return problems
 
 
-def _parse_record(data: bytes, key: str, where: str) -> tuple[SampleRecord | None, list[Problem]]:
+def check_latents_member(record_json: bytes, tensors: bytes, where: str) -> list[Problem]:
+    """Problems of a sample's ``.safetensors`` member (:class:`dataset.latents.LatentSample`)."""
     try:
-        record = SampleRecord.from_json(data)
-    except pydantic.ValidationError as err:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in err.errors()[:3])
-        return None, [Problem(where, f"json does not match SampleRecord: {errors}")]
-    if record.key != key:
-        return None, [Problem(where, f"json key {record.key!r} differs from its member name")]
-    return record, []
+        sample = LatentSample.from_members(record_json, tensors)
+    except Exception as err:  # noqa: BLE001 - any parse failure of the member is the problem reported
+        return [Problem(where, f"safetensors unreadable ({type(err).__name__}: {err})")]
+    problems = []
+    shape = tuple(sample.latents.shape)
+    try:
+        frames = num_latent_frames(sample.num_frames)
+    except ValueError as err:
+        return [Problem(where, f"safetensors metadata: {err}")]
+    if len(shape) != 4 or shape[1] != frames:
+        problems.append(Problem(where, f"latents {list(shape)}: expected [C, {frames}, H, W] for {sample.num_frames} frames"))
+    if sample.num_frames > sample.record.num_frames:
+        problems.append(Problem(where, f"{sample.num_frames} frames encoded, the record has {sample.record.num_frames}"))
+    if sample.context.ndim != 2:
+        problems.append(Problem(where, f"context {list(sample.context.shape)}: expected [L, D]"))
+    return problems
 
 
 def verify_shard(
-    shard_set: ShardSet, name: str, expected: dict | None, *, decode: bool = True
+    shard_set: ShardSet, name: str, expected: ShardInfo | None, kind: ShardKind, *, decode: bool = True
 ) -> tuple[dict[str, dict], list[Problem]]:
     """Stream shard ``name`` once; return its valid samples (key → :func:`index_fields`) and
-    every problem found.
-
-    ``expected`` is the shard's manifest entry (``ShardInfo.to_dict()``) or ``None``.
+    every problem found. ``expected``: the shard's manifest entry, or ``None``.
+    ``decode=False`` skips decoding the mp4s.
     """
     where = f"shards/{name}"
+    extensions = KIND_MEMBERS[kind]
     records: dict[str, dict] = {}
-    members: Counter[str] = Counter()
-    pending: dict[str, dict[str, bytes]] = {}
     problems: list[Problem] = []
+
+    def record_problem(exn: Exception) -> bool:  # verify's handler: note it, go on
+        if isinstance(exn, tarfile.TarError) and not isinstance(exn, UnsafeTarError):
+            problems.append(Problem(where, f"unreadable tar after {reader.bytes} bytes: {exn}"))
+        else:
+            problems.append(Problem(where, str(exn)))
+        return True
+
+    def select(member: str) -> bool:  # a badly named member is a problem, never read
+        key, ext = member_key(member)
+        if key is None or not KEY_PATTERN.match(key):
+            problems.append(Problem(where, f"member {member!r}: key {key!r} does not match {KEY_PATTERN.pattern}"))
+            return False
+        if ext not in extensions:
+            problems.append(Problem(where, f"member {member!r}: unexpected extension "
+                                           f"({kind} shards hold {', '.join('.' + e for e in extensions)})"))
+            return False
+        return True
+
     with shard_set.fs.open_input_stream(shard_set.layout.shard(name)) as stream:
         reader = _HashingReader(stream)
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    refused = member_problem(member, shard_set.max_member_bytes)
-                    key, _, ext = member.name.partition(".")
-                    if not refused and not KEY_PATTERN.match(key):
-                        refused = f"member {member.name!r}: key {key!r} does not match {KEY_PATTERN.pattern}"
-                    if not refused and ext not in MEMBER_EXTENSIONS:
-                        refused = f"member {member.name!r}: unexpected extension (shards hold .mp4 and .json)"
-                    if refused:
-                        problems.append(Problem(where, refused))
-                        continue  # never read: tarfile skips its data
-                    members[member.name] += 1
-                    parts = pending.setdefault(key, {})
-                    parts[ext] = tar.extractfile(member).read()
-                    if len(parts[ext]) != member.size:
-                        raise tarfile.ReadError(f"member {member.name!r}: unexpected end of data")
-                    if len(parts) < len(MEMBER_EXTENSIONS):
-                        continue
-                    del pending[key]
-                    record, found = _parse_record(parts["json"], key, f"{where}:{key}")
-                    problems += found
-                    if record is not None:
-                        problems += check_sample(record, parts["mp4"], f"{where}:{key}", decode=decode)
-                        if key in records:
-                            problems.append(Problem(f"{where}:{key}", "key appears twice in the shard"))
-                        records[key] = index_fields(record)
-        except tarfile.TarError as err:
-            problems.append(Problem(where, f"unreadable tar after {reader.bytes} bytes: {err}"))
+        for sample in iter_samples(reader, url=where, max_member_bytes=shard_set.max_member_bytes,
+                                   select=select, handler=record_problem):
+            key = sample["__key__"]
+            missing = [e for e in extensions if e not in sample]
+            if missing:
+                problems.append(Problem(f"{where}:{key}", f"sample lacks its {missing} member"))
+                continue
+            try:
+                record = parse_record(sample["json"], key)
+            except BadRecordError as err:
+                problems.append(Problem(f"{where}:{key}", err.problem))
+                continue
+            problems += check_record(record, kind, f"{where}:{key}")
+            if "mp4" in extensions and decode:
+                problems += check_mp4_member(record, sample["mp4"], f"{where}:{key}")
+            if "safetensors" in extensions:
+                problems += check_latents_member(sample["json"], sample["safetensors"], f"{where}:{key}")
+            if key in records:
+                problems.append(Problem(f"{where}:{key}", "key appears twice in the shard"))
+            records[key] = index_fields(record)
         reader.drain()
-    problems += [Problem(where, f"member {m!r} appears {n} times") for m, n in members.items() if n > 1]
-    problems += [
-        Problem(f"{where}:{k}", f"sample lacks its {sorted(set(MEMBER_EXTENSIONS) - set(p))} member")
-        for k, p in pending.items()
-    ]
     if expected is not None:
-        if reader.sha256.hexdigest() != expected.get("sha256"):
+        if reader.sha256.hexdigest() != expected.sha256:
             problems.append(Problem(where, f"sha256 {reader.sha256.hexdigest()} differs from the manifest's"))
-        if reader.bytes != expected.get("bytes"):
-            problems.append(Problem(where, f"{reader.bytes} bytes, manifest says {expected.get('bytes')}"))
-        if sorted(expected.get("keys", [])) != sorted(records):
-            missing = sorted(set(expected.get("keys", [])) - set(records))
-            extra = sorted(set(records) - set(expected.get("keys", [])))
+        if reader.bytes != expected.bytes:
+            problems.append(Problem(where, f"{reader.bytes} bytes, manifest says {expected.bytes}"))
+        if sorted(expected.keys) != sorted(records):
+            missing = sorted(set(expected.keys) - set(records))
+            extra = sorted(set(records) - set(expected.keys))
             problems.append(
                 Problem(where, f"valid samples differ from the manifest's keys: missing {missing}, extra {extra}")
             )
-        if expected.get("num_samples") != len(expected.get("keys", [])):
+        if expected.num_samples != len(expected.keys):
             problems.append(Problem("manifest.json", f"{name}: num_samples disagrees with its keys"))
     return records, problems
 
 
-def _check_manifest(shard_set: ShardSet) -> tuple[dict[str, dict | None], list[Problem]]:
-    """Shard name → manifest entry (``None`` for unlisted files), and problems of the listing."""
+def _check_manifest(shard_set: ShardSet) -> tuple[dict[str, ShardInfo | None], ShardKind, list[Problem]]:
+    """Shard name → manifest entry (``None`` for unlisted files), the set's kind, and problems
+    of the listing."""
     problems = []
     files = shard_set.shard_files()
     try:
         manifest = shard_set.manifest()
-    except ValueError as err:
+    except ManifestError as err:
         manifest = None
-        problems.append(Problem("manifest.json", f"not valid JSON: {err}"))
-    entries: dict[str, dict | None] = {}
+        problems.append(Problem("manifest.json", str(err).removeprefix("manifest.json: ")))
+    entries: dict[str, ShardInfo | None] = {}
     if manifest is None:
         if not problems:
             problems.append(Problem("manifest.json", "missing: shard checksums cannot be checked"))
-    elif not isinstance(manifest, dict) or not all(
-        isinstance(e, dict) and "name" in e for e in manifest.get("shards", [])
-    ):
-        problems.append(Problem("manifest.json", 'not {"shards": [{"name": …, "sha256": …}, …]}'))
     else:
-        for entry in manifest["shards"]:
-            if entry["name"] in entries:
-                problems.append(Problem("manifest.json", f"{entry['name']} listed twice"))
-            entries[entry["name"]] = entry
+        for entry in manifest.shards:
+            if entry.name in entries:
+                problems.append(Problem("manifest.json", f"{entry.name} listed twice"))
+            entries[entry.name] = entry
         problems += [Problem(f"shards/{n}", "listed in the manifest but missing") for n in entries if n not in files]
         problems += [Problem(f"shards/{n}", "not listed in the manifest") for n in files if n not in entries]
     for name in files:
@@ -213,7 +245,8 @@ def _check_manifest(shard_set: ShardSet) -> tuple[dict[str, dict | None], list[P
         for i in shard_set.fs.get_file_info(pafs.FileSelector(shard_set.layout.shards_dir))
         if i.base_name.endswith(TMP_SUFFIX)
     ]
-    return {n: e for n, e in entries.items() if n in files}, problems
+    kind = manifest.kind if manifest is not None else shard_set.sniff_kind()
+    return {n: e for n, e in entries.items() if n in files}, kind, problems
 
 
 def check_index(index: pa.Table | None, found: dict[str, list[tuple[str, dict]]]) -> list[Problem]:
@@ -260,10 +293,10 @@ def verify(shard_set: ShardSet, *, decode: bool = True) -> list[Problem]:
 
     ``decode=False`` skips decoding the mp4s (the slow part; about as long as a decode pass).
     """
-    entries, problems = _check_manifest(shard_set)
+    entries, kind, problems = _check_manifest(shard_set)
     found: dict[str, list[tuple[str, dict]]] = {}
     for name in shard_set.progress_bar(list(entries), "verifying"):
-        records, shard_problems = verify_shard(shard_set, name, entries[name], decode=decode)
+        records, shard_problems = verify_shard(shard_set, name, entries[name], kind, decode=decode)
         problems += shard_problems
         for key, record in records.items():
             found.setdefault(key, []).append((name, record))
@@ -272,6 +305,8 @@ def verify(shard_set: ShardSet, *, decode: bool = True) -> list[Problem]:
         for k, v in found.items()
         if len(v) > 1
     ]
+    if kind == "latents" and not shard_set.has_index():
+        return problems  # precompute writes no index
     try:
         index = shard_set.table(shard_set.layout.samples_index)
     except (pa.ArrowInvalid, OSError) as err:

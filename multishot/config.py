@@ -57,7 +57,8 @@ def _merge(base: dict, overrides: dict) -> None:
 
 
 def config_hash(config: BaseModel) -> str:
-    """16 hex digits of sha256 over the config's canonical JSON: names what produced a shard."""
+    """16 hex digits of sha256 over the whole config's canonical JSON (``pipeline.run.
+    compute_samples_hash`` applies it to the settings that decide the samples)."""
     canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

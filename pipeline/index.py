@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from multishot.dataset.shards import ShardSetLayout, write_json
+from multishot.dataset.shards import Manifest, ShardSetLayout, write_json, write_manifest
 from multishot.config import dump_yaml
 from multishot.pipeline.config import PipelineConfig
 
@@ -76,7 +76,7 @@ def finalize(
     _write_table(fs, layout.samples_index, samples, ["key"])
     _write_table(fs, layout.shots_table, shots, SHOT_COLUMNS)
     _write_table(fs, layout.rejects_table, rejects, REJECT_COLUMNS)
-    write_json(fs, layout.manifest, {"samples_hash": samples_hash, "shards": shards})
+    write_manifest(fs, layout, Manifest(kind="samples", samples_hash=samples_hash, shards=shards))
     report = summary(config, results, unreadable, samples, shots, wall_s)
     write_json(fs, layout.report, report)
     with fs.open_output_stream(layout.resolved_config) as out:

@@ -40,7 +40,7 @@ TRUNCATION_SLACK_S = 1.0
 DETECT_MEMORY_BYTES = int(1.5 * 2**30)
 
 
-def samples_hash(config: PipelineConfig) -> str:
+def compute_samples_hash(config: PipelineConfig) -> str:
     """Hash of the settings that decide the samples: not input and output, not where and how
     wide stages run (Ray, actors, batch sizes), nor the captioning settings (captions of
     finished shards are added by ``multishot annotate``)."""
@@ -153,21 +153,21 @@ class RenderWriteStage:
         from multishot.annotate.captioner import Captioner
 
         self.config = config
-        self.hash = samples_hash
+        self.samples_hash = samples_hash
         self.fs, root = resolve(config.output)
         self.layout = ShardSetLayout(root)
         self.captioner = Captioner.from_env(config.annotate, cache_dir=f"{self.layout.work_dir}/captions")
 
     def __call__(self, row: dict) -> dict:
         row = self._render_write(row)
-        save_result(VideoTask.from_row(row), self.fs, self.layout, self.hash)
+        save_result(VideoTask.from_row(row), self.fs, self.layout, self.samples_hash)
         return row
 
     @_guarded("render")
     def _render_write(self, task: VideoTask) -> None:
         if not task.samples:
             return
-        planned = [plan_sample(task, sample, self.config, self.hash) for sample in task.samples]
+        planned = [plan_sample(task, sample, self.config, self.samples_hash) for sample in task.samples]
         fs, path = resolve(task.source)
         stats = task.decode.setdefault("render", DecodeStats())
         rendered = render_samples(path, fs, task.info, [job for _, job in planned], self.config.render, stats)
@@ -237,7 +237,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     removed = _clean_temporaries(fs, layout)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
-    chash = samples_hash(config)
+    samples_hash = compute_samples_hash(config)
 
     tasks, unreadable, seen = [], [], {}
     for source in sources:
@@ -252,30 +252,30 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
             continue
         seen[source_id] = source
         tasks.append(VideoTask(source, source_id))
-    todo = [t for t in tasks if load_result(fs, layout, t.source_id, chash) is None]
+    todo = [t for t in tasks if load_result(fs, layout, t.source_id, samples_hash) is None]
     log.info("%d videos: %d to process, %d already done", len(tasks), len(todo), len(tasks) - len(todo))
     if not config.analyse.aesthetic_enabled:
         log.warning("aesthetic: skipped (no clip_weights / aesthetic_head_weights in the config); "
                     "every sample is marked aesthetic_status=skipped")
 
     if todo:
-        _run_ray(config, chash, todo, progress)
-    results = [load_result(fs, layout, t.source_id, chash) for t in tasks]
-    return finalize(fs, layout, config, chash, [r for r in results if r], unreadable, time.time() - start)
+        _run_ray(config, samples_hash, todo, progress)
+    results = [load_result(fs, layout, t.source_id, samples_hash) for t in tasks]
+    return finalize(fs, layout, config, samples_hash, [r for r in results if r], unreadable, time.time() - start)
 
 
-def _run_ray(config: PipelineConfig, chash: str, todo: list[VideoTask], progress: bool) -> None:
+def _run_ray(config: PipelineConfig, samples_hash: str, todo: list[VideoTask], progress: bool) -> None:
     import ray
 
     started = _init_ray(config)
     try:
-        _execute(config, chash, todo, progress)
+        _execute(config, samples_hash, todo, progress)
     finally:
         if started:
             ray.shutdown()
 
 
-def _execute(config: PipelineConfig, chash: str, todo: list[VideoTask], progress: bool) -> None:
+def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask], progress: bool) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -296,7 +296,7 @@ def _execute(config: PipelineConfig, chash: str, todo: list[VideoTask], progress
     )
     ds = ds.map(pack_stage, fn_kwargs={"config": config}, num_cpus=0, compute=tasks(size=2))  # 1:1, pure, quick
     ds = ds.map(  # 1:1: decode once, encode every sample, write shards + the resume marker
-        RenderWriteStage, fn_constructor_args=(config, chash), compute=pool(min_size=1, max_size=2), num_cpus=0.5
+        RenderWriteStage, fn_constructor_args=(config, samples_hash), compute=pool(min_size=1, max_size=2), num_cpus=0.5
     )
     with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
         for row in ds.iter_rows():

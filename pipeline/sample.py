@@ -17,7 +17,7 @@ from multishot.pipeline.render import RenderJob, source_frames_for_shot
 from multishot.pipeline.task import VideoTask, slug
 
 
-def plan_sample(task: VideoTask, sample: PackedSample, config: PipelineConfig, config_hash: str) -> tuple[SampleRecord, RenderJob]:
+def plan_sample(task: VideoTask, sample: PackedSample, config: PipelineConfig, samples_hash: str) -> tuple[SampleRecord, RenderJob]:
     """The record and render job of ``sample`` (a packed sample of ``task``'s video).
 
     Raises:
@@ -64,7 +64,7 @@ def plan_sample(task: VideoTask, sample: PackedSample, config: PipelineConfig, c
         latent_cut_frames=[latent_cut_frame(c) for c in sample.cut_frames],
         shots=shots,
         aesthetic_status="scored" if config.analyse.aesthetic_enabled else "skipped",
-        config_hash=config_hash,
+        samples_hash=samples_hash,
     )
     return record, RenderJob(key, frames)
 
@@ -77,5 +77,5 @@ def index_row(record: SampleRecord, shard: str) -> dict:
         "source_start_s": record.shots[0].source_start_s,
         "source_end_s": record.shots[-1].source_end_s,
         "aesthetic_status": record.aesthetic_status,
-        "config_hash": record.config_hash,
+        "samples_hash": record.samples_hash,
     }

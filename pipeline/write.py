@@ -39,15 +39,16 @@ def result_path(layout: ShardSetLayout, source_id: str) -> str:
     return f"{layout.work_dir}/{source_id}.json"
 
 
-def save_result(task: VideoTask, fs: pafs.FileSystem, layout: ShardSetLayout, config_hash: str) -> None:
+def save_result(task: VideoTask, fs: pafs.FileSystem, layout: ShardSetLayout, samples_hash: str) -> None:
     """Write the per-video result (the resume marker) atomically."""
-    write_json(fs, result_path(layout, task.source_id), {"config_hash": config_hash, **task.result()})
+    write_json(fs, result_path(layout, task.source_id), {"samples_hash": samples_hash, **task.result()})
 
 
-def load_result(fs: pafs.FileSystem, layout: ShardSetLayout, source_id: str, config_hash: str) -> dict | None:
-    """The saved result of a video processed with this config, or None (not done, or other config)."""
+def load_result(fs: pafs.FileSystem, layout: ShardSetLayout, source_id: str, samples_hash: str) -> dict | None:
+    """The saved result of a video processed with these sample settings, or None (not done,
+    or other settings)."""
     path = result_path(layout, source_id)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     result = read_json(fs, path)
-    return result if result.get("config_hash") == config_hash else None
+    return result if result.get("samples_hash") == samples_hash else None

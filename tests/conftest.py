@@ -102,7 +102,7 @@ def make_footage_sample(key: str, sources: list[tuple[str, float]], shot_frames:
         num_latent_frames=num_latent_frames(start), duration_s=start / fps, cut_frames=cuts,
         latent_cut_frames=[latent_cut_frame(c) for c in cuts], shots=shots, aesthetic_status="skipped",
         caption_status="ok" if captioned else "pending",
-        global_caption="Blender films" if captioned else "", config_hash="test")
+        global_caption="Blender films" if captioned else "", samples_hash="test")
     return record, _encode_mp4(frames, fps)
 
 

@@ -101,7 +101,7 @@ def _record(key: str, segments: list[tuple[float, int]]) -> SampleRecord:
         key=key, source=str(FOOTAGE), source_id="sintel", bucket="2s", target_duration_s=2.0, fps=FPS,
         width=WIDTH, height=HEIGHT, num_frames=start, num_latent_frames=num_latent_frames(start),
         duration_s=start / FPS, cut_frames=cuts, latent_cut_frames=[latent_cut_frame(c) for c in cuts],
-        shots=shots, aesthetic_status="skipped", config_hash="test",
+        shots=shots, aesthetic_status="skipped", samples_hash="test",
     )
 
 

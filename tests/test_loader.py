@@ -98,3 +98,33 @@ def test_listing_and_bad_config(train_footage_shards, tmp_path):
     stream = ShardStream(config(train_footage_shards["clean"], num_workers=2))
     with pytest.raises(RuntimeError, match="workers"):
         iter(stream)  # iterated outside a 2-worker DataLoader
+
+
+def test_a_refused_member_costs_its_sample_only_and_resume_stays_exact(train_footage_shards, tmp_path):
+    import io
+    import os
+    import tarfile
+
+    # clip01's mp4 becomes a symbolic link: the reader refuses it (dataset.shards.member_problem),
+    # the loader's handler logs it and goes on, so clip01 is a counted skip and clip02 still comes.
+    source = os.path.join(train_footage_shards["clean"], "shards", "a-00000.tar")
+    hostile = tmp_path / "shards" / "a-00000.tar"
+    hostile.parent.mkdir()
+    with tarfile.open(source) as src, tarfile.open(hostile, "w") as out:
+        for member in src.getmembers():
+            if member.name == "clip01.mp4":
+                link = tarfile.TarInfo(member.name)
+                link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                out.addfile(link)
+            else:
+                out.addfile(member, io.BytesIO(src.extractfile(member).read()))
+    cfg = config(str(tmp_path), shuffle_buffer=1)
+    full = take(TrainLoader(cfg), 4)  # two epochs
+    assert [b.keys[0] for b in full] == ["clip00", "clip02", "clip00", "clip02"]
+    assert full[1].skip_reasons == ["clip01: no .mp4 member"]
+
+    first = TrainLoader(cfg)
+    take(first, 1)
+    resumed = TrainLoader(cfg)
+    resumed.load_state_dict(first.state_dict())
+    assert [b.keys for b in take(resumed, 3)] == [b.keys for b in full[1:]]

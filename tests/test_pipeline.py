@@ -241,7 +241,7 @@ def test_training_loader_reads_the_pipeline_shards(footage_shards):
 
 
 def test_samples_hash_ignores_placement_but_not_stage_settings():
-    from multishot.pipeline.run import samples_hash
+    from multishot.pipeline.run import compute_samples_hash as samples_hash
 
     demo = REPO / "configs" / "pipeline" / "demo.yaml"
     base = samples_hash(load_config(demo, PipelineConfig))

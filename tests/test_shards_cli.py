@@ -23,7 +23,16 @@ from PIL import Image
 
 from multishot.dataset.frames import check_mp4
 from multishot.dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
-from multishot.dataset.shards import ShardSetLayout, UnsafeTarError, read_shard, resolve, write_json, write_shard
+from multishot.dataset.shards import (
+    Manifest,
+    ShardSetLayout,
+    UnsafeTarError,
+    read_shard,
+    resolve,
+    write_json,
+    write_manifest,
+    write_shard,
+)
 from multishot.dataset.shardset import ShardSet
 from multishot.dataset.verify import verify
 from multishot.cli import main
@@ -123,7 +132,7 @@ def _sample(key, film, spans, captions) -> tuple[SampleRecord, bytes]:
         caption_status="ok" if captions else "pending",
         caption_model="test-model" if captions else None,
         global_caption=captions[0] if captions else "",
-        config_hash="test",
+        samples_hash="test",
     )
     return record, _encode(frames)
 
@@ -209,7 +218,7 @@ def good_set(tmp_path_factory) -> Path:
     for name, keys in SHARDS.items():
         infos.append(write_shard(fs, layout.shard(name), [samples[k] for k in keys]))
         placed += [(name, samples[k][0]) for k in keys]
-    write_json(fs, layout.manifest, {"shards": [i.to_dict() for i in infos]})
+    write_manifest(fs, layout, Manifest(kind="samples", samples_hash="test", shards=infos))
     _write_index(layout, placed)
     return root
 
@@ -483,6 +492,17 @@ def test_export_writes_mp4_and_prompt(good_set, tmp_path, capsys):
     assert code == 2 and "symbolic link" in err and not (tmp_path / "outside.mp4").exists()
 
 
+def test_listing_a_truncated_shard_without_index_fails_loudly(copy_set, capsys):
+    # ls reads only the JSON members and skips the videos by seeking: a cut inside a skipped
+    # video must still be noticed, not end the listing quietly one sample short
+    shard = copy_set / "shards" / "sintel-00000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: _member_offsets(shard)["sintel-b.mp4"][0] + 1000])
+    shutil.rmtree(copy_set / "index")
+    code, out, err = _shards(["ls", str(copy_set), "--json"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "unexpected end of data" in err and "sintel-b" not in out
+
+
 def test_stats_totals_and_plot(good_set, tmp_path, capsys):
     png = tmp_path / "stats.png"
     code, out, _ = _shards(["stats", str(good_set), "--json", "--plot", str(png)], capsys)
@@ -537,3 +557,252 @@ def test_sheet_has_one_row_per_shot_showing_that_shot(good_set, tmp_path, capsys
             errors.append(np.abs(crop - ref).mean())
         assert int(np.argmin(errors)) == row and errors[row] < 8, errors
         assert record.shots[row].start_frame <= frames[1] < record.shots[row].end_frame
+
+
+# ---- every kind of shard set -------------------------------------------------------------------
+
+
+def _read_all(root: Path) -> dict[str, tuple[str, SampleRecord, bytes]]:
+    """key → (shard name, record, mp4) of a samples set."""
+    fs, _ = resolve(str(root))
+    return {r.key: (name, r, mp4) for name in SHARDS for r, mp4 in read_shard(fs, str(root / "shards" / name))}
+
+
+@pytest.fixture(scope="module")
+def captioned_set(good_set, tmp_path_factory) -> Path:
+    """The good set as ``multishot annotate`` leaves it: every record ok or failed, kind captioned
+    (written with annotate's writers: ``write_shard`` + a captioned ``Manifest``)."""
+    root = tmp_path_factory.mktemp("captioned")
+    layout = ShardSetLayout(str(root))
+    fs, _ = resolve(str(root))
+    samples = _read_all(good_set)
+    captioned = {
+        "sintel-a": samples["sintel-a"][1].model_copy(update={"caption_status": "failed", "caption_error": "blocked"}),
+        "sintel-b": samples["sintel-b"][1],
+        "bbb-a": samples["bbb-a"][1].model_copy(update={
+            "caption_status": "ok", "caption_model": "test-model", "global_caption": "A rabbit in a meadow.",
+            "shots": [samples["bbb-a"][1].shots[0].model_copy(update={"caption": "The rabbit yawns."})]}),
+    }
+    infos = [write_shard(fs, layout.shard(name), [(captioned[k], samples[k][2]) for k in keys])
+             for name, keys in SHARDS.items()]
+    write_manifest(fs, layout, Manifest(kind="captioned", samples_hash="test", shards=infos))
+    _write_index(layout, [(samples[k][0], captioned[k]) for keys in SHARDS.values() for k in keys])
+    return root
+
+
+def _latent_samples(good_set: Path, num_frames: int = 17) -> dict[str, list]:
+    """shard name → LatentSamples of the good set's records: random latents and context of
+    the shapes ``multishot precompute`` writes (16 channels, 64×64 pixels → 8×8 latents)."""
+    import torch
+
+    from multishot.dataset.latents import LatentSample
+    from multishot.dataset.loader import PLACEHOLDER_CAPTION
+    from multishot.dataset.record import build_prompt
+
+    samples = _read_all(good_set)
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for name, keys in SHARDS.items():
+        out[name] = []
+        for key in keys:
+            record = samples[key][1]
+            prompt = record.prompt() if record.caption_status == "ok" else build_prompt(PLACEHOLDER_CAPTION, ["shot 1"])
+            latents = torch.randn(16, num_latent_frames(num_frames), 8, 8, generator=generator)
+            context = torch.randn(5, 32, generator=generator)
+            out[name].append(LatentSample(record, latents, context, prompt, num_frames, 64, 64))
+    return out
+
+
+@pytest.fixture(scope="module")
+def latent_set(good_set, tmp_path_factory) -> Path:
+    """The good set as ``multishot precompute`` writes it: its writer (``write_latent_shard``)
+    and manifest (kind latents), no index."""
+    from multishot.dataset.latents import write_latent_shard
+
+    root = tmp_path_factory.mktemp("latents")
+    layout = ShardSetLayout(str(root))
+    fs, _ = resolve(str(root))
+    infos = [write_latent_shard(fs, layout.shard(name), samples) for name, samples in _latent_samples(good_set).items()]
+    write_manifest(fs, layout, Manifest(kind="latents", samples_hash="test", shards=infos))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["samples", "captioned", "latents"])
+def test_ls_stats_verify_show_work_on_every_kind(kind, good_set, captioned_set, latent_set, capsys):
+    root = {"samples": good_set, "captioned": captioned_set, "latents": latent_set}[kind]
+    assert ShardSet.open(str(root)).kind() == kind
+    code, out, _ = _shards(["ls", str(root), "--json"], capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["key"] for r in rows] == ["sintel-a", "sintel-b", "bbb-a"]
+    assert [r["num_shots"] for r in rows] == [3, 2, 1] and {r["shard"] for r in rows} == set(SHARDS)
+    expected_status = ["failed", "ok", "ok"] if kind == "captioned" else ["pending", "ok", "pending"]
+    assert [r["caption_status"] for r in rows] == expected_status
+
+    code, out, _ = _shards(["stats", str(root), "--json"], capsys)
+    summary = json.loads(out)
+    assert code == 0 and (summary["samples"], summary["shots"]) == (3, 6)
+    assert summary["hours"] == pytest.approx((33 + 29 + 17) / FPS / 3600)
+
+    code, out, err = _shards(["verify", str(root)], capsys)
+    assert (code, out) == (0, "") and "no problems" in err
+    code, out, _ = _shards(["show", str(root), "sintel-b"], capsys)
+    assert code == 0 and "shot_cut_frames   [20]" in out and "samples_hash      test" in out
+
+
+def test_verify_checks_what_each_kind_holds(good_set, captioned_set, latent_set, tmp_path):
+    from multishot.dataset.latents import write_latent_shard
+
+    # a captioned set may not hold a sample still pending
+    captioned = Path(shutil.copytree(captioned_set, tmp_path / "captioned"))
+    samples = _read_all(good_set)
+    _rewrite_shard(captioned, "bbb-00000.tar", [samples["bbb-a"][1:]])
+    assert _problems(captioned) == ["shards/bbb-00000.tar:bbb-a: caption_status 'pending' in a captioned set",
+                                    "index/samples.parquet: key 'bbb-a': caption_status 'ok', json says 'pending'"]
+
+    # latents whose frame count disagrees with the frames they say were encoded
+    latents = Path(shutil.copytree(latent_set, tmp_path / "latents"))
+    layout, (fs, _) = ShardSetLayout(str(latents)), resolve(str(latents))
+    sample = _latent_samples(good_set)["bbb-00000.tar"][0]
+    sample.latents = sample.latents[:, :3]
+    info = write_latent_shard(fs, layout.shard("bbb-00000.tar"), [sample])
+    manifest = json.loads(Path(layout.manifest).read_text())
+    manifest["shards"] = [info.to_dict() if s["name"] == info.name else s for s in manifest["shards"]]
+    write_json(fs, layout.manifest, manifest)
+    assert _problems(latents) == ["shards/bbb-00000.tar:bbb-a: latents [16, 3, 8, 8]: expected [C, 5, H, W] for 17 frames"]
+
+    # an mp4 member in a latent set is not its kind's
+    _write_tar(latents / "shards" / "extra.tar", [("bbb-a.json", samples["bbb-a"][1].to_json()),
+                                                   ("bbb-a.mp4", samples["bbb-a"][2])])
+    problems = _problems(latents)
+    assert "shards/extra.tar: not listed in the manifest" in problems
+    assert "shards/extra.tar: member 'bbb-a.mp4': unexpected extension (latents shards hold .json, .safetensors)" in problems
+    assert "shards/extra.tar:bbb-a: sample lacks its ['safetensors'] member" in problems
+
+
+def test_verify_reports_a_member_repeated_within_its_sample(copy_set):
+    shard = copy_set / "shards" / "bbb-00000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    _write_tar(shard, [*members, members[-1]])
+    _rewrite_manifest_entry(copy_set, "bbb-00000.tar")
+    assert _problems(copy_set) == [f"shards/bbb-00000.tar: member {members[-1][0]!r} appears twice in its sample"]
+
+
+def test_sheet_of_a_latent_set_says_why_not(latent_set, tmp_path, capsys):
+    code, out, err = _shards(["sheet", str(latent_set), "sintel-a", "-o", str(tmp_path / "s.png")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no .mp4 member" in err and not (tmp_path / "s.png").exists()
+
+
+def test_export_of_a_latent_sample_writes_its_members(latent_set, good_set, tmp_path, capsys):
+    code, out, _ = _shards(["export", str(latent_set), "sintel-b", "-o", str(tmp_path)], capsys)
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "sintel-b.json", "sintel-b.safetensors", "sintel-b.txt"]
+    from safetensors.torch import load_file
+
+    assert load_file(tmp_path / "sintel-b.safetensors")["latents"].shape == (16, 5, 8, 8)
+    assert SampleRecord.from_json((tmp_path / "sintel-b.json").read_bytes()) == _read_all(good_set)["sintel-b"][1]
+
+
+def test_manifests_and_records_of_older_sets_still_read(tmp_path, good_set):
+    from multishot.dataset.shards import read_manifest
+
+    info = {"name": "a.tar", "sha256": "0" * 64, "bytes": 10, "num_samples": 1, "keys": ["a"]}
+    layout, (fs, _) = ShardSetLayout(str(tmp_path)), resolve(str(tmp_path))
+    for old, kind in [({"samples_hash": "h", "shards": [info]}, "samples"),  # the pipeline's
+                      ({"shards": [info]}, "captioned"),  # annotate's
+                      ({"a.tar": info}, "latents")]:  # precompute's
+        write_json(fs, layout.manifest, old)
+        manifest = read_manifest(fs, layout)
+        assert manifest.kind == kind and [s.name for s in manifest.shards] == ["a.tar"]
+    record = json.loads(_read_all(good_set)["bbb-a"][1].to_json())
+    record["config_hash"] = record.pop("samples_hash")  # the record's name for it before
+    assert SampleRecord.model_validate(record).samples_hash == "test"
+
+
+def test_a_bad_manifest_is_one_line(copy_set, capsys):
+    (copy_set / "manifest.json").write_text(json.dumps({"version": 1, "kind": "videos", "shards": []}))
+    shutil.rmtree(copy_set / "index")  # the manifest is then what says where a key is
+    code, _, err = _shards(["show", str(copy_set), "bbb-a"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "manifest.json: kind:" in err
+    assert _problems(copy_set)[0].startswith("manifest.json: kind: Input should be 'samples', 'captioned' or 'latents'")
+
+
+# ---- item 12: bad JSON, export targets, show of a big sample -----------------------------------
+
+
+def _break_json(root: Path) -> None:
+    """Make bbb-a's JSON break the schema (num_frames not 4k+1), manifest kept true."""
+    shard = root / "shards" / "bbb-00000.tar"
+    with tarfile.open(shard) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    broken = json.loads(members["bbb-a.json"])
+    broken["num_frames"] = 18
+    members["bbb-a.json"] = json.dumps(broken).encode()
+    _write_tar(shard, list(members.items()))
+    _rewrite_manifest_entry(root, "bbb-00000.tar")
+
+
+def test_invalid_json_is_one_line_naming_the_sample(copy_set, tmp_path, capsys):
+    _break_json(copy_set)
+    shutil.rmtree(copy_set / "index")  # ls reads the shards' JSON
+    for args in (["ls", str(copy_set)], ["show", str(copy_set), "bbb-a"],
+                 ["export", str(copy_set), "bbb-a", "-o", str(tmp_path / "out")]):
+        code, _, err = _shards(args, capsys)
+        assert code == 2 and err.count("\n") == 1, (args, err)
+        assert err.startswith(f"multishot shards {args[0]}: sample bbb-a: json does not match SampleRecord: "
+                              "Value error, num_frames must be 4k+1, got 18"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_to_overwrite_unless_forced(good_set, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _shards(["export", str(good_set), "bbb-a", "-o", str(out)], capsys)[0] == 0
+    (out / "bbb-a.mp4").write_bytes(b"mine")
+    code, _, err = _shards(["export", str(good_set), "bbb-a", "-o", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "exists; pass --force" in err
+    assert (out / "bbb-a.mp4").read_bytes() == b"mine"
+    code, _, _ = _shards(["export", str(good_set), "bbb-a", "-o", str(out), "--force"], capsys)
+    assert code == 0 and (out / "bbb-a.mp4").read_bytes() == _read_all(good_set)["bbb-a"][2]
+
+    # -o naming a file, and a folder where a member's file would go: clear errors, nothing written
+    code, _, err = _shards(["export", str(good_set), "bbb-a", "-o", str(out / "bbb-a.json")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is a file; export writes into a folder" in err
+    (tmp_path / "other" / "sintel-a.mp4").mkdir(parents=True)
+    code, _, err = _shards(["export", str(good_set), "sintel-a", "-o", str(tmp_path / "other")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "sintel-a.mp4 is a folder" in err
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["sintel-a.mp4"]
+
+
+def _sparse_tar(path: Path, big_member: str, big_bytes: int, members: list[tuple[str, bytes]]) -> None:
+    """A tar whose first member is ``big_bytes`` of zeros left as a hole in a sparse file (so
+    the test writes almost nothing), followed by ``members``."""
+    with open(path, "wb") as f:
+        info = tarfile.TarInfo(big_member)
+        info.size = big_bytes
+        f.write(info.tobuf(format=tarfile.GNU_FORMAT))
+        f.seek(big_bytes + (-big_bytes % tarfile.BLOCKSIZE), io.SEEK_CUR)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            f.write(info.tobuf(format=tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE))
+        f.write(b"\0" * tarfile.RECORDSIZE)
+
+
+def test_show_of_a_900_mib_sample_reads_its_json_alone(good_set, tmp_path, capsys):
+    import tracemalloc
+
+    record = _read_all(good_set)["bbb-a"][1]
+    root = tmp_path / "big"
+    (root / "shards").mkdir(parents=True)
+    big = 900 << 20
+    _sparse_tar(root / "shards" / "big.tar", "bbb-a.mp4", big, [("bbb-a.json", record.to_json())])
+    assert (root / "shards" / "big.tar").stat().st_blocks * 512 < 1 << 20  # sparse: the test stays small
+
+    tracemalloc.start()
+    try:
+        code, out, _ = _shards(["show", str(root), "bbb-a", "--json"], capsys)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 0 and SampleRecord.model_validate_json(out) == record
+    assert peak < 16 << 20, f"show held {peak >> 20} MiB for a sample with a {big >> 20} MiB member"

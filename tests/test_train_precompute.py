@@ -37,7 +37,17 @@ def test_precompute_then_train_on_latents(tmp_path, train_footage_shards, tiny_e
     report = json.loads((out / "precompute_report.json").read_text())
     assert (report["samples"], report["shards"], report["skipped"]) == (8, 3, 2)
     assert any(s.startswith("broken: undecodable mp4") for s in report["skips"])
-    assert set(json.loads((out / "manifest.json").read_text())) == {"a-00000.tar", "a-00001.tar", "b-00000.tar"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "latents" and manifest["samples_hash"] == "test"
+    assert {s["name"] for s in manifest["shards"]} == {"a-00000.tar", "a-00001.tar", "b-00000.tar"}
+    # the shards CLI reads the latent set like any other (its tests cover every kind); verify
+    # finds only what the inputs hold: clip00 and clip02 are in both input sets
+    from multishot.dataset.shardset import ShardSet
+    from multishot.dataset.verify import verify
+
+    assert multishot_main(["shards", "ls", str(out), "-q"]) == 0
+    assert [str(p) for p in verify(ShardSet.open(str(out), progress=False))] == [
+        "shards/a-00000.tar:clip00: key also in b-00000.tar", "shards/a-00000.tar:clip02: key also in b-00000.tar"]
 
     from multishot.dataset.loader import DataConfig, TrainLoader
 

@@ -9,7 +9,8 @@ For every input shard, in order, one output shard of the same name under ``OUT/s
       → {key}.json + {key}.safetensors            (dataset.latents.LatentSample)
 
 Undecodable samples are skipped and listed with their reason in ``OUT/precompute_report.json``;
-``OUT/manifest.json`` lists the written shards as the pipeline's manifest does.
+``OUT/manifest.json`` (:class:`dataset.shards.Manifest`, kind ``latents``) lists the written
+shards and the samples_hash their records share.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from multishot.dataset.latents import LatentSample, write_latent_shard
 from multishot.dataset.loader import ShardStream, SkipSample, iter_tar
-from multishot.dataset.shards import ShardSetLayout, resolve, write_json
+from multishot.dataset.shards import Manifest, ShardSetLayout, resolve, write_json, write_manifest
 from multishot.model.config import get_config
 from multishot.trainer.config import TrainConfig
 from multishot.trainer.encoders import FrozenEncoders
@@ -46,7 +47,7 @@ def precompute(config: TrainConfig, out: str) -> dict:
     text_len = get_config(config.model.name).text_len
     fs, root = resolve(out)
     layout = ShardSetLayout(root)
-    manifest, skips, count = {}, [], 0
+    infos, hashes, skips, count = [], set(), [], 0
     for url in tqdm(stream.urls, desc="precompute", unit="shard"):
         samples = []
         for key, parts in iter_tar(url):
@@ -62,10 +63,11 @@ def precompute(config: TrainConfig, out: str) -> dict:
             samples.append(LatentSample(sample["record"], latents, context, sample["prompt"],
                                         sample["num_frames"], video.shape[2], video.shape[3]))
         name = url.rsplit("/", 1)[-1]
-        info = write_latent_shard(fs, layout.shard(name), samples)
-        manifest[name] = info.to_dict()
+        infos.append(write_latent_shard(fs, layout.shard(name), samples))
+        hashes.update(s.record.samples_hash for s in samples)
         count += len(samples)
-    write_json(fs, layout.manifest, manifest)
-    report = {"samples": count, "shards": len(manifest), "skipped": len(skips), "skips": skips}
+    write_manifest(fs, layout, Manifest(kind="latents", samples_hash=hashes.pop() if len(hashes) == 1 else None,
+                                        shards=infos))
+    report = {"samples": count, "shards": len(infos), "skipped": len(skips), "skips": skips}
     write_json(fs, f"{root}/precompute_report.json", report)
     return report
