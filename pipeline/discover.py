@@ -10,8 +10,9 @@ A source is returned as a local absolute path or as a percent-encoded URI
 (``s3://bucket/my%20film.mp4``): object keys may hold spaces or any character, and an encoded
 URI is the one form :func:`multishot.dataset.shards.resolve` parses for every key. Local folders
 are walked by real path, each folder and file once, so a symbolic-link loop (``ln -s . loop``)
-adds nothing. Files under ``exclude`` (the run's output folder, when it lies inside the input)
-are left out, and the log says so: rendered samples must not come back as sources.
+adds nothing. Files under ``exclude`` (the folders a run writes: ``shards/``, ``index/``,
+``_work/``, when they lie inside the input, as when input folder = output folder) are left
+out, and the log says so: what a run wrote must not come back as sources.
 """
 
 from __future__ import annotations
@@ -47,14 +48,14 @@ def _is_uri(spec: str) -> bool:
     return "://" in spec
 
 
-def _walk_local(top: str, exts: tuple[str, ...], exclude: str | None) -> tuple[list[str], bool]:
+def _walk_local(top: str, exts: tuple[str, ...], exclude: list[str]) -> tuple[list[str], bool]:
     """Real paths of the video files under ``top``, each folder and file visited once (links
     followed, loops cut at the first folder seen twice); and whether anything under
     ``exclude`` was left out."""
     found, seen_dirs, skipped = set(), set(), False
     for folder, dirs, files in os.walk(top, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen_dirs or (exclude and _under(real, exclude)):
+        if real in seen_dirs or _under(real, exclude):
             skipped |= real not in seen_dirs
             dirs[:] = []  # a loop (or the output tree): do not descend
             continue
@@ -62,15 +63,15 @@ def _walk_local(top: str, exts: tuple[str, ...], exclude: str | None) -> tuple[l
         for name in files:
             if name.lower().endswith(exts):
                 path = os.path.realpath(os.path.join(folder, name))
-                if exclude and _under(path, exclude):
+                if _under(path, exclude):
                     skipped = True
                 elif os.path.isfile(path):
                     found.add(path)
     return sorted(found), skipped
 
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
 def _read_list(fs: pafs.FileSystem, path: str, spec: str, exts: tuple[str, ...]) -> list[str]:
@@ -102,20 +103,20 @@ def _anchor(entry: str, base: str) -> str:
     return os.path.normpath(os.path.join(base, entry))
 
 
-def discover(spec: str, extensions: list[str], exclude: str | None = None) -> list[str]:
+def discover(spec: str, extensions: list[str], exclude: list[str] = ()) -> list[str]:
     """Sorted, de-duplicated sources named by ``spec`` (see the module docstring).
 
-    ``exclude``: a folder (local path or URI) whose files are never sources: the run's output.
+    ``exclude``: folders (local paths or URIs) whose files are never sources: what the run writes.
 
     Raises:
         InputError: nothing found, the spec does not exist, or it is of no known form.
     """
     exts = tuple(e.lower() for e in extensions)
-    local_exclude = os.path.realpath(exclude) if exclude and not _is_uri(exclude) else None
+    local_exclude = [os.path.realpath(e) for e in exclude if not _is_uri(e)]
     skipped = False
     if not _is_uri(spec) and any(c in spec for c in "*?["):
         matches = {os.path.realpath(p) for p in glob.glob(spec, recursive=True) if p.lower().endswith(exts)}
-        found = [p for p in matches if not (local_exclude and _under(p, local_exclude))]
+        found = [p for p in matches if not _under(p, local_exclude)]
         skipped = len(matches) > len(found)
     else:
         try:
@@ -129,11 +130,11 @@ def discover(spec: str, extensions: list[str], exclude: str | None = None) -> li
             found, skipped = _walk_local(path, exts, local_exclude)
         elif info.type == pafs.FileType.Directory:
             scheme, query = spec.split("://", 1)[0], spec.partition("?")[2]
-            out_path = resolve(encode_uri(exclude))[1] if exclude and exclude.startswith(scheme + "://") else None
+            out_paths = [resolve(encode_uri(e))[1] for e in exclude if e.startswith(scheme + "://")]
             files = [f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                      if f.type == pafs.FileType.File and f.path.lower().endswith(exts)]
             found = [encode_uri(f"{scheme}://{p}") + (f"?{query}" if query else "")
-                     for p in files if not (out_path and _under(p, out_path))]
+                     for p in files if not _under(p, out_paths)]
             skipped = len(files) > len(found)
         else:
             base = spec.rsplit("/", 1)[0] if _is_uri(spec) else os.path.dirname(path)
@@ -151,7 +152,8 @@ def discover(spec: str, extensions: list[str], exclude: str | None = None) -> li
             else:
                 found = [_anchor(line, base) for line in _read_list(fs, path, spec, exts)]
     if skipped:
-        log.warning("input %s holds the output folder %s: files under it are not read as sources", spec, exclude)
+        log.warning("input %s holds this run's output (%s): files under it are not read as sources",
+                    spec, ", ".join(exclude))
     if not found:
         raise InputError(f"no videos ({', '.join(extensions)}) found in {spec!r}")
     return sorted(set(found))

@@ -20,7 +20,7 @@ import time
 POLL_S = 1.0
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
     """Clock ticks since boot at which ``pid`` started (``/proc/PID/stat`` field 22), or None
     when it is gone or a zombie (dead, not yet reaped)."""
     try:
@@ -45,7 +45,7 @@ def descendants(root: int) -> set[tuple[int, int]]:
     while frontier:
         pid = frontier.pop()
         for child, ppid in parent.items():
-            if ppid == pid and (start := _start_time(child)) is not None:
+            if ppid == pid and (start := start_time(child)) is not None:
                 found.add((child, start))
                 frontier.append(child)
     return found
@@ -62,14 +62,14 @@ def watch(pid: int | None = None) -> subprocess.Popen | None:
 
 
 def _main(pid: int) -> None:
-    started = _start_time(pid)
+    started = start_time(pid)
     seen: set[tuple[int, int]] = set()
     me = os.getpid()
-    while _start_time(pid) == started and started is not None:
+    while start_time(pid) == started and started is not None:
         seen |= {(child, start) for child, start in descendants(pid) if child != me}
         time.sleep(POLL_S)
     for child, start in seen:
-        if _start_time(child) == start:
+        if start_time(child) == start:
             try:
                 os.kill(child, signal.SIGKILL)
             except OSError:

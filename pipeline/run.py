@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve
 from multishot.pipeline.config import PipelineConfig
-from multishot.pipeline.discover import discover
+from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
 from multishot.pipeline.stages import STAGES, Stage, apply, run_sequential
 from multishot.pipeline.task import VideoTask, fingerprint
@@ -61,6 +61,14 @@ def _prepare_output(config: PipelineConfig) -> tuple[pafs.FileSystem, ShardSetLa
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise OutputError(f"output {config.output!r} cannot hold a shard set: {reason}") from None
     return fs, layout
+
+
+def _as_given(output: str, fs: pafs.FileSystem, path: str) -> str:
+    """A layout path in the form the user gave the output (local path, or URI with its query)."""
+    if "://" not in output:
+        return path
+    scheme, query = output.split("://", 1)[0], output.partition("?")[2]
+    return f"{scheme}://{path}" + (f"?{query}" if query else "")
 
 
 def _clean_temporaries(fs: pafs.FileSystem, layout: ShardSetLayout) -> int:
@@ -113,8 +121,10 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     if not config.input or not config.output:
         raise ValueError("both input and output are needed (config keys 'input'/'output' or --input/--output)")
     start = time.time()
-    sources = discover(config.input, config.extensions, exclude=config.output)
+    config = config.model_copy(update={"output": encode_uri(config.output)})  # keys with spaces stay parseable
     fs, layout = _prepare_output(config)
+    written = [layout.shards_dir, layout.work_dir, layout.samples_index.rsplit("/", 1)[0]]
+    sources = discover(config.input, config.extensions, exclude=[_as_given(config.output, fs, p) for p in written])
     removed = _clean_temporaries(fs, layout)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
@@ -136,7 +146,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
                 finished.append(task)
                 bar.set_postfix_str(f"{task.status}: {os.path.basename(task.name)}")
                 bar.update()
-    results = trusted_results(fs, layout, chash, manifest)
+    results = trusted_results(fs, layout, chash, manifest, fresh={t.source_id for t in finished})
     # a video whose result could not be written (its write failed) is reported, and redone next run
     saved = {r.source_id for r in results}
     unreadable += [t.reject_row() for t in finished if t.source_id not in saved]

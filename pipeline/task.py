@@ -70,6 +70,10 @@ class ShotRow(BaseModel):
 class RenderedSample(BaseModel):
     """A rendered sample on its way from the render stage through captioning to the writer."""
 
+    # the mp4 travels as base64 in the task's JSON row; the result file never holds it (the
+    # write stage empties ``VideoTask.rendered``)
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
     record: SampleRecord
     mp4: bytes
 
@@ -81,10 +85,6 @@ class VideoTask(BaseModel):
     :func:`multishot.dataset.shards.resolve`, shown decoded by :attr:`name`). ``samples_hash`` is
     set by the write stage: the settings the result was made with.
     """
-
-    # bytes travel as base64 in the JSON row; the result file never holds them (``rendered`` is
-    # emptied by the write stage)
-    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     source: str
     source_id: str

@@ -108,16 +108,21 @@ def last_manifest(fs: pafs.FileSystem, layout: ShardSetLayout) -> dict[str, dict
         return {}
 
 
-def trusted_results(fs: pafs.FileSystem, layout: ShardSetLayout, samples_hash: str, manifest: dict[str, dict]) -> list[VideoTask]:
+def trusted_results(
+    fs: pafs.FileSystem, layout: ShardSetLayout, samples_hash: str, manifest: dict[str, dict], fresh: set[str]
+) -> list[VideoTask]:
     """Every trusted result in ``_work/`` made with these settings, whichever run made it: the
-    videos the index describes (an output folder gathers the films of every run into it)."""
+    videos the index describes (an output folder gathers the films of every run into it).
+    Results of the ``fresh`` source ids (written by this run, after ``manifest``) are checked
+    against the disk only."""
     if fs.get_file_info(layout.work_dir).type != pafs.FileType.Directory:
         return []
     results = []
     for info in fs.get_file_info(pafs.FileSelector(layout.work_dir)):
         name = info.path.rsplit("/", 1)[-1]
         if info.type == pafs.FileType.File and name.endswith(".json"):
-            task = load_result(fs, layout, name[: -len(".json")], samples_hash, manifest)
+            source_id = name[: -len(".json")]
+            task = load_result(fs, layout, source_id, samples_hash, {} if source_id in fresh else manifest)
             if task is not None:
                 results.append(task)
     return sorted(results, key=lambda t: t.source_id)
