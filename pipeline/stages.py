@@ -184,19 +184,19 @@ def _write(config: PipelineConfig, samples_hash: str) -> Process:
 
 #: The chain, top to bottom: every stage is 1:1 (one video in, the same video out).
 STAGES: list[Stage] = [
-    # container facts from headers: reserves no core, two at a time are plenty
+    # 1:1, container facts from headers only: reserves no core, two at a time are plenty
     Stage("probe", _probe, "probe"),
-    # one decode pass; TransNetV2 (or PySceneDetect) loads once per actor; most of the CPU work
+    # 1:1, one decode pass; TransNetV2 loads once per actor (GPU when given); most of the CPU work
     Stage("detect", _detect, "detect", holds_model=True),
-    # one decode pass over sampled frames; OCR (+ CLIP) models load once per actor; light
+    # 1:1, one decode pass over sampled frames; OCR (+ CLIP) load once per actor; light, half a core
     Stage("analyse", _analyse, "analyse", holds_model=True),
-    # pure arithmetic on the shot list: no core reserved
+    # 1:1, pure arithmetic on the shot list: no core reserved
     Stage("pack", _pack, "pack"),
-    # one decode pass, x264 per sample: half a core each
+    # 1:1, one decode pass, x264 per sample (mp4 bytes ride in the task): half a core each
     Stage("render", _render, "render"),
-    # waits on Gemini (a client per actor, its cache on the output): no core reserved
+    # 1:1, waits on Gemini (a client per actor, its cache on the output): no core reserved
     Stage("caption", _caption, "caption", holds_model=True),
-    # shards, then the resume marker; sees rejected videos too so their result is recorded
+    # 1:1, shards then the resume marker; sees rejected videos too so their result is recorded
     Stage("write", _write, "write", every_task=True),
 ]
 

@@ -278,3 +278,36 @@ def test_stage_list_runs_without_ray_and_tasks_round_trip(job, tmp_path):
     assert done.status == "ok" and done.rendered and done.shots and done.info
     assert VideoTask.from_row(done.to_row()) == done  # typed, through the JSON row Ray carries
     assert done.rendered[0].mp4[4:8] == b"ftyp"
+
+
+# ---- item 13: processes of a killed run -------------------------------------------------------
+
+
+def test_reaper_ends_what_a_killed_parent_leaves(tmp_path):
+    """A stand-in for Ray's agents: a grandchild in its own session outlives its SIGKILLed
+    parent unless the watcher ends it. (The Ray run itself: tests/test_pipeline_resume_ray.py.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from multishot.pipeline.reaper import start_time, watch
+
+    pidfile = tmp_path / "daemon.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "d = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(d.pid))\n"
+        "time.sleep(120)\n")])
+    watcher = watch(parent.pid)
+    deadline = time.time() + 30
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.time() < deadline
+        time.sleep(0.1)
+    daemon = int(pidfile.read_text())
+    born = start_time(daemon)
+    time.sleep(2.5)  # the watcher polls once a second
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    watcher.wait(timeout=30)
+    assert start_time(daemon) != born  # gone (or a zombie awaiting its reaper)
