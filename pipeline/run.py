@@ -108,7 +108,8 @@ def _tasks(sources: list[str]) -> tuple[list[VideoTask], list[dict]]:
 def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     """Run every stage over ``config.input`` into ``config.output``; return the run report.
 
-    Videos with a trusted result for the same sample settings are skipped (resume). The index
+    Videos with a trusted result for the same sample settings are skipped (resume), except those
+    that ended in ``error``. The index
     covers every finished video in the output folder, from this run or earlier ones.
 
     Raises:
@@ -132,7 +133,8 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     manifest = last_manifest(fs, layout)
 
     tasks, unreadable = _tasks(sources)
-    todo = [t for t in tasks if load_result(fs, layout, t.source_id, chash, manifest) is None]
+    # a video that failed unexpectedly (status error: a bug, a full disk) is retried on a rerun
+    todo = [t for t in tasks if getattr(load_result(fs, layout, t.source_id, chash, manifest), "status", "error") == "error"]
     log.info("%d videos: %d to process, %d already done", len(tasks), len(todo), len(tasks) - len(todo))
     if not config.analyse.aesthetic_enabled:
         log.warning("aesthetic: skipped (no clip_weights / aesthetic_head_weights in the config); "

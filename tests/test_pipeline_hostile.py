@@ -99,6 +99,21 @@ def test_rerun_with_other_input_keeps_finished_work(job, tmp_path, capsys, caplo
     assert [r["stage"] for r in rejects] == ["discover"] and "cannot read" in rejects[0]["reason"]
 
 
+def test_a_video_that_ended_in_error_is_retried(job, tmp_path, capsys, caplog):
+    import json
+
+    root, config = job
+    out = tmp_path / "O"
+    assert _run(config, root / "A", out, capsys)[0] == 0
+    (marker,) = (out / "_work").glob("*.json")
+    result = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**result, "status": "error", "stage": "render", "reason": "OSError: disk full"}))
+    caplog.set_level(logging.INFO)
+    assert _run(config, root / "A", out, capsys)[0] == 0
+    assert "1 to process" in caplog.text and json.loads(marker.read_text())["status"] == "ok"
+    assert _verify(out, capsys) == 0
+
+
 def test_shards_of_a_result_with_other_settings_are_set_aside_not_deleted(job, tmp_path, capsys):
     root, config = job
     out = tmp_path / "O"
