@@ -32,9 +32,9 @@ class OutputError(ValueError):
 def samples_hash(config: PipelineConfig) -> str:
     """16 hex digits of sha256 over the settings that decide the samples: every stage's
     settings except where and how wide it runs (``resources``, TransNetV2's ``batch_windows``),
-    and not input, output, Ray, or the captioning settings (captions of finished shards are
+    and not input, output, extensions, Ray, or the captioning settings (captions of finished shards are
     added by ``multishot annotate``)."""
-    parts = config.model_dump(mode="json", exclude={"input", "output", "ray", "annotate", "probe", "caption"})
+    parts = config.model_dump(mode="json", exclude={"input", "output", "extensions", "ray", "annotate", "probe", "caption"})
     for section in parts.values():
         if isinstance(section, dict):
             section.pop("resources", None)
