@@ -28,13 +28,13 @@ def load_config(path: str | Path, model: type[M], overrides: dict | None = None)
     """Read YAML at ``path`` into ``model``; ``overrides`` (nested dict) win over the file.
 
     Raises:
-        ConfigError: file missing, not YAML, not a mapping, or a key is unknown / invalid
-            (message: ``path: key.sub: reason`` per problem).
+        ConfigError: file missing, not YAML, a key given twice in one mapping, not a mapping,
+            or a key is unknown / invalid (message: ``path: key.sub: reason`` per problem).
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a mapping of keys, got {type(data).__name__}")
@@ -46,6 +46,25 @@ def load_config(path: str | Path, model: type[M], overrides: dict | None = None)
             f"  {'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
         ]
         raise ConfigError(f"{path}: invalid config\n" + "\n".join(problems)) from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error: PyYAML keeps
+    the last value silently, so an edit lower in a file would undo one above without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice in one mapping (lines {seen[key]} and "
+                                    f"{key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def _merge(base: dict, overrides: dict) -> None:

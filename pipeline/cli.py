@@ -12,10 +12,17 @@ Parquet index, shots and rejects tables, a manifest and a run report.
 
 Locally it starts a private Ray on 127.0.0.1. Under `ray job submit` (RAY_ADDRESS set) it
 joins that cluster. A rerun with the same settings skips videos already done, so an
-interrupted run is resumed by running the same command again.
+interrupted run is resumed by running the same command again. An output folder gathers
+the films of every run into it: its index covers them all, and no finished work is deleted.
 """
 
 EPILOG = """\
+exit status:
+  0  every input video was processed (some may be partial or rejected: see the report)
+  1  a stage failed unexpectedly on some video (status "error"; a rerun retries it)
+  2  bad usage, config, input or output (one line on stderr)
+  3  no input video could be used: every one was rejected
+
 examples:
   multishot pipeline run --config configs/pipeline/demo.yaml
   multishot pipeline run --config configs/pipeline/demo.yaml --input /data/films --output s3://bucket/shards
@@ -40,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=_run)
 
 
+#: exit status of a run in which every input video was rejected (documented in --help, README)
+EXIT_ALL_REJECTED = 3
+
+
 def _run(args: argparse.Namespace) -> int:
     import os
 
@@ -47,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     from multishot.errors import UsageError
     from multishot.pipeline.config import PipelineConfig
     from multishot.pipeline.discover import InputError
-    from multishot.pipeline.run import run_pipeline
+    from multishot.pipeline.run import OutputError, run_pipeline
 
     overrides: dict = {}
     for key in ("input", "output"):
@@ -63,6 +74,10 @@ def _run(args: argparse.Namespace) -> int:
             if v is not None and "://" not in v
         })
         report = run_pipeline(config, progress=not args.no_progress)
-    except (InputError, ValueError) as err:
+    except (InputError, OutputError, ValueError) as err:
         raise UsageError(str(err)) from err
-    return 1 if report["videos_by_status"].get("error") else 0
+    if report["videos_by_status"].get("error"):
+        return 1
+    if report["this_run"]["usable"] == 0:
+        return EXIT_ALL_REJECTED
+    return 0

@@ -9,13 +9,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from multishot.annotate.config import AnnotateConfig
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resources_over_default(cls, data):
+        """A stage's ``resources`` given in part keep that stage's other defaults (not the
+        generic ones): ``detect: {resources: {actors: 2}}`` keeps detect's memory reservation."""
+        field = cls.model_fields.get("resources")
+        if field is not None and isinstance(data, dict) and isinstance(data.get("resources"), dict):
+            data = {**data, "resources": {**field.default.model_dump(), **data["resources"]}}
+        return data
+
+
+class Resources(_Section):
+    """Where and how wide one stage runs (Cosmos-Curate's stage spec): placement only, so it is
+    left out of the samples hash and a rerun with other resources still resumes."""
+
+    actors: int = Field(1, ge=1, description="parallel workers: Ray actors (stages that hold a model) or tasks")
+    cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per worker (0: shares cores with the others)")
+    gpus: float = Field(0.0, ge=0, description="GPUs per worker")
+    memory_gib: float = Field(0.0, ge=0, description="memory Ray reserves per worker (GiB); 0: none")
+
+
+class ProbeConfig(_Section):
+    """Stage 1, container facts (headers only)."""
+
+    resources: Resources = Resources(actors=2, cpus=0)
 
 
 class DetectConfig(_Section):
@@ -26,11 +52,13 @@ class DetectConfig(_Section):
     content_threshold: float = Field(27.0, gt=0, description="PySceneDetect ContentDetector")
     adaptive_threshold: float = Field(3.0, gt=0, description="PySceneDetect AdaptiveDetector")
     min_shot_s: float = Field(1.0, ge=0, description="shots shorter than this are dropped (s)")
-    batch_windows: int = Field(8, ge=1, description="TransNetV2 windows of 100 frames per forward")
+    batch_windows: int = Field(
+        8, ge=1, description="TransNetV2 windows of 100 frames per forward (placement: not in the samples hash)"
+    )
     bf16: bool = Field(True, description="TransNetV2 in bf16 where the hardware supports it (else fp32)")
-    num_actors: int = Field(1, ge=1, description="detector actors (one model each)")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs Ray reserves per detector actor")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per detector actor")
+    # a TransNetV2 actor holds the model and a batch of windows' activations: 1.3 GiB measured
+    # with 8 windows a batch; told to Ray so it does not over-pack actors on small nodes
+    resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=1.5)
 
 
 class AnalyseConfig(_Section):
@@ -49,12 +77,17 @@ class AnalyseConfig(_Section):
         None, description="LAION improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth"
     )
     clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture name")
-    num_actors: int = Field(1, ge=1)
+    resources: Resources = Resources(actors=1, cpus=0.5)
 
     @model_validator(mode="after")
-    def _both_or_neither(self) -> AnalyseConfig:
+    def _consistent(self) -> AnalyseConfig:
         if (self.clip_weights is None) != (self.aesthetic_head_weights is None):
             raise ValueError("clip_weights and aesthetic_head_weights are given together or not at all")
+        if self.ocr_frames_per_shot > self.frames_per_shot:
+            raise ValueError(f"ocr_frames_per_shot ({self.ocr_frames_per_shot}) exceeds frames_per_shot "
+                             f"({self.frames_per_shot}): OCR runs on the sampled frames")
+        if self.ocr_min_side > self.ocr_max_side:
+            raise ValueError(f"ocr_min_side ({self.ocr_min_side}) exceeds ocr_max_side ({self.ocr_max_side})")
         return self
 
     @property
@@ -70,6 +103,13 @@ class FilterConfig(_Section):
     max_ocr_text_ratio: float = Field(0.02, ge=0, le=1, description="text box area fraction above: text")
     min_aesthetic: float = Field(4.5, description="LAION aesthetic score below: ugly (when scored)")
 
+    @model_validator(mode="after")
+    def _range(self) -> FilterConfig:
+        if self.min_brightness > self.max_brightness:
+            raise ValueError(f"min_brightness ({self.min_brightness}) exceeds max_brightness "
+                             f"({self.max_brightness}): every shot would be removed")
+        return self
+
 
 class Bucket(_Section):
     """A target duration: samples of ``target_s ± tolerance_s`` seconds of whole shots."""
@@ -83,6 +123,7 @@ class PackConfig(_Section):
     """Stage 5, packing consecutive kept shots into multi-shot samples (HoloCine §3.1)."""
 
     buckets: list[Bucket] = Field(
+        min_length=1,
         default_factory=lambda: [
             Bucket(name="5s", target_s=5.0, tolerance_s=1.0),
             Bucket(name="15s", target_s=15.0, tolerance_s=3.0),
@@ -94,14 +135,18 @@ class PackConfig(_Section):
     min_last_shot_s: float = Field(
         1.0, ge=0, description="an overshooting last shot is cut short only if this much remains (s)"
     )
+    resources: Resources = Resources(actors=2, cpus=0)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> PackConfig:
+    def _consistent(self) -> PackConfig:
         names = [b.name for b in self.buckets]
         if len(set(names)) != len(names):
-            raise ValueError(f"bucket names repeat: {names}")
+            raise ValueError(f"buckets: names repeat: {names}")
+        for i, b in enumerate(self.buckets):
+            if b.tolerance_s >= b.target_s:
+                raise ValueError(f"buckets.{i} ({b.name}): tolerance_s ({b.tolerance_s}) must be below target_s ({b.target_s})")
         if self.min_shots > self.max_shots:
-            raise ValueError("min_shots exceeds max_shots")
+            raise ValueError(f"min_shots ({self.min_shots}) exceeds max_shots ({self.max_shots})")
         return self
 
 
@@ -113,12 +158,23 @@ class RenderConfig(_Section):
     fps: float = Field(16.0, gt=0)
     crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor")
     preset: str = Field("veryfast", description="x264 preset")
+    # decoding + x264 per video: half a core each, two at a time
+    resources: Resources = Resources(actors=2, cpus=0.5)
+
+
+class CaptionConfig(_Section):
+    """Stage 7, Gemini captions of rendered samples when a key is set (what to ask is the
+    ``annotate`` section, shared with ``multishot annotate``)."""
+
+    # waits on the network, not the CPU: reserves no core
+    resources: Resources = Resources(actors=1, cpus=0)
 
 
 class WriteConfig(_Section):
-    """Stage 7, WebDataset shards."""
+    """Stage 8, WebDataset shards and the per-video resume marker."""
 
     max_samples_per_shard: int = Field(500, ge=1)
+    resources: Resources = Resources(actors=2, cpus=0)
 
 
 class RayConfig(_Section):
@@ -127,6 +183,9 @@ class RayConfig(_Section):
 
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; None: all")
+    runner: Literal["ray", "sequential"] = Field(
+        "ray", description="sequential: every stage in this process, one video at a time, no Ray (tests, debugging)"
+    )
 
 
 class PipelineConfig(_Section):
@@ -134,15 +193,27 @@ class PipelineConfig(_Section):
 
     input: str | None = Field(None, description="folder, glob, text file of paths, or Parquet manifest")
     output: str | None = Field(None, description="output folder or URI")
-    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"])
+    extensions: list[str] = Field(
+        min_length=1, default_factory=lambda: [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"]
+    )
+    probe: ProbeConfig = ProbeConfig()
     detect: DetectConfig = DetectConfig()
     analyse: AnalyseConfig = AnalyseConfig()
     filter: FilterConfig = FilterConfig()
     pack: PackConfig = PackConfig()
     render: RenderConfig = RenderConfig()
+    caption: CaptionConfig = CaptionConfig()
     write: WriteConfig = WriteConfig()
     annotate: AnnotateConfig = Field(
         default_factory=AnnotateConfig,
         description="Gemini captions, used when GEMINI_API_KEY (or Vertex AI settings) is set",
     )
     ray: RayConfig = RayConfig()
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, extensions: list[str]) -> list[str]:
+        bad = [e for e in extensions if not (e.startswith(".") and len(e) > 1)]
+        if bad:
+            raise ValueError(f"each starts with a dot, like '.mp4'; got {bad}")
+        return extensions

@@ -1,8 +1,11 @@
 """Finishing a run: per-video results → Parquet index and tables, manifest, run report.
 
-Built from the per-video result files of every input video (processed now or in an earlier,
-interrupted run), so the index always describes exactly the shards on disk. Shards that no
-result names (left by a run with other settings) are removed.
+Built from every trusted per-video result in ``_work/`` made with the run's settings (processed
+now, by an earlier interrupted run, or by a run over other inputs into the same folder), so the
+index describes exactly the shards on disk. Finished work is never deleted: the only shards
+removed are older renders of a video whose current result lists other shard names; a shard no
+trusted result lists (made with other settings, or by a result that can no longer be trusted)
+is moved to ``_work/set_aside/`` and logged.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import pyarrow.parquet as pq
 from multishot.dataset.shards import Manifest, ShardSetLayout, write_json, write_manifest
 from multishot.config import dump_yaml
 from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.task import VideoTask
+from multishot.pipeline.write import shard_source_id
 
 log = logging.getLogger(__name__)
 
@@ -33,51 +38,34 @@ def _write_table(fs: pafs.FileSystem, path: str, rows: list[dict], columns: list
     fs.move(tmp, path)
 
 
-def _shot_rows(result: dict) -> list[dict]:
-    fps = result["info"]["fps"] if result.get("info") else 0.0
-    return [
-        {
-            "source": result["source"],
-            "source_id": result["source_id"],
-            "shot_index": i,
-            "start_frame": s["start_frame"],
-            "end_frame": s["end_frame"],
-            "start_s": s["start_frame"] / fps,
-            "end_s": s["end_frame"] / fps,
-            "gap_before": s["gap_before"],
-            "brightness": s["brightness"],
-            "ocr_text_ratio": s["ocr_text_ratio"],
-            "aesthetic": s["aesthetic"],
-            "kept": s["kept"],
-            "reason": s["reason"],
-        }
-        for i, s in enumerate(result["shots"])
-    ]
-
-
 def finalize(
     fs: pafs.FileSystem,
     layout: ShardSetLayout,
     config: PipelineConfig,
     samples_hash: str,
-    results: list[dict],
+    results: list[VideoTask],
     unreadable: list[dict],
     wall_s: float,
+    this_run: dict,
 ) -> dict:
     """Write ``index/*.parquet``, ``manifest.json``, ``report.json`` and the resolved config;
-    print and return the report (see :func:`summary`)."""
-    samples = [row for r in results for row in r["index_rows"]]
-    shots = [row for r in results for row in _shot_rows(r)]
-    rejects = unreadable + [
-        {k: r[k] for k in REJECT_COLUMNS} for r in results if r["status"] != "ok"
-    ]
-    shards = sorted((s for r in results for s in r["shards"]), key=lambda s: s["name"])
-    _remove_unlisted_shards(fs, layout, {s["name"] for s in shards})
+    print and return the report (see :func:`summary`).
+
+    ``results``: the trusted results of every video in the output folder
+    (:func:`multishot.pipeline.write.trusted_results`); ``unreadable``: reject rows of inputs that
+    never became a task; ``this_run``: counts of this run's inputs (``inputs``, ``processed``,
+    ``usable``: ok or partial), kept in the report as ``this_run``.
+    """
+    samples = [row for r in results for row in r.index_rows]
+    shots = [row for r in results for row in r.shot_rows()]
+    rejects = unreadable + [r.reject_row() for r in results if r.status != "ok"]
+    shards = sorted((s for r in results for s in r.shards), key=lambda s: s["name"])
+    _tidy_shards(fs, layout, {s["name"] for s in shards}, {r.source_id for r in results})
     _write_table(fs, layout.samples_index, samples, ["key"])
     _write_table(fs, layout.shots_table, shots, SHOT_COLUMNS)
     _write_table(fs, layout.rejects_table, rejects, REJECT_COLUMNS)
     write_manifest(fs, layout, Manifest(kind="samples", samples_hash=samples_hash, shards=shards))
-    report = summary(config, results, unreadable, samples, shots, wall_s)
+    report = {**summary(config, results, unreadable, samples, shots, wall_s), "this_run": this_run}
     write_json(fs, layout.report, report)
     with fs.open_output_stream(layout.resolved_config) as out:
         out.write(dump_yaml(config).encode())
@@ -85,32 +73,41 @@ def finalize(
     return report
 
 
-def _remove_unlisted_shards(fs: pafs.FileSystem, layout: ShardSetLayout, listed: set[str]) -> None:
+def _tidy_shards(fs: pafs.FileSystem, layout: ShardSetLayout, listed: set[str], indexed: set[str]) -> None:
+    """Make ``shards/`` hold exactly the ``listed`` tars without deleting finished work: a tar
+    of an ``indexed`` video that its result no longer lists is an older render of it (the video
+    now has fewer shards) and is removed; any other unlisted tar is moved to ``_work/set_aside/``."""
     if fs.get_file_info(layout.shards_dir).type != pafs.FileType.Directory:
         return
     for info in fs.get_file_info(pafs.FileSelector(layout.shards_dir)):
         name = info.path.rsplit("/", 1)[-1]
-        if name.endswith(".tar") and name not in listed:
-            log.info("removing shard %s: no current result lists it", name)
+        if not name.endswith(".tar") or name in listed:
+            continue
+        if shard_source_id(name) in indexed:
+            log.info("removing shard %s: an older render of a video whose result lists its current shards", name)
             fs.delete_file(info.path)
+        else:
+            aside = f"{layout.work_dir}/set_aside"
+            log.warning("moving shard %s to %s: no trusted result with these settings lists it", name, aside)
+            fs.create_dir(aside, recursive=True)
+            fs.move(info.path, f"{aside}/{name}")
 
 
-def summary(config: PipelineConfig, results: list[dict], unreadable: list[dict], samples: list[dict], shots: list[dict], wall_s: float) -> dict:
-    """The run report: inputs and rejects, shots by decision, samples per bucket, hours, speed."""
-    status = collections.Counter(r["status"] for r in results) + collections.Counter(u["status"] for u in unreadable)
+def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[dict], samples: list[dict], shots: list[dict], wall_s: float) -> dict:
+    """The run report over the output folder's videos: inputs and rejects, shots by decision,
+    samples per bucket, hours, speed."""
+    status = collections.Counter(r.status for r in results) + collections.Counter(u["status"] for u in unreadable)
     reasons = collections.Counter(reason for s in shots if s["reason"] for reason in s["reason"].split(","))
-    source_s = sum(r["info"]["duration_s"] for r in results if r.get("info"))
+    source_s = sum(r.info.duration_s for r in results if r.info)
     stage_s = collections.Counter()
     for r in results:
-        stage_s.update(r["seconds"])
-    passes = [len(r["decode"]) for r in results if r["status"] in ("ok", "partial")]
+        stage_s.update(r.seconds)
+    passes = [len(r.decode) for r in results if r.alive]
+    rejects = [*unreadable, *(r.reject_row() for r in results)]
     return {
         "videos_in": len(results) + len(unreadable),
         "videos_by_status": dict(status),
-        "rejects": [
-            {"source": r["source"], "status": r["status"], "stage": r["stage"], "reason": r["reason"]}
-            for r in [*unreadable, *results] if r["status"] != "ok"
-        ],
+        "rejects": [{k: r[k] for k in ("source", "status", "stage", "reason")} for r in rejects if r["status"] != "ok"],
         "shots_found": len(shots),
         "shots_kept": sum(s["kept"] for s in shots),
         "shots_removed_by_reason": dict(reasons),
@@ -118,7 +115,7 @@ def summary(config: PipelineConfig, results: list[dict], unreadable: list[dict],
         "samples_per_bucket": dict(collections.Counter(s["bucket"] for s in samples)),
         "sample_hours": sum(s["duration_s"] for s in samples) / 3600,
         "source_hours": source_s / 3600,
-        "dropped_samples": [d for r in results for d in r["dropped_samples"]],
+        "dropped_samples": [d for r in results for d in r.dropped_samples],
         "aesthetic": "scored" if config.analyse.aesthetic_enabled else "skipped (no weights in config)",
         "ocr_backend": config.analyse.ocr_backend,
         "captions": _captions(samples),
@@ -141,6 +138,8 @@ def format_report(report: dict) -> str:
     """The report as the few lines a person reads at the end of a run."""
     lines = [
         "── multishot pipeline ──",
+        f"this run         {report['this_run']['inputs']} inputs, {report['this_run']['processed']} processed, "
+        f"{report['this_run']['usable']} usable",
         f"videos in        {report['videos_in']}  ({', '.join(f'{k} {v}' for k, v in sorted(report['videos_by_status'].items()))})",
         f"shots            {report['shots_found']} found, {report['shots_kept']} kept"
         + (f"; removed: {', '.join(f'{k} {v}' for k, v in sorted(report['shots_removed_by_reason'].items()))}" if report["shots_removed_by_reason"] else ""),

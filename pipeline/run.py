@@ -1,210 +1,74 @@
-"""The pipeline as a Ray Data chain: video files → shots → samples → WebDataset shards.
-
-One row per source video (a :class:`~pipeline.task.VideoTask`); every stage maps a row to a row
-(1:1), so a video's shards and its result file are written by the stage that renders it, and a
-rerun can skip whole videos. Stage logic lives in the stage modules as plain functions and
-classes; the wrappers here only load models once per Ray actor, time the stage, and turn a bad
-input into a recorded rejection instead of a failed run.
+"""The main job: discover sources, run :data:`~multishot.pipeline.stages.STAGES` over the
+videos not done yet (a Ray Data chain, or in this process with ``ray.runner: sequential``), then
+write the index, manifest and report over every finished video in the output folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-import time
-import traceback
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve
-from multishot.config import config_hash
 from multishot.pipeline.config import PipelineConfig
-from multishot.pipeline.discover import discover
-from multishot.pipeline.filter import decide
+from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
-from multishot.pipeline.pack import PackShot, pack_video
-from multishot.pipeline.render import render_samples
-from multishot.pipeline.sample import plan_sample
-from multishot.pipeline.task import ShotRow, VideoTask, fingerprint
-from multishot.pipeline.video import DecodeStats, ProbeError, probe
-from multishot.pipeline.write import load_result, save_result, write_samples
+from multishot.pipeline.stages import STAGES, Stage, apply, run_sequential
+from multishot.pipeline.task import VideoTask, fingerprint
+from multishot.pipeline.write import last_manifest, load_result, trusted_results
 
 log = logging.getLogger(__name__)
 
-#: a decode pass that ends this many seconds before the container's duration marks damage
-TRUNCATION_SLACK_S = 1.0
-#: what a TransNetV2 actor holds (model, a batch of windows' activations): measured 1.3 GiB
-#: with 8 windows a batch; told to Ray so it does not over-pack actors on small nodes
-DETECT_MEMORY_BYTES = int(1.5 * 2**30)
+
+class OutputError(ValueError):
+    """``--output`` cannot hold a shard set (a file, under a file, not writable)."""
 
 
 def compute_samples_hash(config: PipelineConfig) -> str:
-    """Hash of the settings that decide the samples: not input and output, not where and how
-    wide stages run (Ray, actors, batch sizes), nor the captioning settings (captions of
-    finished shards are added by ``multishot annotate``)."""
-    placement = {"num_actors": 1, "num_cpus": 1.0, "num_gpus": 0.0, "batch_windows": 8}
-    neutral = {
-        "input": None, "output": None, "ray": type(config.ray)(), "annotate": type(config.annotate)(),
-        "detect": config.detect.model_copy(update=placement),
-        "analyse": config.analyse.model_copy(update={"num_actors": 1}),
-    }
-    return config_hash(config.model_copy(update=neutral))
+    """16 hex digits of sha256 over the settings that decide the samples: every stage's
+    settings except where and how wide it runs (``resources``, TransNetV2's ``batch_windows``),
+    and not input, output, extensions, Ray, or the captioning settings (captions of finished shards are
+    added by ``multishot annotate``)."""
+    parts = config.model_dump(mode="json", exclude={"input", "output", "extensions", "ray", "annotate", "probe", "caption"})
+    for section in parts.values():
+        if isinstance(section, dict):
+            section.pop("resources", None)
+    parts["detect"].pop("batch_windows")
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _guarded(stage: str):
-    """Make ``fn(task)`` (or ``method(self, task)``) a row → row stage that runs on live tasks
-    only, is timed, and records a bad input (rejected) or an unexpected exception (error)."""
+def _prepare_output(config: PipelineConfig) -> tuple[pafs.FileSystem, ShardSetLayout]:
+    """The output's filesystem and layout, its ``_work/`` created and found writable.
 
-    def wrap(fn):
-        def run(*args):
-            *owner, row = args
-            task = VideoTask.from_row(row)
-            if task.alive:
-                with task.timed(stage):
-                    try:
-                        fn(*owner, task)
-                    except ProbeError as err:
-                        task.fail(stage, str(err))
-                    except Exception as err:  # noqa: BLE001 - one bad video must not end the run
-                        log.warning("%s failed on %s:\n%s", stage, task.source, traceback.format_exc())
-                        task.fail(stage, f"{type(err).__name__}: {err}", status="error")
-            return task.to_row()
-
-        return run
-
-    return wrap
-
-
-@_guarded("probe")
-def probe_stage(task: VideoTask) -> None:
-    """1:1. Container facts (duration, fps, frames, size, codec); unopenable files are rejected."""
-    fs, path = resolve(task.source)
-    task.info = probe(path, fs)
-
-
-def _note_damage(task: VideoTask, stats: DecodeStats) -> None:
-    """Mark a video decoded only in part as ``partial`` with what was lost (it is still used)."""
-    notes = []
-    if task.info and stats.last_time_s < task.info.duration_s - TRUNCATION_SLACK_S:
-        notes.append(f"decoding stopped at {stats.last_time_s:.2f} s of {task.info.duration_s:.2f} s")
-    if stats.errors:
-        notes.append(f"{stats.errors} undecodable packets skipped ({stats.last_error})")
-    if notes:
-        task.fail(task.stage or "detect", "; ".join(notes), status="partial")
-
-
-class DetectStage:
-    """Actor pool stage, one detector model per actor (GPU when Ray gives the actor one)."""
-
-    def __init__(self, config: PipelineConfig):
-        from multishot.pipeline.detect import make_detector
-
-        self.detector = make_detector(config.detect)
-
-    @_guarded("detect")
-    def __call__(self, task: VideoTask) -> None:
-        fs, path = resolve(task.source)
-        stats = task.decode.setdefault("detect", DecodeStats())
-        shots = self.detector.detect(path, fs, task.info.fps, stats)
-        _note_damage(task, stats)
-        if not shots:
-            task.fail("detect", f"no shots found ({stats.frames} frames decoded)")
-            return
-        task.shots = [ShotRow(shot, None) for shot in shots]
-
-
-class AnalyseStage:
-    """Actor pool stage: OCR (and CLIP when weights are given) loaded once per actor."""
-
-    def __init__(self, config: PipelineConfig):
-        from multishot.pipeline.analyse import ShotAnalyser
-
-        self.config = config
-        self.analyser = ShotAnalyser(config.analyse)
-
-    @_guarded("analyse")
-    def __call__(self, task: VideoTask) -> None:
-        fs, path = resolve(task.source)
-        stats = task.decode.setdefault("analyse", DecodeStats())
-        scores = self.analyser.analyse(path, fs, task.info.fps, [r.shot for r in task.shots], stats)
-        for shot_row, score in zip(task.shots, scores):
-            shot_row.scores = score
-            shot_row.reason = decide(score, self.config.filter)
-
-
-def pack_stage(row: dict, config: PipelineConfig) -> dict:
-    """1:1, pure: filter decisions → packed samples per bucket."""
-
-    @_guarded("pack")
-    def run(task: VideoTask) -> None:
-        shots = [PackShot(i, r.shot.start_frame, r.shot.end_frame, r.kept, r.shot.gap_before) for i, r in enumerate(task.shots)]
-        task.samples = pack_video(shots, config.pack, task.info.fps, config.render.fps)
-
-    return run(row)
-
-
-class RenderWriteStage:
-    """1:1: render every sample of a video from one decode pass, caption it when a Gemini key
-    is configured, write its shards and result."""
-
-    def __init__(self, config: PipelineConfig, samples_hash: str):
-        from multishot.annotate.captioner import Captioner
-
-        self.config = config
-        self.samples_hash = samples_hash
-        self.fs, root = resolve(config.output)
-        self.layout = ShardSetLayout(root)
-        self.captioner = Captioner.from_env(config.annotate, cache_dir=f"{self.layout.work_dir}/captions")
-
-    def __call__(self, row: dict) -> dict:
-        row = self._render_write(row)
-        save_result(VideoTask.from_row(row), self.fs, self.layout, self.samples_hash)
-        return row
-
-    @_guarded("render")
-    def _render_write(self, task: VideoTask) -> None:
-        if not task.samples:
-            return
-        planned = [plan_sample(task, sample, self.config, self.samples_hash) for sample in task.samples]
-        fs, path = resolve(task.source)
-        stats = task.decode.setdefault("render", DecodeStats())
-        rendered = render_samples(path, fs, task.info, [job for _, job in planned], self.config.render, stats)
-        done = []
-        for (record, _), result in zip(planned, rendered):
-            if result.mp4 is None:
-                task.dropped_samples.append({"key": record.key, "reason": result.error})
-            else:
-                done.append((record, result.mp4))
-        if self.captioner is not None:
-            with task.timed("annotate"), ThreadPoolExecutor(self.config.annotate.concurrency) as pool:
-                records = pool.map(lambda pair: self.captioner.annotate(*pair), done)
-                done = [(record, mp4) for record, (_, mp4) in zip(records, done)]
-        with task.timed("write"):
-            write_samples(task, done, self.fs, self.layout, self.config.write.max_samples_per_shard)
-
-
-def _init_ray(config: PipelineConfig) -> bool:
-    """Connect to Ray; returns True when this call started a private local Ray (to shut down).
-
-    A private local Ray is kept on loopback: Ray's "no cluster" mode
-    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is first imported) makes it use
-    127.0.0.1 as the node address, where ``ray.init(_node_ip_address="127.0.0.1")`` would be
-    rewritten to the machine's external address.
+    Raises:
+        OutputError: the output is a file, lies under a file, or cannot be written.
     """
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+    try:
+        fs, root = resolve(config.output)
+        layout = ShardSetLayout(root)
+        fs.create_dir(layout.work_dir, recursive=True)
+        probe_file = f"{layout.work_dir}/.writable{TMP_SUFFIX}"
+        with fs.open_output_stream(probe_file) as out:
+            out.write(b"")
+        fs.delete_file(probe_file)
+    except (OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OutputError(f"output {config.output!r} cannot hold a shard set: {reason}") from None
+    return fs, layout
 
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
-    return True
+
+def _as_given(output: str, fs: pafs.FileSystem, path: str) -> str:
+    """A layout path in the form the user gave the output (local path, or URI with its query)."""
+    if "://" not in output:
+        return path
+    scheme, query = output.split("://", 1)[0], output.partition("?")[2]
+    return f"{scheme}://{path}" + (f"?{query}" if query else "")
 
 
 def _clean_temporaries(fs: pafs.FileSystem, layout: ShardSetLayout) -> int:
@@ -220,86 +84,153 @@ def _clean_temporaries(fs: pafs.FileSystem, layout: ShardSetLayout) -> int:
     return removed
 
 
+def _tasks(sources: list[str]) -> tuple[list[VideoTask], list[dict]]:
+    """One task per readable, distinct source; reject rows for the others (one bad name or
+    unreadable file never stops the run)."""
+    tasks, rejected, seen = [], [], {}
+    for source in sources:
+        try:
+            sfs, path = resolve(source)
+            source_id = fingerprint(sfs, path)
+        except (OSError, ValueError) as err:
+            rejected.append({"source": source, "source_id": "", "status": "rejected", "stage": "discover",
+                             "reason": f"cannot read: {err}"})
+            continue
+        if source_id in seen:
+            rejected.append({"source": source, "source_id": source_id, "status": "rejected", "stage": "discover",
+                             "reason": f"duplicate of {seen[source_id]}"})
+            continue
+        seen[source_id] = source
+        tasks.append(VideoTask(source=source, source_id=source_id))
+    return tasks, rejected
+
+
 def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     """Run every stage over ``config.input`` into ``config.output``; return the run report.
 
-    Videos whose result file exists for the same sample settings are skipped (resume). Raises:
+    Videos with a trusted result for the same sample settings are skipped (resume), except those
+    that ended in ``error``. The index
+    covers every finished video in the output folder, from this run or earlier ones.
+
+    Raises:
         pipeline.discover.InputError: the input names no videos.
-        ValueError: no output given.
+        OutputError: the output cannot hold a shard set.
+        ValueError: no input or output given.
     """
+    import time
+
     if not config.input or not config.output:
         raise ValueError("both input and output are needed (config keys 'input'/'output' or --input/--output)")
     start = time.time()
-    sources = discover(config.input, config.extensions)
-    fs, root = resolve(config.output)
-    layout = ShardSetLayout(root)
-    fs.create_dir(layout.work_dir, recursive=True)
+    config = config.model_copy(update={"output": encode_uri(config.output)})  # keys with spaces stay parseable
+    fs, layout = _prepare_output(config)
+    written = [layout.shards_dir, layout.work_dir, layout.samples_index.rsplit("/", 1)[0]]
+    sources = discover(config.input, config.extensions, exclude=[_as_given(config.output, fs, p) for p in written])
     removed = _clean_temporaries(fs, layout)
     if removed:
         log.info("removed %d temporary files left by an interrupted run", removed)
     samples_hash = compute_samples_hash(config)
+    manifest = last_manifest(fs, layout)
 
-    tasks, unreadable, seen = [], [], {}
-    for source in sources:
-        sfs, path = resolve(source)
-        try:
-            source_id = fingerprint(sfs, path)
-        except OSError as err:
-            unreadable.append({"source": source, "source_id": "", "status": "rejected", "stage": "discover", "reason": f"cannot read: {err}"})
-            continue
-        if source_id in seen:
-            unreadable.append({"source": source, "source_id": source_id, "status": "rejected", "stage": "discover", "reason": f"duplicate of {seen[source_id]}"})
-            continue
-        seen[source_id] = source
-        tasks.append(VideoTask(source, source_id))
-    todo = [t for t in tasks if load_result(fs, layout, t.source_id, samples_hash) is None]
+    tasks, unreadable = _tasks(sources)
+    # a video that failed unexpectedly (status error: a bug, a full disk) is retried on a rerun
+    todo = [t for t in tasks if getattr(load_result(fs, layout, t.source_id, samples_hash, manifest), "status", "error") == "error"]
     log.info("%d videos: %d to process, %d already done", len(tasks), len(todo), len(tasks) - len(todo))
     if not config.analyse.aesthetic_enabled:
         log.warning("aesthetic: skipped (no clip_weights / aesthetic_head_weights in the config); "
                     "every sample is marked aesthetic_status=skipped")
 
+    finished = []
     if todo:
-        _run_ray(config, samples_hash, todo, progress)
-    results = [load_result(fs, layout, t.source_id, samples_hash) for t in tasks]
-    return finalize(fs, layout, config, samples_hash, [r for r in results if r], unreadable, time.time() - start)
+        runner = run_sequential(config, samples_hash, todo) if config.ray.runner == "sequential" else _run_ray(config, samples_hash, todo)
+        with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
+            for task in runner:
+                finished.append(task)
+                bar.set_postfix_str(f"{task.status}: {os.path.basename(task.name)}")
+                bar.update()
+    results = trusted_results(fs, layout, samples_hash, manifest, fresh={t.source_id for t in finished})
+    # a video whose result could not be written (its write failed) is reported, and redone next run
+    saved = {r.source_id for r in results}
+    unreadable += [t.reject_row() for t in finished if t.source_id not in saved]
+    status = {r.source_id: r.status for r in results}
+    this_run = {"inputs": len(sources), "processed": len(todo),
+                "usable": sum(status.get(t.source_id) in ("ok", "partial") for t in tasks)}
+    return finalize(fs, layout, config, samples_hash, results, unreadable, time.time() - start, this_run)
 
 
-def _run_ray(config: PipelineConfig, samples_hash: str, todo: list[VideoTask], progress: bool) -> None:
+def _init_ray(config: PipelineConfig) -> bool:
+    """Connect to Ray; returns True when this call started a private local Ray (to shut down).
+
+    A private local Ray is kept on loopback: Ray's "no cluster" mode
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is first imported) makes it use
+    127.0.0.1 as the node address, where ``ray.init(_node_ip_address="127.0.0.1")`` would be
+    rewritten to the machine's external address. Its processes are watched by
+    :mod:`multishot.pipeline.reaper`, which ends them if this process dies without
+    ``ray.shutdown`` (SIGKILL leaves Ray's dashboard and runtime-env agents running otherwise).
+    """
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    from multishot.pipeline.reaper import watch
+
+    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
+    watch()
+    return True
+
+
+def _run_ray(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -> Iterator[VideoTask]:
     import ray
 
     started = _init_ray(config)
     try:
-        _execute(config, samples_hash, todo, progress)
+        yield from _execute(config, samples_hash, todo)
     finally:
         if started:
             ray.shutdown()
 
 
-def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask], progress: bool) -> None:
+class _ActorStage:
+    """A stage that holds models, as a Ray actor: set up once, then one video per call."""
+
+    def __init__(self, stage: Stage, config: PipelineConfig, samples_hash: str):
+        self.stage, self.process = stage, stage.setup(config, samples_hash)
+
+    def __call__(self, row: dict) -> dict:
+        return apply(self.stage, self.process, VideoTask.from_row(row)).to_row()
+
+
+def _task_stage(row: dict, stage: Stage, config: PipelineConfig, samples_hash: str) -> dict:
+    """A stage without models, as a Ray task: its setup is cheap enough to repeat per video."""
+    return apply(stage, stage.setup(config, samples_hash), VideoTask.from_row(row)).to_row()
+
+
+def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -> Iterator[VideoTask]:
+    """Map :data:`STAGES` onto a Ray Data chain, one ``ds.map`` per stage, placed by its
+    ``resources``; yields the finished tasks as they complete."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # one bar over videos below instead of one per operator
+    ctx.enable_progress_bars = False  # one bar over videos instead of one per operator
     ctx.execution_options.preserve_order = False
 
-    pool, tasks = ray.data.ActorPoolStrategy, ray.data.TaskPoolStrategy
     ds = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
-    # 1:1, reads headers only: reserves no core, and two at a time are plenty
-    ds = ds.map(probe_stage, num_cpus=0, compute=tasks(size=2))
-    ds = ds.map(  # 1:1, actor pool: the TransNetV2 model loads once per actor
-        DetectStage, fn_constructor_args=(config,), compute=pool(size=config.detect.num_actors),
-        num_cpus=config.detect.num_cpus, num_gpus=config.detect.num_gpus,
-        memory=DETECT_MEMORY_BYTES,
-    )
-    ds = ds.map(  # 1:1, actor pool: OCR (+ CLIP) models load once per actor; light, shares a core
-        AnalyseStage, fn_constructor_args=(config,), compute=pool(size=config.analyse.num_actors), num_cpus=0.5
-    )
-    ds = ds.map(pack_stage, fn_kwargs={"config": config}, num_cpus=0, compute=tasks(size=2))  # 1:1, pure, quick
-    ds = ds.map(  # 1:1: decode once, encode every sample, write shards + the resume marker
-        RenderWriteStage, fn_constructor_args=(config, samples_hash), compute=pool(min_size=1, max_size=2), num_cpus=0.5
-    )
-    with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
-        for row in ds.iter_rows():
-            task = VideoTask.from_row(row)
-            bar.set_postfix_str(f"{task.status}: {os.path.basename(task.source)}")
-            bar.update()
+    for stage in STAGES:
+        res = stage.resources(config)
+        place = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+        if res.memory_gib:
+            place["memory"] = int(res.memory_gib * 2**30)
+        if stage.holds_model:
+            ds = ds.map(_ActorStage, fn_constructor_args=(stage, config, samples_hash),
+                        compute=ray.data.ActorPoolStrategy(size=res.actors), **place)
+        else:
+            ds = ds.map(_task_stage, fn_kwargs={"stage": stage, "config": config, "samples_hash": samples_hash},
+                        compute=ray.data.TaskPoolStrategy(size=res.actors), **place)
+    for row in ds.iter_rows():
+        yield VideoTask.from_row(row)

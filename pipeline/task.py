@@ -1,25 +1,25 @@
 """The unit of work: one source video, as it moves through the stages.
 
-Ray Data carries one :class:`VideoTask` per row, pickled under ``"task"`` (:meth:`VideoTask.to_row`,
-an Arrow binary column, rather than letting Ray fall back to pickling with a warning per
-block). Each stage fills in its part;
-a stage that finds the input bad sets ``status`` and ``reason`` and later stages pass the task
-through untouched. The finished task, serialised by :meth:`VideoTask.result`, is the per-video
-result file in ``_work/`` that makes a rerun skip the video.
+A :class:`VideoTask` is one typed (pydantic) model: Ray Data carries it as its JSON in a string
+column (:meth:`VideoTask.to_row`), the sequential runner passes it as is, and the finished task
+(less the rendered mp4 bytes) is the per-video result file in ``_work/`` that makes a rerun skip
+the video (the resume marker). Each stage fills in its part; a stage that finds the input bad
+sets ``status`` and ``reason`` and later stages pass the task through untouched.
 """
 
 from __future__ import annotations
 
 import hashlib
-import pickle
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from typing import Literal
+from urllib.parse import unquote
 
 import pyarrow.fs as pafs
+from pydantic import BaseModel, ConfigDict, Field
 
+from multishot.dataset.record import SampleRecord
 from multishot.pipeline.analyse import ShotScores
 from multishot.pipeline.detect import DetectedShot
 from multishot.pipeline.pack import PackedSample
@@ -48,27 +48,43 @@ def fingerprint(fs: pafs.FileSystem, path: str) -> str:
 
 
 def slug(path: str, limit: int = 40) -> str:
-    """The file stem reduced to ``[A-Za-z0-9_-]`` (sample keys must hold no dots)."""
-    stem = path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    """The file stem (of a path or a percent-encoded URI) reduced to ``[A-Za-z0-9_-]`` (sample
+    keys must hold no dots)."""
+    stem = unquote(path.split("?", 1)[0]).rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return re.sub(r"[^A-Za-z0-9_-]+", "_", stem)[:limit].strip("_") or "video"
 
 
-@dataclass
-class ShotRow:
+class ShotRow(BaseModel):
     """A detected shot with its scores and the filter's decision (a row of ``shots.parquet``)."""
 
     shot: DetectedShot
-    scores: ShotScores | None  # None until the analyse stage has run
+    scores: ShotScores | None = None  # None until the analyse stage has run
     reason: str = ""  # '' = kept, else comma-separated reasons
 
     @property
     def kept(self) -> bool:
-        return not self.reason
+        """Kept by the filter; a shot never scored (analysis failed) is not kept."""
+        return not self.reason and self.scores is not None
 
 
-@dataclass
-class VideoTask:
-    """One source video and everything the stages learned about it."""
+class RenderedSample(BaseModel):
+    """A rendered sample on its way from the render stage through captioning to the writer."""
+
+    # the mp4 travels as base64 in the task's JSON row; the result file never holds it (the
+    # write stage empties ``VideoTask.rendered``)
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    record: SampleRecord
+    mp4: bytes
+
+
+class VideoTask(BaseModel):
+    """One source video and everything the stages learned about it.
+
+    ``source`` is a local path or a percent-encoded URI (``s3://bucket/a%20b.mp4``: opened with
+    :func:`multishot.dataset.shards.resolve`, shown decoded by :attr:`name`). ``samples_hash`` is
+    set by the write stage: the settings the result was made with.
+    """
 
     source: str
     source_id: str
@@ -76,21 +92,28 @@ class VideoTask:
     reason: str = ""
     stage: str = ""  # the stage that set a non-ok status
     info: VideoInfo | None = None
-    decode: dict[str, DecodeStats] = field(default_factory=dict)  # per decode pass
-    shots: list[ShotRow] = field(default_factory=list)
-    samples: list[PackedSample] = field(default_factory=list)
-    index_rows: list[dict] = field(default_factory=list)  # rows of samples.parquet
-    shards: list[dict] = field(default_factory=list)  # ShardInfo dicts
-    dropped_samples: list[dict] = field(default_factory=list)  # {key, reason}
-    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    decode: dict[str, DecodeStats] = Field(default_factory=dict)  # per decode pass
+    shots: list[ShotRow] = Field(default_factory=list)
+    samples: list[PackedSample] = Field(default_factory=list)
+    rendered: list[RenderedSample] = Field(default_factory=list)  # render → caption → write
+    index_rows: list[dict] = Field(default_factory=list)  # rows of samples.parquet
+    shards: list[dict] = Field(default_factory=list)  # manifest entries (ShardInfo dicts)
+    dropped_samples: list[dict] = Field(default_factory=list)  # {key, reason}
+    seconds: dict[str, float] = Field(default_factory=dict)  # wall seconds per stage
+    samples_hash: str = ""
 
-    def to_row(self) -> dict:
-        """The Ray Data row that carries this task."""
-        return {"task": pickle.dumps(self)}
+    def to_row(self) -> dict[str, str]:
+        """The Ray Data row that carries this task: its JSON in an Arrow string column."""
+        return {"task": self.model_dump_json()}
 
     @staticmethod
     def from_row(row: dict) -> VideoTask:
-        return pickle.loads(row["task"])
+        return VideoTask.model_validate_json(row["task"])
+
+    @property
+    def name(self) -> str:
+        """The source as a person reads it (a URI decoded)."""
+        return unquote(self.source)
 
     @property
     def alive(self) -> bool:
@@ -109,17 +132,26 @@ class VideoTask:
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
-    def result(self) -> dict:
-        """JSON-ready per-video result: what the index, tables and report are built from."""
-        data = asdict(self)
-        unscored = {"brightness": None, "ocr_text_ratio": None, "aesthetic": None}
-        data["shots"] = [
+    def reject_row(self) -> dict:
+        """The video's row in ``index/rejects.parquet`` (for a status other than ``ok``)."""
+        return {"source": self.name, "source_id": self.source_id, "status": self.status,
+                "stage": self.stage, "reason": self.reason}
+
+    def shot_rows(self) -> list[dict]:
+        """Rows of ``index/shots.parquet``: every detected shot, its scores and decision."""
+        fps = self.info.fps if self.info else float("nan")  # shots exist only after a probe
+        unscored = ShotScores(None, None, None)
+        return [
             {
-                **asdict(row.shot),
-                **(asdict(row.scores) if row.scores else unscored),
-                "kept": row.kept and row.scores is not None,
+                "source": self.name, "source_id": self.source_id, "shot_index": i,
+                "start_frame": row.shot.start_frame, "end_frame": row.shot.end_frame,
+                "start_s": row.shot.start_frame / fps, "end_s": row.shot.end_frame / fps,
+                "gap_before": row.shot.gap_before,
+                "brightness": (row.scores or unscored).brightness,
+                "ocr_text_ratio": (row.scores or unscored).ocr_text_ratio,
+                "aesthetic": (row.scores or unscored).aesthetic,
+                "kept": row.kept,
                 "reason": row.reason if row.scores else "not analysed",
             }
-            for row in self.shots
+            for i, row in enumerate(self.shots)
         ]
-        return data

@@ -131,7 +131,8 @@ def test_discover_forms(tmp_path):
 
     pq.write_table(pa.table({"path": by_folder[2:]}), tmp_path / "m.parquet")
     assert discover(str(tmp_path / "m.parquet"), [".mp4"]) == by_folder[2:]
-    assert discover("file://" + str(archive), [".mp4"]) == ["file://" + p for p in by_folder]
+    # a folder is walked by real path (../shared may be a link)
+    assert discover("file://" + str(archive.resolve()), [".mp4"]) == ["file://" + p for p in by_folder]
     with pytest.raises(InputError, match="does not exist"):
         discover(str(tmp_path / "nope"), [".mp4"])
 
@@ -241,14 +242,16 @@ def test_training_loader_reads_the_pipeline_shards(footage_shards):
 
 
 def test_samples_hash_ignores_placement_but_not_stage_settings():
-    from multishot.pipeline.run import compute_samples_hash as samples_hash
+    from multishot.pipeline.run import compute_samples_hash
 
     demo = REPO / "configs" / "pipeline" / "demo.yaml"
-    base = samples_hash(load_config(demo, PipelineConfig))
-    moved = load_config(demo, PipelineConfig, {"detect": {"num_actors": 1, "num_cpus": 1.0}, "output": "/elsewhere"})
-    assert samples_hash(moved) == base  # a rerun with other placement still resumes
-    assert samples_hash(load_config(demo, PipelineConfig, {"detect": {"threshold": 0.5}})) != base
-    assert samples_hash(load_config(demo, PipelineConfig, {"render": {"fps": 24}})) != base
+    base = compute_samples_hash(load_config(demo, PipelineConfig))
+    moved = load_config(demo, PipelineConfig, {"detect": {"resources": {"actors": 1, "cpus": 1.0}, "batch_windows": 2},
+                                               "render": {"resources": {"gpus": 1}}, "output": "/elsewhere",
+                                               "annotate": {"concurrency": 1}, "ray": {"runner": "sequential"}})
+    assert compute_samples_hash(moved) == base  # a rerun with other placement still resumes
+    assert compute_samples_hash(load_config(demo, PipelineConfig, {"detect": {"threshold": 0.5}})) != base
+    assert compute_samples_hash(load_config(demo, PipelineConfig, {"render": {"fps": 24}})) != base
 
 
 def test_result_of_a_video_that_failed_before_analysis():
@@ -256,8 +259,8 @@ def test_result_of_a_video_that_failed_before_analysis():
     from multishot.pipeline.detect import DetectedShot
     from multishot.pipeline.task import ShotRow, VideoTask
 
-    task = VideoTask("/x/film.mp4", "0123456789abcdef")
-    task.shots = [ShotRow(DetectedShot(0, 30, False), None)]
+    task = VideoTask(source="/x/film.mp4", source_id="0123456789abcdef")
+    task.shots = [ShotRow(shot=DetectedShot(0, 30, False))]
     task.fail("analyse", "RuntimeError: boom", status="error")
-    (shot,) = task.result()["shots"]
+    (shot,) = VideoTask.from_row(task.to_row()).shot_rows()
     assert shot["kept"] is False and shot["reason"] == "not analysed" and shot["brightness"] is None

@@ -16,33 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-import av
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
+from footage_clips import FOOTAGE, cut_clip
 from multishot.cli import main
-from multishot.pipeline.video import iter_frames, probe
+from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.pipeline.reaper import descendants
 
-FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 CLIPS = [  # (film, first second, seconds): several shots each
     ("sintel_film_excerpt_26s.mp4", 2.0, 14.0),
     ("tos_excerpt_64s_512x120_fmp4.mp4", 30.0, 14.0),
 ]
-
-
-def _cut(src: Path, start_s: float, seconds: float, dst: Path) -> None:
-    info = probe(str(src))
-    wanted = np.arange(int(start_s * info.fps), int((start_s + seconds) * info.fps))
-    with av.open(str(dst), "w") as out:
-        stream = out.add_stream("libx264", rate=round(info.fps))
-        stream.width, stream.height, stream.pix_fmt = info.width, info.height, "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast"}
-        for _, frame in iter_frames(str(src), fps=info.fps, wanted=wanted):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode())
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +38,7 @@ def small_job(tmp_path_factory):
     clips = root / "clips"
     clips.mkdir()
     for name, start, seconds in CLIPS:
-        _cut(FOOTAGE / "archive" / name, start, seconds, clips / name)
+        cut_clip(FOOTAGE / "archive" / name, start, seconds, clips / name)
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/pipeline/demo.yaml").read_text())
     config.update(input=None, output=None)
     config["pack"]["buckets"] = [{"name": "5s", "target_s": 5, "tolerance_s": 1}]
@@ -103,15 +89,33 @@ def test_sigkill_then_rerun_gives_the_same_shards(small_job, tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
+    ray_processes = descendants(proc.pid)  # Ray's GCS, raylet, agents and workers of this run
+    assert len(ray_processes) >= 3, ray_processes
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
     (out / "shards" / "00000000deadbeef-00000.tar.0123.tmp").write_bytes(b"half a tar")  # as a kill mid-write leaves
 
     subprocess.run(_command(config, clips, out), check=True, timeout=600, capture_output=True)
+    # the killed run's Ray processes (its dashboard and runtime-env agents included) are gone
+    assert not [p for p in ray_processes if _alive(p)], [_cmdline(p[0]) for p in ray_processes if _alive(p)]
     assert _state(out) == expected  # the same shards holding the same samples, and nothing else
     assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(name for name, _ in expected[0])
     assert main(["shards", "verify", str(out), "-q"]) == 0
+
+
+def _alive(process: tuple[int, int]) -> bool:
+    """Whether (pid, start time) is still the same live process."""
+    from multishot.pipeline.reaper import start_time
+
+    return start_time(process[0]) == process[1]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
 
 
 def _free_port() -> int:

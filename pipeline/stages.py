@@ -1,0 +1,211 @@
+"""The stages of the main job, declared once as a list, and a runner for them without Ray.
+
+One row per source video (a :class:`~multishot.pipeline.task.VideoTask`); every stage maps a
+task to a task (1:1), so a video's shards and its resume marker are written by the last stage
+and a rerun can skip whole videos. A stage is a factory called once per worker (it loads the
+models a Ray actor keeps) that returns the per-video function; :func:`apply` runs that function
+on live tasks only, times it, and turns a bad input into a recorded rejection and an unexpected
+exception into an ``error`` status instead of a failed run (webdataset's ``handler=`` policy).
+
+``pipeline/run.py`` maps :data:`STAGES` onto a Ray Data chain; :func:`run_sequential` runs the
+same list in this process (tests, debugging: ``ray.runner: sequential``). Each stage's Ray
+resources are its config section's ``resources`` (Cosmos-Curate's stage spec).
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from multishot.dataset.shards import ShardSetLayout, resolve
+from multishot.pipeline.config import PipelineConfig, Resources
+from multishot.pipeline.filter import decide
+from multishot.pipeline.pack import PackShot, pack_video
+from multishot.pipeline.render import render_samples
+from multishot.pipeline.sample import plan_sample
+from multishot.pipeline.task import RenderedSample, ShotRow, VideoTask
+from multishot.pipeline.video import DecodeStats, ProbeError, probe
+from multishot.pipeline.write import save_result, write_samples
+
+log = logging.getLogger(__name__)
+
+#: a decode pass that ends this many seconds before the container's duration marks damage
+TRUNCATION_SLACK_S = 1.0
+
+Process = Callable[[VideoTask], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the chain.
+
+    ``setup(config, samples_hash)`` runs once per worker and returns the per-video function;
+    ``section`` names the config section whose ``resources`` place it; ``holds_model`` stages
+    run as a Ray actor pool (state loaded once per actor), the others as Ray tasks;
+    ``every_task`` stages also see rejected tasks (the writer saves their result).
+    """
+
+    name: str
+    setup: Callable[[PipelineConfig, str], Process]
+    section: str
+    holds_model: bool = False
+    every_task: bool = False
+
+    def resources(self, config: PipelineConfig) -> Resources:
+        return getattr(config, self.section).resources
+
+
+def apply(stage: Stage, process: Process, task: VideoTask) -> VideoTask:
+    """Run ``process`` on ``task`` under ``stage``'s failure policy (see the module docstring)."""
+    if task.alive or stage.every_task:
+        with task.timed(stage.name):
+            try:
+                process(task)
+            except ProbeError as err:
+                task.fail(stage.name, str(err))
+            except Exception as err:  # noqa: BLE001 - one bad video must not end the run
+                log.warning("%s failed on %s:\n%s", stage.name, task.name, traceback.format_exc())
+                task.fail(stage.name, f"{type(err).__name__}: {err}", status="error")
+    return task
+
+
+def _probe(config: PipelineConfig, samples_hash: str) -> Process:
+    def process(task: VideoTask) -> None:
+        fs, path = resolve(task.source)
+        task.info = probe(path, fs)
+
+    return process
+
+
+def _note_damage(task: VideoTask, stage: str, stats: DecodeStats) -> None:
+    """Mark a video decoded only in part as ``partial`` with what was lost (it is still used)."""
+    notes = []
+    if task.info and stats.last_time_s < task.info.duration_s - TRUNCATION_SLACK_S:
+        notes.append(f"decoding stopped at {stats.last_time_s:.2f} s of {task.info.duration_s:.2f} s")
+    if stats.errors:
+        notes.append(f"{stats.errors} undecodable packets skipped ({stats.last_error})")
+    if notes:
+        task.fail(task.stage or stage, "; ".join(notes), status="partial")
+
+
+def _detect(config: PipelineConfig, samples_hash: str) -> Process:
+    from multishot.pipeline.detect import make_detector
+
+    detector = make_detector(config.detect)
+
+    def process(task: VideoTask) -> None:
+        fs, path = resolve(task.source)
+        stats = task.decode.setdefault("detect", DecodeStats())
+        shots = detector.detect(path, fs, task.info.fps, stats)
+        _note_damage(task, "detect", stats)
+        if not shots:
+            task.fail("detect", f"no shots found ({stats.frames} frames decoded)")
+            return
+        task.shots = [ShotRow(shot=shot) for shot in shots]
+
+    return process
+
+
+def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
+    from multishot.pipeline.analyse import ShotAnalyser
+
+    analyser = ShotAnalyser(config.analyse)
+
+    def process(task: VideoTask) -> None:
+        fs, path = resolve(task.source)
+        stats = task.decode.setdefault("analyse", DecodeStats())
+        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in task.shots], stats)
+        for shot_row, score in zip(task.shots, scores):
+            shot_row.scores = score
+            shot_row.reason = decide(score, config.filter)
+
+    return process
+
+
+def _pack(config: PipelineConfig, samples_hash: str) -> Process:
+    def process(task: VideoTask) -> None:
+        shots = [PackShot(i, r.shot.start_frame, r.shot.end_frame, r.kept, r.shot.gap_before)
+                 for i, r in enumerate(task.shots)]
+        task.samples = pack_video(shots, config.pack, task.info.fps, config.render.fps)
+
+    return process
+
+
+def _render(config: PipelineConfig, samples_hash: str) -> Process:
+    def process(task: VideoTask) -> None:
+        if not task.samples:
+            return
+        planned = [plan_sample(task, sample, config, samples_hash) for sample in task.samples]
+        fs, path = resolve(task.source)
+        stats = task.decode.setdefault("render", DecodeStats())
+        rendered = render_samples(path, fs, task.info, [job for _, job in planned], config.render, stats)
+        for (record, _), result in zip(planned, rendered):
+            if result.mp4 is None:
+                task.dropped_samples.append({"key": record.key, "reason": result.error})
+            else:
+                task.rendered.append(RenderedSample(record=record, mp4=result.mp4))
+
+    return process
+
+
+def _caption(config: PipelineConfig, samples_hash: str) -> Process:
+    from multishot.annotate.captioner import Captioner
+
+    layout = ShardSetLayout(resolve(config.output)[1])
+    captioner = Captioner.from_env(config.annotate, cache_dir=f"{layout.work_dir}/captions")
+
+    def process(task: VideoTask) -> None:
+        if captioner is None or not task.rendered:
+            return  # no Gemini key: samples stay caption_status=pending
+        with ThreadPoolExecutor(config.annotate.concurrency) as pool:
+            records = list(pool.map(lambda r: captioner.annotate(r.record, r.mp4), task.rendered))
+        for rendered, record in zip(task.rendered, records):
+            rendered.record = record
+
+    return process
+
+
+def _write(config: PipelineConfig, samples_hash: str) -> Process:
+    fs, root = resolve(config.output)
+    layout = ShardSetLayout(root)
+
+    def process(task: VideoTask) -> None:
+        if task.alive:
+            write_samples(task, fs, layout, config.write.max_samples_per_shard)
+        task.rendered = []
+        task.samples_hash = samples_hash
+        save_result(task, fs, layout)  # last: the marker a rerun trusts
+
+    return process
+
+
+#: The chain, top to bottom: every stage is 1:1 (one video in, the same video out).
+STAGES: list[Stage] = [
+    # 1:1, container facts from headers only: reserves no core, two at a time are plenty
+    Stage("probe", _probe, "probe"),
+    # 1:1, one decode pass; TransNetV2 loads once per actor (GPU when given); most of the CPU work
+    Stage("detect", _detect, "detect", holds_model=True),
+    # 1:1, one decode pass over sampled frames; OCR (+ CLIP) load once per actor; light, half a core
+    Stage("analyse", _analyse, "analyse", holds_model=True),
+    # 1:1, pure arithmetic on the shot list: no core reserved
+    Stage("pack", _pack, "pack"),
+    # 1:1, one decode pass, x264 per sample (mp4 bytes ride in the task): half a core each
+    Stage("render", _render, "render"),
+    # 1:1, waits on Gemini (a client per actor, its cache on the output): no core reserved
+    Stage("caption", _caption, "caption", holds_model=True),
+    # 1:1, shards then the resume marker; sees rejected videos too so their result is recorded
+    Stage("write", _write, "write", every_task=True),
+]
+
+
+def run_sequential(config: PipelineConfig, samples_hash: str, tasks: Iterable[VideoTask],
+                   stages: list[Stage] = STAGES) -> Iterator[VideoTask]:
+    """Run ``stages`` over ``tasks`` in this process, one video at a time; yields finished tasks."""
+    processes = [(stage, stage.setup(config, samples_hash)) for stage in stages]
+    for task in tasks:
+        for stage, process in processes:
+            apply(stage, process, task)
+        yield task

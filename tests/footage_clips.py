@@ -1,0 +1,27 @@
+"""Short clips cut from the real footage with PyAV, for pipeline tests that must stay quick."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+from multishot.pipeline.video import iter_frames, probe
+
+FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
+
+
+def cut_clip(src: Path, start_s: float, seconds: float, dst: Path) -> Path:
+    """Re-encode ``seconds`` of ``src`` from ``start_s`` (its size and frame rate) into ``dst``."""
+    info = probe(str(src))
+    wanted = np.arange(int(start_s * info.fps), int((start_s + seconds) * info.fps))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(dst), "w") as out:
+        stream = out.add_stream("libx264", rate=round(info.fps))
+        stream.width, stream.height, stream.pix_fmt = info.width, info.height, "yuv420p"
+        stream.options = {"crf": "20", "preset": "veryfast"}
+        for _, frame in iter_frames(str(src), fps=info.fps, wanted=wanted):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    return dst
