@@ -77,6 +77,18 @@ def build_prompt(global_caption: str, shot_captions: list[str]) -> str:
     return f"{GLOBAL_TAG} {global_caption.strip()} {PER_SHOT_TAG} {shots}"
 
 
+def split_prompt(prompt: str) -> tuple[str, list[str]]:
+    """The inverse of :func:`build_prompt`: ``(global caption, shot captions)``, tags removed.
+
+    Raises:
+        ValueError: the prompt lacks ``[global caption]`` or ``[per shot caption]``.
+    """
+    head, sep, shots = prompt.partition(PER_SHOT_TAG)
+    if not sep or GLOBAL_TAG not in head:
+        raise ValueError(f"a multi-shot prompt has {GLOBAL_TAG} and then {PER_SHOT_TAG}: {prompt[:80]!r}")
+    return head.split(GLOBAL_TAG, 1)[1].strip(), [s.strip() for s in shots.split(CUT_TAG)]
+
+
 class Shot(BaseModel):
     """One shot inside a sample, with where it came from and how it scored."""
 
