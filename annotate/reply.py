@@ -14,11 +14,10 @@ import re
 
 from pydantic import BaseModel, Field, ValidationError
 
-from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
+from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG, SHOT_COUNT_SENTENCE, with_shot_count
 
 #: a character tag as the model might write it; only the exact form ``[characterN]`` is accepted
 _LOOSE_TAG = re.compile(r"\[\s*character\s*(\d+)\s*\]", re.IGNORECASE)
-_SHOT_COUNT = re.compile(r"this scene contains (\d+) shots?\.?", re.IGNORECASE)
 
 
 class ShotCaption(BaseModel):
@@ -87,7 +86,7 @@ def check_reply(reply: CaptionReply, num_shots: int) -> list[str]:
         if unknown:
             tags = ", ".join(f"[character{n}]" for n in unknown)
             problems.append(f"shot {s.shot} uses {tags}, which global_caption does not introduce")
-    stated = _SHOT_COUNT.search(reply.global_caption)
+    stated = SHOT_COUNT_SENTENCE.search(reply.global_caption)
     if stated and int(stated.group(1)) != num_shots:
         problems.append(f"global_caption says {stated.group(1)} shots, the clip has {num_shots}")
     return problems
@@ -102,8 +101,4 @@ def final_captions(reply: CaptionReply, num_shots: int) -> tuple[str, list[str]]
     problems = check_reply(reply, num_shots)
     if problems:
         raise ValueError("; ".join(problems))
-    global_caption = reply.global_caption.strip()
-    if not _SHOT_COUNT.search(global_caption):
-        plural = "s" if num_shots != 1 else ""
-        global_caption = f"{global_caption} This scene contains {num_shots} shot{plural}."
-    return global_caption, [s.caption.strip() for s in reply.shot_captions]
+    return with_shot_count(reply.global_caption.strip(), num_shots), [s.caption.strip() for s in reply.shot_captions]
