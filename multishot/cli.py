@@ -29,6 +29,7 @@ COMMANDS = {
     "annotate": "multishot.annotate.cli",
     "precompute": "multishot.trainer.cli",
     "train": "multishot.trainer.cli",
+    "eval": "multishot.evaluate.cli",
 }
 
 #: exit status after the reader of stdout went away (128 + SIGPIPE, as a shell tool killed by it)
