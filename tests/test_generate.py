@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from multishot.cli import main as multishot_main
-from multishot.generate.config import (GenerateConfig, GenModelConfig, RuntimeConfig,
-                                       SamplingConfig, VideoConfig)
+from multishot.generate.config import GenerateConfig, GenModelConfig, RuntimeConfig, VideoConfig
 from multishot.generate.generator import Generator
 from multishot.generate.random_models import make_random_models
-from multishot.generate.sampler import Conditioning, guided_velocity, make_scheduler, sample
+from multishot.generate.sampler import SamplingConfig, guided_velocity, make_scheduler
 from multishot.generate.shots import even_cut_frames, resolve_request
 from multishot.model.layout import ShotLayout
 from multishot.trainer.config import EncodersConfig

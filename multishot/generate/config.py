@@ -13,15 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from multishot.dataset.record import num_latent_frames
+from multishot.generate.sampler import SamplingConfig
 from multishot.trainer.config import EncodersConfig
-
-#: Wan's default negative prompt, ``sample_neg_prompt`` of Wan2.2 ``wan/configs/shared_config.py``
-#: (HoloCine's inference scripts pass the same string as ``scene_negative_prompt``).
-WAN_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
-    "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
-
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -47,26 +40,6 @@ class GenModelConfig(_Section):
         "a folder: create small random DiT / VAE / UMT5 there if absent and load them from it "
         "(tiny_cpu smoke runs; the log says the weights are random); checkpoint and encoders "
         "then point into it"))
-
-
-class SamplingConfig(_Section):
-    """Flow-matching sampling with classifier-free guidance (diffusers schedulers)."""
-
-    sampler: Literal["euler", "unipc"] = Field("euler", description=(
-        "'euler': FlowMatchEulerDiscreteScheduler on HoloCine's sigmas (DiffSynth "
-        "FlowMatchScheduler(sigma_min=0, extra_one_step=True)); 'unipc': UniPCMultistepScheduler "
-        "with flow sigmas (Wan2.2's default solver)"))
-    steps: int = Field(50, ge=1, description="denoising steps")
-    shift: float = Field(5.0, gt=0, description="timestep shift σ' = shift·σ/(1+(shift−1)·σ)")
-    cfg_scale: float = Field(5.0, ge=1, description=(
-        "guidance scale (of the high-noise expert for A14B); 1 = no unconditional pass"))
-    cfg_scale_low_noise: float | None = Field(None, ge=1, description=(
-        "A14B: guidance of the low-noise expert; None = cfg_scale"))
-    boundary: float = Field(0.875, gt=0, lt=1, description=(
-        "A14B expert switch as a fraction of 1000 timesteps: high-noise expert for t >= 1000·boundary"))
-    negative_prompt: str = Field(WAN_NEGATIVE_PROMPT, description="the unconditional prompt")
-    cfg_batch: bool = Field(True, description=(
-        "run the conditional and unconditional passes as one batch of two (more memory, faster)"))
 
 
 class VideoConfig(_Section):

@@ -35,7 +35,7 @@ from multishot.generate.sampler import (NUM_TRAIN_TIMESTEPS, Conditioning, Exper
 from multishot.generate.shots import Request
 from multishot.generate.video import write_mp4
 from multishot.model.checkpoint import load_into, load_state_dict_file
-from multishot.model.config import get_config
+from multishot.model.config import WanConfig, get_config
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout, latent_shot_starts
 from multishot.trainer.encoders import FrozenEncoders
@@ -96,6 +96,49 @@ def peak_memory_gib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    """ε ~ N(0, I) of ``shape`` drawn on the CPU in float32 from ``seed`` (the same on every
+    device and rank, as diffusers' ``randn_tensor`` with a CPU generator), then moved."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+
+def make_conditioning(encoders: FrozenEncoders, model_config: WanConfig, request: Request,
+                      context: torch.Tensor, negative: torch.Tensor, latent_hw: tuple[int, int],
+                      window_cross_attention: bool, device: torch.device) -> Conditioning:
+    """The :class:`Conditioning` of ``request`` from its UMT5 states ``[L, D]``: the shot
+    layout of its cuts over latents of ``latent_hw`` and, with ``window_cross_attention``, its
+    caption windows (HoloCine's spans).
+
+    Raises:
+        ValueError: the prompt's captions do not cover its shots (e.g. cut at the text length).
+    """
+    _, ph, pw = model_config.patch_size
+    layout = ShotLayout.from_cut_frames(request.num_frames, request.cut_frames,
+                                        (latent_hw[0] // ph) * (latent_hw[1] // pw), device)
+    spans = None
+    if window_cross_attention:
+        spans = encoders.text_spans([request.prompt], model_config.text_len)[0]
+        if spans.global_span is not None and spans.num_shots < len(layout.shot_starts[0]):
+            raise ValueError(f"{request.name}: the prompt's captions cover {spans.num_shots} "
+                             f"shots of {len(layout.shot_starts[0])} (cut at "
+                             f"{model_config.text_len} tokens?)")
+    return Conditioning(context, negative, layout, spans)
+
+
+@torch.no_grad()
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype) -> np.ndarray:
+    """Normalised latents ``[1, C, F_lat, H_lat, W_lat]`` → ``latents · std + mean`` → Wan VAE
+    decode (diffusers ``AutoencoderKLWan``, tiled when enabled) → ``[F, H, W, 3]`` uint8."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    z = latents.float().cpu() * std + mean
+    video = vae.decode(z.to(device, dtype)).sample                       # [1, 3, F, H, W]
+    video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(1, 2, 3, 0).cpu().numpy()
 
 
 @dataclass
@@ -231,31 +274,15 @@ class Generator:
                 v.height // ss, v.width // ss)
 
     def noise(self, request: Request) -> torch.Tensor:
-        """ε of the request's seed, drawn on the CPU in float32 (same on every device)."""
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        shape = self.latent_shape(request.num_frames)
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        """ε of the request's seed (:func:`initial_noise`)."""
+        return initial_noise(self.latent_shape(request.num_frames), request.seed, self.device)
 
     def conditioning(self, request: Request) -> Conditioning:
-        """Text states, shot layout and caption windows of ``request``.
-
-        Raises:
-            ValueError: the prompt's captions do not cover its shots (e.g. truncated at the
-                text length).
-        """
+        """Text states, shot layout and caption windows of ``request`` (:func:`make_conditioning`)."""
         context, negative = self.encode(request.prompt)
         _, _, _, h, w = self.latent_shape(request.num_frames)
-        _, ph, pw = self.model_config.patch_size
-        layout = ShotLayout.from_cut_frames(request.num_frames, request.cut_frames,
-                                            (h // ph) * (w // pw), self.device)
-        spans = None
-        if self.config.model.window_cross_attention:
-            spans = self.encoders.text_spans([request.prompt], self.model_config.text_len)[0]
-            if spans.global_span is not None and spans.num_shots < len(layout.shot_starts[0]):
-                raise ValueError(f"{request.name}: the prompt's captions cover "
-                                 f"{spans.num_shots} shots of {len(layout.shot_starts[0])} "
-                                 f"(cut at {self.model_config.text_len} tokens?)")
-        return Conditioning(context, negative, layout, spans)
+        return make_conditioning(self.encoders, self.model_config, request, context, negative,
+                                 (h, w), self.config.model.window_cross_attention, self.device)
 
     @torch.no_grad()
     def denoise(self, request: Request) -> tuple[torch.Tensor, SampleTrace]:
@@ -264,17 +291,10 @@ class Generator:
         return sample(self.experts, self.noise(request), cond, self.config.sampling,
                       progress=self.config.runtime.progress, on_expert=self._activate)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """VAE decode of normalised latents → ``[F, H, W, 3]`` uint8."""
-        vae = self.encoders.vae
-        with self._on_device(vae):
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-            z = latents.float().cpu() * std + mean
-            video = vae.decode(z.to(self.device, self.encoders.dtype)).sample  # [1, 3, F, H, W]
-        video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 2, 3, 0).cpu().numpy()
+        """VAE decode (:func:`decode_latents`), the VAE on the GPU only meanwhile."""
+        with self._on_device(self.encoders.vae):
+            return decode_latents(self.encoders.vae, latents, self.device, self.encoders.dtype)
 
     def generate(self, request: Request) -> Generated:
         """Sample, decode and describe one request (:class:`Generated`)."""
