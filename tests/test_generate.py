@@ -186,3 +186,21 @@ def test_equals_diffusers_wan_pipeline(tmp_path, random_models, a14b):
     assert theirs.shape == ours.shape
     rel = (ours - theirs).norm() / theirs.norm()
     assert rel < 1e-4, f"relative error {rel:.2e}"
+
+
+def test_benchmark_script_runs_tiny_on_cpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(repo / "benchmarks/generate.py"), "--tiny",
+                             "--warmup", "0", "--steps", "1", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [(c["attention"], c["mode"]) for c in report["cases"]] == [("sparse", "eager"),
+                                                                      ("dense", "eager")]
+    assert all(c["step_s"] > 0 and c["sample_s"] > c["step_s"] for c in report["cases"])
+    assert "| tiny | sparse | eager |" in out.with_suffix(".md").read_text()
