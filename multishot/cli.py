@@ -19,6 +19,7 @@ COMMANDS = {
     "precompute": "multishot.trainer.cli",
     "train": "multishot.trainer.cli",
     "generate": "multishot.generate.cli",
+    "eval": "multishot.evaluate.cli",
 }
 
 

@@ -95,6 +95,9 @@ class Trainer:
             checkpoint to initialise from does not fit the architecture.
     """
 
+    #: samples of this rank trained with unmasked cross-attention (prompt over text_len)
+    unmasked_prompts: int = 0
+
     def __init__(self, config: TrainConfig):
         self.config = config
         self.rank, self.world_size, self.device = init_distributed()
@@ -179,8 +182,17 @@ class Trainer:
         layout = ShotLayout.stack([
             ShotLayout.from_cut_frames(batch.num_frames, cuts, tokens_per_frame, self.device)
             for cuts in batch.cut_frames])
-        spans = self.encoders.text_spans(batch.prompts, text_len) \
-            if self.config.model.window_cross_attention else None
+        spans = None
+        if self.config.model.window_cross_attention:
+            # a prompt that lost shot captions to text_len must not end the run: that sample
+            # gets unmasked cross-attention, counted and logged
+            spans = []
+            shots = [len(cuts) + 1 for cuts in batch.cut_frames]
+            for key, (sample_spans, why) in zip(batch.keys, self.encoders.text_spans(batch.prompts, shots, text_len)):
+                if why is not None:
+                    self.unmasked_prompts += 1
+                    log.warning("sample %s: %s; unmasked cross-attention", key, why)
+                spans.append(sample_spans)
         return latents, context, layout, spans
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, ShotLayout]:
@@ -260,7 +272,8 @@ class Trainer:
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         stats = torch.stack([loss.float(), torch.tensor(float(self.loader.skipped), device=loss.device),
-                             torch.tensor(float(window["samples"]), device=loss.device)])
+                             torch.tensor(float(window["samples"]), device=loss.device),
+                             torch.tensor(float(self.unmasked_prompts), device=loss.device)])
         dist.all_reduce(stats)
         step_time = seconds / max(1, window["steps"])
         return {
@@ -273,6 +286,7 @@ class Trainer:
             "mfu": window["flops"] / seconds / (self.config.run.peak_tflops * 1e12),
             "peak_memory_gib": peak_memory_gib(self.device),
             "skipped_samples": stats[1].item(),
+            "unmasked_prompts": stats[3].item(),
         }
 
     def save(self) -> Path:
