@@ -204,3 +204,14 @@ def test_benchmark_script_runs_tiny_on_cpu(tmp_path):
                                                                       ("dense", "eager")]
     assert all(c["step_s"] > 0 and c["sample_s"] > c["step_s"] for c in report["cases"])
     assert "| tiny | sparse | eager |" in out.with_suffix(".md").read_text()
+
+
+def test_prompt_past_the_text_length_falls_back_to_unmasked_cross_attention(random_models):
+    gen = Generator(config(random_models))
+    long = ("[global caption] a scene of the video [per shot caption] a shot of the scene "
+            "[shot cut] the shot of a video [shot cut] a video")  # > 16 tokens: shot 3 cut off
+    request = resolve_request(long, 17, None)
+    cond = gen.conditioning(request)
+    assert cond.spans.global_span is None  # HoloCine's inference: no window mask
+    assert "3 shots but only" in request.extra["unmasked_cross_attention"]
+    assert gen.conditioning(resolve_request(PROMPT, 17, None)).spans.num_shots == 3

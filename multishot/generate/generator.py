@@ -110,21 +110,20 @@ def make_conditioning(encoders: FrozenEncoders, model_config: WanConfig, request
                       window_cross_attention: bool, device: torch.device) -> Conditioning:
     """The :class:`Conditioning` of ``request`` from its UMT5 states ``[L, D]``: the shot
     layout of its cuts over latents of ``latent_hw`` and, with ``window_cross_attention``, its
-    caption windows (HoloCine's spans).
-
-    Raises:
-        ValueError: the prompt's captions do not cover its shots (e.g. cut at the text length).
+    caption windows (HoloCine's spans). A prompt whose shot captions do not all fit the text
+    length gets unmasked cross-attention, as HoloCine's inference runs it; the reason is logged
+    and kept in ``request.extra["unmasked_cross_attention"]`` (written to the JSON).
     """
     _, ph, pw = model_config.patch_size
     layout = ShotLayout.from_cut_frames(request.num_frames, request.cut_frames,
                                         (latent_hw[0] // ph) * (latent_hw[1] // pw), device)
     spans = None
     if window_cross_attention:
-        spans = encoders.text_spans([request.prompt], model_config.text_len)[0]
-        if spans.global_span is not None and spans.num_shots < len(layout.shot_starts[0]):
-            raise ValueError(f"{request.name}: the prompt's captions cover {spans.num_shots} "
-                             f"shots of {len(layout.shot_starts[0])} (cut at "
-                             f"{model_config.text_len} tokens?)")
+        shots = len(layout.shot_starts[0])
+        spans, why = encoders.text_spans([request.prompt], [shots], model_config.text_len)[0]
+        if why is not None:
+            log.warning("%s: unmasked cross-attention: %s", request.name, why)
+            request.extra["unmasked_cross_attention"] = why
     return Conditioning(context, negative, layout, spans)
 
 
