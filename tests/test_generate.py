@@ -215,3 +215,20 @@ def test_prompt_past_the_text_length_falls_back_to_unmasked_cross_attention(rand
     assert cond.spans.global_span is None  # HoloCine's inference: no window mask
     assert "3 shots but only" in request.extra["unmasked_cross_attention"]
     assert gen.conditioning(resolve_request(PROMPT, 17, None)).spans.num_shots == 3
+
+
+def test_from_shards_recreates_captioned_samples(tmp_path, monkeypatch, train_footage_shards):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).parents[1] / "configs/generate/tiny_cpu.yaml"
+    out = tmp_path / "gen"
+    assert multishot_main(["generate", "--config", str(config), "--from-shards",
+                           train_footage_shards["clean"], "--limit", "2", "-o", str(out)]) == 0
+    # clip00 (shots of 17 + 16 frames) and clip02 (9 + 24) are the first captioned samples
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["clip00.mp4", "clip02.mp4"]
+    info = json.loads((out / "clip02.json").read_text())
+    assert info["num_frames"] == 33 and info["cut_frames"] == [9] == info["source_cut_frames"]
+    assert info["prompt"].startswith("[global caption] Blender films")
+    with av.open(str(out / "clip00.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 33
