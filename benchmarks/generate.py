@@ -69,7 +69,10 @@ def build(config: WanConfig, sparse: bool, compiled: bool, device: torch.device,
     """A random-weight ``WanModel`` built on meta and initialised on the device."""
     with torch.device("meta"):
         model = WanModel(config, "sdpa", sparse_self_attention=sparse)
-    model = model.to(dtype).to_empty(device=device)
+    model = model.to(dtype)
+    model.time_embedding.float()  # as generate.generator.load_dit keeps them
+    model.time_projection.float()
+    model = model.to_empty(device=device)
     model.init_weights()
     torch.nn.init.normal_(model.head.head.weight, std=0.02)  # Wan zeroes it; keep outputs alive
     if compiled:

@@ -232,3 +232,19 @@ def test_from_shards_recreates_captioned_samples(tmp_path, monkeypatch, train_fo
     assert info["prompt"].startswith("[global caption] Blender films")
     with av.open(str(out / "clip00.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 33
+
+
+def test_bf16_load_keeps_the_time_embedding_float32(random_models):
+    from multishot.generate.generator import load_dit
+
+    model = load_dit("tiny", random_models["dit"], torch.device("cpu"), torch.bfloat16)
+    assert model.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in model.time_embedding.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.time_projection.parameters()} == {torch.float32}
+    reference = load_dit("tiny", random_models["dit"], torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(model.time_projection[1].weight, reference.time_projection[1].weight,
+                               rtol=0, atol=0)  # loaded without a round trip through bf16
+    x, t, ctx = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        ours, ref = model(x, t, ctx).float(), reference(x, t, ctx)
+    assert ref.abs().max() > 0 and (ours - ref).norm() / ref.norm() < 0.02  # bf16 blocks only
