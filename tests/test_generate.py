@@ -204,7 +204,7 @@ def test_benchmark_script_runs_tiny_on_cpu(tmp_path):
     assert [(c["attention"], c["mode"]) for c in report["cases"]] == [("sparse", "eager"),
                                                                       ("dense", "eager")]
     assert all(c["step_s"] > 0 and c["sample_s"] > c["step_s"] for c in report["cases"])
-    assert "| tiny | sparse | eager |" in out.with_suffix(".md").read_text()
+    assert "| tiny | sparse | eager | 12 |" in out.with_suffix(".md").read_text()
 
 
 def test_prompt_past_the_text_length_falls_back_to_unmasked_cross_attention(random_models):
