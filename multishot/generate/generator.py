@@ -63,8 +63,11 @@ def file_sha256(path: str | Path) -> str:
         files = [path]
     digests = []
     for f in files:
+        digest = hashlib.sha256()
         with open(f, "rb") as fh:
-            digests.append(hashlib.file_digest(fh, "sha256").hexdigest())
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+        digests.append(digest.hexdigest())
     return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
