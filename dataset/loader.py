@@ -227,9 +227,11 @@ class ShardStream(IterableDataset):
         RuntimeError: a slot's part of an epoch holds no usable sample (it would spin forever).
     """
 
-    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1):
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1,
+                 exclude_keys: frozenset[str] = frozenset()):
         self.config = config
         self.rank, self.world_size = rank, world_size
+        self.exclude_keys = exclude_keys
         self.urls = list_shards(config.shards)
         self.num_slots = max(1, config.num_workers)
         self.positions = [0] * self.num_slots
@@ -253,6 +255,8 @@ class ShardStream(IterableDataset):
             for url in mine:
                 try:
                     for sample in iter_tar(url):
+                        if sample[0] in self.exclude_keys:  # held out (validation): never seen
+                            continue
                         index += 1
                         if not by_shard and (index - 1) % slots != global_slot:
                             continue
@@ -363,11 +367,13 @@ class TrainLoader:
     """Batches for one rank, with a resumable position (``state_dict`` / ``load_state_dict``).
 
     Iterating yields :class:`Batch` objects; ``skipped`` counts samples skipped so far by this
-    rank (restored on resume) and ``taken`` the batches given out.
+    rank (restored on resume) and ``taken`` the batches given out. Samples whose key is in
+    ``exclude_keys`` (held out for validation) are left out of the stream, uncounted.
     """
 
-    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1):
-        self.stream = ShardStream(config, rank, world_size)
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1,
+                 exclude_keys: frozenset[str] = frozenset()):
+        self.stream = ShardStream(config, rank, world_size, frozenset(exclude_keys))
         self.config = config
         self.taken = 0
         self._iter: Iterator[Batch] | None = None
