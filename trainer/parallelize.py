@@ -10,10 +10,36 @@ without touching the sparse attention.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+_aten = torch.ops.aten
+#: ops whose outputs selective checkpointing keeps (torchtitan's ``_save_list``, all matmuls
+#: kept): the Linear matmuls and every attention kernel the backends call (cuDNN, flash,
+#: memory-efficient, CPU flash, varlen flash). Everything else in a block is element-wise
+#: or a norm in float32 (modulation, LayerNorm, RMSNorm, RoPE, GELU, gated residuals): cheap
+#: to recompute but as large as the matmul outputs, so it is recomputed.
+SAVED_OPS = frozenset(op for op in (
+    _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default,
+    _aten.convolution.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    _aten._flash_attention_forward.default,
+    _aten._efficient_attention_forward.default,
+))
+
+
+def _selective_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Keep the outputs of :data:`SAVED_OPS`, recompute the rest (``torch.utils.checkpoint``'s
+    selective activation checkpointing)."""
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
@@ -36,17 +62,32 @@ def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
         block.compile(backend=backend)
 
 
-def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0) -> None:
+def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0, policy: str = "full",
+                                   preserve_rng_state: bool = False) -> None:
     """Wrap blocks of ``model.blocks`` so their activations are recomputed in backward
     (non-reentrant ``torch.utils.checkpoint``; DiffSynth's per-block gradient checkpointing).
 
     Args:
         skip_last: the last ``skip_last`` blocks keep their activations (no recompute): each
             saves a third of its forward's work for its activations' memory.
+        policy: ``"full"`` recomputes the whole block; ``"selective"`` keeps the outputs of
+            :data:`SAVED_OPS` (matmuls, attention) and recomputes the element-wise and norm
+            ops between them (``create_selective_checkpoint_contexts``, as torchtitan's op-level
+            SAC). Selective needs eager blocks or blocks compiled *after* this wrapping
+            (:func:`apply_compile` on the wrapped blocks): a policy cannot see into a graph
+            compiled inside it.
+        preserve_rng_state: replay the forward's RNG in the recompute (needed when the block
+            draws random numbers: LoRA dropout).
+    Raises:
+        ValueError: unknown policy.
     """
+    if policy not in ("full", "selective"):
+        raise ValueError(f"unknown activation checkpointing policy {policy!r}")
+    extra = {"context_fn": partial(create_selective_checkpoint_contexts, _selective_policy)} \
+        if policy == "selective" else {}
     for i, block in enumerate(model.blocks):
         if i < len(model.blocks) - skip_last:
-            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=preserve_rng_state, **extra)
 
 
 def apply_fsdp(model: nn.Module, mixed_precision: bool) -> None:

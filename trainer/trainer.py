@@ -38,6 +38,7 @@ from multishot.trainer import checkpoint as ckpt
 from multishot.trainer.config import OptimConfig, TrainConfig
 from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
+from multishot.trainer.lora import apply_lora, export_adapter, trainable_parameters
 from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
 from multishot.trainer.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
 
@@ -103,7 +104,8 @@ class Trainer:
 
         self.model_config = get_config(config.model.name)
         self.model = self._build_model()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+        # LoRA: only the adapters train, so only they get AdamW state
+        self.optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
                                            weight_decay=config.optim.weight_decay,
                                            fused=self.device.type == "cuda")  # one kernel, DTensor-aware
@@ -114,7 +116,8 @@ class Trainer:
         self.loader = TrainLoader(config.data, self.rank, self.world_size)
         # extra doubles as the template of what a resume loads per rank
         self.state = ckpt.TrainState(self.model, self.optimizer, self.scheduler, 0,
-                                     {"loader": self.loader.state_dict()})
+                                     {"loader": self.loader.state_dict()},
+                                     trainable_only=config.model.lora is not None)
         self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
         latest = ckpt.latest_checkpoint(self.output_dir) if run.resume else None
         if latest is not None:
@@ -133,11 +136,21 @@ class Trainer:
             report = load_into(model, load_state_dict_file(cfg.init_from, device=str(self.device)))
             if report.missing or report.mismatched:
                 raise ValueError(f"{cfg.init_from} does not fit model {cfg.name}: {report}")
-        if self.device.type == "cuda" if cfg.compile is None else cfg.compile:
+        bf16 = self.device.type == "cuda" and self.config.run.mixed_precision == "bf16"
+        if cfg.lora is not None:
+            apply_lora(model, cfg.lora, base_dtype=torch.bfloat16 if bf16 else None)
+        compile_ = self.device.type == "cuda" if cfg.compile is None else cfg.compile
+        # a selective policy must be traced into the compiled graph: compile the checkpointed
+        # block; whole-block recompute re-runs a block compiled inside the wrapper instead
+        selective = cfg.activation_checkpointing and cfg.checkpoint_policy == "selective"
+        if compile_ and not selective:
             apply_compile(model)
         if cfg.activation_checkpointing:
-            apply_activation_checkpointing(model, cfg.checkpoint_skip_last)
-        apply_fsdp(model, mixed_precision=self.device.type == "cuda" and self.config.run.mixed_precision == "bf16")
+            apply_activation_checkpointing(model, cfg.checkpoint_skip_last, cfg.checkpoint_policy,
+                                           preserve_rng_state=bool(cfg.lora and cfg.lora.dropout))
+        if compile_ and selective:
+            apply_compile(model)
+        apply_fsdp(model, mixed_precision=bf16)
         return model
 
     def _load_encoders(self) -> FrozenEncoders:
@@ -187,7 +200,7 @@ class Trainer:
         torch._assert_async(torch.isfinite(loss), "non-finite loss")  # no host sync on GPUs
         loss.backward()
         max_norm = self.config.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -212,7 +225,9 @@ class Trainer:
         finally:
             self.loader.close()
             bar.close()
-        if run.export_safetensors:
+        if run.export_safetensors and self.config.model.lora is not None:
+            export_adapter(self.model, self.config.model.lora, self.output_dir / "lora.safetensors")
+        elif run.export_safetensors:
             ckpt.export_safetensors(self.model, self.output_dir / "model.safetensors")
         self.metrics.close()
 
