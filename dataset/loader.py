@@ -408,8 +408,11 @@ class TrainLoader:
     def __next__(self) -> Batch:
         if self._iter is None:
             self.stream.rotation = self.taken % self.stream.num_slots
+            # its own generator: a DataLoader iterator otherwise draws its base seed from the
+            # global RNG, and a resumed run (which makes one after restoring that RNG) would
+            # shift every later random draw of the step (LoRA dropout) against an uninterrupted run
             loader = DataLoader(self.stream, batch_size=None, num_workers=self.config.num_workers,
-                                persistent_workers=False,
+                                persistent_workers=False, generator=torch.Generator(),
                                 multiprocessing_context="spawn" if self.config.num_workers else None)
             self._iter = iter(loader)
         batch = next(self._iter)

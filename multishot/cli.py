@@ -18,6 +18,7 @@ COMMANDS = {
     "annotate": "multishot.annotate.cli",
     "precompute": "multishot.trainer.cli",
     "train": "multishot.trainer.cli",
+    "export-lora": "multishot.trainer.cli",
 }
 
 

@@ -169,20 +169,29 @@ def load_adapter(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor
     if not path.is_file():
         raise FileNotFoundError(f"no LoRA file at {path}")
     with safe_open(str(path), "pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return adapter_modules({k: f.get_tensor(k) for k in f.keys()}, str(path))
+
+
+def adapter_modules(tensors: dict[str, torch.Tensor], source: str = "adapter",
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Wan LoRA tensors (a file's keys, see :func:`load_adapter`) → ``{module: (A, B)}``.
+
+    Raises:
+        ValueError: as :func:`load_adapter` (``source`` names the origin in the message).
+    """
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         name = key.removeprefix("model.").removeprefix(FILE_PREFIX)
         match = re.match(r"^(.+)\.(lora_A|lora_down|lora_B|lora_up)\.weight$|^(.+)\.(alpha)$", name)
         if match is None:
-            raise ValueError(f"{path}: {key!r} is not a LoRA key (<module>.lora_A/B.weight, .alpha)")
+            raise ValueError(f"{source}: {key!r} is not a LoRA key (<module>.lora_A/B.weight, .alpha)")
         module = match[1] or match[3]
         kind = {"lora_A": "A", "lora_down": "A", "lora_B": "B", "lora_up": "B", "alpha": "alpha"}[match[2] or match[4]]
         parts.setdefault(module, {})[kind] = value.float()
     out = {}
     for module, p in parts.items():
         if "A" not in p or "B" not in p:
-            raise ValueError(f"{path}: module {module} lacks lora_{'B' if 'A' in p else 'A'}")
+            raise ValueError(f"{source}: module {module} lacks lora_{'B' if 'A' in p else 'A'}")
         b = p["B"] * (float(p["alpha"]) / p["A"].shape[0]) if "alpha" in p else p["B"]
         out[module] = (p["A"], b)
     return out
