@@ -44,6 +44,9 @@ class ModelConfig(_Section):
     compile: bool | None = Field(None, description=(
         "regional torch.compile of every block (attention kernel stays eager); None = on for "
         "CUDA, off for CPU"))
+    cpu_offload: bool = Field(False, description=(
+        "FSDP2 CPUOffloadPolicy: sharded parameters, gradients and AdamW state in CPU memory, "
+        "the optimiser step on the CPU (a 5B full fine-tune on one 80 GB GPU)"))
     lora: LoraConfig | None = Field(None, description=(
         "train LoRA adapters on the frozen base (trainer.lora) instead of every weight; "
         "None = full fine-tune"))

@@ -108,7 +108,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
                                            weight_decay=config.optim.weight_decay,
-                                           fused=self.device.type == "cuda")  # one kernel, DTensor-aware
+                                           # one kernel, DTensor-aware; offloaded parameters step on the CPU
+                                           fused=self.device.type == "cuda" and not config.model.cpu_offload)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config.optim, run.max_steps))
         self.flow = FlowMatching(config.objective, self.device)
@@ -150,7 +151,7 @@ class Trainer:
                                            preserve_rng_state=bool(cfg.lora and cfg.lora.dropout))
         if compile_ and selective:
             apply_compile(model)
-        apply_fsdp(model, mixed_precision=bf16)
+        apply_fsdp(model, mixed_precision=bf16, cpu_offload=cfg.cpu_offload)
         return model
 
     def _load_encoders(self) -> FrozenEncoders:
