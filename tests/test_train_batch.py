@@ -66,17 +66,23 @@ def test_a_batch_of_three_gives_each_sample_its_own_loss(backend):
     assert batched.unique().numel() == 3  # three different samples, not one repeated
 
 
-def gradients(policy: str | None, lora: bool = False, compile_: bool = False) -> list[torch.Tensor]:
+def gradients(policy: str | None, lora: bool = False, compile_: bool = False,
+              dropout: float = 0.1) -> list[torch.Tensor]:
+    """Trainable parameters' gradients of one forward/backward, wrapped in the trainer's order
+    (``Trainer._build_model``): LoRA, then compile inside whole-block checkpointing or around
+    selective checkpointing."""
     model = tiny_model()
     if lora:
-        apply_lora(model, LoraConfig(rank=4, dropout=0.1))
+        apply_lora(model, LoraConfig(rank=4, dropout=dropout))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if ".lora_B." in name:
                     p.normal_()
+    if compile_ and policy != "selective":
+        apply_compile(model, backend="aot_eager")
     if policy is not None:
         apply_activation_checkpointing(model, policy=policy, preserve_rng_state=lora)
-    if compile_:
+    if compile_ and policy == "selective":
         apply_compile(model, backend="aot_eager")
     x0, contexts, _, _ = samples()
     layout = ShotLayout.stack([ShotLayout.from_cut_frames(FRAMES, c, 4) for c in CUTS])
@@ -94,10 +100,16 @@ def test_selective_checkpointing_gives_the_gradients_of_none(lora):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
-def test_selective_checkpointing_compiles_around_the_policy():
+# whole-block recompute of compiled full fine-tunes is tests/test_train_compile.py's
+@pytest.mark.parametrize(("policy", "lora"), [("selective", False), ("full", True)],
+                         ids=["selective", "lora-full"])
+def test_compiled_checkpointed_blocks_give_the_eager_gradients(policy, lora):
     torch._dynamo.reset()
-    for got, want in zip(gradients("selective", compile_=True), gradients(None), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    want = gradients(None, lora, dropout=0.0)  # compiled dropout draws its own random numbers
+    got = gradients(policy, lora, compile_=True, dropout=0.0)
+    assert len(got) == len(want) == (40 if lora else len(list(tiny_model().parameters())))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 def test_selective_policy_keeps_matmuls_and_recomputes_the_rest():
