@@ -9,12 +9,16 @@ The stream of one loader *slot* (one DataLoader worker of one rank) reads, per e
       → shuffle buffer, Random(seed, epoch, slot)
       → decode (json → SampleRecord, mp4 → [3, F, H, W] in [-1, 1], or safetensors → latents)
         undecodable samples are skipped, counted and logged with their reason
-      → batches of ``batch_size``
+      → buckets by shape (frame count, height, width): the pipeline's duration buckets of
+        4k+1 frames, or one bucket when data.num_frames / height / width fix the shape
+      → a batch of ``batch_size`` as soon as one bucket holds that many, each sample with its
+        own cuts and prompt
 
 and starts the next epoch when its part is used up, so a slot's stream is endless and fully
 determined by (seed, rank, world size, slot). Its position is the number of raw samples it
-has taken from the shuffle buffer: resuming replays the tars up to that point without decoding
-(cheap) and continues bit-identically. DataLoader workers hand batches out round-robin, so the
+has taken from the shuffle buffer, plus the raw indices of the samples still waiting in
+unfilled buckets: resuming replays the tars up to that point without decoding (cheap; only
+the waiting samples are decoded again) and continues bit-identically. DataLoader workers hand batches out round-robin, so the
 loader also remembers how many batches it gave out and rotates the worker ↔ slot mapping on
 resume to keep the global batch order.
 """
@@ -54,10 +58,12 @@ class DataConfig(BaseModel):
         "'latents': shards written by `multishot precompute`"))
     num_frames: int | None = Field(None, description=(
         "pixel frames per clip (4k+1): the first num_frames of each sample; samples shorter are "
-        "skipped; None keeps each sample's length (batch_size must then be 1)"))
+        "skipped; None keeps each sample's length (batches then group samples of equal length)"))
     height: int | None = Field(None, gt=0, description="resize (cover) + centre-crop height, pixels")
     width: int | None = Field(None, gt=0, description="resize (cover) + centre-crop width, pixels")
-    batch_size: int = Field(1, ge=1, description="samples per batch per rank")
+    batch_size: int = Field(1, ge=1, description=(
+        "samples per batch per rank, all of one shape (frame count, height, width): short "
+        "samples fill a GPU better in batches"))
     shuffle_buffer: int = Field(16, ge=1, description="samples held for shuffling (1 = no shuffle)")
     seed: int = Field(0, description="with the epoch, fixes shard order and shuffling")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank")
@@ -95,9 +101,10 @@ class Batch:
         latents: [B, C, F_lat, H_lat, W_lat] (kind 'latents'), else None.
         context: [B, L, D] text embeddings zero-padded to the longest in the batch (kind
             'latents'), else None.
-        slot, position, skipped: where the producing slot stands after this batch (loader
-            bookkeeping, see :class:`TrainLoader`); ``skip_reasons`` lists ``key: reason``
-            for samples skipped since that slot's previous batch.
+        slot, position, skipped, held: where the producing slot stands after this batch
+            (loader bookkeeping, see :class:`TrainLoader`; ``held``: raw indices of the samples
+            waiting in unfilled buckets); ``skip_reasons`` lists ``key: reason`` for samples
+            skipped since that slot's previous batch.
     """
 
     keys: list[str]
@@ -110,6 +117,7 @@ class Batch:
     slot: int = 0
     position: int = 0
     skipped: int = 0
+    held: list[int] = field(default_factory=list)
     skip_reasons: list[str] = field(default_factory=list)
 
 
@@ -220,7 +228,8 @@ class ShardStream(IterableDataset):
     """The endless, deterministic stream of batches of one rank (see the module docstring).
 
     ``positions[slot]``/``skipped[slot]``: raw samples taken and samples skipped so far by each
-    slot; ``rotation``: how many batches the rank took before (worker ``w`` plays slot
+    slot; ``held[slot]``: raw indices (1-based) of its samples waiting in unfilled buckets;
+    ``rotation``: how many batches the rank took before (worker ``w`` plays slot
     ``(w + rotation) % workers``). Set them before iterating to resume.
 
     Raises (while iterating):
@@ -236,6 +245,7 @@ class ShardStream(IterableDataset):
         self.num_slots = max(1, config.num_workers)
         self.positions = [0] * self.num_slots
         self.skipped = [0] * self.num_slots
+        self.held: list[list[int]] = [[] for _ in range(self.num_slots)]
         self.rotation = 0
 
     def _raw(self, slot: int) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -308,15 +318,20 @@ class ShardStream(IterableDataset):
         """Endless batches of ``slot``, starting at ``positions[slot]``."""
         position, skipped = self.positions[slot], self.skipped[slot]
         raw = self._raw(slot)
-        for _ in range(position):  # resume: replay without decoding
-            next(raw)
-        pending: list[dict] = []
+        held = set(self.held[slot])
+        # shape → [(raw index, decoded sample)] waiting for batch_size samples of that shape
+        buckets: dict[tuple[int, ...], list[tuple[int, dict]]] = {}
+        for index in range(1, position + 1):  # resume: replay, decoding only the held samples
+            key, parts = next(raw)
+            if index in held:
+                sample = self.decode(key, parts)
+                buckets.setdefault(sample_shape(sample), []).append((index, sample))
         reasons: list[str] = []
         since_usable = 0
         for key, parts in raw:
             position += 1
             try:
-                pending.append(self.decode(key, parts))
+                sample = self.decode(key, parts)
                 since_usable = 0
             except SkipSample as err:
                 skipped += 1
@@ -327,11 +342,14 @@ class ShardStream(IterableDataset):
                     raise RuntimeError(f"slot {slot} of rank {self.rank}: 10000 samples in a row "
                                        f"unusable, last: {reasons[-1]}") from None
                 continue
-            if len(pending) == self.config.batch_size:
-                batch = collate(pending)
+            bucket = buckets.setdefault(sample_shape(sample), [])
+            bucket.append((position, sample))
+            if len(bucket) == self.config.batch_size:
+                batch = collate([s for _, s in buckets.pop(sample_shape(sample))])
                 batch.slot, batch.position, batch.skipped, batch.skip_reasons = slot, position, skipped, reasons
+                batch.held = sorted(i for waiting in buckets.values() for i, _ in waiting)
                 yield batch
-                pending, reasons = [], []
+                reasons = []
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -339,6 +357,13 @@ class ShardStream(IterableDataset):
         if workers != self.num_slots:
             raise RuntimeError(f"{workers} workers iterate a stream built for {self.num_slots}")
         return self.batches((worker + self.rotation) % workers)
+
+
+def sample_shape(sample: dict) -> tuple[int, ...]:
+    """The batching bucket of a decoded sample: ``(frames, height, width)`` of its clip, or of
+    its latents (``(frames, H_lat, W_lat)``), plus the latent channels."""
+    tensor = sample["video"] if "video" in sample else sample["latents"]
+    return (sample["num_frames"], *tensor.shape[-2:], tensor.shape[0])
 
 
 def collate(samples: list[dict]) -> Batch:
@@ -388,13 +413,17 @@ class TrainLoader:
     def __next__(self) -> Batch:
         if self._iter is None:
             self.stream.rotation = self.taken % self.stream.num_slots
+            # its own generator: a DataLoader iterator otherwise draws its base seed from the
+            # global RNG, and a resumed run (which makes one after restoring that RNG) would
+            # shift every later random draw of the step (LoRA dropout) against an uninterrupted run
             loader = DataLoader(self.stream, batch_size=None, num_workers=self.config.num_workers,
-                                persistent_workers=False,
+                                persistent_workers=False, generator=torch.Generator(),
                                 multiprocessing_context="spawn" if self.config.num_workers else None)
             self._iter = iter(loader)
         batch = next(self._iter)
         self.stream.positions[batch.slot] = batch.position
         self.stream.skipped[batch.slot] = batch.skipped
+        self.stream.held[batch.slot] = batch.held
         self.taken += 1
         return batch
 
@@ -406,9 +435,10 @@ class TrainLoader:
         self._iter = None  # drops the DataLoader iterator: workers shut down, generators close
 
     def state_dict(self) -> dict:
-        """Position of every slot, skip counts and batches taken (plain ints: DCP-friendly)."""
+        """Position of every slot, its held samples, skip counts and batches taken (plain ints:
+        DCP-friendly)."""
         return {"positions": list(self.stream.positions), "skipped": list(self.stream.skipped),
-                "taken": self.taken}
+                "held": [list(h) for h in self.stream.held], "taken": self.taken}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``; the next batch is the one an uninterrupted run gets next.
@@ -421,5 +451,6 @@ class TrainLoader:
                              f"{self.stream.num_slots} (data.num_workers must match to resume)")
         self.stream.positions = [int(p) for p in state["positions"]]
         self.stream.skipped = [int(s) for s in state["skipped"]]
+        self.stream.held = [[int(i) for i in h] for h in state["held"]]
         self.taken = int(state["taken"])
         self._iter = None

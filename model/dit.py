@@ -255,7 +255,8 @@ class WanModel(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, (RMSNorm, LayerNorm)) and m.weight is not None:
                 nn.init.ones_(m.weight)
                 if getattr(m, "bias", None) is not None:

@@ -31,6 +31,7 @@ COMMANDS = {
     "train": "multishot.trainer.cli",
     "generate": "multishot.generate.cli",
     "eval": "multishot.evaluate.cli",
+    "export-lora": "multishot.trainer.cli",
 }
 
 #: exit status after the reader of stdout went away (128 + SIGPIPE, as a shell tool killed by it)

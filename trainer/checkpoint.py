@@ -55,15 +55,22 @@ class TrainState(Stateful):
     """Everything a resume restores, as one DCP ``Stateful``.
 
     ``extra`` is this rank's ``{"loader": ..., ...}`` (plain picklable values).
+    ``trainable_only``: save and restore only the parameters that train (LoRA: the adapters;
+    the frozen base is rebuilt from ``model.init_from`` / the seed on resume).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, extra: dict[str, Any]):
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, extra: dict[str, Any],
+                 trainable_only: bool = False):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.step, self.extra = step, extra
+        # strict off with trainable_only: the model lacks the frozen keys on purpose, and DCP's
+        # load already fails on any requested key the checkpoint lacks
+        self.options = StateDictOptions(ignore_frozen_params=True, strict=False) \
+            if trainable_only else None
 
     def state_dict(self) -> dict[str, Any]:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self.options)
         rank = dist.get_rank()
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -74,7 +81,7 @@ class TrainState(Stateful):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+                       optim_state_dict=state["optim"], options=self.options)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         mine = state[f"rank{dist.get_rank()}"]
@@ -200,6 +207,9 @@ def load_init_weights(model: torch.nn.Module, path: str | Path) -> InitLoad:
     # sharded DTensors sharing the parameters' storage, under clean Wan names (DCP drops the
     # activation-checkpoint and compile wrappers' prefixes)
     own = get_model_state_dict(model)
+    # a LoRA model's base weights sit at <module>.base_layer.weight; its adapters are not in a
+    # base checkpoint (they start from their own initialisation)
+    own = {k.replace(".base_layer.", "."): v for k, v in own.items() if ".lora_" not in k}
     report = compare_shapes({k: tuple(v.shape) for k, v in own.items()},
                             {wan: headers[key].shape for key, wan in names.items()})
     if report.missing or report.mismatched:

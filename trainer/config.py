@@ -14,6 +14,7 @@ from multishot.dataset.loader import DataConfig
 from multishot.evaluate.config import EvalConfig
 from multishot.generate.sampler import SamplingConfig
 from multishot.trainer.flow_matching import FlowMatchConfig
+from multishot.trainer.lora import LoraConfig
 
 
 class _Section(BaseModel):
@@ -35,12 +36,22 @@ class ModelConfig(_Section):
     window_cross_attention: bool = Field(True, description=(
         "mask cross-attention to each shot's caption window (needs a tokenizer)"))
     activation_checkpointing: bool = Field(True, description="recompute each block in backward")
+    checkpoint_policy: Literal["full", "selective"] = Field("full", description=(
+        "with activation_checkpointing: 'full' recomputes the whole block; 'selective' keeps "
+        "the matmul and attention outputs and recomputes only element-wise and norm ops "
+        "(trainer.parallelize.SAVED_OPS)"))
     checkpoint_skip_last: int = Field(0, ge=0, description=(
         "with activation_checkpointing: the last N blocks keep their activations instead "
         "(a third less forward work each, for ~3.4 GiB each: 5B, 23.8k tokens, H200)"))
     compile: bool | None = Field(None, description=(
         "regional torch.compile of every block (attention kernel stays eager); None = on for "
         "CUDA, off for CPU"))
+    cpu_offload: bool = Field(False, description=(
+        "FSDP2 CPUOffloadPolicy: sharded parameters, gradients and AdamW state in CPU memory, "
+        "the optimiser step on the CPU (a 5B full fine-tune on one 80 GB GPU)"))
+    lora: LoraConfig | None = Field(None, description=(
+        "train LoRA adapters on the frozen base (trainer.lora) instead of every weight; "
+        "None = full fine-tune"))
 
 
 class EncodersConfig(_Section):
@@ -77,7 +88,9 @@ class RunConfig(_Section):
     checkpoint_every: int = Field(500, gt=0, description="steps between DCP checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk")
     resume: bool = Field(True, description="continue from the newest complete checkpoint in output_dir")
-    export_safetensors: bool = Field(True, description="write output_dir/model.safetensors at the end")
+    export_safetensors: bool = Field(True, description=(
+        "write output_dir/model.safetensors at the end (LoRA runs: the adapter, "
+        "output_dir/lora.safetensors)"))
     log_every: int = Field(10, gt=0, description="steps between logged metrics")
     tensorboard: bool = Field(True, description="write TensorBoard event files")
     peak_tflops: float = Field(989.0, gt=0, description=(

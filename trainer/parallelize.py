@@ -4,32 +4,57 @@
 materialises the shards (``to_empty`` + ``WanModel.init_weights``) and loads ``init_from`` into
 them (:func:`trainer.checkpoint.load_init_weights`), so no rank holds the whole model.
 
-The model code (``model/dit.py``) knows nothing of this. Attention takes ``q, k, v`` as
-``[B, L, heads, head_dim]`` in one function, so Ulysses context parallelism (an all-to-all
-from sequence-sharded to head-sharded before it, and back after) can wrap that call later
-without touching the sparse attention.
+The model code (``model/dit.py``) knows nothing of this beyond two hooks: LoRA adapters are
+injected by peft (:mod:`trainer.lora`) and Ulysses context parallelism wraps the one attention
+call (:mod:`trainer.context_parallel`).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from multishot.model.config import WanConfig
 from multishot.model.dit import WanModel
 from multishot.trainer.checkpoint import InitLoad, load_init_weights
+from multishot.trainer.lora import apply_lora, init_adapters
 
 if TYPE_CHECKING:
     from multishot.trainer.config import ModelConfig
 
 log = logging.getLogger(__name__)
+
+_aten = torch.ops.aten
+#: ops whose outputs selective checkpointing keeps (torchtitan's ``_save_list``, all matmuls
+#: kept): the Linear matmuls and every attention kernel the backends call (cuDNN, flash,
+#: memory-efficient, CPU flash, varlen flash). Everything else in a block is element-wise
+#: or a norm in float32 (modulation, LayerNorm, RMSNorm, RoPE, GELU, gated residuals): cheap
+#: to recompute but as large as the matmul outputs, so it is recomputed.
+SAVED_OPS = frozenset(op for op in (
+    _aten.mm.default, _aten.addmm.default, _aten.bmm.default, _aten.baddbmm.default,
+    _aten.convolution.default,
+    _aten._scaled_dot_product_cudnn_attention.default,
+    _aten._scaled_dot_product_flash_attention.default,
+    _aten._scaled_dot_product_efficient_attention.default,
+    _aten._scaled_dot_product_flash_attention_for_cpu.default,
+    _aten._flash_attention_forward.default,
+    _aten._efficient_attention_forward.default,
+))
+
+
+def _selective_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Keep the outputs of :data:`SAVED_OPS`, recompute the rest (``torch.utils.checkpoint``'s
+    selective activation checkpointing)."""
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def build_model(model_config: WanConfig, config: ModelConfig, device: torch.device, *,
@@ -37,11 +62,13 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
                 ) -> tuple[torch.nn.Module, InitLoad | None]:
     """The sharded ``WanModel`` of a run (collective: every rank of the default process group).
 
-    Built on ``meta``, wrapped by :func:`parallelize` (compile → activation checkpointing →
-    FSDP2), materialised on ``device`` (``to_empty``) with Wan's initialisation
-    (``WanModel.init_weights``), then, if ``config.init_from`` and ``load_init``, read from that
-    checkpoint slice by slice (:func:`trainer.checkpoint.load_init_weights`): no rank holds the
-    whole model or state dict.
+    Built on ``meta``; LoRA adapters injected if ``config.lora`` (:func:`trainer.lora.apply_lora`:
+    model changes come before the parallelism); wrapped by :func:`parallelize` (compile,
+    activation checkpointing, FSDP2); materialised on ``device`` (``to_empty``) with Wan's
+    initialisation (``WanModel.init_weights``, then the adapters' own: B = 0, so the model's
+    output is the base's); then, if ``config.init_from`` and ``load_init``, the base weights are
+    read from that checkpoint slice by slice (:func:`trainer.checkpoint.load_init_weights`): no
+    rank holds the whole model or state dict.
 
     Args:
         model_config: the architecture (``model.config.get_config(config.name)``).
@@ -57,6 +84,8 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
     with torch.device("meta"):
         model = WanModel(model_config, config.attention_backend,
                          sparse_self_attention=config.sparse_self_attention)
+    if config.lora is not None:
+        apply_lora(model, config.lora, base_dtype=torch.bfloat16 if mixed_precision else None)
     parallelize(model, config, device, mixed_precision)
     model.to_empty(device=device)
     # CUDA: DTensor's offset-based RNG draws every shard as its part of one seeded full
@@ -66,6 +95,8 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "DTensor random operators may not have complete support")
         model.init_weights()
+        if config.lora is not None:
+            init_adapters(model)
     loaded = None
     if config.init_from and load_init:
         loaded = load_init_weights(model, config.init_from)
@@ -78,25 +109,35 @@ def parallelize(model: nn.Module, config: ModelConfig, device: torch.device,
                 mixed_precision: bool) -> None:
     """Wrap ``model`` (a ``WanModel``, on ``meta`` or materialised) in place, in this order:
 
-    1. regional ``torch.compile`` of every block (:func:`apply_compile`), if
-       ``config.compile`` (None: on for CUDA, off for CPU);
+    1. regional ``torch.compile`` of every block (:func:`apply_compile`), if ``config.compile``
+       (None: on for CUDA, off for CPU) and the checkpoint policy is ``full``;
     2. activation checkpointing around every block but the last ``checkpoint_skip_last``
        (:func:`apply_activation_checkpointing`), if ``config.activation_checkpointing``;
-    3. FSDP2 on every block, then on the root (:func:`apply_fsdp`).
+    3. with ``checkpoint_policy: selective``, the compile of step 1 happens here instead, on the
+       checkpointed blocks;
+    4. FSDP2 on every block, then on the root (:func:`apply_fsdp`).
 
-    torchtitan checkpoints first and compiles the checkpointed block; we compile inside the
-    checkpoint because our self-attention call is a deliberate graph break (an eager island,
-    :func:`model.dit.self_attention_kernel`), and a checkpoint region dynamo traces must be one
-    graph. FSDP comes last so that its all-gather hooks wrap the whole (checkpointed) block.
+    Whole-block recompute compiles inside the checkpoint: our self-attention call is a
+    deliberate graph break (an eager island, :func:`model.dit.self_attention_kernel`), and the
+    recompute simply re-runs the compiled forward. A selective policy must see the individual
+    ops, so then the checkpointed block is compiled (torchtitan's order). FSDP comes last so
+    that its all-gather hooks wrap the whole (checkpointed) block.
 
     Args:
         mixed_precision: bf16 compute with fp32 gradient reduction (see :func:`apply_fsdp`).
     """
-    if device.type == "cuda" if config.compile is None else config.compile:
+    compile_ = device.type == "cuda" if config.compile is None else config.compile
+    # a selective policy must see the block's ops: compile the checkpointed block then
+    # (torchtitan's order); whole-block recompute re-runs a block compiled inside the wrapper
+    selective = config.activation_checkpointing and config.checkpoint_policy == "selective"
+    if compile_ and not selective:
         apply_compile(model)
     if config.activation_checkpointing:
-        apply_activation_checkpointing(model, config.checkpoint_skip_last)
-    apply_fsdp(model, mixed_precision)
+        apply_activation_checkpointing(model, config.checkpoint_skip_last, config.checkpoint_policy,
+                                       preserve_rng_state=bool(config.lora and config.lora.dropout))
+    if compile_ and selective:
+        apply_compile(model)
+    apply_fsdp(model, mixed_precision, cpu_offload=config.cpu_offload)
 
 
 def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
@@ -119,20 +160,35 @@ def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
         block.compile(backend=backend)
 
 
-def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0) -> None:
+def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0, policy: str = "full",
+                                   preserve_rng_state: bool = False) -> None:
     """Wrap blocks of ``model.blocks`` so their activations are recomputed in backward
     (non-reentrant ``torch.utils.checkpoint``; DiffSynth's per-block gradient checkpointing).
 
     Args:
         skip_last: the last ``skip_last`` blocks keep their activations (no recompute): each
             saves a third of its forward's work for its activations' memory.
+        policy: ``"full"`` recomputes the whole block; ``"selective"`` keeps the outputs of
+            :data:`SAVED_OPS` (matmuls, attention) and recomputes the element-wise and norm
+            ops between them (``create_selective_checkpoint_contexts``, as torchtitan's op-level
+            SAC). Selective needs eager blocks or blocks compiled *after* this wrapping
+            (:func:`apply_compile` on the wrapped blocks): a policy cannot see into a graph
+            compiled inside it.
+        preserve_rng_state: replay the forward's RNG in the recompute (needed when the block
+            draws random numbers: LoRA dropout).
+    Raises:
+        ValueError: unknown policy.
     """
+    if policy not in ("full", "selective"):
+        raise ValueError(f"unknown activation checkpointing policy {policy!r}")
+    extra = {"context_fn": partial(create_selective_checkpoint_contexts, _selective_policy)} \
+        if policy == "selective" else {}
     for i, block in enumerate(model.blocks):
         if i < len(model.blocks) - skip_last:
-            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=preserve_rng_state, **extra)
 
 
-def apply_fsdp(model: nn.Module, mixed_precision: bool) -> None:
+def apply_fsdp(model: nn.Module, mixed_precision: bool, cpu_offload: bool = False) -> None:
     """Shard ``model`` with FSDP2 over the default process group: one unit per block, then
     the root (embeddings, head).
 
@@ -140,6 +196,10 @@ def apply_fsdp(model: nn.Module, mixed_precision: bool) -> None:
         mixed_precision: bf16 parameters for compute with fp32 gradient reduction (the sharded
             fp32 parameters stay the optimiser's master weights); False computes in fp32 (CPU /
             gloo runs).
+        cpu_offload: keep the sharded parameters, their gradients and so the optimiser state
+            in pinned CPU memory (``CPUOffloadPolicy``); each unit is copied to the GPU for its
+            all-gather and the optimiser step runs on the CPU. Lets a 5B full fine-tune fit
+            an 80 GB GPU, at the cost of host-device copies and a CPU AdamW step.
     """
     # cast_forward_inputs off: the model casts activations to its parameters' dtype itself and
     # keeps timesteps and the modulation in fp32 (Wan asserts it; bf16 timesteps near 1000
@@ -147,13 +207,14 @@ def apply_fsdp(model: nn.Module, mixed_precision: bool) -> None:
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
                                   cast_forward_inputs=False) \
         if mixed_precision else MixedPrecisionPolicy(cast_forward_inputs=False)
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
         # the last block's parameters are needed again at once by backward: keep them gathered
-        fully_shard(block, mp_policy=policy, reshard_after_forward=i < last)
+        fully_shard(block, mp_policy=policy, offload_policy=offload, reshard_after_forward=i < last)
     # the time embedding and projection are tiny and feed every block's modulation: fp32
     # parameters in forward, as Wan computes them (bf16 weights put 0.4% error into e0)
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for module in (model.time_embedding, model.time_projection):
-        fully_shard(module, mp_policy=fp32)
-    fully_shard(model, mp_policy=policy)
+        fully_shard(module, mp_policy=fp32, offload_policy=offload)
+    fully_shard(model, mp_policy=policy, offload_policy=offload)

@@ -40,6 +40,7 @@ from multishot.trainer import checkpoint as ckpt
 from multishot.trainer.config import OptimConfig, TrainConfig
 from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
+from multishot.trainer.lora import export_adapter, trainable_parameters
 from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
 from multishot.trainer.parallelize import build_model
 from multishot.trainer.validation import Validator
@@ -114,10 +115,12 @@ class Trainer:
             self.model_config, config.model, self.device, seed=run.seed,
             mixed_precision=self.device.type == "cuda" and run.mixed_precision == "bf16",
             load_init=latest is None)  # a resume overwrites every weight anyway
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.optim.lr,
+        # LoRA: only the adapters train, so only they get AdamW state
+        self.optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
                                            weight_decay=config.optim.weight_decay,
-                                           fused=self.device.type == "cuda")  # one kernel, DTensor-aware
+                                           # one kernel, DTensor-aware; offloaded parameters step on the CPU
+                                           fused=self.device.type == "cuda" and not config.model.cpu_offload)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(config.optim, run.max_steps))
         self.flow = FlowMatching(config.objective, self.device)
@@ -130,7 +133,8 @@ class Trainer:
                                   frozenset(self.validator.held_out_keys if self.validator else ()))
         # extra doubles as the template of what a resume loads per rank
         self.state = ckpt.TrainState(self.model, self.optimizer, self.scheduler, 0,
-                                     {"loader": self.loader.state_dict()})
+                                     {"loader": self.loader.state_dict()},
+                                     trainable_only=config.model.lora is not None)
         if latest is not None:
             ckpt.load(self.state, latest)
             self.loader.load_state_dict(self.state.extra["loader"])
@@ -192,7 +196,7 @@ class Trainer:
         torch._assert_async(torch.isfinite(loss), "non-finite loss")  # no host sync on GPUs
         loss.backward()
         max_norm = self.config.optim.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), max_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
@@ -217,7 +221,9 @@ class Trainer:
         finally:
             self.loader.close()
             bar.close()
-        if run.export_safetensors:
+        if run.export_safetensors and self.config.model.lora is not None:
+            export_adapter(self.model, self.config.model.lora, self.output_dir / "lora.safetensors")
+        elif run.export_safetensors:
             ckpt.export_safetensors(self.model, self.output_dir / "model.safetensors")
         self.metrics.close()
 
