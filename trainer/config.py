@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multishot.dataset.loader import DataConfig
+from multishot.model.config import get_config
+from multishot.trainer.context_parallel import check_heads
 from multishot.trainer.flow_matching import FlowMatchConfig
 
 
@@ -63,6 +65,15 @@ class OptimConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None = off")
 
 
+class ParallelConfig(_Section):
+    """How the ranks split the work: a ``dp × cp`` device mesh (trainer.parallelize)."""
+
+    context: int = Field(1, ge=1, description=(
+        "context-parallel degree: ranks that split one sample's tokens (Ulysses over heads, "
+        "trainer.context_parallel); must divide the model's heads (5B: 24, 14B: 40) and the "
+        "world size; the other factor of the world size is data parallel"))
+
+
 class RunConfig(_Section):
     """Length, outputs, checkpoints and logging of a run."""
 
@@ -90,4 +101,10 @@ class TrainConfig(_Section):
     encoders: EncodersConfig = EncodersConfig()
     objective: FlowMatchConfig = FlowMatchConfig()
     optim: OptimConfig = OptimConfig()
+    parallel: ParallelConfig = ParallelConfig()
     run: RunConfig
+
+    @model_validator(mode="after")
+    def _heads_split(self) -> TrainConfig:
+        check_heads(get_config(self.model.name).num_heads, self.parallel.context)
+        return self

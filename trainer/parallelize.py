@@ -1,19 +1,37 @@
 """Parallelism applied beside the single-device model (torchtitan's ``parallelize`` order):
-regional ``torch.compile`` of every block, per-block activation checkpointing, then FSDP2 per
-block, then FSDP2 on the root.
+the ``dp × cp`` device mesh, Ulysses context parallelism over its ``cp`` ranks, regional
+``torch.compile`` of every block, per-block activation checkpointing, then FSDP2 per block,
+then FSDP2 on the root.
 
-The model code (``model/dit.py``) knows nothing of this. Attention takes ``q, k, v`` as
-``[B, L, heads, head_dim]`` in one function, so Ulysses context parallelism (an all-to-all
-from sequence-sharded to head-sharded before it, and back after) can wrap that call later
-without touching the sparse attention.
+The model code (``model/dit.py``) knows nothing of this beyond one hook: attention takes
+``q, k, v`` as ``[B, L, heads, head_dim]`` in one function, and context parallelism
+(:mod:`trainer.context_parallel`) wraps that call with its all-to-alls.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch import nn
+
+
+def build_mesh(device: torch.device, world_size: int, context: int) -> DeviceMesh:
+    """The ``("dp", "cp")`` device mesh of all ranks: ``world_size / context`` data-parallel
+    groups of ``context`` ranks that split one sample (``parallel.context``).
+
+    ``cp`` is the inner dimension, as in torchtitan: the ranks of a sample are consecutive, so
+    on ``torchrun`` nodes their all-to-alls stay on one host's NVLink.
+
+    Raises:
+        ValueError: ``context`` does not divide ``world_size``.
+    """
+    if context < 1 or world_size % context:
+        raise ValueError(f"parallel.context {context} must divide the number of ranks "
+                         f"{world_size}")
+    return init_device_mesh(device.type, (world_size // context, context),
+                            mesh_dim_names=("dp", "cp"))
 
 
 def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
@@ -52,6 +70,10 @@ def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0) -> None
 def apply_fsdp(model: nn.Module, mixed_precision: bool) -> None:
     """Shard ``model`` with FSDP2 over the default process group: one unit per block, then
     the root (embeddings, head).
+
+    The group is all ``dp × cp`` ranks (torchtitan's ``dp_shard_cp``): the ranks splitting a
+    sample hold different parameter shards too, and FSDP's gradient average over them is the
+    reduction context parallelism needs (:mod:`trainer.context_parallel`).
 
     Args:
         mixed_precision: bf16 parameters for compute with fp32 gradient reduction (the sharded

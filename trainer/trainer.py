@@ -36,10 +36,16 @@ from multishot.model.layout import ShotLayout
 from multishot.config import dump_yaml
 from multishot.trainer import checkpoint as ckpt
 from multishot.trainer.config import OptimConfig, TrainConfig
+from multishot.trainer.context_parallel import apply_context_parallel
 from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
 from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
-from multishot.trainer.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
+from multishot.trainer.parallelize import (
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    build_mesh,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,10 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.rank, self.world_size, self.device = init_distributed()
+        # dp × cp: the cp ranks of a data-parallel group read the same sample and split it
+        self.mesh = build_mesh(self.device, self.world_size, config.parallel.context)
+        self.cp = config.parallel.context
+        self.dp_rank, self.dp_size = self.mesh["dp"].get_local_rank(), self.mesh["dp"].size()
         run = config.run
         self.output_dir = Path(run.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -111,10 +121,10 @@ class Trainer:
             self.optimizer, lr_lambda(config.optim, run.max_steps))
         self.flow = FlowMatching(config.objective, self.device)
         self.encoders = self._load_encoders()
-        self.loader = TrainLoader(config.data, self.rank, self.world_size)
-        # extra doubles as the template of what a resume loads per rank
+        self.loader = TrainLoader(config.data, self.dp_rank, self.dp_size)
+        # extra doubles as the template of what a resume loads per data-parallel rank
         self.state = ckpt.TrainState(self.model, self.optimizer, self.scheduler, 0,
-                                     {"loader": self.loader.state_dict()})
+                                     {"loader": self.loader.state_dict()}, self.dp_rank)
         self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
         latest = ckpt.latest_checkpoint(self.output_dir) if run.resume else None
         if latest is not None:
@@ -133,6 +143,7 @@ class Trainer:
             report = load_into(model, load_state_dict_file(cfg.init_from, device=str(self.device)))
             if report.missing or report.mismatched:
                 raise ValueError(f"{cfg.init_from} does not fit model {cfg.name}: {report}")
+        apply_context_parallel(model, self.mesh["cp"].get_group())
         if self.device.type == "cuda" if cfg.compile is None else cfg.compile:
             apply_compile(model)
         if cfg.activation_checkpointing:
@@ -180,7 +191,7 @@ class Trainer:
         """One optimiser step. Returns (loss, grad norm) as device scalars and the layout."""
         latents, context, layout, spans = self.prepare(batch)
         generator = torch.Generator(self.device).manual_seed(
-            (self.config.run.seed * 1_000_003 + self.state.step) * 4099 + self.rank)
+            (self.config.run.seed * 1_000_003 + self.state.step) * 4099 + self.dp_rank)
         noised = self.flow.noise(latents, generator)
         prediction = self.model(noised.x_t, noised.timestep, context, layout, spans)
         loss = self.flow.loss(prediction, noised)
@@ -225,9 +236,10 @@ class Trainer:
             if self.state.step >= run.max_steps:
                 break
             loss, grad_norm, layout = self.step(batch)
-            window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention)
-            window["samples"] += layout.batch_size
-            window["tokens"] += layout.batch_size * layout.seq_len
+            # per rank: the cp ranks of a sample share its work and count it once between them
+            window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention) / self.cp
+            window["samples"] += layout.batch_size / self.cp
+            window["tokens"] += layout.batch_size * layout.seq_len / self.cp
             window["steps"] += 1
             metrics: dict[str, float] = {}
             step = self.state.step
@@ -246,7 +258,7 @@ class Trainer:
         """Scalars over the steps since the last log (one all-reduce, one host sync)."""
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        stats = torch.stack([loss.float(), torch.tensor(float(self.loader.skipped), device=loss.device),
+        stats = torch.stack([loss.float(), torch.tensor(self.loader.skipped / self.cp, device=loss.device),
                              torch.tensor(float(window["samples"]), device=loss.device)])
         dist.all_reduce(stats)
         step_time = seconds / max(1, window["steps"])
