@@ -68,3 +68,13 @@ def test_heads_must_divide_by_the_context_degree():
         check_heads(24, 16)
     with pytest.raises(ValueError, match="parallel.context 3 must divide the model's 40"):
         check_heads(40, 3)
+
+
+def test_train_config_rejects_a_context_degree_that_does_not_split_the_heads():
+    from multishot.config import ConfigError, load_config
+    from multishot.trainer.config import TrainConfig
+
+    config = REPO / "configs" / "train" / "wan22_5b_sparse.yaml"
+    assert load_config(config, TrainConfig, {"parallel": {"context": 8}}).parallel.context == 8
+    with pytest.raises(ConfigError, match="parallel.context 16 must divide the model's 24"):
+        load_config(config, TrainConfig, {"parallel": {"context": 16}})
