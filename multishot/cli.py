@@ -18,6 +18,8 @@ COMMANDS = {
     "annotate": "multishot.annotate.cli",
     "precompute": "multishot.trainer.cli",
     "train": "multishot.trainer.cli",
+    "generate": "multishot.generate.cli",
+    "eval": "multishot.evaluate.cli",
 }
 
 
