@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -161,6 +162,22 @@ def apply_context_parallel(model: nn.Module, group: dist.ProcessGroup | None) ->
         return
     check_heads(model.config.num_heads, dist.get_world_size(group))
     model.context_parallel = ContextParallel(group)
+
+
+def join_torchrun(device: torch.device) -> tuple[dist.ProcessGroup | None, torch.device]:
+    """For a command that ``torchrun --nproc-per-node N`` started (``WORLD_SIZE`` > 1, e.g.
+    ``multishot generate``): join the default process group (NCCL on CUDA, gloo on CPU) and
+    return it with this rank's device (``cuda:LOCAL_RANK`` for a CUDA ``device``). A plain
+    process gets ``(None, device)`` back.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.group.WORLD, device
 
 
 @contextlib.contextmanager
