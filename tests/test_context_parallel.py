@@ -35,12 +35,14 @@ def test_forward_and_gradients_equal_single_process(ranks, tmp_path):
     result = torchrun(ranks, str(REPO / "tests" / "context_parallel_worker.py"), str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     cases = json.loads(out.read_text())
-    assert len(cases) == 6
+    assert len(cases) == 7
     for name, case in cases.items():
         frames = int(name.rsplit("=", 1)[1])
         assert case["local_tokens"] == math.ceil(frames * 9 / ranks), name
-        assert not case["dead_grads"], (name, case["dead_grads"])
         assert case["output"] < RTOL, name
+        if "flex" in name:   # forward only (no FlexAttention backward on CPU)
+            continue
+        assert case["grads"] and not case["dead_grads"], (name, case["dead_grads"])
         worst = max(case["grads"], key=case["grads"].get)
         assert case["grads"][worst] < RTOL, (name, worst, case["grads"][worst])
 
