@@ -6,9 +6,12 @@ precomputed-shape batch: Wan2.2-VAE latents [1, 48, 61, 30, 52] (23,790 tokens a
 (1, 2, 2) patch) and a 512-token context, cut into HoloCine's default-like 6 shots
 (cuts [37, 73, 113, 169, 205]). Sparse inter-shot vs full self-attention; the blocks
 regionally compiled (``model.compile``) unless ``--no-compile``; ``--checkpoint-skip-last N``
-keeps the last N blocks' activations instead of recomputing them.
+keeps the last N blocks' activations instead of recomputing them. ``--frames 961`` is a 60 s
+sample (241 latent frames, 93,990 tokens; cuts spread over 6 shots); ``--context N`` splits
+every sample over N GPUs (Ulysses context parallelism, ``parallel.context``).
 
     torchrun --standalone --nproc-per-node N benchmarks/train.py --attention sparse --out R.json
+    torchrun --standalone --nproc-per-node 4 benchmarks/train.py --frames 961 --context 4 --out R.json
 
 Reports the median step time over the timed steps, tokens/s per GPU, MFU (model FLOPs over
 the 989 TFLOP/s dense bf16 datasheet peak; recompute not counted) and peak memory. No data
@@ -29,12 +32,14 @@ import torch
 import torch.distributed as dist
 
 from multishot.dataset.loader import Batch
+from multishot.dataset.record import num_latent_frames
 from multishot.trainer.config import TrainConfig
 from multishot.trainer.metrics import peak_memory_gib, step_flops
 from multishot.trainer.trainer import Trainer
 
 CUTS = [37, 73, 113, 169, 205]
-FRAMES, LATENT = 241, (48, 61, 30, 52)
+#: Wan2.2-VAE latents of one 480×832 frame: 48 channels, 30 × 52
+CHANNELS, LATENT_HW = 48, (30, 52)
 
 
 def main() -> None:
@@ -45,6 +50,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-skip-last", type=int, default=0,
                         help="last N blocks without activation checkpointing")
     parser.add_argument("--model", default="5B")
+    parser.add_argument("--frames", type=int, default=241, help="pixel frames, 4k+1 (961: 60 s)")
+    parser.add_argument("--context", type=int, default=1,
+                        help="parallel.context: GPUs that split each sample (Ulysses)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", required=True, help="JSON results file (rank 0)")
@@ -61,11 +69,15 @@ def main() -> None:
         "optim": {"lr": 1e-5, "warmup_steps": 0},
         "run": {"output_dir": str(tmp / "run"), "max_steps": 10_000, "resume": False,
                 "tensorboard": False, "export_safetensors": False},
+        "parallel": {"context": args.context},
     })
+    frames = args.frames
+    cuts = CUTS if frames == 241 else [4 * round(i * (frames - 1) / 24) + 1 for i in range(1, 6)]
+    latent = (CHANNELS, num_latent_frames(frames), *LATENT_HW)
     trainer = Trainer(config)
-    torch.manual_seed(trainer.rank)
-    batch = Batch(["bench"], [CUTS], FRAMES, [""],
-                  latents=torch.randn(1, *LATENT, dtype=torch.bfloat16),
+    torch.manual_seed(trainer.dp_rank)  # the context-parallel ranks of a sample share its batch
+    batch = Batch(["bench"], [cuts], frames, [""],
+                  latents=torch.randn(1, *latent, dtype=torch.bfloat16),
                   context=torch.randn(1, 512, trainer.model_config.text_dim, dtype=torch.bfloat16))
     times = []
     for i in range(args.warmup + args.steps):
@@ -78,7 +90,8 @@ def main() -> None:
         if trainer.rank == 0:
             print(f"step {i}: {time.perf_counter() - start:.3f} s, loss {loss.item():.4f}", flush=True)
     step_time = statistics.median(times)
-    flops = step_flops(trainer.model_config, layout, args.attention == "sparse")
+    # per GPU: the ``context`` GPUs of a sample share its work
+    flops = step_flops(trainer.model_config, layout, args.attention == "sparse") / args.context
     result = {
         "device": torch.cuda.get_device_name(), "gpus": trainer.world_size, "torch": torch.__version__,
         "model": args.model, "attention": args.attention,
@@ -87,10 +100,11 @@ def main() -> None:
         "alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF"),
         "compiled": not args.no_compile, "checkpointed_blocks":
             trainer.model_config.num_layers - args.checkpoint_skip_last,
-        "frames": FRAMES, "latents": list(LATENT), "tokens_per_sample": layout.seq_len,
+        "context_parallel": args.context,
+        "frames": frames, "latents": list(latent), "tokens_per_sample": layout.seq_len,
         "shots": layout.num_shots, "batch_per_gpu": 1, "timed_steps": len(times),
         "step_time_s": step_time, "step_times_s": times,
-        "tokens_per_s_per_gpu": layout.seq_len / step_time,
+        "tokens_per_s_per_gpu": layout.seq_len / args.context / step_time,
         "model_tflop_per_step_per_gpu": flops / 1e12,
         "mfu": flops / step_time / (config.run.peak_tflops * 1e12),
         "peak_memory_gib": peak_memory_gib(trainer.device),
