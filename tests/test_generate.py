@@ -185,6 +185,7 @@ def test_equals_diffusers_wan_pipeline(tmp_path, random_models, a14b):
                   generator=torch.Generator("cpu").manual_seed(5), output_type="latent").frames
     assert theirs.shape == ours.shape
     rel = (ours - theirs).norm() / theirs.norm()
+    print(f"final latents vs WanPipeline: relative error {rel:.2e}")
     assert rel < 1e-4, f"relative error {rel:.2e}"
 
 
@@ -203,4 +204,48 @@ def test_benchmark_script_runs_tiny_on_cpu(tmp_path):
     assert [(c["attention"], c["mode"]) for c in report["cases"]] == [("sparse", "eager"),
                                                                       ("dense", "eager")]
     assert all(c["step_s"] > 0 and c["sample_s"] > c["step_s"] for c in report["cases"])
-    assert "| tiny | sparse | eager |" in out.with_suffix(".md").read_text()
+    assert "| tiny | sparse | eager | 12 |" in out.with_suffix(".md").read_text()
+
+
+def test_prompt_past_the_text_length_falls_back_to_unmasked_cross_attention(random_models):
+    gen = Generator(config(random_models))
+    long = ("[global caption] a scene of the video [per shot caption] a shot of the scene "
+            "[shot cut] the shot of a video [shot cut] a video")  # > 16 tokens: shot 3 cut off
+    request = resolve_request(long, 17, None)
+    cond = gen.conditioning(request)
+    assert cond.spans.global_span is None  # HoloCine's inference: no window mask
+    assert "3 shots but only" in request.extra["unmasked_cross_attention"]
+    assert gen.conditioning(resolve_request(PROMPT, 17, None)).spans.num_shots == 3
+
+
+def test_from_shards_recreates_captioned_samples(tmp_path, monkeypatch, train_footage_shards):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).parents[1] / "configs/generate/tiny_cpu.yaml"
+    out = tmp_path / "gen"
+    assert multishot_main(["generate", "--config", str(config), "--from-shards",
+                           train_footage_shards["clean"], "--limit", "2", "-o", str(out)]) == 0
+    # clip00 (shots of 17 + 16 frames) and clip02 (9 + 24) are the first captioned samples
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["clip00.mp4", "clip02.mp4"]
+    info = json.loads((out / "clip02.json").read_text())
+    assert info["num_frames"] == 33 and info["cut_frames"] == [9] == info["source_cut_frames"]
+    assert info["prompt"].startswith("[global caption] Blender films")
+    with av.open(str(out / "clip00.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 33
+
+
+def test_bf16_load_keeps_the_time_embedding_float32(random_models):
+    from multishot.generate.generator import load_dit
+
+    model = load_dit("tiny", random_models["dit"], torch.device("cpu"), torch.bfloat16)
+    assert model.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in model.time_embedding.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.time_projection.parameters()} == {torch.float32}
+    reference = load_dit("tiny", random_models["dit"], torch.device("cpu"), torch.float32)
+    torch.testing.assert_close(model.time_projection[1].weight, reference.time_projection[1].weight,
+                               rtol=0, atol=0)  # loaded without a round trip through bf16
+    x, t, ctx = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        ours, ref = model(x, t, ctx).float(), reference(x, t, ctx)
+    assert ref.abs().max() > 0 and (ours - ref).norm() / ref.norm() < 0.02  # bf16 blocks only

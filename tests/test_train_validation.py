@@ -46,6 +46,10 @@ def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, 
         names = [s["name"] for s in report["samples"]]
         assert names == ["two_shots", "clip00"] and report["seconds"] > 0
         assert report["samples"][0]["cut_frames"] == [9] and report["samples"][1]["steps"] == 2
+        # scored as `multishot eval` scores (no CLIP / DINOv2 weights: those metrics skipped)
+        assert 0 < report["metrics"]["sca"] <= 1
+        assert all(0 < s["metrics"]["sca"] <= 1 and "inter_shot_clip" in s["skipped"]
+                   for s in report["samples"])
         for name in names:
             with av.open(str(step_dir / f"{name}.mp4")) as container:
                 frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -60,6 +64,7 @@ def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, 
     assert {"validation/two_shots", "validation/clip00"} <= set(events.Tags()["images"])
     assert [e.step for e in events.Images("validation/clip00")] == [0, 2, 4]
     assert [e.step for e in events.Scalars("validation/seconds")] == [0, 2, 4]
+    assert [e.step for e in events.Scalars("validation/sca")] == [0, 2, 4]
 
 
 def test_held_out_keys_never_reach_training(train_footage_shards):

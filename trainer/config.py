@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multishot.dataset.loader import DataConfig
+from multishot.evaluate.config import EvalConfig
 from multishot.generate.sampler import SamplingConfig
 from multishot.model.config import get_config
 from multishot.trainer.context_parallel import check_heads
@@ -111,6 +112,11 @@ class ValidationConfig(_Section):
     fps: float = Field(16.0, gt=0, description="frame rate of the written mp4s")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10), description=(
         "sampler, steps (few by default: 10), shift, CFG scale, negative prompt"))
+    metrics: bool = Field(True, description=(
+        "score every video as `multishot eval` does (SCA, consistency) into metrics.json"))
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=(
+        "the cut detector and CLIP / DINOv2 weights of the metrics (metrics without weights are "
+        "reported as skipped)"))
 
 
 class TrainConfig(_Section):

@@ -8,6 +8,7 @@ Every ``validation.every`` steps (and at step 0) the trainer calls :meth:`Valida
       → flow-matching CFG sampling, few steps (generate.sampler.sample)   every rank: the FSDP2
                                                                           all-gathers need all
       → VAE decode, mp4 + JSON (generate.generator)                       rank 0
+      → SCA and consistency of each mp4 (multishot.evaluate.Evaluator)       rank 0
       → metrics.json, TensorBoard images and scalars, the cost in the log rank 0
 
 Held-out samples are the first K captioned samples of ``data.shards`` in shard order; the
@@ -111,6 +112,11 @@ class Validator:
         vae = self.encoders.vae
         self.latent_hw = self._latent_hw(vae.config.scale_factor_spatial if vae else None)
         self.negative: torch.Tensor | None = None
+        self.evaluator = None
+        if rank == 0 and v.metrics:
+            from multishot.evaluate.video import Evaluator
+
+            self.evaluator = Evaluator(v.eval)  # the detector and encoders load once per run
 
     def _latent_hw(self, stride: int | None) -> tuple[int, int]:
         # ranks without the VAE take the stride from the architecture: 16 for 48 channels
@@ -167,13 +173,20 @@ class Validator:
                         "seconds": time.perf_counter() - t0, **request.extra}
                 mp4, _ = write_outputs(Generated(request, video, latents.cpu(), info),
                                        out_dir / f"{request.name}.mp4")
+                if self.evaluator is not None:
+                    scores = self.evaluator.evaluate(mp4, request.cut_frames, request.prompt)
+                    info.update({k: scores[k] for k in ("detected_cuts", "sca", "metrics",
+                                                        "skipped")})
                 results.append((mp4, video, info))
         seconds = time.perf_counter() - start
         log.info("validation at step %d: %d samples × %d steps in %.1f s", step,
                  len(self.requests), v.sampling.steps, seconds)
         if self.rank != 0:
             return {}
-        report = {"step": step, "seconds": seconds,
+        names = sorted({m for _, _, info in results for m in info.get("metrics", {})})
+        means = {m: float(np.mean([info["metrics"][m] for _, _, info in results
+                                   if m in info["metrics"]])) for m in names}
+        report = {"step": step, "seconds": seconds, "metrics": means,
                   "samples": [info for _, _, info in results]}
         (out_dir / "metrics.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
         if self.writer is not None:
@@ -182,5 +195,7 @@ class Validator:
                 self.writer.add_images(f"validation/{info['name']}",
                                        video[index.round().astype(int)], step, dataformats="NHWC")
             self.writer.add_scalar("validation/seconds", seconds, step)
+            for name, value in means.items():
+                self.writer.add_scalar(f"validation/{name}", value, step)
             self.writer.flush()
         return report

@@ -3,7 +3,8 @@
 One pydantic model per component, each default here and nowhere else; unknown keys are errors
 naming the key (:func:`multishot.config.load_config`). The sampling defaults of the released
 models are written in the YAML files with their sources (Wan2.2 ``wan/configs/``, HoloCine's
-``diffsynth/pipelines/wan_video_holocine.py``).
+``diffsynth/pipelines/wan_video_holocine.py``); ``sampling:`` is
+:class:`generate.sampler.SamplingConfig`, shared with the trainer's ``validation:``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from multishot.dataset.record import num_latent_frames
 from multishot.generate.sampler import SamplingConfig
 from multishot.trainer.config import EncodersConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -28,7 +30,8 @@ class GenModelConfig(_Section):
         "DiT safetensors file or folder (official Wan / HoloCine / our export, or diffusers names); "
         "for A14B the high-noise expert. None only with random_weights"))
     low_noise_checkpoint: str | None = Field(None, description=(
-        "A14B: the low-noise expert, used for timesteps below sampling.boundary; None = one model"))
+        "A14B: the low-noise expert, used for timesteps below sampling.boundary; None = one model "
+        "(with random_weights any value asks for a random second expert)"))
     attention_backend: Literal["reference", "varlen", "sdpa", "flex"] = Field("sdpa", description=(
         "sparse self-attention kernel (model.attention)"))
     sparse_self_attention: bool = Field(True, description=(

@@ -41,7 +41,9 @@ class Request:
         cut_frames: pixel frames where shots 2… start, each ``4t + 1`` (resolved, see
             :func:`resolve_request`).
         seed: initial-noise seed.
-        name: output file stem.
+        name: output file stem (a held-out sample's key).
+        extra: fields copied into the JSON beside the mp4 (e.g. ``source_cut_frames`` of a
+            re-created sample, ``unmasked_cross_attention`` when the prompt lost captions).
     """
 
     prompt: str
