@@ -15,6 +15,10 @@ measure batches of short samples (81 frames = 21 latent frames, a 5 s sample at 
     torchrun --standalone --nproc-per-node N benchmarks/train.py --attention sparse --out R.json
     python benchmarks/train.py --model 5B --lora-rank 32 --out lora.json          # one GPU
     python benchmarks/train.py --model 5B --frames 81 --batch-size 4 --out b4.json
+    torchrun --standalone --nproc-per-node 4 benchmarks/train.py --frames 961 --context 4 --out R.json
+
+``--frames 961`` is a 60 s sample (241 latent frames, 93,990 tokens at 5B); ``--context N``
+splits every sample over N GPUs (Ulysses context parallelism, ``parallel.context``).
 
 Reports the median step time over the timed steps, tokens/s per GPU, MFU (model FLOPs over
 ``run.peak_tflops``, the 989 TFLOP/s dense bf16 datasheet peak; recompute not counted; LoRA's
@@ -71,6 +75,8 @@ def main() -> None:
     parser.add_argument("--latent-hw", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="latent height and width (default: 480×832 for --model)")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per step per GPU")
+    parser.add_argument("--context", type=int, default=1,
+                        help="parallel.context: GPUs that split each sample (Ulysses)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--profile", action="store_true",
@@ -92,13 +98,14 @@ def main() -> None:
         "optim": {"lr": 1e-5, "warmup_steps": 0},
         "run": {"output_dir": str(tmp / "run"), "max_steps": 10_000, "resume": False,
                 "tensorboard": False, "export_safetensors": False},
+        "parallel": {"context": args.context},
     })
     trainer = Trainer(config)
     mc = trainer.model_config
     latent = (mc.in_channels, num_latent_frames(args.frames), *(args.latent_hw or LATENT_HW[args.model]))
     cuts = [round(c * (args.frames - 1) / 240) for c in CUTS_241]
     cuts = sorted({c for c in cuts if 0 < c < args.frames})
-    torch.manual_seed(trainer.rank)
+    torch.manual_seed(trainer.dp_rank)  # the context-parallel ranks of a sample share its batch
     b = args.batch_size
     dtype = torch.bfloat16 if trainer.device.type == "cuda" else torch.float32
     batch = Batch([f"bench{i}" for i in range(b)], [cuts] * b, args.frames, [""] * b,
@@ -124,7 +131,8 @@ def main() -> None:
         if trainer.rank == 0:
             print(f"step {i}: {time.perf_counter() - start:.3f} s, loss {loss.item():.4f}", flush=True)
     step_time = statistics.median(times)
-    flops = step_flops(mc, layout, args.attention == "sparse")
+    # per GPU: the ``context`` GPUs of a sample share its work
+    flops = step_flops(mc, layout, args.attention == "sparse") / args.context
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)  # DTensor: global
     result = {
         "device": torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu",
@@ -140,7 +148,8 @@ def main() -> None:
         "frames": args.frames, "latents": list(latent), "batch_per_gpu": b,
         "tokens_per_sample": layout.seq_len, "shots_per_sample": layout.num_shots // b,
         "timed_steps": len(times), "step_time_s": step_time, "step_times_s": times,
-        "tokens_per_s_per_gpu": b * layout.seq_len / step_time,
+        "context_parallel": args.context,
+        "tokens_per_s_per_gpu": b * layout.seq_len / args.context / step_time,
         "model_tflop_per_step_per_gpu": flops / 1e12,
         "mfu": flops / step_time / (config.run.peak_tflops * 1e12),
         "peak_memory_gib": peak_memory_gib(trainer.device),

@@ -117,29 +117,35 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                layout: ShotLayout | None, backend: str) -> torch.Tensor:
-        """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention."""
+                layout: ShotLayout | None, backend: str, shard=None) -> torch.Tensor:
+        """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention. Under
+        context parallelism ``x``, ``cos``, ``sin`` hold this rank's tokens and ``shard`` is
+        the forward's :class:`trainer.context_parallel.SequenceShard`."""
         b, seq, _ = x.shape
         q = apply_rope(self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1), cos, sin)
         k = apply_rope(self.norm_k(self.k(x)).view(b, seq, self.num_heads, -1), cos, sin)
         v = self.v(x).view(b, seq, self.num_heads, -1)
-        return self.o(self_attention_kernel(q, k, v, layout, backend).flatten(2))
+        return self.o(self_attention_kernel(q, k, v, layout, backend, shard).flatten(2))
 
 
 @torch.compiler.disable
 def self_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          layout: ShotLayout | None, backend: str) -> torch.Tensor:
+                          layout: ShotLayout | None, backend: str, shard=None) -> torch.Tensor:
     """The self-attention kernel call, ``[B, L, H, D]`` → ``[B, L, H, D]``: full attention for
     ``layout=None``, else the sparse inter-shot attention of ``backend``.
 
     An eager island under a regional ``torch.compile`` of the block (the trainer's
-    ``model.compile``): the kernels are cuDNN / flash calls either way, the sparse backends'
+    ``model.compile``): the kernels are cuDNN / flash calls either way, and the sparse backends'
     per-shot Python loops would otherwise specialise (recompile) the block for every new shot
-    layout, and a Ulysses all-to-all over heads can wrap this one call later.
+    layout. With a ``shard`` (context parallelism) ``q, k, v`` hold this rank's tokens and the
+    shard's Ulysses all-to-alls wrap the same kernel call.
     """
-    if layout is None:
-        return dense_attention(q, k, v)
-    return sparse_self_attention(q, k, v, layout, backend)
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if layout is None:
+            return dense_attention(q, k, v)
+        return sparse_self_attention(q, k, v, layout, backend)
+
+    return attend(q, k, v) if shard is None else shard.attention(q, k, v, attend)
 
 
 class CrossAttention(SelfAttention):
@@ -178,13 +184,13 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, layout: ShotLayout | None,
-                text_mask: torch.Tensor | None, backend: str) -> torch.Tensor:
+                text_mask: torch.Tensor | None, backend: str, shard=None) -> torch.Tensor:
         """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` float32, ``context`` ``[B, L_text, dim]``
-        → ``[B, L, dim]``."""
+        → ``[B, L, dim]``; ``shard``: see :meth:`SelfAttention.forward`."""
         assert e0.dtype == torch.float32
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).chunk(6, 1)
         y = self.self_attn((self.norm1(x).float() * (1 + scale1) + shift1).type_as(x),
-                           cos, sin, layout, backend)
+                           cos, sin, layout, backend, shard)
         x = (x.float() + y.float() * gate1).type_as(x)
         x = x + self.cross_attn(self.norm3(x), context, text_mask)
         y = self.ffn((self.norm2(x).float() * (1 + scale2) + shift2).type_as(x))
@@ -235,6 +241,9 @@ class WanModel(nn.Module):
         self.sparse_self_attention = sparse_self_attention
         self.window_inclusive_end = window_inclusive_end
         self.window_admit_padding = window_admit_padding
+        #: context parallelism (trainer.context_parallel.apply_context_parallel sets it): None
+        #: runs the sample on this device; else ``split(L)`` gives the forward's sequence shard
+        self.context_parallel = None
         dim = config.dim
         self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size,
                                          stride=config.patch_size)
@@ -350,10 +359,19 @@ class WanModel(nn.Module):
         tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)   # [B, L, dim]
         cos, sin = rope_cos_sin(cfg, grid, tokens.device)
         layout = shot_layout if self.sparse_self_attention else None
+        shard = None
+        if self.context_parallel is not None:
+            # Ulysses: from here to the head each rank holds its slice of the tokens; RoPE
+            # and the window mask go with their tokens (pad rows admit every text token)
+            shard = self.context_parallel.split(tokens.shape[1])
+            tokens, cos, sin = shard.shard(tokens), shard.shard(cos, 0), shard.shard(sin, 0)
+            text_mask = None if text_mask is None else shard.shard(text_mask, pad_value=True)
         for block in self.blocks:
             tokens = block(tokens, e0, context, cos, sin, layout, text_mask,
-                           self.attention_backend)
+                           self.attention_backend, shard)
         out = self.head(tokens, e)                                    # [B, L, pt·ph·pw·C]
+        if shard is not None:
+            out = shard.gather(out)
         return self.unpatchify(out, grid)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -3,8 +3,10 @@ shard by shard, and export to safetensors.
 
 A checkpoint is a DCP folder ``output_dir/checkpoints/step-NNNNNNNN/`` holding, sharded as the
 run is: the model and AdamW state (``get_state_dict``: FSDP2 DTensor shards), the learning-rate
-scheduler, the step counter, and per rank (keys ``rank{r}``, as torchtitan keys its data loader
-state) the loader position and the CPU / CUDA RNG states. DCP writes ``.metadata`` after every
+scheduler, the step counter, and per data-parallel rank (keys ``rank{r}``, as torchtitan keys its
+data loader state; the context-parallel ranks of a sample share one) the loader position and the
+CPU / CUDA RNG states. DCP reshards the rest, so a run resumes at another ``parallel.context``
+with the same number of data-parallel ranks. DCP writes ``.metadata`` after every
 rank has written its part, so only folders holding it count as complete.
 
 Initial weights (``model.init_from``: Wan / HoloCine / diffusers safetensors) are read into the
@@ -54,16 +56,18 @@ STEP_DIR = "step-{:08d}"
 class TrainState(Stateful):
     """Everything a resume restores, as one DCP ``Stateful``.
 
-    ``extra`` is this rank's ``{"loader": ..., ...}`` (plain picklable values).
+    ``extra`` is this data-parallel rank's ``{"loader": ..., ...}`` (plain picklable values);
+    ``data_rank`` its data-parallel rank (None: the global rank).
     ``trainable_only``: save and restore only the parameters that train (LoRA: the adapters;
     the frozen base is rebuilt from ``model.init_from`` / the seed on resume).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, step: int, extra: dict[str, Any],
-                 trainable_only: bool = False):
+                 trainable_only: bool = False, data_rank: int | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.step, self.extra = step, extra
+        self.data_rank = dist.get_rank() if data_rank is None else data_rank
         # strict off with trainable_only: the model lacks the frozen keys on purpose, and DCP's
         # load already fails on any requested key the checkpoint lacks
         self.options = StateDictOptions(ignore_frozen_params=True, strict=False) \
@@ -71,7 +75,7 @@ class TrainState(Stateful):
 
     def state_dict(self) -> dict[str, Any]:
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self.options)
-        rank = dist.get_rank()
+        rank = self.data_rank
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -84,7 +88,7 @@ class TrainState(Stateful):
                        optim_state_dict=state["optim"], options=self.options)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        mine = state[f"rank{dist.get_rank()}"]
+        mine = state[f"rank{self.data_rank}"]
         torch.set_rng_state(mine["rng"]["cpu"])
         if "cuda" in mine["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state(mine["rng"]["cuda"])

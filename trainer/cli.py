@@ -121,6 +121,9 @@ def _launch(args: argparse.Namespace) -> int:
     import torch
 
     nproc = args.nproc or max(1, torch.cuda.device_count())
+    if nproc % config.parallel.context:
+        raise UsageError(f"parallel.context {config.parallel.context} must divide the {nproc} "
+                         f"processes (--nproc)")
     return torchrun([f"--nproc-per-node={nproc}", "-m", "multishot.trainer", "--config",
                      args.config, *[f"--set={s}" for s in args.set]])
 

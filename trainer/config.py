@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from multishot.dataset.loader import DataConfig
 from multishot.evaluate.config import EvalConfig
 from multishot.generate.sampler import SamplingConfig
+from multishot.model.config import get_config
+from multishot.trainer.context_parallel import check_heads
 from multishot.trainer.flow_matching import FlowMatchConfig
 from multishot.trainer.lora import LoraConfig
 
@@ -76,6 +78,15 @@ class OptimConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None = off")
 
 
+class ParallelConfig(_Section):
+    """How the ranks split the work: a ``dp × cp`` device mesh (trainer.parallelize)."""
+
+    context: int = Field(1, ge=1, description=(
+        "context-parallel degree: ranks that split one sample's tokens (Ulysses over heads, "
+        "trainer.context_parallel); must divide the model's heads (5B: 24, 14B: 40) and the "
+        "world size; the other factor of the world size is data parallel"))
+
+
 class RunConfig(_Section):
     """Length, outputs, checkpoints and logging of a run."""
 
@@ -130,12 +141,13 @@ class TrainConfig(_Section):
     objective: FlowMatchConfig = FlowMatchConfig()
     optim: OptimConfig = OptimConfig()
     validation: ValidationConfig = ValidationConfig()
+    parallel: ParallelConfig = ParallelConfig()
     run: RunConfig
 
     @model_validator(mode="after")
-    def _encoders_for_the_data(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         """Refuse at load (in the launcher, not in N ranks) a run that would need an encoder
-        the config does not name."""
+        the config does not name, or whose context-parallel degree does not divide the heads."""
         enc = self.encoders
         if self.data.kind == "video" and not (enc.vae and enc.text_encoder):
             raise ValueError("data.kind 'video' needs encoders.vae and encoders.text_encoder "
@@ -143,4 +155,5 @@ class TrainConfig(_Section):
         if self.model.window_cross_attention and not (enc.tokenizer or enc.text_encoder):
             raise ValueError("model.window_cross_attention needs encoders.tokenizer or "
                              "encoders.text_encoder")
+        check_heads(get_config(self.model.name).num_heads, self.parallel.context)
         return self

@@ -3,10 +3,12 @@
 :func:`build_model` builds the model on the ``meta`` device, calls :func:`parallelize`, then
 materialises the shards (``to_empty`` + ``WanModel.init_weights``) and loads ``init_from`` into
 them (:func:`trainer.checkpoint.load_init_weights`), so no rank holds the whole model.
+:func:`build_mesh` makes the ``dp × cp`` device mesh.
 
 The model code (``model/dit.py``) knows nothing of this beyond two hooks: LoRA adapters are
-injected by peft (:mod:`trainer.lora`) and Ulysses context parallelism wraps the one attention
-call (:mod:`trainer.context_parallel`).
+injected by peft (:mod:`trainer.lora`), and Ulysses context parallelism
+(:mod:`trainer.context_parallel`) wraps the one attention call, which takes ``q, k, v`` as
+``[B, L, heads, head_dim]``, with its all-to-alls.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
@@ -26,6 +29,7 @@ from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint
 from multishot.model.config import WanConfig
 from multishot.model.dit import WanModel
 from multishot.trainer.checkpoint import InitLoad, load_init_weights
+from multishot.trainer.context_parallel import apply_context_parallel
 from multishot.trainer.lora import apply_lora, init_adapters
 
 if TYPE_CHECKING:
@@ -59,11 +63,13 @@ def _selective_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 def build_model(model_config: WanConfig, config: ModelConfig, device: torch.device, *,
                 seed: int, mixed_precision: bool, load_init: bool = True,
+                context_group: dist.ProcessGroup | None = None,
                 ) -> tuple[torch.nn.Module, InitLoad | None]:
     """The sharded ``WanModel`` of a run (collective: every rank of the default process group).
 
     Built on ``meta``; LoRA adapters injected if ``config.lora`` (:func:`trainer.lora.apply_lora`:
-    model changes come before the parallelism); wrapped by :func:`parallelize` (compile,
+    model changes come before the parallelism); split over ``context_group`` (Ulysses,
+    :func:`trainer.context_parallel.apply_context_parallel`; None or one rank: not split); wrapped by :func:`parallelize` (compile,
     activation checkpointing, FSDP2); materialised on ``device`` (``to_empty``) with Wan's
     initialisation (``WanModel.init_weights``, then the adapters' own: B = 0, so the model's
     output is the base's); then, if ``config.init_from`` and ``load_init``, the base weights are
@@ -76,6 +82,7 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
         seed: seeds the initialisation.
         load_init: read ``config.init_from`` (False when a resume will overwrite the weights).
         mixed_precision: bf16 compute under FSDP2 (:func:`apply_fsdp`).
+        context_group: the ranks that split each sample (the mesh's ``cp`` dimension).
     Returns:
         the model and what the checkpoint load read on this rank (None without a load).
     Raises:
@@ -86,6 +93,7 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
                          sparse_self_attention=config.sparse_self_attention)
     if config.lora is not None:
         apply_lora(model, config.lora, base_dtype=torch.bfloat16 if mixed_precision else None)
+    apply_context_parallel(model, context_group)
     parallelize(model, config, device, mixed_precision)
     model.to_empty(device=device)
     # CUDA: DTensor's offset-based RNG draws every shard as its part of one seeded full
@@ -140,6 +148,23 @@ def parallelize(model: nn.Module, config: ModelConfig, device: torch.device,
     apply_fsdp(model, mixed_precision, cpu_offload=config.cpu_offload)
 
 
+def build_mesh(device: torch.device, world_size: int, context: int) -> DeviceMesh:
+    """The ``("dp", "cp")`` device mesh of all ranks: ``world_size / context`` data-parallel
+    groups of ``context`` ranks that split one sample (``parallel.context``).
+
+    ``cp`` is the inner dimension, as in torchtitan: the ranks of a sample are consecutive, so
+    on ``torchrun`` nodes their all-to-alls stay on one host's NVLink.
+
+    Raises:
+        ValueError: ``context`` does not divide ``world_size``.
+    """
+    if context < 1 or world_size % context:
+        raise ValueError(f"parallel.context {context} must divide the number of ranks "
+                         f"{world_size}")
+    return init_device_mesh(device.type, (world_size // context, context),
+                            mesh_dim_names=("dp", "cp"))
+
+
 def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """Compile every block of ``model.blocks`` in place (regional compilation,
     ``nn.Module.compile``: parameter names and state-dict keys unchanged).
@@ -191,6 +216,10 @@ def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0, policy:
 def apply_fsdp(model: nn.Module, mixed_precision: bool, cpu_offload: bool = False) -> None:
     """Shard ``model`` with FSDP2 over the default process group: one unit per block, then
     the root (embeddings, head).
+
+    The group is all ``dp × cp`` ranks (torchtitan's ``dp_shard_cp``): the ranks splitting a
+    sample hold different parameter shards too, and FSDP's gradient average over them is the
+    reduction context parallelism needs (:mod:`trainer.context_parallel`).
 
     Args:
         mixed_precision: bf16 parameters for compute with fp32 gradient reduction (the sharded

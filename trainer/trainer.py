@@ -42,7 +42,7 @@ from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
 from multishot.trainer.lora import export_adapter, trainable_parameters
 from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
-from multishot.trainer.parallelize import build_model
+from multishot.trainer.parallelize import build_mesh, build_model
 from multishot.trainer.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,10 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.rank, self.world_size, self.device = init_distributed()
+        # dp × cp: the cp ranks of a data-parallel group read the same sample and split it
+        self.mesh = build_mesh(self.device, self.world_size, config.parallel.context)
+        self.cp = config.parallel.context
+        self.dp_rank, self.dp_size = self.mesh["dp"].get_local_rank(), self.mesh["dp"].size()
         run = config.run
         self.output_dir = Path(run.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,8 @@ class Trainer:
         self.model, _ = build_model(
             self.model_config, config.model, self.device, seed=run.seed,
             mixed_precision=self.device.type == "cuda" and run.mixed_precision == "bf16",
-            load_init=latest is None)  # a resume overwrites every weight anyway
+            load_init=latest is None,  # a resume overwrites every weight anyway
+            context_group=self.mesh["cp"].get_group())
         # LoRA: only the adapters train, so only they get AdamW state
         self.optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
@@ -129,12 +134,13 @@ class Trainer:
         self.validator = Validator(config, self.model, self.model_config, self.encoders, self.rank,
                                    self.device, self.metrics.writer) \
             if config.validation.every else None
-        self.loader = TrainLoader(config.data, self.rank, self.world_size,
+        self.loader = TrainLoader(config.data, self.dp_rank, self.dp_size,
                                   frozenset(self.validator.held_out_keys if self.validator else ()))
-        # extra doubles as the template of what a resume loads per rank
+        # extra doubles as the template of what a resume loads per data-parallel rank
         self.state = ckpt.TrainState(self.model, self.optimizer, self.scheduler, 0,
                                      {"loader": self.loader.state_dict()},
-                                     trainable_only=config.model.lora is not None)
+                                     trainable_only=config.model.lora is not None,
+                                     data_rank=self.dp_rank)
         if latest is not None:
             ckpt.load(self.state, latest)
             self.loader.load_state_dict(self.state.extra["loader"])
@@ -189,7 +195,7 @@ class Trainer:
         """One optimiser step. Returns (loss, grad norm) as device scalars and the layout."""
         latents, context, layout, spans = self.prepare(batch)
         generator = torch.Generator(self.device).manual_seed(
-            (self.config.run.seed * 1_000_003 + self.state.step) * 4099 + self.rank)
+            (self.config.run.seed * 1_000_003 + self.state.step) * 4099 + self.dp_rank)
         noised = self.flow.noise(latents, generator)
         prediction = self.model(noised.x_t, noised.timestep, context, layout, spans)
         loss = self.flow.loss(prediction, noised)
@@ -239,9 +245,10 @@ class Trainer:
                 break
             loss, grad_norm, layout = self.step(batch)
             window["loss"] += loss  # a device tensor: no host sync until the log
-            window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention)
-            window["samples"] += layout.batch_size
-            window["tokens"] += layout.batch_size * layout.seq_len
+            # per rank: the cp ranks of a sample share its work and count it once between them
+            window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention) / self.cp
+            window["samples"] += layout.batch_size / self.cp
+            window["tokens"] += layout.batch_size * layout.seq_len / self.cp
             window["steps"] += 1
             metrics: dict[str, float] = {}
             step = self.state.step
@@ -267,9 +274,10 @@ class Trainer:
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         loss = window["loss"] / window["steps"]
-        stats = torch.stack([loss.float(), torch.tensor(float(self.loader.skipped), device=loss.device),
+        # the cp ranks of a sample count its skips and prompts once between them
+        stats = torch.stack([loss.float(), torch.tensor(self.loader.skipped / self.cp, device=loss.device),
                              torch.tensor(float(window["samples"]), device=loss.device),
-                             torch.tensor(float(self.unmasked_prompts), device=loss.device)])
+                             torch.tensor(self.unmasked_prompts / self.cp, device=loss.device)])
         dist.all_reduce(stats)
         step_time = seconds / window["steps"]
         return {

@@ -88,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
     for request in todo:
         mp4 = out if args.prompt is not None else out / f"{request.name}.mp4"
         generated = generator.generate(request)
+        if generator.cp_group is not None and generator.cp_group.rank() != 0:
+            continue  # torchrun: every rank computed the sample, rank 0 writes it
         write_outputs(generated, mp4)
         log.info("%s: %d frames, cuts %s, %.2f s/step, %.1f s in all, peak %.2f GiB", mp4,
                  request.num_frames, request.cut_frames, generated.info["seconds_per_step"],
                  generated.info["total_s"], generated.info["peak_memory_gib"])
+    if generator.cp_group is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from multishot.dataset.record import num_latent_frames
 from multishot.generate.config import GenerateConfig
@@ -38,6 +39,7 @@ from multishot.model.checkpoint import load_into, load_state_dict_file
 from multishot.model.config import WanConfig, get_config
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout, latent_shot_starts
+from multishot.trainer.context_parallel import apply_context_parallel, join_torchrun
 from multishot.trainer.encoders import FrozenEncoders
 
 log = logging.getLogger(__name__)
@@ -169,11 +171,17 @@ class Generator:
     """
 
     def __init__(self, config: GenerateConfig):
+        # under `torchrun --nproc-per-node N`: all N ranks split every sample (Ulysses context
+        # parallelism, trainer.context_parallel); the outputs are rank 0's to write
+        self.cp_group, self.device = join_torchrun(resolve_device(config.runtime.device))
         self.random_weights = config.model.random_weights is not None
         if self.random_weights:
+            if self.cp_group is not None and dist.get_rank() != 0:
+                dist.barrier()  # rank 0 writes the random models; the others then load them
             config = self._with_random_weights(config)
+            if self.cp_group is not None and dist.get_rank() == 0:
+                dist.barrier()
         self.config = config
-        self.device = resolve_device(config.runtime.device)
         cuda = self.device.type == "cuda"
         self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}.get(
             config.runtime.dtype, torch.bfloat16 if cuda else torch.float32)
@@ -222,6 +230,7 @@ class Generator:
         model = load_dit(m.name, checkpoint, torch.device("cpu") if self.offload else self.device,
                          self.dtype, attention_backend=m.attention_backend,
                          sparse_self_attention=m.sparse_self_attention)
+        apply_context_parallel(model, self.cp_group)
         if m.compile:
             from multishot.trainer.parallelize import apply_compile
 
@@ -331,6 +340,7 @@ class Generator:
             "sparse_self_attention": self.config.model.sparse_self_attention,
             "window_cross_attention": self.config.model.window_cross_attention,
             "checkpoints": self.checkpoints, "random_weights": self.random_weights,
+            "context_parallel": 1 if self.cp_group is None else self.cp_group.size(),
             "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
             "seconds_per_step": float(np.mean(trace.step_seconds)),
             "step_seconds": trace.step_seconds, "timesteps": trace.timesteps,
