@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch import nn
@@ -96,21 +97,50 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
     apply_context_parallel(model, context_group)
     parallelize(model, config, device, mixed_precision)
     model.to_empty(device=device)
-    # CUDA: DTensor's offset-based RNG draws every shard as its part of one seeded full
-    # tensor. CPU has no DTensor RNG: each rank draws its shards from its own generator, so the
-    # seed is made per rank (one seed would give every rank's shards the same values).
-    torch.manual_seed(seed + (dist.get_rank() if device.type == "cpu" else 0))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "DTensor random operators may not have complete support")
-        model.init_weights()
-        if config.lora is not None:
-            init_adapters(model)
+    loading = bool(config.init_from and load_init)
+    if device.type == "cuda" or loading:
+        # CUDA: DTensor's offset-based RNG draws every shard as its part of one seeded full
+        # tensor. With a checkpoint to load, the values drawn here are overwritten anyway
+        # (LoRA's adapters aside), so CPU ranks draw their shards alone too.
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "DTensor random operators may not have complete support")
+            _init_weights(model, config)
+    else:
+        _init_through_one_model(model, model_config, config, seed)
     loaded = None
-    if config.init_from and load_init:
+    if loading:
         loaded = load_init_weights(model, config.init_from)
         log.info("initialised from %s: read %.1f of its %.1f MiB on this rank", config.init_from,
                  loaded.bytes_read / 2**20, loaded.checkpoint_bytes / 2**20)
     return model, loaded
+
+
+def _init_weights(model: nn.Module, config: ModelConfig) -> None:
+    """Wan's initialisation, then the adapters' own (B = 0: the output is the base's)."""
+    model.init_weights()
+    if config.lora is not None:
+        init_adapters(model)
+
+
+def _init_through_one_model(model: nn.Module, model_config: WanConfig, config: ModelConfig,
+                            seed: int) -> None:
+    """Initialise the sharded ``model`` on CPU as one unsharded model seeded with ``seed`` would
+    be. DTensor has no RNG on CPU: each rank would draw its shards from its own generator, and
+    the initial weights would depend on the number of ranks (a context-parallel run would not
+    reproduce a single-process one). CPU runs are tests and demos, so every rank initialises
+    the whole model once and keeps its shards (``set_model_state_dict`` of a full state dict).
+    """
+    with torch.device("meta"):
+        full = WanModel(model_config, config.attention_backend,
+                        sparse_self_attention=config.sparse_self_attention)
+    if config.lora is not None:
+        apply_lora(full, config.lora)
+    full.to_empty(device="cpu")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        _init_weights(full, config)
+    set_model_state_dict(model, full.state_dict(), options=StateDictOptions(full_state_dict=True))
 
 
 def parallelize(model: nn.Module, config: ModelConfig, device: torch.device,

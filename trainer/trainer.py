@@ -118,7 +118,8 @@ class Trainer:
         self.model, _ = build_model(
             self.model_config, config.model, self.device, seed=run.seed,
             mixed_precision=self.device.type == "cuda" and run.mixed_precision == "bf16",
-            load_init=latest is None,  # a resume overwrites every weight anyway
+            # a resume overwrites every weight, except LoRA's frozen base (not checkpointed)
+            load_init=latest is None or config.model.lora is not None,
             context_group=self.mesh["cp"].get_group())
         # LoRA: only the adapters train, so only they get AdamW state
         self.optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=config.optim.lr,
