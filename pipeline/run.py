@@ -25,7 +25,7 @@ from multishot.pipeline.discover import discover
 from multishot.pipeline.filter import decide
 from multishot.pipeline.index import finalize
 from multishot.pipeline.pack import PackShot, pack_video
-from multishot.pipeline.render import render_samples
+from multishot.pipeline.render import crop_rejection, render_samples
 from multishot.pipeline.sample import plan_sample
 from multishot.pipeline.task import ShotRow, VideoTask, fingerprint
 from multishot.pipeline.video import DecodeStats, ProbeError, probe
@@ -77,11 +77,18 @@ def _guarded(stage: str):
     return wrap
 
 
-@_guarded("probe")
-def probe_stage(task: VideoTask) -> None:
-    """1:1. Container facts (duration, fps, frames, size, codec); unopenable files are rejected."""
-    fs, path = resolve(task.source)
-    task.info = probe(path, fs)
+def probe_stage(row: dict, config: PipelineConfig) -> dict:
+    """1:1. Container facts (duration, fps, frames, size, codec); unopenable files, and sources
+    whose aspect ratio the render crop would mutilate, are rejected."""
+
+    @_guarded("probe")
+    def run(task: VideoTask) -> None:
+        fs, path = resolve(task.source)
+        task.info = probe(path, fs)
+        if reason := crop_rejection(task.info, config.render):
+            task.fail("probe", reason)
+
+    return run(row)
 
 
 def _note_damage(task: VideoTask, stats: DecodeStats) -> None:
@@ -176,7 +183,7 @@ class RenderWriteStage:
             if result.mp4 is None:
                 task.dropped_samples.append({"key": record.key, "reason": result.error})
             else:
-                done.append((record, result.mp4))
+                done.append((record.model_copy(update={"damaged_frames": result.substituted}), result.mp4))
         if self.captioner is not None:
             with task.timed("annotate"), ThreadPoolExecutor(self.config.annotate.concurrency) as pool:
                 records = pool.map(lambda pair: self.captioner.annotate(*pair), done)
@@ -285,7 +292,7 @@ def _execute(config: PipelineConfig, chash: str, todo: list[VideoTask], progress
     pool, tasks = ray.data.ActorPoolStrategy, ray.data.TaskPoolStrategy
     ds = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
     # 1:1, reads headers only: reserves no core, and two at a time are plenty
-    ds = ds.map(probe_stage, num_cpus=0, compute=tasks(size=2))
+    ds = ds.map(probe_stage, fn_kwargs={"config": config}, num_cpus=0, compute=tasks(size=2))
     ds = ds.map(  # 1:1, actor pool: the TransNetV2 model loads once per actor
         DetectStage, fn_constructor_args=(config,), compute=pool(size=config.detect.num_actors),
         num_cpus=config.detect.num_cpus, num_gpus=config.detect.num_gpus,
