@@ -2,7 +2,7 @@
 
 Every stage that reads a source decodes it through :func:`iter_grid`, so all stages agree on
 what "source frame ``i``" means: **the picture on screen at time ``i / fps``** of the main video
-stream, ``fps`` being the stream's average rate (:func:`probe`). Each decoded frame is placed at
+stream, ``fps`` being the stream's grid rate (:func:`grid_rate`). Each decoded frame is placed at
 grid slot ``round((pts - start) · time_base · fps)`` and stays on screen until the next decoded
 frame's slot, so a variable-frame-rate file is resampled by presentation time: frames of a fast
 stretch that share a slot are dropped (the first is kept), a slow stretch's frame is repeated.
@@ -43,8 +43,9 @@ class ProbeError(Exception):
 class VideoInfo:
     """What a probe finds about the main video stream, from the container and its first frame.
 
-    ``duration_s`` is the container's claim (seconds); ``num_frames`` is ``round(duration_s * fps)``
-    when the container reports no frame count (fragmented MP4 reports 0). ``width``/``height``
+    ``fps`` is the grid rate (:func:`grid_rate`); ``duration_s`` is the container's claim for the
+    stream (seconds); ``num_frames`` is the grid slots it spans, ``round(duration_s * fps)``, or
+    the container's frame count when it gives no duration. ``width``/``height``
     are the coded size (px); ``rotation`` is the display matrix's counter-clockwise rotation in
     degrees (0, 90, 180 or -90); ``stream_index`` is the container's index of the stream used.
     """
@@ -106,8 +107,15 @@ def open_container(source: str, fs: pafs.FileSystem | None = None) -> av.contain
 
 
 def _duration_s(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> float:
+    """The stream's duration (s): its own, Matroska's per-stream DURATION tag, else the container's."""
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")
+    try:
+        h, m, sec = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        pass
     if container.duration is not None:
         return container.duration / av.time_base
     return 0.0
@@ -125,11 +133,22 @@ def main_stream(container: av.container.InputContainer) -> av.video.stream.Video
         raise ProbeError("no video stream besides attached pictures (cover art)")
 
     def size(s: av.video.stream.VideoStream) -> tuple:
-        rate = float(s.average_rate or s.guessed_rate or 0)
-        frames = s.frames or round(_duration_s(s, container) * rate)
+        frames = round(_duration_s(s, container) * grid_rate(s)) or s.frames
         return frames, s.codec_context.width * s.codec_context.height, -s.index
 
     return max(streams, key=size)
+
+
+def grid_rate(stream: av.video.stream.VideoStream) -> float:
+    """The rate (frames/s) of a stream's source-frame grid: the lower of its average rate and
+    its base rate (``r_frame_rate``, the rate all its timestamps fit).
+
+    The average counts container ticks in files that store variable frame rate as skipped
+    ticks (an AVI with a 1/600 s tick reports 600 fps for 24 fps footage), so it alone would
+    make a grid of mostly repeated frames. Returns 0 when neither is known.
+    """
+    rates = [float(r) for r in (stream.average_rate, stream.guessed_rate) if r]
+    return min(rates) if rates else 0.0
 
 
 def _quarter_turns(frame: av.VideoFrame) -> int:
@@ -149,12 +168,11 @@ def probe(source: str, fs: pafs.FileSystem | None = None) -> VideoInfo:
     """
     with open_container(source, fs) as container:
         stream = main_stream(container)
-        rate = stream.average_rate or stream.guessed_rate
-        if not rate:
+        fps = grid_rate(stream)
+        if not fps:
             raise ProbeError("unknown frame rate")
-        fps = float(rate)
         duration = _duration_s(stream, container)
-        num_frames = stream.frames or int(round(duration * fps))
+        num_frames = int(round(duration * fps)) if duration else stream.frames
         sar = stream.codec_context.sample_aspect_ratio
         try:
             first = next(container.decode(stream))
@@ -202,7 +220,7 @@ def iter_grid(
     The yielded arrays are shared between slots showing the same frame: do not modify them.
 
     Args:
-        fps: the stream's average frame rate (from :func:`probe`), the grid's rate.
+        fps: the grid's rate (:attr:`VideoInfo.fps`, from :func:`probe`).
         width, height: scale every yielded frame (after rotation) to this size (libswscale,
             area filter); ``None`` keeps the source size.
         wanted: sorted source frame indices to yield; others are decoded but not converted
