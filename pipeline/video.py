@@ -123,7 +123,8 @@ def _duration_s(stream: av.video.stream.VideoStream, container: av.container.Inp
 
 def main_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     """The footage: of the video streams that are not attached pictures (cover art), the one
-    with the most frames (or the longest, when frame counts are missing), then the largest.
+    spanning the most frames (duration × :func:`grid_rate`, else the container's frame count),
+    then the largest picture, then the first.
 
     Raises:
         ProbeError: every video stream is an attached picture.

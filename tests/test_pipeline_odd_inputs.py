@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _odd_folder(folder: Path) -> dict[str, str]:
-    """Write the odd inputs; returns ``{file name: expected outcome}`` ('ok', 'rejected', 'any')."""
+    """Write the odd inputs; returns ``{file name: expected status}``."""
     folder.mkdir()
     clip = two_shots((96, 54))  # 3 s at 24 fps, a hard cut at 1.5 s
     write_video(folder / "clip one.mp4", clip)
@@ -41,8 +41,8 @@ def _odd_folder(folder: Path) -> dict[str, str]:
     (folder / "notes.mp4").write_text("not a video\n")
     return {
         "clip one.mp4": "ok", "fête ü 65x37.mkv": "ok", "vp9.webm": "ok", "mpeg4 97x55.avi": "ok",
-        "tiny 16x16.mov": "any", "phone.mp4": "ok", "cover first.mkv": "ok", "vfr.mp4": "ok",
-        "strip 2000x96.mp4": "rejected", "damaged.mp4": "any", "notes.mp4": "rejected",
+        "tiny 16x16.mov": "ok", "phone.mp4": "ok", "cover first.mkv": "ok", "vfr.mp4": "ok",
+        "strip 2000x96.mp4": "rejected", "damaged.mp4": "partial", "notes.mp4": "rejected",
     }
 
 
@@ -72,7 +72,7 @@ def test_odd_inputs_end_ok_partial_or_rejected(tmp_path):
         assert r["status"] in ("partial", "rejected") and r["reason"], r
     status = {name: not_ok[name]["status"] if name in not_ok else "ok" for name in expected}
     for name, want in expected.items():
-        assert want == "any" or status[name] == want, (name, not_ok.get(name))
+        assert status[name] == want, (name, not_ok.get(name))
     assert "aspect ratio 20.83:1" in not_ok["strip 2000x96.mp4"]["reason"]
     assert not_ok["notes.mp4"]["stage"] == "probe"
 
@@ -85,6 +85,11 @@ def test_odd_inputs_end_ok_partial_or_rejected(tmp_path):
     assert by_name["cover first.mkv"]["info"]["stream_index"] == 1
     assert by_name["phone.mp4"]["info"]["rotation"] == -90
     assert not any("source ended" in d["reason"] for r in results for d in r["dropped_samples"])
+    # the damaged file's samples that show frames lost to damage are dropped, saying so
+    damaged = by_name["damaged.mp4"]
+    assert "undecodable packets" in damaged["reason"]
+    assert damaged["dropped_samples"], damaged
+    assert all("lost to damage" in d["reason"] for d in damaged["dropped_samples"]), damaged["dropped_samples"]
     fs, _ = resolve(str(out))
     for shard in Path(layout.shards_dir).glob("*.tar"):
         for record, _ in read_shard(fs, str(shard)):
