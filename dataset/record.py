@@ -157,6 +157,10 @@ class SampleRecord(BaseModel):
     latent_cut_frames: list[int]
     shots: list[Shot]
     aesthetic_status: AestheticStatus
+    damaged_frames: int = Field(
+        0, ge=0, description="output frames showing an earlier source frame because theirs was lost "
+        "to decoding damage (frames; the pipeline's render.max_damaged_frames bounds it)"
+    )
     caption_status: CaptionStatus = "pending"
     caption_error: str | None = None
     caption_model: str | None = None

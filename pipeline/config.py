@@ -158,6 +158,14 @@ class RenderConfig(_Section):
     fps: float = Field(16.0, gt=0)
     crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor")
     preset: str = Field("veryfast", description="x264 preset")
+    min_crop_fraction: float = Field(
+        0.5, gt=0, le=1, description="reject sources whose centre crop to width x height keeps less "
+        "than this fraction of their width (or height): aspect ratio too far from the output's"
+    )
+    max_damaged_frames: int = Field(
+        0, ge=0, description="drop samples with more output frames than this lost to decoding damage "
+        "(shown from the last good frame); kept ones record it as damaged_frames"
+    )
     # decoding + x264 per video: half a core each, two at a time
     resources: Resources = Resources(actors=2, cpus=0.5)
 

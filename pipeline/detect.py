@@ -128,25 +128,19 @@ class TransNetV2Detector:
         return torch.cat(single).numpy()[:n], torch.cat(many).numpy()[:n]
 
     def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
-        """Shots of ``source`` (nominal ``fps``); decoding damage is counted in ``stats``."""
+        """Shots of ``source`` (grid rate ``fps``); decoding damage is counted in ``stats``.
+
+        The grid (:func:`pipeline.video.iter_frames`) has no holes, so the ``i``-th frame given to
+        the network is source frame ``i``, also across damage and variable frame rate.
+        """
         indexed = list(iter_frames(source, fs, fps=fps, width=TRANSNET_SIZE[0], height=TRANSNET_SIZE[1], stats=stats))
         if not indexed:
             return []
-        frames = np.stack([f for _, f in indexed])
-        single, many = self.predict(frames)
-        # Frames are positioned by decode order; map back to source frame indices, so a frame
-        # lost to damage does not shift every later shot.
-        index = np.array([i for i, _ in indexed])
-        shots = shots_from_predictions(single, many, self.config.threshold, self._min_frames(fps))
-        return [_reindex(s, index) for s in shots]
+        single, many = self.predict(np.stack([f for _, f in indexed]))
+        return shots_from_predictions(single, many, self.config.threshold, self._min_frames(fps))
 
     def _min_frames(self, fps: float) -> int:
         return max(1, int(round(self.config.min_shot_s * fps)))
-
-
-def _reindex(shot: DetectedShot, index: np.ndarray) -> DetectedShot:
-    end = int(index[shot.end_frame - 1]) + 1
-    return DetectedShot(int(index[shot.start_frame]), end, shot.gap_before)
 
 
 class SceneDetectDetector:

@@ -4,12 +4,19 @@ Geometry (``render`` config; HoloCine / Wan2.2 train at 832×480, 16 fps): each 
 scaled, honouring its pixel aspect ratio, so that it covers the output size, then centre-cropped.
 Output frame ``m`` of a shot starting at source frame ``s`` shows source frame
 ``s + ⌊m · source_fps / fps⌋`` (nearest-earlier resampling), which never reads past the shot's end
-because the packer gives a shot at most ``duration · fps`` frames.
+because the packer gives a shot at most ``duration · fps`` frames. Source frames are slots of the
+source's time grid (:mod:`pipeline.video`), so variable-frame-rate sources are resampled by
+presentation time. A source whose display aspect ratio is so far from the output's that the
+crop would keep less than ``min_crop_fraction`` of its width (or height) is rejected
+(:func:`crop_rejection`).
 
 All samples of one video are rendered from **one decode pass**: frames are decoded in order,
 each needed frame is scaled once, and handed to every open sample encoder (H.264, yuv420p,
-``crf``/``preset`` from config) that needs it. A frame lost to damage is replaced by the next
-decoded one (counted); a sample the source ends before is dropped with a reason.
+``crf``/``preset`` from config) that needs it. A source frame lost to damage shows the last good
+frame and is counted in :attr:`Rendered.substituted` (the record's ``damaged_frames``); a sample
+with more than ``max_damaged_frames`` such frames, or that the source ends before, is dropped
+with a reason. Rendering is deterministic: the same source and config give the same bytes
+(single-threaded decoding and x264, fixed timestamps, no wall-clock metadata).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from multishot.pipeline.config import RenderConfig
-from multishot.pipeline.video import DecodeStats, VideoInfo, iter_frames
+from multishot.pipeline.video import DecodeStats, VideoInfo, iter_grid
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ class Rendered:
     key: str
     mp4: bytes | None
     frames: int
-    substituted: int  # output frames shown from a later source frame (lost to damage)
+    substituted: int  # output frames showing an earlier frame because theirs was lost to damage
     error: str = ""
 
 
@@ -55,11 +62,35 @@ def source_frames_for_shot(start_frame: int, frames: int, source_fps: float, fps
     return [start_frame + int(m * step + 1e-9) for m in range(frames)]
 
 
+def crop_fraction(info: VideoInfo, width: int, height: int) -> float:
+    """The fraction of the source's display width (or height) a ``width × height`` crop keeps, 0-1."""
+    source, target = info.display_width / info.display_height, width / height
+    return min(source, target) / max(source, target)
+
+
+def crop_rejection(info: VideoInfo, config: RenderConfig) -> str:
+    """Why ``info``'s geometry cannot be rendered at the configured size, or ``''``.
+
+    The source is scaled to cover the output and centre-cropped, so an aspect ratio far from the
+    output's (a 2000×96 strip for 832×480) would keep a sliver of the picture, scaled up.
+    """
+    kept = crop_fraction(info, config.width, config.height)
+    if kept >= config.min_crop_fraction:
+        return ""
+    w, h = info.display_width, info.display_height
+    side = "width" if w * config.height > h * config.width else "height"
+    return (f"aspect ratio {w / h:.2f}:1 ({w}x{h} as shown) is far from the output's "
+            f"{config.width / config.height:.2f}:1: the crop would keep {kept:.0%} of the {side} "
+            f"(render.min_crop_fraction {config.min_crop_fraction})")
+
+
 def cover_and_crop(frame: np.ndarray, info: VideoInfo, width: int, height: int) -> np.ndarray:
-    """Scale an RGB frame ``[h, w, 3]`` to cover ``width × height`` (pixel aspect honoured), centre-crop."""
-    scale = max(width / info.display_width, height / info.height)
-    sw, sh = max(width, round(info.display_width * scale)), max(height, round(info.height * scale))
-    interpolation = cv2.INTER_AREA if sh < info.height else cv2.INTER_LINEAR
+    """Scale an upright RGB frame ``[h, w, 3]`` to cover ``width × height`` (pixel aspect
+    honoured), centre-crop."""
+    dw, dh = info.display_width, info.display_height
+    scale = max(width / dw, height / dh)
+    sw, sh = max(width, round(dw * scale)), max(height, round(dh * scale))
+    interpolation = cv2.INTER_AREA if sh < frame.shape[0] else cv2.INTER_LINEAR
     scaled = cv2.resize(frame, (sw, sh), interpolation=interpolation)
     x, y = (sw - width) // 2, (sh - height) // 2
     return scaled[y : y + height, x : x + width]
@@ -94,7 +125,11 @@ class _Encoder:
 def render_samples(
     source: str, fs: pafs.FileSystem, info: VideoInfo, jobs: list[RenderJob], config: RenderConfig, stats: DecodeStats
 ) -> list[Rendered]:
-    """Encode every job from one decode pass over ``source``; results in the order of ``jobs``."""
+    """Encode every job from one decode pass over ``source``; results in the order of ``jobs``.
+
+    A job is dropped (``mp4 None``, ``error`` says why) when more than
+    ``config.max_damaged_frames`` of its frames were lost to damage, or when the source ends first.
+    """
     wanted = np.array(sorted({i for job in jobs for i in job.source_frames}))
     # per job: next output position; encoders opened lazily, closed as soon as complete
     position = [0] * len(jobs)
@@ -104,7 +139,8 @@ def render_samples(
     order = sorted(range(len(jobs)), key=lambda j: jobs[j].source_frames[0])
     active: list[int] = []
     next_job = 0
-    for index, frame in iter_frames(source, fs, fps=info.fps, wanted=wanted, stats=stats):
+    # the grid yields every wanted source frame once, in order (substituted ones flagged)
+    for index, frame, lost in iter_grid(source, fs, fps=info.fps, wanted=wanted, stats=stats):
         while next_job < len(order) and jobs[order[next_job]].source_frames[0] <= index:
             active.append(order[next_job])
             next_job += 1
@@ -114,19 +150,23 @@ def render_samples(
         for j in list(active):
             needed = jobs[j].source_frames
             encoder = encoders.get(j) or encoders.setdefault(j, _Encoder(config))
-            while position[j] < len(needed) and needed[position[j]] <= index:
-                substituted[j] += needed[position[j]] < index
+            while position[j] < len(needed) and needed[position[j]] == index:
+                substituted[j] += lost
                 encoder.add(out)
                 position[j] += 1
             if position[j] == len(needed):
                 results[j] = Rendered(jobs[j].key, encoders.pop(j).finish(), len(needed), substituted[j])
                 active.remove(j)
     for j, job in enumerate(jobs):
-        if j not in results:
-            if j in encoders:
-                encoders.pop(j).container.close()
-            reached = stats.last_time_s
-            results[j] = Rendered(
-                job.key, None, 0, 0, f"source ended at {reached:.2f} s, before the sample's end (damaged file?)"
-            )
+        if j in encoders:
+            encoders.pop(j).container.close()
+        done = results.get(j)
+        if done is None:
+            end = job.source_frames[-1] / info.fps
+            results[j] = Rendered(job.key, None, 0, substituted[j],
+                                  f"source ended at {stats.last_time_s:.2f} s, before the sample's end at {end:.2f} s")
+        elif done.substituted > config.max_damaged_frames:
+            results[j] = Rendered(job.key, None, done.frames, done.substituted,
+                                  f"{done.substituted} of {done.frames} frames lost to damage "
+                                  f"(render.max_damaged_frames {config.max_damaged_frames})")
     return [results[j] for j in range(len(jobs))]

@@ -77,5 +77,6 @@ def index_row(record: SampleRecord, shard: str) -> dict:
         "source_start_s": record.shots[0].source_start_s,
         "source_end_s": record.shots[-1].source_end_s,
         "aesthetic_status": record.aesthetic_status,
+        "damaged_frames": record.damaged_frames,
         "samples_hash": record.samples_hash,
     }

@@ -24,7 +24,7 @@ from multishot.dataset.shards import ShardSetLayout, resolve
 from multishot.pipeline.config import PipelineConfig, Resources
 from multishot.pipeline.filter import decide
 from multishot.pipeline.pack import PackShot, pack_video
-from multishot.pipeline.render import render_samples
+from multishot.pipeline.render import crop_rejection, render_samples
 from multishot.pipeline.sample import plan_sample
 from multishot.pipeline.task import RenderedSample, ShotRow, VideoTask
 from multishot.pipeline.video import DecodeStats, ProbeError, probe
@@ -76,6 +76,9 @@ def _probe(config: PipelineConfig, samples_hash: str) -> Process:
     def process(task: VideoTask) -> None:
         fs, path = resolve(task.source)
         task.info = probe(path, fs)
+        # a source whose aspect ratio the render crop would mutilate is rejected up front
+        if reason := crop_rejection(task.info, config.render):
+            task.fail("probe", reason)
 
     return process
 
@@ -146,6 +149,7 @@ def _render(config: PipelineConfig, samples_hash: str) -> Process:
             if result.mp4 is None:
                 task.dropped_samples.append({"key": record.key, "reason": result.error})
             else:
+                record = record.model_copy(update={"damaged_frames": result.substituted})
                 task.rendered.append(RenderedSample(record=record, mp4=result.mp4))
 
     return process

@@ -1,10 +1,25 @@
-"""Decoding source videos with PyAV: probing, and frame iteration that survives damage.
+"""Decoding source videos with PyAV: probing, and frame iteration on a time grid that survives damage.
 
-Every stage that reads a source decodes it through :func:`iter_frames`, so all stages agree on
-what "source frame ``i``" means: ``i = round((pts - start) * time_base * fps)``, the frame's
-presentation time on the stream's nominal frame grid. Decoding errors inside a file (zeroed or
-truncated data) are counted and skipped, so a damaged file is processed up to (and past) the
-damage instead of failing the run.
+Every stage that reads a source decodes it through :func:`iter_grid`, so all stages agree on
+what "source frame ``i``" means: **the picture on screen at time ``i / fps``** of the main video
+stream, ``fps`` being the stream's grid rate (:func:`grid_rate`). Each decoded frame is placed at
+grid slot ``round((pts - start) · time_base · fps)`` and stays on screen until the next decoded
+frame's slot, so a variable-frame-rate file is resampled by presentation time: frames of a fast
+stretch that share a slot are dropped (the first is kept), a slow stretch's frame is repeated.
+A constant-rate file maps one frame to one slot, as before.
+
+Damage is told apart from variable frame rate: slots that are empty because packets in between
+failed to decode (zeroed or truncated data) are filled with the last good frame and flagged as
+*substituted*; slots empty only because the stream's timestamps leave them empty are not.
+
+Which stream (:func:`main_stream`): the video stream that is not an attached picture (cover
+art) with the most frames, then the largest picture; its index is kept in :class:`VideoInfo`.
+Rotation: the display matrix (phone footage) is applied to every frame, so frames come out as
+they are meant to be shown (rotation by multiples of 90°; flips are not applied).
+
+Decoding is **single-threaded**: with frame threads, H.264 error concealment of a damaged file
+depends on thread timing, so the same file decoded twice gave different pixels (and shards).
+Parallelism comes from decoding several videos side by side.
 """
 
 from __future__ import annotations
@@ -26,10 +41,13 @@ class ProbeError(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a probe finds: container facts, before any frame is decoded.
+    """What a probe finds about the main video stream, from the container and its first frame.
 
-    ``duration_s`` is the container's claim (seconds); ``num_frames`` is ``round(duration_s * fps)``
-    when the container reports no frame count (fragmented MP4 reports 0).
+    ``fps`` is the grid rate (:func:`grid_rate`); ``duration_s`` is the container's claim for the
+    stream (seconds); ``num_frames`` is the grid slots it spans, ``round(duration_s * fps)``, or
+    the container's frame count when it gives no duration. ``width``/``height``
+    are the coded size (px); ``rotation`` is the display matrix's counter-clockwise rotation in
+    degrees (0, 90, 180 or -90); ``stream_index`` is the container's index of the stream used.
     """
 
     duration_s: float
@@ -39,21 +57,34 @@ class VideoInfo:
     height: int
     codec: str
     sample_aspect: float = 1.0  # pixel width / height (anamorphic sources differ from 1)
+    rotation: int = 0
+    stream_index: int = 0
 
     @property
     def display_width(self) -> int:
-        """Width (px) the frame is meant to be shown at: ``width * sample_aspect``."""
-        return round(self.width * self.sample_aspect)
+        """Width (px) the frame is shown at: pixel aspect applied, then the rotation."""
+        return self.height if self.rotation % 180 else round(self.width * self.sample_aspect)
+
+    @property
+    def display_height(self) -> int:
+        """Height (px) the frame is shown at: pixel aspect applied, then the rotation."""
+        return round(self.width * self.sample_aspect) if self.rotation % 180 else self.height
 
 
 @dataclass
 class DecodeStats:
-    """Filled while :func:`iter_frames` runs: how far decoding got and what it skipped."""
+    """Filled while :func:`iter_grid` runs: how far decoding got and what it skipped.
+
+    ``frames``: decoded frames placed on the grid; ``errors``: packets that failed to decode;
+    ``substituted``: grid slots (source frames) filled from the previous frame because of damage;
+    ``last_time_s``: presentation time (s) of the last decoded frame.
+    """
 
     frames: int = 0
     errors: int = 0
     last_error: str = ""
     last_time_s: float = 0.0
+    substituted: int = 0
 
 
 def open_container(source: str, fs: pafs.FileSystem | None = None) -> av.container.InputContainer:
@@ -75,30 +106,80 @@ def open_container(source: str, fs: pafs.FileSystem | None = None) -> av.contain
     return container
 
 
+def _duration_s(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> float:
+    """The stream's duration (s): its own, Matroska's per-stream DURATION tag, else the container's."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION", "")
+    try:
+        h, m, sec = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        pass
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def main_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The footage: of the video streams that are not attached pictures (cover art), the one
+    spanning the most frames (duration × :func:`grid_rate`, else the container's frame count),
+    then the largest picture, then the first.
+
+    Raises:
+        ProbeError: every video stream is an attached picture.
+    """
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams:
+        raise ProbeError("no video stream besides attached pictures (cover art)")
+
+    def size(s: av.video.stream.VideoStream) -> tuple:
+        frames = round(_duration_s(s, container) * grid_rate(s)) or s.frames
+        return frames, s.codec_context.width * s.codec_context.height, -s.index
+
+    return max(streams, key=size)
+
+
+def grid_rate(stream: av.video.stream.VideoStream) -> float:
+    """The rate (frames/s) of a stream's source-frame grid: the lower of its average rate and
+    its base rate (``r_frame_rate``, the rate all its timestamps fit).
+
+    The average counts container ticks in files that store variable frame rate as skipped
+    ticks (an AVI with a 1/600 s tick reports 600 fps for 24 fps footage), so it alone would
+    make a grid of mostly repeated frames. Returns 0 when neither is known.
+    """
+    rates = [float(r) for r in (stream.average_rate, stream.guessed_rate) if r]
+    return min(rates) if rates else 0.0
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` upright (its display matrix)."""
+    try:
+        return round(frame.rotation / 90) % 4
+    except (TypeError, ValueError):  # no display matrix
+        return 0
+
+
 def probe(source: str, fs: pafs.FileSystem | None = None) -> VideoInfo:
-    """Container-level facts of ``source``; decodes one frame to prove the stream is readable.
+    """Facts about the main video stream of ``source`` (:func:`main_stream`); decodes one frame
+    to prove the stream is readable and to read its rotation.
 
     Raises:
         ProbeError: unopenable, no video stream, unknown frame rate, or no decodable frame.
     """
     with open_container(source, fs) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        if not rate:
+        stream = main_stream(container)
+        fps = grid_rate(stream)
+        if not fps:
             raise ProbeError("unknown frame rate")
-        fps = float(rate)
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = 0.0
-        num_frames = stream.frames or int(round(duration * fps))
+        duration = _duration_s(stream, container)
+        num_frames = int(round(duration * fps)) if duration else stream.frames
         sar = stream.codec_context.sample_aspect_ratio
         try:
-            next(container.decode(stream))
+            first = next(container.decode(stream))
         except (av.error.FFmpegError, StopIteration) as err:
             raise ProbeError(f"no decodable frame: {err!r}") from err
+        turns = _quarter_turns(first)
         return VideoInfo(
             duration_s=duration,
             fps=fps,
@@ -107,7 +188,104 @@ def probe(source: str, fs: pafs.FileSystem | None = None) -> VideoInfo:
             height=stream.codec_context.height,
             codec=stream.codec_context.name,
             sample_aspect=float(sar) if sar else 1.0,
+            rotation=(turns * 90 + 180) % 360 - 180,
+            stream_index=stream.index,
         )
+
+
+def _image(frame: av.VideoFrame, width: int | None, height: int | None) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` of ``frame`` shown upright, scaled to ``width × height`` if given."""
+    turns = _quarter_turns(frame)
+    if width is not None and height is not None:
+        w, h = (height, width) if turns % 2 else (width, height)  # scale before turning
+        image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    else:
+        image = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+def iter_grid(
+    source: str,
+    fs: pafs.FileSystem | None = None,
+    *,
+    fps: float,
+    width: int | None = None,
+    height: int | None = None,
+    wanted: np.ndarray | None = None,
+    stats: DecodeStats | None = None,
+) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """Yield ``(source_frame_index, rgb uint8 [H, W, 3], substituted)`` for every grid slot.
+
+    Slots run from 0 to the last decoded frame's slot without holes (the grid rule is in the
+    module docstring); ``substituted`` is True where the slot's own picture was lost to damage.
+    The yielded arrays are shared between slots showing the same frame: do not modify them.
+
+    Args:
+        fps: the grid's rate (:attr:`VideoInfo.fps`, from :func:`probe`).
+        width, height: scale every yielded frame (after rotation) to this size (libswscale,
+            area filter); ``None`` keeps the source size.
+        wanted: sorted source frame indices to yield; others are decoded but not converted
+            (cheap), and decoding stops once the last wanted index is known.
+        stats: filled with frames seen, decoding errors skipped, substituted slots, last time.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    last_wanted = int(wanted[-1]) if wanted is not None and len(wanted) else None
+    wanted_set = set(int(i) for i in wanted) if wanted is not None else None
+    held: av.VideoFrame | None = None  # the frame on screen, from slot `held_slot` on
+    held_slot, image = -1, None
+
+    def flush(first: int, until: int, damaged: bool, own: bool = True) -> Iterator[tuple[int, np.ndarray, bool]]:
+        """Yield the held frame for slots ``[first, until)``. When ``damaged``, every slot but
+        the frame's own (``first``, if ``own``) is substituted."""
+        nonlocal image
+        for slot in range(first, until if last_wanted is None else min(until, last_wanted + 1)):
+            substituted = damaged and (slot > first or not own)
+            stats.substituted += substituted
+            if wanted_set is None or slot in wanted_set:
+                if image is None:
+                    image = _image(held, width, height)
+                yield slot, image, substituted
+
+    with open_container(source, fs) as container:
+        stream = main_stream(container)
+        stream.codec_context.thread_count = 1  # deterministic pixels on damaged input (see top)
+        time_base = float(stream.time_base)
+        start = stream.start_time or 0
+        # slots of packets that failed to decode: a hole around one is damage, not frame rate
+        # (by timestamp, as the decoder outputs the frames around a hole late, after the errors)
+        lost: list[int] = []
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as err:
+                stats.errors += 1
+                stats.last_error = str(err)
+                ts = packet.pts if packet.pts is not None else packet.dts
+                lost.append(held_slot + 1 if ts is None else int(round((ts - start) * time_base * fps)))
+                continue
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                t = (frame.pts - start) * time_base
+                slot = int(round(t * fps))
+                if slot <= held_slot or slot < 0:
+                    continue  # a fast stretch: this slot already shows an earlier frame
+                stats.frames += 1
+                stats.last_time_s = t
+                damaged = any(held_slot < x < slot for x in lost)
+                lost = [x for x in lost if x > slot]
+                if held is None:
+                    # slots before the first frame show it (an offset start, or leading damage)
+                    held, image = frame, None
+                    yield from flush(0, slot, damaged, own=False)
+                else:
+                    yield from flush(held_slot, slot, damaged)
+                    image = None
+                held, held_slot = frame, slot
+                if last_wanted is not None and held_slot > last_wanted:
+                    return
+        if held is not None:
+            yield from flush(held_slot, held_slot + 1, False)
 
 
 def iter_frames(
@@ -120,51 +298,6 @@ def iter_frames(
     wanted: np.ndarray | None = None,
     stats: DecodeStats | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(source_frame_index, rgb uint8 [H, W, 3])`` in presentation order.
-
-    Args:
-        fps: the stream's nominal frame rate (from :func:`probe`), defines frame indices.
-        width, height: scale every yielded frame to this size (libswscale, area filter);
-            ``None`` keeps the source size.
-        wanted: sorted source frame indices to convert; other frames are decoded but not
-            converted (cheap), and decoding stops after the last wanted index.
-        stats: filled with frames seen, decoding errors skipped, and the last time reached.
-
-    Decoding errors are skipped per packet (counted in ``stats``); a damaged file yields the
-    frames that decode. Frames whose index repeats (duplicate timestamps) are dropped.
-    """
-    stats = stats if stats is not None else DecodeStats()
-    last_wanted = int(wanted[-1]) if wanted is not None and len(wanted) else None
-    wanted_set = set(int(i) for i in wanted) if wanted is not None else None
-    with open_container(source, fs) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        time_base = float(stream.time_base)
-        start = stream.start_time or 0
-        previous = -1
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError as err:
-                stats.errors += 1
-                stats.last_error = str(err)
-                continue
-            for frame in frames:
-                if frame.pts is None:
-                    continue
-                t = (frame.pts - start) * time_base
-                index = int(round(t * fps))
-                if index <= previous:
-                    continue
-                previous = index
-                stats.frames += 1
-                stats.last_time_s = t
-                if last_wanted is not None and index > last_wanted:
-                    return
-                if wanted_set is not None and index not in wanted_set:
-                    continue
-                if width is not None and height is not None:
-                    frame = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-                    yield index, frame.to_ndarray()
-                else:
-                    yield index, frame.to_ndarray(format="rgb24")
+    """:func:`iter_grid` without the substituted flag: ``(source_frame_index, rgb [H, W, 3])``."""
+    for index, image, _ in iter_grid(source, fs, fps=fps, width=width, height=height, wanted=wanted, stats=stats):
+        yield index, image
