@@ -96,7 +96,8 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
         apply_lora(model, config.lora, base_dtype=torch.bfloat16 if mixed_precision else None)
     apply_context_parallel(model, context_group)
     parallelize(model, config, device, mixed_precision)
-    model.to_empty(device=device)
+    # FSDP2's CPUOffloadPolicy keeps the sharded parameters in CPU memory: materialise them there
+    model.to_empty(device="cpu" if config.cpu_offload else device)
     loading = bool(config.init_from and load_init)
     if device.type == "cuda" or loading:
         # CUDA: DTensor's offset-based RNG draws every shard as its part of one seeded full
