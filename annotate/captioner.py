@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from google import genai
 from google.genai import types
@@ -47,6 +48,22 @@ def vertexai_from_env() -> bool:
     return os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true")
 
 
+def prompt_token_counter(folder: str | os.PathLike) -> Callable[[str], int]:
+    """``prompt → tokens`` as the trainer's text encoder sees it: cleaned
+    (:func:`model.prompt_spans.clean_prompt`), tokenized with special tokens by the fast
+    tokenizer in ``folder`` (transformers ``AutoTokenizer``), untruncated.
+
+    Raises:
+        OSError: ``folder`` holds no tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    from multishot.model.prompt_spans import clean_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return lambda prompt: len(tokenizer(clean_prompt(prompt), add_special_tokens=True)["input_ids"])
+
+
 class Captioner:
     """Thread-safe Gemini captioner for :class:`dataset.record.SampleRecord` samples.
 
@@ -71,6 +88,7 @@ class Captioner:
         self.template = PromptTemplate.load(config.prompt_template, config.language)
         self._secret = secret
         self._uploads = uploads
+        self._count_tokens = prompt_token_counter(config.text_tokenizer) if config.text_tokenizer else None
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._limiter = RateLimiter(config.requests_per_minute)
 
@@ -118,7 +136,7 @@ class Captioner:
         if cached is not None:
             try:
                 reply = CaptionReply.model_validate(cached)
-                problems = check_reply(reply, record.num_shots)
+                problems = self._check(reply, record.num_shots)
             except ValidationError as err:
                 problems = [str(err)]
             if not problems:
@@ -139,6 +157,9 @@ class Captioner:
                 prompt_version=self.prompt_version, sample_key=record.key,
             )
         return self._ok(record, reply)
+
+    def _check(self, reply: CaptionReply, num_shots: int) -> list[str]:
+        return check_reply(reply, num_shots, self._count_tokens, self.config.max_prompt_tokens)
 
     def _ok(self, record: SampleRecord, reply: CaptionReply) -> SampleRecord:
         global_caption, shot_captions = final_captions(reply, record.num_shots)
@@ -193,7 +214,7 @@ class Captioner:
                     raise CaptionFailure(f"prompt blocked: {response.prompt_feedback.block_reason}")
                 text = response.text
                 reply, why = parse_reply(text)
-                problems = [why] if reply is None else check_reply(reply, record.num_shots)
+                problems = [why] if reply is None else self._check(reply, record.num_shots)
                 if not problems:
                     return reply
                 log.info("%s: invalid reply (try %d): %s", record.key, attempt + 1, "; ".join(problems))

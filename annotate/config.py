@@ -54,6 +54,14 @@ class AnnotateConfig(BaseModel):
     correction_attempts: int = Field(
         1, ge=0, description="re-asks with a corrective message after an invalid reply"
     )
+    text_tokenizer: Path | None = Field(
+        None,
+        description="the text encoder's tokenizer folder (UMT5, transformers layout): replies whose "
+        "prompt exceeds max_prompt_tokens are asked to be shorter, then failed; None: not counted",
+    )
+    max_prompt_tokens: int = Field(
+        512, ge=8, description="tokens the text encoder reads (UMT5 in Wan: 512); longer prompts lose shot captions"
+    )
     cache_dir: str | None = Field(
         None,
         description="response cache folder or URI (None: the caller's default, e.g. OUT/_work/captions)",

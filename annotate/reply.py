@@ -10,15 +10,23 @@ cannot say.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 
 from pydantic import BaseModel, Field, ValidationError
 
-from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
+from multishot.dataset.record import (
+    CUT_TAG,
+    GLOBAL_TAG,
+    PER_SHOT_TAG,
+    SHOT_COUNT_SENTENCE,
+    build_prompt,
+    with_shot_count,
+)
 
 #: a character tag as the model might write it; only the exact form ``[characterN]`` is accepted
 _LOOSE_TAG = re.compile(r"\[\s*character\s*(\d+)\s*\]", re.IGNORECASE)
-_SHOT_COUNT = re.compile(r"this scene contains (\d+) shots?\.?", re.IGNORECASE)
 
 
 class ShotCaption(BaseModel):
@@ -47,8 +55,14 @@ def parse_reply(text: str | None) -> tuple[CaptionReply | None, str | None]:
         return None, f"the reply is not the requested JSON object ({where}: {first['msg']})"
 
 
-def check_reply(reply: CaptionReply, num_shots: int) -> list[str]:
+def check_reply(
+    reply: CaptionReply, num_shots: int, count_tokens: Callable[[str], int] | None = None, max_tokens: int = 512
+) -> list[str]:
     """Problems of a parsed reply for a sample of ``num_shots`` shots; empty when usable.
+
+    With ``count_tokens`` (text → text-encoder tokens), a reply whose final prompt
+    (:func:`dataset.record.build_prompt` of :func:`final_captions`) is longer than ``max_tokens``
+    is a problem too: the text encoder would cut the last shot captions off.
 
     Checks: exactly ``num_shots`` shot captions numbered 1..N in order; no empty caption; tags
     written exactly ``[characterN]``; the global caption introduces ``[character1]`` …
@@ -87,9 +101,17 @@ def check_reply(reply: CaptionReply, num_shots: int) -> list[str]:
         if unknown:
             tags = ", ".join(f"[character{n}]" for n in unknown)
             problems.append(f"shot {s.shot} uses {tags}, which global_caption does not introduce")
-    stated = _SHOT_COUNT.search(reply.global_caption)
+    stated = SHOT_COUNT_SENTENCE.search(reply.global_caption)
     if stated and int(stated.group(1)) != num_shots:
         problems.append(f"global_caption says {stated.group(1)} shots, the clip has {num_shots}")
+    if count_tokens is not None and not problems:
+        prompt = build_prompt(with_shot_count(reply.global_caption.strip(), num_shots), [s.caption for s in shots])
+        tokens = count_tokens(prompt)
+        if tokens > max_tokens:
+            problems.append(
+                f"the captions make a prompt of {tokens} tokens but the text encoder reads {max_tokens}: "
+                f"shorten every caption by at least {math.ceil(100 * (tokens - max_tokens) / tokens)}%"
+            )
     return problems
 
 
@@ -102,8 +124,4 @@ def final_captions(reply: CaptionReply, num_shots: int) -> tuple[str, list[str]]
     problems = check_reply(reply, num_shots)
     if problems:
         raise ValueError("; ".join(problems))
-    global_caption = reply.global_caption.strip()
-    if not _SHOT_COUNT.search(global_caption):
-        plural = "s" if num_shots != 1 else ""
-        global_caption = f"{global_caption} This scene contains {num_shots} shot{plural}."
-    return global_caption, [s.caption.strip() for s in reply.shot_captions]
+    return with_shot_count(reply.global_caption.strip(), num_shots), [s.caption.strip() for s in reply.shot_captions]

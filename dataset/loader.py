@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from multishot.dataset.latents import LatentSample
-from multishot.dataset.record import SampleRecord, build_prompt, num_latent_frames
+from multishot.dataset.record import SHOT_COUNT_SENTENCE, SampleRecord, build_prompt, num_latent_frames, with_shot_count
 from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, iter_members, resolve
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,8 @@ def decode_clip(mp4: bytes, num_frames: int, height: int | None, width: int | No
 def clip_shots(record: SampleRecord, num_frames: int, uncaptioned: str) -> tuple[list[int], str]:
     """The cuts and prompt of a sample cut to its first ``num_frames`` frames.
 
-    Shots that start at or after ``num_frames`` are dropped, with their captions.
+    Shots that start at or after ``num_frames`` are dropped, with their captions, and the global
+    caption's "This scene contains N shots." is rewritten to the shots kept.
 
     Raises:
         SkipSample: the sample is uncaptioned and ``uncaptioned == 'skip'``.
@@ -211,7 +212,10 @@ def clip_shots(record: SampleRecord, num_frames: int, uncaptioned: str) -> tuple
     cuts = [c for c in record.cut_frames if c < num_frames]
     shots = record.shots[: len(cuts) + 1]
     if record.caption_status == "ok":
-        return cuts, build_prompt(record.global_caption, [s.caption for s in shots])
+        global_caption = record.global_caption
+        if SHOT_COUNT_SENTENCE.search(global_caption):
+            global_caption = with_shot_count(global_caption, len(shots))
+        return cuts, build_prompt(global_caption, [s.caption for s in shots])
     if uncaptioned == "skip":
         raise SkipSample(f"caption_status {record.caption_status!r}")
     return cuts, build_prompt(PLACEHOLDER_CAPTION, [f"shot {i + 1}" for i in range(len(shots))])
@@ -228,9 +232,11 @@ class ShardStream(IterableDataset):
         RuntimeError: a slot's part of an epoch holds no usable sample (it would spin forever).
     """
 
-    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1):
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1,
+                 exclude_keys: frozenset[str] = frozenset()):
         self.config = config
         self.rank, self.world_size = rank, world_size
+        self.exclude_keys = exclude_keys
         self.urls = list_shards(config.shards)
         self.num_slots = max(1, config.num_workers)
         self.positions = [0] * self.num_slots
@@ -254,6 +260,8 @@ class ShardStream(IterableDataset):
             for url in mine:
                 try:
                     for sample in iter_tar(url):
+                        if sample[0] in self.exclude_keys:  # held out (validation): never seen
+                            continue
                         index += 1
                         if not by_shard and (index - 1) % slots != global_slot:
                             continue
@@ -364,11 +372,13 @@ class TrainLoader:
     """Batches for one rank, with a resumable position (``state_dict`` / ``load_state_dict``).
 
     Iterating yields :class:`Batch` objects; ``skipped`` counts samples skipped so far by this
-    rank (restored on resume) and ``taken`` the batches given out.
+    rank (restored on resume) and ``taken`` the batches given out. Samples whose key is in
+    ``exclude_keys`` (held out for validation) are left out of the stream, uncounted.
     """
 
-    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1):
-        self.stream = ShardStream(config, rank, world_size)
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1,
+                 exclude_keys: frozenset[str] = frozenset()):
+        self.stream = ShardStream(config, rank, world_size, frozenset(exclude_keys))
         self.config = config
         self.taken = 0
         self._iter: Iterator[Batch] | None = None

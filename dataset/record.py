@@ -77,6 +77,32 @@ def build_prompt(global_caption: str, shot_captions: list[str]) -> str:
     return f"{GLOBAL_TAG} {global_caption.strip()} {PER_SHOT_TAG} {shots}"
 
 
+#: HoloCine's closing sentence of a global caption, "This scene contains N shots."
+SHOT_COUNT_SENTENCE = re.compile(r"this scene contains (\d+) shots?\.?", re.IGNORECASE)
+
+
+def with_shot_count(global_caption: str, num_shots: int) -> str:
+    """``global_caption`` whose "This scene contains N shots." says ``num_shots``: the sentence
+    is rewritten where present, appended where absent (HoloCine's global captions end with it)."""
+    plural = "s" if num_shots != 1 else ""
+    sentence = f"This scene contains {num_shots} shot{plural}."
+    if SHOT_COUNT_SENTENCE.search(global_caption):
+        return SHOT_COUNT_SENTENCE.sub(sentence, global_caption, count=1)
+    return f"{global_caption.strip()} {sentence}"
+
+
+def split_prompt(prompt: str) -> tuple[str, list[str]]:
+    """The inverse of :func:`build_prompt`: ``(global caption, shot captions)``, tags removed.
+
+    Raises:
+        ValueError: the prompt lacks ``[global caption]`` or ``[per shot caption]``.
+    """
+    head, sep, shots = prompt.partition(PER_SHOT_TAG)
+    if not sep or GLOBAL_TAG not in head:
+        raise ValueError(f"a multi-shot prompt has {GLOBAL_TAG} and then {PER_SHOT_TAG}: {prompt[:80]!r}")
+    return head.split(GLOBAL_TAG, 1)[1].strip(), [s.strip() for s in shots.split(CUT_TAG)]
+
+
 class Shot(BaseModel):
     """One shot inside a sample, with where it came from and how it scored."""
 

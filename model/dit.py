@@ -69,6 +69,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).type_as(x)
 
 
+class Float32Sequential(nn.Sequential):
+    """Linear layers and activations computed in float32 whatever the parameters' dtype: the
+    input and any bf16 weights are upcast (Wan runs the time embedding and projection under
+    ``autocast(float32)`` and asserts float32). ``[N, in]`` → ``[N, out]`` float32. Under FSDP2,
+    :func:`trainer.parallelize.apply_fsdp` also keeps these parameters fp32 in forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        for m in self:
+            x = F.linear(x, m.weight.float(), m.bias.float()) if isinstance(m, nn.Linear) else m(x)
+        return x
+
+
 class RMSNorm(nn.Module):
     """RMS norm over the last dim with a learned scale (Wan ``WanRMSNorm``), float32 inside."""
 
@@ -227,9 +240,9 @@ class WanModel(nn.Module):
                                          stride=config.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(config.text_dim, dim),
                                             nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
-        self.time_embedding = nn.Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(),
-                                            nn.Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.time_embedding = Float32Sequential(nn.Linear(config.freq_dim, dim), nn.SiLU(),
+                                                nn.Linear(dim, dim))
+        self.time_projection = Float32Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self.init_weights()
@@ -324,8 +337,9 @@ class WanModel(nn.Module):
         dtype = self.patch_embedding.weight.dtype
 
         # Timestep → e [B, dim] and the six block modulations e0 [B, 6, dim], float32.
-        e = self.time_embedding(sinusoid_embedding(cfg.freq_dim, timestep).to(dtype)).float()
-        e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, cfg.dim))
+        e = self.time_embedding(sinusoid_embedding(cfg.freq_dim, timestep))
+        e0 = self.time_projection(e).unflatten(1, (6, cfg.dim))
+        assert e.dtype == torch.float32 and e0.dtype == torch.float32
 
         context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
         context = self.text_embedding(context)                        # [B, text_len, dim]

@@ -127,6 +127,25 @@ def prompt_token_spans(tokenizer: Any, prompt: str, text_len: int = 512) -> Text
     return token_spans(text, token_offsets(tokenizer, text, text_len))
 
 
+def window_spans(tokenizer: Any, prompt: str, num_shots: int, text_len: int = 512) -> tuple[TextSpans, str | None]:
+    """Spans for window cross-attention of a video of ``num_shots`` shots: ``(spans, None)``, or
+    ``(TextSpans(None), why)`` when the prompt cannot window every shot.
+
+    A HoloCine prompt longer than ``text_len`` tokens (UMT5: 512; a 13-shot prompt can be) loses
+    its last shot captions to truncation, and a video shot without a caption has nothing to
+    attend to. Rather than raising (:func:`shot_text_mask`), such a sample gets unmasked
+    cross-attention, as HoloCine runs a prompt without tags; the caller counts the reason.
+    """
+    try:
+        spans = prompt_token_spans(tokenizer, prompt, text_len)
+    except ValueError as err:
+        return TextSpans(None), str(err)
+    if spans.global_span is not None and spans.num_shots < num_shots:
+        return TextSpans(None), (f"the video has {num_shots} shots but only {spans.num_shots} shot "
+                                 f"captions fit in {text_len} text tokens")
+    return spans, None
+
+
 def shot_text_mask(spans: TextSpans, num_shots: int, text_len: int, *,
                    inclusive_end: bool = True, admit_padding: bool = True,
                    device: torch.device | str | None = None) -> torch.Tensor:

@@ -29,6 +29,8 @@ COMMANDS = {
     "annotate": "multishot.annotate.cli",
     "precompute": "multishot.trainer.cli",
     "train": "multishot.trainer.cli",
+    "generate": "multishot.generate.cli",
+    "eval": "multishot.evaluate.cli",
 }
 
 #: exit status after the reader of stdout went away (128 + SIGPIPE, as a shell tool killed by it)

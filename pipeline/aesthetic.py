@@ -43,6 +43,26 @@ class AestheticHead(nn.Module):
         return self.layers(embedding).squeeze(-1)
 
 
+def load_clip(clip_model: str, clip_weights: Path, device: str) -> tuple[nn.Module, object]:
+    """open_clip model ``clip_model`` with the weights file ``clip_weights``, in eval mode on
+    ``device``: ``(model, preprocess)`` where ``preprocess`` is CLIP's resize + centre crop +
+    normalisation of a PIL image to ``[3, S, S]``. Nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: ``clip_weights`` does not exist.
+        RuntimeError: the weights do not fit the architecture (names the missing keys).
+    """
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()  # before open_clip, which imports torchvision's transforms
+    import open_clip
+
+    if not Path(clip_weights).is_file():
+        raise FileNotFoundError(f"CLIP weights not found: {clip_weights}")
+    model, _, preprocess = open_clip.create_model_and_transforms(clip_model, pretrained=str(clip_weights), device=device)
+    return model.eval(), preprocess
+
+
 class AestheticScorer:
     """CLIP image embedding → L2 normalise → :class:`AestheticHead`, on CPU or CUDA.
 
@@ -52,19 +72,10 @@ class AestheticScorer:
     """
 
     def __init__(self, clip_model: str, clip_weights: Path, head_weights: Path):
-        from multishot.torchvision_cpu import import_torchvision
-
-        import_torchvision()  # before open_clip, which imports torchvision's transforms
-        import open_clip
-
-        for path in (clip_weights, head_weights):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"aesthetic weights not found: {path}")
+        if not Path(head_weights).is_file():
+            raise FileNotFoundError(f"aesthetic weights not found: {head_weights}")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            clip_model, pretrained=str(clip_weights), device=self.device
-        )
-        self.model.eval()
+        self.model, self.preprocess = load_clip(clip_model, clip_weights, self.device)
         dim = self.model.visual.output_dim
         self.head = AestheticHead(dim).to(self.device).eval()
         self.head.load_state_dict(torch.load(head_weights, map_location=self.device, weights_only=True))

@@ -69,7 +69,7 @@ def test_scores_are_the_head_on_normalised_embeddings(weights):
 
 def test_missing_or_mismatched_weights_are_clear_errors(weights, tmp_path):
     name, clip, head = weights
-    with pytest.raises(FileNotFoundError, match="aesthetic weights not found"):
+    with pytest.raises(FileNotFoundError, match="CLIP weights not found"):
         AestheticScorer(name, tmp_path / "nope.pt", head)
     torch.save(AestheticHead(64).state_dict(), tmp_path / "wide_head.pth")
     with pytest.raises(RuntimeError, match="size mismatch"):

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multishot.dataset.loader import DataConfig
+from multishot.evaluate.config import EvalConfig
+from multishot.generate.sampler import SamplingConfig
 from multishot.trainer.flow_matching import FlowMatchConfig
 
 
@@ -82,6 +84,30 @@ class RunConfig(_Section):
         "dense bf16 peak per GPU for MFU (H100/H200 SXM datasheet: 989)"))
 
 
+class ValidationConfig(_Section):
+    """Sampling fixed prompts during the run (:mod:`trainer.validation`); off unless ``every``."""
+
+    every: int = Field(0, ge=0, description="steps between validations; 0 = off")
+    at_start: bool = Field(True, description="with every > 0: also validate at step 0")
+    prompts: str | None = Field(None, description=(
+        "JSON-lines prompt file (the `multishot generate --prompts` format)"))
+    held_out: int = Field(0, ge=0, description=(
+        "K captioned samples of data.shards re-created from their captions and cuts; their keys "
+        "are excluded from training"))
+    num_frames: int | None = Field(None, description="pixel frames, 4k+1; None = data.num_frames")
+    height: int | None = Field(None, gt=0, description="pixels; None = data.height")
+    width: int | None = Field(None, gt=0, description="pixels; None = data.width")
+    seed: int = Field(0, description="noise seed of every prompt without its own")
+    fps: float = Field(16.0, gt=0, description="frame rate of the written mp4s")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10), description=(
+        "sampler, steps (few by default: 10), shift, CFG scale, negative prompt"))
+    metrics: bool = Field(True, description=(
+        "score every video as `multishot eval` does (SCA, consistency) into metrics.json"))
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=(
+        "the cut detector and CLIP / DINOv2 weights of the metrics (metrics without weights are "
+        "reported as skipped)"))
+
+
 class TrainConfig(_Section):
     """A fine-tuning run: ``multishot train --config FILE``."""
 
@@ -90,6 +116,7 @@ class TrainConfig(_Section):
     encoders: EncodersConfig = EncodersConfig()
     objective: FlowMatchConfig = FlowMatchConfig()
     optim: OptimConfig = OptimConfig()
+    validation: ValidationConfig = ValidationConfig()
     run: RunConfig
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from multishot.model.prompt_spans import TextSpans, clean_prompt, prompt_token_spans
+from multishot.model.prompt_spans import TextSpans, clean_prompt, window_spans
 from multishot.trainer.config import EncodersConfig
 
 
@@ -98,13 +98,14 @@ class FrozenEncoders:
         lengths = tokens.attention_mask.sum(1).tolist()  # host sync: once per batch, by design
         return [s[:n].float() for s, n in zip(states, lengths)]
 
-    def text_spans(self, prompts: list[str], text_len: int) -> list[TextSpans]:
-        """Token spans of each prompt's global caption and shots (window cross-attention).
+    def text_spans(self, prompts: list[str], num_shots: list[int], text_len: int) -> list[tuple[TextSpans, str | None]]:
+        """Token spans of each prompt's global caption and shots (window cross-attention) for
+        videos of ``num_shots`` shots: ``(spans, None)``, or unmasked spans and the reason when
+        the prompt lost shot captions to ``text_len`` (:func:`model.prompt_spans.window_spans`).
 
         Raises:
             RuntimeError: no tokenizer configured.
-            ValueError: a prompt's shot has no tokens (truncated away).
         """
         if self.tokenizer is None:
             raise RuntimeError("window cross-attention needs encoders.tokenizer or text_encoder")
-        return [prompt_token_spans(self.tokenizer, p, text_len) for p in prompts]
+        return [window_spans(self.tokenizer, p, n, text_len) for p, n in zip(prompts, num_shots)]

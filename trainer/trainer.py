@@ -12,6 +12,7 @@ resume from the newest checkpoint if there is one, then per step
       → velocity = model(x_t, timestep, context, layout, spans) → weighted MSE
       → backward, clip, AdamW, schedule
       → metrics every ``log_every``, DCP checkpoint every ``checkpoint_every``
+      → sample the validation prompts every ``validation.every`` (and at step 0)
 
 and at the end a checkpoint and a single safetensors export in Wan key names.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -40,6 +42,7 @@ from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
 from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
 from multishot.trainer.parallelize import build_model
+from multishot.trainer.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,9 @@ class Trainer:
         OSError: an encoder folder is unreadable (not in ``save_pretrained`` layout).
     """
 
+    #: samples of this rank trained with unmasked cross-attention (prompt over text_len)
+    unmasked_prompts: int = 0
+
     def __init__(self, config: TrainConfig):
         self.config = config
         self.rank, self.world_size, self.device = init_distributed()
@@ -116,11 +122,15 @@ class Trainer:
             self.optimizer, lr_lambda(config.optim, run.max_steps))
         self.flow = FlowMatching(config.objective, self.device)
         self.encoders = self._load_encoders()
-        self.loader = TrainLoader(config.data, self.rank, self.world_size)
+        self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
+        self.validator = Validator(config, self.model, self.model_config, self.encoders, self.rank,
+                                   self.device, self.metrics.writer) \
+            if config.validation.every else None
+        self.loader = TrainLoader(config.data, self.rank, self.world_size,
+                                  frozenset(self.validator.held_out_keys if self.validator else ()))
         # extra doubles as the template of what a resume loads per rank
         self.state = ckpt.TrainState(self.model, self.optimizer, self.scheduler, 0,
                                      {"loader": self.loader.state_dict()})
-        self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
         if latest is not None:
             ckpt.load(self.state, latest)
             self.loader.load_state_dict(self.state.extra["loader"])
@@ -158,8 +168,17 @@ class Trainer:
         layout = ShotLayout.stack([
             ShotLayout.from_cut_frames(batch.num_frames, cuts, tokens_per_frame, self.device)
             for cuts in batch.cut_frames])
-        spans = self.encoders.text_spans(batch.prompts, text_len) \
-            if self.config.model.window_cross_attention else None
+        spans = None
+        if self.config.model.window_cross_attention:
+            # a prompt that lost shot captions to text_len must not end the run: that sample
+            # gets unmasked cross-attention, counted and logged
+            spans = []
+            shots = [len(cuts) + 1 for cuts in batch.cut_frames]
+            for key, (sample_spans, why) in zip(batch.keys, self.encoders.text_spans(batch.prompts, shots, text_len)):
+                if why is not None:
+                    self.unmasked_prompts += 1
+                    log.warning("sample %s: %s; unmasked cross-attention", key, why)
+                spans.append(sample_spans)
         return latents, context, layout, spans
 
     def step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, ShotLayout]:
@@ -205,6 +224,8 @@ class Trainer:
     def _loop(self, on_step: StepCallback | None, bar: tqdm) -> None:
         """Steps until ``run.max_steps``: log, checkpoint and call ``on_step`` as configured."""
         run = self.config.run
+        if self.validator is not None and self.validator.due(self.state.step):
+            self.validator.run(self.state.step)  # step 0: the model before fine-tuning
         timer = StepTimer(self.device)
         window = {"loss": 0, "flops": 0, "samples": 0, "tokens": 0, "steps": 0}  # since the last log
         for batch in self.loader:
@@ -226,6 +247,10 @@ class Trainer:
             bar.update(1)
             if step % run.checkpoint_every == 0 or step == run.max_steps:
                 self.save()
+            if self.validator is not None and self.validator.due(step):
+                started = time.perf_counter()
+                self.validator.run(step)
+                timer.start += time.perf_counter() - started  # step times leave validation out
             if on_step is not None:
                 on_step(step, metrics)
 
@@ -237,7 +262,8 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         loss = window["loss"] / window["steps"]
         stats = torch.stack([loss.float(), torch.tensor(float(self.loader.skipped), device=loss.device),
-                             torch.tensor(float(window["samples"]), device=loss.device)])
+                             torch.tensor(float(window["samples"]), device=loss.device),
+                             torch.tensor(float(self.unmasked_prompts), device=loss.device)])
         dist.all_reduce(stats)
         step_time = seconds / window["steps"]
         return {
@@ -250,6 +276,7 @@ class Trainer:
             "mfu": window["flops"] / seconds / (self.config.run.peak_tflops * 1e12),
             "peak_memory_gib": peak_memory_gib(self.device),
             "skipped_samples": stats[1].item(),
+            "unmasked_prompts": stats[3].item(),
         }
 
     def save(self) -> Path:

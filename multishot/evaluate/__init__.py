@@ -1,0 +1,1 @@
+"""Evaluation of generated multi-shot videos: Shot Cut Accuracy and consistency (``multishot eval``)."""

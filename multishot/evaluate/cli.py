@@ -1,0 +1,130 @@
+"""``multishot eval``: Shot Cut Accuracy and consistency of generated multi-shot videos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Score generated multi-shot mp4s: Shot Cut Accuracy (HoloCine appendix A.1: cuts detected with
+the pipeline's TransNetV2, matched one-to-one to the requested cuts) and consistency (CLIP
+inter-shot and text-video similarity, VBench intra-shot consistency with CLIP and DINOv2).
+The requested cut frames and the prompt come from the JSON beside each mp4 (keys cut_frames and
+prompt, or a sample record), or from --cuts / --prompt for every video. Metrics whose weights
+the config does not name are reported as skipped.
+"""
+
+EPILOG = """\
+examples:
+  multishot eval out/gen/ --json out/gen/report.json
+  multishot eval scene.mp4 --cuts 65,125 --config configs/eval/default.yaml
+"""
+
+class EvalInputError(ValueError):
+    """A video, sidecar JSON or --cuts value that cannot be evaluated; the message says which."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="Shot Cut Accuracy and consistency of generated videos",
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("videos", nargs="+", help="mp4 files, or folders whose *.mp4 are evaluated")
+    p.add_argument("--config", help="eval YAML, e.g. configs/eval/default.yaml (default: EvalConfig's defaults)")
+    p.add_argument("--cuts", help="requested cut frames for every video, e.g. 65,125 (default: the JSON beside each mp4)")
+    p.add_argument("--prompt", help="the prompt of every video (default: the JSON beside each mp4)")
+    p.add_argument("--json", help="write the report here")
+    p.set_defaults(func=_run)
+
+
+def parse_cuts(text: str) -> list[int]:
+    """``"65,125"`` → ``[65, 125]``; an empty string is no cut (one shot).
+
+    Raises:
+        EvalInputError: not comma-separated integers.
+    """
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise EvalInputError(f"--cuts takes comma-separated frame numbers, got {text!r}") from None
+
+
+def find_videos(specs: list[str]) -> list[Path]:
+    """mp4 files named directly or found (sorted) in named folders.
+
+    Raises:
+        EvalInputError: a path does not exist, or nothing was found.
+    """
+    videos: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            videos += sorted(path.glob("*.mp4"))
+        elif path.is_file():
+            videos.append(path)
+        else:
+            raise EvalInputError(f"{spec} does not exist")
+    if not videos:
+        raise EvalInputError(f"no .mp4 found in {' '.join(specs)}")
+    return videos
+
+
+def sidecar(video: Path) -> tuple[list[int] | None, str | None]:
+    """Requested cuts and prompt from ``video``'s ``.json`` sibling: ``cut_frames`` and ``prompt``
+    keys (``multishot generate``), or a sample record (the pipeline's, prompt from its captions).
+    ``(None, None)`` when there is no sibling.
+
+    Raises:
+        EvalInputError: the JSON is unreadable or its ``cut_frames`` is not a list of integers.
+    """
+    from multishot.dataset.record import SampleRecord
+
+    path = video.with_suffix(".json")
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise EvalInputError(f"{path}: not JSON ({err})") from None
+    cuts = data.get("cut_frames")
+    if cuts is not None and not (isinstance(cuts, list) and all(isinstance(c, int) for c in cuts)):
+        raise EvalInputError(f"{path}: cut_frames must be a list of frame numbers, got {cuts!r}")
+    prompt = data.get("prompt")
+    if prompt is None and "shots" in data and data.get("caption_status") == "ok":
+        prompt = SampleRecord.model_validate(data).prompt()
+    return cuts, prompt
+
+
+def _run(args: argparse.Namespace) -> int:
+    from multishot.config import ConfigError, load_config
+    from multishot.evaluate.config import EvalConfig
+    from multishot.evaluate.report import overall, table
+    from multishot.evaluate.video import Evaluator
+    from multishot.pipeline.video import ProbeError
+
+    try:
+        config = load_config(args.config, EvalConfig) if args.config else EvalConfig()
+        videos = find_videos(args.videos)
+        cuts = parse_cuts(args.cuts) if args.cuts is not None else None
+        evaluator = Evaluator(config)
+        results = []
+        for video in videos:
+            requested, prompt = sidecar(video)
+            requested = cuts if cuts is not None else requested
+            prompt = args.prompt if args.prompt is not None else prompt
+            try:
+                results.append(evaluator.evaluate(video, requested, prompt))
+            except (ProbeError, ValueError) as err:
+                raise EvalInputError(f"{video}: {err}") from None
+    except (ConfigError, EvalInputError, FileNotFoundError) as err:
+        lines = [line.strip() for line in str(err).splitlines()]  # a config error lists its keys
+        print(f"multishot eval: {'; '.join(lines)}", file=sys.stderr)
+        return 2
+    summary = overall(results)
+    print(table(results, summary))
+    if args.json:
+        report = {"config": config.model_dump(mode="json"), "videos": results, "overall": summary}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0

@@ -1,0 +1,1 @@
+"""Multi-shot video generation from HoloCine prompts (``multishot generate``)."""

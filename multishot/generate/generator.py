@@ -1,0 +1,349 @@
+"""Multi-shot text-to-video generation: prompt → UMT5 → guided flow-matching sampling → VAE → mp4.
+
+``Generator(config)`` loads what the trainer loads (the DiT through :mod:`model.checkpoint`,
+UMT5 and the Wan VAE through :class:`trainer.encoders.FrozenEncoders`), once; then per
+:class:`~generate.shots.Request`
+
+    prompt, negative prompt → UMT5 states [L, 4096]            text encoder on the GPU, then off
+    prompt → caption windows (TextSpans), cuts → ShotLayout     host, once per sample
+    seed → ε [1, C, F_lat, H/s, W/s] float32                   drawn on the CPU: any device, same ε
+    ε → latents                                                 :func:`generate.sampler.sample`
+    latents · std + mean → VAE decode (tiled) → [F, H, W, 3] uint8
+    → <name>.mp4 (16 fps, x264 via PyAV) + <name>.json          :func:`write_outputs`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multishot.dataset.record import num_latent_frames
+from multishot.generate.config import GenerateConfig
+from multishot.generate.random_models import RANDOM_MODEL, make_random_models
+from multishot.generate.sampler import (NUM_TRAIN_TIMESTEPS, Conditioning, Expert, SampleTrace,
+                                        sample)
+from multishot.generate.shots import Request
+from multishot.generate.video import write_mp4
+from multishot.model.checkpoint import load_into, load_state_dict_file
+from multishot.model.config import WanConfig, get_config
+from multishot.model.dit import WanModel
+from multishot.model.layout import ShotLayout, latent_shot_starts
+from multishot.trainer.encoders import FrozenEncoders
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` → ``cuda`` when available, else ``cpu``; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint: of the file, or of its files' digests in name order (a folder or
+    a sharded index). Hashing a 28 GB expert takes ~20 s; it is done once per load."""
+    path = Path(path)
+    if path.name.endswith(".index.json"):
+        files = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+        files = [path.parent / f for f in files]
+    elif path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+    else:
+        files = [path]
+    digests = []
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+        digests.append(digest.hexdigest())
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def load_dit(name: str, checkpoint: str, device: torch.device, dtype: torch.dtype, *,
+             attention_backend: str = "sdpa", sparse_self_attention: bool = True) -> WanModel:
+    """A :class:`WanModel` with ``checkpoint``'s weights, built on ``meta`` and materialised
+    straight on ``device`` in ``dtype`` (no random initialisation of billions of weights). The
+    time embedding and projection stay float32 (tiny; Wan computes them in float32 and bf16
+    weights put ~0.4% error into the modulation, as the trainer's FSDP policy notes).
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``checkpoint``.
+        ValueError: the checkpoint lacks weights of the architecture or has other shapes.
+    """
+    with torch.device("meta"):
+        model = WanModel(get_config(name), attention_backend,
+                         sparse_self_attention=sparse_self_attention)
+    model = model.to(dtype)
+    model.time_embedding.float()
+    model.time_projection.float()
+    model = model.to_empty(device=device)
+    report = load_into(model, load_state_dict_file(checkpoint, device="cpu"))
+    if report.missing or report.mismatched:
+        raise ValueError(f"{checkpoint} does not fit model {name}: {report}")
+    if report.unexpected:
+        log.warning("%s: %d unexpected keys ignored (%s…)", checkpoint, len(report.unexpected),
+                    report.unexpected[:3])
+    return model.eval().requires_grad_(False)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak GPU memory allocated (GiB) on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    """ε ~ N(0, I) of ``shape`` drawn on the CPU in float32 from ``seed`` (the same on every
+    device and rank, as diffusers' ``randn_tensor`` with a CPU generator), then moved."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+
+def make_conditioning(encoders: FrozenEncoders, model_config: WanConfig, request: Request,
+                      context: torch.Tensor, negative: torch.Tensor, latent_hw: tuple[int, int],
+                      window_cross_attention: bool, device: torch.device) -> Conditioning:
+    """The :class:`Conditioning` of ``request`` from its UMT5 states ``[L, D]``: the shot
+    layout of its cuts over latents of ``latent_hw`` and, with ``window_cross_attention``, its
+    caption windows (HoloCine's spans). A prompt whose shot captions do not all fit the text
+    length gets unmasked cross-attention, as HoloCine's inference runs it; the reason is logged
+    and kept in ``request.extra["unmasked_cross_attention"]`` (written to the JSON).
+    """
+    _, ph, pw = model_config.patch_size
+    layout = ShotLayout.from_cut_frames(request.num_frames, request.cut_frames,
+                                        (latent_hw[0] // ph) * (latent_hw[1] // pw), device)
+    spans = None
+    if window_cross_attention:
+        shots = len(layout.shot_starts[0])
+        spans, why = encoders.text_spans([request.prompt], [shots], model_config.text_len)[0]
+        if why is not None:
+            log.warning("%s: unmasked cross-attention: %s", request.name, why)
+            request.extra["unmasked_cross_attention"] = why
+    return Conditioning(context, negative, layout, spans)
+
+
+@torch.no_grad()
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype) -> np.ndarray:
+    """Normalised latents ``[1, C, F_lat, H_lat, W_lat]`` → ``latents · std + mean`` → Wan VAE
+    decode (diffusers ``AutoencoderKLWan``, tiled when enabled) → ``[F, H, W, 3]`` uint8."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    z = latents.float().cpu() * std + mean
+    video = vae.decode(z.to(device, dtype)).sample                       # [1, 3, F, H, W]
+    video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(1, 2, 3, 0).cpu().numpy()
+
+
+@dataclass
+class Generated:
+    """One generated sample: ``video`` ``[F, H, W, 3]`` uint8, ``latents``
+    ``[1, C, F_lat, H_lat, W_lat]`` float32 (CPU), and the record written beside the mp4."""
+
+    request: Request
+    video: np.ndarray
+    latents: torch.Tensor
+    info: dict
+
+
+class Generator:
+    """Loaded models and settings of one :class:`GenerateConfig`; :meth:`generate` per request.
+
+    Raises (at construction):
+        FileNotFoundError, OSError: a checkpoint or encoder folder is missing.
+        ValueError: a checkpoint does not fit ``model.name``; random weights asked for another
+            architecture than ``tiny``.
+    """
+
+    def __init__(self, config: GenerateConfig):
+        self.random_weights = config.model.random_weights is not None
+        if self.random_weights:
+            config = self._with_random_weights(config)
+        self.config = config
+        self.device = resolve_device(config.runtime.device)
+        cuda = self.device.type == "cuda"
+        self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}.get(
+            config.runtime.dtype, torch.bfloat16 if cuda else torch.float32)
+        self.offload = config.runtime.offload and cuda
+        self.model_config = get_config(config.model.name)
+        m, s = config.model, config.sampling
+        start = time.perf_counter()
+        self.experts = [Expert(self._load(m.checkpoint), s.cfg_scale,
+                               s.boundary * NUM_TRAIN_TIMESTEPS if m.low_noise_checkpoint else 0.0,
+                               "high_noise" if m.low_noise_checkpoint else "dit")]
+        if m.low_noise_checkpoint:
+            self.experts.append(Expert(self._load(m.low_noise_checkpoint),
+                                       s.cfg_scale_low_noise or s.cfg_scale, 0.0, "low_noise"))
+        self.checkpoints = {p: file_sha256(p) for p in (m.checkpoint, m.low_noise_checkpoint) if p}
+        self.encoders = FrozenEncoders.load(config.encoders,
+                                            "cpu" if self.offload else self.device)
+        if self.encoders.vae is None or self.encoders.text_encoder is None:
+            raise ValueError("generation needs encoders.vae and encoders.text_encoder")
+        if config.runtime.vae_tiling:
+            self.encoders.vae.enable_tiling()
+        self.vae_stride = (self.encoders.vae.config.scale_factor_temporal,
+                           self.encoders.vae.config.scale_factor_spatial)
+        log.info("loaded %d DiT(s) %s (%s, %s) and encoders in %.1f s", len(self.experts),
+                 m.name, self.device, self.dtype, time.perf_counter() - start)
+        self._negative: torch.Tensor | None = None
+
+    @staticmethod
+    def _with_random_weights(config: GenerateConfig) -> GenerateConfig:
+        if config.model.name != RANDOM_MODEL:
+            raise ValueError(f"model.random_weights builds the {RANDOM_MODEL!r} model only, "
+                             f"not {config.model.name!r}")
+        paths = make_random_models(config.model.random_weights)
+        log.warning("model.random_weights: RANDOM weights in %s; the video is noise-like, "
+                    "a smoke test of the generation path, not a model's output",
+                    config.model.random_weights)
+        model = config.model.model_copy(update={
+            "checkpoint": paths["dit"],
+            "low_noise_checkpoint": paths["low_noise_dit"] if config.model.low_noise_checkpoint
+            else None})
+        encoders = config.encoders.model_copy(update={
+            "vae": paths["vae"], "text_encoder": paths["text_encoder"], "tokenizer": None})
+        return config.model_copy(update={"model": model, "encoders": encoders})
+
+    def _load(self, checkpoint: str) -> torch.nn.Module:
+        m = self.config.model
+        model = load_dit(m.name, checkpoint, torch.device("cpu") if self.offload else self.device,
+                         self.dtype, attention_backend=m.attention_backend,
+                         sparse_self_attention=m.sparse_self_attention)
+        if m.compile:
+            from multishot.trainer.parallelize import apply_compile
+
+            apply_compile(model)
+        return model
+
+    # ---- device placement ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _on_device(self, module: torch.nn.Module):
+        """Hold ``module`` (an encoder) on the GPU for the block when offloading."""
+        if not self.offload:
+            yield
+            return
+        module.to(self.device)
+        self.encoders.device = self.device
+        try:
+            yield
+        finally:
+            module.to("cpu")
+            self.encoders.device = torch.device("cpu")
+            torch.cuda.empty_cache()
+
+    def _activate(self, expert: Expert) -> None:
+        """With offloading, the expert about to run goes to the GPU, the others to the CPU."""
+        if not self.offload:
+            return
+        for other in self.experts:
+            if other is not expert:
+                other.model.to("cpu")
+        expert.model.to(self.device)
+
+    # ---- one sample ------------------------------------------------------------------------
+    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """UMT5 states of ``prompt`` and of the negative prompt, ``[L, text_dim]`` float32 on
+        the DiT's device (the negative one cached)."""
+        text_len = self.model_config.text_len
+        with self._on_device(self.encoders.text_encoder):
+            if self._negative is None:
+                self._negative = self.encoders.encode_prompts(
+                    [self.config.sampling.negative_prompt], text_len)[0].to(self.device)
+            context = self.encoders.encode_prompts([prompt], text_len)[0].to(self.device)
+        return context, self._negative
+
+    def latent_shape(self, num_frames: int) -> tuple[int, int, int, int, int]:
+        """``(1, C, F_lat, H_lat, W_lat)`` of a sample of the configured size.
+
+        Raises:
+            ValueError: the size does not divide into whole patches.
+        """
+        v = self.config.video
+        st, ss = self.vae_stride
+        _, ph, pw = self.model_config.patch_size
+        if v.height % (ss * ph) or v.width % (ss * pw):
+            raise ValueError(f"video {v.width}×{v.height} must be divisible by "
+                             f"{ss * pw}×{ss * ph} (VAE stride × patch)")
+        return (1, self.model_config.in_channels, num_latent_frames(num_frames),
+                v.height // ss, v.width // ss)
+
+    def noise(self, request: Request) -> torch.Tensor:
+        """ε of the request's seed (:func:`initial_noise`)."""
+        return initial_noise(self.latent_shape(request.num_frames), request.seed, self.device)
+
+    def conditioning(self, request: Request) -> Conditioning:
+        """Text states, shot layout and caption windows of ``request`` (:func:`make_conditioning`)."""
+        context, negative = self.encode(request.prompt)
+        _, _, _, h, w = self.latent_shape(request.num_frames)
+        return make_conditioning(self.encoders, self.model_config, request, context, negative,
+                                 (h, w), self.config.model.window_cross_attention, self.device)
+
+    @torch.no_grad()
+    def denoise(self, request: Request) -> tuple[torch.Tensor, SampleTrace]:
+        """Final latents ``[1, C, F_lat, H_lat, W_lat]`` float32 of ``request`` and the trace."""
+        cond = self.conditioning(request)
+        return sample(self.experts, self.noise(request), cond, self.config.sampling,
+                      progress=self.config.runtime.progress, on_expert=self._activate)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """VAE decode (:func:`decode_latents`), the VAE on the GPU only meanwhile."""
+        with self._on_device(self.encoders.vae):
+            return decode_latents(self.encoders.vae, latents, self.device, self.encoders.dtype)
+
+    def generate(self, request: Request) -> Generated:
+        """Sample, decode and describe one request (:class:`Generated`)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        latents, trace = self.denoise(request)
+        sampled = time.perf_counter()
+        video = self.decode(latents)
+        done = time.perf_counter()
+        return Generated(request, video, latents.cpu(), self.describe(request, trace, {
+            "sampling_s": sampled - start, "decode_s": done - sampled, "total_s": done - start}))
+
+    def describe(self, request: Request, trace: SampleTrace, seconds: dict) -> dict:
+        """The JSON record written beside a sample's mp4."""
+        s, v = self.config.sampling, self.config.video
+        return {
+            "name": request.name, "prompt": request.prompt, "negative_prompt": s.negative_prompt,
+            "num_frames": request.num_frames, "cut_frames": request.cut_frames,
+            "num_shots": len(request.cut_frames) + 1,
+            "latent_shot_starts": latent_shot_starts(request.num_frames, request.cut_frames),
+            "seed": request.seed, "height": v.height, "width": v.width, "fps": v.fps,
+            "sampler": s.sampler, "steps": s.steps, "shift": s.shift,
+            "cfg_scale": {e.name: e.cfg_scale for e in self.experts},
+            "boundary": s.boundary if len(self.experts) > 1 else None,
+            "cfg_batch": s.cfg_batch, "model": self.config.model.name,
+            "sparse_self_attention": self.config.model.sparse_self_attention,
+            "window_cross_attention": self.config.model.window_cross_attention,
+            "checkpoints": self.checkpoints, "random_weights": self.random_weights,
+            "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+            "seconds_per_step": float(np.mean(trace.step_seconds)),
+            "step_seconds": trace.step_seconds, "timesteps": trace.timesteps,
+            "experts": trace.experts, **seconds,
+            "peak_memory_gib": peak_memory_gib(self.device), **request.extra,
+        }
+
+
+def write_outputs(generated: Generated, mp4_path: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>.mp4`` and ``<stem>.json`` (the record) beside it; returns both paths."""
+    mp4_path = Path(mp4_path)
+    mp4_path.parent.mkdir(parents=True, exist_ok=True)
+    write_mp4(generated.video, mp4_path, generated.info["fps"])
+    json_path = mp4_path.with_suffix(".json")
+    json_path.write_text(json.dumps(generated.info, indent=1, ensure_ascii=False))
+    return mp4_path, json_path
