@@ -17,7 +17,10 @@ EVAL_CONFIG=${EVAL_CONFIG:-configs/eval/default.yaml}
 SHARDS=${SHARDS:-out/demo}                 # the shard set the real samples come from
 OUT=${OUT:-out/demo_train}                 # generated video, exported samples, eval report
 RANDOM_MODELS=${RANDOM_MODELS-out/random_models}
-PROMPT=${PROMPT:-"[global caption] [character1], a small grey rabbit, wakes up in a sunny forest. This scene contains 3 shots. [per shot caption] A wide shot of the forest at dawn. [shot cut] A close-up of [character1] opening its eyes. [shot cut] [character1] hops out of its burrow."}
+# HoloCine's format; the tiny DiT reads 16 text tokens, so the captions are short (a longer prompt
+# would lose its shot windows). Real Wan reads 512: "[global caption] ... This scene contains 3
+# shots. [per shot caption] ... [shot cut] ... [shot cut] ..."
+PROMPT=${PROMPT:-"[global caption] A rabbit. [per shot caption] Trees. [shot cut] The rabbit. [shot cut] It hops."}
 
 if [ ! -d "$SHARDS" ]; then
     echo "demo-train: $SHARDS does not exist: run \`make demo\` first" >&2

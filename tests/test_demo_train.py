@@ -73,6 +73,7 @@ def test_demo_train_makes_checkpoint_video_and_eval_report(tmp_path, footage_sha
     assert len(frames) == 33 and frames[0].shape == (64, 64, 3)
     generated = json.loads(mp4.with_suffix(".json").read_text())
     assert len(generated["cut_frames"]) == 2
+    assert "unmasked_cross_attention" not in generated  # the prompt's shot windows were used
     assert list(generated["checkpoints"]) == ["out/demo_train/run/model.safetensors"]
 
     # the eval report: the generated video and both real samples, with their requested cuts
