@@ -114,6 +114,7 @@ def test_a_gradual_transition_cuts_in_its_middle():
     assert cuts_from_shots(shots) == [30, 65]
 
 
+@pytest.mark.timeout(1800)  # may be the first user of the session's pipeline run, which it then waits for
 def test_pipeline_samples_of_real_footage_score_at_least_095(footage_shards, tmp_path):
     """The pipeline's rendered samples (hard cuts at known frames) through the real TransNetV2."""
     import pyarrow.fs as pafs
