@@ -29,7 +29,7 @@ def shortened(config: str, tmp: Path, **sections) -> str:
     data = yaml.safe_load((REPO / config).read_text())
     for section, values in sections.items():
         data[section].update(values)
-    path = tmp / Path(config).name
+    path = tmp / f"{Path(config).parent.name}_{Path(config).name}"  # train_…, generate_…
     path.write_text(yaml.safe_dump(data))
     return str(path)
 
