@@ -56,7 +56,7 @@ def make_random_models(folder: str | Path, seed: int = 0) -> dict[str, str]:
 #: word is ``<unk>``, one token like a known word, so token counts do not depend on this list
 VOCABULARY = ["<pad>", "</s>", "<unk>", "a", "the", "of", "shot", "scene", "video", "This",
               "contains", "shots", ".", "multi", "-", "Blender", "films", "sintel", "bbb",
-              "tos"] + [str(i) for i in range(1, 10)]
+              "tos", "A", "The", "It", "rabbit", "Trees", "hops"] + [str(i) for i in range(1, 10)]
 
 
 def make_random_encoders(folder: str | Path, seed: int = 0) -> dict[str, str]:
