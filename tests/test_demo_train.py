@@ -87,3 +87,10 @@ def test_demo_train_makes_checkpoint_video_and_eval_report(tmp_path, footage_sha
     # one table of the three videos and their mean on stdout
     table = result.stdout[result.stdout.index("== 5/5"):]
     assert all(name in table for name in by_name) and "overall" in table
+
+
+def test_demo_train_before_make_demo_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(["sh", str(REPO / "demo" / "train.sh")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, SHARDS="out/demo"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "demo-train: out/demo does not exist: run `make demo` first\n"
