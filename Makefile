@@ -1,11 +1,13 @@
 # Two commands on a fresh machine (see README):
 #   make demo   installs into .venv (CPU), then runs the main job on the bundled footage
 #   make test   installs into .venv (CPU), then runs the test suite
+# and the loop demo after `make demo`:
+#   make demo-train   tiny fine-tune on out/demo → checkpoint → multishot generate → multishot eval
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-train test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	python3 -m venv $(VENV)
@@ -19,6 +21,9 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/multishot pipeline run --config configs/pipeline/demo.yaml
+
+demo-train: install
+	MULTISHOT=$(VENV)/bin/multishot PYTHON=$(PY) sh demo/train.sh
 
 test: install
 	$(VENV)/bin/python -m pytest -q

@@ -134,32 +134,11 @@ def train_footage_shards(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory) -> dict[str, str]:
     """Random tiny frozen encoders saved in ``save_pretrained`` layout (no weights can be
-    downloaded here): a Wan VAE (diffusers AutoencoderKLWan, 16 latent channels, stride 4×8×8),
-    a UMT5 encoder of width 32 (the ``tiny`` DiT's text_dim) and a word-level fast tokenizer
-    whose HoloCine tags are single tokens. Returns ``{"vae": dir, "text_encoder": dir}``."""
-    from multishot.torchvision_cpu import import_torchvision
+    downloaded here), as ``make demo-train`` and ``multishot generate``'s ``random_weights``
+    make them (:func:`multishot.generate.random_models.make_random_encoders`): a Wan VAE
+    (16 latent channels, stride 4×8×8), a UMT5 encoder of width 32 (the ``tiny`` DiT's
+    text_dim) and a word-level tokenizer whose HoloCine tags are single tokens.
+    Returns ``{"vae": dir, "text_encoder": dir}``."""
+    from multishot.generate.random_models import make_random_encoders
 
-    import_torchvision()
-    import torch
-    from diffusers import AutoencoderKLWan
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-    root = tmp_path_factory.mktemp("tiny_encoders")
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                           latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
-    vae.save_pretrained(root / "vae")
-    words = ["<pad>", "</s>", "<unk>", "a", "multi-shot", "video", "shot", "Blender", "films",
-             "sintel", "bbb", "tos"] + [str(i) for i in range(1, 10)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
-    fast.add_tokens(["[global caption]", "[per shot caption]", "[shot cut]"])
-    fast.save_pretrained(root / "text_encoder")
-    umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(fast), d_model=32, d_kv=16, d_ff=64,
-                                       num_layers=1, num_heads=2))
-    umt5.save_pretrained(root / "text_encoder")
-    return {"vae": str(root / "vae"), "text_encoder": str(root / "text_encoder")}
+    return make_random_encoders(tmp_path_factory.mktemp("tiny_encoders"))

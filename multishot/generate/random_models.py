@@ -30,18 +30,12 @@ def make_random_models(folder: str | Path, seed: int = 0) -> dict[str, str]:
     """Create the random models under ``folder`` unless they are there already.
 
     Returns :func:`random_model_paths`. Two DiTs are written (different seeds) so that the
-    A14B expert switch can be exercised too.
+    A14B expert switch can be exercised too; the encoders are :func:`make_random_encoders`.
     """
     paths = random_model_paths(folder)
     if all(Path(p).exists() for p in paths.values()):
         return paths
-    from multishot.torchvision_cpu import import_torchvision
-
-    import_torchvision()  # diffusers imports torchvision; the CPU wheel needs the shim
     import torch
-    from diffusers import AutoencoderKLWan
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
     from multishot.model.checkpoint import save_safetensors
     from multishot.model.config import get_config
@@ -54,14 +48,43 @@ def make_random_models(folder: str | Path, seed: int = 0) -> dict[str, str]:
         # Wan zero-initialises the head; random head weights make the smoke video non-constant
         torch.nn.init.normal_(dit.head.head.weight, std=0.02)
         save_safetensors(dit.state_dict(), paths[key])
+    make_random_encoders(folder, seed)
+    return paths
+
+
+#: the tokenizer's whole vocabulary (words of the tests' and the demo's prompts); any other
+#: word is ``<unk>``, one token like a known word, so token counts do not depend on this list
+VOCABULARY = ["<pad>", "</s>", "<unk>", "a", "the", "of", "shot", "scene", "video", "This",
+              "contains", "shots", ".", "multi", "-", "Blender", "films", "sintel", "bbb",
+              "tos", "A", "The", "It", "rabbit", "Trees", "hops"] + [str(i) for i in range(1, 10)]
+
+
+def make_random_encoders(folder: str | Path, seed: int = 0) -> dict[str, str]:
+    """Write a random Wan VAE (diffusers ``AutoencoderKLWan``: 16 latent channels, stride
+    4×8×8) and a random UMT5 encoder of the tiny DiT's text width with its word-level tokenizer
+    into ``folder/vae`` and ``folder/text_encoder`` (``save_pretrained`` layout, the trainer's
+    and the generator's ``encoders.vae`` / ``encoders.text_encoder``), overwriting them.
+
+    Returns ``{"vae": dir, "text_encoder": dir}``.
+    """
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()  # diffusers imports torchvision; the CPU wheel needs the shim
+    import torch
+    from diffusers import AutoencoderKLWan
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from multishot.model.config import get_config
+
+    paths = {k: v for k, v in random_model_paths(folder).items() if k in ("vae", "text_encoder")}
+    config = get_config(RANDOM_MODEL)
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(base_dim=8, z_dim=config.in_channels, dim_mult=[1, 2, 2, 2],
                            num_res_blocks=1, latents_mean=[0.0] * config.in_channels,
                            latents_std=[1.0] * config.in_channels)
     vae.save_pretrained(paths["vae"])
-    words = ["<pad>", "</s>", "<unk>", "a", "the", "of", "shot", "scene", "video", "This",
-             "contains", "shots", "."] + [str(i) for i in range(1, 10)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCABULARY)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>",
                                                        special_tokens=[("</s>", 1)])
@@ -73,3 +96,22 @@ def make_random_models(folder: str | Path, seed: int = 0) -> dict[str, str]:
                                        d_ff=64, num_layers=1, num_heads=2))
     umt5.save_pretrained(paths["text_encoder"])
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m multishot.generate.random_models FOLDER``: create the random models there
+    (the first step of ``make demo-train``) and say that they are random."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m multishot.generate.random_models",
+                                     description=main.__doc__)
+    parser.add_argument("folder", help="where to write dit/, vae/ and text_encoder/")
+    args = parser.parse_args(argv)
+    paths = make_random_models(args.folder)
+    print(f"RANDOM weights (a smoke run of the code path, not a model): {RANDOM_MODEL} DiT "
+          f"{paths['dit']}, Wan VAE {paths['vae']}, UMT5 {paths['text_encoder']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
