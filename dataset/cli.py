@@ -127,7 +127,7 @@ def _handled(func):
             hint = ""
             if isinstance(err, (ShardError, tarfile.TarError)):
                 hint = " (`multishot shards verify PATH` lists every problem of the set)"
-            raise UsageError(f"{args.shards_command}: {message}{hint}") from err
+            raise UsageError(f"{message}{hint}") from err
 
     return run
 

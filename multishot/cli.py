@@ -103,7 +103,9 @@ def _run(argv: list[str] | None) -> int:
         if message is None:  # a bug (or a broken pipe, handled in main): keep the traceback
             raise
         log.debug("bad input", exc_info=True)  # the traceback, for -v
-        print(f"multishot {args.command}: {message}", file=sys.stderr)
+        # the sub-command too where the part has them (`multishot shards ls: ...`)
+        action = getattr(args, f"{args.command}_command", None)
+        print(f"multishot {args.command}{f' {action}' if action else ''}: {message}", file=sys.stderr)
         return USAGE_EXIT
 
 

@@ -54,10 +54,10 @@ def bad_train_config(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("args, words", [
-    (["pipeline", "run", "--config", "missing.yaml"], ["multishot pipeline:", "missing.yaml"]),
+    (["pipeline", "run", "--config", "missing.yaml"], ["multishot pipeline run:", "missing.yaml"]),
     (["pipeline", "run", "--config", "configs/pipeline/demo.yaml", "--input", "/no/such/films"],
-     ["multishot pipeline:", "/no/such/films"]),
-    (["shards", "ls", "/no/such/set"], ["multishot shards:", "/no/such/set"]),
+     ["multishot pipeline run:", "/no/such/films"]),
+    (["shards", "ls", "/no/such/set"], ["multishot shards ls:", "/no/such/set"]),
     (["annotate", "--shards", "/no/such/set", "--output", "/tmp/never"], ["multishot annotate:", "/no/such/set"]),
     (["precompute", "--config", "{bad}", "--out", "/tmp/never"], ["multishot precompute:", "model.nmae", "run.max_steps"]),
     (["train", "--config", "{bad}"], ["multishot train:", "model.nmae", "run.max_steps"]),

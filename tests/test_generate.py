@@ -249,3 +249,32 @@ def test_bf16_load_keeps_the_time_embedding_float32(random_models):
     with torch.no_grad():
         ours, ref = model(x, t, ctx).float(), reference(x, t, ctx)
     assert ref.abs().max() > 0 and (ours - ref).norm() / ref.norm() < 0.02  # bf16 blocks only
+
+
+def test_lora_file_merges_into_the_dit_at_its_scale(tmp_path, random_models):
+    """``multishot generate --lora F --lora-scale S``: scale 0 leaves the latents of the base;
+    a nonzero scale changes them, and equals merging W + S·B·A into the checkpoint by hand."""
+    from safetensors.torch import load_file, save_file
+
+    from multishot.trainer.lora import LoraConfig, save_adapter
+
+    torch.manual_seed(0)
+    base = load_file(random_models["dit"])
+    adapter, merged = {}, dict(base)
+    for module in ("blocks.0.self_attn.q", "blocks.1.ffn.2"):
+        w = base[f"{module}.weight"]
+        a, b = torch.randn(2, w.shape[1]) * 0.1, torch.randn(w.shape[0], 2) * 0.1
+        adapter[f"diffusion_model.{module}.lora_A.weight"] = a
+        adapter[f"diffusion_model.{module}.lora_B.weight"] = b
+        merged[f"{module}.weight"] = w + 0.5 * (b @ a)
+    lora = save_adapter(adapter, tmp_path / "lora.safetensors", LoraConfig(rank=2))
+    save_file(merged, str(tmp_path / "merged.safetensors"))
+    request = resolve_request(PROMPT, 17, None, seed=3)
+    plain, _ = Generator(config(random_models)).denoise(request)
+    off, _ = Generator(config(random_models), str(lora), 0.0).denoise(request)
+    half, _ = Generator(config(random_models), str(lora), 0.5).denoise(request)
+    by_hand, _ = Generator(config(random_models, model={"checkpoint": str(tmp_path / "merged.safetensors")})
+                           ).denoise(request)
+    assert torch.equal(plain, off)
+    assert not torch.allclose(plain, half, atol=1e-4)
+    torch.testing.assert_close(half, by_hand, rtol=1e-5, atol=1e-6)

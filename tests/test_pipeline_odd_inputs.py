@@ -51,7 +51,7 @@ def test_odd_inputs_end_ok_partial_or_rejected(tmp_path):
     out = tmp_path / "out"
     config = {
         "input": str(tmp_path / "in"), "output": str(out),
-        "detect": {"min_shot_s": 0.5, "num_actors": 1},
+        "detect": {"min_shot_s": 0.5, "resources": {"actors": 1}},
         "analyse": {"frames_per_shot": 1, "ocr_backend": "none"},
         "pack": {"buckets": [{"name": "1s", "target_s": 1.0, "tolerance_s": 0.3}]},
         "render": {"width": 64, "height": 48},

@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "default: spread evenly (HoloCine)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--limit", type=int, help="--from-shards: at most this many samples")
-    p.add_argument("--lora", help="LoRA adapter to apply (not available yet: trainer/lora.py)")
+    p.add_argument("--lora", help="LoRA file to merge into the DiT(s) (multishot export-lora, or a "
+                   "ComfyUI / DiffSynth-Studio Wan LoRA)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
     p.add_argument("-o", "--output", required=True,
                    help="the .mp4 for --prompt; a folder for --prompts / --from-shards")
     p.set_defaults(func=run)
@@ -79,11 +81,14 @@ def run(args: argparse.Namespace) -> int:
     from multishot.generate.config import GenerateConfig
     from multishot.generate.generator import Generator, write_outputs
 
-    if args.lora:
-        raise ValueError("--lora is not supported yet (LoRA loading comes with trainer/lora.py)")
+    from multishot.errors import UsageError
+
     config = load_config(args.config, GenerateConfig)
-    todo = requests(args, config.video.num_frames)
-    generator = Generator(config)
+    try:
+        todo = requests(args, config.video.num_frames)
+        generator = Generator(config, args.lora, args.lora_scale)
+    except ValueError as err:  # a bad prompt, cut, checkpoint or LoRA file: the message says which
+        raise UsageError(str(err)) from err
     out = Path(args.output)
     for request in todo:
         mp4 = out if args.prompt is not None else out / f"{request.name}.mp4"

@@ -170,7 +170,10 @@ class Generator:
             architecture than ``tiny``.
     """
 
-    def __init__(self, config: GenerateConfig):
+    def __init__(self, config: GenerateConfig, lora: str | None = None, lora_scale: float = 1.0):
+        """``lora``: a LoRA file (``multishot export-lora``, or ComfyUI / DiffSynth layouts)
+        merged into every DiT at ``lora_scale`` (:func:`trainer.lora.apply_lora_file`)."""
+        self.lora, self.lora_scale = lora, lora_scale
         # under `torchrun --nproc-per-node N`: all N ranks split every sample (Ulysses context
         # parallelism, trainer.context_parallel); the outputs are rank 0's to write
         self.cp_group, self.device = join_torchrun(resolve_device(config.runtime.device))
@@ -195,7 +198,7 @@ class Generator:
         if m.low_noise_checkpoint:
             self.experts.append(Expert(self._load(m.low_noise_checkpoint),
                                        s.cfg_scale_low_noise or s.cfg_scale, 0.0, "low_noise"))
-        self.checkpoints = {p: file_sha256(p) for p in (m.checkpoint, m.low_noise_checkpoint) if p}
+        self.checkpoints = {p: file_sha256(p) for p in (m.checkpoint, m.low_noise_checkpoint, lora) if p}
         self.encoders = FrozenEncoders.load(config.encoders,
                                             "cpu" if self.offload else self.device)
         if self.encoders.vae is None or self.encoders.text_encoder is None:
@@ -230,6 +233,12 @@ class Generator:
         model = load_dit(m.name, checkpoint, torch.device("cpu") if self.offload else self.device,
                          self.dtype, attention_backend=m.attention_backend,
                          sparse_self_attention=m.sparse_self_attention)
+        if self.lora:
+            from multishot.trainer.lora import apply_lora_file
+
+            changed = apply_lora_file(model, self.lora, self.lora_scale)
+            log.info("merged LoRA %s at scale %g into %d weights of %s", self.lora,
+                     self.lora_scale, changed, checkpoint)
         apply_context_parallel(model, self.cp_group)
         if m.compile:
             from multishot.trainer.parallelize import apply_compile
@@ -340,6 +349,7 @@ class Generator:
             "sparse_self_attention": self.config.model.sparse_self_attention,
             "window_cross_attention": self.config.model.window_cross_attention,
             "checkpoints": self.checkpoints, "random_weights": self.random_weights,
+            "lora": self.lora, "lora_scale": self.lora_scale if self.lora else None,
             "context_parallel": 1 if self.cp_group is None else self.cp_group.size(),
             "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
             "seconds_per_step": float(np.mean(trace.step_seconds)),
