@@ -10,14 +10,12 @@ paths in the config: nothing is downloaded.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
 
 
 class AestheticHead(nn.Module):

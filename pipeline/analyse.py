@@ -14,7 +14,6 @@ scored as they arrive, so memory holds one shot's frames at a time.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,6 @@ from multishot.pipeline.config import AnalyseConfig
 from multishot.pipeline.detect import DetectedShot
 from multishot.pipeline.video import DecodeStats, iter_frames
 
-log = logging.getLogger(__name__)
 
 BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 

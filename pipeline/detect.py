@@ -22,7 +22,6 @@ packer never joins them into one sample. Shots shorter than ``min_shot_s`` are d
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,6 @@ import pyarrow.fs as pafs
 from multishot.pipeline.config import DetectConfig
 from multishot.pipeline.video import DecodeStats, iter_frames
 
-log = logging.getLogger(__name__)
 
 TRANSNET_SIZE = (48, 27)  # (width, height) of TransNetV2's input frames
 WINDOW, STRIDE, CONTEXT = 100, 50, 25

@@ -20,14 +20,12 @@ is still read with scores above 0.99.
 
 from __future__ import annotations
 
-import logging
 
 import cv2
 import numpy as np
 
 from multishot.pipeline.config import AnalyseConfig
 
-log = logging.getLogger(__name__)
 
 MIN_CHARS = 2
 

@@ -22,7 +22,6 @@ with a reason. Rendering is deterministic: the same source and config give the s
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -34,7 +33,6 @@ import pyarrow.fs as pafs
 from multishot.pipeline.config import RenderConfig
 from multishot.pipeline.video import DecodeStats, VideoInfo, iter_grid
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

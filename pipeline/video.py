@@ -24,7 +24,6 @@ Parallelism comes from decoding several videos side by side.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,7 +31,6 @@ import av
 import numpy as np
 import pyarrow.fs as pafs
 
-log = logging.getLogger(__name__)
 
 
 class ProbeError(Exception):

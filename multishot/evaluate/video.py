@@ -9,7 +9,6 @@ similarities, because those pair a shot with its caption.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from multishot.evaluate.sca import cuts_from_shots, shot_cut_accuracy
 from multishot.pipeline.detect import make_detector
 from multishot.pipeline.video import DecodeStats, iter_frames, probe
 
-log = logging.getLogger(__name__)
 
 #: every metric a video may get, in table order
 METRICS = (
