@@ -42,7 +42,7 @@ def test_demo_train_makes_checkpoint_video_and_eval_report(tmp_path, footage_sha
     assert len(rows) == 2, "the footage fixture has fewer than two 5 s multi-shot samples"
     fs, _ = resolve(str(tmp_path))
     write_shard(fs, str(tmp_path / "out" / "demo" / "shards" / "slice-00000.tar"),
-                [shards.sample(r["key"]) for r in rows])
+                [(record, members["mp4"]) for record, members in (shards.sample(r["key"]) for r in rows)])
     configs = tmp_path / "configs"
     configs.mkdir()
     env = dict(
