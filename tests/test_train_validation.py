@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import av
+import pytest
 import yaml
 
 from multishot.dataset.loader import DataConfig, TrainLoader
@@ -19,13 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPT = "[global caption] a video [per shot caption] a shot [shot cut] a shot"
 
 
-def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, tiny_encoders):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, tiny_encoders, lora):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": PROMPT, "name": "two_shots", "cut_frames": [9]}) + "\n")
     config = yaml.safe_load((REPO / "configs/train/tiny_cpu.yaml").read_text())
     config["data"]["shards"] = [train_footage_shards["clean"]]
     config["encoders"].update(tiny_encoders)
     config["run"].update(output_dir=str(tmp_path / "run"), max_steps=4, checkpoint_every=4)
+    if lora:  # validation samples with the adapters on the frozen base
+        config["model"]["lora"] = {"rank": 4}
     config["validation"] = {"every": 2, "prompts": str(prompts), "held_out": 1,
                             "sampling": {"steps": 2, "cfg_scale": 3.0}}
     path = tmp_path / "train.yaml"
