@@ -18,7 +18,7 @@ from odd_inputs import BBB, FOOTAGE, alternating_times, footage, two_shots, writ
 
 from multishot.dataset.record import SampleRecord
 from multishot.pipeline.config import RenderConfig
-from multishot.pipeline.render import RenderJob, cover_and_crop, crop_rejection, render_samples, source_frames_for_shot
+from multishot.pipeline.render import RenderJob, crop_rejection, render_samples, source_frames_for_shot
 from multishot.pipeline.video import DecodeStats, iter_frames, iter_grid, probe
 
 LOCAL = pafs.LocalFileSystem()

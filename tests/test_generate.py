@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import av
-import numpy as np
 import pytest
 import torch
 
@@ -17,7 +16,6 @@ from multishot.generate.generator import Generator
 from multishot.generate.random_models import make_random_models
 from multishot.generate.sampler import SamplingConfig, guided_velocity, make_scheduler
 from multishot.generate.shots import even_cut_frames, resolve_request
-from multishot.model.layout import ShotLayout
 from multishot.trainer.config import EncodersConfig
 
 PROMPT = "[global caption] a scene [per shot caption] a shot [shot cut] the shot [shot cut] a video"
@@ -46,7 +44,6 @@ def config(random_models, **sections) -> GenerateConfig:
 
 def test_tiny_cpu_config_writes_mp4_and_json(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)  # random_weights: out/random_models is relative to the run
-    from multishot.cli import build_parser  # noqa: F401 - the CLI table includes generate
 
     out = tmp_path / "gen" / "scene.mp4"
     config = __import__("pathlib").Path(__file__).parents[1] / "configs/generate/tiny_cpu.yaml"

@@ -7,7 +7,6 @@ contradictory configs. Runs use the sequential runner (the same stage list witho
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
