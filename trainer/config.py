@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from multishot.dataset.loader import DataConfig
 from multishot.evaluate.config import EvalConfig
 from multishot.generate.sampler import SamplingConfig
+from multishot.model.causal import CausalConfig
 from multishot.model.config import get_config
 from multishot.trainer.context_parallel import check_heads
 from multishot.trainer.flow_matching import FlowMatchConfig
@@ -54,6 +55,9 @@ class ModelConfig(_Section):
     lora: LoraConfig | None = Field(None, description=(
         "train LoRA adapters on the frozen base (trainer.lora) instead of every weight; "
         "None = full fine-tune"))
+    causal: CausalConfig | None = Field(None, description=(
+        "CausalCine's causal chunk-wise mode (model.causal): teacher forcing; "
+        "None = the bidirectional model"))
 
 
 class EncodersConfig(_Section):
