@@ -13,7 +13,7 @@ from multishot.config import load_config
 from multishot.errors import UsageError
 from multishot.model.causal import (CausalConfig, ChunkLayout, KVCache,
                                     TeacherForcingAttention, route_frames,
-                                    teacher_forcing_frame_mask)
+                                    teacher_forcing_attention_pairs, teacher_forcing_frame_mask)
 from multishot.model.checkpoint import load_into, load_state_dict_file
 from multishot.model.config import get_config
 from multishot.model.dit import WanModel
@@ -143,6 +143,7 @@ def test_teacher_forcing_mask_equals_the_four_rules(name):
     ours = teacher_forcing_frame_mask(chunks, config, 2, query_desc, key_desc)
     tokens = ours.repeat_interleave(HW, 1).repeat_interleave(HW, 2)
     assert torch.equal(tokens, four_rules_mask(chunks, config, query_desc, key_desc, batch=2))
+    assert teacher_forcing_attention_pairs(F_LAT, HW, config) * 2 == tokens.sum()
     full = teacher_forcing_frame_mask(chunks, CONFIGS["full"], 2)
     if config.routing:  # CAMR drops history frames, never adds any
         assert (ours & ~full).sum() == 0 and (full & ~ours).sum() > 0
