@@ -150,6 +150,9 @@ def test_teacher_forcing_mask_equals_the_four_rules(name):
         noisy_last = slice(F_LAT + 10, 2 * F_LAT)  # noisy chunk 4: window [7, 10), 2 of [0, 7)
         assert (ours[:, noisy_last, :F_LAT].sum(-1) == 3 + 2).all()
         assert not torch.equal(ours[0], ours[1])  # routing differs between samples
+        # the clean → clean quadrant is routed only with route_clean
+        same_clean = torch.equal(ours[:, :F_LAT, :F_LAT], full[:, :F_LAT, :F_LAT])
+        assert same_clean == (not config.route_clean)
 
 
 def test_camr_selection_equals_brute_force_top_k_with_ties():
