@@ -277,6 +277,35 @@ def test_teacher_forcing_fast_backends_equal_reference_with_gradients(checkpoint
     assert rel(flex, outs["reference"]) < 1e-5
 
 
+def test_activation_checkpointing_keeps_gradients_and_the_cache(checkpoint):
+    """Under the trainer's activation checkpointing (a block's forward runs again in backward)
+    teacher forcing gives the same gradients, and a cache-writing chunk pass with gradients
+    (self-forcing style rollouts) appends each chunk once and the same gradients."""
+    from multishot.trainer.parallelize import apply_activation_checkpointing
+
+    clean, noisy, context = latents(seed=3)
+    timestep, config = torch.tensor([500.0, 100.0]), CONFIGS["camr_clean"]
+    results = []
+    for checkpointed in (False, True):
+        model = load_model(checkpoint, "sdpa")
+        if checkpointed:
+            apply_activation_checkpointing(model)
+        loss = model.forward_teacher_forcing(clean, noisy, timestep, context, config).square().mean()
+        cache = KVCache.empty(2)
+        for i, (s, e) in enumerate(zip((0, 1, 4), (1, 4, 7))):
+            model.forward_chunk(clean[:, :, s:e], torch.zeros(2), context, cache, i, config,
+                                write_cache=True)
+        loss = loss + model.forward_chunk(noisy[:, :, 7:10], timestep, context, cache, 3,
+                                          config).square().mean()
+        loss.backward()
+        assert [kv.keys.shape[1] for kv in cache.layers] == [7 * HW] * 2
+        results.append({n.replace("._checkpoint_wrapped_module", ""): p.grad
+                        for n, p in model.named_parameters()})
+    plain, checkpointed = results
+    for name, grad in plain.items():
+        assert rel(checkpointed[name], grad) < 1e-5, name
+
+
 # ---- per-frame timesteps: Wan2.2's per-token path, against diffusers -----------------------------
 
 def test_per_frame_timesteps_equal_diffusers_per_token_timesteps(checkpoint):
