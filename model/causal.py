@@ -46,7 +46,8 @@ mask from the frame mask and runs float32 softmax attention (the definition; CPU
 ``sdpa`` (and ``varlen``, which has no separate causal kernel) runs one
 ``scaled_dot_product_attention`` per query chunk over its gathered keys; ``flex`` runs
 FlexAttention with a mask_mod over the frame mask (compiled on CUDA, eager on CPU, forward only
-on CPU as in :mod:`model.attention`).
+on CPU as in :mod:`model.attention`). A streamed chunk needs no mask: it attends its gathered
+history and itself in one call (float32 softmax for ``reference``, SDPA for the others).
 """
 
 from __future__ import annotations
