@@ -351,6 +351,12 @@ def test_bad_inputs_raise(checkpoint):
         model.forward_chunk(noisy[:, :, :1], torch.zeros(2), context, cache, 1, config)
     with pytest.raises(ValueError, match="layers"):
         model.forward_chunk(noisy[:, :, :1], torch.zeros(2), context, KVCache.empty(3), 0, config)
+    model.forward_chunk(clean[:, :, :1], torch.zeros(2), context, cache, 0, config,
+                        write_cache=True)
+    with pytest.raises(ValueError, match="batch 1, cache of batch 2"):
+        model.forward_chunk(noisy[:1, :, 1:4], torch.zeros(1), context[:1], cache, 1, config)
+    with pytest.raises(ValueError, match="tokens per frame"):
+        model.forward_chunk(noisy[:, :, 1:4, :2], torch.zeros(2), context, cache, 1, config)
 
 
 def test_causal_config_section_in_train_and_generate_yaml():
