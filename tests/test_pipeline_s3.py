@@ -34,7 +34,8 @@ CLIPS = [("sintel_film_excerpt_26s.mp4", 2.0, 8.0), ("bbb_first60s_360p.mp4", 20
 @pytest.fixture(scope="module")
 def s3():
     """``(boto3 client, 'host:port')`` of a moto server on 127.0.0.1 holding bucket ``archive``;
-    the AWS variables point this process and its children at it while the module runs."""
+    the AWS variables point this process and its children at it while the module runs, and no
+    Gemini key is set."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -48,6 +49,8 @@ def s3():
                                ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}"),
                                ("AWS_EC2_METADATA_DISABLED", "true")):
                 env.setenv(key, value)
+            for key in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI"):
+                env.delenv(key, raising=False)  # samples stay uncaptioned: no call leaves the machine
             client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
             client.create_bucket(Bucket=BUCKET)
             yield client, f"{host}:{port}"
@@ -96,7 +99,7 @@ def _state(client, prefix: str) -> tuple[list[tuple[str, tuple[str, ...]]], list
 
 def test_sigkill_then_rerun_on_s3_gives_the_reference_samples(s3, job):
     client, _ = s3
-    config, reference = job
+    config, _ = job
     expected = _state(client, "reference")
     assert expected[1], "the clips gave no samples"
 
@@ -136,7 +139,7 @@ def test_sigkill_then_rerun_on_s3_gives_the_reference_samples(s3, job):
     assert main(["shards", "verify", f"s3://{BUCKET}/killed", "-q"]) == 0
 
 
-def test_shards_cli_and_training_loader_read_s3(s3, job, capsys, monkeypatch):
+def test_shards_cli_and_training_loader_read_s3(s3, job, capsys, monkeypatch, tmp_path):
     from multishot.dataset.loader import DataConfig, TrainLoader
 
     client, endpoint = s3
@@ -146,6 +149,9 @@ def test_shards_cli_and_training_loader_read_s3(s3, job, capsys, monkeypatch):
     assert main(["shards", "ls", reference]) == 0
     listing = capsys.readouterr().out
     assert all(k in listing for k in keys)
+    assert main(["shards", "export", reference, keys[0], "-o", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / f"{keys[0]}.json").read_text())["key"] == keys[0]
+    assert (tmp_path / f"{keys[0]}.mp4").stat().st_size > 0
     # the endpoint given in the URI alone (as pyarrow's S3FileSystem options) reaches every tar
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     uri = f"{reference}?endpoint_override={endpoint}&scheme=http"
