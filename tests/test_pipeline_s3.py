@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import yaml
 from footage_clips import FOOTAGE, cut_clip
 from multishot.cli import main
 from multishot.dataset.shards import read_shard, resolve, write_bytes
+from s3_server import moto_s3
 
 BUCKET = "archive"
 CLIPS = [("sintel_film_excerpt_26s.mp4", 2.0, 8.0), ("bbb_first60s_360p.mp4", 20.0, 8.0)]
@@ -36,26 +36,11 @@ def s3():
     """``(boto3 client, 'host:port')`` of a moto server on 127.0.0.1 holding bucket ``archive``;
     the AWS variables point this process and its children at it while the module runs, and no
     Gemini key is set."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a log line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server._server.server_address
-        with pytest.MonkeyPatch.context() as env:
-            for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                               ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}"),
-                               ("AWS_EC2_METADATA_DISABLED", "true")):
-                env.setenv(key, value)
-            for key in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI"):
-                env.delenv(key, raising=False)  # samples stay uncaptioned: no call leaves the machine
-            client = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
-            client.create_bucket(Bucket=BUCKET)
-            yield client, f"{host}:{port}"
-    finally:
-        server.stop()
+    with pytest.MonkeyPatch.context() as env, moto_s3(env) as (client, endpoint):
+        for key in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI"):
+            env.delenv(key, raising=False)  # samples stay uncaptioned: no call leaves the machine
+        client.create_bucket(Bucket=BUCKET)
+        yield client, endpoint
 
 
 @pytest.fixture(scope="module")
