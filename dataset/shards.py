@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO, Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pydantic
 import webdataset as wds
@@ -86,7 +87,12 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     if uri.startswith("s3://") and "allow_delayed_open=" not in uri.partition("?")[2]:
-        uri += ("&" if "?" in uri else "?") + "allow_delayed_open=true"
+        try:
+            return pafs.FileSystem.from_uri(uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true")
+        except pa.ArrowInvalid as err:
+            if "allow_delayed_open" not in str(err):
+                raise
+            # a pyarrow that takes no such URI option: multipart uploads, still published whole
     return pafs.FileSystem.from_uri(uri)
 
 
