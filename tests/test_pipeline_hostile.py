@@ -172,7 +172,7 @@ def test_s3_keys_with_spaces_and_non_ascii(job, tmp_path, s3, capsys):
     client.create_bucket(Bucket="archive")
     client.upload_file(str(root / "A" / "sintel.mp4"), "archive", "films/my film été.mp4")
     client.put_object(Bucket="archive", Key="films/broken #1 100%.mp4", Body=b"not a video")
-    # PySceneDetect reads local files only: TransNetV2 reads through pyarrow's S3 filesystem
+    # the default detector, TransNetV2, decoding through pyarrow's S3 filesystem
     config = tmp_path / "transnet.yaml"
     config.write_text(job[1].read_text().replace("backend: content", "backend: transnetv2"))
     out = tmp_path / "out"

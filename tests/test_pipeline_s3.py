@@ -173,3 +173,19 @@ def test_objects_are_uploaded_whole_in_one_request(s3):
     assert client.head_object(Bucket=BUCKET, Key="whole/large.bin")["ETag"].strip('"').endswith("-2")
     assert client.get_object(Bucket=BUCKET, Key="whole/large.bin")["Body"].read() == large
     assert not client.list_multipart_uploads(Bucket=BUCKET).get("Uploads")
+
+
+def test_pyscenedetect_reads_s3_as_it_reads_a_local_file(job):
+    from multishot.pipeline.config import DetectConfig
+    from multishot.pipeline.detect import SceneDetectDetector
+    from multishot.pipeline.video import DecodeStats, probe
+
+    config, _ = job
+    name = CLIPS[0][0]
+    fps = probe(str(config.parent / name)).fps
+    detector = SceneDetectDetector(DetectConfig(backend="content"))
+    local = detector.detect(str(config.parent / name), resolve(str(config.parent / name))[0], fps, DecodeStats())
+    fs, path = resolve(f"s3://{BUCKET}/films/{name}")
+    stats = DecodeStats()
+    assert detector.detect(path, fs, fps, stats) == local and len(local) > 1
+    assert stats.frames == round(CLIPS[0][2] * fps)
