@@ -131,6 +131,7 @@ def list_shards(urls: list[str]) -> list[str]:
     for url in urls:
         fs, path = resolve(url)
         prefix = url[: len(url) - len(url.split("://", 1)[-1])] if "://" in url else ""
+        query = url.partition("?")[2] if prefix else ""  # the endpoint and options go with every tar
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.File:
             found.append(url)
@@ -144,7 +145,7 @@ def list_shards(urls: list[str]) -> list[str]:
                 if f.path.endswith(".tar") and not f.path.endswith(TMP_SUFFIX)]
         if not tars:
             raise FileNotFoundError(f"no .tar shards under {url}")
-        found.extend(prefix + t if prefix and not t.startswith(prefix) else t for t in tars)
+        found.extend((prefix + t if prefix else t) + (f"?{query}" if query else "") for t in tars)
     return sorted(found)
 
 

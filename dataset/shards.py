@@ -23,8 +23,9 @@ Kinds (``Manifest.kind``) and the tar members of one sample (``{key}.{ext}``):
     latents     {key}.json + {key}.safetensors  ``multishot precompute`` (dataset.latents); no index/
 
 ``{key}.json`` is always the :class:`~dataset.record.SampleRecord`. Tars are written under a
-temporary name and renamed when complete, so a reader never sees a half-written tar
-(WebDataset convention; video2dataset does the same). Reading streams a tar front to back:
+temporary name and renamed when complete, or on an object store (no rename) uploaded whole in
+one request, so a reader never sees a half-written tar (WebDataset convention; video2dataset
+does the same). Reading streams a tar front to back:
 tar members → safety checks (:func:`member_problem`) → webdataset's ``group_by_keys`` →
 ``{"__key__", "__url__", ext: bytes}`` samples, one member in memory at a time, members a
 reader does not select streamed past unread. Each consumer passes a webdataset-style
@@ -44,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO, Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pydantic
 import webdataset as wds
@@ -71,12 +73,41 @@ Handler = Callable[[Exception], bool]
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """A ``pyarrow.fs`` filesystem and path for a local path or URI (``s3://``, ``gs://``, …).
 
+    An ``s3://`` URI reaches the endpoint, region and credentials of the AWS SDK's usual chain
+    (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
+    or ``AWS_PROFILE``, instance roles) unless its query sets them (``?endpoint_override=host:port
+    &scheme=http&region=…``: pyarrow's ``S3FileSystem`` options). It is opened with
+    ``allow_delayed_open``, so an object smaller than pyarrow's upload part (10 MiB) goes up in
+    one PutObject instead of a multipart upload that a killed run would leave unfinished.
+
     Raises:
         pyarrow.ArrowInvalid: the URI's scheme is not supported by pyarrow.
+        OSError: the URI's bucket cannot be reached (pyarrow resolves its region).
     """
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    if uri.startswith("s3://") and "allow_delayed_open=" not in uri.partition("?")[2]:
+        try:
+            return pafs.FileSystem.from_uri(uri + ("&" if "?" in uri else "?") + "allow_delayed_open=true")
+        except pa.ArrowInvalid as err:
+            if "allow_delayed_open" not in str(err):
+                raise
+            # a pyarrow that takes no such URI option: multipart uploads, still published whole
     return pafs.FileSystem.from_uri(uri)
+
+
+def is_object_store(fs: pafs.FileSystem) -> bool:
+    """Whether ``fs`` is an object store (S3, GCS): no rename, and an object becomes visible
+    whole when its upload completes."""
+    return fs.type_name in ("s3", "gcs")
+
+
+def storage_error(err: Exception) -> str:
+    """The first line of a filesystem error, in the user's terms: pyarrow's advice to enable
+    ``allow_bucket_creation`` (a filesystem option no command exposes) becomes "create it"."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return re.sub(r"Bucket '([^']*)' not found\. To create buckets, enable the allow_bucket_creation option\.",
+                  r"bucket '\1' does not exist (create it first)", text)
 
 
 @dataclass(frozen=True)
@@ -240,8 +271,8 @@ def write_tar(
     """Write WebDataset samples (``{"__key__": key, ext: bytes, …}``) as one tar at ``path``, atomically.
 
     Every sample holds exactly the members of ``kind`` (:data:`KIND_MEMBERS`). The tar is
-    built in memory, written under ``path + '.<uuid>.tmp'`` and moved to ``path``; member
-    mtimes are 0, so equal inputs give byte-equal tars.
+    built in memory and written with :func:`write_bytes` (a temporary name and a rename, or one
+    upload on an object store); member mtimes are 0, so equal inputs give byte-equal tars.
 
     Raises:
         ValueError: a key repeats within the tar, or a sample's members are not its kind's.
@@ -259,7 +290,7 @@ def write_tar(
             keys.append(key)
             sink.write(sample)
     data = buf.getvalue()
-    _write_atomic(fs, path, data)
+    write_bytes(fs, path, data)
     return ShardInfo(path.rsplit("/", 1)[-1], hashlib.sha256(data).hexdigest(), len(data), len(keys), keys)
 
 
@@ -269,8 +300,20 @@ def write_shard(fs: pafs.FileSystem, path: str, samples: Iterable[tuple[SampleRe
     return write_tar(fs, path, ({"__key__": r.key, "mp4": mp4, "json": r.to_json()} for r, mp4 in samples), "samples")
 
 
-def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` under a temporary name beside ``path``, then move it into place."""
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees it in part.
+
+    On a filesystem: under a temporary name beside ``path``, then renamed into place. On an
+    object store (:func:`is_object_store`), which has no rename (pyarrow's ``move`` would copy
+    and delete, and a kill between leaves the temporary object): one upload straight to
+    ``path``, since S3 and GCS publish an object only when its upload completes (one
+    PutObject below 10 MiB: see :func:`resolve`; above, pyarrow's multipart upload, published by
+    its final CompleteMultipartUpload).
+    """
+    if is_object_store(fs):
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
     tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(tmp) as out:
@@ -279,8 +322,8 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 
 def write_json(fs: pafs.FileSystem, path: str, obj: object) -> None:
-    """Write JSON atomically (temp name, then move)."""
-    _write_atomic(fs, path, json.dumps(obj, indent=1, sort_keys=True).encode())
+    """Write JSON atomically (:func:`write_bytes`)."""
+    write_bytes(fs, path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> object:

@@ -153,15 +153,17 @@ class SceneDetectDetector:
 
     def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
         from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, open_video
+        from scenedetect.backends.pyav import VideoStreamAv
 
-        if not isinstance(fs, pafs.LocalFileSystem):
-            raise ValueError("PySceneDetect backends read local files only; use transnetv2 for URIs")
         min_frames = max(1, int(round(self.config.min_shot_s * fps)))
         if self.config.backend == "content":
             detector = ContentDetector(threshold=self.config.content_threshold, min_scene_len=min_frames)
         else:
             detector = AdaptiveDetector(adaptive_threshold=self.config.adaptive_threshold, min_scene_len=min_frames)
-        video = open_video(source, backend="pyav")
+        if isinstance(fs, pafs.LocalFileSystem):
+            video = open_video(source, backend="pyav")
+        else:  # object storage: PyAV reads pyarrow's random-access file (ranged GETs), as iter_grid does
+            video = VideoStreamAv(fs.open_input_file(source), name=source.rsplit("/", 1)[-1])
         manager = SceneManager()
         manager.add_detector(detector)
         manager.detect_scenes(video, show_progress=False)

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from multishot.dataset.shards import resolve
+from multishot.dataset.shards import resolve, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,11 @@ def discover(spec: str, extensions: list[str], exclude: list[str] = ()) -> list[
             fs, path = resolve(encode_uri(spec))
             info = fs.get_file_info(path)
         except (OSError, ValueError) as err:
-            raise InputError(f"input {spec!r} cannot be opened: {err}") from None
+            raise InputError(f"input {spec!r} cannot be opened: {storage_error(err)}") from None
         if info.type == pafs.FileType.NotFound:
+            bucket = path.split("/", 1)[0]
+            if _is_uri(spec) and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise InputError(f"input {spec!r} does not exist: bucket {bucket!r} not found")
             raise InputError(f"input {spec!r} does not exist")
         if info.type == pafs.FileType.Directory and not _is_uri(spec):
             found, skipped = _walk_local(path, exts, local_exclude)

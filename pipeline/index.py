@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from multishot.dataset.shards import Manifest, ShardSetLayout, write_json, write_manifest
+from multishot.dataset.shards import Manifest, ShardSetLayout, write_bytes, write_json, write_manifest
 from multishot.config import dump_yaml
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.task import VideoTask
@@ -31,11 +31,10 @@ REJECT_COLUMNS = ["source", "source_id", "status", "stage", "reason"]
 
 
 def _write_table(fs: pafs.FileSystem, path: str, rows: list[dict], columns: list[str] | None = None) -> None:
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns or []})
-    tmp = path + ".tmp"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    write_bytes(fs, path, buf.getvalue().to_pybytes())  # whole, also on object storage
 
 
 def finalize(
@@ -67,8 +66,7 @@ def finalize(
     write_manifest(fs, layout, Manifest(kind="samples", samples_hash=samples_hash, shards=shards))
     report = {**summary(config, results, unreadable, samples, shots, wall_s), "this_run": this_run}
     write_json(fs, layout.report, report)
-    with fs.open_output_stream(layout.resolved_config) as out:
-        out.write(dump_yaml(config).encode())
+    write_bytes(fs, layout.resolved_config, dump_yaml(config).encode())
     print(format_report(report))
     return report
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pyarrow.fs as pafs
 from tqdm import tqdm
 
-from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve
+from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve, storage_error
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
@@ -58,8 +58,7 @@ def _prepare_output(config: PipelineConfig) -> tuple[pafs.FileSystem, ShardSetLa
             out.write(b"")
         fs.delete_file(probe_file)
     except (OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise OutputError(f"output {config.output!r} cannot hold a shard set: {reason}") from None
+        raise OutputError(f"output {config.output!r} cannot hold a shard set: {storage_error(err)}") from None
     return fs, layout
 
 

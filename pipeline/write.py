@@ -2,12 +2,12 @@
 
 Shards of a video are named ``{source_id}-{n:05d}.tar`` (at most ``max_samples_per_shard``
 samples each, samples in key order), so a rerun of the same video writes the same names. Each
-tar is written under a temporary name and renamed when complete
-(:func:`dataset.shards.write_shard`). The per-video result file ``_work/{source_id}.json`` is
-written last, atomically: it is the marker a rerun trusts to skip the video, and only while
-the shards it lists exist with the size (and, where the manifest lists them, the sha256) it
-records (:func:`load_result`). A run killed between a shard's rename and the marker redoes the
-video and overwrites the same shards.
+tar is written under a temporary name and renamed when complete, or on object storage uploaded
+whole in one request (:func:`dataset.shards.write_bytes`). The per-video result file
+``_work/{source_id}.json`` is written last, the same way: it is the marker a rerun trusts to
+skip the video, and only while the shards it lists exist with the size (and, where the
+manifest lists them, the sha256) it records (:func:`load_result`). A run killed between a
+shard's write and the marker redoes the video and overwrites the same shards.
 """
 
 from __future__ import annotations

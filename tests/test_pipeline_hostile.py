@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from footage_clips import FOOTAGE, cut_clip
+from s3_server import moto_s3
 from multishot.cli import main
 from multishot.config import ConfigError, load_config
 from multishot.dataset.shards import ShardSetLayout
@@ -161,19 +162,8 @@ def test_output_inside_input_is_not_read_back(job, tmp_path, capsys, caplog):
 @pytest.fixture
 def s3(monkeypatch):
     """A real S3-compatible server (moto) on 127.0.0.1: ``(boto3 client, endpoint 'host:port')``."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server._server.server_address
-        for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                           ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
-            monkeypatch.setenv(key, value)
-        yield boto3.client("s3", endpoint_url=f"http://{host}:{port}"), f"{host}:{port}"
-    finally:
-        server.stop()
+    with moto_s3(monkeypatch) as server:
+        yield server
 
 
 def test_s3_keys_with_spaces_and_non_ascii(job, tmp_path, s3, capsys):
@@ -182,7 +172,7 @@ def test_s3_keys_with_spaces_and_non_ascii(job, tmp_path, s3, capsys):
     client.create_bucket(Bucket="archive")
     client.upload_file(str(root / "A" / "sintel.mp4"), "archive", "films/my film été.mp4")
     client.put_object(Bucket="archive", Key="films/broken #1 100%.mp4", Body=b"not a video")
-    # PySceneDetect reads local files only: TransNetV2 reads through pyarrow's S3 filesystem
+    # the default detector, TransNetV2, decoding through pyarrow's S3 filesystem
     config = tmp_path / "transnet.yaml"
     config.write_text(job[1].read_text().replace("backend: content", "backend: transnetv2"))
     out = tmp_path / "out"
