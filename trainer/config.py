@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multishot.dataset.loader import DataConfig
 from multishot.evaluate.config import EvalConfig
+from multishot.model.causal import CausalConfig
 from multishot.generate.sampler import SamplingConfig
 from multishot.model.config import get_config
 from multishot.trainer.context_parallel import check_heads
@@ -54,6 +55,10 @@ class ModelConfig(_Section):
     lora: LoraConfig | None = Field(None, description=(
         "train LoRA adapters on the frozen base (trainer.lora) instead of every weight; "
         "None = full fine-tune"))
+    causal: CausalConfig | None = Field(None, description=(
+        "CausalCine's causal chunk-wise mode (model.causal): the step becomes parallel "
+        "teacher forcing (clean and noisy copies of every chunk, loss on the noisy half); "
+        "start from a bidirectional checkpoint with init_from. None = the bidirectional model"))
 
 
 class EncodersConfig(_Section):
@@ -156,4 +161,12 @@ class TrainConfig(_Section):
             raise ValueError("model.window_cross_attention needs encoders.tokenizer or "
                              "encoders.text_encoder")
         check_heads(get_config(self.model.name).num_heads, self.parallel.context)
+        if self.model.causal is not None:
+            if self.parallel.context > 1:
+                raise ValueError("model.causal: teacher forcing runs without context "
+                                 "parallelism; set parallel.context: 1")
+            if self.validation.every:
+                raise ValueError("model.causal: validation samples with the bidirectional "
+                                 "sampler; set validation.every: 0 and stream the checkpoint "
+                                 "with `multishot generate --causal`")
         return self

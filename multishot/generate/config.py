@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from multishot.dataset.record import num_latent_frames
 from multishot.generate.sampler import SamplingConfig
+from multishot.model.causal import CausalConfig
 from multishot.trainer.config import EncodersConfig
 
 
@@ -39,6 +40,9 @@ class GenModelConfig(_Section):
     window_cross_attention: bool = Field(True, description=(
         "mask each shot's cross-attention to the global caption and its own shot caption"))
     compile: bool = Field(False, description="regional torch.compile of every block")
+    causal: CausalConfig | None = Field(None, description=(
+        "the causal chunk-wise DiT of a causal fine-tune (model.causal, the training run's "
+        "values): `multishot generate --causal` streams with it; None = bidirectional"))
     random_weights: str | None = Field(None, description=(
         "a folder: create small random DiT / VAE / UMT5 there if absent and load them from it "
         "(tiny_cpu smoke runs; the log says the weights are random); checkpoint and encoders "
