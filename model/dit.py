@@ -4,10 +4,13 @@ Reads bottom-up like Wan2.2's ``wan/modules/model.py`` (embeddings and RoPE → 
 attention → block → head → model) and keeps its parameter names, so Wan2.1/2.2 and HoloCine
 checkpoints load by name (:mod:`model.checkpoint`). Differences from Wan's code, all
 numerically negligible or structural: RoPE is applied with real cos/sin in float32 instead of
-complex float64; the timestep is one value per sample (``[B]``; Wan2.2 TI2V's per-token
-timesteps for image conditioning are not supported); HoloCine's two mechanisms are built in:
-window cross-attention (``text_spans``) and sparse inter-shot self-attention (``shot_layout``),
-see :mod:`model.attention` and :mod:`model.prompt_spans`.
+complex float64; the timestep is one value per sample (``[B]``) in :meth:`WanModel.forward`
+and one per latent frame in the causal mode (Wan2.2's per-token timesteps, stored per frame);
+HoloCine's two mechanisms are built in: window cross-attention (``text_spans``) and sparse
+inter-shot self-attention (``shot_layout``), see :mod:`model.attention` and
+:mod:`model.prompt_spans`. CausalCine's causal chunk-wise mode (teacher forcing and streaming
+with a KV cache) is :meth:`WanModel.forward_teacher_forcing` and :meth:`WanModel.forward_chunk`,
+its attention in :mod:`model.causal`.
 
 Numerically sensitive parts run in float32 whatever the parameter dtype: the timestep
 embedding and modulation, the norms, RoPE, and the gated residual updates (as Wan does under
@@ -17,12 +20,15 @@ embedding and modulation, the norms, RoPE, and the gated residual updates (as Wa
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from multishot.model.attention import BACKENDS, dense_attention, sparse_self_attention
+from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, KVCache,
+                                    TeacherForcingAttention)
 from multishot.model.config import WanConfig
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans, shot_text_mask
@@ -41,20 +47,23 @@ def sinusoid_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
 
 
 def rope_cos_sin(config: WanConfig, grid: tuple[int, int, int], device: torch.device,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """3D RoPE tables for a ``(f, h, w)`` token grid: cos and sin ``[f·h·w, 1, head_dim/2]``
     float32, bands (t, h, w) of ``config.rope_bands`` channels, theta 10000 (Wan ``rope_params``;
-    channel pairs ``(2j, 2j+1)`` rotate together).
+    channel pairs ``(2j, 2j+1)`` rotate together). ``frame_offset``: the latent-frame position
+    of the grid's first frame (a streamed chunk's rows of the whole video's table).
 
     Raises:
         ValueError: an axis exceeds :data:`ROPE_MAX_POSITIONS`.
     """
-    if max(grid) > ROPE_MAX_POSITIONS:
-        raise ValueError(f"token grid {grid} exceeds {ROPE_MAX_POSITIONS} RoPE positions")
+    if max(grid[0] + frame_offset, *grid[1:]) > ROPE_MAX_POSITIONS:
+        raise ValueError(f"token grid {grid} at frame {frame_offset} exceeds "
+                         f"{ROPE_MAX_POSITIONS} RoPE positions")
     angles = []
     for axis, (n, band) in enumerate(zip(grid, config.rope_bands)):
         inv = 1.0 / 10000 ** (torch.arange(0, band, 2, dtype=torch.float64, device=device) / band)
-        a = torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv)
+        first = frame_offset if axis == 0 else 0
+        a = torch.outer(torch.arange(first, first + n, dtype=torch.float64, device=device), inv)
         shape = [1, 1, 1, band // 2]
         shape[axis] = n
         angles.append(a.view(shape).expand(*grid, band // 2))
@@ -117,14 +126,18 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                layout: ShotLayout | None, backend: str, shard=None) -> torch.Tensor:
+                layout: ShotLayout | None, backend: str, shard=None,
+                causal: Callable | None = None) -> torch.Tensor:
         """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention. Under
         context parallelism ``x``, ``cos``, ``sin`` hold this rank's tokens and ``shard`` is
-        the forward's :class:`trainer.context_parallel.SequenceShard`."""
+        the forward's :class:`trainer.context_parallel.SequenceShard`. ``causal``: the causal
+        mode's kernel ``q, k, v → out`` (:mod:`model.causal`), replacing layout and backend."""
         b, seq, _ = x.shape
         q = apply_rope(self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1), cos, sin)
         k = apply_rope(self.norm_k(self.k(x)).view(b, seq, self.num_heads, -1), cos, sin)
         v = self.v(x).view(b, seq, self.num_heads, -1)
+        if causal is not None:
+            return self.o(causal_attention_kernel(causal, q, k, v).flatten(2))
         return self.o(self_attention_kernel(q, k, v, layout, backend, shard).flatten(2))
 
 
@@ -146,6 +159,31 @@ def self_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return sparse_self_attention(q, k, v, layout, backend)
 
     return attend(q, k, v) if shard is None else shard.attention(q, k, v, attend)
+
+
+@torch.compiler.disable
+def causal_attention_kernel(causal: Callable, q: torch.Tensor, k: torch.Tensor,
+                            v: torch.Tensor) -> torch.Tensor:
+    """The causal mode's self-attention call (an eager island like
+    :func:`self_attention_kernel`: CAMR's routing is data-dependent per layer and chunk)."""
+    return causal(q, k, v)
+
+
+def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x·(1 + scale) + shift`` in float32: ``x`` ``[B, L, dim]``; ``scale``, ``shift``
+    ``[B, 1, dim]`` (one timestep per sample) or ``[B, F, 1, dim]`` (per latent frame, the
+    tokens grouped by frame: Wan2.2's per-token timesteps, stored per frame)."""
+    if scale.dim() == 3:
+        return x.float() * (1 + scale) + shift
+    return (x.float().unflatten(1, (scale.shape[1], -1)) * (1 + scale) + shift).flatten(1, 2)
+
+
+def _gated(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + y·gate`` in float32, ``gate`` as ``scale`` of :func:`_modulate`; in ``x``'s dtype."""
+    if gate.dim() == 3:
+        return (x.float() + y.float() * gate).type_as(x)
+    return (x.float() + (y.float().unflatten(1, (gate.shape[1], -1)) * gate).flatten(1, 2)
+            ).type_as(x)
 
 
 class CrossAttention(SelfAttention):
@@ -184,17 +222,20 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, layout: ShotLayout | None,
-                text_mask: torch.Tensor | None, backend: str, shard=None) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` float32, ``context`` ``[B, L_text, dim]``
-        → ``[B, L, dim]``; ``shard``: see :meth:`SelfAttention.forward`."""
+                text_mask: torch.Tensor | None, backend: str, shard=None,
+                causal: Callable | None = None) -> torch.Tensor:
+        """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` float32 (or ``[B, F, 6, dim]``: one per
+        latent frame, ``L = F·hw``), ``context`` ``[B, L_text, dim]`` → ``[B, L, dim]``;
+        ``shard``, ``causal``: see :meth:`SelfAttention.forward`."""
         assert e0.dtype == torch.float32
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).chunk(6, 1)
-        y = self.self_attn((self.norm1(x).float() * (1 + scale1) + shift1).type_as(x),
-                           cos, sin, layout, backend, shard)
-        x = (x.float() + y.float() * gate1).type_as(x)
+        shift1, scale1, gate1, shift2, scale2, gate2 = \
+            (self.modulation.float() + e0).chunk(6, e0.dim() - 2)
+        y = self.self_attn(_modulate(self.norm1(x), scale1, shift1).type_as(x),
+                           cos, sin, layout, backend, shard, causal)
+        x = _gated(x, y, gate1)
         x = x + self.cross_attn(self.norm3(x), context, text_mask)
-        y = self.ffn((self.norm2(x).float() * (1 + scale2) + shift2).type_as(x))
-        return (x.float() + y.float() * gate2).type_as(x)
+        y = self.ffn(_modulate(self.norm2(x), scale2, shift2).type_as(x))
+        return _gated(x, y, gate2)
 
 
 class Head(nn.Module):
@@ -207,9 +248,10 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, config.dim) / config.dim ** 0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``, ``e`` ``[B, dim]`` float32 → ``[B, L, out·prod(patch)]``."""
-        shift, scale = (self.modulation.float() + e[:, None]).chunk(2, 1)
-        return self.head((self.norm(x).float() * (1 + scale) + shift).type_as(x))
+        """``x`` ``[B, L, dim]``, ``e`` ``[B, dim]`` float32 (or ``[B, F, dim]``: one per latent
+        frame, ``L = F·hw``) → ``[B, L, out·prod(patch)]``."""
+        shift, scale = (self.modulation.float() + e.unsqueeze(-2)).chunk(2, e.dim() - 1)
+        return self.head(_modulate(self.norm(x), scale, shift).type_as(x))
 
 
 class WanModel(nn.Module):
@@ -288,6 +330,20 @@ class WanModel(nn.Module):
         Raises:
             ValueError: ``len(text_spans) != B`` or a video has more shots than its prompt.
         """
+        return self.frame_text_mask(layout, text_spans, text_len).repeat_interleave(
+            layout.tokens_per_frame, dim=1)
+
+    def frame_text_mask(self, layout: ShotLayout, text_spans: list[TextSpans | None],
+                        text_len: int | None = None) -> torch.Tensor:
+        """Window cross-attention mask per latent frame, ``[B, F_lat, text_len]`` bool (each
+        frame admits the global caption and its shot's caption; :meth:`text_mask` repeats it
+        over the frame's tokens). The causal mode takes this per-frame form: slice a streamed
+        chunk's frames from it. ``text_len`` defaults to ``config.text_len``.
+
+        Raises:
+            ValueError: ``len(text_spans) != B`` or a video has more shots than its prompt.
+        """
+        text_len = self.config.text_len if text_len is None else text_len
         if len(text_spans) != layout.batch_size:
             raise ValueError(f"{len(text_spans)} text spans for a batch of {layout.batch_size}")
         device = layout.frame_shot.device
@@ -300,8 +356,7 @@ class WanModel(nn.Module):
                                    admit_padding=self.window_admit_padding)
             tables.append(torch.cat([table, table.new_zeros(s_max - len(starts), text_len)]))
         table = torch.stack(tables).to(device)                            # [B, S_max, Lt]
-        per_frame = torch.gather(table, 1, layout.frame_shot[:, :, None].expand(-1, -1, text_len))
-        return per_frame.repeat_interleave(layout.tokens_per_frame, dim=1)
+        return torch.gather(table, 1, layout.frame_shot[:, :, None].expand(-1, -1, text_len))
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                 shot_layout: ShotLayout | None = None,
@@ -373,6 +428,167 @@ class WanModel(nn.Module):
         if shard is not None:
             out = shard.gather(out)
         return self.unpatchify(out, grid)
+
+    # ---- causal chunk-wise mode (CausalCine §3.2–3.3, model.causal) -------------------------
+
+    def forward_teacher_forcing(self, clean: torch.Tensor, noisy: torch.Tensor,
+                                timestep: torch.Tensor, context: torch.Tensor,
+                                causal: CausalConfig, text_mask: torch.Tensor | None = None,
+                                ) -> torch.Tensor:
+        """Parallel teacher forcing: one forward over ``[clean chunks ; noisy chunks]``
+        (:mod:`model.causal`: the four quadrants, CAMR), the velocity of the noisy half.
+
+        The clean copies run at timestep 0, the noisy ones at ``timestep``; both copies of a
+        latent frame get its RoPE position and its cross-attention mask. Self-Forcing's
+        ``wan/modules/causal_model.py`` layout; per-token timesteps as Wan2.2's
+        ``wan/modules/model.py`` (``t`` ``[B, L]``, ``e0`` ``[B, L, 6, dim]``), stored per latent
+        frame here. The flow-matching loss belongs on the returned (noisy) half only.
+
+        Args:
+            clean: clean latents ``[B, C_in, F_lat, H_lat, W_lat]``.
+            noisy: noisy latents, same shape.
+            timestep: the noisy half's timestep, ``[B]`` (one for all chunks, CausalCine) or
+                ``[B, F_lat]`` (per latent frame), float in ``[0, 1000)``.
+            context: text states ``[B, L_text, text_dim]`` as in :meth:`forward`.
+            causal: the chunk size and CAMR settings.
+            text_mask: window cross-attention per latent frame ``[B, F_lat, text_len]`` bool
+                (:meth:`frame_text_mask`); None → unmasked.
+        Returns:
+            velocity of the noisy latents ``[B, C_out, F_lat, H_lat, W_lat]``.
+        Raises:
+            ValueError: shapes disagree with each other or the config; a temporal patch size
+                other than 1; context parallelism is set (not supported in the causal mode).
+        """
+        if clean.shape != noisy.shape:
+            raise ValueError(f"clean {tuple(clean.shape)} and noisy {tuple(noisy.shape)} latents "
+                             "differ in shape")
+        grid = self._causal_grid(clean, context)
+        b, (f, h, w) = clean.shape[0], grid
+        hw = h * w
+        t = self._frame_timesteps(timestep, b, f)
+        e, e0 = self._time_embedding(torch.cat([torch.zeros_like(t), t], 1))  # [B, 2F, ...]
+        context = self._embed_context(context)
+        if text_mask is not None:
+            text_mask = self._token_text_mask(text_mask, b, f, hw)
+            text_mask = torch.cat([text_mask, text_mask], 1)               # [B, 2L, text_len]
+        dtype = self.patch_embedding.weight.dtype
+        tokens = torch.cat([self.patch_embedding(z.to(dtype)).flatten(2).transpose(1, 2)
+                            for z in (clean, noisy)], 1)                   # [B, 2L, dim]
+        cos, sin = rope_cos_sin(self.config, grid, tokens.device)
+        cos, sin = torch.cat([cos, cos]), torch.cat([sin, sin])            # same positions
+        attention = TeacherForcingAttention(ChunkLayout.build(f, causal.chunk_latent_frames),
+                                            causal, hw, self.attention_backend)
+        for block in self.blocks:
+            tokens = block(tokens, e0, context, cos, sin, None, text_mask,
+                           self.attention_backend, None, attention)
+        out = self.head(tokens[:, f * hw:], e[:, f:])                       # noisy half
+        return self.unpatchify(out, grid)
+
+    def forward_chunk(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                      cache: KVCache, chunk_index: int, causal: CausalConfig,
+                      text_mask: torch.Tensor | None = None, write_cache: bool = False,
+                      ) -> torch.Tensor:
+        """One chunk of streaming generation against the KV cache (never recomputing earlier
+        chunks): the chunk's tokens attend the cached history (with CAMR: the local window and
+        the routed frames) and themselves.
+
+        A denoising step calls it with the noisy chunk and its timestep. When the chunk is
+        done, one clean pass with ``write_cache=True`` and timestep 0 appends its keys/values
+        to the cache; that pass attends exactly what the clean copy attends in
+        :meth:`forward_teacher_forcing`, so the noisy outputs of teacher forcing equal those of
+        a rollout given the same clean chunks, noise and timestep.
+
+        Args:
+            x: the chunk's latents ``[B, C_in, F_chunk, H_lat, W_lat]``; for equality with
+                teacher forcing, chunks as :class:`model.causal.ChunkLayout` cuts them.
+            timestep: ``[B]`` or ``[B, F_chunk]`` float in ``[0, 1000)``; 0 for the clean pass.
+            context: text states ``[B, L_text, text_dim]`` (may change from chunk to chunk).
+            cache: the cache (:meth:`model.causal.KVCache.empty`); its batch and token grid
+                must match ``x``.
+            chunk_index: the chunk's number, ``cache.num_chunks`` (a check on the caller).
+            causal: the chunk size and CAMR settings (those of training).
+            text_mask: the chunk's frames' rows of :meth:`frame_text_mask`,
+                ``[B, F_chunk, text_len]`` bool; None → unmasked.
+            write_cache: the clean pass: append the chunk's keys/values and descriptors.
+        Returns:
+            velocity ``[B, C_out, F_chunk, H_lat, W_lat]``.
+        Raises:
+            ValueError: ``chunk_index`` is not the cache's next chunk; shapes disagree with the
+                config or the cache; context parallelism is set.
+        """
+        if chunk_index != cache.num_chunks:
+            raise ValueError(f"chunk {chunk_index} does not follow the cache's "
+                             f"{cache.num_chunks} chunks")
+        if len(cache.layers) != len(self.blocks):
+            raise ValueError(f"cache of {len(cache.layers)} layers for {len(self.blocks)} blocks")
+        grid = self._causal_grid(x, context)
+        b, (f, h, w) = x.shape[0], grid
+        hw = h * w
+        if cache.tokens_per_frame not in (None, hw):
+            raise ValueError(f"chunk of {hw} tokens per frame, cache of {cache.tokens_per_frame}")
+        e, e0 = self._time_embedding(self._frame_timesteps(timestep, b, f))
+        context = self._embed_context(context)
+        if text_mask is not None:
+            text_mask = self._token_text_mask(text_mask, b, f, hw)
+        dtype = self.patch_embedding.weight.dtype
+        tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)   # [B, L_c, dim]
+        cos, sin = rope_cos_sin(self.config, grid, tokens.device, frame_offset=cache.num_frames)
+        attention = ChunkAttention(cache, causal, f, hw, self.attention_backend, write_cache)
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, e0, context, cos, sin, None, text_mask,
+                           self.attention_backend, None, attention.layer(i))
+        attention.commit()
+        return self.unpatchify(self.head(tokens, e), grid)
+
+    def _causal_grid(self, x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int]:
+        """Checks for the causal paths; the token grid ``(F_lat, h, w)`` of latents ``x``."""
+        cfg = self.config
+        if self.context_parallel is not None:
+            raise ValueError("the causal mode does not support context parallelism")
+        if cfg.patch_size[0] != 1:
+            raise ValueError(f"the causal mode needs a temporal patch of 1, not {cfg.patch_size}")
+        if x.dim() != 5 or x.shape[1] != cfg.in_channels or \
+                any(n % p for n, p in zip(x.shape[2:], cfg.patch_size)):
+            raise ValueError(f"latents {tuple(x.shape)} do not fit {cfg.in_channels} channels "
+                             f"and patch {cfg.patch_size}")
+        if context.shape[0] != x.shape[0] or context.shape[1] > cfg.text_len or \
+                context.shape[2] != cfg.text_dim:
+            raise ValueError(f"context {tuple(context.shape)} does not fit [{x.shape[0]}, "
+                             f"<= {cfg.text_len}, {cfg.text_dim}]")
+        return tuple(n // p for n, p in zip(x.shape[2:], cfg.patch_size))
+
+    @staticmethod
+    def _frame_timesteps(timestep: torch.Tensor, b: int, f: int) -> torch.Tensor:
+        """``[B]`` or ``[B, F]`` → ``[B, F]`` float32 timesteps per latent frame."""
+        if timestep.shape == (b,):
+            return timestep.float()[:, None].expand(b, f)
+        if timestep.shape == (b, f):
+            return timestep.float()
+        raise ValueError(f"timestep {tuple(timestep.shape)} is neither [{b}] nor [{b}, {f}]")
+
+    def _time_embedding(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame timesteps ``[B, F]`` → ``e`` ``[B, F, dim]`` and ``e0`` ``[B, F, 6, dim]``
+        float32 (Wan2.2's per-token path, once per frame instead of per token)."""
+        b, f = t.shape
+        e = self.time_embedding(sinusoid_embedding(self.config.freq_dim, t.reshape(-1)))
+        e0 = self.time_projection(e).unflatten(1, (6, self.config.dim))
+        assert e.dtype == torch.float32 and e0.dtype == torch.float32
+        return e.view(b, f, -1), e0.view(b, f, 6, -1)
+
+    def _embed_context(self, context: torch.Tensor) -> torch.Tensor:
+        """``[B, L_text, text_dim]`` → zero-padded to ``text_len`` and embedded,
+        ``[B, text_len, dim]`` (as :meth:`forward`)."""
+        cfg = self.config
+        dtype = self.patch_embedding.weight.dtype
+        context = F.pad(context.to(dtype), (0, 0, 0, cfg.text_len - context.shape[1]))
+        return self.text_embedding(context)
+
+    def _token_text_mask(self, mask: torch.Tensor, b: int, f: int, hw: int) -> torch.Tensor:
+        """Per-frame mask ``[B, F, text_len]`` → per token ``[B, F·hw, text_len]``."""
+        if mask.shape != (b, f, self.config.text_len) or mask.dtype != torch.bool:
+            raise ValueError(f"text mask {tuple(mask.shape)} {mask.dtype} is not bool "
+                             f"[{b}, {f}, {self.config.text_len}]")
+        return mask.repeat_interleave(hw, dim=1)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``[B, f·h·w, pt·ph·pw·C]`` → ``[B, C, f·pt, h·ph, w·pw]`` (Wan's channel-last patch

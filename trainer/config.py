@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from multishot.dataset.loader import DataConfig
 from multishot.evaluate.config import EvalConfig
-from multishot.model.causal import CausalConfig
 from multishot.generate.sampler import SamplingConfig
+from multishot.model.causal import CausalConfig
 from multishot.model.config import get_config
 from multishot.trainer.context_parallel import check_heads
 from multishot.trainer.flow_matching import FlowMatchConfig
@@ -56,9 +56,8 @@ class ModelConfig(_Section):
         "train LoRA adapters on the frozen base (trainer.lora) instead of every weight; "
         "None = full fine-tune"))
     causal: CausalConfig | None = Field(None, description=(
-        "CausalCine's causal chunk-wise mode (model.causal): the step becomes parallel "
-        "teacher forcing (clean and noisy copies of every chunk, loss on the noisy half); "
-        "start from a bidirectional checkpoint with init_from. None = the bidirectional model"))
+        "CausalCine's causal chunk-wise mode (model.causal): teacher forcing; "
+        "None = the bidirectional model"))
 
 
 class EncodersConfig(_Section):

@@ -41,8 +41,8 @@ class GenModelConfig(_Section):
         "mask each shot's cross-attention to the global caption and its own shot caption"))
     compile: bool = Field(False, description="regional torch.compile of every block")
     causal: CausalConfig | None = Field(None, description=(
-        "the causal chunk-wise DiT of a causal fine-tune (model.causal, the training run's "
-        "values): `multishot generate --causal` streams with it; None = bidirectional"))
+        "CausalCine's causal chunk-wise mode (model.causal): stream chunk by chunk with a KV "
+        "cache; None = the bidirectional model"))
     random_weights: str | None = Field(None, description=(
         "a folder: create small random DiT / VAE / UMT5 there if absent and load them from it "
         "(tiny_cpu smoke runs; the log says the weights are random); checkpoint and encoders "
