@@ -10,8 +10,8 @@ resume from the newest checkpoint if there is one, then per step
       → ShotLayout (host, once per batch) and prompt token spans
       → x_t, timestep, target = flow matching (one timestep per sample)
       → velocity = model(x_t, timestep, context, layout, spans) → weighted MSE
-        (``model.causal``: parallel teacher forcing, velocity of the noisy copies =
-        model.forward_teacher_forcing(latents, x_t, timestep, context, causal, layout, spans))
+        (``model.causal``: parallel teacher forcing, the velocity of the noisy copies =
+        model.forward_teacher_forcing(latents, x_t, timestep, context, causal, frame text mask))
       → backward, clip, AdamW, schedule
       → metrics every ``log_every``, DCP checkpoint every ``checkpoint_every``
       → sample the validation prompts every ``validation.every`` (and at step 0)
@@ -211,8 +211,10 @@ class Trainer:
         else:
             # parallel teacher forcing: clean copies at t = 0, then the noisy copies at the
             # sample's t; the prediction is the noisy half's, so the loss is on it alone
+            # per-shot text: every latent frame's window of its shot (layout.frame_shot)
+            text_mask = None if spans is None else self.model.frame_text_mask(layout, spans)
             prediction = self.model.forward_teacher_forcing(
-                latents, noised.x_t, noised.timestep, context, self.causal, layout, spans)
+                latents, noised.x_t, noised.timestep, context, self.causal, text_mask)
         loss = self.flow.loss(prediction, noised)
         torch._assert_async(torch.isfinite(loss), "non-finite loss")  # no host sync on GPUs
         loss.backward()

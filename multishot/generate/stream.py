@@ -130,22 +130,24 @@ class StreamingGenerator(Generator):
 
     # ---- one chunk ---------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor, timestep: torch.Tensor, text: _ShotConditioning,
-                 cache: KVCache, rows: int, write: bool) -> torch.Tensor:
-        """``forward_chunk`` of ``x`` ``[rows, C, f, H, W]`` (rows 1: conditional only; 2: with
-        the negative prompt), every frame of the chunk in one shot."""
+                 cache: KVCache, index: int, write: bool) -> torch.Tensor:
+        """``forward_chunk`` of chunk ``index``'s ``x`` ``[rows, C, f, H, W]`` (rows 1:
+        conditional only; 2: with the negative prompt), every frame of the chunk in one shot."""
+        rows = x.shape[0]
         _, _, f, h, w = x.shape
         _, ph, pw = self.model_config.patch_size
         layout = ShotLayout.from_shot_starts([[0]] * rows, f, (h // ph) * (w // pw), x.device)
-        spans = None if text.spans is None else [text.spans, None][:rows]
+        text_mask = None if text.spans is None else \
+            self.model.frame_text_mask(layout, [text.spans, None][:rows])  # uncond: unmasked
         self.model_calls += 1
         return self.model.forward_chunk(x.to(self.dtype), timestep.expand(rows),
-                                        text.context[:rows], cache, self.causal, layout, spans,
-                                        write_cache=write).float()
+                                        text.context[:rows], cache, index,
+                                        self.causal, text_mask, write_cache=write).float()
 
     @torch.no_grad()
-    def denoise_chunk(self, noise: torch.Tensor, text: _ShotConditioning,
-                      cache: KVCache) -> torch.Tensor:
-        """Clean latents of one chunk from ``noise`` ``[1, C, f, H, W]`` float32: the sampler's
+    def denoise_chunk(self, noise: torch.Tensor, text: _ShotConditioning, cache: KVCache,
+                      index: int) -> torch.Tensor:
+        """Clean latents of chunk ``index`` from ``noise`` ``[1, C, f, H, W]`` float32: the sampler's
         steps with CFG against the cache, then the clean pass at t = 0 that writes the
         chunk's K/V into ``cache``. The cache holds 2 rows (conditional, negative) when
         ``sampling.cfg_scale != 1``, else 1."""
@@ -155,12 +157,12 @@ class StreamingGenerator(Generator):
         x = noise.float()
         for t in scheduler.timesteps:
             timestep = t.reshape(1).to(x.device, torch.float32)
-            v = self._forward(x.expand(rows, *x.shape[1:]), timestep, text, cache, rows, False)
+            v = self._forward(x.expand(rows, *x.shape[1:]), timestep, text, cache, index, False)
             if rows == 2:
                 v = v[1:] + s.cfg_scale * (v[:1] - v[1:])
             x = scheduler.step(v, t, x, return_dict=False)[0].float()
         zero = torch.zeros(1, device=x.device)
-        self._forward(x.expand(rows, *x.shape[1:]), zero, text, cache, rows, True)
+        self._forward(x.expand(rows, *x.shape[1:]), zero, text, cache, index, True)
         return x
 
     # ---- the stream --------------------------------------------------------------------------
@@ -194,7 +196,7 @@ class StreamingGenerator(Generator):
             if text is None or text.shot != shot:
                 text = self.shot_conditioning(schedule, shot)
             noise = torch.randn((1, c, self.chunk_frames(index), h, w), generator=generator)
-            latents = self.denoise_chunk(noise.to(self.device), text, cache)
+            latents = self.denoise_chunk(noise.to(self.device), text, cache, index)
             sync()
             denoised = time.perf_counter()
             frames = decoder.decode(latents)
