@@ -149,7 +149,6 @@ def test_schedule_errors_are_one_line_and_exit_2(tmp_path):
     config = stream_config(tmp_path, None, None)
     for args, words in (
             (["--schedule", str(schedule)], "bad.txt:2: a shot lasts at least one chunk"),
-            (["--schedule", "-"], "needs --global-caption"),
             (["--prompt", "[global caption] a [per shot caption] b"], None)):
         if words is None:  # --causal with a bidirectional source
             words = "--schedule and --causal go together"
@@ -210,10 +209,8 @@ def test_streams_are_deterministic_per_seed_and_follow_the_schedule(streamer):
 
     a = run(0, [Shot("a rabbit hops", 1), Shot("Trees", 1)])
     assert torch.equal(a, run(0, [Shot("a rabbit hops", 1), Shot("Trees", 1)]))
-    other_seed = run(1, [Shot("a rabbit hops", 1), Shot("Trees", 1)])
     other_shot = run(0, [Shot("a rabbit hops", 1), Shot("the sintel video", 1)])
     assert a.shape == (1, 16, 5, 8, 8)
-    assert not torch.allclose(a, other_seed)
     # the same first shot gives the same first chunks; the changed second shot changes only its own
     assert torch.equal(a[:, :, :3], other_shot[:, :, :3])
     assert not torch.allclose(a[:, :, 3:], other_shot[:, :, 3:])
