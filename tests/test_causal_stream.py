@@ -183,7 +183,7 @@ def test_stream_takes_a_shot_appended_while_it_runs(streamer):
         schedule = PromptSchedule("Blender films.", [Shot("a rabbit hops", 1)], open_=True)
         stream = streamer.stream(schedule, seed=3)
         chunks = [next(stream), next(stream)]             # chunk 0 and the rabbit's chunk
-        contexts = [streamer.shot_conditioning(schedule, 0).context]
+        contexts = [streamer.shot_text(schedule, 0).context]
         chunks.append(stream.send(Shot("Trees", 2)))       # appended while running
         schedule.close()
         chunks += list(stream)
@@ -191,7 +191,7 @@ def test_stream_takes_a_shot_appended_while_it_runs(streamer):
         streamer.model.forward_chunk = forward_chunk
     assert [c.shot for c in chunks] == [0, 0, 1, 1] and schedule.total_chunks() == 3
     assert [len(c.frames) for c in chunks] == [1, 8, 8, 8]
-    contexts.append(streamer.shot_conditioning(schedule, 1).context)
+    contexts.append(streamer.shot_text(schedule, 1).context)
     assert not torch.equal(contexts[0], contexts[1][:, :contexts[0].shape[1]])
     # never recomputed: every call sees one chunk; the cache grows by exactly that chunk
     # after its clean pass (2 denoising calls read it, the third writes)
