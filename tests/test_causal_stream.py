@@ -249,3 +249,51 @@ def test_schedule_reads_lines_and_waits_for_appended_shots():
     with pytest.raises(ValueError, match="closed"):
         live.append("late")
     assert read_schedule(io.StringIO('{"global_caption": "g"}\nx\n'), 1).shots == [Shot("x")]
+
+
+def test_benchmark_script_runs_tiny_on_cpu(tmp_path):
+    """benchmarks/causal.py at the tiny size on CPU (the GPU numbers come from the same code):
+    a LoRA teacher-forcing step and a short stream, both parts in one JSON and a table."""
+    out = tmp_path / "causal.json"
+    result = run_python(str(REPO / "benchmarks/causal.py"), "--tiny", "--lora-rank", "4",
+                        "--warmup", "0", "--train-steps", "1", "--steps", "2", "--chunks", "2",
+                        "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    train, stream = report["train"], report["stream"]
+    assert train["tokens_per_step"] == 2 * 7 * 16 and train["lora_rank"] == 4 and train["mfu"] > 0
+    assert stream["chunks"] == 2 and stream["model_calls"] == 2 * (2 + 1)
+    assert stream["video_frames"] == 1 + 8 and stream["video_frames_per_s"] > 0
+    assert report["causalcine_reference"]["video_frames_per_s"] == 16.0
+    table = out.with_suffix(".md").read_text()
+    assert "Teacher-forcing training step" in table and "CausalCine, reported" in table
+
+
+@pytest.mark.parametrize("causal", [dict(chunk_latent_frames=3, local_window_chunks=2, routed_frames=6),
+                                    dict(chunk_latent_frames=3, routed_frames=0),
+                                    dict(chunk_latent_frames=2, local_window_chunks=1, routed_frames=1,
+                                         route_clean=True)])
+def test_teacher_forcing_flops_count_the_masks_pairs(causal):
+    """The MFU numerator counts what the teacher-forcing mask admits: the admitted frame pairs
+    of the dense reference mask (random descriptors route other frames, not fewer) × hw²."""
+    from multishot.model.causal import CausalConfig, ChunkLayout, teacher_forcing_frame_mask
+    from multishot.model.config import get_config
+    from multishot.model.flops import attention_flops, forward_flops
+    from multishot.model.layout import ShotLayout
+    from multishot.trainer.metrics import teacher_forcing_pairs, teacher_forcing_step_flops
+
+    config = CausalConfig(**causal)
+    f, hw = 61, 390
+    chunks = ChunkLayout.build(f, config.chunk_latent_frames)
+    mask = teacher_forcing_frame_mask(chunks, config, 1, torch.randn(1, 2 * chunks.num_chunks, 4, 8),
+                                      torch.randn(1, f, 4, 8))
+    pairs = teacher_forcing_pairs(f, hw, config)
+    assert pairs == int(mask.sum()) * hw * hw
+    if not config.routing:  # causal quadrants only: clean → clean and noisy → clean + itself
+        assert pairs < (2 * f * hw) ** 2 / 2
+    tiny = get_config("tiny")
+    layout = ShotLayout.from_cut_frames(25, [13], 16)
+    dense = forward_flops(tiny, 14, 16)  # 2 × 7 latent frames, dense attention
+    delta = tiny.num_layers * (attention_flops(teacher_forcing_pairs(7, 16, config), tiny.num_heads, tiny.head_dim)
+                               - attention_flops((14 * 16) ** 2, tiny.num_heads, tiny.head_dim))
+    assert teacher_forcing_step_flops(tiny, layout, config) == 3 * (dense + delta)
