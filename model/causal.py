@@ -256,13 +256,40 @@ def teacher_forcing_frame_mask(chunks: ChunkLayout, config: CausalConfig, batch_
     return selections_to_frame_mask(chunks, sels, batch_size, device)
 
 
+def teacher_forcing_attention_pairs(num_latent_frames: int, tokens_per_frame: int,
+                                    config: CausalConfig) -> int:
+    """Query-key pairs one sample's teacher-forcing self-attention computes (``2L`` queries),
+    for FLOP counts (:func:`model.flops.forward_flops`'s ``attention_pairs``). Data-independent:
+    CAMR always routes ``min(routed_frames, frames before the window)`` frames."""
+    chunks = ChunkLayout.build(num_latent_frames, config.chunk_latent_frames)
+    zeros = torch.zeros(1, 2 * chunks.num_chunks, 1, 1), torch.zeros(1, num_latent_frames, 1, 1)
+    sels = teacher_forcing_selections(chunks, config, *zeros)
+    sizes = [e - s for s, e in zip(chunks.starts, chunks.ends)] * 2
+    return sum(n * tokens_per_frame * sel.num_frames() * tokens_per_frame
+               for n, sel in zip(sizes, sels))
+
+
 # ---- attention kernels ---------------------------------------------------------------------
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent ``[start, end)`` ranges joined (in order), empty ones dropped."""
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if a == b:
+            continue
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
 
 def _gather_frames(x: torch.Tensor, sel: KVSelection, own: torch.Tensor | None = None,
                    ) -> torch.Tensor:
     """Keys or values ``x`` ``[B, F, hw, H, D]`` of the selected frames (then ``own``
-    ``[B, n, hw, H, D]``) → ``[B, n_sel·hw, H, D]``."""
-    parts = [x[:, a:b] for a, b in sel.ranges]
+    ``[B, n, hw, H, D]``) → ``[B, n_sel·hw, H, D]``; one contiguous range is a view (a clean
+    chunk without CAMR attends the prefix ``[0, end)``), anything else a copy."""
+    parts = [x[:, a:b] for a, b in _merged(sel.ranges)]
     if sel.routed is not None:
         rows = torch.arange(x.shape[0], device=x.device)[:, None]
         parts.append(x[rows, sel.routed.to(x.device)])
@@ -295,6 +322,9 @@ class TeacherForcingAttention:
                  backend: str):
         self.chunks, self.config, self.hw, self.backend = chunks, config, tokens_per_frame, backend
         self._static: list[KVSelection] | None = None
+        # without CAMR every layer has the same pattern: its frame mask and BlockMask
+        self._static_mask: torch.Tensor | None = None
+        self._static_block_mask = None
         #: the last layer's selections (tests read the routing)
         self.last_selections: list[KVSelection] | None = None
 
@@ -321,11 +351,21 @@ class TeacherForcingAttention:
         b, seq, h, d = q.shape
         f, hw, n = self.chunks.num_latent_frames, self.hw, self.chunks.num_chunks
         if self.backend in ("reference", "flex"):
-            frame_mask = selections_to_frame_mask(self.chunks, sels, b, q.device)
+            if self.config.routing:
+                frame_mask, block_mask = selections_to_frame_mask(self.chunks, sels, b,
+                                                                  q.device), None
+            else:  # the same pattern in every layer: build it once
+                if self._static_mask is None:
+                    self._static_mask = selections_to_frame_mask(self.chunks, sels, b, q.device)
+                frame_mask, block_mask = self._static_mask, self._static_block_mask
             if self.backend == "reference":
                 mask = frame_mask.repeat_interleave(hw, 1).repeat_interleave(hw, 2)
                 return _masked_reference(q, k, v, mask)
-            return _flex_frame_masked(q, k, v, frame_mask, hw)
+            if block_mask is None:
+                block_mask = _frame_block_mask(frame_mask, hw, seq, q.device)
+                if not self.config.routing:
+                    self._static_block_mask = block_mask
+            return _flex(q, k, v, block_mask)
         k5, v5 = k.view(b, 2 * f, hw, h, d), v.view(b, 2 * f, hw, h, d)
         bounds = list(zip(self.chunks.starts, self.chunks.ends))
         outs = []
@@ -337,19 +377,24 @@ class TeacherForcingAttention:
         return torch.cat(outs, dim=1)
 
 
-def _flex_frame_masked(q, k, v, frame_mask: torch.Tensor, hw: int) -> torch.Tensor:
-    """FlexAttention with ``mask_mod = frame_mask[b, q // hw, kv // hw]`` (``[B, L, H, D]``)."""
+def _frame_block_mask(frame_mask: torch.Tensor, hw: int, seq: int, device: torch.device):
+    """FlexAttention BlockMask of ``mask_mod = frame_mask[b, q // hw, kv // hw]`` over ``seq``
+    queries and keys (``frame_mask`` ``[B, F_q, F_k]``; compiled ``create_block_mask`` on CUDA,
+    the eager one, which materialises the dense mask, on CPU)."""
     from torch.nn.attention.flex_attention import create_block_mask
-    if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise RuntimeError("the 'flex' attention backend has no backward on CPU (PyTorch's "
-                           "FlexAttention); train on CUDA, or use 'sdpa' / 'reference' on CPU")
-    b, seq = q.shape[:2]
 
     def mask_mod(bi, h, q_idx, kv_idx):
         return frame_mask[bi, q_idx // hw, kv_idx // hw]
 
-    block_mask = create_block_mask(mask_mod, b, None, seq, seq, device=q.device,
-                                   _compile=q.is_cuda)
+    return create_block_mask(mask_mod, frame_mask.shape[0], None, seq, seq, device=device,
+                             _compile=device.type == "cuda")
+
+
+def _flex(q, k, v, block_mask) -> torch.Tensor:
+    """FlexAttention of ``[B, L, H, D]`` tensors under ``block_mask``."""
+    if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError("the 'flex' attention backend has no backward on CPU (PyTorch's "
+                           "FlexAttention); train on CUDA, or use 'sdpa' / 'reference' on CPU")
     kernel = _flex_kernel(q.device)
     out = kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)
     return out.transpose(1, 2)

@@ -34,7 +34,8 @@ def self_attention_pairs(seq_len: int, shot_layout: ShotLayout | None) -> int:
 
 
 def forward_flops(config: WanConfig, num_latent_frames: int, tokens_per_frame: int,
-                  shot_layout: ShotLayout | None = None, text_len: int | None = None) -> int:
+                  shot_layout: ShotLayout | None = None, text_len: int | None = None,
+                  attention_pairs: int | None = None) -> int:
     """Model FLOPs of one forward pass of one sample.
 
     Args:
@@ -44,6 +45,9 @@ def forward_flops(config: WanConfig, num_latent_frames: int, tokens_per_frame: i
         shot_layout: sparse self-attention layout (per-sample average over its batch); None →
             full self-attention.
         text_len: text tokens attended (default ``config.text_len``: Wan pads to it).
+        attention_pairs: self-attention query-key pairs of one sample, overriding the layout's
+            (the causal mode's teacher forcing: ``2·F_lat`` frames and
+            :func:`model.causal.teacher_forcing_attention_pairs`).
     Returns:
         FLOPs (int). Training step ≈ 3 × this (backward ≈ 2 × forward).
     """
@@ -53,7 +57,8 @@ def forward_flops(config: WanConfig, num_latent_frames: int, tokens_per_frame: i
     patch = math.prod(config.patch_size)
     per_block = (
         2 * seq * dim * dim * 4                                   # self-attn q, k, v, o
-        + attention_flops(self_attention_pairs(seq, shot_layout), heads, hd)
+        + attention_flops(self_attention_pairs(seq, shot_layout) if attention_pairs is None
+                          else attention_pairs, heads, hd)
         + 2 * seq * dim * dim * 2 + 2 * lt * dim * dim * 2        # cross-attn q, o; k, v
         + attention_flops(seq * lt, heads, hd)                    # cross-attn (dense)
         + 2 * seq * dim * ffn * 2                                 # FFN

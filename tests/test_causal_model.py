@@ -1,0 +1,341 @@
+"""CausalCine's causal chunk-wise mode (``model.causal``, ``WanModel.forward_teacher_forcing`` /
+``forward_chunk``) on CPU in float32: the teacher-forcing mask against a dense reference built
+from the four rules, CAMR against a brute-force top-k, the attention backends against the dense
+masked reference, training equal to inference across a shot change, and per-frame timesteps
+against diffusers' Wan2.2 per-token path. Tiny random models, loaded from disk."""
+
+import math
+
+import pytest
+import torch
+
+from multishot.config import load_config
+from multishot.errors import UsageError
+from multishot.model.causal import (CausalConfig, ChunkLayout, KVCache,
+                                    TeacherForcingAttention, route_frames,
+                                    teacher_forcing_attention_pairs, teacher_forcing_frame_mask)
+from multishot.model.checkpoint import load_into, load_state_dict_file
+from multishot.model.config import get_config
+from multishot.model.dit import WanModel
+from multishot.model.layout import ShotLayout
+from multishot.model.prompt_spans import TextSpans
+from multishot.trainer.config import TrainConfig
+
+TINY = get_config("tiny")
+F_LAT, H_LAT, W_LAT = 13, 4, 4          # chunks of 3: frames [0] [1-3] [4-6] [7-9] [10-12]
+HW = (H_LAT // 2) * (W_LAT // 2)
+#: CAMR off; CAMR on the noisy→clean quadrant (the paper's); CAMR on both quadrants
+CONFIGS = {
+    "full": CausalConfig(chunk_latent_frames=3, routed_frames=0),
+    "camr": CausalConfig(chunk_latent_frames=3, local_window_chunks=1, routed_frames=2),
+    "camr_clean": CausalConfig(chunk_latent_frames=3, local_window_chunks=1, routed_frames=2,
+                               route_clean=True),
+}
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random Wan transformer saved by diffusers (non-zero output head)."""
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    dit = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=TINY.num_heads,
+        attention_head_dim=TINY.head_dim, in_channels=TINY.in_channels,
+        out_channels=TINY.out_channels, text_dim=TINY.text_dim, freq_dim=TINY.freq_dim,
+        ffn_dim=TINY.ffn_dim, num_layers=TINY.num_layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=TINY.eps)
+    with torch.no_grad():  # larger modulation tables than diffusers' init: timesteps matter more
+        dit.scale_shift_table.normal_(std=0.5)
+        for block in dit.blocks:
+            block.scale_shift_table.normal_(std=0.5)
+    path = tmp_path_factory.mktemp("causal") / "dit"
+    dit.save_pretrained(path)
+    return path
+
+
+def load_model(path, backend="reference") -> WanModel:
+    model = WanModel(TINY, backend)
+    report = load_into(model, load_state_dict_file(path))
+    assert report.ok, report
+    return model.eval()
+
+
+# ---- chunk layout ----------------------------------------------------------------------------
+
+def test_chunk_layout_first_chunk_takes_the_remainder():
+    five_b = ChunkLayout.build(61, 3)        # Wan2.2-5B, 241 frames
+    assert five_b.num_chunks == 21 and five_b.starts[:3] == (0, 1, 4) and five_b.ends[-1] == 61
+    assert all(e - s == 3 for s, e in zip(five_b.starts[1:], five_b.ends[1:]))
+    self_forcing = ChunkLayout.build(21, 3)  # 81 frames: Self-Forcing / CausVid's 7 × 3
+    assert self_forcing.starts == (0, 3, 6, 9, 12, 15, 18)
+    assert ChunkLayout.build(5, 3).starts == (0, 2) and ChunkLayout.build(1, 3).starts == (0,)
+    assert ChunkLayout.build(F_LAT, 3).chunk_of_frame() == [0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    with pytest.raises(ValueError, match="cannot chunk"):
+        ChunkLayout.build(0, 3)
+
+
+# ---- the mask: four rules and CAMR, brute force ------------------------------------------------
+
+def brute_force_top_k(query_desc, key_desc, candidates, k):
+    """Scores in float64 by explicit sums; the k best, earlier frame first on ties, ascending."""
+    scores = {f: sum(float(query_desc[h, d]) * float(key_desc[f, h, d])
+                     for h in range(query_desc.shape[0]) for d in range(query_desc.shape[1]))
+              for f in candidates}
+    return sorted(sorted(candidates, key=lambda f: (-scores[f], f))[:k])
+
+
+def four_rules_mask(chunks, config, query_desc=None, key_desc=None, batch=1):
+    """Token-level ``[B, 2L, 2L]`` mask written from CausalCine's four rules, token by token."""
+    f, n = chunks.num_latent_frames, chunks.num_chunks
+    chunk_of = chunks.chunk_of_frame()
+    seq = 2 * f * HW
+    mask = torch.zeros(batch, seq, seq, dtype=torch.bool)
+    for b in range(batch):
+        allowed = {}  # (copy, chunk) → set of admitted clean history frames
+        for copy in ("clean", "noisy"):
+            for i in range(n):
+                history = range(chunks.starts[i])
+                routed = config.routed_frames > 0 and (copy == "noisy" or config.route_clean)
+                if routed:
+                    window = chunks.starts[max(0, i - config.local_window_chunks)]
+                    q = query_desc[b, i + (n if copy == "noisy" else 0)]
+                    history = [fr for fr in history if fr >= window] + \
+                        brute_force_top_k(q, key_desc[b], list(range(window)),
+                                          config.routed_frames)
+                allowed[copy, i] = set(history)
+        for qt in range(seq):
+            q_noisy, q_frame = qt >= f * HW, (qt % (f * HW)) // HW
+            qc = chunk_of[q_frame]
+            for kt in range(seq):
+                k_noisy, k_frame = kt >= f * HW, (kt % (f * HW)) // HW
+                kc = chunk_of[k_frame]
+                if not q_noisy and not k_noisy:    # clean → clean: itself and earlier chunks
+                    ok = kc == qc or k_frame in allowed["clean", qc]
+                elif q_noisy and not k_noisy:      # noisy → clean: strictly earlier chunks
+                    ok = k_frame in allowed["noisy", qc]
+                elif q_noisy and k_noisy:          # noisy → noisy: only itself
+                    ok = kc == qc
+                else:                              # clean → noisy: nothing
+                    ok = False
+                mask[b, qt, kt] = ok
+    return mask
+
+
+def descriptors(batch=2, heads=2, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = ChunkLayout.build(F_LAT, 3).num_chunks
+    return (torch.randn(batch, 2 * n, heads, dim, generator=g),
+            torch.randn(batch, F_LAT, heads, dim, generator=g))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_teacher_forcing_mask_equals_the_four_rules(name):
+    config, chunks = CONFIGS[name], ChunkLayout.build(F_LAT, 3)
+    query_desc, key_desc = descriptors()
+    ours = teacher_forcing_frame_mask(chunks, config, 2, query_desc, key_desc)
+    tokens = ours.repeat_interleave(HW, 1).repeat_interleave(HW, 2)
+    assert torch.equal(tokens, four_rules_mask(chunks, config, query_desc, key_desc, batch=2))
+    assert teacher_forcing_attention_pairs(F_LAT, HW, config) * 2 == tokens.sum()
+    full = teacher_forcing_frame_mask(chunks, CONFIGS["full"], 2)
+    if config.routing:  # CAMR drops history frames, never adds any
+        assert (ours & ~full).sum() == 0 and (full & ~ours).sum() > 0
+        noisy_last = slice(F_LAT + 10, 2 * F_LAT)  # noisy chunk 4: window [7, 10), 2 of [0, 7)
+        assert (ours[:, noisy_last, :F_LAT].sum(-1) == 3 + 2).all()
+        assert not torch.equal(ours[0], ours[1])  # routing differs between samples
+
+
+def test_camr_selection_equals_brute_force_top_k_with_ties():
+    g = torch.Generator().manual_seed(3)
+    # small integers: scores are exact, so ties are real ties
+    query_desc = torch.randint(-2, 3, (3, 2, 4), generator=g).float()
+    key_desc = torch.randint(-2, 3, (3, 9, 2, 4), generator=g).float()
+    key_desc[:, 6] = key_desc[:, 1]  # a tie between frames 1 and 6 in every sample
+    for k in (1, 2, 4, 9, 12):
+        ours = route_frames(query_desc, key_desc, k)
+        for b in range(3):
+            assert ours[b].tolist() == brute_force_top_k(query_desc[b], key_desc[b],
+                                                         list(range(9)), k)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "flex"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_routed_attention_equals_dense_masked_reference(backend, name):
+    config, chunks = CONFIGS[name], ChunkLayout.build(F_LAT, 3)
+    torch.manual_seed(4)
+    b, heads, d = 2, 2, 8
+    q, k, v = (torch.randn(b, 2 * F_LAT * HW, heads, d) for _ in range(3))
+    # CAMR's descriptors from the same q, k, computed here in float64
+    k_desc = k[:, :F_LAT * HW].double().view(b, F_LAT, HW, heads, d).mean(2)
+    q_frames = q.double().view(b, 2 * F_LAT, HW, heads, d)
+    q_desc = torch.stack([q_frames[:, off + s:off + e].mean((1, 2)) for off in (0, F_LAT)
+                          for s, e in zip(chunks.starts, chunks.ends)], 1)
+    mask = four_rules_mask(chunks, config, q_desc, k_desc, batch=b)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / math.sqrt(d)
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    expected = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v.double())
+    ours = TeacherForcingAttention(chunks, config, HW, backend)(q, k, v)
+    assert rel(ours.double(), expected) < 1e-6
+
+
+# ---- the model: training equals inference ------------------------------------------------------
+
+def two_shot_text():
+    """Two shots cut at latent frame 5 (inside chunk [4, 7)), HoloCine window spans."""
+    layout = ShotLayout.from_shot_starts([[0, 5], [0, 5]], F_LAT, HW)
+    spans = [TextSpans((0, 3), ((3, 7), (7, 11)))] * 2
+    return layout, spans
+
+
+def latents(seed=1, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, TINY.in_channels, F_LAT, H_LAT, W_LAT)
+    return (torch.randn(shape, generator=g), torch.randn(shape, generator=g),
+            torch.randn(batch, 12, TINY.text_dim, generator=g))
+
+
+def rollout(model, clean, noisy, timestep, context, config, text_mask):
+    """Streaming: per chunk the noisy pass, then the clean pass that writes the cache."""
+    chunks = ChunkLayout.build(clean.shape[2], config.chunk_latent_frames)
+    cache = KVCache.empty(len(model.blocks))
+    outs = []
+    for i, (s, e) in enumerate(zip(chunks.starts, chunks.ends)):
+        mask = None if text_mask is None else text_mask[:, s:e]
+        outs.append(model.forward_chunk(noisy[:, :, s:e], timestep, context, cache, i, config,
+                                        mask))
+        model.forward_chunk(clean[:, :, s:e], torch.zeros_like(timestep), context, cache, i,
+                            config, mask, write_cache=True)
+    assert cache.num_frames == clean.shape[2] and cache.chunk_starts == list(chunks.starts)
+    return outs, chunks
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_training_equals_inference_across_a_shot_change(checkpoint, backend, name):
+    config = CONFIGS[name]
+    model = load_model(checkpoint, backend)
+    clean, noisy, context = latents()
+    timestep = torch.tensor([700.0, 250.0])
+    layout, spans = two_shot_text()
+    text_mask = model.frame_text_mask(layout, spans)
+    assert not torch.equal(text_mask[:, 4], text_mask[:, 5])  # per-shot prompts differ
+    frames_seen = []
+    hook = model.patch_embedding.register_forward_hook(
+        lambda mod, args, out: frames_seen.append(args[0].shape[2]))
+    with torch.no_grad():
+        taught = model.forward_teacher_forcing(clean, noisy, timestep, context, config, text_mask)
+        frames_seen.clear()
+        streamed, chunks = rollout(model, clean, noisy, timestep, context, config, text_mask)
+    hook.remove()
+    # never recomputes earlier chunks: each pass embeds only its chunk's frames
+    assert frames_seen == [e - s for s, e in zip(chunks.starts, chunks.ends) for _ in range(2)]
+    for i, (s, e) in enumerate(zip(chunks.starts, chunks.ends)):
+        err = rel(streamed[i], taught[:, :, s:e])
+        assert err < 1e-5, f"chunk {i}: relative error {err:.2e}"
+    assert taught.abs().mean() > 0.1
+    with torch.no_grad():  # the per-shot text and (for CAMR) the routing change the outputs
+        unmasked = model.forward_teacher_forcing(clean, noisy, timestep, context, config)
+        full = model.forward_teacher_forcing(clean, noisy, timestep, context, CONFIGS["full"],
+                                             text_mask)
+    assert rel(unmasked, taught) > 1e-3
+    if config.routing:
+        assert rel(full[:, :, 10:], taught[:, :, 10:]) > 1e-3
+
+
+def test_teacher_forcing_fast_backends_equal_reference_with_gradients(checkpoint):
+    """sdpa (gathered keys) against the dense reference, forward and backward, with CAMR;
+    flex forward (PyTorch has no FlexAttention backward on CPU)."""
+    clean, noisy, context = latents(seed=2)
+    timestep = torch.tensor([500.0, 900.0])
+    layout, spans = two_shot_text()
+    grads, outs = {}, {}
+    for backend in ("reference", "sdpa"):
+        model = load_model(checkpoint, backend)
+        text_mask = model.frame_text_mask(layout, spans)
+        out = model.forward_teacher_forcing(clean, noisy, timestep, context, CONFIGS["camr"],
+                                            text_mask)
+        out.square().mean().backward()
+        outs[backend] = out.detach()
+        grads[backend] = {n: p.grad for n, p in model.named_parameters()}
+    assert rel(outs["sdpa"], outs["reference"]) < 1e-5
+    for name, g in grads["reference"].items():
+        assert rel(grads["sdpa"][name], g) < 1e-4, name
+    model = load_model(checkpoint, "flex")
+    with torch.no_grad():
+        flex = model.forward_teacher_forcing(clean, noisy, timestep, context, CONFIGS["camr"],
+                                             model.frame_text_mask(layout, spans))
+    assert rel(flex, outs["reference"]) < 1e-5
+
+
+# ---- per-frame timesteps: Wan2.2's per-token path, against diffusers -----------------------------
+
+def test_per_frame_timesteps_equal_diffusers_per_token_timesteps(checkpoint):
+    """One chunk on an empty cache is full attention over its frames: with a timestep per
+    latent frame it equals diffusers' WanTransformer3DModel given Wan2.2's per-token timesteps
+    (``[B, L]``), and with one timestep our bidirectional ``forward``. The context is
+    zero-padded to the text length, which our DiT does itself (as Wan's) and diffusers'
+    WanPipeline does before its transformer."""
+    from diffusers import WanTransformer3DModel
+
+    theirs = WanTransformer3DModel.from_pretrained(checkpoint).eval()
+    model = load_model(checkpoint, "sdpa")
+    _, x, context = latents(seed=5)
+    x = x[:, :, :4]
+    context = torch.nn.functional.pad(context, (0, 0, 0, TINY.text_len - context.shape[1]))
+    per_frame = torch.tensor([[0.0, 0.0, 600.0, 600.0], [999.0, 400.0, 300.0, 0.0]])
+    with torch.no_grad():
+        ours = model.forward_chunk(x, per_frame, context, KVCache.empty(2), 0, CONFIGS["full"])
+        expected = theirs(x, per_frame.repeat_interleave(HW, 1), context,
+                          return_dict=False)[0]
+        uniform = model.forward_chunk(x, torch.tensor([300.0, 20.0]), context, KVCache.empty(2),
+                                      0, CONFIGS["full"])
+        bidirectional = model(x, torch.tensor([300.0, 20.0]), context)
+    assert rel(ours, expected) < 1e-5
+    assert rel(uniform, bidirectional) < 1e-6
+
+
+# ---- errors and config -------------------------------------------------------------------------
+
+def test_bad_inputs_raise(checkpoint):
+    model = load_model(checkpoint)
+    clean, noisy, context = latents()
+    config = CONFIGS["camr"]
+    with pytest.raises(ValueError, match="differ in shape"):
+        model.forward_teacher_forcing(clean, noisy[:, :, :6], torch.zeros(2), context, config)
+    with pytest.raises(ValueError, match="timestep"):
+        model.forward_teacher_forcing(clean, noisy, torch.zeros(2, 3), context, config)
+    with pytest.raises(ValueError, match="text mask"):
+        model.forward_teacher_forcing(clean, noisy, torch.zeros(2), context, config,
+                                      torch.ones(2, F_LAT, 3, dtype=torch.bool))
+    cache = KVCache.empty(2)
+    with pytest.raises(ValueError, match="does not follow"):
+        model.forward_chunk(noisy[:, :, :1], torch.zeros(2), context, cache, 1, config)
+    with pytest.raises(ValueError, match="layers"):
+        model.forward_chunk(noisy[:, :, :1], torch.zeros(2), context, KVCache.empty(3), 0, config)
+
+
+def test_causal_config_section_in_train_and_generate_yaml():
+    from pathlib import Path
+
+    from multishot.generate.config import GenerateConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    encoders = {"encoders": {"vae": "vae", "text_encoder": "umt5"}}  # paths the tests fill in
+    causal = {"model": {"causal": {"chunk_latent_frames": 3, "routed_frames": 4}}, **encoders}
+    train = load_config(configs / "train/tiny_cpu.yaml", TrainConfig, causal)
+    generate = load_config(configs / "generate/tiny_cpu.yaml", GenerateConfig, causal)
+    assert train.model.causal == generate.model.causal == CausalConfig(routed_frames=4)
+    assert load_config(configs / "train/tiny_cpu.yaml", TrainConfig, encoders).model.causal is None
+    with pytest.raises(UsageError, match="model.causal.routed_frame: Extra inputs"):
+        load_config(configs / "train/tiny_cpu.yaml", TrainConfig,
+                    {"model": {"causal": {"routed_frame": 4}}, **encoders})
+    with pytest.raises(UsageError, match="model.causal.chunk_latent_frames"):
+        load_config(configs / "generate/tiny_cpu.yaml", GenerateConfig,
+                    {"model": {"causal": {"chunk_latent_frames": 0}}})
