@@ -269,31 +269,20 @@ def test_benchmark_script_runs_tiny_on_cpu(tmp_path):
     assert "Teacher-forcing training step" in table and "CausalCine, reported" in table
 
 
-@pytest.mark.parametrize("causal", [dict(chunk_latent_frames=3, local_window_chunks=2, routed_frames=6),
-                                    dict(chunk_latent_frames=3, routed_frames=0),
-                                    dict(chunk_latent_frames=2, local_window_chunks=1, routed_frames=1,
-                                         route_clean=True)])
-def test_teacher_forcing_flops_count_the_masks_pairs(causal):
-    """The MFU numerator counts what the teacher-forcing mask admits: the admitted frame pairs
-    of the dense reference mask (random descriptors route other frames, not fewer) × hw²."""
+def test_teacher_forcing_step_flops_count_both_copies_and_the_masks_pairs():
+    """The MFU numerator: 3 × the forward of clean + noisy tokens, self-attention over the
+    pairs the teacher-forcing mask admits (the dense reference mask's frame pairs × hw²)."""
     from multishot.model.causal import CausalConfig, ChunkLayout, teacher_forcing_frame_mask
     from multishot.model.config import get_config
-    from multishot.model.flops import attention_flops, forward_flops
+    from multishot.model.flops import forward_flops
     from multishot.model.layout import ShotLayout
-    from multishot.trainer.metrics import teacher_forcing_pairs, teacher_forcing_step_flops
+    from multishot.trainer.metrics import teacher_forcing_step_flops
 
-    config = CausalConfig(**causal)
-    f, hw = 61, 390
-    chunks = ChunkLayout.build(f, config.chunk_latent_frames)
-    mask = teacher_forcing_frame_mask(chunks, config, 1, torch.randn(1, 2 * chunks.num_chunks, 4, 8),
-                                      torch.randn(1, f, 4, 8))
-    pairs = teacher_forcing_pairs(f, hw, config)
-    assert pairs == int(mask.sum()) * hw * hw
-    if not config.routing:  # causal quadrants only: clean → clean and noisy → clean + itself
-        assert pairs < (2 * f * hw) ** 2 / 2
+    config = CausalConfig(chunk_latent_frames=2, local_window_chunks=1, routed_frames=1)
     tiny = get_config("tiny")
-    layout = ShotLayout.from_cut_frames(25, [13], 16)
-    dense = forward_flops(tiny, 14, 16)  # 2 × 7 latent frames, dense attention
-    delta = tiny.num_layers * (attention_flops(teacher_forcing_pairs(7, 16, config), tiny.num_heads, tiny.head_dim)
-                               - attention_flops((14 * 16) ** 2, tiny.num_heads, tiny.head_dim))
-    assert teacher_forcing_step_flops(tiny, layout, config) == 3 * (dense + delta)
+    mask = teacher_forcing_frame_mask(ChunkLayout.build(7, 2), config, 1,
+                                      torch.randn(1, 8, 4, 8), torch.randn(1, 7, 4, 8))
+    layout = ShotLayout.stack([ShotLayout.from_cut_frames(25, [13], 16)] * 2)
+    flops = teacher_forcing_step_flops(tiny, layout, config)
+    assert flops == 2 * 3 * forward_flops(tiny, 14, 16, attention_pairs=int(mask.sum()) * 16 * 16)
+    assert flops < 2 * 3 * forward_flops(tiny, 14, 16)  # fewer pairs than dense attention
