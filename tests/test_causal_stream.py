@@ -180,7 +180,7 @@ def test_stream_takes_a_shot_appended_while_it_runs(streamer):
 
     streamer.model.forward_chunk = recording
     try:
-        schedule = PromptSchedule("Blender films.", [Shot("a rabbit hops", 1)], open_=True)
+        schedule = PromptSchedule("Blender films.", [Shot("a rabbit hops", 1)], live=True)
         stream = streamer.stream(schedule, seed=3)
         chunks = [next(stream), next(stream)]             # chunk 0 and the rabbit's chunk
         contexts = [streamer.shot_text(schedule, 0).context]
@@ -231,7 +231,7 @@ def test_schedule_reads_lines_and_waits_for_appended_shots():
         read_schedule(['{"global_caption": "g"}', "{oops"], 1)
     with pytest.raises(ValueError, match="no global caption"):
         read_schedule(["a shot"], 1)
-    live = PromptSchedule("g", open_=True)
+    live = PromptSchedule("g", live=True)
     errors = []
     reader, writer = os.pipe()
     with os.fdopen(reader) as r, os.fdopen(writer, "w") as w:

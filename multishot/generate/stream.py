@@ -202,8 +202,13 @@ class StreamingGenerator(Generator):
             raise ValueError("streaming generation runs on one device (no torchrun)")
         self.causal = config.model.causal
         self.model = self.experts[0].model
-        if self.offload:  # the stream decodes every chunk: the VAE stays on the GPU
+        if self.offload:
+            # the stream decodes every chunk and may change shot any time: the VAE and the
+            # text encoder stay on the GPU (a shot change must not wait for an 11 GB copy)
             self.encoders.vae.to(self.device)
+            self.encoders.text_encoder.to(self.device)
+            self.encoders.device = self.device
+            self.offload = False
         _, c, _, h, w = self.latent_shape(1)
         self.streamer = ChunkStreamer(self.model, self.causal, config.sampling, self.encoders.vae,
                                       self.shot_text, (c, h, w), self.device, self.encoders.dtype)
