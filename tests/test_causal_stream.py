@@ -286,3 +286,17 @@ def test_teacher_forcing_step_flops_count_both_copies_and_the_masks_pairs():
     flops = teacher_forcing_step_flops(tiny, layout, config)
     assert flops == 2 * 3 * forward_flops(tiny, 14, 16, attention_pairs=int(mask.sum()) * 16 * 16)
     assert flops < 2 * 3 * forward_flops(tiny, 14, 16)  # fewer pairs than dense attention
+
+
+def test_causal_train_config_refuses_context_parallelism_and_bidirectional_validation(tmp_path):
+    from pydantic import ValidationError
+
+    from multishot.trainer.config import TrainConfig
+
+    config = yaml.safe_load((REPO / "configs/train/tiny_cpu_causal.yaml").read_text())
+    config["encoders"].update(vae=str(tmp_path), text_encoder=str(tmp_path))
+    TrainConfig.model_validate(config)
+    for key, value, words in (("parallel", {"context": 2}, "set parallel.context: 1"),
+                              ("validation", {"every": 5}, "set validation.every: 0")):
+        with pytest.raises(ValidationError, match=words):
+            TrainConfig.model_validate({**config, key: value})
