@@ -2,8 +2,9 @@
 weights at the real shapes.
 
 * ``train``: the trainer's own step (``Trainer.step`` with ``model.causal``: parallel teacher
-  forcing, FSDP2 with bf16 parameters, activation checkpointing, AdamW) on one random
-  precomputed-shape sample of Wan2.2-TI2V-5B at 241 frames, 480×832: latents
+  forcing, FSDP2 with bf16 parameters, activation checkpointing, AdamW; the ``flex`` backend on
+  CUDA, ``--backend`` to change it) on one random precomputed-shape sample of
+  Wan2.2-TI2V-5B at 241 frames, 480×832: latents
   [48, 61, 30, 52], clean and noisy copies = 2 × 23,790 tokens, chunks of 3 latent frames with
   CAMR (local window 2 chunks, 6 routed frames), 6 shots (HoloCine's example cuts). MFU as the
   trainer counts it (:func:`trainer.metrics.teacher_forcing_step_flops`: the four quadrants'
@@ -80,7 +81,7 @@ def run_train(args: argparse.Namespace, causal: dict, compiled: bool) -> dict:
     (tmp / "unused.tar").write_bytes(b"")  # the loader lists shards; the batch comes from here
     lora = {"rank": args.lora_rank, "alpha": float(args.lora_rank)} if args.lora_rank else None
     config = TrainConfig.model_validate({
-        "model": {"name": args.model, "attention_backend": "sdpa",
+        "model": {"name": args.model, "attention_backend": args.backend,
                   "window_cross_attention": False, "activation_checkpointing": True,
                   "compile": compiled, "cpu_offload": args.cpu_offload, "lora": lora,
                   "causal": causal},
@@ -117,6 +118,7 @@ def run_train(args: argparse.Namespace, causal: dict, compiled: bool) -> dict:
         "device": device_name(trainer.device), "torch": torch.__version__, "model": args.model,
         "frames": args.frames, "latents": list(latent), "causal": causal,
         "tokens_per_step": 2 * layout.seq_len, "shots": len(layout.shot_starts[0]),
+        "attention_backend": args.backend,
         "lora_rank": args.lora_rank, "cpu_offload": args.cpu_offload, "compiled": compiled,
         "activation_checkpointing": "full", "window_cross_attention": False,
         "timed_steps": len(times), "step_time_s": step_time, "step_times_s": times,
@@ -237,11 +239,13 @@ def markdown(report: dict) -> str:
         what = f"LoRA r{t['lora_rank']}" if t["lora_rank"] else "full fine-tune"
         lines += ["## Teacher-forcing training step", "",
                   "| device | model | frames | tokens (clean + noisy) | chunks / CAMR | what | "
-                  "compiled | s / step | MFU | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|",
+                  "attention | compiled | s / step | MFU | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|",
                   f"| {t['device']} | {t['model']} | {t['frames']} | {t['tokens_per_step']:,} | "
                   f"{t['causal']['chunk_latent_frames']} latent frames / window "
                   f"{t['causal']['local_window_chunks']}, routed {t['causal']['routed_frames']} | "
-                  f"{what}{', CPU offload' if t['cpu_offload'] else ''} | {t['compiled']} | "
+                  f"{what}{', CPU offload' if t['cpu_offload'] else ''} | "
+                  f"{t['attention_backend']} | {t['compiled']} | "
                   f"{t['step_time_s']:.2f} | {t['mfu']:.1%} | {t['peak_memory_gib']:.1f} |", "",
                   f"MFU = {t['model_tflop_per_step']:.0f} TFLOP a step (3 × forward, the four "
                   f"quadrants' pairs) / step time / {t['peak_tflops']:.0f} TFLOP/s; "
@@ -273,6 +277,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["train", "stream", "all"], default="all")
     parser.add_argument("--tiny", action="store_true", help="the tiny DiT at 64×64 (CPU check)")
+    parser.add_argument("--backend", choices=["sdpa", "flex", "reference"], default=None,
+                        help="train: causal attention backend (default: flex on CUDA, the "
+                        "fastest teacher forcing in causal_attention_h100.md; sdpa on CPU)")
     parser.add_argument("--lora-rank", type=int, default=32, help="train: LoRA rank; 0 = full")
     parser.add_argument("--cpu-offload", action="store_true", help="train: FSDP2 CPU offload")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -286,6 +293,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="JSON results (updated per part)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
+    args.backend = args.backend or ("flex" if cuda else "sdpa")  # flex has no CPU backward
     if args.tiny:
         args.model, args.frames, args.latent_hw = "tiny", 25, (8, 8)
         causal = {"chunk_latent_frames": 2, "local_window_chunks": 1, "routed_frames": 1}
