@@ -300,3 +300,16 @@ def test_causal_train_config_refuses_context_parallelism_and_bidirectional_valid
                               ("validation", {"every": 5}, "set validation.every: 0")):
         with pytest.raises(ValidationError, match=words):
             TrainConfig.model_validate({**config, key: value})
+
+
+def test_cli_streams_shots_read_from_stdin(tmp_path):
+    out = tmp_path / "live.mp4"
+    result = run_python("-m", "multishot", "generate", "--causal", "--config",
+                        str(stream_config(tmp_path, None, None, steps=1)), "--schedule", "-",
+                        "--global-caption", "Blender films.", "--chunks-per-shot", "1",
+                        "-o", str(out), stdin='a rabbit hops\n{"caption": 3}\nTrees\n')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stdin:2: expected" in result.stderr  # a bad line is reported and skipped
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["chunk_shots"] == [0, 0, 1] and info["num_frames"] == 17
+    assert [s["caption"] for s in info["shots"]] == ["a rabbit hops", "Trees"]
