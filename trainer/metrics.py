@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from multishot.model.causal import CausalConfig, teacher_forcing_attention_pairs
 from multishot.model.config import WanConfig
 from multishot.model.flops import forward_flops
 from multishot.model.layout import ShotLayout
@@ -27,6 +28,17 @@ def step_flops(config: WanConfig, layout: ShotLayout, sparse: bool) -> int:
     per_sample = forward_flops(config, layout.num_latent_frames, layout.tokens_per_frame,
                                layout if sparse else None)
     return TRAIN_FLOPS_PER_FORWARD * per_sample * layout.batch_size
+
+
+def teacher_forcing_step_flops(config: WanConfig, layout: ShotLayout, causal: CausalConfig) -> int:
+    """Model FLOPs of one teacher-forcing training step on this rank's batch: the forward of
+    the ``2·L`` tokens (clean and noisy copies) of every sample with the four quadrants'
+    self-attention pairs (:func:`model.causal.teacher_forcing_attention_pairs`, CAMR's routed
+    frames counted as attended), × 3."""
+    f, hw = layout.num_latent_frames, layout.tokens_per_frame
+    pairs = teacher_forcing_attention_pairs(f, hw, causal)
+    return TRAIN_FLOPS_PER_FORWARD * forward_flops(config, 2 * f, hw, attention_pairs=pairs) \
+        * layout.batch_size
 
 
 class MetricsLogger:
