@@ -226,9 +226,16 @@ def test_shots_table_keeps_every_decision(pipeline_run):
     assert len(shots) == report["shots_found"] > 30
     assert sum(s["kept"] for s in shots) == report["shots_kept"]
     assert all((s["reason"] == "") == s["kept"] for s in shots)
-    # the Sintel trailer's title card and the Tears of Steel bitrate overlay are text
+    # the Sintel trailer's title card is text; the Tears of Steel bitrate stamp is a burned-in
+    # overlay (the default action rejects the shots that show it), found in no other film
     text = {Path(s["source"]).name for s in shots if "text" in s["reason"]}
-    assert "sintel_trailer_480p.mp4" in text and "tos_excerpt_64s_512x120_fmp4.mp4" in text
+    assert "sintel_trailer_480p.mp4" in text
+    overlay = {Path(s["source"]).name for s in shots if "overlay" in s["reason"]}
+    assert overlay == {"tos_excerpt_64s_512x120_fmp4.mp4"}
+    videos = {Path(v["source"]).name: v for v in pq.read_table(ShardSetLayout(out).videos_table).to_pylist()}
+    assert [o["text"] for o in videos["tos_excerpt_64s_512x120_fmp4.mp4"]["overlays"]] == ["450Kbps"]
+    assert all(v["overlays"] == [] for name, v in videos.items() if not name.startswith("tos_"))
+    assert sum(v["shots"] for v in videos.values()) == len(shots)
     assert all(s["aesthetic"] is None for s in shots)
 
 

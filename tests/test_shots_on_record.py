@@ -56,7 +56,8 @@ def test_too_short_shots_and_transitions_are_recorded(montage_run):
     assert shots[0]["start_frame"] == 0 and shots[0]["transition"] is None
     for previous, s in zip(shots, shots[1:]):
         assert s["start_frame"] == previous["end_frame"]
-        assert (s["transition"], s["transition_start_frame"], s["transition_end_frame"]) == ("cut", s["start_frame"], s["start_frame"])
+        transition = (s["transition"], s["transition_start_frame"], s["transition_end_frame"])
+        assert transition == ("cut", s["start_frame"], s["start_frame"])
         assert s["transition_start_s"] == pytest.approx(s["start_frame"] / float(MONTAGE_FPS))
         assert s["gap_before"] is False
     assert shots[-1]["end_frame"] == montage.num_frames
