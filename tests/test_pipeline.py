@@ -64,6 +64,15 @@ def test_transnetv2_finds_hard_cuts_and_dissolve(synthetic_edit):
     assert len(gradual) == 1 and gradual[0].start_frame >= b - 2
     assert all(x.end_frame == y.start_frame for x, y in zip(shots, shots[1:]) if not y.gap_before)
     assert stats.frames == synthetic_edit.num_frames
+    # the transitions on record: hard cuts at the true cut frames, the dissolve's span around the true one
+    from multishot.pipeline.detect import transition_before
+
+    transitions = [transition_before(shots, i) for i in range(1, len(shots))]
+    cuts = [t.start_frame for t in transitions if t.kind == "cut"]
+    assert len(cuts) == len(synthetic_edit.hard_cuts)
+    assert all(abs(c - t) <= 2 for c, t in zip(cuts, synthetic_edit.hard_cuts)), cuts
+    (dissolve,) = [t for t in transitions if t.kind == "gradual"]
+    assert dissolve.start_frame <= a + 2 and dissolve.end_frame >= b - 2, (dissolve, (a, b))
 
 
 def test_pyscenedetect_content_finds_hard_cuts(synthetic_edit):
