@@ -70,6 +70,15 @@ def iou(a: Rect, b: Rect) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _ious(rects: np.ndarray, rect: Rect) -> np.ndarray:
+    """:func:`iou` of each row of ``rects`` ``[N, 4]`` with ``rect``."""
+    w = np.minimum(rects[:, 2], rect[2]) - np.maximum(rects[:, 0], rect[0])
+    h = np.minimum(rects[:, 3], rect[3]) - np.maximum(rects[:, 1], rect[1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    union = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1]) + (rect[2] - rect[0]) * (rect[3] - rect[1]) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
 def find_overlays(shot_boxes: Sequence[ShotBoxes], config: OverlayConfig) -> list[Overlay]:
     """The overlays of one video (the rule in the module docstring).
 
@@ -80,17 +89,21 @@ def find_overlays(shot_boxes: Sequence[ShotBoxes], config: OverlayConfig) -> lis
         Overlays, most widely seen first.
     """
     ocred = [s for s, frames in enumerate(shot_boxes) if len(frames)]
-    groups: list[tuple[Rect, list[tuple[int, TextBox]]]] = []  # (first box's rect, (shot, box)...)
+    firsts = np.zeros((0, 4))  # each group's first box's rect
+    groups: list[list[tuple[int, TextBox]]] = []  # each group's (shot, box) pairs
     for s in ocred:
         for frame in shot_boxes[s]:
             for box in frame:
-                best = max(groups, key=lambda g: iou(g[0], box.rect), default=None)
-                if best is not None and iou(best[0], box.rect) >= config.min_iou:
-                    best[1].append((s, box))
+                # vectorised over groups: a film has thousands of boxes
+                overlaps = _ious(firsts, box.rect)
+                best = int(np.argmax(overlaps)) if len(groups) else -1
+                if best >= 0 and overlaps[best] >= config.min_iou:
+                    groups[best].append((s, box))
                 else:
-                    groups.append((box.rect, [(s, box)]))
+                    firsts = np.vstack([firsts, box.rect])
+                    groups.append([(s, box)])
     overlays = []
-    for _, members in groups:
+    for members in groups:
         shots = len({s for s, _ in members})
         if shots >= config.min_shots and shots >= config.min_shot_fraction * len(ocred):
             rect = tuple(float(v) for v in np.median([b.rect for _, b in members], axis=0))
