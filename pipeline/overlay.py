@@ -75,7 +75,8 @@ def _ious(rects: np.ndarray, rect: Rect) -> np.ndarray:
     w = np.minimum(rects[:, 2], rect[2]) - np.maximum(rects[:, 0], rect[0])
     h = np.minimum(rects[:, 3], rect[3]) - np.maximum(rects[:, 1], rect[1])
     inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    union = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1]) + (rect[2] - rect[0]) * (rect[3] - rect[1]) - inter
+    areas = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1])
+    union = areas + (rect[2] - rect[0]) * (rect[3] - rect[1]) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
