@@ -123,7 +123,8 @@ def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
         fs, path = resolve(task.source)
         stats = task.decode.setdefault("analyse", DecodeStats())
         rows = [r for r in task.shots if not r.shot.too_short]
-        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in rows], stats)
+        # no shot long enough: nothing to decode (an empty frame list would decode the whole video)
+        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in rows], stats) if rows else []
         for shot_row, score in zip(rows, scores):
             shot_row.scores = score
         _overlays(task, rows, config)
