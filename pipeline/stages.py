@@ -120,11 +120,12 @@ def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
     analyser = ShotAnalyser(config.analyse)
 
     def process(task: VideoTask) -> None:
+        rows = [r for r in task.shots if not r.shot.too_short]
+        if not rows:
+            return  # no shot long enough: no decode pass (an empty frame list would read the whole video)
         fs, path = resolve(task.source)
         stats = task.decode.setdefault("analyse", DecodeStats())
-        rows = [r for r in task.shots if not r.shot.too_short]
-        # no shot long enough: nothing to decode (an empty frame list would decode the whole video)
-        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in rows], stats) if rows else []
+        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in rows], stats)
         for shot_row, score in zip(rows, scores):
             shot_row.scores = score
         _overlays(task, rows, config)
