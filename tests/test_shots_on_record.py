@@ -81,3 +81,20 @@ def test_samples_hold_kept_shots_only(montage_run):
     assert [(v["status"], v["shots"], v["shots_kept"], v["overlays"]) for v in videos] == [
         ("ok", len(shots), len(kept), [])
     ]
+
+
+def test_a_video_of_too_short_shots_is_on_record_and_not_analysed(tmp_path):
+    """PySceneDetect with a 60 s minimum: its one scene is too short, recorded, never decoded again."""
+    from footage_clips import FOOTAGE
+
+    from multishot.pipeline.stages import STAGES, run_sequential
+    from multishot.pipeline.task import VideoTask
+
+    config = PipelineConfig.model_validate({"output": str(tmp_path), "detect": {"backend": "content", "min_shot_s": 60}})
+    stages = [s for s in STAGES if s.name in ("probe", "detect", "analyse", "pack")]
+    source = FOOTAGE / "archive" / "sintel_film_excerpt_26s.mp4"
+    (task,) = run_sequential(config, "test", [VideoTask(source=str(source), source_id="0")], stages)
+    rows = task.shot_rows()
+    assert task.status == "ok" and rows and task.samples == []
+    assert all(r["reason"] == "too_short" and not r["kept"] and r["brightness"] is None for r in rows)
+    assert "analyse" not in task.decode  # no decode pass for nothing to analyse
