@@ -178,7 +178,7 @@ class SceneDetectDetector:
 
     PySceneDetect reports hard cuts only (contiguous scenes), so no shot has ``gap_before``.
     Its ``min_scene_len`` (set from ``min_shot_s``) suppresses a cut closer than that to the
-    previous one, so here a ``too_short`` shot can only be the first or the last.
+    previous cut or the first frame, so here only the last shot can be ``too_short``.
     """
 
     def __init__(self, config: DetectConfig):
