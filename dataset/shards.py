@@ -10,6 +10,7 @@ through it. A shard set is one folder (local path or any ``pyarrow.fs`` URI)::
                                        sha256, bytes, sample count and keys
       index/samples.parquet            one row per sample (key, shard, bucket, duration, …)
       index/shots.parquet              every detected shot with its scores and decision
+      index/videos.parquet             every video with a result: status, shot counts, overlays
       index/rejects.parquet            every input video that was rejected, with the reason
       report.json                      the run report
       config.resolved.yaml             the pipeline configuration the samples were made with
@@ -133,6 +134,10 @@ class ShardSetLayout:
     @property
     def shots_table(self) -> str:
         return self._join("index", "shots.parquet")
+
+    @property
+    def videos_table(self) -> str:
+        return self._join("index", "videos.parquet")
 
     @property
     def rejects_table(self) -> str:

@@ -7,7 +7,8 @@ scored as they arrive, so memory holds one shot's frames at a time.
 * brightness: mean BT.709 luma ``Y' = 0.2126 R' + 0.7152 G' + 0.0722 B'`` over the sampled
   frames, 0-255 (on the gamma-encoded values, as video luma is defined).
 * OCR text-area ratio: the largest ratio over the first ``ocr_frames_per_shot`` sampled frames
-  (see :mod:`pipeline.ocr`).
+  (see :mod:`pipeline.ocr`); their text boxes are kept for the per-video overlay search
+  (:mod:`pipeline.overlay`).
 * aesthetic: the mean LAION score of the sampled frames (see :mod:`pipeline.aesthetic`), or
   ``None`` when the config gives no weights; the run then reports ``aesthetic: skipped``.
 """
@@ -21,6 +22,7 @@ import pyarrow.fs as pafs
 
 from multishot.pipeline.config import AnalyseConfig
 from multishot.pipeline.detect import DetectedShot
+from multishot.pipeline.ocr import TextBox, boxes_ratio
 from multishot.pipeline.video import DecodeStats, iter_frames
 
 
@@ -29,11 +31,15 @@ BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
 @dataclass(frozen=True)
 class ShotScores:
-    """Scores of one shot; all ``None`` when none of its sampled frames decoded."""
+    """Scores of one shot; all ``None`` when none of its sampled frames decoded.
+
+    ``text_boxes``: the counted text boxes of each OCR'd frame (one tuple per frame).
+    """
 
     brightness: float | None
     ocr_text_ratio: float | None
     aesthetic: float | None
+    text_boxes: tuple[tuple[TextBox, ...], ...] = ()
 
 
 def sample_indices(shot: DetectedShot, count: int) -> list[int]:
@@ -86,10 +92,11 @@ class ShotAnalyser:
 
     def _score(self, frames: list[np.ndarray]) -> ShotScores:
         brightness = float(np.mean([mean_luma(f) for f in frames]))
-        ocr = None
+        ocr, boxes = None, ()
         if self.text is not None:
-            ocr = max(self.text.ratio(f) for f in frames[: self.config.ocr_frames_per_shot])
+            boxes = tuple(tuple(self.text.boxes(f)) for f in frames[: self.config.ocr_frames_per_shot])
+            ocr = max(boxes_ratio(list(b)) for b in boxes)
         aesthetic = None
         if self.aesthetic is not None:
             aesthetic = float(np.mean(self.aesthetic.score(frames)))
-        return ShotScores(brightness, 0.0 if ocr is None else ocr, aesthetic)
+        return ShotScores(brightness, 0.0 if ocr is None else ocr, aesthetic, boxes)

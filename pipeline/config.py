@@ -51,7 +51,9 @@ class DetectConfig(_Section):
     threshold: float = Field(0.4, gt=0, lt=1, description="TransNetV2 transition probability")
     content_threshold: float = Field(27.0, gt=0, description="PySceneDetect ContentDetector")
     adaptive_threshold: float = Field(3.0, gt=0, description="PySceneDetect AdaptiveDetector")
-    min_shot_s: float = Field(1.0, ge=0, description="shots shorter than this are dropped (s)")
+    min_shot_s: float = Field(
+        1.0, ge=0, description="shots shorter than this are recorded as too_short, never analysed or packed (s)"
+    )
     batch_windows: int = Field(
         8, ge=1, description="TransNetV2 windows of 100 frames per forward (placement: not in the samples hash)"
     )
@@ -59,6 +61,21 @@ class DetectConfig(_Section):
     # a TransNetV2 actor holds the model and a batch of windows' activations: 1.3 GiB measured
     # with 8 windows a batch; told to Ray so it does not over-pack actors on small nodes
     resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=1.5)
+
+
+class OverlayConfig(_Section):
+    """Burned-in overlays: text boxes at one place in most shots of a video (see
+    :mod:`pipeline.overlay` for the rule and why ``reject`` is the default)."""
+
+    min_shot_fraction: float = Field(
+        0.5, gt=0, le=1, description="an overlay is seen in at least this fraction of the video's OCR'd shots"
+    )
+    min_shots: int = Field(3, ge=2, description="and in at least this many shots")
+    min_iou: float = Field(0.5, gt=0, le=1, description="boxes at one place overlap at least this much (IoU)")
+    action: Literal["record", "ignore_in_ocr", "reject"] = Field(
+        "reject", description="record: videos table only; ignore_in_ocr: also leave its boxes out of the "
+        "OCR text ratio; reject: also remove shots showing it (reason overlay)"
+    )
 
 
 class AnalyseConfig(_Section):
@@ -77,6 +94,7 @@ class AnalyseConfig(_Section):
         None, description="LAION improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth"
     )
     clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture name")
+    overlay: OverlayConfig = OverlayConfig()
     resources: Resources = Resources(actors=1, cpus=0.5)
 
     @model_validator(mode="after")

@@ -17,12 +17,21 @@ transition; its many-hot head covers the whole transition. A run of single-frame
 two frames long it is a **hard cut**: the outgoing shot ends after frame ``a`` and the next
 starts at ``a + 1``, with no gap. Otherwise it is a **gradual transition** (fade, dissolve): the
 frames ``[a', b']`` belong to no shot, so the shots on either side are not adjacent and the
-packer never joins them into one sample. Shots shorter than ``min_shot_s`` are dropped.
+packer never joins them into one sample.
+
+Every detected shot is returned: one shorter than ``min_shot_s`` is marked ``too_short`` (it
+is not analysed and never packed, and, being a removed shot, it breaks adjacency for the packer
+as dropping it used to). So consecutive shots are either adjacent (a hard cut at the later
+one's ``start_frame``) or separated by a gradual transition, the frames
+``[previous.end_frame, start_frame)`` (``gap_before``); :func:`transition_before` reads the
+transition off the shot list. A gradual transition that runs into the video's last frame has no
+shot after it: its frames are those after the last shot's ``end_frame``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -38,11 +47,36 @@ WINDOW, STRIDE, CONTEXT = 100, 50, 25
 @dataclass(frozen=True)
 class DetectedShot:
     """A shot in source frames ``[start_frame, end_frame)``; ``gap_before`` marks a gradual
-    transition (or a removed too-short shot) between it and the previous shot."""
+    transition between it and the previous shot (or, for the first shot, before it);
+    ``too_short``: shorter than ``detect.min_shot_s`` (on record, never analysed or packed)."""
 
     start_frame: int
     end_frame: int
     gap_before: bool
+    too_short: bool = False
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The transition into a shot, in source frames ``[start_frame, end_frame)``.
+
+    ``cut``: a hard cut, an empty span at the incoming shot's first frame
+    (``start_frame == end_frame``); ``gradual``: a fade or dissolve whose frames belong to no shot.
+    """
+
+    kind: Literal["cut", "gradual"]
+    start_frame: int
+    end_frame: int
+
+
+def transition_before(shots: list[DetectedShot], i: int) -> Transition | None:
+    """The transition into ``shots[i]`` (a whole shot list, too-short shots included), or None
+    for a first shot that starts the video (frame 0) with no transition."""
+    shot = shots[i]
+    previous_end = shots[i - 1].end_frame if i else 0
+    if shot.gap_before or shot.start_frame > previous_end:
+        return Transition("gradual", previous_end, shot.start_frame)
+    return Transition("cut", shot.start_frame, shot.start_frame) if i else None
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -57,8 +91,8 @@ def shots_from_predictions(
 ) -> list[DetectedShot]:
     """Turn TransNetV2's per-frame probabilities ``[N]`` (single-frame and many-hot heads) into shots.
 
-    The rule is in the module docstring. Returns shots in order; those shorter than
-    ``min_shot_frames`` are dropped and the next shot is marked ``gap_before``.
+    The rule is in the module docstring. Returns every shot in order, those shorter than
+    ``min_shot_frames`` marked ``too_short``.
     """
     n = len(single)
     many_runs = _runs(many > threshold)
@@ -74,11 +108,9 @@ def shots_from_predictions(
             boundaries.append((a2, b2 + 1))  # gradual transition: [a2, b2] belongs to no shot
     shots, start, gap = [], 0, False
     for end, next_start in boundaries + [(n, n)]:
-        if end - start >= min_shot_frames:
-            shots.append(DetectedShot(start, end, gap))
+        if end > start:
+            shots.append(DetectedShot(start, end, gap, too_short=end - start < min_shot_frames))
             gap = False
-        elif end > start:
-            gap = True  # a dropped short shot breaks adjacency
         gap = gap or next_start > end
         start = max(start, next_start)
     return shots
@@ -144,8 +176,9 @@ class TransNetV2Detector:
 class SceneDetectDetector:
     """PySceneDetect ``ContentDetector`` or ``AdaptiveDetector`` with its PyAV backend.
 
-    PySceneDetect reports hard cuts only (contiguous scenes), so no shot has ``gap_before``
-    unless a too-short shot between them was dropped.
+    PySceneDetect reports hard cuts only (contiguous scenes), so no shot has ``gap_before``.
+    Its ``min_scene_len`` (set from ``min_shot_s``) suppresses a cut closer than that to the
+    previous cut or the first frame, so here only the last shot can be ``too_short``.
     """
 
     def __init__(self, config: DetectConfig):
@@ -170,15 +203,8 @@ class SceneDetectDetector:
         stats.frames = video.frame_number
         stats.last_time_s = video.frame_number / fps
         scenes = manager.get_scene_list(start_in_scene=True)
-        shots, gap = [], False
-        for start, end in scenes:
-            a, b = start.frame_num, end.frame_num
-            if b - a >= min_frames:
-                shots.append(DetectedShot(a, b, gap))
-                gap = False
-            else:
-                gap = True
-        return shots
+        return [DetectedShot(a.frame_num, b.frame_num, False, too_short=b.frame_num - a.frame_num < min_frames)
+                for a, b in scenes]
 
 
 def make_detector(config: DetectConfig) -> TransNetV2Detector | SceneDetectDetector:

@@ -3,7 +3,9 @@
 Every shot and every decision is kept in ``index/shots.parquet``, kept or not. Reasons:
 ``undecodable`` (none of its sampled frames decoded), ``too_dark``, ``too_bright``, ``text``
 (OCR text-area ratio above ``max_ocr_text_ratio``), ``low_aesthetic`` (only when scored).
-A shot failing several tests carries all their reasons, comma-separated.
+A shot failing several tests carries all their reasons, comma-separated. Two reasons come from
+elsewhere: ``too_short`` (detection: shorter than ``detect.min_shot_s``, never analysed) and
+``overlay`` (the analyse stage, :mod:`pipeline.overlay`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,23 @@ index describes exactly the shards on disk. Finished work is never deleted: the 
 removed are older renders of a video whose current result lists other shard names; a shard no
 trusted result lists (made with other settings, or by a result that can no longer be trusted)
 is moved to ``_work/set_aside/`` and logged.
+
+The tables under ``index/`` (this module owns their columns):
+
+* ``samples.parquet``: one row per sample (:func:`pipeline.sample.index_row`).
+* ``shots.parquet`` (:data:`SHOT_COLUMNS`): every detected shot of every video, the whole record
+  of what detection saw. Shots shorter than ``detect.min_shot_s`` have a row with reason
+  ``too_short`` (and no scores). The ``transition*`` columns describe the transition into the
+  shot: ``cut`` (an empty span at the shot's first frame) or ``gradual`` (a fade or dissolve:
+  frames ``[transition_start_frame, transition_end_frame)`` that belong to no shot), its span in
+  source frames and seconds; null for a first shot that starts at frame 0. Consecutive rows of a
+  video are therefore adjacent or separated by exactly their transition; a gradual transition
+  that runs into the video's end is the frames after its last shot's ``end_frame``.
+  ``gap_before`` is ``transition == 'gradual'``.
+* ``videos.parquet`` (:data:`VIDEO_SCHEMA`): one row per video with a result: status, duration,
+  shot counts, and its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
+  frame, text, how many shots show it).
+* ``rejects.parquet`` (:data:`REJECT_COLUMNS`): videos whose status is not ``ok``.
 """
 
 from __future__ import annotations
@@ -26,12 +43,23 @@ from multishot.pipeline.write import shard_source_id
 log = logging.getLogger(__name__)
 
 SHOT_COLUMNS = ["source", "source_id", "shot_index", "start_frame", "end_frame", "start_s", "end_s",
-                "gap_before", "brightness", "ocr_text_ratio", "aesthetic", "kept", "reason"]
+                "gap_before", "transition", "transition_start_frame", "transition_end_frame",
+                "transition_start_s", "transition_end_s", "brightness", "ocr_text_ratio", "aesthetic",
+                "kept", "reason"]
+OVERLAY_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64()),
+                          ("text", pa.string()), ("shots", pa.int64()), ("shot_fraction", pa.float64())])
+VIDEO_SCHEMA = pa.schema([("source", pa.string()), ("source_id", pa.string()), ("status", pa.string()),
+                          ("duration_s", pa.float64()), ("fps", pa.float64()), ("shots", pa.int64()),
+                          ("shots_kept", pa.int64()), ("overlays", pa.list_(OVERLAY_TYPE))])
 REJECT_COLUMNS = ["source", "source_id", "status", "stage", "reason"]
 
 
-def _write_table(fs: pafs.FileSystem, path: str, rows: list[dict], columns: list[str] | None = None) -> None:
-    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns or []})
+def _write_table(fs: pafs.FileSystem, path: str, rows: list[dict], columns: list[str] | None = None,
+                 schema: pa.Schema | None = None) -> None:
+    if schema is not None:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    else:
+        table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns or []})
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     write_bytes(fs, path, buf.getvalue().to_pybytes())  # whole, also on object storage
@@ -47,7 +75,7 @@ def finalize(
     wall_s: float,
     this_run: dict,
 ) -> dict:
-    """Write ``index/*.parquet``, ``manifest.json``, ``report.json`` and the resolved config;
+    """Write ``index/*.parquet`` (see the module docstring), ``manifest.json``, ``report.json`` and the resolved config;
     print and return the report (see :func:`summary`).
 
     ``results``: the trusted results of every video in the output folder
@@ -62,6 +90,7 @@ def finalize(
     _tidy_shards(fs, layout, {s["name"] for s in shards}, {r.source_id for r in results})
     _write_table(fs, layout.samples_index, samples, ["key"])
     _write_table(fs, layout.shots_table, shots, SHOT_COLUMNS)
+    _write_table(fs, layout.videos_table, [r.video_row() for r in results], schema=VIDEO_SCHEMA)
     _write_table(fs, layout.rejects_table, rejects, REJECT_COLUMNS)
     write_manifest(fs, layout, Manifest(kind="samples", samples_hash=samples_hash, shards=shards))
     report = {**summary(config, results, unreadable, samples, shots, wall_s), "this_run": this_run}
@@ -109,6 +138,8 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
         "shots_found": len(shots),
         "shots_kept": sum(s["kept"] for s in shots),
         "shots_removed_by_reason": dict(reasons),
+        "overlays": [{"source": r.name, "text": o.text, "shot_fraction": o.shot_fraction}
+                     for r in results for o in r.overlays],
         "samples": len(samples),
         "samples_per_bucket": dict(collections.Counter(s["bucket"] for s in samples)),
         "sample_hours": sum(s["duration_s"] for s in samples) / 3600,
@@ -141,6 +172,8 @@ def format_report(report: dict) -> str:
         f"videos in        {report['videos_in']}  ({', '.join(f'{k} {v}' for k, v in sorted(report['videos_by_status'].items()))})",
         f"shots            {report['shots_found']} found, {report['shots_kept']} kept"
         + (f"; removed: {', '.join(f'{k} {v}' for k, v in sorted(report['shots_removed_by_reason'].items()))}" if report["shots_removed_by_reason"] else ""),
+        *(f"overlay          {o['source'].rsplit('/', 1)[-1]}: {o['text']!r} in {o['shot_fraction']:.0%} of its shots"
+          for o in report["overlays"]),
         f"samples          {report['samples']}  ({', '.join(f'{k}: {v}' for k, v in report['samples_per_bucket'].items())})",
         f"footage          {report['source_hours'] * 3600:.1f} s in, {report['sample_hours'] * 3600:.1f} s of samples",
         f"aesthetic        {report['aesthetic']}",

@@ -1,4 +1,4 @@
-"""OCR text-area ratio: the fraction of a frame covered by detected text boxes.
+"""OCR text boxes and the text-area ratio: the fraction of a frame covered by detected text boxes.
 
 Text is detected and then recognised, and only boxes whose recognised text has at least
 ``MIN_CHARS`` characters with a recognition score of at least ``ocr_min_confidence`` count:
@@ -16,10 +16,15 @@ and the detector scales them up only when the shorter side is below ``ocr_min_si
 own default (shorter side up to 736) upscales every 480p frame ~1.5x and costs 3-4x the time; at
 240 the bundled footage's burned-in text (Tears of Steel's "450Kbps" at 512x120, Sintel's title)
 is still read with scores above 0.99.
+
+:meth:`TextDetector.boxes` returns the counted boxes (:class:`TextBox`, in fractions of the frame
+so they compare across scales) for the per-video overlay search (:mod:`pipeline.overlay`);
+:meth:`TextDetector.ratio` is their text-area ratio.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -36,14 +41,33 @@ def polygon_area(box: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
-def text_area_ratio(boxes: np.ndarray | None, height: int, width: int) -> float:
-    """Summed box area over frame area, clipped to [0, 1]; ``boxes`` is ``[N, 4, 2]`` or None.
+@dataclass(frozen=True)
+class TextBox:
+    """A recognised text box: its quadrilateral ``[4, 2]`` as ``(x, y)`` corners in fractions of
+    the frame's width and height (0..1), the text read and its recognition score."""
+
+    quad: tuple[tuple[float, float], ...]
+    text: str
+    score: float
+
+    @property
+    def rect(self) -> tuple[float, float, float, float]:
+        """Axis-aligned bounds ``(x0, y0, x1, y1)`` in fractions of the frame."""
+        xs, ys = [p[0] for p in self.quad], [p[1] for p in self.quad]
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def area(self) -> float:
+        """Area as a fraction of the frame's area."""
+        return polygon_area(np.asarray(self.quad, dtype=np.float64))
+
+
+def boxes_ratio(boxes: list[TextBox]) -> float:
+    """Text-area ratio of boxes in frame fractions: their summed area, clipped to [0, 1].
 
     Overlapping boxes count twice; detected text boxes rarely overlap.
     """
-    if boxes is None or len(boxes) == 0:
-        return 0.0
-    return min(1.0, sum(polygon_area(np.asarray(b, dtype=np.float64)) for b in boxes) / (height * width))
+    return min(1.0, sum(b.area for b in boxes))
 
 
 class TextDetector:
@@ -73,7 +97,12 @@ class TextDetector:
             raise ValueError(f"no OCR backend {config.ocr_backend!r}")
 
     def ratio(self, frame: np.ndarray) -> float:
-        """Text-area ratio of one RGB uint8 frame ``[H, W, 3]`` (see :func:`text_area_ratio`)."""
+        """Text-area ratio of one RGB uint8 frame ``[H, W, 3]`` (see :func:`boxes_ratio`)."""
+        return boxes_ratio(self.boxes(frame))
+
+    def boxes(self, frame: np.ndarray) -> list[TextBox]:
+        """The text boxes of one RGB uint8 frame ``[H, W, 3]`` that count: at least ``MIN_CHARS``
+        characters read with a score of at least ``ocr_min_confidence``."""
         h, w = frame.shape[:2]
         scale = min(1.0, self.config.ocr_max_side / max(h, w))
         if scale < 1.0:
@@ -85,8 +114,8 @@ class TextDetector:
         else:
             result = self.engine.predict(np.ascontiguousarray(frame[:, :, ::-1]))
             found = [(b, t, c) for r in result for b, t, c in zip(r["rec_polys"], r["rec_texts"], r["rec_scores"])]
-        boxes = [
-            box for box, text, score in found
+        return [
+            TextBox(tuple((float(x) / sw, float(y) / sh) for x, y in np.asarray(box)), text.strip(), float(score))
+            for box, text, score in found
             if score >= self.config.ocr_min_confidence and len(text.strip()) >= MIN_CHARS
         ]
-        return text_area_ratio(np.array(boxes) if boxes else None, sh, sw)

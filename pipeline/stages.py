@@ -18,11 +18,12 @@ import logging
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from multishot.dataset.shards import ShardSetLayout, resolve
 from multishot.pipeline.config import PipelineConfig, Resources
 from multishot.pipeline.filter import decide
+from multishot.pipeline.overlay import find_overlays, ratio_without_overlays, shows_overlay
 from multishot.pipeline.pack import PackShot, pack_video
 from multishot.pipeline.render import crop_rejection, render_samples
 from multishot.pipeline.sample import plan_sample
@@ -107,7 +108,8 @@ def _detect(config: PipelineConfig, samples_hash: str) -> Process:
         if not shots:
             task.fail("detect", f"no shots found ({stats.frames} frames decoded)")
             return
-        task.shots = [ShotRow(shot=shot) for shot in shots]
+        # every detected shot goes on record; a too-short one is never analysed or packed
+        task.shots = [ShotRow(shot=shot, reason="too_short" if shot.too_short else "") for shot in shots]
 
     return process
 
@@ -118,14 +120,34 @@ def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
     analyser = ShotAnalyser(config.analyse)
 
     def process(task: VideoTask) -> None:
+        rows = [r for r in task.shots if not r.shot.too_short]
+        if not rows:
+            return  # no shot long enough: no decode pass (an empty frame list would read the whole video)
         fs, path = resolve(task.source)
         stats = task.decode.setdefault("analyse", DecodeStats())
-        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in task.shots], stats)
-        for shot_row, score in zip(task.shots, scores):
+        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in rows], stats)
+        for shot_row, score in zip(rows, scores):
             shot_row.scores = score
-            shot_row.reason = decide(score, config.filter)
+        _overlays(task, rows, config)
 
     return process
+
+
+def _overlays(task: VideoTask, rows: list[ShotRow], config: PipelineConfig) -> None:
+    """Once all shots of a video are scored: find its burned-in overlays, apply
+    ``analyse.overlay.action`` (:mod:`pipeline.overlay`) and decide each shot."""
+    settings = config.analyse.overlay
+    task.overlays = find_overlays([r.scores.text_boxes for r in rows], settings)
+    for row in rows:
+        scores = row.scores
+        if task.overlays and settings.action != "record":
+            ratio = ratio_without_overlays(scores.text_boxes, task.overlays, settings.min_iou)
+            scores = replace(scores, ocr_text_ratio=ratio if scores.ocr_text_ratio is not None else None)
+            row.scores = scores
+        reasons = [r for r in decide(scores, config.filter).split(",") if r]
+        if settings.action == "reject" and shows_overlay(scores.text_boxes, task.overlays, settings.min_iou):
+            reasons.append("overlay")
+        row.reason = ",".join(reasons)
 
 
 def _pack(config: PipelineConfig, samples_hash: str) -> Process:
@@ -192,7 +214,8 @@ STAGES: list[Stage] = [
     Stage("probe", _probe, "probe"),
     # 1:1, one decode pass; TransNetV2 loads once per actor (GPU when given); most of the CPU work
     Stage("detect", _detect, "detect", holds_model=True),
-    # 1:1, one decode pass over sampled frames; OCR (+ CLIP) load once per actor; light, half a core
+    # 1:1, one decode pass over sampled frames of shots not too short; OCR (+ CLIP) load once per
+    # actor; then the video's burned-in overlays from its OCR boxes; light, half a core
     Stage("analyse", _analyse, "analyse", holds_model=True),
     # 1:1, pure arithmetic on the shot list: no core reserved
     Stage("pack", _pack, "pack"),

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from multishot.dataset.record import SampleRecord
 from multishot.pipeline.analyse import ShotScores
-from multishot.pipeline.detect import DetectedShot
+from multishot.pipeline.detect import DetectedShot, transition_before
+from multishot.pipeline.overlay import Overlay
 from multishot.pipeline.pack import PackedSample
 from multishot.pipeline.video import DecodeStats, VideoInfo
 
@@ -58,12 +59,12 @@ class ShotRow(BaseModel):
     """A detected shot with its scores and the filter's decision (a row of ``shots.parquet``)."""
 
     shot: DetectedShot
-    scores: ShotScores | None = None  # None until the analyse stage has run
+    scores: ShotScores | None = None  # None until the analyse stage has run (never for too_short)
     reason: str = ""  # '' = kept, else comma-separated reasons
 
     @property
     def kept(self) -> bool:
-        """Kept by the filter; a shot never scored (analysis failed) is not kept."""
+        """Kept by the filter; a shot never scored (too short, or analysis failed) is not kept."""
         return not self.reason and self.scores is not None
 
 
@@ -94,6 +95,7 @@ class VideoTask(BaseModel):
     info: VideoInfo | None = None
     decode: dict[str, DecodeStats] = Field(default_factory=dict)  # per decode pass
     shots: list[ShotRow] = Field(default_factory=list)
+    overlays: list[Overlay] = Field(default_factory=list)  # burned-in text found by the analyse stage
     samples: list[PackedSample] = Field(default_factory=list)
     rendered: list[RenderedSample] = Field(default_factory=list)  # render → caption → write
     index_rows: list[dict] = Field(default_factory=list)  # rows of samples.parquet
@@ -138,20 +140,39 @@ class VideoTask(BaseModel):
                 "stage": self.stage, "reason": self.reason}
 
     def shot_rows(self) -> list[dict]:
-        """Rows of ``index/shots.parquet``: every detected shot, its scores and decision."""
+        """Rows of ``index/shots.parquet`` (columns: :data:`pipeline.index.SHOT_COLUMNS`): every
+        detected shot, too-short ones included, the transition into it, its scores and decision."""
         fps = self.info.fps if self.info else float("nan")  # shots exist only after a probe
         unscored = ShotScores(None, None, None)
-        return [
-            {
+        detected = [row.shot for row in self.shots]
+        rows = []
+        for i, row in enumerate(self.shots):
+            transition = transition_before(detected, i)
+            rows.append({
                 "source": self.name, "source_id": self.source_id, "shot_index": i,
                 "start_frame": row.shot.start_frame, "end_frame": row.shot.end_frame,
                 "start_s": row.shot.start_frame / fps, "end_s": row.shot.end_frame / fps,
                 "gap_before": row.shot.gap_before,
+                "transition": transition.kind if transition else None,
+                "transition_start_frame": transition.start_frame if transition else None,
+                "transition_end_frame": transition.end_frame if transition else None,
+                "transition_start_s": transition.start_frame / fps if transition else None,
+                "transition_end_s": transition.end_frame / fps if transition else None,
                 "brightness": (row.scores or unscored).brightness,
                 "ocr_text_ratio": (row.scores or unscored).ocr_text_ratio,
                 "aesthetic": (row.scores or unscored).aesthetic,
                 "kept": row.kept,
-                "reason": row.reason if row.scores else "not analysed",
-            }
-            for i, row in enumerate(self.shots)
-        ]
+                "reason": row.reason or ("not analysed" if row.scores is None else ""),
+            })
+        return rows
+
+    def video_row(self) -> dict:
+        """The video's row in ``index/videos.parquet`` (columns: :data:`pipeline.index.VIDEO_COLUMNS`)."""
+        return {
+            "source": self.name, "source_id": self.source_id, "status": self.status,
+            "duration_s": self.info.duration_s if self.info else None,
+            "fps": self.info.fps if self.info else None,
+            "shots": len(self.shots), "shots_kept": sum(r.kept for r in self.shots),
+            "overlays": [{"x0": o.rect[0], "y0": o.rect[1], "x1": o.rect[2], "y1": o.rect[3], "text": o.text,
+                          "shots": o.shots, "shot_fraction": o.shot_fraction} for o in self.overlays],
+        }

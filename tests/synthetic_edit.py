@@ -1,13 +1,18 @@
-"""A synthetic edit cut from real footage, with cut frames known by construction.
+"""Synthetic edits cut from real footage, with cut frames known by construction.
 
-Five segments from single shots of the bundled films (shot ranges found by eye and by
-TransNetV2 on the originals), scaled to one size and joined by hard cuts and one
+:func:`build`: five segments from single shots of the bundled films (shot ranges found by eye
+and by TransNetV2 on the originals), scaled to one size and joined by hard cuts and one
 cross-dissolve. Used to measure shot-detection precision and recall at ±2 frames.
+
+:func:`build_montage`: a fast-cut montage of 35 segments (34 hard cuts) at 29.97 fps, many of
+them shorter than a second and several in a row, as trailers and action scenes are edited.
+Consecutive segments come from different films.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -29,6 +34,18 @@ SEGMENTS = [
 TRANSITIONS = [0, 0, 10, 0]
 FPS = 24
 SIZE = (320, 180)
+
+#: shots of the films (source frames, from TransNetV2 on the originals) the montage cycles through
+MONTAGE_SOURCES = [
+    ("archive/tos_excerpt_64s_512x120_fmp4.mp4", [(100, 200), (210, 320), (330, 478)]),
+    ("archive/bbb_first60s_360p.mp4", [(60, 283), (287, 376), (380, 551)]),
+    ("archive/sintel_film_excerpt_26s.mp4", [(2, 74), (123, 317), (321, 455)]),
+    ("archive/sintel_trailer_480p.mp4", [(125, 190), (336, 394), (422, 491), (573, 619), (794, 900)]),
+]
+#: frames of each montage segment: at 29.97 fps every one under 30 frames is under a second
+MONTAGE_LENGTHS = [40, 18, 22, 45, 12, 26, 15, 50, 20, 24, 36, 14, 28, 16, 60, 25, 19, 33,
+                   21, 13, 48, 27, 17, 23, 40, 15, 29, 18, 55, 22, 26, 35, 14, 20, 45]
+MONTAGE_FPS = Fraction(30000, 1001)
 
 
 @dataclass(frozen=True)
@@ -71,11 +88,52 @@ def build(out_dir: Path) -> SyntheticEdit:
             hard_cuts.append(len(timeline))
         timeline.extend(seg)
     path = out_dir / "synthetic_edit.mp4"
+    _write(timeline, path, FPS)
+    return SyntheticEdit(path, len(timeline), hard_cuts, dissolves)
+
+
+def montage_segments() -> list[tuple[str, int, int]]:
+    """``(file, first source frame, frames)`` of each montage segment: the films in turn, from
+    the film's shot with the most frames left, starting where that shot's previous segment ended."""
+    left = [list(shots) for _, shots in MONTAGE_SOURCES]  # unused (start, end) of each shot
+    segments = []
+    for i, length in enumerate(MONTAGE_LENGTHS):
+        f = i % len(MONTAGE_SOURCES)
+        s = max(range(len(left[f])), key=lambda k: left[f][k][1] - left[f][k][0])
+        start, end = left[f][s]
+        assert start + length <= end, (MONTAGE_SOURCES[f][0], start, end, length)
+        left[f][s] = (start + length, end)
+        segments.append((MONTAGE_SOURCES[f][0], start, length))
+    return segments
+
+
+def build_montage(out_dir: Path) -> SyntheticEdit:
+    """Write ``montage.mp4`` (H.264, 320×180, 29.97 fps) into ``out_dir``; return its truth.
+
+    Each film is decoded once, up to its last segment.
+    """
+    segments = montage_segments()
+    frames: dict[tuple[str, int], np.ndarray] = {}
+    for file in {f for f, _, _ in segments}:
+        path = str(FOOTAGE / file)
+        wanted = np.array(sorted({s + k for f, s, n in segments if f == file for k in range(n)}))
+        for index, frame in iter_frames(path, fps=probe(path).fps, width=SIZE[0], height=SIZE[1], wanted=wanted):
+            frames[(file, index)] = frame
+    timeline, cuts = [], []
+    for file, start, length in segments:
+        if timeline:
+            cuts.append(len(timeline))
+        timeline.extend(frames[(file, start + k)] for k in range(length))
+    path = out_dir / "montage.mp4"
+    _write(timeline, path, MONTAGE_FPS)
+    return SyntheticEdit(path, len(timeline), cuts, [])
+
+
+def _write(timeline: list[np.ndarray], path: Path, fps: int | Fraction) -> None:
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=FPS)
+        stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
         for frame in timeline:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         out.mux(stream.encode())
-    return SyntheticEdit(path, len(timeline), hard_cuts, dissolves)

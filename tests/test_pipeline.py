@@ -19,7 +19,7 @@ from multishot.config import ConfigError, load_config
 from multishot.pipeline.config import DetectConfig, PipelineConfig
 from multishot.pipeline.detect import SceneDetectDetector, TransNetV2Detector, shots_from_predictions
 from multishot.pipeline.discover import InputError, discover
-from multishot.pipeline.ocr import polygon_area, text_area_ratio
+from multishot.pipeline.ocr import TextBox, boxes_ratio, polygon_area
 from multishot.pipeline.render import source_frames_for_shot
 from multishot.pipeline.video import DecodeStats, ProbeError, probe
 from synthetic_edit import build as build_synthetic_edit
@@ -64,6 +64,15 @@ def test_transnetv2_finds_hard_cuts_and_dissolve(synthetic_edit):
     assert len(gradual) == 1 and gradual[0].start_frame >= b - 2
     assert all(x.end_frame == y.start_frame for x, y in zip(shots, shots[1:]) if not y.gap_before)
     assert stats.frames == synthetic_edit.num_frames
+    # the transitions on record: hard cuts at the true cut frames, the dissolve's span around the true one
+    from multishot.pipeline.detect import transition_before
+
+    transitions = [transition_before(shots, i) for i in range(1, len(shots))]
+    cuts = [t.start_frame for t in transitions if t.kind == "cut"]
+    assert len(cuts) == len(synthetic_edit.hard_cuts)
+    assert all(abs(c - t) <= 2 for c, t in zip(cuts, synthetic_edit.hard_cuts)), cuts
+    (dissolve,) = [t for t in transitions if t.kind == "gradual"]
+    assert dissolve.start_frame <= a + 2 and dissolve.end_frame >= b - 2, (dissolve, (a, b))
 
 
 def test_pyscenedetect_content_finds_hard_cuts(synthetic_edit):
@@ -86,11 +95,37 @@ def test_shots_from_predictions_rule():
     ]
 
 
-def test_shots_from_predictions_drops_short_shot_and_marks_gap():
-    single, many = np.zeros(60), np.zeros(60)
-    single[[19, 22]] = many[[19, 22]] = 0.9  # a 3-frame shot between two cuts
+def test_shots_from_predictions_keeps_every_shot_and_transition():
+    """Hand-made probabilities: a gradual transition at the start, a 3-frame shot in the middle,
+    a dissolve, and a fade-out into the last frame; every shot and transition is on record."""
+    from multishot.pipeline.detect import Transition, transition_before
+
+    single, many = np.zeros(120), np.zeros(120)
+    single[2] = 0.9  # fade-in: many-hot covers 0..4, so frames 0..4 belong to no shot
+    many[0:5] = 0.9
+    single[[29, 32]] = many[[29, 32]] = 0.9  # hard cuts after frames 29 and 32: shot 30..33 is short
+    single[60] = 0.7  # dissolve, many-hot 57..64
+    many[57:65] = 0.9
+    single[80] = many[80] = 0.9  # hard cut, then a 2-frame shot, then a fade-out to the end
+    single[[82, 83]] = 0.6
+    many[82:120] = 0.8
     shots = shots_from_predictions(single, many, threshold=0.4, min_shot_frames=5)
-    assert [(s.start_frame, s.end_frame, s.gap_before) for s in shots] == [(0, 20, False), (23, 60, True)]
+    assert [(s.start_frame, s.end_frame, s.gap_before, s.too_short) for s in shots] == [
+        (5, 30, True, False), (30, 33, False, True), (33, 57, False, False), (65, 81, True, False),
+        (81, 82, False, True),
+    ]
+    assert [transition_before(shots, i) for i in range(len(shots))] == [
+        Transition("gradual", 0, 5), Transition("cut", 30, 30), Transition("cut", 33, 33),
+        Transition("gradual", 57, 65), Transition("cut", 81, 81),
+    ]
+    # the fade-out into the end is the frames after the last shot
+    assert shots[-1].end_frame == 82
+    # the packer's adjacency is what dropping the short shots gave: 5..30, 33..57 and 65..81
+    # are separate runs (a removed shot or a gradual transition lies between each pair)
+    from multishot.pipeline.pack import PackShot, runs
+
+    packed = runs([PackShot(i, s.start_frame, s.end_frame, not s.too_short, s.gap_before) for i, s in enumerate(shots)])
+    assert [[p.index for p in run] for run in packed] == [[0], [2], [3]]
 
 
 # ---- small parts -----------------------------------------------------------------------------
@@ -109,8 +144,10 @@ def test_probe_real_and_broken():
 def test_text_area_ratio():
     box = np.array([[0, 0], [10, 0], [10, 5], [0, 5]], dtype=float)
     assert polygon_area(box) == 50
-    assert text_area_ratio(np.stack([box, box + 20]), 10, 20) == 0.5
-    assert text_area_ratio(None, 10, 10) == 0.0
+    # a 10x5 box in a 20x10 frame, twice: boxes in fractions of the frame
+    quad = tuple((x / 20, y / 10) for x, y in box)
+    assert boxes_ratio([TextBox(quad, "ab", 0.9)] * 2) == 0.5
+    assert boxes_ratio([TextBox(quad, "ab", 0.9)]) == 0.25 and boxes_ratio([]) == 0.0
 
 
 def test_resampling_never_reads_past_the_shot():
@@ -198,9 +235,16 @@ def test_shots_table_keeps_every_decision(pipeline_run):
     assert len(shots) == report["shots_found"] > 30
     assert sum(s["kept"] for s in shots) == report["shots_kept"]
     assert all((s["reason"] == "") == s["kept"] for s in shots)
-    # the Sintel trailer's title card and the Tears of Steel bitrate overlay are text
+    # the Sintel trailer's title card is text; the Tears of Steel bitrate stamp is a burned-in
+    # overlay (the default action rejects the shots that show it), found in no other film
     text = {Path(s["source"]).name for s in shots if "text" in s["reason"]}
-    assert "sintel_trailer_480p.mp4" in text and "tos_excerpt_64s_512x120_fmp4.mp4" in text
+    assert "sintel_trailer_480p.mp4" in text
+    overlay = {Path(s["source"]).name for s in shots if "overlay" in s["reason"]}
+    assert overlay == {"tos_excerpt_64s_512x120_fmp4.mp4"}
+    videos = {Path(v["source"]).name: v for v in pq.read_table(ShardSetLayout(out).videos_table).to_pylist()}
+    assert [o["text"] for o in videos["tos_excerpt_64s_512x120_fmp4.mp4"]["overlays"]] == ["450Kbps"]
+    assert all(v["overlays"] == [] for name, v in videos.items() if not name.startswith("tos_"))
+    assert sum(v["shots"] for v in videos.values()) == len(shots)
     assert all(s["aesthetic"] is None for s in shots)
 
 
@@ -209,7 +253,12 @@ def test_report_and_verify(pipeline_run, capsys):
     saved = json.loads(Path(ShardSetLayout(out).report).read_text())
     assert saved["samples"] == report["samples"] and saved["realtime_factor"] > 0
     assert saved["aesthetic"].startswith("skipped")
-    assert saved["decode_passes_per_video"] == 3.0
+    # detect, analyse and render decode once each; a video without samples (Tears of Steel: every
+    # shot shows its overlay) is not rendered
+    alive = report["videos_by_status"]["ok"] + report["videos_by_status"].get("partial", 0)
+    rendered = len({r["source"] for r in pq.read_table(ShardSetLayout(out).samples_index).to_pylist()})
+    assert rendered < alive
+    assert saved["decode_passes_per_video"] == pytest.approx((3 * rendered + 2 * (alive - rendered)) / alive)
     from multishot.cli import main
 
     assert main(["shards", "verify", out, "-q"]) == 0

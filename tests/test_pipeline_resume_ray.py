@@ -42,6 +42,9 @@ def small_job(tmp_path_factory):
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/pipeline/demo.yaml").read_text())
     config.update(input=None, output=None)
     config["pack"]["buckets"] = [{"name": "5s", "target_s": 5, "tolerance_s": 1}]
+    # both clips must give shards (the kill waits for the first video's): keep the shots that show
+    # Tears of Steel's bitrate stamp, which the default overlay action removes
+    config["analyse"]["overlay"] = {"action": "record"}
     config["render"].update(width=320, height=192)
     config["ray"] = {"num_cpus": 2}
     path = root / "small.yaml"
