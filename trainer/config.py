@@ -160,4 +160,12 @@ class TrainConfig(_Section):
             raise ValueError("model.window_cross_attention needs encoders.tokenizer or "
                              "encoders.text_encoder")
         check_heads(get_config(self.model.name).num_heads, self.parallel.context)
+        if self.model.causal is not None:
+            if self.parallel.context > 1:
+                raise ValueError("model.causal: teacher forcing runs without context "
+                                 "parallelism; set parallel.context: 1")
+            if self.validation.every:
+                raise ValueError("model.causal: validation samples with the bidirectional "
+                                 "sampler; set validation.every: 0 and stream the checkpoint "
+                                 "with `multishot generate --causal`")
         return self

@@ -10,6 +10,8 @@ resume from the newest checkpoint if there is one, then per step
       → ShotLayout (host, once per batch) and prompt token spans
       → x_t, timestep, target = flow matching (one timestep per sample)
       → velocity = model(x_t, timestep, context, layout, spans) → weighted MSE
+        (``model.causal``: parallel teacher forcing, the velocity of the noisy copies =
+        model.forward_teacher_forcing(latents, x_t, timestep, context, causal, frame text mask))
       → backward, clip, AdamW, schedule
       → metrics every ``log_every``, DCP checkpoint every ``checkpoint_every``
       → sample the validation prompts every ``validation.every`` (and at step 0)
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import register_fsdp_forward_method
 from tqdm import tqdm
 
 from multishot.dataset.loader import Batch, TrainLoader
@@ -41,7 +44,8 @@ from multishot.trainer.config import OptimConfig, TrainConfig
 from multishot.trainer.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
 from multishot.trainer.lora import export_adapter, trainable_parameters
-from multishot.trainer.metrics import MetricsLogger, StepTimer, peak_memory_gib, step_flops
+from multishot.trainer.metrics import (MetricsLogger, StepTimer, peak_memory_gib, step_flops,
+                                       teacher_forcing_step_flops)
 from multishot.trainer.parallelize import build_mesh, build_model
 from multishot.trainer.validation import Validator
 
@@ -121,6 +125,10 @@ class Trainer:
             # a resume overwrites every weight, except LoRA's frozen base (not checkpointed)
             load_init=latest is None or config.model.lora is not None,
             context_group=self.mesh["cp"].get_group())
+        self.causal = config.model.causal
+        if self.causal is not None:
+            # FSDP2 gathers the root's parameters in hooks on forward() only
+            register_fsdp_forward_method(self.model, "forward_teacher_forcing")
         # LoRA: only the adapters train, so only they get AdamW state
         self.optimizer = torch.optim.AdamW(trainable_parameters(self.model), lr=config.optim.lr,
                                            betas=config.optim.betas, eps=config.optim.eps,
@@ -198,7 +206,15 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(
             (self.config.run.seed * 1_000_003 + self.state.step) * 4099 + self.dp_rank)
         noised = self.flow.noise(latents, generator)
-        prediction = self.model(noised.x_t, noised.timestep, context, layout, spans)
+        if self.causal is None:
+            prediction = self.model(noised.x_t, noised.timestep, context, layout, spans)
+        else:
+            # parallel teacher forcing: clean copies at t = 0, then the noisy copies at the
+            # sample's t; the prediction is the noisy half's, so the loss is on it alone
+            # per-shot text: every latent frame's window of its shot (layout.frame_shot)
+            text_mask = None if spans is None else self.model.frame_text_mask(layout, spans)
+            prediction = self.model.forward_teacher_forcing(
+                latents, noised.x_t, noised.timestep, context, self.causal, text_mask)
         loss = self.flow.loss(prediction, noised)
         torch._assert_async(torch.isfinite(loss), "non-finite loss")  # no host sync on GPUs
         loss.backward()
@@ -247,9 +263,13 @@ class Trainer:
             loss, grad_norm, layout = self.step(batch)
             window["loss"] += loss  # a device tensor: no host sync until the log
             # per rank: the cp ranks of a sample share its work and count it once between them
-            window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention) / self.cp
+            if self.causal is None:
+                window["flops"] += step_flops(self.model_config, layout, self.config.model.sparse_self_attention) / self.cp
+            else:
+                window["flops"] += teacher_forcing_step_flops(self.model_config, layout, self.causal)
             window["samples"] += layout.batch_size / self.cp
-            window["tokens"] += layout.batch_size * layout.seq_len / self.cp
+            # teacher forcing runs every token twice (clean and noisy copies)
+            window["tokens"] += layout.batch_size * layout.seq_len * (1 if self.causal is None else 2) / self.cp
             window["steps"] += 1
             metrics: dict[str, float] = {}
             step = self.state.step

@@ -23,6 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--prompt", help="'[global caption] … [per shot caption] … [shot cut] …'")
     source.add_argument("--prompts", help="JSON-lines file of prompts")
     source.add_argument("--from-shards", metavar="ROOT", help="shard-set root to re-create")
+    source.add_argument("--schedule", metavar="FILE", help=(
+        "--causal: a shot-prompt schedule (lines: {\"global_caption\": ...} first, then a shot "
+        "caption or {\"caption\": ..., \"chunks\": N} per line); '-' reads shots from stdin "
+        "line by line while the video streams"))
+    p.add_argument("--causal", action="store_true", help=(
+        "stream with the causal DiT (model.causal in the config) chunk by chunk with a KV "
+        "cache, writing frames to the mp4 as they are decoded"))
+    p.add_argument("--global-caption", help="--causal: the video's global caption (else the "
+                   "schedule's first line)")
+    p.add_argument("--chunks-per-shot", type=int, default=5, help=(
+        "--causal: chunks of a shot given as a plain caption line (default 5; a chunk is "
+        "model.causal.chunk_latent_frames latent frames, 12 video frames at 3)"))
+    p.add_argument("--max-chunks", type=int, help="--causal: stop after this many chunks")
     p.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: video.num_frames; "
                    "--from-shards: each sample's own length)")
     p.add_argument("--cut-frames", help="comma-separated pixel frames (4t+1) where shots 2… start; "
@@ -84,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from multishot.errors import UsageError
 
     config = load_config(args.config, GenerateConfig)
+    if args.causal or args.schedule is not None:
+        return run_causal(args, config)
     try:
         todo = requests(args, config.video.num_frames)
         generator = Generator(config, args.lora, args.lora_scale)
@@ -103,4 +118,50 @@ def run(args: argparse.Namespace) -> int:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    return 0
+
+
+def run_causal(args: argparse.Namespace, config) -> int:
+    """``generate --causal``: stream the schedule into ``--output`` chunk by chunk."""
+    import json
+    import sys
+
+    from multishot.errors import UsageError
+    from multishot.generate.schedule import PromptSchedule, feed_lines, read_schedule_file
+    from multishot.generate.stream import StreamingGenerator
+    from multishot.generate.video import Mp4Writer
+
+    if not args.causal or args.schedule is None:
+        raise UsageError("--schedule and --causal go together (streaming generation)")
+    if args.chunks_per_shot < 1 or (args.max_chunks is not None and args.max_chunks < 1):
+        raise UsageError("--chunks-per-shot and --max-chunks must be >= 1")
+    try:
+        if args.schedule == "-":
+            if not args.global_caption:
+                raise ValueError("--schedule - (stdin) needs --global-caption")
+            schedule = PromptSchedule(args.global_caption, open_=True)
+        else:
+            schedule = read_schedule_file(args.schedule, args.chunks_per_shot, args.global_caption)
+        generator = StreamingGenerator(config, args.lora, args.lora_scale)
+    except (ValueError, OSError) as err:  # a bad schedule line, config or checkpoint
+        raise UsageError(str(err)) from err
+    if args.schedule == "-":
+        feed_lines(schedule, sys.stdin, args.chunks_per_shot,
+                   on_error=lambda message: print(message, file=sys.stderr))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chunks = []
+    with Mp4Writer(out, config.video.fps) as writer:
+        for chunk in generator.stream(schedule, args.seed, args.max_chunks):
+            writer.write(chunk.frames)  # on disk as soon as decoded
+            chunks.append(chunk)
+            log.info("chunk %d (shot %d): %d frames in %.2f s", chunk.index, chunk.shot,
+                     len(chunk.frames), chunk.seconds["total_s"])
+    if not chunks:
+        raise UsageError("the schedule gave no shot to generate")
+    info = generator.describe(schedule, chunks, args.seed)
+    out.with_suffix(".json").write_text(json.dumps(info, indent=1, ensure_ascii=False))
+    log.info("%s: %d frames in %d chunks, %.2f video frames/s, peak %.2f GiB", out,
+             info["num_frames"], info["chunks"], info["video_frames_per_s"],
+             info["peak_memory_gib"])
     return 0

@@ -1,0 +1,308 @@
+"""CausalCine benchmark: causal fine-tuning (teacher forcing) and streaming generation, random
+weights at the real shapes.
+
+* ``train``: the trainer's own step (``Trainer.step`` with ``model.causal``: parallel teacher
+  forcing, FSDP2 with bf16 parameters, activation checkpointing, AdamW) on one random
+  precomputed-shape sample of Wan2.2-TI2V-5B at 241 frames, 480×832: latents
+  [48, 61, 30, 52], clean and noisy copies = 2 × 23,790 tokens, chunks of 3 latent frames with
+  CAMR (local window 2 chunks, 6 routed frames), 6 shots (HoloCine's example cuts). MFU as the
+  trainer counts it (:func:`trainer.metrics.teacher_forcing_step_flops`: the four quadrants'
+  query-key pairs, CAMR's routed frames, recompute not counted; peak ``--peak-tflops``), peak
+  memory. One 80 GB GPU does not hold a full 5B fine-tune's AdamW state (benchmarks/results/
+  train.md), so ``--lora-rank`` (default 32) or ``--cpu-offload``; ``--lora-rank 0`` for a full
+  fine-tune on a larger GPU.
+* ``stream``: :class:`generate.stream.ChunkStreamer` (the loop of ``multishot generate
+  --causal``) with the 5B DiT in bf16 and a random Wan2.2 VAE (the Wan2.2-TI2V-5B-Diffusers
+  ``vae/config.json`` geometry) at 480×832: per chunk ``--steps`` denoising steps (default 50,
+  the full count, UniPC, CFG 5 as a batch of two), the clean pass that writes the KV cache, and
+  the streaming VAE decode of the chunk. Seconds per chunk (median over chunks after chunk 0)
+  and video frames per second (12 video frames a chunk / seconds a chunk). Text states are
+  random (no encoder is timed: a shot's prompt is encoded once, not per chunk).
+
+CausalCine's own figure for comparison: 16 FPS for its 14B model on 8 H200 **after** DMD
+distillation to 4 steps (issue [E2]); this benchmark runs the undistilled base at the full
+step count on one GPU.
+
+    python benchmarks/causal.py --part train --out benchmarks/results/causal_h100.json
+    python benchmarks/causal.py --part stream --chunks 6 --out benchmarks/results/causal_h100.json
+    python benchmarks/causal.py --tiny --out /tmp/causal_tiny.json                    # CPU check
+
+Each part updates its own key in ``--out`` (so two device calls fill one file) and rewrites the
+markdown table next to it (``.md``). Progress goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+#: CausalCine's reported speed (paper, abstract and §4): 14B, 4 steps after DMD, 8 H200
+CAUSALCINE_REFERENCE = {"model": "14B (CausalCine)", "steps": 4, "gpus": "8 × H200",
+                        "video_frames_per_s": 16.0, "note": "after DMD distillation (issue E2)"}
+CUTS_241 = [37, 73, 113, 169, 205]
+#: Wan2.2-TI2V-5B-Diffusers vae/config.json geometry (benchmarks/generate.py), random weights
+VAE_5B = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
+              out_channels=12, patch_size=2, scale_factor_spatial=16, latents_mean=[0.0] * 48,
+              latents_std=[1.0] * 48)
+VAE_TINY = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+
+
+def run_train(args: argparse.Namespace, causal: dict, compiled: bool) -> dict:
+    """Time ``--warmup`` + ``--train-steps`` teacher-forcing steps of the trainer."""
+    import torch.distributed as dist
+
+    from multishot.dataset.loader import Batch
+    from multishot.dataset.record import num_latent_frames
+    from multishot.trainer.config import TrainConfig
+    from multishot.trainer.metrics import peak_memory_gib, teacher_forcing_step_flops
+    from multishot.trainer.trainer import Trainer
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "unused.tar").write_bytes(b"")  # the loader lists shards; the batch comes from here
+    lora = {"rank": args.lora_rank, "alpha": float(args.lora_rank)} if args.lora_rank else None
+    config = TrainConfig.model_validate({
+        "model": {"name": args.model, "attention_backend": "sdpa",
+                  "window_cross_attention": False, "activation_checkpointing": True,
+                  "compile": compiled, "cpu_offload": args.cpu_offload, "lora": lora,
+                  "causal": causal},
+        "data": {"shards": [str(tmp / "unused.tar")], "kind": "latents", "num_workers": 0},
+        "optim": {"lr": 1e-5, "warmup_steps": 0},
+        "run": {"output_dir": str(tmp / "run"), "max_steps": 10_000, "resume": False,
+                "tensorboard": False, "export_safetensors": False,
+                "peak_tflops": args.peak_tflops},
+    })
+    trainer = Trainer(config)
+    mc = trainer.model_config
+    latent = (mc.in_channels, num_latent_frames(args.frames), *args.latent_hw)
+    cuts = sorted({c for c in (round(c * (args.frames - 1) / 240) for c in CUTS_241)
+                   if 0 < c < args.frames})
+    cuts = [(c - 1) // 4 * 4 + 1 for c in cuts]
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if trainer.device.type == "cuda" else torch.float32
+    batch = Batch(["bench"], [cuts], args.frames, [""], latents=torch.randn(1, *latent, dtype=dtype),
+                  context=torch.randn(1, mc.text_len, mc.text_dim, dtype=dtype))
+    times = []
+    for i in range(args.warmup + args.train_steps):
+        sync(trainer.device)
+        start = time.perf_counter()
+        loss, _, layout = trainer.step(batch)
+        sync(trainer.device)
+        seconds = time.perf_counter() - start
+        if i >= args.warmup:
+            times.append(seconds)
+        print(f"train step {i}{' (warm-up)' if i < args.warmup else ''}: {seconds:.3f} s, "
+              f"loss {loss.item():.4f}", flush=True)
+    step_time = statistics.median(times)
+    flops = teacher_forcing_step_flops(mc, layout, trainer.causal)
+    result = {
+        "device": device_name(trainer.device), "torch": torch.__version__, "model": args.model,
+        "frames": args.frames, "latents": list(latent), "causal": causal,
+        "tokens_per_step": 2 * layout.seq_len, "shots": len(layout.shot_starts[0]),
+        "lora_rank": args.lora_rank, "cpu_offload": args.cpu_offload, "compiled": compiled,
+        "activation_checkpointing": "full", "window_cross_attention": False,
+        "timed_steps": len(times), "step_time_s": step_time, "step_times_s": times,
+        "tokens_per_s": 2 * layout.seq_len / step_time,
+        "model_tflop_per_step": flops / 1e12, "peak_tflops": args.peak_tflops,
+        "mfu": flops / step_time / (args.peak_tflops * 1e12),
+        "peak_memory_gib": peak_memory_gib(trainer.device),
+    }
+    del trainer
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    dist.destroy_process_group()
+    return result
+
+
+def random_dit(name: str, device: torch.device, dtype: torch.dtype, compiled: bool):
+    """A random-weight ``WanModel`` built on meta and initialised on the device (as
+    benchmarks/generate.py; the head made non-zero so outputs are not constant)."""
+    from multishot.model.config import get_config
+    from multishot.model.dit import WanModel
+
+    with torch.device("meta"):
+        model = WanModel(get_config(name), "sdpa")
+    model = model.to(dtype)
+    model.time_embedding.float()  # as generate.generator.load_dit keeps them
+    model.time_projection.float()
+    model = model.to_empty(device=device)
+    model.init_weights()
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)
+    if compiled:
+        from multishot.trainer.parallelize import apply_compile
+
+        apply_compile(model)
+    return model.eval().requires_grad_(False)
+
+
+def run_stream(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dict:
+    """Stream ``--chunks`` chunks with the real loop; time each chunk (denoise, decode)."""
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    from diffusers import AutoencoderKLWan
+
+    from multishot.generate.sampler import SamplingConfig
+    from multishot.generate.schedule import PromptSchedule, Shot
+    from multishot.generate.stream import ChunkStreamer, ShotText
+    from multishot.model.causal import CausalConfig
+    from multishot.model.prompt_spans import TextSpans
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    causal = CausalConfig(**causal_dict)
+    model = random_dit(args.model, device, dtype, compiled)
+    mc = model.config
+    vae = AutoencoderKLWan(**(VAE_TINY if args.model == "tiny" else VAE_5B)).to(device, dtype).eval()
+    generator = torch.Generator("cpu").manual_seed(0)
+    g = mc.text_len // 5
+
+    def text(schedule: PromptSchedule, shot: int) -> ShotText:
+        # random states of a prompt filling the text length; the window: global caption and
+        # this shot's caption (a fifth each), as a real prompt would give
+        context = torch.randn(2, mc.text_len, mc.text_dim, generator=generator).to(device)
+        return ShotText(shot, context, TextSpans((0, g), ((g, 2 * g),)))
+
+    sampling = SamplingConfig(sampler="unipc", steps=args.steps, shift=5.0, cfg_scale=5.0)
+    streamer = ChunkStreamer(model, causal, sampling, vae, text,
+                             (mc.in_channels, *args.latent_hw), device, dtype)
+    shots = max(1, (args.chunks - 1 + 4) // 5)  # a new shot every 5 chunks
+    schedule = PromptSchedule("a global caption", [Shot(f"shot {i}", 5) for i in range(shots)])
+    chunks = []
+    started = time.perf_counter()
+    for chunk in streamer.stream(schedule, seed=0, max_chunks=args.chunks):
+        chunks.append({"index": chunk.index, "shot": chunk.shot, "frames": len(chunk.frames),
+                       **chunk.seconds})
+        print(f"chunk {chunk.index} (shot {chunk.shot}): {len(chunk.frames)} frames, denoise "
+              f"{chunk.seconds['denoise_s']:.2f} s, decode {chunk.seconds['decode_s']:.2f} s",
+              flush=True)
+    wall = time.perf_counter() - started
+    steady = chunks[1:] or chunks
+    per_chunk = statistics.median(c["total_s"] for c in steady)
+    frames_per_chunk = 4 * causal.chunk_latent_frames
+    result = {
+        "device": device_name(device), "torch": torch.__version__, "model": args.model,
+        "dtype": str(dtype).removeprefix("torch."), "height_width": [16 * h for h in args.latent_hw]
+        if args.model != "tiny" else [8 * h for h in args.latent_hw],
+        "latent_hw": list(args.latent_hw), "causal": causal_dict, "compiled": compiled,
+        "sampler": "unipc", "steps": args.steps, "cfg_scale": 5.0, "cfg_batch_of_two": True,
+        "chunks": len(chunks), "tokens_per_chunk": causal.chunk_latent_frames
+        * (args.latent_hw[0] // 2) * (args.latent_hw[1] // 2),
+        "model_calls": streamer.model_calls, "chunk_seconds": chunks,
+        "seconds_per_chunk": per_chunk,
+        "denoise_s_per_chunk": statistics.median(c["denoise_s"] for c in steady),
+        "decode_s_per_chunk": statistics.median(c["decode_s"] for c in steady),
+        "video_frames_per_chunk": frames_per_chunk,
+        "video_frames_per_s": frames_per_chunk / per_chunk,
+        "first_chunk_s": chunks[0]["total_s"],
+        "wall_s": wall, "video_frames": sum(c["frames"] for c in chunks),
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda" else None,
+    }
+    del streamer, model, vae
+    gc.collect()
+    return result
+
+
+def markdown(report: dict) -> str:
+    """The results table of ``report`` (``train``, ``stream`` keys; either may be missing)."""
+    lines = ["# CausalCine benchmark: causal fine-tuning and streaming generation", "",
+             "Random weights at the real shapes (`benchmarks/causal.py`); the times are those of "
+             "real weights (no data-dependent work besides CAMR's top-k).", ""]
+    t = report.get("train")
+    if t:
+        what = f"LoRA r{t['lora_rank']}" if t["lora_rank"] else "full fine-tune"
+        lines += ["## Teacher-forcing training step", "",
+                  "| device | model | frames | tokens (clean + noisy) | chunks / CAMR | what | "
+                  "compiled | s / step | MFU | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|",
+                  f"| {t['device']} | {t['model']} | {t['frames']} | {t['tokens_per_step']:,} | "
+                  f"{t['causal']['chunk_latent_frames']} latent frames / window "
+                  f"{t['causal']['local_window_chunks']}, routed {t['causal']['routed_frames']} | "
+                  f"{what}{', CPU offload' if t['cpu_offload'] else ''} | {t['compiled']} | "
+                  f"{t['step_time_s']:.2f} | {t['mfu']:.1%} | {t['peak_memory_gib']:.1f} |", "",
+                  f"MFU = {t['model_tflop_per_step']:.0f} TFLOP a step (3 × forward, the four "
+                  f"quadrants' pairs) / step time / {t['peak_tflops']:.0f} TFLOP/s; "
+                  f"{t['timed_steps']} timed steps, median.", ""]
+    s = report.get("stream")
+    if s:
+        lines += ["## Streaming generation", "",
+                  "| device | model | size | steps / chunk | chunks | s / chunk (denoise + decode) "
+                  "| video frames / s | first chunk s | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|",
+                  f"| {s['device']} | {s['model']} | {s['height_width'][1]}×{s['height_width'][0]} | "
+                  f"{s['steps']} ({s['sampler']}, CFG {s['cfg_scale']:g}) | {s['chunks']} | "
+                  f"{s['seconds_per_chunk']:.2f} ({s['denoise_s_per_chunk']:.2f} + "
+                  f"{s['decode_s_per_chunk']:.2f}) | {s['video_frames_per_s']:.2f} | "
+                  f"{s['first_chunk_s']:.2f} | "
+                  f"{'' if s['peak_memory_gib'] is None else format(s['peak_memory_gib'], '.1f')} |",
+                  f"| 8 × H200 (CausalCine, reported) | 14B | 480×832 | 4 (after DMD) | | | "
+                  f"{CAUSALCINE_REFERENCE['video_frames_per_s']:g} | | |", "",
+                  f"A chunk is {s['causal']['chunk_latent_frames']} latent frames = "
+                  f"{s['video_frames_per_chunk']} video frames ({s['tokens_per_chunk']:,} tokens); "
+                  "seconds per chunk are the median after chunk 0 (the lone first frame), with the "
+                  "clean pass that writes the KV cache and the causal VAE decode of the chunk.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["train", "stream", "all"], default="all")
+    parser.add_argument("--tiny", action="store_true", help="the tiny DiT at 64×64 (CPU check)")
+    parser.add_argument("--lora-rank", type=int, default=32, help="train: LoRA rank; 0 = full")
+    parser.add_argument("--cpu-offload", action="store_true", help="train: FSDP2 CPU offload")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="regional torch.compile of the blocks (default: on for train on CUDA, off "
+                        "for stream, whose history lengths change every chunk)")
+    parser.add_argument("--warmup", type=int, default=2, help="train: untimed steps")
+    parser.add_argument("--train-steps", type=int, default=3, help="train: timed steps")
+    parser.add_argument("--steps", type=int, default=50, help="stream: denoising steps a chunk")
+    parser.add_argument("--chunks", type=int, default=6, help="stream: chunks (chunk 0 included)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="dense bf16 peak per GPU for MFU (H100/H200 SXM: 989)")
+    parser.add_argument("--out", required=True, help="JSON results (updated per part)")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    if args.tiny:
+        args.model, args.frames, args.latent_hw = "tiny", 25, (8, 8)
+        causal = {"chunk_latent_frames": 2, "local_window_chunks": 1, "routed_frames": 1}
+    else:
+        args.model, args.frames, args.latent_hw = "5B", 241, (30, 52)
+        causal = {"chunk_latent_frames": 3, "local_window_chunks": 2, "routed_frames": 6}
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report["causalcine_reference"] = CAUSALCINE_REFERENCE
+    for part in (["train", "stream"] if args.part == "all" else [args.part]):
+        print(f"== {part}", flush=True)
+        compiled = args.compile if args.compile is not None else cuda and part == "train"
+        run = run_train if part == "train" else run_stream
+        report[part] = run(args, causal, compiled)
+        print(json.dumps({k: v for k, v in report[part].items()
+                          if k not in ("step_times_s", "chunk_seconds")}), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        out.with_suffix(".md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

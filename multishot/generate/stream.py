@@ -1,0 +1,263 @@
+"""Streaming multi-shot generation with the causal DiT (CausalCine §3.3): chunk after chunk,
+a KV cache of the finished chunks, new shot prompts taken while it runs.
+
+Chunks follow :class:`model.causal.ChunkLayout` of a video of ``1 + c·n`` latent frames
+(``c = model.causal.chunk_latent_frames``): chunk 0 is the lone first latent frame (Wan's VAE
+encodes the first video frame alone; 1 video frame), every later chunk ``c`` latent frames
+(``4c`` video frames). The 241-frame samples the causal model is tuned on (61 latent frames,
+``c = 3``) have exactly this layout, so a stream of 20 chunks after chunk 0 is such a sample.
+Chunk 0 belongs to the first shot; the schedule (:mod:`generate.schedule`) gives every shot a
+number of ``c``-frame chunks, so each cut falls on a chunk boundary.
+
+Per chunk ``k`` of shot ``s`` (:meth:`ChunkStreamer.stream`)::
+
+    shot s starts → UMT5 of build_prompt(global caption, captions of shots 0…s)   once a shot
+                    (the shots known so far: the future is not known while streaming), and
+                    the window of shot s in it (global caption + shot s's caption)
+    ε_k ~ N(0, I) [1, C, f_k, H_lat, W_lat]           one CPU generator, chunk after chunk
+    for t in the sampler's timesteps:                  the sampler / CFG of generate.sampler
+        v = CFG of forward_chunk(x, t, cache)          cond + uncond rows, cache read only
+        x = scheduler.step(v, t, x)
+    forward_chunk(x, t = 0, cache, write_cache=True)   the clean pass: the chunk's K/V cached
+    StreamingDecoder.decode(x) → video frames          the VAE's causal cache kept too
+    yield StreamChunk                                  (send(shot) appends a shot)
+
+The unconditional (negative-prompt) pass keeps its own cache rows: the cache holds a batch of
+two, conditional first, as the CFG batch does. Earlier chunks are never recomputed: every model
+call takes only the current chunk's latents (:attr:`StreamingGenerator.model_calls` counts them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from collections.abc import Generator as PyGenerator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from multishot.dataset.record import build_prompt
+from multishot.generate.generator import Generator, peak_memory_gib
+from multishot.generate.sampler import SamplingConfig, make_scheduler
+from multishot.generate.schedule import PromptSchedule, Shot
+from multishot.generate.vae_stream import StreamingDecoder
+from multishot.model.causal import CausalConfig, KVCache
+from multishot.model.layout import ShotLayout
+from multishot.model.prompt_spans import TextSpans
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamChunk:
+    """One finished chunk of a stream.
+
+    ``index``: chunk number (0 = the lone first latent frame); ``shot``: its shot's index in
+    the schedule; ``frames``: its video frames ``[F, H, W, 3]`` uint8 (1 for chunk 0, ``4c``
+    after); ``latents``: ``[1, C, f, H_lat, W_lat]`` float32 (CPU); ``seconds``: denoising,
+    clean pass and decode of this chunk.
+    """
+
+    index: int
+    shot: int
+    frames: np.ndarray
+    latents: torch.Tensor
+    seconds: dict = field(default_factory=dict)
+
+
+@dataclass
+class ShotText:
+    """Text of the shot being generated: ``context`` UMT5 states ``[2, L, D]`` (conditional,
+    negative prompt), ``spans`` the conditional row's window for the chunk's frames (the global
+    caption and this shot's caption; None = unmasked)."""
+
+    shot: int
+    context: torch.Tensor
+    spans: TextSpans | None
+
+
+#: the text of shot ``shot`` of a schedule (:meth:`StreamingGenerator.shot_text`)
+TextFn = Callable[[PromptSchedule, int], ShotText]
+
+
+class ChunkStreamer:
+    """The streaming loop (module docstring) over given parts: a causal DiT, a Wan VAE and a
+    text function. :class:`StreamingGenerator` loads the parts from a config; the benchmark
+    builds random ones at the real shapes.
+
+    Args:
+        model: a :class:`model.dit.WanModel` (eval, on ``device``).
+        causal: the chunk size and CAMR settings it was trained with.
+        sampling: sampler, steps, shift and CFG scale, used per chunk.
+        vae: diffusers ``AutoencoderKLWan`` on ``device`` in ``vae_dtype``.
+        text: the :class:`ShotText` of a shot of a schedule.
+        latent_chw: latent channels, height and width of a frame.
+    """
+
+    def __init__(self, model: torch.nn.Module, causal: CausalConfig, sampling: SamplingConfig,
+                 vae: torch.nn.Module, text: TextFn, latent_chw: tuple[int, int, int],
+                 device: torch.device, vae_dtype: torch.dtype):
+        self.model, self.causal, self.sampling, self.vae = model, causal, sampling, vae
+        self.text, self.latent_chw, self.device, self.vae_dtype = text, latent_chw, device, vae_dtype
+        #: DiT forward calls so far (each on one chunk's latents only)
+        self.model_calls = 0
+
+    def chunk_frames(self, index: int) -> int:
+        """Latent frames of chunk ``index``: 1 for chunk 0, ``chunk_latent_frames`` after."""
+        return 1 if index == 0 else self.causal.chunk_latent_frames
+
+    def _forward(self, x: torch.Tensor, timestep: torch.Tensor, text: ShotText,
+                 cache: KVCache, index: int, write: bool) -> torch.Tensor:
+        """``forward_chunk`` of chunk ``index``'s ``x`` ``[rows, C, f, H, W]`` (rows 1:
+        conditional only; 2: with the negative prompt), every frame of the chunk in one shot."""
+        rows, _, f, h, w = x.shape
+        _, ph, pw = self.model.config.patch_size
+        layout = ShotLayout.from_shot_starts([[0]] * rows, f, (h // ph) * (w // pw), x.device)
+        text_mask = None if text.spans is None else \
+            self.model.frame_text_mask(layout, [text.spans, None][:rows])  # uncond: unmasked
+        self.model_calls += 1
+        return self.model.forward_chunk(x, timestep.expand(rows), text.context[:rows], cache,
+                                        index, self.causal, text_mask, write_cache=write).float()
+
+    @torch.no_grad()
+    def denoise_chunk(self, noise: torch.Tensor, text: ShotText, cache: KVCache,
+                      index: int) -> torch.Tensor:
+        """Clean latents of chunk ``index`` from ``noise`` ``[1, C, f, H, W]`` float32: the
+        sampler's steps with CFG against the cache (:func:`generate.sampler.make_scheduler`),
+        then the clean pass at t = 0 that writes the chunk's K/V into ``cache``. The cache
+        holds 2 rows (conditional, negative) when ``sampling.cfg_scale != 1``, else 1."""
+        s = self.sampling
+        rows = 1 if s.cfg_scale == 1.0 else 2
+        scheduler = make_scheduler(s, noise.device)
+        x = noise.float()
+        for t in scheduler.timesteps:
+            timestep = t.reshape(1).to(x.device, torch.float32)
+            v = self._forward(x.expand(rows, *x.shape[1:]), timestep, text, cache, index, False)
+            if rows == 2:
+                v = v[1:] + s.cfg_scale * (v[:1] - v[1:])
+            x = scheduler.step(v, t, x, return_dict=False)[0].float()
+        zero = torch.zeros(1, device=x.device)
+        self._forward(x.expand(rows, *x.shape[1:]), zero, text, cache, index, True)
+        return x
+
+    def stream(self, schedule: PromptSchedule, seed: int = 0, max_chunks: int | None = None,
+               ) -> PyGenerator[StreamChunk, Shot | str | None, None]:
+        """Generate chunk after chunk while ``schedule`` has shots for them (waiting for
+        appended shots until it is closed), yielding each :class:`StreamChunk` as soon as it is
+        decoded. ``gen.send(shot)`` (a :class:`Shot`, or a caption of one chunk) appends a shot
+        to ``schedule`` and returns the next chunk.
+
+        Args:
+            schedule: the video's global caption and shots.
+            seed: noise seed (ε of every chunk from one CPU generator).
+            max_chunks: stop after this many chunks (chunk 0 included); None = the schedule's.
+        """
+        generator = torch.Generator("cpu").manual_seed(seed)
+        c, h, w = self.latent_chw
+        cache = KVCache.empty(len(self.model.blocks))
+        decoder = StreamingDecoder(self.vae, self.device, self.vae_dtype)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        text: ShotText | None = None
+        index = 0
+        while max_chunks is None or index < max_chunks:
+            # chunk 0 (the first latent frame) opens shot 0; chunk k >= 1 is schedule chunk k − 1
+            shot = schedule.shot_of_chunk(max(0, index - 1))
+            if shot is None:
+                return
+            start = time.perf_counter()
+            if text is None or text.shot != shot:
+                text = self.text(schedule, shot)
+            noise = torch.randn((1, c, self.chunk_frames(index), h, w), generator=generator)
+            latents = self.denoise_chunk(noise.to(self.device), text, cache, index)
+            sync()
+            denoised = time.perf_counter()
+            frames = decoder.decode(latents)
+            decoded = time.perf_counter()
+            received = yield StreamChunk(index, shot, frames, latents.cpu(), {
+                "denoise_s": denoised - start, "decode_s": decoded - denoised,
+                "total_s": decoded - start})
+            if received is not None:
+                schedule.append(received)
+            index += 1
+
+
+class StreamingGenerator(Generator):
+    """A causal DiT (``model.causal`` in the generate config), its encoders and the streaming
+    loop (:class:`ChunkStreamer`). Loads as :class:`generate.generator.Generator` does.
+
+    Raises (at construction):
+        ValueError: no ``model.causal`` section; two experts (A14B: the stream keeps one KV
+            cache, so one DiT); anything :class:`Generator` raises.
+    """
+
+    def __init__(self, config, lora: str | None = None, lora_scale: float = 1.0):
+        if config.model.causal is None:
+            raise ValueError("--causal needs a model.causal section in the generate config")
+        if config.model.low_noise_checkpoint is not None:
+            raise ValueError("streaming generation runs one DiT; drop model.low_noise_checkpoint")
+        super().__init__(config, lora, lora_scale)
+        if self.cp_group is not None:
+            raise ValueError("streaming generation runs on one device (no torchrun)")
+        self.causal = config.model.causal
+        self.model = self.experts[0].model
+        if self.offload:  # the stream decodes every chunk: the VAE stays on the GPU
+            self.encoders.vae.to(self.device)
+        _, c, _, h, w = self.latent_shape(1)
+        self.streamer = ChunkStreamer(self.model, self.causal, config.sampling, self.encoders.vae,
+                                      self.shot_text, (c, h, w), self.device, self.encoders.dtype)
+
+    def shot_text(self, schedule: PromptSchedule, shot: int) -> ShotText:
+        """UMT5 states and window of shot ``shot``: the prompt of the global caption and the
+        shots ``0 … shot`` (:func:`dataset.record.build_prompt`), the window admitting the
+        global caption and shot ``shot``'s caption (module docstring)."""
+        prompt = build_prompt(schedule.global_caption, [s.caption for s in schedule.shots[:shot + 1]])
+        context, negative = self.encode(prompt)
+        n = max(context.shape[0], negative.shape[0])
+        both = torch.stack([torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[0]))
+                            for c in (context, negative)])
+        spans = None
+        if self.config.model.window_cross_attention:
+            full, why = self.encoders.text_spans([prompt], [shot + 1], self.model_config.text_len)[0]
+            if why is not None:
+                log.warning("shot %d: unmasked cross-attention: %s", shot, why)
+            spans = full if full.global_span is None else \
+                TextSpans(full.global_span, (full.shot_spans[shot],))
+        return ShotText(shot, both, spans)
+
+    def stream(self, schedule: PromptSchedule, seed: int = 0, max_chunks: int | None = None,
+               ) -> PyGenerator[StreamChunk, Shot | str | None, None]:
+        """:meth:`ChunkStreamer.stream` (peak memory counted from here)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self.streamer.stream(schedule, seed, max_chunks)
+
+    @property
+    def model_calls(self) -> int:
+        """DiT forward calls so far (:attr:`ChunkStreamer.model_calls`)."""
+        return self.streamer.model_calls
+
+    def describe(self, schedule: PromptSchedule, chunks: list[StreamChunk], seed: int) -> dict:
+        """The JSON record written beside a streamed mp4."""
+        s, v = self.config.sampling, self.config.video
+        frames = [len(ch.frames) for ch in chunks]
+        starts = np.cumsum([0] + frames)[:-1].tolist()
+        cuts = [starts[i] for i in range(1, len(chunks)) if chunks[i].shot != chunks[i - 1].shot]
+        total = sum(ch.seconds["total_s"] for ch in chunks)
+        return {
+            "global_caption": schedule.global_caption,
+            "shots": [{"caption": sh.caption, "chunks": sh.chunks} for sh in schedule.shots],
+            "num_frames": sum(frames), "cut_frames": cuts, "chunks": len(chunks),
+            "chunk_shots": [ch.shot for ch in chunks], "chunk_frames": frames,
+            "causal": self.causal.model_dump(), "seed": seed, "height": v.height,
+            "width": v.width, "fps": v.fps, "sampler": s.sampler, "steps": s.steps,
+            "shift": s.shift, "cfg_scale": s.cfg_scale, "negative_prompt": s.negative_prompt,
+            "model": self.config.model.name, "checkpoints": self.checkpoints,
+            "random_weights": self.random_weights, "lora": self.lora,
+            "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+            "model_calls": self.model_calls,
+            "chunk_seconds": [ch.seconds for ch in chunks], "total_s": total,
+            "video_frames_per_s": sum(frames) / total if total else None,
+            "peak_memory_gib": peak_memory_gib(self.device),
+        }
