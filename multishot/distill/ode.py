@@ -15,11 +15,13 @@ sample ``states[N]`` (``σ = 0``), ``[N + 1, C, F_lat, H_lat, W_lat]``.
 list}``.
 
 **Regression.** The student (initialised from the base) predicts x0 from the trajectory's
-states by parallel teacher forcing: the clean copies are the sample ``states[N]``, noisy chunk
-``j`` is ``states[k_j]`` of its frames with ``k_j`` drawn per chunk, at per-frame timesteps
-``1000·σ_{k_j}``; ``x̂0 = x − σ·v`` regresses on ``states[N]`` (MSE). Teacher forcing is the
-rollout's twin (``forward_teacher_forcing`` equals ``forward_chunk`` chunk by chunk, model.causal),
-so this is the regression of every chunk of the cached generation at once.
+states chunk by chunk against the KV cache of the trajectory's clean chunks: chunk ``j`` at
+``states[k_j]`` (``k_j`` drawn per chunk) and timestep ``1000·σ_{k_j}``, ``x̂0 = x − σ·v``
+regressed on ``states[N]`` (MSE); then the chunk's clean ``states[N]`` enters the cache. This
+equals one parallel teacher-forcing forward (``forward_chunk`` = ``forward_teacher_forcing``
+chunk by chunk, :mod:`model.causal`), but keeps the streaming text: each chunk sees the prompt
+of the shots so far (:class:`distill.prompts.PromptConditioning`), which one teacher-forced
+forward over a single context cannot.
 """
 
 from __future__ import annotations
@@ -65,10 +67,9 @@ def ode_trajectory(base, cond: PromptConditioning, causal: CausalConfig, noise: 
             raise ValueError(f"student level {s:.6f} is not on the {teacher_steps}-step grid")
         record.append(match[0])
     caches = [KVCache.empty(base.config.num_layers) for _ in range(2 if guidance != 1 else 1)]
-    contexts = [cond.context, cond.negative]
     states = [[] for _ in range(len(sigmas))]
     for i, (start, end) in enumerate(zip(cond.chunks.starts, cond.chunks.ends)):
-        masks = [cond.chunk_mask(i), None]
+        contexts, masks = [cond.chunk_context(i), cond.negative], [cond.chunk_mask(i), None]
         scheduler = make_scheduler(sampling, noise.device)
         x = noise[:, :, start:end].float()
         for step, t in enumerate(scheduler.timesteps):
@@ -118,24 +119,24 @@ def read_trajectories(path: str | Path, sigmas: list[float] | None = None) -> li
 
 def ode_regression_loss(student, states: torch.Tensor, cond: PromptConditioning,
                         causal: CausalConfig, sigmas: list[float],
-                        generator: torch.Generator) -> torch.Tensor:
+                        levels: list[int]) -> torch.Tensor:
     """The student's x0 regression on one trajectory (module docstring), a scalar.
 
     Args:
         states: ``[N + 1, C, F, H, W]`` on the device.
-        generator: draws one student level per chunk (on the device).
+        levels: the student level ``k_j`` of every chunk (``0 … N − 1``).
     """
     n = len(sigmas) - 1
     clean = states[n:n + 1]
-    levels = torch.randint(0, n, (cond.chunks.num_chunks,), generator=generator,
-                           device=generator.device).tolist()
-    noisy, sigma = [], []
-    for (start, end), k in zip(zip(cond.chunks.starts, cond.chunks.ends), levels):
-        noisy.append(states[k:k + 1, :, start:end])
-        sigma += [sigmas[k]] * (end - start)
-    noisy = torch.cat(noisy, dim=2)
-    sigma = torch.tensor(sigma, device=states.device)                     # [F]
-    v = student.forward_teacher_forcing(clean, noisy, 1000 * sigma[None], cond.context, causal,
-                                        cond.frame_mask).float()
-    x0 = noisy - sigma.view(1, 1, -1, 1, 1) * v
-    return F.mse_loss(x0, clean)
+    cache = KVCache.empty(student.config.num_layers)
+    predicted = []
+    for i, ((start, end), k) in enumerate(zip(zip(cond.chunks.starts, cond.chunks.ends), levels)):
+        context, mask = cond.chunk_context(i), cond.chunk_mask(i)
+        x = states[k:k + 1, :, start:end]
+        t = torch.full((1,), 1000.0 * sigmas[k], device=x.device)
+        v = student.forward_chunk(x, t, context, cache, i, causal, mask).float()
+        predicted.append(x - sigmas[k] * v)
+        with torch.no_grad():  # the trajectory's own clean chunk enters the cache
+            student.forward_chunk(clean[:, :, start:end], torch.zeros(1, device=x.device),
+                                  context, cache, i, causal, mask, write_cache=True)
+    return F.mse_loss(torch.cat(predicted, dim=2), clean)

@@ -33,11 +33,6 @@ class DistillPrompt:
     global_caption: str
     shots: tuple[tuple[str, int], ...]
 
-    @property
-    def text(self) -> str:
-        """The HoloCine prompt string of the whole video (:func:`dataset.record.build_prompt`)."""
-        return build_prompt(self.global_caption, [caption for caption, _ in self.shots])
-
     def num_latent_frames(self, chunk_latent_frames: int) -> int:
         """``1 + c·Σ chunks``: chunk 0 is the lone first latent frame."""
         return 1 + chunk_latent_frames * sum(n for _, n in self.shots)
@@ -80,49 +75,76 @@ def read_prompts(path: str | Path) -> list[DistillPrompt]:
 
 @dataclass
 class PromptConditioning:
-    """One prompt on the device, for the student's chunks and the teacher's whole video.
+    """One prompt on the device: the student's text per chunk, the teacher's per video.
 
-    ``context``: UMT5 states ``[1, L, text_dim]``; ``negative``: the unconditional prompt's
-    ``[1, L_neg, text_dim]``; ``layout``: the shot layout of the ``F_lat`` latent frames;
-    ``spans``: window cross-attention spans (``[TextSpans]``) or None (unmasked);
-    ``frame_mask``: the student's per-latent-frame mask ``[1, F_lat, text_len]`` bool or None;
-    ``chunks``: the student's chunk layout.
+    The student streams: chunk ``i`` of shot ``s`` sees the UMT5 states of the prompt of the
+    global caption and shots ``0 … s`` (the future is unknown while streaming) through the
+    window of the global caption and shot ``s``'s caption, exactly as
+    :class:`generate.stream.StreamingGenerator` conditions it. The teacher and the critic see
+    the whole video: the whole prompt, its shot layout and every shot's window.
+
+    ``shot_context[s]``: ``[1, L_s, text_dim]``; ``shot_spans[s]``: the window
+    (``TextSpans`` of the global caption and shot ``s``) or None (unmasked);
+    ``chunk_shot[i]``: shot of chunk ``i``; ``context``: the whole prompt's states
+    ``[1, L, text_dim]``; ``negative``: the unconditional prompt's ``[1, L_neg, text_dim]``;
+    ``layout``: the shot layout of the ``F_lat`` latent frames; ``spans``: ``[TextSpans]`` of
+    the whole prompt or None; ``chunks``: the student's chunk layout.
     """
 
+    shot_context: list[torch.Tensor]
+    shot_spans: list[TextSpans | None]
+    chunk_shot: list[int]
     context: torch.Tensor
     negative: torch.Tensor
     layout: ShotLayout
     spans: list[TextSpans | None] | None
-    frame_mask: torch.Tensor | None
     chunks: ChunkLayout
+    model: object = None
+
+    def chunk_context(self, index: int) -> torch.Tensor:
+        """The student's text states for chunk ``index``, ``[1, L_s, text_dim]``."""
+        return self.shot_context[self.chunk_shot[index]]
 
     def chunk_mask(self, index: int) -> torch.Tensor | None:
-        """Rows of :attr:`frame_mask` of chunk ``index``, ``[1, f, text_len]`` (or None)."""
-        if self.frame_mask is None:
+        """The student's window cross-attention of chunk ``index``'s frames,
+        ``[1, f, text_len]`` bool, or None (unmasked)."""
+        spans = self.shot_spans[self.chunk_shot[index]]
+        if spans is None:
             return None
-        return self.frame_mask[:, self.chunks.starts[index]:self.chunks.ends[index]]
+        f = self.chunks.ends[index] - self.chunks.starts[index]
+        layout = ShotLayout.from_shot_starts([[0]], f, self.layout.tokens_per_frame,
+                                             self.layout.frame_shot.device)
+        return self.model.frame_text_mask(layout, [spans])
 
 
 def encode_prompt(prompt: DistillPrompt, encoders, model, chunk_latent_frames: int,
                   tokens_per_frame: int, negative_prompt: str, window: bool,
                   device: torch.device) -> PromptConditioning:
-    """The conditioning of ``prompt``.
+    """The conditioning of ``prompt`` (:class:`PromptConditioning`).
 
     Args:
         encoders: :class:`trainer.encoders.FrozenEncoders` with a text encoder.
         model: a ``WanModel`` (its ``frame_text_mask`` and ``config.text_len``).
         tokens_per_frame: ``h·w`` tokens of one latent frame after patching.
-        window: HoloCine's window cross-attention (each frame sees the global caption and its
-            shot's caption); a prompt that lost shot captions to ``text_len`` is unmasked.
+        window: HoloCine's window cross-attention; a prompt that lost shot captions to
+            ``text_len`` is unmasked.
     """
     text_len = model.config.text_len
-    context, negative = encoders.encode_prompts([prompt.text, negative_prompt], text_len)
+    captions = [caption for caption, _ in prompt.shots]
+    texts = [build_prompt(prompt.global_caption, captions[:s + 1]) for s in range(len(captions))]
+    states = encoders.encode_prompts(texts + [negative_prompt], text_len)
+    shot_spans: list[TextSpans | None] = [None] * len(texts)
+    spans = None
+    if window:
+        for s, text in enumerate(texts):
+            full = encoders.text_spans([text], [s + 1], text_len)[0][0]
+            shot_spans[s] = full if full.global_span is None else \
+                TextSpans(full.global_span, (full.shot_spans[s],))
+        spans = [encoders.text_spans([texts[-1]], [len(texts)], text_len)[0][0]]
     frames = prompt.num_latent_frames(chunk_latent_frames)
     layout = ShotLayout.from_shot_starts([prompt.shot_starts(chunk_latent_frames)], frames,
                                          tokens_per_frame, device)
-    spans = frame_mask = None
-    if window:
-        spans = [encoders.text_spans([prompt.text], [len(prompt.shots)], text_len)[0][0]]
-        frame_mask = model.frame_text_mask(layout, spans, text_len)
-    return PromptConditioning(context[None].to(device), negative[None].to(device), layout,
-                              spans, frame_mask, ChunkLayout.build(frames, chunk_latent_frames))
+    chunk_shot = [0] + [s for s, (_, n) in enumerate(prompt.shots) for _ in range(n)]
+    return PromptConditioning([x[None].to(device) for x in states[:-1]], shot_spans, chunk_shot,
+                              states[-2][None].to(device), states[-1][None].to(device), layout,
+                              spans, ChunkLayout.build(frames, chunk_latent_frames), model)

@@ -68,18 +68,18 @@ def rollout(student, cond: PromptConditioning, causal: CausalConfig, noise: torc
     outputs = []
     for i, (start, end) in enumerate(zip(cond.chunks.starts, cond.chunks.ends)):
         x = noise[:, :, start:end].float()
-        mask = cond.chunk_mask(i)
+        context, mask = cond.chunk_context(i), cond.chunk_mask(i)
         for k in range(exit_step + 1):
             grad = gradient == "all_steps" or (gradient == "exit_step" and k == exit_step)
             with torch.set_grad_enabled(grad):
                 t = torch.full((1,), 1000.0 * sigmas[k], device=x.device)
-                v = student.forward_chunk(x, t, cond.context, cache, i, causal, mask).float()
+                v = student.forward_chunk(x, t, context, cache, i, causal, mask).float()
                 if k == exit_step:
                     x0 = x - sigmas[k] * v
                 else:
                     x = x + (sigmas[k + 1] - sigmas[k]) * v
         with torch.no_grad():
-            student.forward_chunk(x0.detach(), torch.zeros(1, device=x.device), cond.context,
-                                  cache, i, causal, mask, write_cache=True)
+            student.forward_chunk(x0.detach(), torch.zeros(1, device=x.device), context, cache, i,
+                                  causal, mask, write_cache=True)
         outputs.append(x0)
     return torch.cat(outputs, dim=2)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -203,8 +205,11 @@ class Distiller:
     def ode_step(self) -> dict[str, torch.Tensor]:
         """One ODE-regression step of the student."""
         i = self._prompt(self.step)
-        loss = ode.ode_regression_loss(self.student, self.trajectories[i], self.conditioning[i],
-                                       self.causal, self.sigmas, self._generator(self.step, 0))
+        cond = self.conditioning[i]
+        levels = torch.randint(0, len(self.sigmas) - 1, (cond.chunks.num_chunks,),
+                               generator=self._generator(self.step, 0), device=self.device)
+        loss = ode.ode_regression_loss(self.student, self.trajectories[i], cond, self.causal,
+                                       self.sigmas, levels.tolist())
         grad_norm = self._update(loss, self.student, self.generator_optim, self.generator_sched,
                                  self.config.generator_optim.grad_clip)
         return {"ode_loss": loss.detach(), "generator_grad_norm": grad_norm}
@@ -284,8 +289,9 @@ class Distiller:
         return {k: float(v) for k, v in out.items()}
 
     # ---- the run ---------------------------------------------------------------------------
-    def train(self) -> None:
-        """Run until ``run.max_steps``, logging and checkpointing; then export the student."""
+    def train(self, on_step: Callable[[int], None] | None = None) -> None:
+        """Run until ``run.max_steps``, logging and checkpointing; then export the student.
+        ``on_step(step)`` is called after every step (and its checkpoint) on every rank."""
         run = self.config.run
         while self.step < run.max_steps:
             metrics = self.train_step()
@@ -294,6 +300,8 @@ class Distiller:
                 self.metrics.log(step, {**metrics, "lr": self.generator_sched.get_last_lr()[0]})
             if step % run.checkpoint_every == 0 or step == run.max_steps:
                 self.save()
+            if on_step is not None:
+                on_step(step)
         if run.export_safetensors:
             self.export()
         self.metrics.close()
@@ -305,7 +313,6 @@ class Distiller:
         if self.rank == 0:
             done = sorted(p for p in path.parent.glob("step-*") if (p / ".metadata").exists())
             for old in done[:-self.config.run.keep_checkpoints]:
-                import shutil
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
         return path
