@@ -25,11 +25,15 @@ from multishot.model.config import get_config
 from multishot.model.dit import WanModel
 
 REPO = __import__("pathlib").Path(__file__).parents[1]
+# words the tiny random tokenizer knows (generate.random_models.VOCABULARY)
 PROMPTS = [
-    '{"global_caption": "a kitchen.", "shots": [{"caption": "a cook", "chunks": 2}, '
-    '{"caption": "a pan", "chunks": 1}]}',
-    '{"global_caption": "a street.", "shots": [{"caption": "a car", "chunks": 1}, '
-    '{"caption": "a dog", "chunks": 2}]}',
+    '{"global_caption": "a scene.", "shots": [{"caption": "a rabbit", "chunks": 2}, '
+    '{"caption": "Trees", "chunks": 1}]}',
+    '{"global_caption": "a video.", "shots": [{"caption": "sintel", "chunks": 1}, '
+    '{"caption": "the rabbit hops", "chunks": 2}]}',
+    # prompt 0 with another second shot: the same video until the cut (chunk 3)
+    '{"global_caption": "a scene.", "shots": [{"caption": "a rabbit", "chunks": 2}, '
+    '{"caption": "hops", "chunks": 1}]}',
 ]
 
 
@@ -132,7 +136,7 @@ def test_ode_regression_fits_a_fixed_trajectory_set(distill_inputs, tmp_path):
                   teacher_steps=8)
     path = tmp_path / "trajectories.safetensors"
     states = ode.read_trajectories(path, d.sigmas)
-    assert len(states) == 2 and states[0].shape == (5, 16, 7, 4, 4)
+    assert len(states) == 3 and states[0].shape == (5, 16, 7, 4, 4)
     assert all(torch.equal(a, b) for a, b in zip(states, d.trajectories))
     # the base's own trajectory: x̂0 of its last step is the sample, the levels differ
     assert not torch.equal(states[0][0], states[0][-1])
@@ -152,3 +156,43 @@ def test_ode_regression_fits_a_fixed_trajectory_set(distill_inputs, tmp_path):
     # base's 8-step trajectory and its one-step x̂0 at each of the student's 4 levels
     assert last < 0.3 * first, (first, last)
     assert last < 0.01 * float(d.trajectories[0][-1].var()), last
+
+
+def test_student_rollout_equals_the_stream_and_a_prompt_change_starts_at_its_cut(
+        distill_inputs, tmp_path):
+    """Training equals inference: the DMD rollout (4 steps, KV cache, CAMR) makes, chunk by
+    chunk, what ``multishot generate --causal``'s streamer (Euler, 4 steps, no CFG) makes from
+    the same noise and shot text; a new caption for shot 1 changes only chunks from its cut."""
+    from multishot.generate.sampler import SamplingConfig
+    from multishot.generate.stream import ChunkStreamer, ShotText
+    from multishot.model.causal import KVCache
+
+    d = distiller(distill_inputs, tmp_path, ode_steps=0)
+    cond = d.conditioning[0]
+    shape = d.latent_shape(cond)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = rollout(d.student, cond, d.causal, noise, d.sigmas)
+    trained = rollout(d.student, cond, d.causal, noise, d.sigmas, exit_step=3,
+                      gradient="exit_step")
+    assert trained.requires_grad and torch.equal(trained.detach(), ours)
+
+    streamer = ChunkStreamer(d.student, d.causal, SamplingConfig(sampler="euler", steps=4,
+                                                                 shift=5.0, cfg_scale=1.0),
+                             None, None, shape[1:2] + shape[3:], torch.device("cpu"),
+                             torch.float32)
+    cache = KVCache.empty(d.model_config.num_layers)
+    for i, (start, end) in enumerate(zip(cond.chunks.starts, cond.chunks.ends)):
+        shot = cond.chunk_shot[i]
+        text = ShotText(shot, cond.chunk_context(i), cond.shot_spans[shot])
+        streamed = streamer.denoise_chunk(noise[:, :, start:end], text, cache, i)
+        err = (streamed - ours[:, :, start:end]).norm() / ours[:, :, start:end].norm()
+        assert err < 1e-5, (i, float(err))
+
+    changed = d.conditioning[2]
+    assert changed.chunk_shot == cond.chunk_shot == [0, 0, 0, 1]
+    with torch.no_grad():
+        other = rollout(d.student, changed, d.causal, noise, d.sigmas)
+    cut = cond.chunks.starts[3]
+    assert torch.equal(other[:, :, :cut], ours[:, :, :cut])
+    assert not torch.allclose(other[:, :, cut:], ours[:, :, cut:])
