@@ -196,3 +196,92 @@ def test_student_rollout_equals_the_stream_and_a_prompt_change_starts_at_its_cut
     cut = cond.chunks.starts[3]
     assert torch.equal(other[:, :, :cut], ours[:, :, :cut])
     assert not torch.allclose(other[:, :, cut:], ours[:, :, cut:])
+
+
+def test_killed_distillation_resumes_bit_identically(distill_inputs, tmp_path):
+    """``multishot distill`` (torchrun, one gloo rank) run straight through, and a run killed
+    (SIGKILL) after step 3 with its newest checkpoint at step 2 then resumed by the CLI: the
+    final checkpoints (student, teacher, critic, both AdamW states) and the exported students
+    are bit-identical."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    import yaml
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    def config(name: str):
+        cfg = yaml.safe_load((REPO / "configs/distill/tiny_cpu.yaml").read_text())
+        for section, values in overrides(distill_inputs, tmp_path / name).items():
+            cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
+        cfg["objective"].update(ode_steps=1, teacher_steps=4, critic_steps_per_generator_step=1)
+        cfg["run"].update(max_steps=4, checkpoint_every=2, keep_checkpoints=3)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def run(*argv):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        env = {**os.environ, "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
+                              timeout=600)
+
+    straight = run("-m", "multishot", "distill", "--config", str(config("straight")))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_cfg = config("killed")
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import os, signal
+        from multishot.config import load_config
+        from multishot.distill.config import DistillConfig
+        from multishot.distill.trainer import Distiller
+
+        def kill(step):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # a preemption: no clean-up at all
+
+        Distiller(load_config({str(killed_cfg)!r}, DistillConfig)).train(on_step=kill)
+    """))
+    killed = run(str(driver))
+    assert killed.returncode != 0
+    out = tmp_path / "killed"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002"]
+    resumed = run("-m", "multishot", "distill", "--config", str(killed_cfg))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    def final(run_dir):
+        dcp_to_torch_save(str(run_dir / "checkpoints/step-00000004"), str(run_dir / "final.pt"))
+        return torch.load(run_dir / "final.pt", weights_only=False)
+
+    def flat(tree, prefix=""):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                yield from flat(v, f"{prefix}{k}.")
+        elif isinstance(tree, torch.Tensor):
+            yield prefix, tree
+
+    a, b = dict(flat(final(tmp_path / "straight"))), dict(flat(final(out)))
+    assert a.keys() == b.keys() and any(k.startswith("critic.optim") for k in a)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    sa, sb = (load_file(str(p / "student.safetensors")) for p in (tmp_path / "straight", out))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_distill_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "multishot", "distill", "--config",
+                          str(REPO / "configs/distill/tiny_cpu.yaml"), "--set",
+                          "prompts=p.jsonl", "--set", "objective.student_timesteps=[1000,600]"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "objective.student_timesteps" in lines[0], bad.stderr
+    assert lines[0].startswith("multishot distill:")
