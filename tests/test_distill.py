@@ -198,42 +198,53 @@ def test_student_rollout_equals_the_stream_and_a_prompt_change_starts_at_its_cut
     assert not torch.allclose(other[:, :, cut:], ours[:, :, cut:])
 
 
-def test_killed_distillation_resumes_bit_identically(distill_inputs, tmp_path):
-    """``multishot distill`` (torchrun, one gloo rank) run straight through, and a run killed
-    (SIGKILL) after step 3 with its newest checkpoint at step 2 then resumed by the CLI: the
-    final checkpoints (student, teacher, critic, both AdamW states) and the exported students
-    are bit-identical."""
+def _distill_config(inputs: dict, tmp_path, name: str):
+    """tiny_cpu.yaml shortened (1 ODE step, 3 DMD steps with 1 critic update each)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/distill/tiny_cpu.yaml").read_text())
+    for section, values in overrides(inputs, tmp_path / name).items():
+        cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
+    cfg["objective"].update(ode_steps=1, teacher_steps=4, critic_steps_per_generator_step=1)
+    cfg["run"].update(max_steps=4, checkpoint_every=2, keep_checkpoints=3)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(*argv):
     import os
     import subprocess
     import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def straight_run(distill_inputs, tmp_path_factory):
+    """``multishot distill`` (torchrun, one gloo rank) run straight through 4 steps."""
+    root = tmp_path_factory.mktemp("distill_straight")
+    done = _run("-m", "multishot", "distill", "--config",
+                str(_distill_config(distill_inputs, root, "straight")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "straight"
+
+
+def test_killed_distillation_resumes_bit_identically(distill_inputs, straight_run, tmp_path):
+    """A run killed (SIGKILL) after step 3 with its newest checkpoint at step 2, resumed by
+    the CLI, ends bit-identical to the straight run: the final checkpoints (student, teacher,
+    critic, both AdamW states) and the exported students."""
     import textwrap
 
-    import yaml
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    def config(name: str):
-        cfg = yaml.safe_load((REPO / "configs/distill/tiny_cpu.yaml").read_text())
-        for section, values in overrides(distill_inputs, tmp_path / name).items():
-            cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
-        cfg["objective"].update(ode_steps=1, teacher_steps=4, critic_steps_per_generator_step=1)
-        cfg["run"].update(max_steps=4, checkpoint_every=2, keep_checkpoints=3)
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
-
-    def run(*argv):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = str(s.getsockname()[1])
-        env = {**os.environ, "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
-                              timeout=600)
-
-    straight = run("-m", "multishot", "distill", "--config", str(config("straight")))
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    killed_cfg = config("killed")
+    killed_cfg = _distill_config(distill_inputs, tmp_path, "killed")
     driver = tmp_path / "driver.py"
     driver.write_text(textwrap.dedent(f"""
         import os, signal
@@ -247,17 +258,17 @@ def test_killed_distillation_resumes_bit_identically(distill_inputs, tmp_path):
 
         Distiller(load_config({str(killed_cfg)!r}, DistillConfig)).train(on_step=kill)
     """))
-    killed = run(str(driver))
+    killed = _run(str(driver))
     assert killed.returncode != 0
     out = tmp_path / "killed"
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002"]
-    resumed = run("-m", "multishot", "distill", "--config", str(killed_cfg))
+    resumed = _run("-m", "multishot", "distill", "--config", str(killed_cfg))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
 
     def final(run_dir):
-        dcp_to_torch_save(str(run_dir / "checkpoints/step-00000004"), str(run_dir / "final.pt"))
-        return torch.load(run_dir / "final.pt", weights_only=False)
+        dcp_to_torch_save(str(run_dir / "checkpoints/step-00000004"), str(tmp_path / "final.pt"))
+        return torch.load(tmp_path / "final.pt", weights_only=False)
 
     def flat(tree, prefix=""):
         if isinstance(tree, dict):
@@ -266,11 +277,38 @@ def test_killed_distillation_resumes_bit_identically(distill_inputs, tmp_path):
         elif isinstance(tree, torch.Tensor):
             yield prefix, tree
 
-    a, b = dict(flat(final(tmp_path / "straight"))), dict(flat(final(out)))
+    a, b = dict(flat(final(straight_run))), dict(flat(final(out)))
     assert a.keys() == b.keys() and any(k.startswith("critic.optim") for k in a)
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
-    sa, sb = (load_file(str(p / "student.safetensors")) for p in (tmp_path / "straight", out))
+    sa, sb = (load_file(str(p / "student.safetensors")) for p in (straight_run, out))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_generate_streams_the_student_with_its_four_steps(straight_run, tiny_encoders, tmp_path):
+    """``multishot generate --causal --checkpoint student.safetensors`` takes the student's
+    steps, shift, no CFG and causal config from student.json: 4 + 1 model calls a chunk."""
+    import json
+
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/generate/tiny_cpu_causal.yaml").read_text())
+    cfg["model"].update(random_weights=None, causal=None)  # both come from the student
+    cfg["encoders"].update(vae=tiny_encoders["vae"], text_encoder=tiny_encoders["text_encoder"])
+    cfg["sampling"].update(steps=50, cfg_scale=5.0)
+    cfg["video"].update(height=32, width=32)
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "schedule.txt").write_text(
+        '{"global_caption": "a scene."}\na rabbit\n{"caption": "Trees", "chunks": 1}\n')
+    done = _run("-m", "multishot", "generate", "--causal", "--config", str(tmp_path / "gen.yaml"),
+                "--checkpoint", str(straight_run / "student.safetensors"), "--schedule",
+                str(tmp_path / "schedule.txt"), "--chunks-per-shot", "1", "-o",
+                str(tmp_path / "stream.mp4"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "stream.json").read_text())
+    student = json.loads((straight_run / "student.json").read_text())
+    assert (info["steps"], info["cfg_scale"], info["shift"]) == (4, 1.0, 5.0)
+    assert info["causal"] == student["causal"] and info["chunks"] == 3
+    assert info["model_calls"] == 3 * (4 + 1)
 
 
 def test_distill_cli_bad_config_is_one_line_and_exit_2(tmp_path):

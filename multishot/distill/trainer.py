@@ -22,7 +22,6 @@ config) beside it, which ``multishot generate --causal --checkpoint`` reads.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from multishot.distill import dmd, ode
 from multishot.distill.config import DistillConfig
 from multishot.distill.prompts import PromptConditioning, encode_prompt, read_prompts
 from multishot.distill.rollout import rollout, student_sigmas
+from multishot.distill.student import write_student_info
 from multishot.errors import UsageError
 from multishot.model.config import get_config
 from multishot.trainer import checkpoint as ckpt
@@ -50,10 +50,6 @@ from multishot.trainer.parallelize import build_model
 from multishot.trainer.trainer import init_distributed, lr_lambda
 
 log = logging.getLogger(__name__)
-
-#: where :meth:`Distiller.export` writes the student's timesteps and causal config
-STUDENT_INFO = "student.json"
-
 
 class _Frozen(Stateful):
     """The teacher in a checkpoint: its weights only (frozen, no optimiser)."""
@@ -331,7 +327,6 @@ class Distiller:
         out = ckpt.export_safetensors(self.student, self.output_dir / "student.safetensors")
         if self.rank == 0:
             obj = self.config.objective
-            (self.output_dir / STUDENT_INFO).write_text(json.dumps({
-                "model": self.config.student.name, "student_timesteps": obj.student_timesteps,
-                "shift": obj.shift, "causal": self.causal.model_dump()}, indent=1))
+            write_student_info(self.output_dir, self.config.student.name, obj.student_timesteps,
+                               obj.shift, self.causal.model_dump())
         return out
