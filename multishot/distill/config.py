@@ -123,7 +123,7 @@ class DistillConfig(_Section):
         if self.video.height % 16 or self.video.width % 16:
             raise ValueError(f"video size {self.video.height}x{self.video.width} is not a "
                              "multiple of 16")
-        if self.student.window_cross_attention and not (self.encoders.tokenizer or
-                                                        self.encoders.text_encoder):
-            raise ValueError("student.window_cross_attention needs encoders.text_encoder")
+        if not self.encoders.text_encoder:
+            raise ValueError("encoders.text_encoder is required: the prompts are encoded once "
+                             "at the start")
         return self

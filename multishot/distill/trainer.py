@@ -135,8 +135,6 @@ class Distiller:
             folder = getattr(enc, name)
             if folder and not Path(folder).is_dir():
                 raise UsageError(f"encoders.{name}: no such folder {folder}")
-        if not enc.text_encoder:
-            raise UsageError("encoders.text_encoder is required (the prompts are encoded once)")
         try:
             prompts = read_prompts(cfg.prompts)
         except (OSError, ValueError) as err:
