@@ -105,8 +105,11 @@ class Distiller:
             fully_shard(self.discriminator)  # its gradients reduce over the ranks like the critic's
             critic_modules["discriminator"] = self.discriminator
         self.generator_optim, self.generator_sched = self._optimizer(
-            self.student, config.generator_optim)
-        self.critic_optim, self.critic_sched = self._optimizer(critic_modules, config.critic_optim)
+            self.student, config.generator_optim, run.max_steps)
+        # the critic's schedule counts its own updates
+        self.critic_optim, self.critic_sched = self._optimizer(
+            critic_modules, config.critic_optim,
+            (run.max_steps - obj.ode_steps) * obj.critic_steps_per_generator_step)
         self.student_state = ckpt.TrainState(self.student, self.generator_optim,
                                              self.generator_sched, 0, {})
         self.critic_state = ckpt.TrainState(critic_modules, self.critic_optim,
@@ -122,11 +125,12 @@ class Distiller:
             self.trajectories = self._trajectories()  # the GAN's real videos
 
     # ---- construction ----------------------------------------------------------------------
-    def _optimizer(self, module: nn.Module, optim):
+    def _optimizer(self, module: nn.Module, optim, updates: int):
+        """AdamW over ``module``'s trainable parameters and its schedule over ``updates``."""
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
                                 weight_decay=optim.weight_decay, fused=self.device.type == "cuda")
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, self.config.run.max_steps))
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, updates))
 
     def _encode_prompts(self) -> list[PromptConditioning]:
         cfg = self.config
