@@ -171,10 +171,10 @@ def run_sca(args: argparse.Namespace) -> dict:
              str(work / "schedule.txt"), "-o", str(mp4), *extra, cwd=REPO)
         info = json.loads(mp4.with_suffix(".json").read_text())
         _cli("eval", str(mp4), "--json", str(work / f"{name}_eval.json"), cwd=REPO)
-        report = json.loads((work / f"{name}_eval.json").read_text())
+        video = json.loads((work / f"{name}_eval.json").read_text())["videos"][0]
         result[name] = {"steps": info["steps"], "cfg_scale": info["cfg_scale"],
                         "cut_frames": info["cut_frames"], "frames": info["num_frames"],
-                        "eval": report}
+                        "detected_cuts": video["detected_cuts"], "sca": video["sca"]["sca"]}
     return result
 
 
@@ -201,13 +201,12 @@ def markdown(report: dict) -> str:
                   "chunk 0. First frame: from the start of the stream to chunk 0's decoded frame.", ""]
     c = report.get("sca")
     if c:
-        def sca(r):
-            return r["eval"].get("mean", r["eval"]).get("sca", r["eval"].get("sca")) \
-                if isinstance(r["eval"], dict) else None
         lines += ["## SCA, base vs student (tiny, RANDOM weights, CPU)", "",
-                  "| model | steps | requested cuts | SCA |", "|---|---|---|---|",
-                  *[f"| {n} | {c[n]['steps']} (CFG {c[n]['cfg_scale']:g}) | {c[n]['cut_frames']} | "
-                    f"{sca(c[n])} |" for n in ("base", "student")], "", c["note"] + ".", ""]
+                  "| model | steps | frames | requested cuts | detected cuts | SCA |",
+                  "|---|---|---|---|---|---|",
+                  *[f"| {n} | {c[n]['steps']} (CFG {c[n]['cfg_scale']:g}) | {c[n]['frames']} | "
+                    f"{c[n]['cut_frames']} | {c[n]['detected_cuts']} | {c[n]['sca']:.4f} |"
+                    for n in ("base", "student")], "", c["note"] + ".", ""]
     return "\n".join(lines)
 
 
