@@ -46,7 +46,8 @@ mask from the frame mask and runs float32 softmax attention (the definition; CPU
 ``sdpa`` (and ``varlen``, which has no separate causal kernel) runs one
 ``scaled_dot_product_attention`` per query chunk over its gathered keys; ``flex`` runs
 FlexAttention with a mask_mod over the frame mask (compiled on CUDA, eager on CPU, forward only
-on CPU as in :mod:`model.attention`).
+on CPU as in :mod:`model.attention`). A streamed chunk needs no mask: it attends its gathered
+history and itself in one call (float32 softmax for ``reference``, SDPA for the others).
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ class CausalConfig(BaseModel):
         "latent frames per chunk (CausalCine and Self-Forcing: 3); the first chunk takes the "
         "remainder (model.causal.ChunkLayout)"))
     local_window_chunks: int = Field(2, ge=0, description=(
-        "CAMR: chunks before the current one that are always attended"))
+        "CAMR: chunks before the current one that are always attended (default ours)"))
     routed_frames: int = Field(6, ge=0, description=(
-        "CAMR: history latent frames outside the local window attended by descriptor score; "
-        "0 = CAMR off, every history frame is attended"))
+        "CAMR: history latent frames outside the local window attended by descriptor score "
+        "(default ours: two chunks' worth); 0 = CAMR off, every history frame is attended"))
     route_clean: bool = Field(False, description=(
         "CAMR also routes the clean copies (clean -> clean quadrant, and the clean pass that "
         "writes the KV cache); false = the paper's: clean chunks attend all earlier clean chunks"))
@@ -462,6 +463,10 @@ class ChunkAttention:
         self.write, self.chunk_frames = write, chunk_frames
         self.starts = list(cache.chunk_starts) + [cache.num_frames]
         self.route = config.routing and (not write or config.route_clean)
+        # blocks that have appended: activation checkpointing runs a block's forward again in
+        # backward, and that recompute must not append twice (the history it reads is the
+        # frames before ``starts[-1]``, unchanged by the append)
+        self._written: set[int] = set()
 
     def layer(self, index: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                                             torch.Tensor]:
@@ -474,15 +479,17 @@ class ChunkAttention:
             if kv.keys is None:
                 keys, values = k, v
             else:
-                qd = query_descriptor(q) if self.route else None
+                with torch.no_grad():  # routing is a discrete choice: no gradient through it
+                    qd = query_descriptor(q) if self.route else None
                 sel = select_history(len(self.starts) - 1, self.starts, self.config, self.route,
                                      qd, kv.descriptors)
                 hist_k = kv.keys.view(b, -1, hw, h, d)
                 hist_v = kv.values.view(b, -1, hw, h, d)
                 keys = _gather_frames(hist_k, sel, k.view(b, -1, hw, h, d))
                 values = _gather_frames(hist_v, sel, v.view(b, -1, hw, h, d))
-            if self.write:
+            if self.write and index not in self._written:
                 kv.append(k, v, hw)
+                self._written.add(index)
             if self.backend == "reference":
                 return _masked_reference(q, keys, values, None)
             return _sdpa(q, keys, values)

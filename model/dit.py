@@ -526,6 +526,9 @@ class WanModel(nn.Module):
         hw = h * w
         if cache.tokens_per_frame not in (None, hw):
             raise ValueError(f"chunk of {hw} tokens per frame, cache of {cache.tokens_per_frame}")
+        cached = cache.layers[0].keys if cache.layers else None
+        if cached is not None and cached.shape[0] != b:
+            raise ValueError(f"chunk of batch {b}, cache of batch {cached.shape[0]}")
         e, e0 = self._time_embedding(self._frame_timesteps(timestep, b, f))
         context = self._embed_context(context)
         if text_mask is not None:

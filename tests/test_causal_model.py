@@ -150,6 +150,9 @@ def test_teacher_forcing_mask_equals_the_four_rules(name):
         noisy_last = slice(F_LAT + 10, 2 * F_LAT)  # noisy chunk 4: window [7, 10), 2 of [0, 7)
         assert (ours[:, noisy_last, :F_LAT].sum(-1) == 3 + 2).all()
         assert not torch.equal(ours[0], ours[1])  # routing differs between samples
+        # the clean → clean quadrant is routed only with route_clean
+        same_clean = torch.equal(ours[:, :F_LAT, :F_LAT], full[:, :F_LAT, :F_LAT])
+        assert same_clean == (not config.route_clean)
 
 
 def test_camr_selection_equals_brute_force_top_k_with_ties():
@@ -274,6 +277,35 @@ def test_teacher_forcing_fast_backends_equal_reference_with_gradients(checkpoint
     assert rel(flex, outs["reference"]) < 1e-5
 
 
+def test_activation_checkpointing_keeps_gradients_and_the_cache(checkpoint):
+    """Under the trainer's activation checkpointing (a block's forward runs again in backward)
+    teacher forcing gives the same gradients, and a cache-writing chunk pass with gradients
+    (self-forcing style rollouts) appends each chunk once and the same gradients."""
+    from multishot.trainer.parallelize import apply_activation_checkpointing
+
+    clean, noisy, context = latents(seed=3)
+    timestep, config = torch.tensor([500.0, 100.0]), CONFIGS["camr_clean"]
+    results = []
+    for checkpointed in (False, True):
+        model = load_model(checkpoint, "sdpa")
+        if checkpointed:
+            apply_activation_checkpointing(model)
+        loss = model.forward_teacher_forcing(clean, noisy, timestep, context, config).square().mean()
+        cache = KVCache.empty(2)
+        for i, (s, e) in enumerate(zip((0, 1, 4), (1, 4, 7))):
+            model.forward_chunk(clean[:, :, s:e], torch.zeros(2), context, cache, i, config,
+                                write_cache=True)
+        loss = loss + model.forward_chunk(noisy[:, :, 7:10], timestep, context, cache, 3,
+                                          config).square().mean()
+        loss.backward()
+        assert [kv.keys.shape[1] for kv in cache.layers] == [7 * HW] * 2
+        results.append({n.replace("._checkpoint_wrapped_module", ""): p.grad
+                        for n, p in model.named_parameters()})
+    plain, checkpointed = results
+    for name, grad in plain.items():
+        assert rel(checkpointed[name], grad) < 1e-5, name
+
+
 # ---- per-frame timesteps: Wan2.2's per-token path, against diffusers -----------------------------
 
 def test_per_frame_timesteps_equal_diffusers_per_token_timesteps(checkpoint):
@@ -319,6 +351,12 @@ def test_bad_inputs_raise(checkpoint):
         model.forward_chunk(noisy[:, :, :1], torch.zeros(2), context, cache, 1, config)
     with pytest.raises(ValueError, match="layers"):
         model.forward_chunk(noisy[:, :, :1], torch.zeros(2), context, KVCache.empty(3), 0, config)
+    model.forward_chunk(clean[:, :, :1], torch.zeros(2), context, cache, 0, config,
+                        write_cache=True)
+    with pytest.raises(ValueError, match="batch 1, cache of batch 2"):
+        model.forward_chunk(noisy[:1, :, 1:4], torch.zeros(1), context[:1], cache, 1, config)
+    with pytest.raises(ValueError, match="tokens per frame"):
+        model.forward_chunk(noisy[:, :, 1:4, :2], torch.zeros(2), context, cache, 1, config)
 
 
 def test_causal_config_section_in_train_and_generate_yaml():

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from multishot.model.causal import CausalConfig, ChunkLayout, teacher_forcing_selections
+from multishot.model.causal import CausalConfig, teacher_forcing_attention_pairs
 from multishot.model.config import WanConfig
-from multishot.model.flops import attention_flops, forward_flops
+from multishot.model.flops import forward_flops
 from multishot.model.layout import ShotLayout
 
 #: backward ≈ 2 × forward for a training step's model FLOPs
@@ -30,30 +30,15 @@ def step_flops(config: WanConfig, layout: ShotLayout, sparse: bool) -> int:
     return TRAIN_FLOPS_PER_FORWARD * per_sample * layout.batch_size
 
 
-def teacher_forcing_pairs(num_latent_frames: int, tokens_per_frame: int,
-                          causal: CausalConfig) -> int:
-    """Self-attention query-key pairs of one teacher-forced sample (``[clean ; noisy]``, the
-    four quadrants of :mod:`model.causal`, CAMR's routed frames counted as attended): per query
-    chunk, its frames × the key frames it attends × ``tokens_per_frame²``."""
-    chunks = ChunkLayout.build(num_latent_frames, causal.chunk_latent_frames)
-    # CAMR keeps min(routed_frames, candidates) frames whatever the scores: count on zeros
-    zeros = torch.zeros(1, 2 * chunks.num_chunks, 1, 1), torch.zeros(1, num_latent_frames, 1, 1)
-    selections = teacher_forcing_selections(chunks, causal, *zeros)
-    sizes = [e - s for s, e in zip(chunks.starts, chunks.ends)] * 2
-    return sum(n * sel.num_frames() for n, sel in zip(sizes, selections)) * tokens_per_frame ** 2
-
-
 def teacher_forcing_step_flops(config: WanConfig, layout: ShotLayout, causal: CausalConfig) -> int:
     """Model FLOPs of one teacher-forcing training step on this rank's batch: the forward of
-    the ``2·L`` tokens of every sample (:func:`model.flops.forward_flops`) with the
-    self-attention of :func:`teacher_forcing_pairs` in place of dense attention, × 3."""
+    the ``2·L`` tokens (clean and noisy copies) of every sample with the four quadrants'
+    self-attention pairs (:func:`model.causal.teacher_forcing_attention_pairs`, CAMR's routed
+    frames counted as attended), × 3."""
     f, hw = layout.num_latent_frames, layout.tokens_per_frame
-    dense = forward_flops(config, 2 * f, hw)
-    seq = 2 * f * hw
-    attention = config.num_layers * (
-        attention_flops(teacher_forcing_pairs(f, hw, causal), config.num_heads, config.head_dim)
-        - attention_flops(seq * seq, config.num_heads, config.head_dim))
-    return TRAIN_FLOPS_PER_FORWARD * (dense + attention) * layout.batch_size
+    pairs = teacher_forcing_attention_pairs(f, hw, causal)
+    return TRAIN_FLOPS_PER_FORWARD * forward_flops(config, 2 * f, hw, attention_pairs=pairs) \
+        * layout.batch_size
 
 
 class MetricsLogger:

@@ -151,7 +151,7 @@ def run_causal(args: argparse.Namespace, config) -> int:
         if args.schedule == "-":
             if not args.global_caption:
                 raise ValueError("--schedule - (stdin) needs --global-caption")
-            schedule = PromptSchedule(args.global_caption, open_=True)
+            schedule = PromptSchedule(args.global_caption, live=True)
         else:
             schedule = read_schedule_file(args.schedule, args.chunks_per_shot, args.global_caption)
         generator = StreamingGenerator(config, args.lora, args.lora_scale)

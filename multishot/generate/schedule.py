@@ -41,18 +41,18 @@ class PromptSchedule:
 
     ``global_caption``: the video's global caption; ``shots``: the shots known so far. The
     stream asks :meth:`shot_of_chunk` for each chunk in turn; when the known shots are used up
-    it waits for :meth:`append` until :meth:`close` (``wait=True``) or ends there.
+    it ends, or with ``live=True`` waits for :meth:`append` until :meth:`close`.
 
     Raises:
         ValueError: an empty global caption.
     """
 
-    def __init__(self, global_caption: str, shots: Iterable[Shot] = (), *, open_: bool = False):
+    def __init__(self, global_caption: str, shots: Iterable[Shot] = (), *, live: bool = False):
         if not global_caption.strip():
             raise ValueError("a stream needs a non-empty global caption")
         self.global_caption = global_caption.strip()
         self.shots: list[Shot] = list(shots)
-        self._closed = not open_
+        self._closed = not live
         self._changed = threading.Condition()
 
     def append(self, shot: Shot | str, chunks: int = 1) -> None:
@@ -73,11 +73,6 @@ class PromptSchedule:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-
-    def reopen(self) -> None:
-        """Accept appended shots again (a Python stream that is fed as it goes)."""
-        with self._changed:
-            self._closed = False
 
     @property
     def closed(self) -> bool:

@@ -108,18 +108,14 @@ class ChunkStreamer:
         """Latent frames of chunk ``index``: 1 for chunk 0, ``chunk_latent_frames`` after."""
         return 1 if index == 0 else self.causal.chunk_latent_frames
 
-    def _forward(self, x: torch.Tensor, timestep: torch.Tensor, text: ShotText,
-                 cache: KVCache, index: int, write: bool) -> torch.Tensor:
-        """``forward_chunk`` of chunk ``index``'s ``x`` ``[rows, C, f, H, W]`` (rows 1:
-        conditional only; 2: with the negative prompt), every frame of the chunk in one shot."""
-        rows, _, f, h, w = x.shape
-        _, ph, pw = self.model.config.patch_size
-        layout = ShotLayout.from_shot_starts([[0]] * rows, f, (h // ph) * (w // pw), x.device)
-        text_mask = None if text.spans is None else \
-            self.model.frame_text_mask(layout, [text.spans, None][:rows])  # uncond: unmasked
-        self.model_calls += 1
-        return self.model.forward_chunk(x, timestep.expand(rows), text.context[:rows], cache,
-                                        index, self.causal, text_mask, write_cache=write).float()
+    def chunk_text_mask(self, text: ShotText, rows: int, frames: int) -> torch.Tensor | None:
+        """Window cross-attention of a chunk of ``frames`` latent frames, all in ``text``'s shot:
+        ``[rows, frames, text_len]`` bool (row 0 the shot's window, row 1 the negative prompt's,
+        unmasked as in :mod:`generate.sampler`); None when the shot's text is unmasked."""
+        if text.spans is None:
+            return None
+        layout = ShotLayout.from_shot_starts([[0]] * rows, frames, 1, self.device)
+        return self.model.frame_text_mask(layout, [text.spans, None][:rows])
 
     @torch.no_grad()
     def denoise_chunk(self, noise: torch.Tensor, text: ShotText, cache: KVCache,
@@ -130,16 +126,23 @@ class ChunkStreamer:
         holds 2 rows (conditional, negative) when ``sampling.cfg_scale != 1``, else 1."""
         s = self.sampling
         rows = 1 if s.cfg_scale == 1.0 else 2
+        text_mask = self.chunk_text_mask(text, rows, noise.shape[2])
+        context = text.context[:rows]
+
+        def forward(x: torch.Tensor, timestep: torch.Tensor, write: bool) -> torch.Tensor:
+            self.model_calls += 1
+            return self.model.forward_chunk(x.expand(rows, *x.shape[1:]), timestep.expand(rows),
+                                            context, cache, index, self.causal, text_mask,
+                                            write_cache=write).float()
+
         scheduler = make_scheduler(s, noise.device)
         x = noise.float()
         for t in scheduler.timesteps:
-            timestep = t.reshape(1).to(x.device, torch.float32)
-            v = self._forward(x.expand(rows, *x.shape[1:]), timestep, text, cache, index, False)
+            v = forward(x, t.reshape(1).to(x.device, torch.float32), False)
             if rows == 2:
                 v = v[1:] + s.cfg_scale * (v[:1] - v[1:])
             x = scheduler.step(v, t, x, return_dict=False)[0].float()
-        zero = torch.zeros(1, device=x.device)
-        self._forward(x.expand(rows, *x.shape[1:]), zero, text, cache, index, True)
+        forward(x, torch.zeros(1, device=x.device), True)  # the clean pass writes the cache
         return x
 
     def stream(self, schedule: PromptSchedule, seed: int = 0, max_chunks: int | None = None,
@@ -202,8 +205,13 @@ class StreamingGenerator(Generator):
             raise ValueError("streaming generation runs on one device (no torchrun)")
         self.causal = config.model.causal
         self.model = self.experts[0].model
-        if self.offload:  # the stream decodes every chunk: the VAE stays on the GPU
+        if self.offload:
+            # the stream decodes every chunk and may change shot any time: the VAE and the
+            # text encoder stay on the GPU (a shot change must not wait for an 11 GB copy)
             self.encoders.vae.to(self.device)
+            self.encoders.text_encoder.to(self.device)
+            self.encoders.device = self.device
+            self.offload = False
         _, c, _, h, w = self.latent_shape(1)
         self.streamer = ChunkStreamer(self.model, self.causal, config.sampling, self.encoders.vae,
                                       self.shot_text, (c, h, w), self.device, self.encoders.dtype)
