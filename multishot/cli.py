@@ -32,6 +32,7 @@ COMMANDS = {
     "generate": "multishot.generate.cli",
     "eval": "multishot.evaluate.cli",
     "export-lora": "multishot.trainer.cli",
+    "distill": "multishot.distill.cli",
 }
 
 #: exit status after the reader of stdout went away (128 + SIGPIPE, as a shell tool killed by it)

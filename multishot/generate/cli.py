@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunks-per-shot", type=int, default=5, help=(
         "--causal: chunks of a shot given as a plain caption line (default 5; a chunk is "
         "model.causal.chunk_latent_frames latent frames, 12 video frames at 3)"))
+    p.add_argument("--checkpoint", help=(
+        "DiT weights replacing model.checkpoint (and model.random_weights); a distilled "
+        "student's (multishot distill: student.json beside it) also sets its sampling steps, "
+        "shift, no CFG and model.causal"))
     p.add_argument("--max-chunks", type=int, help="--causal: stop after this many chunks")
     p.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: video.num_frames; "
                    "--from-shards: each sample's own length)")
@@ -96,7 +100,15 @@ def run(args: argparse.Namespace) -> int:
 
     from multishot.errors import UsageError
 
-    config = load_config(args.config, GenerateConfig)
+    overrides = None
+    if args.checkpoint:  # a distilled student brings its steps and causal config (distill.student)
+        from multishot.distill.student import generate_overrides
+
+        try:
+            overrides = generate_overrides(args.checkpoint)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    config = load_config(args.config, GenerateConfig, overrides)
     if args.causal or args.schedule is not None:
         return run_causal(args, config)
     try:

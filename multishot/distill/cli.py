@@ -1,0 +1,79 @@
+"""``multishot distill`` (thin: parse, load the config, hand over to torchrun's ranks).
+
+``multishot distill --config FILE`` runs torchrun (in this process) with one rank per local GPU
+(one on a CPU-only machine), each rank running :func:`main`, as ``torchrun -m multishot.distill``
+does on a cluster. Bad inputs end as in ``multishot train`` (:mod:`trainer.cli`): one line on
+stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from multishot.config import load_config
+from multishot.errors import USAGE_EXIT, UsageError, one_line
+from multishot.trainer.cli import _add_config_args, _overrides, _report_rank_failure, torchrun
+
+
+def _distill_config():
+    from multishot.distill.config import DistillConfig
+
+    return DistillConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``distill`` to the ``multishot`` command."""
+    p = subparsers.add_parser(
+        "distill", help="distil the causal DiT into a few-step student (ODE init + DMD)",
+        description="CausalCine's last stage: regress the causal student onto its base's ODE "
+        "trajectories (objective.ode_steps), then distribution matching distillation against "
+        "the frozen bidirectional teacher with a co-trained critic, on the student's own "
+        "chunk-by-chunk rollouts. FSDP2 over the local GPUs (one rank on CPU); resumes from "
+        "the newest checkpoint in run.output_dir; writes student.safetensors and student.json "
+        "for `multishot generate --causal --checkpoint`.")
+    p.add_argument("--config", required=True, help="a YAML file of configs/distill/")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set run.max_steps=100 (repeatable)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="processes on this machine (default: local GPUs, or 1 on CPU)")
+    p.set_defaults(func=_launch)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    load_config(args.config, _distill_config(), _overrides(args.set))  # fail here, not in N ranks
+    import torch
+
+    nproc = args.nproc or max(1, torch.cuda.device_count())
+    if nproc < 1:
+        raise UsageError("--nproc must be >= 1")
+    return torchrun([f"--nproc-per-node={nproc}", "-m", "multishot.distill", "--config",
+                     args.config, *[f"--set={s}" for s in args.set]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank: ``python -m multishot.distill --config FILE [--set KEY=VALUE ...]``; returns 0,
+    or 2 after a bad input (other errors propagate)."""
+    from multishot.cli import ArgumentParser, user_error_message
+
+    parser = ArgumentParser(prog="python -m multishot.distill", description=__doc__)
+    _add_config_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch.distributed as dist
+
+    from multishot.distill.trainer import Distiller
+
+    try:
+        Distiller(load_config(args.config, _distill_config(), _overrides(args.set))).train()
+    except Exception as err:
+        message = user_error_message(err)
+        _report_rank_failure(message or f"{type(err).__name__}: {one_line(err)}",
+                             print_it=message is not None)
+        if message is None:
+            raise
+        return USAGE_EXIT
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

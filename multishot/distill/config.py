@@ -1,0 +1,129 @@
+"""The typed configuration of a distillation run (``configs/distill/*.yaml``).
+
+One pydantic model per component, each field's default and meaning here and nowhere else;
+unknown keys are errors naming the key (:func:`multishot.config.load_config`). The model,
+encoder, optimiser and run sections are the fine-tuning ones (:mod:`trainer.config`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from multishot.generate.sampler import WAN_NEGATIVE_PROMPT
+from multishot.trainer.config import EncodersConfig, ModelConfig, OptimConfig, RunConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VideoConfig(_Section):
+    """The latent video every rollout makes: its frame count follows from each prompt's
+    shots (``1 + chunk_latent_frames · chunks`` latent frames), its size from here."""
+
+    height: int = Field(gt=0, description="pixels (a multiple of 16)")
+    width: int = Field(gt=0, description="pixels (a multiple of 16)")
+
+
+class AdversarialConfig(_Section):
+    """APT-style adversarial regularisation (CausalCine §3.4; DMD2's GAN term): a light
+    discriminator head on one critic block's tokens, logistic (non-saturating) loss."""
+
+    enabled: bool = Field(False, description="add the GAN terms to the critic and generator losses")
+    layer: int = Field(-1, description="critic block whose output tokens the head reads (-1: the last)")
+    generator_weight: float = Field(0.01, ge=0, description="weight of the generator's GAN loss")
+    critic_weight: float = Field(1.0, ge=0, description="weight of the discriminator loss")
+
+
+class DistillObjective(_Section):
+    """ODE initialisation and DMD (Self-Forcing's ``configs/self_forcing_dmd.yaml`` defaults)."""
+
+    student_timesteps: list[float] = Field([1000.0, 750.0, 500.0, 250.0], description=(
+        "the student's denoising timesteps before the shift, descending (Self-Forcing's "
+        "denoising_step_list); must be the uniform grid 1000·(1 − k/N) that the Euler sampler "
+        "of `multishot generate` runs at N steps"))
+    shift: float = Field(5.0, gt=0, description=(
+        "timestep shift σ' = shift·σ/(1+(shift−1)·σ) of the student's steps and of the DMD "
+        "noise draws (Self-Forcing: 5)"))
+    guidance_scale: float = Field(3.0, ge=1, description="the teacher's CFG scale (Self-Forcing: 3.0)")
+    negative_prompt: str = Field(WAN_NEGATIVE_PROMPT, description="the teacher's unconditional prompt")
+    critic_steps_per_generator_step: int = Field(5, ge=1, description=(
+        "critic (fake score) updates before each generator update (Self-Forcing: 5)"))
+    rollout_gradient: Literal["exit_step", "all_steps"] = Field("exit_step", description=(
+        "'exit_step': a chunk's gradient flows only through the denoising step the rollout "
+        "exits at (Self-Forcing); 'all_steps': through every step up to it (more memory)"))
+    min_timestep: float = Field(20.0, ge=0, lt=1000, description=(
+        "DMD / critic noise draws: s ~ U[min, max]/1000 before the shift (Self-Forcing: 0.02–0.98)"))
+    max_timestep: float = Field(980.0, gt=0, le=1000)
+    ode_steps: int = Field(0, ge=0, description=(
+        "ODE-initialisation regression steps before DMD (0: start DMD from the causal base)"))
+    teacher_steps: int = Field(48, ge=1, description=(
+        "Euler steps of the causal base's ODE trajectories (a multiple of the student's steps, "
+        "so the trajectory passes through every student timestep)"))
+    trajectory_guidance_scale: float = Field(3.0, ge=1, description="CFG of the ODE trajectories")
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+
+    @field_validator("student_timesteps")
+    @classmethod
+    def _uniform(cls, steps: list[float]) -> list[float]:
+        n = len(steps)
+        grid = [1000.0 * (1 - k / n) for k in range(n)]
+        if n == 0 or any(abs(a - b) > 1e-6 for a, b in zip(steps, grid)):
+            raise ValueError(f"must be the uniform grid {grid} (the Euler sampler's), got {steps}")
+        return steps
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillObjective:
+        if self.min_timestep >= self.max_timestep:
+            raise ValueError("min_timestep must be below max_timestep")
+        if self.teacher_steps % len(self.student_timesteps):
+            raise ValueError(f"teacher_steps {self.teacher_steps} is not a multiple of the "
+                             f"{len(self.student_timesteps)} student steps")
+        return self
+
+
+class DistillConfig(_Section):
+    """A whole distillation run: ``phase 1`` regresses the causal student onto its own base's
+    ODE trajectories for ``objective.ode_steps`` steps, ``phase 2`` runs DMD until
+    ``run.max_steps`` (one step = ``critic_steps_per_generator_step`` critic updates and one
+    generator update)."""
+
+    student: ModelConfig = Field(description=(
+        "the causal student (model.causal required), initialised from the causal base (init_from)"))
+    teacher: ModelConfig = Field(description=(
+        "the frozen bidirectional multi-shot teacher (the real score); the critic (fake score) "
+        "starts as a copy of it"))
+    encoders: EncodersConfig = Field(default_factory=EncodersConfig)
+    prompts: str = Field(description=(
+        "JSON-lines file, one training prompt a line: {\"global_caption\": str, \"shots\": "
+        "[{\"caption\": str, \"chunks\": int}, ...]} (multishot.distill.prompts)"))
+    video: VideoConfig
+    objective: DistillObjective = Field(default_factory=DistillObjective)
+    generator_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-6, warmup_steps=0))
+    critic_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=4e-7, warmup_steps=0))
+    run: RunConfig
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.student.causal is None:
+            raise ValueError("student.causal is required: the student is the causal model")
+        if self.teacher.causal is not None:
+            raise ValueError("teacher.causal must be unset: the teacher scores whole videos "
+                             "bidirectionally")
+        if self.student.name != self.teacher.name:
+            raise ValueError(f"student.name {self.student.name} and teacher.name "
+                             f"{self.teacher.name} differ (one latent space, one critic shape)")
+        if self.student.lora is not None or self.teacher.lora is not None:
+            raise ValueError("student.lora / teacher.lora: distillation trains full weights")
+        if self.objective.ode_steps >= self.run.max_steps:
+            raise ValueError(f"objective.ode_steps {self.objective.ode_steps} leaves no DMD "
+                             f"step before run.max_steps {self.run.max_steps}")
+        if self.video.height % 16 or self.video.width % 16:
+            raise ValueError(f"video size {self.video.height}x{self.video.width} is not a "
+                             "multiple of 16")
+        if not self.encoders.text_encoder:
+            raise ValueError("encoders.text_encoder is required: the prompts are encoded once "
+                             "at the start")
+        return self

@@ -1,0 +1,149 @@
+"""Distribution matching distillation: the generator's DMD loss, the critic's flow-matching
+loss and the optional discriminator head (Yin et al. 2024, DMD; DMD2; Self-Forcing's
+``model/dmd.py``; CausalCine §3.4).
+
+With the student's video ``x0`` (its rollout), one noise level ``σ`` (``s ~ U[min, max]/1000``,
+shifted) and ``x_σ = (1 − σ)·x0 + σ·ε``, the two scores are x0 estimates:
+
+    real:  x̂0_real = x_σ − σ·v_teacher,  v_teacher = v_unc + g·(v_cond − v_unc)   frozen, CFG g
+    fake:  x̂0_fake = x_σ − σ·v_critic                                            conditional
+
+and the KL gradient with respect to ``x0`` is ``(x̂0_fake − x̂0_real) / mean|x0 − x̂0_real|``
+(DMD's normaliser, per sample). The generator loss ``½·‖x0 − sg(x0 − grad)‖²`` (mean over
+elements) has exactly that gradient up to the element count. The critic regresses the
+velocity ``ε − x0`` of the student's (detached) videos: flow matching on the fake
+distribution. Teacher and critic are bidirectional and see the whole video with its shot
+layout and per-shot caption windows; the unconditional pass has no mask.
+
+Adversarial term (APT / DMD2, off by default): :class:`Discriminator` reads one critic block's
+output tokens; the critic step adds ``softplus(−D(real)) + softplus(D(fake))`` (logistic loss),
+the generator ``softplus(−D(fake))`` (non-saturating). "Real" videos are the causal base's ODE
+samples (:mod:`distill.ode`): the run holds no footage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from multishot.distill.prompts import PromptConditioning
+
+
+def sample_sigma(generator: torch.Generator, shift: float, min_timestep: float,
+                 max_timestep: float, device: torch.device) -> torch.Tensor:
+    """One shifted noise level ``[1]`` float32: ``s ~ U[min, max]/1000``,
+    ``σ = shift·s/(1 + (shift − 1)·s)``."""
+    s = torch.rand(1, device=device, generator=generator) * (max_timestep - min_timestep) / 1000 \
+        + min_timestep / 1000
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def teacher_velocity(teacher, x: torch.Tensor, t: torch.Tensor, cond: PromptConditioning,
+                     guidance: float) -> torch.Tensor:
+    """CFG velocity of the frozen teacher on a whole noisy video ``x`` ``[1, C, F, H, W]``,
+    ``t`` ``[1]`` (×1000 of σ) → ``[1, C, F, H, W]`` float32; no gradient."""
+    with torch.no_grad():
+        v_cond = teacher(x, t, cond.context, cond.layout, cond.spans).float()
+        if guidance == 1.0:
+            return v_cond
+        v_unc = teacher(x, t, cond.negative, cond.layout, None).float()
+        return v_unc + guidance * (v_cond - v_unc)
+
+
+@dataclass
+class DMDTerms:
+    """The generator loss and its parts (device scalars): ``loss`` (DMD plus the weighted GAN
+    term), ``dmd``, ``gan`` (0 when off), ``grad_norm`` (mean |DMD gradient|)."""
+
+    loss: torch.Tensor
+    dmd: torch.Tensor
+    gan: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+def dmd_loss(x0: torch.Tensor, teacher, critic, cond: PromptConditioning, sigma: torch.Tensor,
+             eps: torch.Tensor, guidance: float, discriminator: Discriminator | None = None,
+             gan_weight: float = 0.0) -> DMDTerms:
+    """The generator's DMD loss on its video ``x0`` ``[1, C, F, H, W]`` (with gradient).
+
+    Args:
+        teacher, critic: ``WanModel`` s (bidirectional); no parameter gets a gradient here
+            (their forwards run under ``no_grad``, except the critic's for the GAN term, whose
+            parameters the caller leaves out of the generator's optimiser).
+        sigma: ``[1]`` noise level (:func:`sample_sigma`); ``eps``: ``ε`` like ``x0``.
+        guidance: the teacher's CFG scale.
+        discriminator: the GAN head (None: no GAN term).
+    """
+    x_t = (1 - sigma) * x0.detach() + sigma * eps
+    t = 1000 * sigma
+    with torch.no_grad():
+        x0_real = x_t - sigma * teacher_velocity(teacher, x_t, t, cond, guidance)
+        x0_fake = x_t - sigma * critic(x_t, t, cond.context, cond.layout, cond.spans).float()
+        normaliser = (x0.detach() - x0_real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+        grad = torch.nan_to_num((x0_fake - x0_real) / normaliser)
+    dmd = 0.5 * F.mse_loss(x0.float(), (x0 - grad).detach().float())
+    gan = torch.zeros((), device=x0.device)
+    if discriminator is not None:
+        # the critic's features with gradient into x0 (the critic's own grads are discarded)
+        x_t_grad = (1 - sigma) * x0 + sigma * eps
+        gan = F.softplus(-discriminator.logit(critic, x_t_grad, t, cond)).mean()
+    return DMDTerms(dmd + gan_weight * gan, dmd.detach(), gan.detach(), grad.abs().mean())
+
+
+def critic_loss(critic, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
+                cond: PromptConditioning) -> torch.Tensor:
+    """Flow matching of the fake score on the student's (detached) video ``x0``
+    ``[1, C, F, H, W]``: ``mean((critic(x_σ, 1000σ) − (ε − x0))²)``, a scalar."""
+    x0 = x0.detach().float()
+    x_t = (1 - sigma) * x0 + sigma * eps
+    v = critic(x_t, 1000 * sigma, cond.context, cond.layout, cond.spans).float()
+    return F.mse_loss(v, eps - x0)
+
+
+class Discriminator(nn.Module):
+    """A light discriminator head on the tokens one critic block outputs (APT-style):
+    LayerNorm → Linear → SiLU → Linear(1), mean over tokens → one logit per video.
+
+    Args:
+        dim: the critic's width; layer: the block whose output it reads (negative: from the end).
+    """
+
+    def __init__(self, dim: int, layer: int = -1):
+        super().__init__()
+        self.layer = layer
+        self.norm = nn.LayerNorm(dim)
+        self.hidden = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``[B, L, dim]`` → logits ``[B]`` float32."""
+        h = F.silu(self.hidden(self.norm(tokens.float())))
+        return self.out(h).squeeze(-1).mean(1)
+
+    def logit(self, critic, x_t: torch.Tensor, t: torch.Tensor,
+              cond: PromptConditioning) -> torch.Tensor:
+        """Run the critic on ``x_t`` and return the head's logits ``[1]`` on the tokens of
+        block ``layer`` (read by a forward hook)."""
+        captured = []
+        block = critic.blocks[self.layer]
+        handle = block.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            critic(x_t, t, cond.context, cond.layout, cond.spans)
+        finally:
+            handle.remove()
+        return self(captured[-1])
+
+
+def discriminator_loss(discriminator: Discriminator, critic, real: torch.Tensor,
+                       fake: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
+                       cond: PromptConditioning) -> torch.Tensor:
+    """Logistic loss of the head: ``softplus(−D(real_σ)) + softplus(D(fake_σ))``, both videos
+    ``[1, C, F, H, W]`` noised to ``σ`` with the same ``ε`` (detached)."""
+    t = 1000 * sigma
+    real_t = (1 - sigma) * real.detach().float() + sigma * eps
+    fake_t = (1 - sigma) * fake.detach().float() + sigma * eps
+    return (F.softplus(-discriminator.logit(critic, real_t, t, cond)) +
+            F.softplus(discriminator.logit(critic, fake_t, t, cond))).mean()

@@ -1,0 +1,334 @@
+"""The distillation loop: ODE initialisation, then DMD (CausalCine §3.4; Self-Forcing).
+
+``Distiller(config).train()`` is the whole run, shaped as :class:`trainer.trainer.Trainer`:
+join the process group, build student, teacher and critic with
+:func:`trainer.parallelize.build_model` (FSDP2 each; the critic starts from the teacher's
+weights), resume from the newest checkpoint, then per step ``s``::
+
+    prompt p = prompts[(s·ranks + rank) mod P]          no loader: resumes need only s
+    s <  ode_steps:  ODE regression of the student on p's base trajectory   (distill.ode)
+    s >= ode_steps:  critic_steps_per_generator_step × (student rollout, no grad
+                                                       → critic flow-matching step)
+                     student rollout with gradient → DMD (+ GAN) → generator step
+    checkpoint every run.checkpoint_every (student, teacher, critic, both optimisers)
+
+The trajectories are made once, before step 0, by the student's initial weights (the causal
+base), and stored in ``output_dir/trajectories.safetensors``. Every random draw comes from a
+generator seeded by ``(run.seed, step, rank, purpose)``, so a resumed run repeats an
+uninterrupted one bit for bit. At the end the student is exported as
+``output_dir/student.safetensors`` with ``student.json`` (its timesteps, shift and causal
+config) beside it, which ``multishot generate --causal --checkpoint`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.stateful import Stateful
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+from multishot.config import dump_yaml
+from multishot.distill import dmd, ode
+from multishot.distill.config import DistillConfig
+from multishot.distill.prompts import PromptConditioning, encode_prompt, read_prompts
+from multishot.distill.rollout import rollout, student_sigmas
+from multishot.distill.student import write_student_info
+from multishot.errors import UsageError
+from multishot.model.config import get_config
+from multishot.trainer import checkpoint as ckpt
+from multishot.trainer.encoders import FrozenEncoders
+from multishot.trainer.metrics import MetricsLogger
+from multishot.trainer.parallelize import build_model
+from multishot.trainer.trainer import init_distributed, lr_lambda
+
+log = logging.getLogger(__name__)
+
+class _Frozen(Stateful):
+    """The teacher in a checkpoint: its weights only (frozen, no optimiser)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def state_dict(self):
+        return {"model": get_model_state_dict(self.model)}
+
+    def load_state_dict(self, state):
+        set_model_state_dict(self.model, state["model"])
+
+
+class Distiller:
+    """One distillation run of :class:`~distill.config.DistillConfig` on this process's rank.
+
+    Raises (at construction):
+        UsageError: a checkpoint to initialise from does not fit, an encoder folder or the
+            prompt file is missing or bad.
+    """
+
+    def __init__(self, config: DistillConfig):
+        self.config = config
+        self.rank, self.world_size, self.device = init_distributed()
+        run, obj = config.run, config.objective
+        self.output_dir = Path(run.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            (self.output_dir / "config.resolved.yaml").write_text(dump_yaml(config))
+        self.model_config = get_config(config.student.name)
+        self.causal = config.student.causal
+        self.sigmas = student_sigmas(obj.student_timesteps, obj.shift)
+        latest = ckpt.latest_checkpoint(self.output_dir) if run.resume else None
+        mixed = self.device.type == "cuda" and run.mixed_precision == "bf16"
+
+        def build(section):
+            return build_model(self.model_config, section, self.device, seed=run.seed,
+                               mixed_precision=mixed, load_init=latest is None)[0]
+
+        self.student = build(config.student)
+        for method in ("forward_chunk", "forward_teacher_forcing"):
+            register_fsdp_forward_method(self.student, method)
+        self.teacher = build(config.teacher)
+        self.teacher.requires_grad_(False)
+        self.critic = build(config.teacher)  # the fake score starts as the real one
+        self.discriminator = None
+        critic_modules = nn.ModuleDict({"score": self.critic})
+        if obj.adversarial.enabled:
+            torch.manual_seed(run.seed)
+            self.discriminator = dmd.Discriminator(self.model_config.dim,
+                                                   obj.adversarial.layer).to(self.device)
+            fully_shard(self.discriminator)  # its gradients reduce over the ranks like the critic's
+            critic_modules["discriminator"] = self.discriminator
+        self.generator_optim, self.generator_sched = self._optimizer(
+            self.student, config.generator_optim, run.max_steps)
+        # the critic's schedule counts its own updates
+        self.critic_optim, self.critic_sched = self._optimizer(
+            critic_modules, config.critic_optim,
+            (run.max_steps - obj.ode_steps) * obj.critic_steps_per_generator_step)
+        self.student_state = ckpt.TrainState(self.student, self.generator_optim,
+                                             self.generator_sched, 0, {})
+        self.critic_state = ckpt.TrainState(critic_modules, self.critic_optim,
+                                            self.critic_sched, 0, {})
+        self.teacher_state = _Frozen(self.teacher)
+        self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
+        self.conditioning = self._encode_prompts()
+        if latest is not None:
+            self.load(latest)
+            log.info("resumed from %s (step %d)", latest, self.step)
+        self.trajectories = self._trajectories() if obj.ode_steps else None
+        if self.discriminator is not None and self.trajectories is None:
+            self.trajectories = self._trajectories()  # the GAN's real videos
+
+    # ---- construction ----------------------------------------------------------------------
+    def _optimizer(self, module: nn.Module, optim, updates: int):
+        """AdamW over ``module``'s trainable parameters and its schedule over ``updates``."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                                weight_decay=optim.weight_decay, fused=self.device.type == "cuda")
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, updates))
+
+    def _encode_prompts(self) -> list[PromptConditioning]:
+        cfg = self.config
+        enc = cfg.encoders
+        for name in ("text_encoder", "tokenizer"):
+            folder = getattr(enc, name)
+            if folder and not Path(folder).is_dir():
+                raise UsageError(f"encoders.{name}: no such folder {folder}")
+        try:
+            prompts = read_prompts(cfg.prompts)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"prompts: {err}") from None
+        from multishot.torchvision_cpu import import_torchvision
+
+        import_torchvision()  # transformers imports torchvision; the CPU wheel needs the shim
+        encoders = FrozenEncoders.load(enc.model_copy(update={"vae": None}), self.device)
+        _, ph, pw = self.model_config.patch_size
+        _, _, _, h, w = self.latent_shape(None)
+        hw = (h // ph) * (w // pw)
+        with torch.no_grad():
+            out = [encode_prompt(p, encoders, self.student, self.causal.chunk_latent_frames, hw,
+                                 cfg.objective.negative_prompt, cfg.student.window_cross_attention,
+                                 self.device) for p in prompts]
+        del encoders
+        return out
+
+    def latent_shape(self, cond: PromptConditioning | None) -> tuple[int, ...]:
+        """``[1, C, F_lat, H_lat, W_lat]`` of a prompt's video (VAE stride 4×8×8; 4×16×16 for
+        the 48-channel Wan2.2 VAE of the 5B model); ``cond`` None: 0 frames."""
+        stride = 16 if self.model_config.in_channels == 48 else 8
+        v = self.config.video
+        frames = 0 if cond is None else cond.chunks.num_latent_frames
+        return (1, self.model_config.in_channels, frames, v.height // stride, v.width // stride)
+
+    def _generator(self, step: int, purpose: int, per_rank: bool = True) -> torch.Generator:
+        """The RNG of one draw of one step (module docstring)."""
+        seed = ((self.config.run.seed * 1_000_003 + step) * 4099 +
+                (self.rank if per_rank else 0)) * 101 + purpose
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def _prompt(self, step: int) -> int:
+        return (step * self.world_size + self.rank) % len(self.conditioning)
+
+    def _trajectories(self) -> list[torch.Tensor]:
+        """The base's trajectories of every prompt: read from ``trajectories.safetensors``, or
+        made by the student's initial weights (before any update) and written there."""
+        path = self.output_dir / "trajectories.safetensors"
+        if path.exists():
+            return [t.to(self.device) for t in ode.read_trajectories(path, self.sigmas)]
+        if self.step:
+            raise UsageError(f"{path} is missing: a resumed run cannot remake its trajectories")
+        obj = self.config.objective
+        made = []
+        for i, cond in enumerate(self.conditioning):
+            gen = torch.Generator(self.device).manual_seed(self.config.run.seed * 7919 + i)
+            noise = torch.randn(self.latent_shape(cond), generator=gen, device=self.device)
+            made.append(ode.ode_trajectory(self.student, cond, self.causal, noise, self.sigmas,
+                                           obj.teacher_steps, obj.shift,
+                                           obj.trajectory_guidance_scale))
+        if self.rank == 0:  # every rank made the same trajectories
+            ode.write_trajectories(path, made, self.sigmas)
+        dist.barrier()
+        return made
+
+    # ---- steps -----------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self.student_state.step
+
+    def ode_step(self) -> dict[str, torch.Tensor]:
+        """One ODE-regression step of the student."""
+        i = self._prompt(self.step)
+        cond = self.conditioning[i]
+        levels = torch.randint(0, len(self.sigmas) - 1, (cond.chunks.num_chunks,),
+                               generator=self._generator(self.step, 0), device=self.device)
+        loss = ode.ode_regression_loss(self.student, self.trajectories[i], cond, self.causal,
+                                       self.sigmas, levels.tolist())
+        grad_norm = self._update(loss, self.student, self.generator_optim, self.generator_sched,
+                                 self.config.generator_optim.grad_clip)
+        return {"ode_loss": loss.detach(), "generator_grad_norm": grad_norm}
+
+    def critic_step(self, index: int) -> dict[str, torch.Tensor]:
+        """One critic update (the ``index``-th of this step) on a fresh student rollout."""
+        obj = self.config.objective
+        i = self._prompt(self.step)
+        cond = self.conditioning[i]
+        shape = self.latent_shape(cond)
+        gen = self._generator(self.step, 10 + index)
+        noise = torch.randn(shape, generator=gen, device=self.device)
+        exit_step = int(torch.randint(0, len(self.sigmas) - 1, (1,), generator=self._generator(
+            self.step, 10 + index, per_rank=False), device=self.device))
+        with torch.no_grad():
+            x0 = rollout(self.student, cond, self.causal, noise, self.sigmas, exit_step)
+        sigma = dmd.sample_sigma(gen, obj.shift, obj.min_timestep, obj.max_timestep, self.device)
+        eps = torch.randn(shape, generator=gen, device=self.device)
+        loss = dmd.critic_loss(self.critic, x0, sigma, eps, cond)
+        out = {"critic_loss": loss.detach()}
+        if self.discriminator is not None:
+            real = self.trajectories[i][-1:]
+            d_loss = dmd.discriminator_loss(self.discriminator, self.critic, real, x0, sigma,
+                                            eps, cond)
+            loss = loss + obj.adversarial.critic_weight * d_loss
+            out["discriminator_loss"] = d_loss.detach()
+        out["critic_grad_norm"] = self._update(loss, self.critic_state.model, self.critic_optim,
+                                               self.critic_sched, self.config.critic_optim.grad_clip)
+        return out
+
+    def generator_step(self) -> dict[str, torch.Tensor]:
+        """One DMD update of the student on its own rollout (gradient as
+        ``objective.rollout_gradient``); teacher and critic are not changed."""
+        obj = self.config.objective
+        cond = self.conditioning[self._prompt(self.step)]
+        shape = self.latent_shape(cond)
+        gen = self._generator(self.step, 1)
+        noise = torch.randn(shape, generator=gen, device=self.device)
+        exit_step = int(torch.randint(0, len(self.sigmas) - 1, (1,), generator=self._generator(
+            self.step, 1, per_rank=False), device=self.device))
+        x0 = rollout(self.student, cond, self.causal, noise, self.sigmas, exit_step,
+                     obj.rollout_gradient)
+        sigma = dmd.sample_sigma(gen, obj.shift, obj.min_timestep, obj.max_timestep, self.device)
+        eps = torch.randn(shape, generator=gen, device=self.device)
+        terms = dmd.dmd_loss(x0, self.teacher, self.critic, cond, sigma, eps, obj.guidance_scale,
+                             self.discriminator, obj.adversarial.generator_weight)
+        grad_norm = self._update(terms.loss, self.student, self.generator_optim,
+                                 self.generator_sched, self.config.generator_optim.grad_clip)
+        # the GAN term's backward also reached the critic: those gradients are not the critic's
+        self.critic_optim.zero_grad(set_to_none=True)
+        return {"dmd_loss": terms.dmd, "gan_loss": terms.gan, "dmd_grad": terms.grad_norm,
+                "generator_grad_norm": grad_norm}
+
+    def _update(self, loss, module, optimizer, scheduler, clip) -> torch.Tensor:
+        torch._assert_async(torch.isfinite(loss), "non-finite loss")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in module.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def train_step(self) -> dict[str, float]:
+        """One step of the run (ODE regression or a DMD iteration); returns its metrics."""
+        obj = self.config.objective
+        if self.step < obj.ode_steps:
+            out = self.ode_step()
+        else:
+            out = {}
+            for k in range(obj.critic_steps_per_generator_step):
+                out.update(self.critic_step(k))
+            out.update(self.generator_step())
+        self.student_state.step += 1
+        self.critic_state.step = self.student_state.step
+        return {k: float(v) for k, v in out.items()}
+
+    # ---- the run ---------------------------------------------------------------------------
+    def train(self, on_step: Callable[[int], None] | None = None) -> None:
+        """Run until ``run.max_steps``, logging and checkpointing; then export the student.
+        ``on_step(step)`` is called after every step (and its checkpoint) on every rank."""
+        run = self.config.run
+        while self.step < run.max_steps:
+            metrics = self.train_step()
+            step = self.step
+            if step % run.log_every == 0 or step == run.max_steps:
+                self.metrics.log(step, {**metrics, "lr": self.generator_sched.get_last_lr()[0]})
+            if step % run.checkpoint_every == 0 or step == run.max_steps:
+                self.save()
+            if on_step is not None:
+                on_step(step)
+        if run.export_safetensors:
+            self.export()
+        self.metrics.close()
+
+    def save(self) -> Path:
+        """Checkpoint student, teacher, critic and both optimisers now (collective)."""
+        path = self.output_dir / "checkpoints" / ckpt.STEP_DIR.format(self.step)
+        dcp.save(self._stateful(), checkpoint_id=str(path))
+        if self.rank == 0:
+            done = sorted(p for p in path.parent.glob("step-*") if (p / ".metadata").exists())
+            for old in done[:-self.config.run.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore every state in place from checkpoint ``path`` (collective)."""
+        requested = {k: ckpt._Requested(v, v.state_dict()) for k, v in self._stateful().items()}
+        dcp.load(requested, checkpoint_id=str(path))
+
+    def _stateful(self) -> dict[str, Stateful]:
+        return {"student": self.student_state, "critic": self.critic_state,
+                "teacher": self.teacher_state}
+
+    def export(self) -> Path | None:
+        """Write ``student.safetensors`` (Wan names) and ``student.json`` (collective)."""
+        out = ckpt.export_safetensors(self.student, self.output_dir / "student.safetensors")
+        if self.rank == 0:
+            obj = self.config.objective
+            write_student_info(self.output_dir, self.config.student.name, obj.student_timesteps,
+                               obj.shift, self.causal.model_dump())
+        return out

@@ -1,0 +1,325 @@
+"""Distillation (ODE init + DMD, CausalCine §3.4) on small random models on CPU.
+
+The student (causal base) and the teacher (bidirectional base) are tiny random DiTs saved as
+safetensors and loaded by the real loading code (``model.init_from``: FSDP2 over one gloo
+rank); prompts go through a tiny random UMT5. Checks: a generator step moves only the student
+(teacher and critic bit-identical, GAN head on); the critic's flow-matching loss falls on fixed
+data; the ODE regression fits a fixed trajectory set; the student's training rollout equals
+``generate --causal``'s streamer chunk by chunk, and a prompt change reaches only the chunks
+from its cut on.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from multishot.config import load_config
+from multishot.distill import dmd
+from multishot.distill.config import DistillConfig
+from multishot.distill.rollout import rollout
+from multishot.model.checkpoint import save_safetensors
+from multishot.model.config import get_config
+from multishot.model.dit import WanModel
+
+REPO = __import__("pathlib").Path(__file__).parents[1]
+# words the tiny random tokenizer knows (generate.random_models.VOCABULARY)
+PROMPTS = [
+    '{"global_caption": "a scene.", "shots": [{"caption": "a rabbit", "chunks": 2}, '
+    '{"caption": "Trees", "chunks": 1}]}',
+    '{"global_caption": "a video.", "shots": [{"caption": "sintel", "chunks": 1}, '
+    '{"caption": "the rabbit hops", "chunks": 2}]}',
+    # prompt 0 with another second shot: the same video until the cut (chunk 3)
+    '{"global_caption": "a scene.", "shots": [{"caption": "a rabbit", "chunks": 2}, '
+    '{"caption": "hops", "chunks": 1}]}',
+]
+
+
+def random_dit(path, seed: int) -> str:
+    """A tiny DiT with Wan's initialisation but a random (non-zero) output head, saved."""
+    torch.manual_seed(seed)
+    model = WanModel(get_config("tiny"))
+    model.init_weights()
+    torch.nn.init.normal_(model.head.head.weight, std=0.05)
+    save_safetensors(model.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def distill_inputs(tmp_path_factory, tiny_encoders):
+    root = tmp_path_factory.mktemp("distill_inputs")
+    (root / "prompts.jsonl").write_text("\n".join(PROMPTS) + "\n")
+    return {"student": random_dit(root / "causal_base.safetensors", 1),
+            "teacher": random_dit(root / "teacher.safetensors", 2),
+            "prompts": str(root / "prompts.jsonl"), "text_encoder": tiny_encoders["text_encoder"]}
+
+
+def overrides(inputs: dict, output_dir, extra: dict | None = None, **objective) -> dict:
+    return {"student": {"init_from": inputs["student"]}, "teacher": {"init_from": inputs["teacher"]},
+            "encoders": {"text_encoder": inputs["text_encoder"]}, "prompts": inputs["prompts"],
+            "objective": objective, "run": {"output_dir": str(output_dir)}, **(extra or {})}
+
+
+def distiller(inputs: dict, output_dir, extra: dict | None = None, **objective):
+    """A Distiller in this process (one gloo rank on a free loopback port)."""
+    import os
+
+    import torch.distributed as dist
+
+    from multishot.distill.trainer import Distiller
+
+    if not dist.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    config = load_config(REPO / "configs/distill/tiny_cpu.yaml", DistillConfig,
+                         overrides(inputs, output_dir, extra, **objective))
+    return Distiller(config)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+            for k, v in module.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generator_step_moves_only_the_student(distill_inputs, tmp_path):
+    d = distiller(distill_inputs, tmp_path, ode_steps=0,
+                  adversarial={"enabled": True, "generator_weight": 1.0})
+    teacher, critic, disc, student = (snapshot(m) for m in (d.teacher, d.critic, d.discriminator,
+                                                            d.student))
+    out = d.generator_step()
+    assert out["dmd_grad"] > 0 and out["gan_loss"] > 0
+    assert same(snapshot(d.teacher), teacher), "the teacher changed"
+    assert same(snapshot(d.critic), critic) and same(snapshot(d.discriminator), disc), \
+        "the generator step changed the critic"
+    assert not same(snapshot(d.student), student), "the student did not move"
+    assert all(p.grad is None for p in d.critic.parameters())  # no stale GAN gradients
+
+    student = snapshot(d.student)
+    d.critic_step(0)
+    assert same(snapshot(d.teacher), teacher) and same(snapshot(d.student), student)
+    assert not same(snapshot(d.critic), critic) and not same(snapshot(d.discriminator), disc)
+
+
+def test_critic_flow_matching_loss_falls_on_fixed_data(distill_inputs, tmp_path):
+    d = distiller(distill_inputs, tmp_path, {"critic_optim": {"lr": 3e-3}}, ode_steps=0)
+    cond = d.conditioning[0]
+    shape = d.latent_shape(cond)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x0 = rollout(d.student, cond, d.causal, torch.randn(shape, generator=gen), d.sigmas)
+    draws = [(dmd.sample_sigma(gen, 5.0, 20, 980, torch.device("cpu")),
+              torch.randn(shape, generator=gen)) for _ in range(2)]
+
+    def loss() -> torch.Tensor:
+        return sum(dmd.critic_loss(d.critic, x0, s, e, cond) for s, e in draws) / len(draws)
+
+    with torch.no_grad():
+        first = float(loss())
+    for _ in range(12):
+        d._update(loss(), d.critic, d.critic_optim, d.critic_sched, None)
+    with torch.no_grad():
+        last = float(loss())
+    assert last < 0.6 * first, (first, last)
+
+
+def test_ode_regression_fits_a_fixed_trajectory_set(distill_inputs, tmp_path):
+    from multishot.distill import ode
+
+    d = distiller(distill_inputs, tmp_path, {"generator_optim": {"lr": 3e-3}}, ode_steps=2,
+                  teacher_steps=8)
+    path = tmp_path / "trajectories.safetensors"
+    states = ode.read_trajectories(path, d.sigmas)
+    assert len(states) == 3 and states[0].shape == (5, 16, 7, 4, 4)
+    assert all(torch.equal(a, b) for a, b in zip(states, d.trajectories))
+    # the base's own trajectory: x̂0 of its last step is the sample, the levels differ
+    assert not torch.equal(states[0][0], states[0][-1])
+
+    def error() -> float:  # every level of every chunk of prompt 0
+        with torch.no_grad():
+            return sum(float(ode.ode_regression_loss(d.student, d.trajectories[0],
+                                                     d.conditioning[0], d.causal, d.sigmas,
+                                                     [k] * 4)) for k in range(4)) / 4
+
+    first = error()
+    for _ in range(20):
+        d.student_state.step = 0  # prompt 0, fresh levels each step from the run's RNG
+        d.ode_step()
+    last = error()
+    # the student starts as the base itself, so the error starts small: the gap between the
+    # base's 8-step trajectory and its one-step x̂0 at each of the student's 4 levels
+    assert last < 0.3 * first, (first, last)
+    assert last < 0.01 * float(d.trajectories[0][-1].var()), last
+
+
+def test_student_rollout_equals_the_stream_and_a_prompt_change_starts_at_its_cut(
+        distill_inputs, tmp_path):
+    """Training equals inference: the DMD rollout (4 steps, KV cache, CAMR) makes, chunk by
+    chunk, what ``multishot generate --causal``'s streamer (Euler, 4 steps, no CFG) makes from
+    the same noise and shot text; a new caption for shot 1 changes only chunks from its cut."""
+    from multishot.generate.sampler import SamplingConfig
+    from multishot.generate.stream import ChunkStreamer, ShotText
+    from multishot.model.causal import KVCache
+
+    d = distiller(distill_inputs, tmp_path, ode_steps=0)
+    cond = d.conditioning[0]
+    shape = d.latent_shape(cond)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = rollout(d.student, cond, d.causal, noise, d.sigmas)
+    trained = rollout(d.student, cond, d.causal, noise, d.sigmas, exit_step=3,
+                      gradient="exit_step")
+    assert trained.requires_grad and torch.equal(trained.detach(), ours)
+
+    streamer = ChunkStreamer(d.student, d.causal, SamplingConfig(sampler="euler", steps=4,
+                                                                 shift=5.0, cfg_scale=1.0),
+                             None, None, shape[1:2] + shape[3:], torch.device("cpu"),
+                             torch.float32)
+    cache = KVCache.empty(d.model_config.num_layers)
+    for i, (start, end) in enumerate(zip(cond.chunks.starts, cond.chunks.ends)):
+        shot = cond.chunk_shot[i]
+        text = ShotText(shot, cond.chunk_context(i), cond.shot_spans[shot])
+        streamed = streamer.denoise_chunk(noise[:, :, start:end], text, cache, i)
+        err = (streamed - ours[:, :, start:end]).norm() / ours[:, :, start:end].norm()
+        assert err < 1e-5, (i, float(err))
+
+    changed = d.conditioning[2]
+    assert changed.chunk_shot == cond.chunk_shot == [0, 0, 0, 1]
+    with torch.no_grad():
+        other = rollout(d.student, changed, d.causal, noise, d.sigmas)
+    cut = cond.chunks.starts[3]
+    assert torch.equal(other[:, :, :cut], ours[:, :, :cut])
+    assert not torch.allclose(other[:, :, cut:], ours[:, :, cut:])
+
+
+def _distill_config(inputs: dict, tmp_path, name: str):
+    """tiny_cpu.yaml shortened (1 ODE step, 3 DMD steps with 1 critic update each)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/distill/tiny_cpu.yaml").read_text())
+    for section, values in overrides(inputs, tmp_path / name).items():
+        cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
+    cfg["objective"].update(ode_steps=1, teacher_steps=4, critic_steps_per_generator_step=1)
+    cfg["run"].update(max_steps=4, checkpoint_every=2, keep_checkpoints=3)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(*argv):
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def straight_run(distill_inputs, tmp_path_factory):
+    """``multishot distill`` (torchrun, one gloo rank) run straight through 4 steps."""
+    root = tmp_path_factory.mktemp("distill_straight")
+    done = _run("-m", "multishot", "distill", "--config",
+                str(_distill_config(distill_inputs, root, "straight")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "straight"
+
+
+def test_killed_distillation_resumes_bit_identically(distill_inputs, straight_run, tmp_path):
+    """A run killed (SIGKILL) after step 3 with its newest checkpoint at step 2, resumed by
+    the CLI, ends bit-identical to the straight run: the final checkpoints (student, teacher,
+    critic, both AdamW states) and the exported students."""
+    import textwrap
+
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    killed_cfg = _distill_config(distill_inputs, tmp_path, "killed")
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(f"""
+        import os, signal
+        from multishot.config import load_config
+        from multishot.distill.config import DistillConfig
+        from multishot.distill.trainer import Distiller
+
+        def kill(step):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)  # a preemption: no clean-up at all
+
+        Distiller(load_config({str(killed_cfg)!r}, DistillConfig)).train(on_step=kill)
+    """))
+    killed = _run(str(driver))
+    assert killed.returncode != 0
+    out = tmp_path / "killed"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000002"]
+    resumed = _run("-m", "multishot", "distill", "--config", str(killed_cfg))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+
+    def final(run_dir):
+        dcp_to_torch_save(str(run_dir / "checkpoints/step-00000004"), str(tmp_path / "final.pt"))
+        return torch.load(tmp_path / "final.pt", weights_only=False)
+
+    def flat(tree, prefix=""):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                yield from flat(v, f"{prefix}{k}.")
+        elif isinstance(tree, torch.Tensor):
+            yield prefix, tree
+
+    a, b = dict(flat(final(straight_run))), dict(flat(final(out)))
+    assert a.keys() == b.keys() and any(k.startswith("critic.optim") for k in a)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    sa, sb = (load_file(str(p / "student.safetensors")) for p in (straight_run, out))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_generate_streams_the_student_with_its_four_steps(straight_run, tiny_encoders, tmp_path):
+    """``multishot generate --causal --checkpoint student.safetensors`` takes the student's
+    steps, shift, no CFG and causal config from student.json: 4 + 1 model calls a chunk."""
+    import json
+
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/generate/tiny_cpu_causal.yaml").read_text())
+    cfg["model"].update(random_weights=None, causal=None)  # both come from the student
+    cfg["encoders"].update(vae=tiny_encoders["vae"], text_encoder=tiny_encoders["text_encoder"])
+    cfg["sampling"].update(steps=50, cfg_scale=5.0)
+    cfg["video"].update(height=32, width=32)
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "schedule.txt").write_text(
+        '{"global_caption": "a scene."}\na rabbit\n{"caption": "Trees", "chunks": 1}\n')
+    done = _run("-m", "multishot", "generate", "--causal", "--config", str(tmp_path / "gen.yaml"),
+                "--checkpoint", str(straight_run / "student.safetensors"), "--schedule",
+                str(tmp_path / "schedule.txt"), "--chunks-per-shot", "1", "-o",
+                str(tmp_path / "stream.mp4"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((tmp_path / "stream.json").read_text())
+    student = json.loads((straight_run / "student.json").read_text())
+    assert (info["steps"], info["cfg_scale"], info["shift"]) == (4, 1.0, 5.0)
+    assert info["causal"] == student["causal"] and info["chunks"] == 3
+    assert info["model_calls"] == 3 * (4 + 1)
+
+
+def test_distill_cli_bad_config_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "multishot", "distill", "--config",
+                          str(REPO / "configs/distill/tiny_cpu.yaml"), "--set",
+                          "prompts=p.jsonl", "--set", "objective.student_timesteps=[1000,600]"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "objective.student_timesteps" in lines[0], bad.stderr
+    assert lines[0].startswith("multishot distill:")
