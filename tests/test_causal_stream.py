@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -214,6 +215,36 @@ def test_streams_are_deterministic_per_seed_and_follow_the_schedule(streamer):
     # deterministic and causal); the changed second shot changes only its own chunk
     assert torch.equal(a[:, :, :3], other_shot[:, :, :3])
     assert not torch.allclose(a[:, :, 3:], other_shot[:, :, 3:])
+
+
+def test_overlapped_decode_gives_the_sequential_frames_and_runs_ahead(streamer):
+    """The decode of chunk k in a worker thread while chunk k + 1 is denoised: the same frames
+    and latents as decoding inline, bit for bit; chunk k + 1 is denoised before chunk k is
+    yielded when its shot is known (chunk 0 is yielded at once)."""
+    from multishot.generate.schedule import PromptSchedule, Shot
+
+    inner = streamer.streamer
+    shots = [Shot("a rabbit hops", 2), Shot("Trees", 1)]
+    runs = {}
+    try:
+        for overlap in (False, True):
+            inner.overlap_decode = overlap
+            calls = [inner.model_calls]
+            chunks = []
+            for chunk in inner.stream(PromptSchedule("Blender films.", shots), seed=5):
+                chunks.append(chunk)
+                calls.append(inner.model_calls)
+            runs[overlap] = chunks, [n - calls[0] for n in calls[1:]]
+    finally:
+        inner.overlap_decode = True
+    (seq, seq_calls), (ovl, ovl_calls) = runs[False], runs[True]
+    assert [c.index for c in ovl] == [0, 1, 2, 3] and [c.shot for c in ovl] == [0, 0, 0, 1]
+    for a, b in zip(seq, ovl):
+        assert np.array_equal(a.frames, b.frames) and torch.equal(a.latents, b.latents)
+        assert set(b.seconds) == {"denoise_s", "decode_s", "total_s", "wall_s"}
+    # 3 model calls a chunk (2 steps + the clean pass); chunks 1 and 2 leave with the next
+    # chunk already denoised
+    assert seq_calls == [3, 6, 9, 12] and ovl_calls == [3, 9, 12, 12]
 
 
 def test_schedule_reads_lines_and_waits_for_appended_shots():

@@ -19,7 +19,9 @@ Per chunk ``k`` of shot ``s`` (:meth:`ChunkStreamer.stream`)::
         v = CFG of forward_chunk(x, t, cache)          cond + uncond rows, cache read only
         x = scheduler.step(v, t, x)
     forward_chunk(x, t = 0, cache, write_cache=True)   the clean pass: the chunk's K/V cached
-    StreamingDecoder.decode(x) → video frames          the VAE's causal cache kept too
+    StreamingDecoder.decode(x) → video frames          the VAE's causal cache kept too; in a
+                                                       worker thread (own CUDA stream) while
+                                                       chunk k + 1 is denoised
     yield StreamChunk                                  (send(shot) appends a shot)
 
 The unconditional (negative-prompt) pass keeps its own cache rows: the cache holds a batch of
@@ -32,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 
@@ -56,8 +59,9 @@ class StreamChunk:
 
     ``index``: chunk number (0 = the lone first latent frame); ``shot``: its shot's index in
     the schedule; ``frames``: its video frames ``[F, H, W, 3]`` uint8 (1 for chunk 0, ``4c``
-    after); ``latents``: ``[1, C, f, H_lat, W_lat]`` float32 (CPU); ``seconds``: denoising,
-    clean pass and decode of this chunk.
+    after); ``latents``: ``[1, C, f, H_lat, W_lat]`` float32 (CPU); ``seconds``: denoising
+    with the clean pass, decode, their sum and the wall time since the previous chunk
+    (:meth:`ChunkStreamer.stream`).
     """
 
     index: int
@@ -94,13 +98,16 @@ class ChunkStreamer:
         vae: diffusers ``AutoencoderKLWan`` on ``device`` in ``vae_dtype``.
         text: the :class:`ShotText` of a shot of a schedule.
         latent_chw: latent channels, height and width of a frame.
+        overlap_decode: decode chunk ``k`` while chunk ``k + 1`` is denoised (:meth:`stream`);
+            False decodes inline, one chunk after the other.
     """
 
     def __init__(self, model: torch.nn.Module, causal: CausalConfig, sampling: SamplingConfig,
                  vae: torch.nn.Module, text: TextFn, latent_chw: tuple[int, int, int],
-                 device: torch.device, vae_dtype: torch.dtype):
+                 device: torch.device, vae_dtype: torch.dtype, overlap_decode: bool = True):
         self.model, self.causal, self.sampling, self.vae = model, causal, sampling, vae
         self.text, self.latent_chw, self.device, self.vae_dtype = text, latent_chw, device, vae_dtype
+        self.overlap_decode = overlap_decode
         #: DiT forward calls so far (each on one chunk's latents only)
         self.model_calls = 0
 
@@ -152,38 +159,128 @@ class ChunkStreamer:
         decoded. ``gen.send(shot)`` (a :class:`Shot`, or a caption of one chunk) appends a shot
         to ``schedule`` and returns the next chunk.
 
+        With ``overlap_decode`` (the default) the VAE decode of chunk ``k`` runs in a worker
+        thread (on CUDA on its own stream) while chunk ``k + 1`` is denoised: the decode needs
+        only chunk ``k``'s latents, the denoising only the KV cache, so a chunk costs about
+        max(denoise, decode) instead of their sum. Chunk ``k + 1`` is started before chunk
+        ``k`` is yielded only when its shot is already in the schedule (a shot appended on
+        receiving chunk ``k`` comes after it, so the look-ahead changes nothing); chunk 0 is
+        yielded before chunk 1 starts (the first-frame latency). Frames, latents and the
+        order of the noise draws are those of the sequential path.
+
         Args:
             schedule: the video's global caption and shots.
             seed: noise seed (ε of every chunk from one CPU generator).
             max_chunks: stop after this many chunks (chunk 0 included); None = the schedule's.
+
+        ``StreamChunk.seconds``: ``denoise_s`` (steps and clean pass, up to the latents on the
+        host), ``decode_s`` (the VAE's own time), ``total_s`` their sum (the sequential cost)
+        and ``wall_s`` the time since the previous chunk was yielded (the stream's start for
+        chunk 0): what a viewer waits per chunk, the overlap included.
         """
         generator = torch.Generator("cpu").manual_seed(seed)
         c, h, w = self.latent_chw
         cache = KVCache.empty(len(self.model.blocks))
-        decoder = StreamingDecoder(self.vae, self.device, self.vae_dtype)
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        decodes = _Decodes(StreamingDecoder(self.vae, self.device, self.vae_dtype), self.device,
+                           self.overlap_decode)
         text: ShotText | None = None
+        pending: _Pending | None = None
         index = 0
-        while max_chunks is None or index < max_chunks:
-            # chunk 0 (the first latent frame) opens shot 0; chunk k >= 1 is schedule chunk k − 1
-            shot = schedule.shot_of_chunk(max(0, index - 1))
-            if shot is None:
-                return
-            start = time.perf_counter()
-            if text is None or text.shot != shot:
-                text = self.text(schedule, shot)
-            noise = torch.randn((1, c, self.chunk_frames(index), h, w), generator=generator)
-            latents = self.denoise_chunk(noise.to(self.device), text, cache, index)
-            sync()
-            denoised = time.perf_counter()
-            frames = decoder.decode(latents)
-            decoded = time.perf_counter()
-            received = yield StreamChunk(index, shot, frames, latents.cpu(), {
-                "denoise_s": denoised - start, "decode_s": decoded - denoised,
-                "total_s": decoded - start})
-            if received is not None:
-                schedule.append(received)
-            index += 1
+        last = time.perf_counter()
+        try:
+            while True:
+                more = max_chunks is None or index < max_chunks
+                # chunk 0 (the first latent frame) opens shot 0; chunk k >= 1 is schedule
+                # chunk k − 1. Without waiting while a chunk is still to be yielded: its
+                # receiver may be the one to append the next shot.
+                shot = schedule.shot_of_chunk(max(0, index - 1), wait=pending is None) \
+                    if more else None
+                if shot is None:
+                    if pending is None:
+                        return
+                    received = yield pending.chunk(last)
+                    last, pending = time.perf_counter(), None
+                    if received is not None:
+                        schedule.append(received)
+                    continue
+                start = time.perf_counter()
+                if text is None or text.shot != shot:
+                    text = self.text(schedule, shot)
+                noise = torch.randn((1, c, self.chunk_frames(index), h, w), generator=generator)
+                # .cpu() waits for this thread's stream only (the decode of the previous chunk
+                # goes on); the decoder takes the host copy, so no device memory is shared
+                latents = self.denoise_chunk(noise.to(self.device), text, cache, index).cpu()
+                job = _Pending(index, shot, latents, time.perf_counter() - start,
+                               decodes.submit(latents))
+                if pending is not None:
+                    received = yield pending.chunk(last)
+                    last = time.perf_counter()
+                    if received is not None:
+                        schedule.append(received)
+                pending, index = job, index + 1
+                # chunk 0 at once (the first frame's latency is the stream's), and every chunk
+                # when decoding inline (no look-ahead to overlap with)
+                if index == 1 or not self.overlap_decode:
+                    received = yield pending.chunk(last)
+                    last, pending = time.perf_counter(), None
+                    if received is not None:
+                        schedule.append(received)
+        finally:
+            decodes.close()
+
+
+@dataclass
+class _Pending:
+    """A denoised chunk whose decode (``future``: frames and decode seconds) may still run."""
+
+    index: int
+    shot: int
+    latents: torch.Tensor
+    denoise_s: float
+    future: Future
+
+    def chunk(self, last: float) -> StreamChunk:
+        frames, decode_s = self.future.result()
+        return StreamChunk(self.index, self.shot, frames, self.latents, {
+            "denoise_s": self.denoise_s, "decode_s": decode_s,
+            "total_s": self.denoise_s + decode_s, "wall_s": time.perf_counter() - last})
+
+
+class _Decodes:
+    """The VAE decodes of one stream, in chunk order: in one worker thread when ``overlap``
+    (on CUDA on a stream of its own, so its kernels run beside the DiT's), else inline (the
+    sequential fallback). One worker keeps the decoder's causal feature cache in order."""
+
+    def __init__(self, decoder: StreamingDecoder, device: torch.device, overlap: bool):
+        self.decoder = decoder
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vae-decode") if overlap else None
+        # every decode on the same stream: the feature cache it allocates stays on that stream
+        self.stream = torch.cuda.Stream(device) if overlap and device.type == "cuda" else None
+
+    def _decode(self, latents: torch.Tensor) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        if self.stream is None:
+            frames = self.decoder.decode(latents)
+        else:
+            # the current stream is per thread: set it in the worker; the decode ends in a
+            # device→host copy that waits for this stream only
+            with torch.cuda.stream(self.stream):
+                frames = self.decoder.decode(latents)
+        return frames, time.perf_counter() - start
+
+    def submit(self, latents: torch.Tensor) -> Future:
+        """Decode host latents ``[1, C, f, H, W]`` → a future of (``[F, H, W, 3]`` uint8 frames,
+        seconds)."""
+        if self.pool is not None:
+            return self.pool.submit(self._decode, latents)
+        done: Future = Future()
+        done.set_result(self._decode(latents))
+        return done
+
+    def close(self) -> None:
+        """Wait for a running decode (a stream closed early) and stop the worker."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 class StreamingGenerator(Generator):
@@ -252,7 +349,7 @@ class StreamingGenerator(Generator):
         frames = [len(ch.frames) for ch in chunks]
         starts = np.cumsum([0] + frames)[:-1].tolist()
         cuts = [starts[i] for i in range(1, len(chunks)) if chunks[i].shot != chunks[i - 1].shot]
-        total = sum(ch.seconds["total_s"] for ch in chunks)
+        total = sum(ch.seconds["wall_s"] for ch in chunks)
         return {
             "global_caption": schedule.global_caption,
             "shots": [{"caption": sh.caption, "chunks": sh.chunks} for sh in schedule.shots],
