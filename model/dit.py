@@ -194,8 +194,8 @@ class CrossAttention(SelfAttention):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
-        """``x`` ``[B, L, dim]``, ``context`` ``[B, L_text, dim]``, ``mask`` boolean
-        ``[B, L, L_text]`` or None → ``[B, L, dim]``."""
+        """``x`` ``[B, L, dim]``, ``context`` ``[B, L_text, dim]``, ``mask`` ``[B, L, L_text]``
+        boolean or additive (:func:`model.attention.dense_attention`) or None → ``[B, L, dim]``."""
         b, seq, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1)
         k = self.norm_k(self.k(context)).view(b, context.shape[1], self.num_heads, -1)
@@ -531,9 +531,13 @@ class WanModel(nn.Module):
             raise ValueError(f"chunk of batch {b}, cache of batch {cached.shape[0]}")
         e, e0 = self._time_embedding(self._frame_timesteps(timestep, b, f))
         context = self._embed_context(context)
-        if text_mask is not None:
-            text_mask = self._token_text_mask(text_mask, b, f, hw)
         dtype = self.patch_embedding.weight.dtype
+        if text_mask is not None:
+            # SDPA's additive form of the boolean mask (0 / −inf, what SDPA would build from
+            # it in every block's cross-attention), built once for all blocks
+            allowed = self._token_text_mask(text_mask, b, f, hw)
+            text_mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            text_mask.masked_fill_(~allowed, float("-inf"))
         tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)   # [B, L_c, dim]
         cos, sin = rope_cos_sin(self.config, grid, tokens.device, frame_offset=cache.num_frames)
         attention = ChunkAttention(cache, causal, f, hw, self.attention_backend, write_cache)

@@ -129,3 +129,17 @@ def test_cpu_only_limits_raise_clearly(layout):
         sparse_self_attention(q, k, v, layout, "dense")
     with pytest.raises(ValueError, match="layout"):
         sparse_self_attention(q[:1], k[:1], v[:1], layout, "sdpa")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_additive_text_mask_equals_the_boolean_one(dtype):
+    """forward_chunk builds SDPA's additive form of the window mask once for all blocks: the
+    cross-attention gives the boolean mask's output bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 4, 16, generator=g).to(dtype) for n in (50, 20, 20))
+    allowed = torch.rand(2, 50, 20, generator=g) > 0.5
+    allowed[..., 0] = True
+    additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+    out = dense_attention(q, k, v, additive)
+    assert torch.equal(out, dense_attention(q, k, v, allowed))
+    assert not torch.equal(out, dense_attention(q, k, v))
