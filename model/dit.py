@@ -195,7 +195,8 @@ class CrossAttention(SelfAttention):
     def forward(self, x: torch.Tensor, context: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
         """``x`` ``[B, L, dim]``, ``context`` ``[B, L_text, dim]``, ``mask`` ``[B, L, L_text]``
-        boolean or additive (:func:`model.attention.dense_attention`) or None → ``[B, L, dim]``."""
+        boolean or additive (:func:`model.attention.dense_attention`), or None
+        → ``[B, L, dim]``."""
         b, seq, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1)
         k = self.norm_k(self.k(context)).view(b, context.shape[1], self.num_heads, -1)
