@@ -236,7 +236,7 @@ def test_overlapped_decode_gives_the_sequential_frames_and_runs_ahead(streamer):
                 calls.append(inner.model_calls)
             runs[overlap] = chunks, [n - calls[0] for n in calls[1:]]
     finally:
-        inner.overlap_decode = True
+        inner.overlap_decode = False
     (seq, seq_calls), (ovl, ovl_calls) = runs[False], runs[True]
     assert [c.index for c in ovl] == [0, 1, 2, 3] and [c.shot for c in ovl] == [0, 0, 0, 1]
     for a, b in zip(seq, ovl):

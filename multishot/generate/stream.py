@@ -99,12 +99,15 @@ class ChunkStreamer:
         text: the :class:`ShotText` of a shot of a schedule.
         latent_chw: latent channels, height and width of a frame.
         overlap_decode: decode chunk ``k`` while chunk ``k + 1`` is denoised (:meth:`stream`);
-            False decodes inline, one chunk after the other.
+            False (the default) decodes inline, one chunk after the other. Off by default
+            because on one H100 (5B, 4 steps, eager) the overlap was slower: 0.85 s a chunk
+            against 0.78 s inline (``benchmarks/results/distill_h100.md``); both sides are
+            bound by CPU kernel launches, and the two threads share the GIL.
     """
 
     def __init__(self, model: torch.nn.Module, causal: CausalConfig, sampling: SamplingConfig,
                  vae: torch.nn.Module, text: TextFn, latent_chw: tuple[int, int, int],
-                 device: torch.device, vae_dtype: torch.dtype, overlap_decode: bool = True):
+                 device: torch.device, vae_dtype: torch.dtype, overlap_decode: bool = False):
         self.model, self.causal, self.sampling, self.vae = model, causal, sampling, vae
         self.text, self.latent_chw, self.device, self.vae_dtype = text, latent_chw, device, vae_dtype
         self.overlap_decode = overlap_decode
@@ -159,7 +162,7 @@ class ChunkStreamer:
         decoded. ``gen.send(shot)`` (a :class:`Shot`, or a caption of one chunk) appends a shot
         to ``schedule`` and returns the next chunk.
 
-        With ``overlap_decode`` (the default) the VAE decode of chunk ``k`` runs in a worker
+        With ``overlap_decode`` the VAE decode of chunk ``k`` runs in a worker
         thread (on CUDA on its own stream) while chunk ``k + 1`` is denoised: the decode needs
         only chunk ``k``'s latents, the denoising only the KV cache, so a chunk costs about
         max(denoise, decode) instead of their sum. Chunk ``k + 1`` is started before chunk
