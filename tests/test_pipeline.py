@@ -209,7 +209,7 @@ def test_report_and_verify(pipeline_run, capsys):
     saved = json.loads(Path(ShardSetLayout(out).report).read_text())
     assert saved["samples"] == report["samples"] and saved["realtime_factor"] > 0
     assert saved["aesthetic"].startswith("skipped")
-    assert saved["decode_passes_per_video"] == 3.0
+    assert saved["decode_passes_per_video"] == 2.0  # the scan (detect + analyse) and the render
     from multishot.cli import main
 
     assert main(["shards", "verify", out, "-q"]) == 0
