@@ -9,7 +9,9 @@ exception into an ``error`` status instead of a failed run (webdataset's ``handl
 
 ``pipeline/run.py`` maps :data:`STAGES` onto a Ray Data chain; :func:`run_sequential` runs the
 same list in this process (tests, debugging: ``ray.runner: sequential``). Each stage's Ray
-resources are its config section's ``resources`` (Cosmos-Curate's stage spec).
+resources are its config section's ``resources`` (Cosmos-Curate's stage spec). Within the
+detect stage a video fans out: its segments go to a pool of scanning actors
+(:mod:`pipeline.scan`) and come back stitched, so the chain stays one row per video.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from multishot.dataset.shards import ShardSetLayout, resolve
-from multishot.pipeline.config import PipelineConfig, Resources
 from multishot.pipeline.analyse import shot_scores
+from multishot.pipeline.config import PipelineConfig, Resources
 from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
 from multishot.pipeline.filter import decide
 from multishot.pipeline.pack import PackShot, pack_video
