@@ -56,6 +56,13 @@ class DetectConfig(_Section):
         8, ge=1, description="TransNetV2 windows of 100 frames per forward (placement: not in the samples hash)"
     )
     bf16: bool = Field(True, description="TransNetV2 in bf16 where the hardware supports it (else fp32)")
+    decoder: Literal["auto", "cpu"] = Field(
+        "auto", description="auto: a worker given a GPU decodes with its hardware decoder (NVDEC), falling "
+        "back to the CPU when it cannot; cpu: always libavcodec on the CPU (placement: not in the samples hash)"
+    )
+    gpu_batch_windows: int = Field(
+        64, ge=1, description="TransNetV2 windows per forward on a GPU (placement: not in the samples hash)"
+    )
     # a TransNetV2 actor holds the model and a batch of windows' activations: 1.3 GiB measured
     # with 8 windows a batch; told to Ray so it does not over-pack actors on small nodes
     resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=1.5)

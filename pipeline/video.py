@@ -24,10 +24,12 @@ Parallelism comes from decoding several videos side by side.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import av
+import av.codec.hwaccel
 import numpy as np
 import pyarrow.fs as pafs
 
@@ -75,7 +77,9 @@ class DecodeStats:
 
     ``frames``: decoded frames placed on the grid; ``errors``: packets that failed to decode;
     ``substituted``: grid slots (source frames) filled from the previous frame because of damage;
-    ``last_time_s``: presentation time (s) of the last decoded frame.
+    ``last_time_s``: presentation time (s) of the last decoded frame; ``decoder``: what decoded
+    the pass, ``"cpu"`` (libavcodec) or ``"nvdec"`` (the GPU's decoder, :mod:`pipeline.gpu_video`);
+    ``note``: why a pass that was to run on the GPU's decoder did not.
     """
 
     frames: int = 0
@@ -83,19 +87,24 @@ class DecodeStats:
     last_error: str = ""
     last_time_s: float = 0.0
     substituted: int = 0
+    decoder: str = "cpu"
+    note: str = ""
 
 
-def open_container(source: str, fs: pafs.FileSystem | None = None) -> av.container.InputContainer:
-    """Open ``source`` (local path, or a path on ``fs``) for demuxing.
+def open_container(
+    source: str, fs: pafs.FileSystem | None = None, hwaccel: av.codec.hwaccel.HWAccel | None = None
+) -> av.container.InputContainer:
+    """Open ``source`` (local path, or a path on ``fs``) for demuxing; ``hwaccel`` decodes on a
+    hardware device (:mod:`pipeline.gpu_video`).
 
     Raises:
         ProbeError: the file cannot be opened or holds no video stream.
     """
     try:
         if fs is None or isinstance(fs, pafs.LocalFileSystem):
-            container = av.open(source, mode="r")
+            container = av.open(source, mode="r", hwaccel=hwaccel)
         else:
-            container = av.open(fs.open_input_file(source), mode="r")
+            container = av.open(fs.open_input_file(source), mode="r", hwaccel=hwaccel)
     except (av.error.FFmpegError, OSError, ValueError) as err:
         raise ProbeError(f"cannot open: {err}") from err
     if not container.streams.video:
@@ -211,6 +220,8 @@ def iter_grid(
     height: int | None = None,
     wanted: np.ndarray | None = None,
     stats: DecodeStats | None = None,
+    hwaccel: av.codec.hwaccel.HWAccel | None = None,
+    convert: Callable[[av.VideoFrame], Any] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Yield ``(source_frame_index, rgb uint8 [H, W, 3], substituted)`` for every grid slot.
 
@@ -225,8 +236,14 @@ def iter_grid(
         wanted: sorted source frame indices to yield; others are decoded but not converted
             (cheap), and decoding stops once the last wanted index is known.
         stats: filled with frames seen, decoding errors skipped, substituted slots, last time.
+        hwaccel: decode on this hardware device (PyAV's ``HWAccel``); the grid is the same, as
+            it comes from the demuxer's timestamps.
+        convert: turns a decoded frame into what is yielded in place of the RGB array (the GPU
+            frame source passes one that keeps frames on the GPU); ``width``/``height`` then
+            are ignored.
     """
     stats = stats if stats is not None else DecodeStats()
+    convert = convert or (lambda frame: _image(frame, width, height))
     last_wanted = int(wanted[-1]) if wanted is not None and len(wanted) else None
     wanted_set = set(int(i) for i in wanted) if wanted is not None else None
     held: av.VideoFrame | None = None  # the frame on screen, from slot `held_slot` on
@@ -241,10 +258,10 @@ def iter_grid(
             stats.substituted += substituted
             if wanted_set is None or slot in wanted_set:
                 if image is None:
-                    image = _image(held, width, height)
+                    image = convert(held)
                 yield slot, image, substituted
 
-    with open_container(source, fs) as container:
+    with open_container(source, fs, hwaccel) as container:
         stream = main_stream(container)
         stream.codec_context.thread_count = 1  # deterministic pixels on damaged input (see top)
         time_base = float(stream.time_base)
