@@ -156,3 +156,12 @@ def test_tensor_path_of_the_analyser_equals_the_cpu_path(weights):
         assert a.aesthetic == pytest.approx(b.aesthetic, rel=1e-2, abs=1e-3)
     assert any(s.ocr_text_ratio > 0 for s in cpu)  # the "450Kbps" overlay is read on both paths
     assert stats.decoder == "cpu"
+
+
+def test_gpu_node_config_loads():
+    from multishot.config import load_config
+    from multishot.pipeline.config import PipelineConfig
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "gpu_node.yaml", PipelineConfig)
+    assert config.detect.resources.gpus > 0 and config.analyse.resources.gpus > 0
+    assert config.detect.decoder == "auto"
