@@ -20,6 +20,7 @@ path runs instead (:func:`gpu_decoder_status` says why); a stream NVDEC cannot d
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Iterator
 from functools import lru_cache
@@ -117,11 +118,16 @@ def frame_to_rgb(frame: av.VideoFrame, width: int | None, height: int | None, de
 @lru_cache(maxsize=None)
 def gpu_decoder_status() -> str:
     """``""`` when this process can decode on the GPU (a CUDA device PyTorch sees, PyAV's FFmpeg
-    built with CUDA, the device opens), else the reason it cannot. Checked once per process."""
+    built with CUDA, the driver's NVDEC library, the device opens), else the reason it cannot.
+    Checked once per process."""
     if not torch.cuda.is_available():
         return "no CUDA device"
     if "cuda" not in av.codec.hwaccel.hwdevices_available():
         return "PyAV's FFmpeg has no CUDA device support"
+    try:  # FFmpeg loads the driver's NVDEC library only when a decoder opens: check it here
+        ctypes.CDLL("libnvcuvid.so.1")
+    except OSError:
+        return "the driver's NVDEC library (libnvcuvid.so.1) is not installed"
     try:
         torch.cuda.init()  # the primary context FFmpeg shares (primary_ctx=1)
         _hwaccel().create(av.Codec("h264", "r"))
@@ -204,7 +210,7 @@ class FrameSource:
                    picture.rgb(analysis or (None, None)) if index in analysis_set else None)
         if software[0]:
             stats.decoder = "cpu"
-            stats.note = f"NVDEC cannot decode this stream ({software[0]} frames decoded by libavcodec)"
+            stats.note = f"NVDEC cannot decode this stream's codec or profile ({software[0]} frames decoded by libavcodec)"
 
 
 class _Picture:
