@@ -210,6 +210,9 @@ def test_report_and_verify(pipeline_run, capsys):
     assert saved["samples"] == report["samples"] and saved["realtime_factor"] > 0
     assert saved["aesthetic"].startswith("skipped")
     assert saved["decode_passes_per_video"] == 3.0
+    # no GPU here: every pass ran on libavcodec, and with no GPU asked for there is no fallback to note
+    assert set(saved["decoders"]) == {"detect: cpu", "analyse: cpu", "render: cpu"}
+    assert saved["decoder_notes"] == []
     from multishot.cli import main
 
     assert main(["shards", "verify", out, "-q"]) == 0
