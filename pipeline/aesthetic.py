@@ -84,19 +84,6 @@ class AestheticScorer:
         from PIL import Image
 
         batch = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames]).to(self.device)
-        return self._head(batch).cpu().numpy()
-
-    @torch.inference_mode()
-    def score_tensors(self, frames: torch.Tensor) -> torch.Tensor:
-        """Scores ``[N]`` (on the model's device, no host sync) for RGB uint8 frames
-        ``[N, H, W, 3]`` already on the device: the same CLIP transform applied to the batch as a
-        tensor (torchvision's resize is antialiased bicubic, as PIL's; embeddings agree to a
-        cosine of 0.99999 with :meth:`score`'s)."""
-        batch = self.preprocess(frames.to(self.device).permute(0, 3, 1, 2).float().div_(255))
-        return self._head(batch)
-
-    def _head(self, batch: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images ``[N, 3, S, S]`` → scores ``[N]``."""
         embedding = self.model.encode_image(batch).float()
         embedding = embedding / embedding.norm(dim=-1, keepdim=True)
-        return self.head(embedding)
+        return self.head(embedding).cpu().numpy()

@@ -1,54 +1,87 @@
 """Stage 3, shot analysis: brightness, OCR text-area ratio and aesthetic score per shot.
 
-All three come from **one decode pass** over the source: ``frames_per_shot`` frames are picked
-evenly inside each shot (at the centres of equal parts), decoded in one sequential sweep, and
-scored as they arrive, so memory holds one shot's frames at a time.
+Nothing here decodes. The segment scan (:mod:`pipeline.scan`) decodes each video once and
+scores **candidate frames** as it goes: the source frames on a fixed grid of
+``candidates_per_s`` per second (:func:`is_candidate`), each scaled to the **fixed analysis
+scale** (shorter side ``analysis_short_side`` px, :func:`pipeline.video.analysis_size`), so a
+score does not depend on which copy (360p, 1080p) of a film is read. Only the per-frame scores
+are kept (:class:`CandidateScore`). After detection each shot's scores come from its
+**picks**: the candidates inside the shot nearest the centres of ``frames_per_shot`` equal
+parts of it (:func:`pick_candidates`).
 
-* brightness: mean BT.709 luma ``Y' = 0.2126 R' + 0.7152 G' + 0.0722 B'`` over the sampled
-  frames, 0-255 (on the gamma-encoded values, as video luma is defined).
-* OCR text-area ratio: the largest ratio over the first ``ocr_frames_per_shot`` sampled frames
+* brightness: mean BT.709 luma ``Y' = 0.2126 R' + 0.7152 G' + 0.0722 B'`` over the picks,
+  0-255 (on the gamma-encoded values, as video luma is defined).
+* OCR text-area ratio: the largest ratio over the first ``ocr_frames_per_shot`` picks
   (see :mod:`pipeline.ocr`).
-* aesthetic: the mean LAION score of the sampled frames (see :mod:`pipeline.aesthetic`), or
-  ``None`` when the config gives no weights; the run then reports ``aesthetic: skipped``.
+* aesthetic: the mean LAION score of the picks (see :mod:`pipeline.aesthetic`), or ``None``
+  when the config gives no weights; the run then reports ``aesthetic: skipped``.
 
-On a worker given a GPU the pass decodes on the GPU's decoder (:mod:`pipeline.gpu_video`), the
-sampled frames stay on the GPU, brightness is computed there and CLIP scores them in batches of
-``CLIP_BATCH`` across shots; only the frames OCR reads are copied to the host.
+A shot holding no candidate (shorter than ``1 / candidates_per_s`` seconds) gets no scores.
 """
 
 from __future__ import annotations
 
+import bisect
+
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from multishot.pipeline.config import AnalyseConfig
 from multishot.pipeline.detect import DetectedShot
-from multishot.pipeline.video import DecodeStats, iter_frames
-
-if TYPE_CHECKING:
-    from multishot.pipeline.gpu_video import FrameSource
 
 
 BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
-CLIP_BATCH = 64  # sampled frames per CLIP forward on a GPU (a ViT-L/14 batch of 64 is ~1 GiB)
 
 
 @dataclass(frozen=True)
 class ShotScores:
-    """Scores of one shot; all ``None`` when none of its sampled frames decoded."""
+    """Scores of one shot; all ``None`` when it holds no candidate frame."""
 
     brightness: float | None
     ocr_text_ratio: float | None
     aesthetic: float | None
 
 
-def sample_indices(shot: DetectedShot, count: int) -> list[int]:
-    """``count`` source frame indices at the centres of ``count`` equal parts of the shot."""
+@dataclass(frozen=True)
+class CandidateScore:
+    """Scores of one candidate frame (source frame ``index``). ``ocr_text_ratio`` and
+    ``aesthetic`` are ``None`` where they were not measured: the scan measures them only on
+    frames that can be a shot's pick (see :mod:`pipeline.scan`), or not at all when disabled."""
+
+    index: int
+    brightness: float
+    ocr_text_ratio: float | None = None
+    aesthetic: float | None = None
+
+
+def is_candidate(index: int, fps: float, per_s: float) -> bool:
+    """Whether source frame ``index`` is a candidate: the first frame of each ``1 / per_s``
+    second interval of the grid (frame 0 is one). A function of the index alone, so every
+    segment of a video agrees on it."""
+    return index == 0 or int(index * per_s / fps) != int((index - 1) * per_s / fps)
+
+
+def pick_candidates(shot: DetectedShot, candidates: list[int], count: int) -> list[int]:
+    """The candidate frames (sorted source frame indices) a shot is scored on: for each centre
+    ``start + (k + 0.5) · length / count`` of ``count`` equal parts of the shot, the nearest
+    candidate inside ``[start_frame, end_frame)`` (the earlier on a tie); distinct, sorted.
+
+    Args:
+        candidates: every candidate index of the video, sorted.
+    """
+    lo = bisect.bisect_left(candidates, shot.start_frame)
+    hi = bisect.bisect_left(candidates, shot.end_frame)
+    inside = candidates[lo:hi]
+    if not inside:
+        return []
     length = shot.end_frame - shot.start_frame
-    picks = {shot.start_frame + int((k + 0.5) * length / count) for k in range(count)}
+    picks = set()
+    for k in range(count):
+        centre = shot.start_frame + (k + 0.5) * length / count
+        j = bisect.bisect_left(inside, centre)
+        near = [c for c in inside[max(0, j - 1) : j + 1]]
+        picks.add(min(near, key=lambda c: (abs(c - centre), c)))
     return sorted(picks)
 
 
@@ -57,25 +90,12 @@ def mean_luma(frame: np.ndarray) -> float:
     return float(frame.reshape(-1, 3).mean(axis=0) @ BT709)
 
 
-class ShotAnalyser:
-    """Holds the OCR engine and (when weights are configured) the aesthetic model; one per actor.
+class FrameScorer:
+    """Holds the OCR engine and (when weights are configured) the aesthetic model; one per
+    scanning actor. Scores analysis-scale frames; the scan decides which."""
 
-    Args:
-        decoder: the pipeline's ``detect.decoder``: ``auto`` decodes on the GPU's decoder when
-            this worker has a GPU, ``cpu`` never does.
-        source: where sampled frames come from as tensors (the tensor path); default: a GPU
-            source when CUDA is available, else NumPy frames from PyAV.
-    """
-
-    def __init__(self, config: AnalyseConfig, decoder: str = "auto", source: FrameSource | None = None):
-        import torch
-
+    def __init__(self, config: AnalyseConfig):
         self.config = config
-        self.source = source
-        if source is None and torch.cuda.is_available():
-            from multishot.pipeline.gpu_video import FrameSource
-
-            self.source = FrameSource("cuda", use_gpu_decoder=decoder == "auto")
         self.text = None
         if config.ocr_backend != "none" and config.ocr_frames_per_shot > 0:
             from multishot.pipeline.ocr import TextDetector
@@ -87,75 +107,42 @@ class ShotAnalyser:
 
             self.aesthetic = AestheticScorer(config.clip_model, config.clip_weights, config.aesthetic_head_weights)
 
-    def analyse(
-        self, source: str, fs: pafs.FileSystem, fps: float, shots: list[DetectedShot], stats: DecodeStats
-    ) -> list[ShotScores]:
-        """Scores for each of ``shots`` (in order) from one decode pass over ``source``."""
-        owner: dict[int, int] = {}
-        for s, shot in enumerate(shots):
-            for index in sample_indices(shot, self.config.frames_per_shot):
-                owner.setdefault(index, s)
-        if self.source is not None:
-            return self._analyse_gpu(source, fs, fps, len(shots), owner, stats)
-        scores: list[ShotScores | None] = [None] * len(shots)
-        pending: dict[int, list[np.ndarray]] = {}
-        wanted = np.array(sorted(owner))
-        for index, frame in iter_frames(source, fs, fps=fps, wanted=wanted, stats=stats):
-            s = owner[index]
-            for done in [d for d in pending if d < s]:
-                scores[done] = self._score(pending.pop(done))
-            pending.setdefault(s, []).append(frame)
-        for done, frames in pending.items():
-            scores[done] = self._score(frames)
-        return [s if s is not None else ShotScores(None, None, None) for s in scores]
+    def ocr(self, frame: np.ndarray) -> float | None:
+        """Text-area ratio of an RGB frame ``[H, W, 3]``, or None when OCR is off."""
+        return None if self.text is None else self.text.ratio(frame)
 
-    def _score(self, frames: list[np.ndarray]) -> ShotScores:
-        brightness = float(np.mean([mean_luma(f) for f in frames]))
-        ocr = None
-        if self.text is not None:
-            ocr = max(self.text.ratio(f) for f in frames[: self.config.ocr_frames_per_shot])
-        aesthetic = None
-        if self.aesthetic is not None:
-            aesthetic = float(np.mean(self.aesthetic.score(frames)))
-        return ShotScores(brightness, 0.0 if ocr is None else ocr, aesthetic)
+    def aesthetic_scores(self, frames: list[np.ndarray]) -> list[float | None]:
+        """LAION scores of RGB frames ``[H, W, 3]``, or Nones when aesthetic scoring is off."""
+        if self.aesthetic is None or not frames:
+            return [None] * len(frames)
+        # batches of 16: a segment edge may hold hundreds of candidates
+        return [float(s) for i in range(0, len(frames), 16) for s in self.aesthetic.score(frames[i : i + 16])]
 
-    def _analyse_gpu(self, source: str, fs: pafs.FileSystem, fps: float, count: int, owner: dict[int, int],
-                     stats: DecodeStats) -> list[ShotScores]:
-        """:meth:`analyse` with the sampled frames decoded, kept and scored on the GPU; the same
-        scores as the CPU path up to the decoders' colour conversion (about one level of 255)."""
-        import torch
 
-        wanted = np.array(sorted(owner))
-        luma = torch.tensor(BT709, device=self.source.device)
-        shot_of, brightness, aesthetic, batch = [], [], [], []
-        ocr: list[float | None] = [None] * count
-        seen = [0] * count
-        frames = self.source.frames(source, fs, fps=fps, small=None, analysis=None, analysis_wanted=wanted,
-                                    wanted=wanted, stats=stats)
-        for index, _, frame in frames:
-            s = owner[index]
-            shot_of.append(s)
-            brightness.append(frame.float().mean(dim=(0, 1)) @ luma)
-            if self.text is not None and seen[s] < self.config.ocr_frames_per_shot:
-                ocr[s] = max(ocr[s] or 0.0, self.text.ratio(frame.cpu().numpy()))
-            seen[s] += 1
-            if self.aesthetic is not None:
-                batch.append(frame)
-                if len(batch) == CLIP_BATCH:
-                    aesthetic.append(self.aesthetic.score_tensors(torch.stack(batch)))
-                    batch = []
-        if batch:
-            aesthetic.append(self.aesthetic.score_tensors(torch.stack(batch)))
-        # one copy to the host for the whole video
-        bright = torch.stack(brightness).cpu().numpy() if brightness else np.zeros(0)
-        aes = torch.cat(aesthetic).cpu().numpy() if aesthetic else None
-        shot_of = np.array(shot_of, dtype=int)
-        scores = []
-        for s in range(count):
-            mine = shot_of == s
-            if not mine.any():
-                scores.append(ShotScores(None, None, None))
-                continue
-            scores.append(ShotScores(float(bright[mine].mean()), 0.0 if ocr[s] is None else ocr[s],
-                                     None if aes is None else float(aes[mine].mean())))
-        return scores
+def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order: list[int],
+                config: AnalyseConfig) -> ShotScores:
+    """A shot's scores from its picks (rules in the module docstring).
+
+    Args:
+        candidates: the video's candidate scores by source frame index.
+        order: ``sorted(candidates)``.
+
+    Raises:
+        RuntimeError: a pick lacks an OCR or aesthetic score the config asks for (the scan
+            measures every possible pick: a broken invariant, not bad input).
+    """
+    picks = [candidates[i] for i in pick_candidates(shot, order, config.frames_per_shot)]
+    if not picks:
+        return ShotScores(None, None, None)
+    ocr = None
+    if config.ocr_backend != "none" and config.ocr_frames_per_shot > 0:
+        read = [p.ocr_text_ratio for p in picks[: config.ocr_frames_per_shot]]
+        if None in read:
+            raise RuntimeError(f"shot {shot}: a pick has no OCR score")
+        ocr = max(read)
+    aesthetic = None
+    if config.aesthetic_enabled:
+        if any(p.aesthetic is None for p in picks):
+            raise RuntimeError(f"shot {shot}: a pick has no aesthetic score")
+        aesthetic = float(np.mean([p.aesthetic for p in picks]))
+    return ShotScores(float(np.mean([p.brightness for p in picks])), 0.0 if ocr is None else ocr, aesthetic)

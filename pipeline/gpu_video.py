@@ -5,7 +5,7 @@ hardware decoding (``av.open(..., hwaccel=HWAccel("cuda", is_hw_owned=True))``, 
 FFmpeg in PyAV's wheels carries NVDEC (``h264_cuvid``, ``hevc_cuvid``, the ``cuda`` device), so no
 other wheel is needed, and decoded pictures stay in GPU memory (NV12 planes read through DLPack,
 no copy). The frames come from the same demuxer and the same grid code as on the CPU
-(:func:`pipeline.video.iter_grid`): **frame ``i`` is the picture shown at time ``i / fps``**,
+(:func:`pipeline.video.iter_slots`): **frame ``i`` is the picture shown at time ``i / fps``**,
 holes filled by repeating the previous picture, on the GPU exactly as on the CPU.
 
 Each picture is scaled with an area filter in YUV (as libswscale does: scale first, then
@@ -13,16 +13,17 @@ convert) and turned into RGB uint8 with the matrix the frame is tagged with (BT.
 else BT.601, limited range unless tagged full range: libswscale's choice for
 :func:`pipeline.video._image`), then turned upright (display matrix).
 
-When there is no CUDA device, PyAV's FFmpeg has no CUDA, or the device cannot be opened, the CPU
-path runs instead (:func:`gpu_decoder_status` says why); a stream NVDEC cannot decode
-(an unsupported codec or profile) is decoded by libavcodec and its frames are uploaded.
+When there is no CUDA device, PyAV's FFmpeg has no CUDA, the driver has no NVDEC library, or the
+device cannot be opened, the CPU frame source runs instead (:func:`choose_frame_source`; the
+reason from :func:`gpu_decoder_status`); a stream NVDEC cannot decode (an unsupported codec or
+profile) is decoded by libavcodec and its frames are uploaded.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import av
@@ -32,7 +33,8 @@ import pyarrow.fs as pafs
 import torch
 import torch.nn.functional as F
 
-from multishot.pipeline.video import DecodeStats, _image, _quarter_turns, iter_grid
+from multishot.pipeline.config import DetectConfig
+from multishot.pipeline.video import DecodeStats, _image, _quarter_turns, iter_scan_frames, iter_slots
 
 log = logging.getLogger(__name__)
 
@@ -136,91 +138,67 @@ def gpu_decoder_status() -> str:
     return ""
 
 
-def _hwaccel() -> av.codec.hwaccel.HWAccel:
-    """NVDEC on the current CUDA device, pictures kept in GPU memory, libavcodec where NVDEC
-    cannot decode the stream."""
-    return av.codec.hwaccel.HWAccel("cuda", device=str(torch.cuda.current_device()),
-                                    allow_software_fallback=True, is_hw_owned=True)
+def _hwaccel(device: torch.device | None = None) -> av.codec.hwaccel.HWAccel:
+    """NVDEC on ``device`` (default: the current CUDA device), pictures kept in GPU memory,
+    libavcodec where NVDEC cannot decode the stream."""
+    index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+    return av.codec.hwaccel.HWAccel("cuda", device=str(index), allow_software_fallback=True, is_hw_owned=True)
 
 
-class FrameSource:
-    """Source frames on the grid, for detection (48×27 for TransNetV2) and analysis (a fixed
-    analysis scale), as tensors on ``device``; decoded by NVDEC when ``device`` is CUDA and the
-    decoder opens, else by libavcodec on the CPU (the reason in :attr:`note`, logged once).
+class GpuFrameSource:
+    """The segment scan's frame source (:class:`pipeline.scan.FrameSource`) on the GPU: NVDEC
+    through PyAV, scaling and colour conversion on the GPU.
 
-    Args:
-        device: ``"cuda"`` (or ``"cuda:N"``) or ``"cpu"``.
-        use_gpu_decoder: False keeps decoding on the CPU even with a GPU (frames still uploaded).
+    Yields ``(index, detector_frame, analysis_frame)`` as the CPU source does, on the same grid
+    (:func:`pipeline.video.iter_slots`, the same seek), except that the detector frame is a CUDA
+    tensor RGB uint8 ``[h, w, 3]`` (it stays on the GPU for TransNetV2); the analysis frame of a
+    candidate is copied to the host as a NumPy array (a few a second, for OCR and JPEG). Sets
+    ``stats.decoder`` to ``nvdec``; to ``cpu`` with a note when NVDEC could not take the stream
+    (its frames then come from libavcodec and are uploaded).
     """
 
-    _warned: set[str] = set()
-
-    def __init__(self, device: str | torch.device, use_gpu_decoder: bool = True):
+    def __init__(self, device: str | torch.device = "cuda"):
+        # "cpu": the same code without NVDEC (libavcodec frames, CPU tensors), to test it anywhere
         self.device = torch.device(device)
-        if self.device.type != "cuda":
-            self.note = "no GPU given to this worker"
-        elif not use_gpu_decoder:
-            self.note = "the GPU's decoder is turned off in the config (decoder: cpu)"
-        else:
-            self.note = gpu_decoder_status()
-        self.decoder = "nvdec" if not self.note else "cpu"
-        if self.note and self.device.type == "cuda" and self.note not in FrameSource._warned:
-            FrameSource._warned.add(self.note)
-            log.warning("decoding on the CPU, not the GPU's decoder: %s", self.note)
 
-    def frames(
-        self,
-        source: str,
-        fs: pafs.FileSystem | None,
-        *,
-        fps: float,
-        small: tuple[int, int] | None = (48, 27),
-        analysis: tuple[int, int] | None = None,
-        analysis_wanted: np.ndarray | None = None,
-        wanted: np.ndarray | None = None,
-        stats: DecodeStats | None = None,
-    ) -> Iterator[tuple[int, torch.Tensor | None, torch.Tensor | None]]:
-        """Yield ``(source_frame_index, small, analysed)`` for every grid slot (or every slot in
-        ``wanted``), as :func:`pipeline.video.iter_grid` places them.
-
-        Args:
-            small: ``(width, height)`` of the frame given for every slot, RGB uint8
-                ``[height, width, 3]`` on the device; None: not made (yielded as None).
-            analysis: ``(width, height)`` of the analysis frame (None: the source's size, upright),
-                made only for the slots in ``analysis_wanted`` (sorted source frame indices);
-                None is yielded for the others.
-            wanted: sorted source frame indices to yield (the others are decoded, not converted).
-            stats: filled as :func:`iter_grid` fills it, and with the decoder that ran
-                (``decoder``: ``nvdec`` or ``cpu``; ``note``: why not ``nvdec``).
-        """
-        stats = stats if stats is not None else DecodeStats()
-        stats.decoder, stats.note = self.decoder, self.note
-        hwaccel = _hwaccel() if self.decoder == "nvdec" else None
-        analysis_set = set(int(i) for i in analysis_wanted) if analysis_wanted is not None else set()
-        software = [0]
-
-        def convert(frame: av.VideoFrame) -> _Picture:
-            if hwaccel is not None and frame.format.name != "cuda":
-                software[0] += 1
-            return _Picture(frame, self.device)
-
-        for index, picture, _ in iter_grid(source, fs, fps=fps, wanted=wanted, stats=stats,
-                                           hwaccel=hwaccel, convert=convert):
-            yield (index, picture.rgb(small) if small else None,
-                   picture.rgb(analysis or (None, None)) if index in analysis_set else None)
-        if software[0]:
+    def __call__(self, source: str, fs: pafs.FileSystem | None, *, fps: float, start_frame: int,
+                 end_frame: int | None, detect_size: tuple[int, int], analysis_size: tuple[int, int],
+                 is_candidate: Callable[[int], bool], stats: DecodeStats
+                 ) -> Iterator[tuple[int, torch.Tensor, np.ndarray | None]]:
+        gpu = self.device.type == "cuda"
+        stats.decoder = "nvdec" if gpu else "cpu"
+        software, shown, small = 0, None, None
+        for slot, frame, _ in iter_slots(source, fs, fps=fps, stats=stats, start_frame=start_frame,
+                                         end_frame=end_frame, hwaccel=_hwaccel(self.device) if gpu else None):
+            if frame is not shown:  # a picture repeated on the grid is converted once
+                shown, small = frame, frame_to_rgb(frame, *detect_size, self.device)
+                software += gpu and frame.format.name != "cuda"
+            big = frame_to_rgb(frame, *analysis_size, self.device).cpu().numpy() if is_candidate(slot) else None
+            yield slot, small, big
+        if software:
             stats.decoder = "cpu"
-            stats.note = f"NVDEC cannot decode this stream's codec or profile ({software[0]} frames decoded by libavcodec)"
+            stats.note = f"NVDEC cannot decode this stream's codec or profile ({software} frames decoded by libavcodec)"
 
 
-class _Picture:
-    """A decoded frame and its RGB versions made so far (a frame repeated on the grid is
-    converted once per size)."""
+_warned: set[str] = set()
 
-    def __init__(self, frame: av.VideoFrame, device: torch.device):
-        self.frame, self.device, self.made = frame, device, {}
 
-    def rgb(self, size: tuple[int | None, int | None]) -> torch.Tensor:
-        if size not in self.made:
-            self.made[size] = frame_to_rgb(self.frame, size[0], size[1], self.device)
-        return self.made[size]
+def choose_frame_source(config: DetectConfig) -> tuple[Callable, str]:
+    """The frame source a scanning actor uses, and the note on why it is not the GPU's where a
+    GPU was asked for: :class:`GpuFrameSource` on a worker with a CUDA device whose decoder
+    opens (``detect.decoder: auto``, TransNetV2), else :func:`pipeline.video.iter_scan_frames`.
+    A fallback is logged once per process."""
+    if config.decoder == "cpu" or config.backend != "transnetv2":
+        return iter_scan_frames, ""
+    if torch.cuda.is_available():
+        note = gpu_decoder_status()
+        if not note:
+            return GpuFrameSource("cuda"), ""
+    elif config.resources.gpus > 0:
+        note = "a GPU was asked for (detect.resources.gpus) but this worker sees no CUDA device"
+    else:
+        return iter_scan_frames, ""  # a CPU worker: nothing fell back
+    if note not in _warned:
+        _warned.add(note)
+        log.warning("decoding on the CPU, not the GPU's decoder: %s", note)
+    return iter_scan_frames, note
