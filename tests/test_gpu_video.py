@@ -134,3 +134,23 @@ def test_gpu_node_config_loads():
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "gpu_node.yaml", PipelineConfig)
     assert config.detect.resources.gpus > 0 and config.detect.decoder == "auto"
+
+
+def test_run_report_says_the_gpu_was_not_used(tmp_path):
+    """The whole run (sequential runner) with a GPU asked for on this machine: it completes on the
+    CPU, and report.json says which decoder ran and why not the GPU's."""
+    import json
+
+    from multishot.dataset.shards import ShardSetLayout
+    from multishot.pipeline.run import run_pipeline
+
+    config = PipelineConfig(
+        input=str(FOOTAGE / "archive" / "sintel_film_excerpt_26s.mp4"), output=str(tmp_path / "out"),
+        ray={"runner": "sequential"}, analyse={"ocr_backend": "none"}, detect={"resources": {"gpus": 1}},
+        # no sample fits a 200 s bucket: nothing to render, the test stays short
+        pack={"buckets": [{"name": "long", "target_s": 200, "tolerance_s": 1}]},
+    )
+    report = run_pipeline(config, progress=False)
+    saved = json.loads(Path(ShardSetLayout(str(tmp_path / "out")).report).read_text())
+    assert report["shots_found"] > 0 and saved["decoders"] == {"detect: cpu": 1}
+    assert saved["decoder_notes"] == ["detect: a GPU was asked for (detect.resources.gpus) but this worker sees no CUDA device"]
