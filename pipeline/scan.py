@@ -57,7 +57,9 @@ class FrameSource(Protocol):
     None: to the end of the stream), on the grid of :func:`pipeline.video.iter_grid` (frame
     ``i`` is the picture shown at ``i / fps`` s):
 
-    * ``detector_frame``: RGB uint8 ``[h, w, 3]`` numpy array at ``detect_size = (w, h)`` (48×27);
+    * ``detector_frame``: RGB uint8 ``[h, w, 3]`` at ``detect_size = (w, h)`` (48×27): a numpy
+      array, or a CUDA tensor from the GPU source (:class:`pipeline.gpu_video.GpuFrameSource`),
+      which the detector reads where it is;
     * ``analysis_frame``: RGB uint8 ``[H, W, 3]`` at ``analysis_size = (W, H)`` where
       ``is_candidate(index)``, else ``None``.
 
