@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -95,7 +96,8 @@ class SegmentResult(BaseModel):
     ended when that is before the planned end (the last segment: the stream's end).
     ``single``/``many``: the detector's per-frame probabilities ``[end - start]``;
     ``candidates``: the scores of its candidate frames (:class:`pipeline.analyse.CandidateScore`);
-    ``stats``: its decode (frames in range only); ``cpu_s``/``wall_s``: what the scan cost.
+    ``stats``: its decode (frames in range only); ``cpu_s``/``wall_s``: what the scan cost;
+    ``peak_rss_mib``: the scanning process's peak resident memory so far (MiB).
     """
 
     start_frame: int
@@ -106,6 +108,7 @@ class SegmentResult(BaseModel):
     stats: DecodeStats = Field(default_factory=DecodeStats)
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    peak_rss_mib: float = 0.0
 
 
 def plan_segments(num_frames: int, fps: float, config: PipelineConfig) -> list[Segment]:
@@ -262,7 +265,8 @@ class SegmentScanner:
                             decoder=stats.decoder, note=stats.note)
         return SegmentResult(start_frame=start_frame, end_frame=max(start_frame, end), single=single.tolist(),
                              many=many.tolist(), candidates=candidates, stats=inner,
-                             cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall)
+                             cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall,
+                             peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     def _pickable(self, single: np.ndarray, many: np.ndarray, start: int, fps: float, first: bool, last: bool,
                   candidates: list[int]) -> tuple[list[int], list[int]]:

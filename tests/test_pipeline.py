@@ -209,7 +209,7 @@ def test_report_and_verify(pipeline_run, capsys):
     saved = json.loads(Path(ShardSetLayout(out).report).read_text())
     assert saved["samples"] == report["samples"] and saved["realtime_factor"] > 0
     assert saved["aesthetic"].startswith("skipped")
-    assert saved["decode_passes_per_video"] == 3.0
+    assert saved["decode_passes_per_video"] == 2.0  # the scan (detect + analyse) and the render
     # no GPU here: every pass ran on libavcodec, and with no GPU asked for there is no fallback to note
     assert "detect: cpu" in saved["decoders"] and all(k.endswith(": cpu") for k in saved["decoders"])
     assert saved["decoder_notes"] == []
