@@ -69,10 +69,11 @@ class DetectConfig(_Section):
         "batches of windows, by several actors; each is a resume point (placement: not in the samples hash)"
     )
     # resources of the scanning actors (decode + TransNetV2 + candidate scoring of one segment at
-    # a time). An actor holds the model, a batch of windows' activations and one segment's
-    # 48x27 frames and JPEG candidates: 1.3 GiB measured (benchmarks/results/pipeline.md); told
-    # to Ray so it does not over-pack actors on small nodes
-    resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=1.5)
+    # a time). An actor holds TransNetV2, the OCR engine, a batch of windows' activations and one
+    # segment's 48x27 frames and JPEG candidates: peak RSS 1.4-1.7 GiB measured, not growing
+    # with the video's length (benchmarks/results/pipeline.md); told to Ray so it does not
+    # over-pack actors on small nodes
+    resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=2.0)
 
 
 class AnalyseConfig(_Section):

@@ -136,8 +136,13 @@ class SegmentStore:
     """Where a video's segment results live: ``{work_dir}/segments/{source_id}-{scan_hash}/``,
     one JSON per segment, written atomically (temporary name, then moved)."""
 
-    def __init__(self, fs: pafs.FileSystem, work_dir: str, source_id: str, settings: str):
-        self.fs, self.dir = fs, f"{work_dir}/segments/{source_id}-{settings}"
+    def __init__(self, fs: pafs.FileSystem, folder: str):
+        self.fs, self.dir = fs, folder
+
+    @classmethod
+    def of_video(cls, fs: pafs.FileSystem, work_dir: str, source_id: str, settings: str) -> SegmentStore:
+        """The store of video ``source_id`` scanned with settings ``settings`` (:func:`scan_hash`)."""
+        return cls(fs, f"{work_dir}/segments/{source_id}-{settings}")
 
     def path(self, segment: Segment) -> str:
         return f"{self.dir}/{segment.name}.json"
@@ -332,8 +337,7 @@ def run_job(scanner: SegmentScanner, job: ScanJob) -> SegmentResult:
     fs, path = resolve(job.source)
     result = scanner.scan(path, fs, job.fps, job.segment.start_frame, job.segment.end_frame,
                           analysis_size=job.analysis_size)
-    out_fs, _ = resolve(job.output)
-    write_json(out_fs, f"{job.store_dir}/{job.segment.name}.json", result.model_dump(mode="json"))
+    SegmentStore(resolve(job.output)[0], job.store_dir).save(job.segment, result)
     return result
 
 

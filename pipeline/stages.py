@@ -110,7 +110,7 @@ def _detect(config: PipelineConfig, samples_hash: str, scans: LocalScans | RaySc
 
     def process(task: VideoTask) -> None:
         info = task.info
-        store = SegmentStore(fs, work_dir, task.source_id, settings)
+        store = SegmentStore.of_video(fs, work_dir, task.source_id, settings)
         segments = plan_segments(info.num_frames, info.fps, config)
         size = analysis_size(info, config.analyse.analysis_short_side)
         todo = [ScanJob(task.source, info.fps, s, size, config.output, store.dir)

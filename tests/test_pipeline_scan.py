@@ -53,7 +53,8 @@ def _joins() -> list[int]:
 
 
 def _config(**detect) -> PipelineConfig:
-    return PipelineConfig(detect={"batch_windows": 1, **detect})
+    # analysis at 180 px keeps OCR cheap; 150-frame units let a short video hold many segments
+    return PipelineConfig(detect={"batch_windows": 1, **detect}, analyse={"analysis_short_side": 180})
 
 
 def test_candidates_and_picks():
