@@ -62,6 +62,10 @@ class DetectConfig(_Section):
         4, ge=1, description="TransNetV2 windows per forward (placement: not in the samples hash)"
     )
     bf16: bool = Field(True, description="TransNetV2 in bf16 where the hardware supports it (else fp32)")
+    decoder: Literal["auto", "cpu"] = Field(
+        "auto", description="auto: a scanning actor given a GPU decodes with its hardware decoder (NVDEC), "
+        "falling back to the CPU when it cannot; cpu: always libavcodec (placement: not in the samples hash)"
+    )
     segment_s: float = Field(
         300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "
         "batches of windows, by several actors; each is a resume point (placement: not in the samples hash)"

