@@ -1,16 +1,28 @@
-"""Benchmark the main job on the bundled footage (demo/footage): speed per stage and end to end.
+"""Benchmark the main job: speed per stage and end to end, decode passes, memory per actor.
 
-Runs ``multishot pipeline run`` with ``configs/pipeline/demo.yaml`` (no aesthetic weights, no
-Gemini) into a fresh temporary folder and writes ``benchmarks/results/pipeline.json``:
+Runs the pipeline (``configs/pipeline/demo.yaml`` unless ``--config``; no aesthetic weights, no
+Gemini) into a fresh temporary folder and writes a JSON (default
+``benchmarks/results/pipeline.json``):
 
-* ``wall_s``: end to end, Ray start-up and the index included;
-* ``realtime_factor``: source seconds per wall second, end to end, and ``per_core`` (÷ CPUs);
-* ``stage_seconds``: wall seconds spent in each stage, summed over videos (stages of different
-  videos overlap, so these add up to more than ``wall_s`` when they run side by side);
-* ``decode_passes_per_video``: how many times each source video is decoded (detect, analyse,
-  render).
+* ``wall_s`` / ``realtime_factor``: end to end, Ray start-up and the index included (source
+  seconds per wall second); meaningless on a machine shared with other work;
+* ``stage_cpu_seconds``: CPU seconds each stage's processes spent, summed over videos (the
+  scanning actors' CPU counts under ``detect``); ``cpu_realtime_factor``: source seconds over
+  the CPU seconds divided by the machine's cores, i.e. the realtime factor the machine reaches
+  with every core busy on this job alone;
+* ``stage_seconds``: wall seconds per stage, summed over videos;
+* ``decode_passes_per_video``: times each source is decoded (detect's scan, render);
+* ``segments``: per segment scanned, CPU and wall seconds and the actor's peak RSS (MiB).
 
-Usage: ``python benchmarks/pipeline.py [--input DIR] [--config YAML] [--out JSON]``
+``--long MINUTES`` builds the input instead: the bundled footage upscaled to 1920×1080 and
+joined until it lasts ``MINUTES`` (PyAV, x264 ultrafast, in the temporary folder; never kept),
+for peak memory per actor against the video's length.
+
+``--detectors`` measures the detector choices instead: F1 at ±2 frames on the synthetic edit
+(``tests/synthetic_edit.py``) and CPU milliseconds per frame, for TransNetV2 with 100-, 200- and
+400-frame windows and PySceneDetect's content detector.
+
+Usage: ``python benchmarks/pipeline.py [--input DIR] [--config YAML] [--long MIN] [--segment-s S] [--out JSON]``
 """
 
 from __future__ import annotations
@@ -19,47 +31,152 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the footage helpers: long inputs, the synthetic edit
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", default=str(REPO / "demo" / "footage"))
-    parser.add_argument("--config", default=str(REPO / "configs" / "pipeline" / "demo.yaml"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline.json"))
-    args = parser.parse_args()
+def _machine() -> dict:
+    info = {"cpus": os.cpu_count() or 1, "platform": platform.platform(), "python": platform.python_version(),
+            "load_avg_1min_at_start": os.getloadavg()[0]}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def long_input(folder: Path, minutes: float) -> Path:
+    """The bundled footage upscaled to 1080p and joined until it lasts ``minutes``; its path."""
+    from footage_clips import join_clips
+
+    films = [("bbb_first60s_360p.mp4", 0.0, 60.0), ("sintel_trailer_480p.mp4", 0.0, 52.0),
+             ("tos_excerpt_64s_512x120_fmp4.mp4", 0.0, 64.0), ("sintel_film_excerpt_26s.mp4", 0.0, 26.0)]
+    parts, total = [], 0.0
+    while total < minutes * 60:
+        film = films[len(parts) % len(films)]
+        seconds = min(film[2], minutes * 60 - total)
+        parts.append((film[0], film[1], seconds))
+        total += seconds
+    return join_clips(parts, folder / "long_1080p.mp4", (1920, 1080), preset="ultrafast")
+
+
+def run(args) -> dict:
+    import pyarrow.fs as pafs
 
     from multishot.config import load_config
+    from multishot.dataset.shards import read_json
     from multishot.pipeline.config import PipelineConfig
     from multishot.pipeline.run import run_pipeline
 
     cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(args.config, PipelineConfig, {"input": args.input, "output": tmp})
+        source = args.input
+        if args.long:
+            folder = Path(tmp) / "in"
+            folder.mkdir()
+            start = time.perf_counter()
+            long_input(folder, args.long)
+            print(f"built a {args.long} min 1080p input in {time.perf_counter() - start:.0f} s", flush=True)
+            source = str(folder)
+        overrides = {"input": source, "output": f"{tmp}/out"}
+        if args.segment_s:
+            overrides["detect"] = {"segment_s": args.segment_s}
+        config = load_config(args.config, PipelineConfig, overrides)
         start = time.perf_counter()
         report = run_pipeline(config, progress=False)
         wall = time.perf_counter() - start
+        segments = [
+            {k: r[k] for k in ("start_frame", "end_frame", "cpu_s", "wall_s", "peak_rss_mib")}
+            for p in sorted(Path(f"{tmp}/out/_work/segments").rglob("*.json"))
+            for r in [read_json(pafs.LocalFileSystem(), str(p))]
+        ]
     source_s = report["source_hours"] * 3600
-    result = {
-        "machine": {"cpus": cpus, "platform": platform.platform(), "python": platform.python_version()},
-        "input": args.input,
+    cpu_s = sum(report["stage_cpu_seconds"].values())
+    return {
+        "machine": _machine(),
+        "input": "long 1080p from the bundled footage" if args.long else args.input,
+        "config": args.config,
         "videos": report["videos_in"],
         "source_s": source_s,
         "samples": report["samples"],
         "samples_per_bucket": report["samples_per_bucket"],
         "wall_s": wall,
         "realtime_factor": source_s / wall,
-        "realtime_factor_per_core": source_s / wall / cpus,
+        "stage_cpu_seconds": report["stage_cpu_seconds"],
+        "cpu_s": cpu_s,
+        "cpu_realtime_factor": source_s / (cpu_s / cpus),
+        "stage_cpu_realtime_factor_per_core": {k: source_s / v for k, v in report["stage_cpu_seconds"].items() if v > 0.01},
         "stage_seconds": report["stage_seconds"],
-        "stage_realtime_factor": {k: source_s / v for k, v in report["stage_seconds"].items() if v > 0.01},
         "decode_passes_per_video": report["decode_passes_per_video"],
+        "segments": segments,
+        "peak_rss_mib_per_actor": max((s["peak_rss_mib"] for s in segments), default=0.0),
         "aesthetic": report["aesthetic"],
         "target_realtime_factor": 3.0,
     }
+
+
+def detectors() -> dict:
+    """F1 on the synthetic edit and CPU ms per frame of each detector choice."""
+    import numpy as np
+    import torch
+    from synthetic_edit import build
+
+    from multishot.pipeline.config import DetectConfig
+    from multishot.pipeline.detect import TransNetV2Detector, make_detector, shots_from_predictions
+    from multishot.pipeline.video import iter_frames
+
+    with tempfile.TemporaryDirectory() as tmp:
+        edit = build(Path(tmp))
+        frames = np.stack([f for _, f in iter_frames(str(edit.path), fps=24.0, width=48, height=27)])
+    truth = edit.boundaries
+    # the same frames 8 times over: long enough for a steady per-frame cost
+    long = np.concatenate([frames] * 8)
+    out = {}
+    for name, config in [("transnetv2_window100", DetectConfig(window=100, batch_windows=8)),
+                         ("transnetv2_window200", DetectConfig(window=200, batch_windows=4)),
+                         ("transnetv2_window400", DetectConfig(window=400, batch_windows=2)),
+                         ("pyscenedetect_content", DetectConfig(backend="content"))]:
+        detector = make_detector(config.model_copy(update={"min_shot_s": 0.5}))
+        single, many = detector.predict(frames, fps=24.0)
+        shots = shots_from_predictions(single, many, config.threshold, 12)
+        found = [(a.end_frame + b.start_frame) / 2 for a, b in zip(shots, shots[1:])]
+        matched, used = 0, set()
+        for t in truth:
+            hit = next((i for i, f in enumerate(found) if i not in used and abs(f - t) <= 2), None)
+            if hit is not None:
+                used.add(hit)
+                matched += 1
+        precision, recall = (matched / len(found) if found else 0.0), matched / len(truth)
+        start = time.process_time()
+        detector.predict(long, fps=24.0)
+        cpu_ms = (time.process_time() - start) / len(long) * 1000
+        out[name] = {"precision": precision, "recall": recall,
+                     "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                     "cpu_ms_per_frame": cpu_ms, "passes_per_frame": (config.window / (config.window - 50))
+                     if isinstance(detector, TransNetV2Detector) else 1.0}
+        print(name, out[name], flush=True)
+    return {"machine": _machine(), "fixture": "tests/synthetic_edit.py (4 hard cuts, 1 dissolve, 290 frames)",
+            "torch_threads": torch.get_num_threads(), "detectors": out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", default=str(REPO / "demo" / "footage"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "pipeline" / "demo.yaml"))
+    parser.add_argument("--long", type=float, default=0.0, help="build a long 1080p input of this many minutes")
+    parser.add_argument("--segment-s", type=float, default=0.0, help="override detect.segment_s")
+    parser.add_argument("--detectors", action="store_true", help="measure the detector choices instead")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline.json"))
+    args = parser.parse_args()
+    result = detectors() if args.detectors else run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -1,29 +1,36 @@
 """Stage 3, shot analysis: brightness, OCR text-area ratio and aesthetic score per shot.
 
-All three come from **one decode pass** over the source: ``frames_per_shot`` frames are picked
-evenly inside each shot (at the centres of equal parts), decoded in one sequential sweep, and
-scored as they arrive, so memory holds one shot's frames at a time.
+Nothing here decodes. The segment scan (:mod:`pipeline.scan`) decodes each video once and
+scores **candidate frames** as it goes: the source frames on a fixed grid of
+``candidates_per_s`` per second (:func:`is_candidate`), each scaled to the **fixed analysis
+scale** (shorter side ``analysis_short_side`` px, :func:`pipeline.video.analysis_size`), so a
+score does not depend on which copy (360p, 1080p) of a film is read. Only the per-frame scores
+are kept (:class:`CandidateScore`). After detection each shot's scores come from its
+**picks**: the candidates inside the shot nearest the centres of ``frames_per_shot`` equal
+parts of it (:func:`pick_candidates`).
 
-* brightness: mean BT.709 luma ``Y' = 0.2126 R' + 0.7152 G' + 0.0722 B'`` over the sampled
-  frames, 0-255 (on the gamma-encoded values, as video luma is defined).
-* OCR text-area ratio: the largest ratio over the first ``ocr_frames_per_shot`` sampled frames
+* brightness: mean BT.709 luma ``Y' = 0.2126 R' + 0.7152 G' + 0.0722 B'`` over the picks,
+  0-255 (on the gamma-encoded values, as video luma is defined).
+* OCR text-area ratio: the largest ratio over the first ``ocr_frames_per_shot`` picks
   (see :mod:`pipeline.ocr`); their text boxes are kept for the per-video overlay search
   (:mod:`pipeline.overlay`).
-* aesthetic: the mean LAION score of the sampled frames (see :mod:`pipeline.aesthetic`), or
-  ``None`` when the config gives no weights; the run then reports ``aesthetic: skipped``.
+* aesthetic: the mean LAION score of the picks (see :mod:`pipeline.aesthetic`), or ``None``
+  when the config gives no weights; the run then reports ``aesthetic: skipped``.
+
+A shot holding no candidate (shorter than ``1 / candidates_per_s`` seconds) gets no scores.
 """
 
 from __future__ import annotations
 
+import bisect
+
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from multishot.pipeline.config import AnalyseConfig
 from multishot.pipeline.detect import DetectedShot
 from multishot.pipeline.ocr import TextBox, boxes_ratio
-from multishot.pipeline.video import DecodeStats, iter_frames
 
 
 BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
@@ -31,9 +38,9 @@ BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
 @dataclass(frozen=True)
 class ShotScores:
-    """Scores of one shot; all ``None`` when none of its sampled frames decoded.
+    """Scores of one shot; all ``None`` when it holds no candidate frame.
 
-    ``text_boxes``: the counted text boxes of each OCR'd frame (one tuple per frame).
+    ``text_boxes``: the counted text boxes of each OCR'd pick (one tuple per frame).
     """
 
     brightness: float | None
@@ -42,10 +49,51 @@ class ShotScores:
     text_boxes: tuple[tuple[TextBox, ...], ...] = ()
 
 
-def sample_indices(shot: DetectedShot, count: int) -> list[int]:
-    """``count`` source frame indices at the centres of ``count`` equal parts of the shot."""
+@dataclass(frozen=True)
+class CandidateScore:
+    """Scores of one candidate frame (source frame ``index``). ``text_boxes`` (the counted OCR
+    boxes, :meth:`pipeline.ocr.TextDetector.boxes`) and ``aesthetic`` are ``None`` where they
+    were not measured: the scan measures them only on frames that can be a shot's pick (see
+    :mod:`pipeline.scan`), or not at all when disabled."""
+
+    index: int
+    brightness: float
+    text_boxes: tuple[TextBox, ...] | None = None
+    aesthetic: float | None = None
+
+    @property
+    def ocr_text_ratio(self) -> float | None:
+        """The frame's text-area ratio (:func:`pipeline.ocr.boxes_ratio`), None when not OCR'd."""
+        return None if self.text_boxes is None else boxes_ratio(self.text_boxes)
+
+
+def is_candidate(index: int, fps: float, per_s: float) -> bool:
+    """Whether source frame ``index`` is a candidate: the first frame of each ``1 / per_s``
+    second interval of the grid (frame 0 is one). A function of the index alone, so every
+    segment of a video agrees on it."""
+    return index == 0 or int(index * per_s / fps) != int((index - 1) * per_s / fps)
+
+
+def pick_candidates(shot: DetectedShot, candidates: list[int], count: int) -> list[int]:
+    """The candidate frames (sorted source frame indices) a shot is scored on: for each centre
+    ``start + (k + 0.5) · length / count`` of ``count`` equal parts of the shot, the nearest
+    candidate inside ``[start_frame, end_frame)`` (the earlier on a tie); distinct, sorted.
+
+    Args:
+        candidates: every candidate index of the video, sorted.
+    """
+    lo = bisect.bisect_left(candidates, shot.start_frame)
+    hi = bisect.bisect_left(candidates, shot.end_frame)
+    inside = candidates[lo:hi]
+    if not inside:
+        return []
     length = shot.end_frame - shot.start_frame
-    picks = {shot.start_frame + int((k + 0.5) * length / count) for k in range(count)}
+    picks = set()
+    for k in range(count):
+        centre = shot.start_frame + (k + 0.5) * length / count
+        j = bisect.bisect_left(inside, centre)
+        near = [c for c in inside[max(0, j - 1) : j + 1]]
+        picks.add(min(near, key=lambda c: (abs(c - centre), c)))
     return sorted(picks)
 
 
@@ -54,8 +102,9 @@ def mean_luma(frame: np.ndarray) -> float:
     return float(frame.reshape(-1, 3).mean(axis=0) @ BT709)
 
 
-class ShotAnalyser:
-    """Holds the OCR engine and (when weights are configured) the aesthetic model; one per actor."""
+class FrameScorer:
+    """Holds the OCR engine and (when weights are configured) the aesthetic model; one per
+    scanning actor. Scores analysis-scale frames; the scan decides which."""
 
     def __init__(self, config: AnalyseConfig):
         self.config = config
@@ -70,33 +119,42 @@ class ShotAnalyser:
 
             self.aesthetic = AestheticScorer(config.clip_model, config.clip_weights, config.aesthetic_head_weights)
 
-    def analyse(
-        self, source: str, fs: pafs.FileSystem, fps: float, shots: list[DetectedShot], stats: DecodeStats
-    ) -> list[ShotScores]:
-        """Scores for each of ``shots`` (in order) from one decode pass over ``source``."""
-        owner: dict[int, int] = {}
-        for s, shot in enumerate(shots):
-            for index in sample_indices(shot, self.config.frames_per_shot):
-                owner.setdefault(index, s)
-        scores: list[ShotScores | None] = [None] * len(shots)
-        pending: dict[int, list[np.ndarray]] = {}
-        wanted = np.array(sorted(owner))
-        for index, frame in iter_frames(source, fs, fps=fps, wanted=wanted, stats=stats):
-            s = owner[index]
-            for done in [d for d in pending if d < s]:
-                scores[done] = self._score(pending.pop(done))
-            pending.setdefault(s, []).append(frame)
-        for done, frames in pending.items():
-            scores[done] = self._score(frames)
-        return [s if s is not None else ShotScores(None, None, None) for s in scores]
+    def text_boxes(self, frame: np.ndarray) -> tuple[TextBox, ...] | None:
+        """The counted text boxes of an RGB frame ``[H, W, 3]``, or None when OCR is off."""
+        return None if self.text is None else tuple(self.text.boxes(frame))
 
-    def _score(self, frames: list[np.ndarray]) -> ShotScores:
-        brightness = float(np.mean([mean_luma(f) for f in frames]))
-        ocr, boxes = None, ()
-        if self.text is not None:
-            boxes = tuple(tuple(self.text.boxes(f)) for f in frames[: self.config.ocr_frames_per_shot])
-            ocr = max(boxes_ratio(list(b)) for b in boxes)
-        aesthetic = None
-        if self.aesthetic is not None:
-            aesthetic = float(np.mean(self.aesthetic.score(frames)))
-        return ShotScores(brightness, 0.0 if ocr is None else ocr, aesthetic, boxes)
+    def aesthetic_scores(self, frames: list[np.ndarray]) -> list[float | None]:
+        """LAION scores of RGB frames ``[H, W, 3]``, or Nones when aesthetic scoring is off."""
+        if self.aesthetic is None or not frames:
+            return [None] * len(frames)
+        # batches of 16: a segment edge may hold hundreds of candidates
+        return [float(s) for i in range(0, len(frames), 16) for s in self.aesthetic.score(frames[i : i + 16])]
+
+
+def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order: list[int],
+                config: AnalyseConfig) -> ShotScores:
+    """A shot's scores from its picks (rules in the module docstring).
+
+    Args:
+        candidates: the video's candidate scores by source frame index.
+        order: ``sorted(candidates)``.
+
+    Raises:
+        RuntimeError: a pick lacks an OCR or aesthetic score the config asks for (the scan
+            measures every possible pick: a broken invariant, not bad input).
+    """
+    picks = [candidates[i] for i in pick_candidates(shot, order, config.frames_per_shot)]
+    if not picks:
+        return ShotScores(None, None, None)
+    ocr, boxes = None, ()
+    if config.ocr_backend != "none" and config.ocr_frames_per_shot > 0:
+        boxes = tuple(p.text_boxes for p in picks[: config.ocr_frames_per_shot])
+        if None in boxes:
+            raise RuntimeError(f"shot {shot}: a pick has no OCR score")
+        ocr = max(boxes_ratio(b) for b in boxes)
+    aesthetic = None
+    if config.aesthetic_enabled:
+        if any(p.aesthetic is None for p in picks):
+            raise RuntimeError(f"shot {shot}: a pick has no aesthetic score")
+        aesthetic = float(np.mean([p.aesthetic for p in picks]))
+    return ShotScores(float(np.mean([p.brightness for p in picks])), 0.0 if ocr is None else ocr, aesthetic, boxes)

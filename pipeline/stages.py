@@ -9,7 +9,9 @@ exception into an ``error`` status instead of a failed run (webdataset's ``handl
 
 ``pipeline/run.py`` maps :data:`STAGES` onto a Ray Data chain; :func:`run_sequential` runs the
 same list in this process (tests, debugging: ``ray.runner: sequential``). Each stage's Ray
-resources are its config section's ``resources`` (Cosmos-Curate's stage spec).
+resources are its config section's ``resources`` (Cosmos-Curate's stage spec). Within the
+detect stage a video fans out: its segments go to a pool of scanning actors
+(:mod:`pipeline.scan`) and come back stitched, so the chain stays one row per video.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from multishot.dataset.shards import ShardSetLayout, resolve
+from multishot.pipeline.analyse import shot_scores
 from multishot.pipeline.config import PipelineConfig, Resources
+from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
 from multishot.pipeline.filter import decide
 from multishot.pipeline.overlay import find_overlays, ratio_without_overlays, shows_overlay
 from multishot.pipeline.pack import PackShot, pack_video
 from multishot.pipeline.render import crop_rejection, render_samples
 from multishot.pipeline.sample import plan_sample
 from multishot.pipeline.task import RenderedSample, ShotRow, VideoTask
-from multishot.pipeline.video import DecodeStats, ProbeError, probe
+from multishot.pipeline.scan import LocalScans, RayScans, ScanJob, SegmentStore, plan_segments, scan_hash, stitch
+from multishot.pipeline.video import DecodeStats, ProbeError, analysis_size, probe
 from multishot.pipeline.write import save_result, write_samples
 
 log = logging.getLogger(__name__)
@@ -46,14 +51,17 @@ class Stage:
     ``setup(config, samples_hash)`` runs once per worker and returns the per-video function;
     ``section`` names the config section whose ``resources`` place it; ``holds_model`` stages
     run as a Ray actor pool (state loaded once per actor), the others as Ray tasks;
-    ``every_task`` stages also see rejected tasks (the writer saves their result).
+    ``every_task`` stages also see rejected tasks (the writer saves their result);
+    ``scans`` stages get the pool of segment-scanning actors (``setup(config, samples_hash,
+    scans)``) and run as light Ray tasks that wait on it.
     """
 
     name: str
-    setup: Callable[[PipelineConfig, str], Process]
+    setup: Callable[..., Process]
     section: str
     holds_model: bool = False
     every_task: bool = False
+    scans: bool = False
 
     def resources(self, config: PipelineConfig) -> Resources:
         return getattr(config, self.section).resources
@@ -95,40 +103,50 @@ def _note_damage(task: VideoTask, stage: str, stats: DecodeStats) -> None:
         task.fail(task.stage or stage, "; ".join(notes), status="partial")
 
 
-def _detect(config: PipelineConfig, samples_hash: str) -> Process:
-    from multishot.pipeline.detect import make_detector
-
-    detector = make_detector(config.detect)
+def _detect(config: PipelineConfig, samples_hash: str, scans: LocalScans | RayScans | None = None) -> Process:
+    """A video → its shots and candidate scores: its segments not on record yet are scanned
+    by ``scans`` (a Ray actor pool, or this process), then all are stitched."""
+    fs, root = resolve(config.output)
+    work_dir = ShardSetLayout(root).work_dir
+    settings = scan_hash(config)
+    scans = scans or LocalScans(config)
 
     def process(task: VideoTask) -> None:
-        fs, path = resolve(task.source)
-        stats = task.decode.setdefault("detect", DecodeStats())
-        shots = detector.detect(path, fs, task.info.fps, stats)
+        info = task.info
+        store = SegmentStore.of_video(fs, work_dir, task.source_id, settings)
+        segments = plan_segments(info.num_frames, info.fps, config)
+        size = analysis_size(info, config.analyse.analysis_short_side)
+        todo = [ScanJob(task.source, info.fps, s, size, config.output, store.dir)
+                for s in segments if store.load(s) is None]  # finished segments are resume points
+        fresh = list(scans.run(todo))
+        # the scanning actors' CPU (this process only waits): what the stage cost
+        task.cpu_seconds["detect"] = task.cpu_seconds.get("detect", 0.0) + sum(r.cpu_s for r in fresh)
+        results = [store.load(s) for s in segments]
+        if None in results:
+            raise RuntimeError(f"segment results missing after the scan: {[s.name for s, r in zip(segments, results) if r is None]}")
+        single, many, candidates, stats = stitch(results)
+        task.decode["detect"] = stats
         _note_damage(task, "detect", stats)
+        shots = shots_from_predictions(single, many, config.detect.threshold, min_shot_frames(config.detect, info.fps))
         if not shots:
             task.fail("detect", f"no shots found ({stats.frames} frames decoded)")
             return
         # every detected shot goes on record; a too-short one is never analysed or packed
         task.shots = [ShotRow(shot=shot, reason="too_short" if shot.too_short else "") for shot in shots]
+        task.candidates, task.analysis_size = candidates, size
 
     return process
 
 
 def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
-    from multishot.pipeline.analyse import ShotAnalyser
-
-    analyser = ShotAnalyser(config.analyse)
-
     def process(task: VideoTask) -> None:
         rows = [r for r in task.shots if not r.shot.too_short]
-        if not rows:
-            return  # no shot long enough: no decode pass (an empty frame list would read the whole video)
-        fs, path = resolve(task.source)
-        stats = task.decode.setdefault("analyse", DecodeStats())
-        scores = analyser.analyse(path, fs, task.info.fps, [r.shot for r in rows], stats)
-        for shot_row, score in zip(rows, scores):
-            shot_row.scores = score
+        by_index = {c.index: c for c in task.candidates}
+        order = sorted(by_index)
+        for shot_row in rows:
+            shot_row.scores = shot_scores(shot_row.shot, by_index, order, config.analyse)
         _overlays(task, rows, config)
+        task.candidates = []  # per-shot now; keeps the result file small
 
     return process
 
@@ -212,11 +230,13 @@ def _write(config: PipelineConfig, samples_hash: str) -> Process:
 STAGES: list[Stage] = [
     # 1:1, container facts from headers only: reserves no core, two at a time are plenty
     Stage("probe", _probe, "probe"),
-    # 1:1, one decode pass; TransNetV2 loads once per actor (GPU when given); most of the CPU work
-    Stage("detect", _detect, "detect", holds_model=True),
-    # 1:1, one decode pass over sampled frames of shots not too short; OCR (+ CLIP) load once per
-    # actor; then the video's burned-in overlays from its OCR boxes; light, half a core
-    Stage("analyse", _analyse, "analyse", holds_model=True),
+    # 1:1, the one decode for detection and analysis: the video's segments go to a pool of
+    # scanning actors (TransNetV2 + OCR (+ CLIP) loaded once each, placed by detect.resources;
+    # most of the CPU work), finished segments are resume points; this task only waits: no core
+    Stage("detect", _detect, "detect", scans=True),
+    # 1:1, per-shot scores from the scan's candidate frames (shots not too short), the video's
+    # burned-in overlays from their OCR boxes, then the filter: no core reserved
+    Stage("analyse", _analyse, "analyse"),
     # 1:1, pure arithmetic on the shot list: no core reserved
     Stage("pack", _pack, "pack"),
     # 1:1, one decode pass, x264 per sample (mp4 bytes ride in the task): half a core each

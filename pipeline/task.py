@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
 from multishot.dataset.record import SampleRecord
-from multishot.pipeline.analyse import ShotScores
+from multishot.pipeline.analyse import CandidateScore, ShotScores
 from multishot.pipeline.detect import DetectedShot, transition_before
 from multishot.pipeline.overlay import Overlay
 from multishot.pipeline.pack import PackedSample
@@ -95,6 +95,9 @@ class VideoTask(BaseModel):
     info: VideoInfo | None = None
     decode: dict[str, DecodeStats] = Field(default_factory=dict)  # per decode pass
     shots: list[ShotRow] = Field(default_factory=list)
+    # the scan's candidate-frame scores, detect → analyse (emptied there: not in the result file)
+    candidates: list[CandidateScore] = Field(default_factory=list)
+    analysis_size: tuple[int, int] | None = None  # (W, H) px the shots were scored at
     overlays: list[Overlay] = Field(default_factory=list)  # burned-in text found by the analyse stage
     samples: list[PackedSample] = Field(default_factory=list)
     rendered: list[RenderedSample] = Field(default_factory=list)  # render → caption → write
@@ -102,6 +105,7 @@ class VideoTask(BaseModel):
     shards: list[dict] = Field(default_factory=list)  # manifest entries (ShardInfo dicts)
     dropped_samples: list[dict] = Field(default_factory=list)  # {key, reason}
     seconds: dict[str, float] = Field(default_factory=dict)  # wall seconds per stage
+    cpu_seconds: dict[str, float] = Field(default_factory=dict)  # CPU seconds per stage, its workers' included
     samples_hash: str = ""
 
     def to_row(self) -> dict[str, str]:
@@ -127,12 +131,14 @@ class VideoTask(BaseModel):
 
     @contextmanager
     def timed(self, stage: str):
-        """Add the wall seconds of the ``with`` body to ``seconds[stage]``."""
-        start = time.perf_counter()
+        """Add the wall seconds of the ``with`` body to ``seconds[stage]`` and this process's
+        CPU seconds to ``cpu_seconds[stage]`` (a Ray worker runs one stage at a time)."""
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + time.process_time() - cpu
 
     def reject_row(self) -> dict:
         """The video's row in ``index/rejects.parquet`` (for a status other than ``ok``)."""

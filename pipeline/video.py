@@ -24,10 +24,11 @@ Parallelism comes from decoding several videos side by side.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import av
+import av.codec.hwaccel
 import numpy as np
 import pyarrow.fs as pafs
 
@@ -75,7 +76,9 @@ class DecodeStats:
 
     ``frames``: decoded frames placed on the grid; ``errors``: packets that failed to decode;
     ``substituted``: grid slots (source frames) filled from the previous frame because of damage;
-    ``last_time_s``: presentation time (s) of the last decoded frame.
+    ``last_time_s``: presentation time (s) of the last decoded frame; ``decoder``: what decoded
+    the pass, ``"cpu"`` (libavcodec) or ``"nvdec"`` (the GPU's decoder, :mod:`pipeline.gpu_video`);
+    ``note``: why a pass that was to run on the GPU's decoder did not.
     """
 
     frames: int = 0
@@ -83,19 +86,24 @@ class DecodeStats:
     last_error: str = ""
     last_time_s: float = 0.0
     substituted: int = 0
+    decoder: str = "cpu"
+    note: str = ""
 
 
-def open_container(source: str, fs: pafs.FileSystem | None = None) -> av.container.InputContainer:
-    """Open ``source`` (local path, or a path on ``fs``) for demuxing.
+def open_container(
+    source: str, fs: pafs.FileSystem | None = None, hwaccel: av.codec.hwaccel.HWAccel | None = None
+) -> av.container.InputContainer:
+    """Open ``source`` (local path, or a path on ``fs``) for demuxing; ``hwaccel`` decodes on a
+    hardware device (:mod:`pipeline.gpu_video`).
 
     Raises:
         ProbeError: the file cannot be opened or holds no video stream.
     """
     try:
         if fs is None or isinstance(fs, pafs.LocalFileSystem):
-            container = av.open(source, mode="r")
+            container = av.open(source, mode="r", hwaccel=hwaccel)
         else:
-            container = av.open(fs.open_input_file(source), mode="r")
+            container = av.open(fs.open_input_file(source), mode="r", hwaccel=hwaccel)
     except (av.error.FFmpegError, OSError, ValueError) as err:
         raise ProbeError(f"cannot open: {err}") from err
     if not container.streams.video:
@@ -211,12 +219,15 @@ def iter_grid(
     height: int | None = None,
     wanted: np.ndarray | None = None,
     stats: DecodeStats | None = None,
+    start_frame: int = 0,
+    end_frame: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Yield ``(source_frame_index, rgb uint8 [H, W, 3], substituted)`` for every grid slot.
 
-    Slots run from 0 to the last decoded frame's slot without holes (the grid rule is in the
-    module docstring); ``substituted`` is True where the slot's own picture was lost to damage.
-    The yielded arrays are shared between slots showing the same frame: do not modify them.
+    Slots run from ``start_frame`` to the last decoded frame's slot (or ``end_frame - 1``)
+    without holes (the grid rule is in the module docstring); ``substituted`` is True where the
+    slot's own picture was lost to damage. The yielded arrays are shared between slots showing
+    the same frame: do not modify them.
 
     Args:
         fps: the grid's rate (:attr:`VideoInfo.fps`, from :func:`probe`).
@@ -225,30 +236,85 @@ def iter_grid(
         wanted: sorted source frame indices to yield; others are decoded but not converted
             (cheap), and decoding stops once the last wanted index is known.
         stats: filled with frames seen, decoding errors skipped, substituted slots, last time.
+        start_frame, end_frame: the source frames ``[start_frame, end_frame)`` to yield
+            (``None``: to the end); a start past 0 seeks (:func:`iter_slots`).
+    """
+    for slot, frame, substituted, image in _iter_images(
+        source, fs, fps=fps, stats=stats, start_frame=start_frame, end_frame=end_frame, wanted=wanted
+    ):
+        yield slot, image(width, height), substituted
+
+
+def _iter_images(source, fs, *, fps, stats, start_frame, end_frame, wanted):
+    """:func:`iter_slots` with a per-frame converter ``image(width, height)`` that converts
+    the slot's frame once per size, however many slots show it."""
+    cache: dict = {}
+    shown = None
+    for slot, frame, substituted in iter_slots(
+        source, fs, fps=fps, stats=stats, start_frame=start_frame, end_frame=end_frame, wanted=wanted
+    ):
+        if frame is not shown:
+            shown, cache = frame, {}
+
+        def image(width: int | None, height: int | None, frame=frame, cache=cache) -> np.ndarray:
+            if (width, height) not in cache:
+                cache[(width, height)] = _image(frame, width, height)
+            return cache[(width, height)]
+
+        yield slot, frame, substituted, image
+
+
+#: how far before a segment's first frame a seek aims (s): containers seek to the keyframe at
+#: or before the target by timestamp, and a late landing is retried from further back
+SEEK_MARGIN_S = (1.0, 10.0, None)
+
+
+def iter_slots(
+    source: str,
+    fs: pafs.FileSystem | None = None,
+    *,
+    fps: float,
+    stats: DecodeStats | None = None,
+    start_frame: int = 0,
+    end_frame: int | None = None,
+    wanted: np.ndarray | None = None,
+    hwaccel: av.codec.hwaccel.HWAccel | None = None,
+) -> Iterator[tuple[int, av.VideoFrame, bool]]:
+    """Yield ``(source_frame_index, decoded frame, substituted)`` for the grid slots
+    ``[start_frame, end_frame)`` (the rule of :func:`iter_grid`, without converting pixels).
+
+    A ``start_frame`` past 0 seeks to the keyframe at or before it (less
+    :data:`SEEK_MARGIN_S`), decodes from there and yields from ``start_frame`` on, so a segment
+    shows the same pictures as a decode from the start (tested on H.264 in MP4, fragmented MP4
+    and Matroska). If a seek lands after ``start_frame`` it is retried from further back, at
+    last from the start of the file. Frames decoded before ``start_frame`` are not counted in
+    ``stats``. ``hwaccel`` decodes on a hardware device (PyAV's ``HWAccel``; the GPU frame
+    source, :mod:`pipeline.gpu_video`): the slots come from the demuxer's timestamps all the same.
     """
     stats = stats if stats is not None else DecodeStats()
-    last_wanted = int(wanted[-1]) if wanted is not None and len(wanted) else None
+    last = end_frame - 1 if end_frame is not None else None
+    if wanted is not None:
+        last = min(last, int(wanted[-1])) if last is not None else (int(wanted[-1]) if len(wanted) else -1)
     wanted_set = set(int(i) for i in wanted) if wanted is not None else None
     held: av.VideoFrame | None = None  # the frame on screen, from slot `held_slot` on
-    held_slot, image = -1, None
+    held_slot = -1
 
-    def flush(first: int, until: int, damaged: bool, own: bool = True) -> Iterator[tuple[int, np.ndarray, bool]]:
+    def flush(first: int, until: int, damaged: bool, own: bool = True) -> Iterator[tuple[int, av.VideoFrame, bool]]:
         """Yield the held frame for slots ``[first, until)``. When ``damaged``, every slot but
         the frame's own (``first``, if ``own``) is substituted."""
-        nonlocal image
-        for slot in range(first, until if last_wanted is None else min(until, last_wanted + 1)):
+        for slot in range(max(first, start_frame), until if last is None else min(until, last + 1)):
             substituted = damaged and (slot > first or not own)
             stats.substituted += substituted
             if wanted_set is None or slot in wanted_set:
-                if image is None:
-                    image = _image(held, width, height)
-                yield slot, image, substituted
+                yield slot, held, substituted
 
-    with open_container(source, fs) as container:
+    with open_container(source, fs, hwaccel) as container:
         stream = main_stream(container)
         stream.codec_context.thread_count = 1  # deterministic pixels on damaged input (see top)
         time_base = float(stream.time_base)
         start = stream.start_time or 0
+        if start_frame > 0:
+            _seek(container, stream, start_frame, fps)
         # slots of packets that failed to decode: a hole around one is damage, not frame rate
         # (by timestamp, as the decoder outputs the frames around a hole late, after the errors)
         lost: list[int] = []
@@ -268,22 +334,42 @@ def iter_grid(
                 slot = int(round(t * fps))
                 if slot <= held_slot or slot < 0:
                     continue  # a fast stretch: this slot already shows an earlier frame
-                stats.frames += 1
-                stats.last_time_s = t
+                if slot >= start_frame:
+                    stats.frames += 1
+                    stats.last_time_s = t
                 damaged = any(held_slot < x < slot for x in lost)
                 lost = [x for x in lost if x > slot]
                 if held is None:
                     # slots before the first frame show it (an offset start, or leading damage)
-                    held, image = frame, None
+                    held = frame
                     yield from flush(0, slot, damaged, own=False)
                 else:
                     yield from flush(held_slot, slot, damaged)
-                    image = None
                 held, held_slot = frame, slot
-                if last_wanted is not None and held_slot > last_wanted:
+                if last is not None and held_slot > last:
                     return
         if held is not None:
             yield from flush(held_slot, held_slot + 1, False)
+
+
+def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, frame: int, fps: float) -> None:
+    """Seek ``container`` so that decoding starts at a keyframe whose slot is at most ``frame``:
+    peeks at the first decoded frame after each try and backs off (:data:`SEEK_MARGIN_S`)."""
+    time_base = float(stream.time_base)
+    start = stream.start_time or 0
+    for margin in SEEK_MARGIN_S:
+        target = 0 if margin is None else max(0.0, frame / fps - margin)
+        container.seek(start + int(target / time_base), stream=stream, backward=True, any_frame=False)
+        if margin is None:
+            return
+        first = None
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.is_keyframe:
+                first = packet.pts
+                break
+        if first is not None and int(round((first - start) * time_base * fps)) <= frame:
+            container.seek(start + int(target / time_base), stream=stream, backward=True, any_frame=False)
+            return
 
 
 def iter_frames(
@@ -299,3 +385,38 @@ def iter_frames(
     """:func:`iter_grid` without the substituted flag: ``(source_frame_index, rgb [H, W, 3])``."""
     for index, image, _ in iter_grid(source, fs, fps=fps, width=width, height=height, wanted=wanted, stats=stats):
         yield index, image
+
+
+def analysis_size(info: VideoInfo, short_side: int) -> tuple[int, int]:
+    """``(width, height)`` (px) of the fixed analysis scale for a video: its display size scaled
+    so the shorter side is ``short_side`` (up or down), both sides even. The same film at any
+    resolution gives the same size, so scores measured at it do not depend on the copy."""
+    w, h = info.display_width, info.display_height
+    scale = short_side / min(w, h)
+    return max(2, 2 * round(w * scale / 2)), max(2, 2 * round(h * scale / 2))
+
+
+def iter_scan_frames(
+    source: str,
+    fs: pafs.FileSystem | None = None,
+    *,
+    fps: float,
+    start_frame: int,
+    end_frame: int | None,
+    detect_size: tuple[int, int],
+    analysis_size: tuple[int, int],
+    is_candidate: Callable[[int], bool],
+    stats: DecodeStats | None = None,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """The CPU frame source of a segment scan (the contract is
+    :class:`multishot.pipeline.scan.FrameSource`): one sequential PyAV decode of the source
+    frames ``[start_frame, end_frame)`` on the grid of :func:`iter_grid`, yielding
+    ``(source_frame_index, detector frame uint8 [h, w, 3] at detect_size (w, h),
+    analysis frame uint8 [H, W, 3] at analysis_size (W, H) or None)``; the analysis frame is
+    given where ``is_candidate(index)``. Both are RGB, upright, scaled by libswscale's area filter.
+    """
+    dw, dh = detect_size
+    aw, ah = analysis_size
+    for slot, _, _, image in _iter_images(source, fs, fps=fps, stats=stats, start_frame=start_frame,
+                                          end_frame=end_frame, wanted=None):
+        yield slot, image(dw, dh), (image(aw, ah) if is_candidate(slot) else None)

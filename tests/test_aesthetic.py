@@ -76,16 +76,22 @@ def test_missing_or_mismatched_weights_are_clear_errors(weights, tmp_path):
         AestheticScorer(name, clip, tmp_path / "wide_head.pth")
 
 
-def test_analyser_scores_every_shot_when_weights_are_given(weights):
-    from multishot.pipeline.analyse import ShotAnalyser
+def test_scan_scores_every_shot_when_weights_are_given(weights):
+    from multishot.pipeline.analyse import shot_scores
+    from multishot.pipeline.config import PipelineConfig
     from multishot.pipeline.detect import DetectedShot
-    from multishot.pipeline.video import DecodeStats
+    from multishot.pipeline.scan import SegmentScanner
 
     name, clip, head = weights
-    config = AnalyseConfig(clip_model=name, clip_weights=clip, aesthetic_head_weights=head, ocr_backend="none")
-    shots = [DetectedShot(0, 75, False), DetectedShot(76, 120, False)]
+    config = PipelineConfig(analyse=dict(clip_model=name, clip_weights=clip, aesthetic_head_weights=head,
+                                         ocr_backend="none"))
     path = str(FOOTAGE / "archive" / "sintel_film_excerpt_26s.mp4")
-    scores = ShotAnalyser(config).analyse(path, None, 25.0, shots, DecodeStats())
+    # the segment [0, 125) ends inside the video: its last shot's candidates are all scored
+    result = SegmentScanner(config).scan(path, None, 25.0, 0, 125, analysis_size=(640, 360))
+    by_index = {c.index: c for c in result.candidates}
+    assert sorted(by_index) == [0, 13, 25, 38, 50, 63, 75, 88, 100, 113]  # 2 per second at 25 fps
+    shots = [DetectedShot(0, 75, False), DetectedShot(76, 120, False)]
+    scores = [shot_scores(s, by_index, sorted(by_index), config.analyse) for s in shots]
     assert all(s.aesthetic is not None and np.isfinite(s.aesthetic) for s in scores)
     with pytest.raises(ValidationError, match="together"):
         AnalyseConfig(clip_weights=clip)

@@ -253,12 +253,15 @@ def test_report_and_verify(pipeline_run, capsys):
     saved = json.loads(Path(ShardSetLayout(out).report).read_text())
     assert saved["samples"] == report["samples"] and saved["realtime_factor"] > 0
     assert saved["aesthetic"].startswith("skipped")
-    # detect, analyse and render decode once each; a video without samples (Tears of Steel: every
-    # shot shows its overlay) is not rendered
+    # the scan (detect + analyse) and the render decode once each; a video without samples (Tears
+    # of Steel: every shot shows its overlay) is not rendered
     alive = report["videos_by_status"]["ok"] + report["videos_by_status"].get("partial", 0)
     rendered = len({r["source"] for r in pq.read_table(ShardSetLayout(out).samples_index).to_pylist()})
     assert rendered < alive
-    assert saved["decode_passes_per_video"] == pytest.approx((3 * rendered + 2 * (alive - rendered)) / alive)
+    assert saved["decode_passes_per_video"] == pytest.approx((2 * rendered + (alive - rendered)) / alive)
+    # no GPU here: every pass ran on libavcodec, and with no GPU asked for there is no fallback to note
+    assert "detect: cpu" in saved["decoders"] and all(k.endswith(": cpu") for k in saved["decoders"])
+    assert saved["decoder_notes"] == []
     from multishot.cli import main
 
     assert main(["shards", "verify", out, "-q"]) == 0

@@ -82,6 +82,13 @@ def _state(client, prefix: str) -> tuple[list[tuple[str, tuple[str, ...]]], list
     return [(s["name"], tuple(s["keys"])) for s in manifest["shards"]], sorted(keys), records
 
 
+def _markers(keys, prefix: str) -> list[str]:
+    """The per-video resume markers among ``keys``: ``{prefix}/_work/{source_id}.json`` (segment
+    results lie deeper, under ``_work/segments/``)."""
+    work = f"{prefix}/_work/"
+    return [k for k in keys if k.startswith(work) and k.endswith(".json") and "/" not in k[len(work):]]
+
+
 def test_sigkill_then_rerun_on_s3_gives_the_reference_samples(s3, job):
     client, _ = s3
     config, _ = job
@@ -94,7 +101,7 @@ def test_sigkill_then_rerun_on_s3_gives_the_reference_samples(s3, job):
         deadline = time.time() + 300
         # kill once the first video's resume marker is in the bucket: the second one is mid-way
         while time.time() < deadline and proc.poll() is None:
-            if any(k.endswith(".json") for k in _objects(client, "killed/_work/")):
+            if _markers(_objects(client, "killed/_work/"), "killed"):
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -104,8 +111,9 @@ def test_sigkill_then_rerun_on_s3_gives_the_reference_samples(s3, job):
 
     left = _objects(client, "killed/")
     assert "killed/manifest.json" not in left
-    markers = [k for k in left if k.startswith("killed/_work/") and k.endswith(".json")]
+    markers = _markers(left, "killed")
     assert len(markers) == 1, left
+    assert [k for k in left if k.startswith("killed/_work/segments/")]  # the scan's resume points
     # no partial objects: nothing but whole tars and the marker, every tar the marker lists
     # present with its size, and no upload left unfinished
     assert not [k for k in left if k.endswith(".tmp")], left

@@ -1,0 +1,385 @@
+"""Stage 2's work: one decode of a video, in segments, feeds shot detection and analysis.
+
+A video is split into **segments**, half-open source-frame ranges of about ``detect.segment_s``
+seconds (:func:`plan_segments`), each scanned by one actor (:class:`SegmentScanner`) in one
+sequential decode of the segment plus 25 frames of context on each side:
+
+* every frame, scaled to 48×27, goes to the shot detector, which predicts the segment's frames
+  (its windows aligned with those of an unsplit run, so the stitched predictions equal an
+  unsplit run's: :meth:`pipeline.detect.TransNetV2Detector.predict`);
+* **candidate frames** (``analyse.candidates_per_s`` per second, :func:`pipeline.analyse.is_candidate`),
+  scaled to the fixed analysis scale, get their brightness right away and are kept as JPEG
+  (quality 95: a 5-minute segment's 600 candidates take ~40 MB) until the segment's predictions
+  are in; then OCR and the aesthetic model read only the candidates that can be a shot's pick
+  (:func:`pipeline.analyse.pick_candidates`): the picks of every shot that lies wholly inside
+  the segment and is not too short (too-short shots are never analysed), and every candidate
+  of the shots that reach a segment edge (their extent is known only after stitching). An
+  unsplit video has no such shots: OCR runs once per shot.
+
+A segment's result (:class:`SegmentResult`: per-frame predictions and candidate scores, with
+each OCR'd candidate's text boxes for the per-video overlay search, a few bytes per frame) is saved under the output's ``_work/segments/`` as it finishes
+(:class:`SegmentStore`): a resume point, so a killed run redoes only unfinished segments. The
+detect stage stitches a video's results (:func:`stitch`) and makes its shots.
+
+Where segments run: :class:`LocalScans` in this process (``ray.runner: sequential``), or
+:class:`RayScans`, a pool of actors holding :class:`SegmentScanner`\\ s that the detect stage of
+every video feeds (so one long film uses every actor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import cv2
+import numpy as np
+import pyarrow.fs as pafs
+from pydantic import BaseModel, Field
+
+from multishot.dataset.shards import read_json, resolve, write_json
+from multishot.pipeline.analyse import CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates
+from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.detect import CONTEXT, make_detector, min_shot_frames, shots_from_predictions
+from multishot.pipeline.ocr import TextBox
+from multishot.pipeline.video import DecodeStats
+
+JPEG_QUALITY = 95
+
+
+class FrameSource(Protocol):
+    """What a segment scan reads frames from (the CPU one is :func:`pipeline.video.iter_scan_frames`).
+
+    Called with ``(source, fs, *, fps, start_frame, end_frame, detect_size, analysis_size,
+    is_candidate, stats)``, it yields ``(index, detector_frame, analysis_frame)`` for **every**
+    source frame ``index`` in ``[start_frame, end_frame)`` in order without holes (``end_frame``
+    None: to the end of the stream), on the grid of :func:`pipeline.video.iter_grid` (frame
+    ``i`` is the picture shown at ``i / fps`` s):
+
+    * ``detector_frame``: RGB uint8 ``[h, w, 3]`` at ``detect_size = (w, h)`` (48×27): a numpy
+      array, or a CUDA tensor from the GPU source (:class:`pipeline.gpu_video.GpuFrameSource`),
+      which the detector reads where it is;
+    * ``analysis_frame``: RGB uint8 ``[H, W, 3]`` at ``analysis_size = (W, H)`` where
+      ``is_candidate(index)``, else ``None``.
+
+    Frames are upright (rotation applied), scaled with an area filter. ``stats`` (a
+    :class:`~pipeline.video.DecodeStats`) is filled with the frames decoded in the range,
+    decoding errors and substituted slots. A start past 0 must give the same pictures as a
+    decode from the start (seek to the keyframe before it). Raises
+    :class:`~pipeline.video.ProbeError` when the file cannot be opened.
+    """
+
+    def __call__(self, source: str, fs: pafs.FileSystem | None, *, fps: float, start_frame: int,
+                 end_frame: int | None, detect_size: tuple[int, int], analysis_size: tuple[int, int],
+                 is_candidate: Callable[[int], bool], stats: DecodeStats
+                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]: ...
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Source frames ``[start_frame, end_frame)`` of a video; ``end_frame`` None: to its end."""
+
+    start_frame: int
+    end_frame: int | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.start_frame:010d}-{'end' if self.end_frame is None else self.end_frame}"
+
+
+class SegmentResult(BaseModel):
+    """What a segment scan found (the resume point of one segment).
+
+    ``start_frame``/``end_frame``: the source frames it covers; ``end_frame`` is where decoding
+    ended when that is before the planned end (the last segment: the stream's end).
+    ``single``/``many``: the detector's per-frame probabilities ``[end - start]``;
+    ``candidates``: the scores of its candidate frames (:class:`pipeline.analyse.CandidateScore`,
+    OCR text boxes included);
+    ``stats``: its decode (frames in range only); ``cpu_s``/``wall_s``: what the scan cost;
+    ``peak_rss_mib``: the scanning process's peak resident memory so far (MiB).
+    """
+
+    start_frame: int
+    end_frame: int
+    single: list[float]
+    many: list[float]
+    candidates: list[CandidateScore]
+    stats: DecodeStats = Field(default_factory=DecodeStats)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    peak_rss_mib: float = 0.0
+
+
+def plan_segments(num_frames: int, fps: float, config: PipelineConfig) -> list[Segment]:
+    """Segments of a video of ``num_frames`` (the container's claim) at ``fps``: about
+    ``detect.segment_s`` long, starting at multiples of ``stride · batch_windows`` frames (so
+    windows and batches align with an unsplit run's); the last runs to the stream's end, so a
+    wrong claim costs nothing but balance.
+    """
+    detect = config.detect
+    unit = (detect.window - 2 * CONTEXT) * detect.batch_windows
+    length = max(unit, unit * round(detect.segment_s * fps / unit))
+    starts = list(range(0, max(num_frames, 1), length))
+    return [Segment(s, e) for s, e in zip(starts, starts[1:])] + [Segment(starts[-1], None)]
+
+
+def scan_hash(config: PipelineConfig) -> str:
+    """16 hex digits naming the settings a segment result depends on (detection and analysis,
+    not placement): a result saved with other settings is not reused."""
+    parts = {"detect": config.detect.model_dump(mode="json", exclude={"resources", "batch_windows", "segment_s", "decoder"}),
+             "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"})}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SegmentStore:
+    """Where a video's segment results live: ``{work_dir}/segments/{source_id}-{scan_hash}/``,
+    one JSON per segment, written atomically (temporary name, then moved)."""
+
+    def __init__(self, fs: pafs.FileSystem, folder: str):
+        self.fs, self.dir = fs, folder
+
+    @classmethod
+    def of_video(cls, fs: pafs.FileSystem, work_dir: str, source_id: str, settings: str) -> SegmentStore:
+        """The store of video ``source_id`` scanned with settings ``settings`` (:func:`scan_hash`)."""
+        return cls(fs, f"{work_dir}/segments/{source_id}-{settings}")
+
+    def path(self, segment: Segment) -> str:
+        return f"{self.dir}/{segment.name}.json"
+
+    def load(self, segment: Segment) -> SegmentResult | None:
+        """The saved result, or None (never saved, or unreadable: then it is redone)."""
+        try:
+            return SegmentResult.model_validate(read_json(self.fs, self.path(segment)))
+        except (OSError, ValueError):
+            return None
+
+    def save(self, segment: Segment, result: SegmentResult) -> None:
+        write_json(self.fs, self.path(segment), result.model_dump(mode="json"))
+
+
+def stitch(results: Sequence[SegmentResult]) -> tuple[np.ndarray, np.ndarray, list[CandidateScore], DecodeStats]:
+    """A video's per-frame predictions ``([N], [N])``, candidate scores and decode stats from
+    its segments' results, in order. Results after the first that ended early (the stream
+    ended inside it) are empty and skipped.
+
+    Raises:
+        RuntimeError: the results leave a hole or overlap (a broken invariant).
+    """
+    single, many, candidates, stats, at = [], [], [], DecodeStats(), 0
+    decoders: set[str] = set()
+    for r in results:
+        if r.end_frame <= r.start_frame:
+            continue
+        if r.start_frame != at:
+            raise RuntimeError(f"segment results do not join: one starts at {r.start_frame}, expected {at}")
+        single.append(np.asarray(r.single, np.float32))
+        many.append(np.asarray(r.many, np.float32))
+        candidates += r.candidates
+        stats.frames += r.stats.frames
+        stats.errors += r.stats.errors
+        stats.substituted += r.stats.substituted
+        stats.last_error = r.stats.last_error or stats.last_error
+        stats.last_time_s = max(stats.last_time_s, r.stats.last_time_s)
+        decoders.add(r.stats.decoder)
+        stats.note = stats.note or r.stats.note
+        at = r.end_frame
+    stats.decoder = "+".join(sorted(decoders)) or stats.decoder  # "cpu+nvdec": segments differed
+    if not single:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), [], stats
+    return np.concatenate(single), np.concatenate(many), candidates, stats
+
+
+def _stack(frames: list) -> np.ndarray:
+    """Frames ``[h, w, 3]`` stacked to ``[N, h, w, 3]``: NumPy, or a tensor on the frames' device
+    (the GPU source's stay on the GPU for the detector)."""
+    if frames and not isinstance(frames[0], np.ndarray):
+        import torch
+
+        return torch.stack(frames)
+    return np.stack(frames)
+
+
+class SegmentScanner:
+    """The per-segment work: holds the shot detector and the frame scorers (one per actor).
+
+    ``frame_source`` decodes (:class:`FrameSource`); by default the GPU's decoder on an actor
+    given a GPU, else PyAV on the CPU (:func:`pipeline.gpu_video.choose_frame_source`; why a GPU
+    actor decodes on the CPU is kept as ``note`` in each segment's stats).
+    """
+
+    def __init__(self, config: PipelineConfig, frame_source: FrameSource | None = None):
+        self.config = config
+        self.detector = make_detector(config.detect)
+        self.scorer = FrameScorer(config.analyse)
+        self.note = ""
+        if frame_source is None:
+            from multishot.pipeline.gpu_video import choose_frame_source
+
+            frame_source, self.note = choose_frame_source(config.detect)
+        self.frame_source = frame_source
+
+    def scan(self, source: str, fs: pafs.FileSystem | None, fps: float, start_frame: int, end_frame: int | None,
+             context: int = CONTEXT, *, analysis_size: tuple[int, int]) -> SegmentResult:
+        """Scan source frames ``[start_frame, end_frame)`` (``None``: to the end) of ``source``
+        with ``context`` frames decoded on each side for the detector (the module docstring
+        says what is measured). ``analysis_size`` is ``(W, H)`` of the fixed analysis scale.
+
+        Raises:
+            pipeline.video.ProbeError: the file cannot be opened.
+        """
+        cpu, wall = time.process_time(), time.perf_counter()
+        analyse = self.config.analyse
+        stats = DecodeStats(note=self.note)  # a GPU frame source sets its decoder
+        frames: list = []  # 48x27 frames from start_frame - context on (CUDA tensors from a GPU source)
+        kept: dict[int, bytes] = {}  # JPEG of each candidate, until OCR/aesthetic are decided
+        brightness: dict[int, float] = {}
+        lo = max(0, start_frame - context)
+        hi = None if end_frame is None else end_frame + context
+
+        def candidate(i: int) -> bool:
+            return start_frame <= i and (end_frame is None or i < end_frame) and is_candidate(i, fps, analyse.candidates_per_s)
+
+        for index, small, big in self.frame_source(source, fs, fps=fps, start_frame=lo, end_frame=hi,
+                                                   detect_size=self.detector.size, analysis_size=analysis_size,
+                                                   is_candidate=candidate, stats=stats):
+            if index != lo + len(frames):
+                raise RuntimeError(f"frame source skipped from {lo + len(frames) - 1} to {index}")
+            frames.append(small)
+            if big is not None:
+                brightness[index] = mean_luma(big)
+                if self.scorer.text is not None or self.scorer.aesthetic is not None:
+                    kept[index] = cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+        eof = lo + len(frames)  # one past the last frame decoded
+        end = eof if end_frame is None else min(end_frame, eof)
+        at = start_frame - lo
+        if end > start_frame:
+            stack = _stack(frames)
+            del frames
+            single, many = self.detector.predict(stack[at : end - lo], stack[:at], stack[end - lo :], fps=fps)
+        else:
+            single = many = np.zeros(0, np.float32)
+        ocr, aesthetic = self._pickable(single, many, start_frame, fps, first=start_frame == 0,
+                                        last=end_frame is None or eof <= end_frame, candidates=sorted(brightness))
+        scores = self._score(ocr, aesthetic, kept)
+        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None))) for i in sorted(brightness)]
+        # frames of this segment only (contexts overlap the neighbours'); errors and the last
+        # decoded time as the decode saw them
+        inner = DecodeStats(frames=max(0, end - start_frame), errors=stats.errors, last_error=stats.last_error,
+                            last_time_s=stats.last_time_s, substituted=stats.substituted,
+                            decoder=stats.decoder, note=stats.note)
+        return SegmentResult(start_frame=start_frame, end_frame=max(start_frame, end), single=single.tolist(),
+                             many=many.tolist(), candidates=candidates, stats=inner,
+                             cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall,
+                             peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+    def _pickable(self, single: np.ndarray, many: np.ndarray, start: int, fps: float, first: bool, last: bool,
+                  candidates: list[int]) -> tuple[list[int], list[int]]:
+        """The candidates OCR and the aesthetic model must read (two sorted lists): those that
+        can be a shot's (first ``ocr_frames_per_shot``) picks once the segments are stitched.
+
+        The shots between the first and the last local shot boundary that keep a margin from
+        the segment's edges are the video's shots (their boundaries come from prediction runs
+        wholly inside the segment, which stitching does not change): their picks. Before and
+        after those, every candidate (a first segment's start and a last segment's end are the
+        video's, not edges).
+        """
+        analyse = self.config.analyse
+        if not len(single):
+            return [], []
+        local = shots_from_predictions(single, many, self.config.detect.threshold,
+                                       min_shot_frames(self.config.detect, fps))
+        n = len(single)
+        # the prediction runs of a boundary lie within 2 frames before a shot's start (a hard
+        # cut) or fill the gap before it (gradual): margins of 3 frames keep them off the edges
+        exact = [replace(s, start_frame=s.start_frame + start, end_frame=s.end_frame + start)
+                 for k, s in enumerate(local)
+                 if (first or (k > 0 and local[k - 1].end_frame > 2 and s.start_frame > 3))
+                 and (last or (k + 1 < len(local) and s.end_frame < n - 3 and local[k + 1].start_frame < n - 1))]
+        if not exact:
+            return candidates, candidates
+        head, tail = exact[0].start_frame, exact[-1].end_frame
+        edges = {c for c in candidates if c < head or c >= tail}
+        picks = [pick_candidates(shot, candidates, analyse.frames_per_shot) for shot in exact if not shot.too_short]
+        ocr = edges.union(*(p[: analyse.ocr_frames_per_shot] for p in picks))
+        return sorted(ocr), sorted(edges.union(*picks))
+
+    def _score(self, ocr: list[int], aesthetic: list[int], kept: dict[int, bytes]
+               ) -> dict[int, tuple[tuple[TextBox, ...] | None, float | None]]:
+        """``{index: (text_boxes, aesthetic)}`` of the candidates OCR / the aesthetic model read."""
+        if not kept:
+            return {}
+
+        def image(i: int) -> np.ndarray:
+            return cv2.imdecode(np.frombuffer(kept[i], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+        read = {i: self.scorer.text_boxes(image(i)) for i in ocr} if self.scorer.text is not None else {}
+        looked = {}
+        if self.scorer.aesthetic is not None:
+            looked = dict(zip(aesthetic, self.scorer.aesthetic_scores([image(i) for i in aesthetic])))
+        return {i: (read.get(i), looked.get(i)) for i in sorted(set(read) | set(looked))}
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One segment to scan and where its result goes (a :class:`SegmentStore` on the output)."""
+
+    source: str  # path or URI (opened with dataset.shards.resolve)
+    fps: float
+    segment: Segment
+    analysis_size: tuple[int, int]
+    output: str  # the output's URI or path
+    store_dir: str  # SegmentStore.dir on the output's filesystem
+
+
+def run_job(scanner: SegmentScanner, job: ScanJob) -> SegmentResult:
+    """Scan ``job``'s segment and save its result (the resume point); returns it."""
+    fs, path = resolve(job.source)
+    result = scanner.scan(path, fs, job.fps, job.segment.start_frame, job.segment.end_frame,
+                          analysis_size=job.analysis_size)
+    SegmentStore(resolve(job.output)[0], job.store_dir).save(job.segment, result)
+    return result
+
+
+class LocalScans:
+    """Segments scanned one after another in this process (``ray.runner: sequential``)."""
+
+    def __init__(self, config: PipelineConfig):
+        self.scanner = SegmentScanner(config)
+
+    def run(self, jobs: list[ScanJob]) -> Iterator[SegmentResult]:
+        for job in jobs:
+            yield run_job(self.scanner, job)
+
+
+class _ScanActor:
+    """A Ray actor holding one :class:`SegmentScanner`."""
+
+    def __init__(self, config: PipelineConfig):
+        self.scanner = SegmentScanner(config)
+
+    def run(self, job: ScanJob) -> SegmentResult:
+        return run_job(self.scanner, job)
+
+
+class RayScans:
+    """A pool of ``detect.resources.actors`` Ray actors, each a :class:`SegmentScanner`
+    placed by ``detect.resources``; the detect stage of every video sends its segments here,
+    so a long film's segments run on all actors at once. Picklable (actor handles)."""
+
+    def __init__(self, config: PipelineConfig):
+        import ray
+
+        res = config.detect.resources
+        place = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+        if res.memory_gib:
+            place["memory"] = int(res.memory_gib * 2**30)
+        self.actors = [ray.remote(_ScanActor).options(**place).remote(config) for _ in range(res.actors)]
+
+    def run(self, jobs: list[ScanJob]) -> Iterator[SegmentResult]:
+        from ray.util import ActorPool
+
+        yield from ActorPool(self.actors).map_unordered(lambda actor, job: actor.run.remote(job), jobs)
