@@ -128,9 +128,10 @@ def _launch(args: argparse.Namespace) -> int:
                      args.config, *[f"--set={s}" for s in args.set]])
 
 
-def torchrun(argv: list[str]) -> int:
-    """``torchrun --standalone ARGV`` in this process (``torch.distributed.run``): returns 0,
-    or 1 with one line naming the first failed rank and its error.
+def torchrun(argv: list[str], command: str = "train") -> int:
+    """``torchrun --standalone ARGV`` in this process (``torch.distributed.run``) for
+    ``multishot COMMAND``: returns 0, or 1 with one line naming the first failed rank and its
+    error.
 
     Raises:
         UsageError: the first failed rank stopped on a bad input (exit 2, its message).
@@ -155,7 +156,7 @@ def torchrun(argv: list[str]) -> int:
             raise UsageError(message) from None
         if not _has_error_file(failure) and failure.exitcode > 0:
             message = "see its output above"
-        print(f"multishot train: rank {rank} failed (exit code {failure.exitcode}): "
+        print(f"multishot {command}: rank {rank} failed (exit code {failure.exitcode}): "
               f"{one_line(message)}", file=sys.stderr)
         return 1
     return 0
@@ -238,22 +239,34 @@ def main(argv: list[str] | None = None) -> int:
     Returns 0 when the run finished, 2 after a bad input (reported as the module docstring
     says); other errors propagate.
     """
+    def train(config) -> None:
+        from multishot.trainer.trainer import Trainer
+
+        Trainer(config).train()
+
+    return run_rank(argv, "python -m multishot.trainer", __doc__, _train_config(), train, "train")
+
+
+def run_rank(argv: list[str] | None, prog: str, description: str, config_type: type,
+             run, command: str) -> int:
+    """One torchrun rank of ``multishot COMMAND``: parse ``--config FILE [--set KEY=VALUE ...]``,
+    load ``config_type``, call ``run(config)``; returns 0, or 2 after a bad input (handed to
+    the launcher through torchelastic's error file); other errors propagate. The process
+    group, if ``run`` made one, is ended before returning."""
     from multishot.cli import ArgumentParser, user_error_message
 
-    parser = ArgumentParser(prog="python -m multishot.trainer", description=__doc__)
+    parser = ArgumentParser(prog=prog, description=description)
     _add_config_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from multishot.trainer.trainer import Trainer
-
     import torch.distributed as dist
 
     try:
-        Trainer(load_config(args.config, _train_config(), _overrides(args.set))).train()
+        run(load_config(args.config, config_type, _overrides(args.set)))
     except Exception as err:
         message = user_error_message(err)
         _report_rank_failure(message or f"{type(err).__name__}: {one_line(err)}",
-                             print_it=message is not None)
+                             print_it=message is not None, command=command)
         if message is None:
             raise
         return USAGE_EXIT
@@ -263,13 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report_rank_failure(message: str, print_it: bool) -> None:
+def _report_rank_failure(message: str, print_it: bool, command: str = "train") -> None:
     """Hand ``message`` to the launcher through torchelastic's error file (its ``{"message":
     str, "timestamp": int}`` record); without a launcher that reads it, print it (if
-    ``print_it``) as ``multishot train: MESSAGE`` on stderr."""
+    ``print_it``) as ``multishot COMMAND: MESSAGE`` on stderr."""
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if error_file:
         with open(error_file, "w") as out:
             json.dump({"message": message, "timestamp": int(time.time())}, out)
     elif print_it:
-        print(f"multishot train: {message}", file=sys.stderr)
+        print(f"multishot {command}: {message}", file=sys.stderr)

@@ -9,11 +9,10 @@ stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
-import logging
 
 from multishot.config import load_config
-from multishot.errors import USAGE_EXIT, UsageError, one_line
-from multishot.trainer.cli import _add_config_args, _overrides, _report_rank_failure, torchrun
+from multishot.errors import UsageError
+from multishot.trainer.cli import _overrides, run_rank, torchrun
 
 
 def _distill_config():
@@ -48,32 +47,15 @@ def _launch(args: argparse.Namespace) -> int:
     if nproc < 1:
         raise UsageError("--nproc must be >= 1")
     return torchrun([f"--nproc-per-node={nproc}", "-m", "multishot.distill", "--config",
-                     args.config, *[f"--set={s}" for s in args.set]])
+                     args.config, *[f"--set={s}" for s in args.set]], command="distill")
 
 
 def main(argv: list[str] | None = None) -> int:
     """One rank: ``python -m multishot.distill --config FILE [--set KEY=VALUE ...]``; returns 0,
     or 2 after a bad input (other errors propagate)."""
-    from multishot.cli import ArgumentParser, user_error_message
+    def distill(config) -> None:
+        from multishot.distill.trainer import Distiller
 
-    parser = ArgumentParser(prog="python -m multishot.distill", description=__doc__)
-    _add_config_args(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch.distributed as dist
+        Distiller(config).train()
 
-    from multishot.distill.trainer import Distiller
-
-    try:
-        Distiller(load_config(args.config, _distill_config(), _overrides(args.set))).train()
-    except Exception as err:
-        message = user_error_message(err)
-        _report_rank_failure(message or f"{type(err).__name__}: {one_line(err)}",
-                             print_it=message is not None)
-        if message is None:
-            raise
-        return USAGE_EXIT
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return run_rank(argv, "python -m multishot.distill", __doc__, _distill_config(), distill, "distill")
