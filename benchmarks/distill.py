@@ -5,9 +5,11 @@
   per chunk the student's 4 Euler steps at shift 5 without CFG, the clean pass that writes the
   KV cache, the streaming Wan2.2 VAE decode of the chunk), bf16, random weights built as
   ``benchmarks/causal.py`` builds them (the times are those of real weights: nothing in the
-  loop depends on the values besides CAMR's top-k). ``--overlap`` decodes chunk k while chunk
-  k + 1 is denoised (default: one after the other, which measured faster on one H100). Reports video frames per
-  second (12 video frames over the median wall time between two yielded chunks after chunk
+  loop depends on the values besides CAMR's top-k). ``--graphs`` (default) replays the
+  denoising passes from CUDA graphs (:mod:`generate.graphs`), ``--compile`` compiles the DiT
+  blocks and the VAE decoder, ``--overlap`` decodes chunk k while chunk k + 1 is denoised;
+  ``--check-graphs N`` runs every replayed pass of an N-chunk stream eagerly too and reports
+  the largest difference. Reports video frames per second (12 video frames over the median wall time between two yielded chunks after chunk
   1: the overlapped throughput a viewer sees) and the latency to the first frame (chunk 0:
   the lone first latent frame, denoised, cached and decoded). ``--profile`` prints the top
   CUDA and CPU ops of one steady-state chunk (``torch.profiler``) and writes them to
@@ -19,12 +21,15 @@
   numbers say nothing about a trained model (random DiTs draw noise-like videos, whose
   "cuts" TransNetV2 finds anywhere or nowhere).
 
-    python benchmarks/distill.py --part stream --out benchmarks/results/distill_h100.json
+    python benchmarks/distill.py --part stream --no-graphs --out benchmarks/results/distill_h100.json
+    python benchmarks/distill.py --part stream --compile --check-graphs 8 --out benchmarks/results/distill_h100.json
     python benchmarks/distill.py --part sca --out benchmarks/results/distill_h100.json   # CPU
     python benchmarks/distill.py --part stream --tiny --out /tmp/distill_tiny.json      # CPU check
     python benchmarks/distill.py --part stream --profile --out /tmp/distill_profile.json
 
-Each part updates its own key in ``--out`` and rewrites the markdown table next to it (``.md``).
+Each part updates its own key in ``--out`` (a stream: its variant's row, named by the flags:
+``eager``, ``graphs``, ``graphs+compile``, ``+overlap``) and rewrites the markdown table next to
+it (``.md``).
 """
 
 from __future__ import annotations
@@ -84,12 +89,13 @@ def run_stream(args: argparse.Namespace, causal_dict: dict) -> dict:
 
     sampling = SamplingConfig(sampler="euler", steps=STUDENT_STEPS, shift=5.0, cfg_scale=1.0)
     streamer = ChunkStreamer(model, causal, sampling, vae, text,
-                             (mc.in_channels, *args.latent_hw), device, dtype, args.overlap)
+                             (mc.in_channels, *args.latent_hw), device, dtype, args.overlap,
+                             cuda_graphs=args.graphs, compile_decoder=args.compile)
     schedule = PromptSchedule("a global caption",
                               [Shot(f"shot {i}", 5) for i in range(max(1, (args.chunks + 3) // 5))])
     chunks = []
     for _ in range(args.warmup):  # kernels, cuDNN plans, allocator: not the stream's own cost
-        for _chunk in streamer.stream(schedule, seed=1, max_chunks=2):
+        for _chunk in streamer.stream(schedule, seed=1, max_chunks=3):
             pass
     causal_bench.sync(device)
     calls_before = streamer.model_calls
@@ -113,7 +119,9 @@ def run_stream(args: argparse.Namespace, causal_dict: dict) -> dict:
         "device": causal_bench.device_name(device), "torch": torch.__version__,
         "model": args.model, "weights": "random", "dtype": str(dtype).removeprefix("torch."),
         "height_width": [stride * h for h in args.latent_hw], "causal": causal_dict,
-        "compiled": args.compile, "sampler": "euler", "steps": STUDENT_STEPS, "shift": 5.0,
+        "compiled": args.compile, "cuda_graphs": streamer.graphed.enabled,
+        "graph_captures": streamer.graphed.captures, "graph_replays": streamer.graphed.replays,
+        "sampler": "euler", "steps": STUDENT_STEPS, "shift": 5.0,
         "cfg_scale": 1.0, "chunks": len(chunks), "model_calls": streamer.model_calls - calls_before,
         "overlap_decode": args.overlap, "chunk_seconds": chunks, "seconds_per_chunk": per_chunk,
         "sequential_s_per_chunk": statistics.median(c["total_s"] for c in steady),
@@ -126,8 +134,39 @@ def run_stream(args: argparse.Namespace, causal_dict: dict) -> dict:
         "meets_target": frames_per_chunk / per_chunk >= TARGET_FPS,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
         if device.type == "cuda" else None,
+        "graphs_vs_eager": check_graphs(streamer, schedule, args.check_graphs)
+        if args.check_graphs and args.graphs and device.type == "cuda" else None,
         "profile": profile_chunk(streamer, schedule, device) if args.profile else None,
     }
+
+
+def check_graphs(streamer, schedule, chunks: int) -> dict:
+    """Stream ``chunks`` chunks with CUDA graphs and run every replayed denoising pass eagerly
+    too, on the same inputs and cache: the largest difference between a replay's velocity and
+    the eager call's (per call: CAMR's discrete routing would amplify any difference over a
+    stream, so whole streams are not compared)."""
+    graphed, model = streamer.graphed, streamer.model
+    diffs = []
+
+    def both(x, timestep, context, cache, index, text_mask):
+        replays = graphed.replays
+        out = call(x, timestep, context, cache, index, text_mask)
+        if graphed.replays > replays:
+            eager = model.forward_chunk(x, timestep, context, cache, index, streamer.causal,
+                                        text_mask)
+            diffs.append((out.float() - eager.float()).abs().max().item())
+        return out
+
+    call, streamer.graphed = graphed, both
+    try:
+        for _ in streamer.stream(schedule, seed=5, max_chunks=chunks):
+            pass
+    finally:
+        streamer.graphed = graphed
+    worst = max(diffs, default=None)
+    print(f"graphs vs eager: {len(diffs)} replayed passes over {chunks} chunks, max |velocity "
+          f"difference| {worst}", flush=True)
+    return {"chunks": chunks, "replays_checked": len(diffs), "max_abs_velocity_diff": worst}
 
 
 def profile_chunk(streamer, schedule, device: torch.device, rows: int = 15) -> str:
@@ -216,26 +255,39 @@ def markdown(report: dict) -> str:
     ref = causal_bench.CAUSALCINE_REFERENCE
     lines = ["# Distilled student: 4-step streaming and SCA", "",
              "Random weights at the real shapes (`benchmarks/distill.py`).", ""]
-    s = report.get("stream")
-    if s:
-        peak = "" if s["peak_memory_gib"] is None else f"{s['peak_memory_gib']:.1f}"
+    streams = report.get("streams", {})
+    if streams:
         lines += ["## 4-step streaming (DiT + VAE decode)", "",
-                  "| device | model | size | steps / chunk | chunks | decode overlapped | "
-                  "s / chunk (denoise, decode) | video frames / s | first frame s | target | peak GiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|",
-                  f"| {s['device']} | {s['model']} | {s['height_width'][1]}×{s['height_width'][0]} | "
-                  f"{s['steps']} (Euler, no CFG) | {s['chunks']} | "
-                  f"{'yes' if s.get('overlap_decode') else 'no'} | {s['seconds_per_chunk']:.3f} "
-                  f"({s['denoise_s_per_chunk']:.3f}, {s['decode_s_per_chunk']:.3f}) | "
-                  f"{s['video_frames_per_s']:.1f} | {s['first_frame_latency_s']:.2f} | "
-                  f"≥ {s['target_video_frames_per_s']:g}: {'met' if s['meets_target'] else 'missed'} | {peak} |",
-                  f"| {ref['gpus']} (CausalCine, reported) | 14B | 480×832 | 4 | | | | "
-                  f"{ref['video_frames_per_s']:g} | | | |", "",
-                  f"A chunk is {s['causal']['chunk_latent_frames']} latent frames = "
-                  f"{s['video_frames_per_chunk']} video frames; s / chunk = the median wall time "
-                  "between two yielded chunks after chunk 1 (with the overlap about max(denoise, "
-                  "decode), without it their sum); frames/s = video frames over it. First frame: "
-                  "from the start of the stream to chunk 0's decoded frame.", ""]
+                  "| variant | device | model | size | steps / chunk | chunks | "
+                  "s / chunk (denoise, decode) | video frames / s | first frame s | target | "
+                  "graphs vs eager | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for label, s in streams.items():
+            peak = "" if s["peak_memory_gib"] is None else f"{s['peak_memory_gib']:.1f}"
+            check = s.get("graphs_vs_eager")
+            check = "" if not check else (f"max diff {check['max_abs_velocity_diff']:g} over "
+                                          f"{check['replays_checked']} replays")
+            lines.append(
+                f"| {label} | {s['device']} | {s['model']} | "
+                f"{s['height_width'][1]}×{s['height_width'][0]} | {s['steps']} (Euler, no CFG) | "
+                f"{s['chunks']} | {s['seconds_per_chunk']:.3f} ({s['denoise_s_per_chunk']:.3f}, "
+                f"{s['decode_s_per_chunk']:.3f}) | {s['video_frames_per_s']:.1f} | "
+                f"{s['first_frame_latency_s']:.2f} | ≥ {s['target_video_frames_per_s']:g}: "
+                f"{'met' if s['meets_target'] else 'missed'} | {check} | {peak} |")
+        first = next(iter(streams.values()))
+        lines += [f"| CausalCine, reported | {ref['gpus']} | 14B | 480×832 | 4 | | | "
+                  f"{ref['video_frames_per_s']:g} | | | | |", "",
+                  f"A chunk is {first['causal']['chunk_latent_frames']} latent frames = "
+                  f"{first['video_frames_per_chunk']} video frames; s / chunk = the median wall "
+                  "time between two yielded chunks after chunk 1 (with the decode overlapped "
+                  "about max(denoise, decode), without it their sum); frames/s = video frames "
+                  "over it. First frame: from the start of a stream (after the warm-up "
+                  "streams) to chunk 0's decoded frame. Variants: `eager` (no graphs, no "
+                  "compile), `graphs` (CUDA graphs of the denoising passes, "
+                  "`generate.graphs`), `compile` (regional torch.compile of the DiT blocks and "
+                  "of the VAE decoder), `overlap` (decode in a worker thread beside the next "
+                  "chunk's denoising). Graphs vs eager: every replayed pass of a separate "
+                  "stream also run eagerly on the same inputs and cache.", ""]
     c = report.get("sca")
     if c:
         lines += ["## SCA, base vs student (tiny, RANDOM weights, CPU)", "",
@@ -252,10 +304,17 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["stream", "sca"], default="stream")
     parser.add_argument("--tiny", action="store_true", help="stream: the tiny DiT at 64×64 (CPU check)")
-    parser.add_argument("--chunks", type=int, default=11, help="stream: chunks (chunk 0 included)")
-    parser.add_argument("--warmup", type=int, default=1, help="stream: untimed 2-chunk streams first")
+    parser.add_argument("--chunks", type=int, default=21,
+                        help="stream: chunks (chunk 0 included; 21 = a 241-frame sample)")
+    parser.add_argument("--warmup", type=int, default=2, help=(
+        "stream: untimed 3-chunk streams first (compiled: the VAE decoder's recompiles for the "
+        "first latent frames of a stream settle in the second)"))
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="stream: regional torch.compile of the blocks")
+                        help="stream: regional torch.compile of the blocks and of the VAE decoder")
+    parser.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="stream: CUDA graphs of the denoising passes (generate.graphs)")
+    parser.add_argument("--check-graphs", type=int, default=0, metavar="CHUNKS",
+                        help="stream: compare CHUNKS chunks streamed with and without graphs")
     parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=False,
                         help="stream: decode chunk k while chunk k + 1 is denoised")
     parser.add_argument("--profile", action="store_true",
@@ -271,12 +330,19 @@ def main() -> None:
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.exists() else {}
     report["causalcine_reference"] = causal_bench.CAUSALCINE_REFERENCE
-    report[args.part] = run_stream(args, causal) if args.part == "stream" else run_sca(args)
-    print(json.dumps({k: v for k, v in report[args.part].items()
-                      if k not in ("chunk_seconds", "profile")}), flush=True)
+    if args.part == "stream":
+        result = run_stream(args, causal)
+        label = "+".join([n for n, on in (("graphs", result["cuda_graphs"]),
+                                          ("compile", args.compile), ("overlap", args.overlap))
+                          if on] or ["eager"])
+        report.setdefault("streams", {})[label] = result
+    else:
+        result = report["sca"] = run_sca(args)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("chunk_seconds", "profile")}),
+          flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if report[args.part].get("profile"):
-        out.with_suffix(".profile.txt").write_text(report[args.part].pop("profile") + "\n")
+    if result.get("profile"):
+        out.with_suffix(".profile.txt").write_text(result.pop("profile") + "\n")
     out.write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text(markdown(report))
 

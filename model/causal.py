@@ -138,18 +138,26 @@ def query_descriptor(queries: torch.Tensor) -> torch.Tensor:
     return queries.float().mean(1)
 
 
-def route_frames(query_desc: torch.Tensor, key_desc: torch.Tensor, k: int) -> torch.Tensor:
+def route_frames(query_desc: torch.Tensor, key_desc: torch.Tensor, k: int,
+                 num_candidates: torch.Tensor | None = None) -> torch.Tensor:
     """CAMR's selection: the ``k`` candidate frames of highest head-summed dot product.
 
     Args:
         query_desc: ``[B, H, D]`` (:func:`query_descriptor`).
         key_desc: ``[B, F_c, H, D]`` descriptors of the candidate frames (:func:`frame_descriptors`).
         k: frames to keep; ``k >= F_c`` keeps all.
+        num_candidates: ``[]`` int64 on ``key_desc``'s device: only frames ``[0, num_candidates)``
+            of ``key_desc`` are candidates (the streaming cache's storage holds frames beyond
+            them); the caller keeps ``k <= num_candidates``. None = all ``F_c``.
     Returns:
         ``[B, min(k, F_c)]`` int64 candidate indices in ascending order. Equal scores keep the
-        earlier frame (a stable descending sort).
+        earlier frame (a stable descending sort), so masking frames past ``num_candidates``
+        (scored −inf) picks what ``key_desc[:, :num_candidates]`` alone would.
     """
     scores = torch.einsum("bhd,bfhd->bf", query_desc.float(), key_desc.float())
+    if num_candidates is not None:
+        frame = torch.arange(scores.shape[1], device=scores.device)
+        scores = scores.masked_fill(frame >= num_candidates, float("-inf"))
     top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
     return top.sort(dim=1).values
 
@@ -169,6 +177,24 @@ class KVSelection:
             (0 if self.routed is None else self.routed.shape[1])
 
 
+def history_frames(chunk: int, chunk_starts: tuple[int, ...] | list[int], config: CausalConfig,
+                   route: bool) -> tuple[tuple[int, int] | None, int]:
+    """The data-independent half of :func:`select_history`: the history range query chunk
+    ``chunk`` always attends and the number of frames CAMR routes among.
+
+    Returns:
+        ``(range, candidates)``: all history ``[0, start)`` and 0 candidates without routing
+        (or before the local window leaves anything out); with CAMR the local window
+        ``[start of chunk − W, start)`` and candidates ``[0, start − W)``. The range is None
+        when empty.
+    """
+    start = chunk_starts[chunk]
+    window = chunk_starts[max(0, chunk - config.local_window_chunks)]
+    if not route or window == 0:
+        return ((0, start) if start else None), 0
+    return ((window, start) if window < start else None), window
+
+
 def select_history(chunk: int, chunk_starts: tuple[int, ...] | list[int], config: CausalConfig,
                    route: bool, query_desc: torch.Tensor | None = None,
                    key_desc: torch.Tensor | None = None) -> KVSelection:
@@ -184,14 +210,14 @@ def select_history(chunk: int, chunk_starts: tuple[int, ...] | list[int], config
             chunk's start; needed when routing.
     Returns:
         All history as one range, or with CAMR the local window ``[start of chunk − W, start)``
-        and the routed frames of ``[0, start of chunk − W)``.
+        and the routed frames of ``[0, start of chunk − W)`` (:func:`history_frames`).
     """
-    start = chunk_starts[chunk]
-    window = chunk_starts[max(0, chunk - config.local_window_chunks)]
-    if not route or window == 0:
-        return KVSelection([(0, start)] if start else [])
-    routed = route_frames(query_desc, key_desc[:, :window], config.routed_frames)
-    return KVSelection([(window, start)] if window < start else [], routed)
+    always, candidates = history_frames(chunk, chunk_starts, config, route)
+    ranges = [always] if always else []
+    if not candidates:
+        return KVSelection(ranges)
+    return KVSelection(ranges, route_frames(query_desc, key_desc[:, :candidates],
+                                            config.routed_frames))
 
 
 def teacher_forcing_selections(chunks: ChunkLayout, config: CausalConfig,
@@ -405,27 +431,72 @@ def _flex(q, k, v, block_mask) -> torch.Tensor:
 
 @dataclass
 class LayerKV:
-    """One block's cache: clean ``keys`` (after RoPE) and ``values`` ``[B, F·hw, H, D]`` and CAMR
-    ``descriptors`` ``[B, F, H, D]`` float32 of the ``F`` cached latent frames (None: empty)."""
+    """One block's cache in preallocated storage: clean keys and values (after RoPE)
+    ``[B, capacity, hw, H, D]`` and CAMR descriptors ``[B, capacity, H, D]`` float32, of which
+    the first ``frames`` latent frames are filled.
 
-    keys: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    descriptors: torch.Tensor | None = None
+    An append copies a chunk into place; the storage grows (a new tensor, by doubling) only when
+    a chunk does not fit. Between growths its address stays fixed: what a CUDA graph of a
+    denoising pass reads (:mod:`generate.graphs`).
+    """
+
+    key_storage: torch.Tensor | None = None
+    value_storage: torch.Tensor | None = None
+    descriptor_storage: torch.Tensor | None = None
+    frames: int = 0
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """The cached keys ``[B, frames·hw, H, D]`` (a view), None when empty."""
+        return None if self.frames == 0 else self.key_storage[:, :self.frames].flatten(1, 2)
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        """The cached values ``[B, frames·hw, H, D]`` (a view), None when empty."""
+        return None if self.frames == 0 else self.value_storage[:, :self.frames].flatten(1, 2)
+
+    @property
+    def descriptors(self) -> torch.Tensor | None:
+        """CAMR descriptors of the cached frames ``[B, frames, H, D]`` (a view), None when empty."""
+        return None if self.frames == 0 else self.descriptor_storage[:, :self.frames]
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.key_storage is None else self.key_storage.shape[1]
+
+    def reserve(self, frames: int, like: torch.Tensor) -> None:
+        """Make room for ``frames`` latent frames of ``like``'s ``[B, n, hw, H, D]`` layout,
+        dtype and device (keeping what is cached): at least doubling when it grows."""
+        if frames <= self.capacity:
+            return
+        b, _, hw, h, d = like.shape
+        capacity = max(frames, 2 * self.capacity)
+        grown = [like.new_zeros(b, capacity, hw, h, d), like.new_zeros(b, capacity, hw, h, d),
+                 like.new_zeros(b, capacity, h, d, dtype=torch.float32)]
+        if self.frames:
+            for new, old in zip(grown, (self.key_storage, self.value_storage,
+                                        self.descriptor_storage)):
+                new[:, :self.frames] = old[:, :self.frames]
+        self.key_storage, self.value_storage, self.descriptor_storage = grown
 
     def append(self, k: torch.Tensor, v: torch.Tensor, hw: int) -> None:
-        desc = frame_descriptors(k.detach(), hw)
-        if self.keys is None:
-            self.keys, self.values, self.descriptors = k, v, desc
-        else:
-            self.keys = torch.cat([self.keys, k], 1)
-            self.values = torch.cat([self.values, v], 1)
-            self.descriptors = torch.cat([self.descriptors, desc], 1)
+        """Cache a chunk's keys and values ``[B, n·hw, H, D]`` after the cached frames."""
+        b, seq, h, d = k.shape
+        n = seq // hw
+        k5, v5 = k.view(b, n, hw, h, d), v.view(b, n, hw, h, d)
+        self.reserve(self.frames + n, k5)
+        end = self.frames + n
+        self.key_storage[:, self.frames:end] = k5
+        self.value_storage[:, self.frames:end] = v5
+        self.descriptor_storage[:, self.frames:end] = frame_descriptors(k.detach(), hw)
+        self.frames = end
 
 
 @dataclass
 class KVCache:
     """The clean KV cache of streaming generation: per block the keys/values (after RoPE) and
-    CAMR frame descriptors of every finished chunk, and where each chunk starts.
+    CAMR frame descriptors of every finished chunk (:class:`LayerKV`), and where each chunk
+    starts.
 
     Build with :meth:`empty`; :meth:`model.dit.WanModel.forward_chunk` with ``write_cache=True``
     appends a chunk. Earlier chunks are never recomputed.
@@ -437,57 +508,118 @@ class KVCache:
     #: latent frames cached (the next chunk's first frame and RoPE position)
     num_frames: int = 0
     tokens_per_frame: int | None = None
+    #: latent frames each layer's storage is first made for (more grow it by doubling)
+    reserve_frames: int = 0
 
     @classmethod
-    def empty(cls, num_layers: int) -> KVCache:
-        """An empty cache for a model of ``num_layers`` blocks (``model.config.num_layers``)."""
-        return cls([LayerKV() for _ in range(num_layers)])
+    def empty(cls, num_layers: int, reserve_frames: int = 0) -> KVCache:
+        """An empty cache for a model of ``num_layers`` blocks (``model.config.num_layers``);
+        ``reserve_frames``: latent frames to allocate at the first append (a stream of known
+        length: no growth, so CUDA graphs of its passes are captured once)."""
+        return cls([LayerKV() for _ in range(num_layers)], reserve_frames=reserve_frames)
 
     @property
     def num_chunks(self) -> int:
         return len(self.chunk_starts)
 
 
+@dataclass
+class ChunkPlan:
+    """Everything a streamed chunk's forward reads besides its inputs and the cache's storage,
+    built from the cache's bookkeeping before the pass (:meth:`build`; RoPE tables are the
+    model's, :meth:`model.dit.WanModel.chunk_plan`).
+
+    The tensors are what changes from chunk to chunk at a fixed shape, so a CUDA graph captured
+    for one chunk replays for the next once they are copied into its plan (:meth:`copy_`);
+    ``key`` names the shapes (chunks with the same key run the same kernels).
+
+    Attributes:
+        cos, sin: RoPE tables of the chunk's tokens at their frame positions
+            ``[f·hw, 1, head_dim/2]`` float32.
+        history: ``[n]`` int64 history frames every query attends (all history, or CAMR's
+            local window), ascending.
+        num_candidates: ``[]`` int64: CAMR routes among frames ``[0, num_candidates)``.
+        routed: frames CAMR picks among them (0: no routing).
+        write: the clean pass (appends the chunk's keys/values to the cache).
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    history: torch.Tensor
+    num_candidates: torch.Tensor
+    routed: int
+    write: bool
+
+    @classmethod
+    def build(cls, cache: KVCache, config: CausalConfig, cos: torch.Tensor, sin: torch.Tensor,
+              write: bool) -> ChunkPlan:
+        """The plan of the cache's next chunk: history and routing by :func:`history_frames`
+        (``route`` for denoising passes when CAMR is on, for the clean pass only with
+        ``route_clean``)."""
+        starts = list(cache.chunk_starts) + [cache.num_frames]
+        route = config.routing and (not write or config.route_clean)
+        always, candidates = history_frames(len(starts) - 1, starts, config, route)
+        device = cos.device
+        history = torch.arange(*(always or (0, 0)), device=device)
+        # a fill, not a host copy: a pageable copy would wait for the GPU's queue to drain
+        return cls(cos, sin, history, torch.full((), candidates, device=device),
+                   min(config.routed_frames, candidates), write)
+
+    @property
+    def key(self) -> tuple:
+        return (tuple(self.cos.shape), self.history.shape[0], self.routed, self.write)
+
+    def copy_(self, other: ChunkPlan) -> None:
+        """Take ``other``'s tensors into this plan's (same :attr:`key`)."""
+        if other.key != self.key:
+            raise ValueError(f"plan {other.key} does not fit {self.key}")
+        for name in ("cos", "sin", "history", "num_candidates"):
+            getattr(self, name).copy_(getattr(other, name))
+
+
 class ChunkAttention:
     """Self-attention of one streaming chunk against the cache: built once per
     :meth:`model.dit.WanModel.forward_chunk`, ``layer(i)`` gives block ``i``'s kernel.
 
-    The chunk's queries attend the selected history (all of it, or with CAMR the local window
-    and the routed frames) and the chunk's own tokens; ``write`` (the clean pass) appends the
-    chunk's keys/values to the cache and routes only when ``config.route_clean``.
+    The chunk's queries attend the plan's history frames (all of it, or with CAMR the local
+    window and the routed frames) and the chunk's own tokens, gathered from the cache's storage
+    by index (the same kernels for every chunk of a plan key); the clean pass appends the
+    chunk's keys/values to the cache.
     """
 
-    def __init__(self, cache: KVCache, config: CausalConfig, chunk_frames: int,
-                 tokens_per_frame: int, backend: str, write: bool):
-        self.cache, self.config, self.hw, self.backend = cache, config, tokens_per_frame, backend
-        self.write, self.chunk_frames = write, chunk_frames
-        self.starts = list(cache.chunk_starts) + [cache.num_frames]
-        self.route = config.routing and (not write or config.route_clean)
+    def __init__(self, cache: KVCache, plan: ChunkPlan, chunk_frames: int, tokens_per_frame: int,
+                 backend: str):
+        self.cache, self.plan, self.hw, self.backend = cache, plan, tokens_per_frame, backend
+        self.chunk_frames = chunk_frames
         # blocks that have appended: activation checkpointing runs a block's forward again in
         # backward, and that recompute must not append twice (the history it reads is the
-        # frames before ``starts[-1]``, unchanged by the append)
+        # frames before the chunk, unchanged by the append)
         self._written: set[int] = set()
 
     def layer(self, index: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
                                             torch.Tensor]:
         """Block ``index``'s kernel ``q, k, v`` ``[B, n·hw, H, D]`` → ``[B, n·hw, H, D]``."""
-        kv = self.cache.layers[index]
+        kv, plan = self.cache.layers[index], self.plan
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            b, seq, h, d = q.shape
+            b, _, h, d = q.shape
             hw = self.hw
-            if kv.keys is None:
-                keys, values = k, v
-            else:
+            frames = plan.history.expand(b, -1)
+            if plan.routed:
                 with torch.no_grad():  # routing is a discrete choice: no gradient through it
-                    qd = query_descriptor(q) if self.route else None
-                sel = select_history(len(self.starts) - 1, self.starts, self.config, self.route,
-                                     qd, kv.descriptors)
-                hist_k = kv.keys.view(b, -1, hw, h, d)
-                hist_v = kv.values.view(b, -1, hw, h, d)
-                keys = _gather_frames(hist_k, sel, k.view(b, -1, hw, h, d))
-                values = _gather_frames(hist_v, sel, v.view(b, -1, hw, h, d))
-            if self.write and index not in self._written:
+                    routed = route_frames(query_descriptor(q), kv.descriptor_storage,
+                                          plan.routed, plan.num_candidates)
+                frames = torch.cat([frames, routed], 1)
+            if frames.shape[1]:
+                rows = torch.arange(b, device=q.device)[:, None]
+                keys = torch.cat([kv.key_storage[rows, frames], k.view(b, -1, hw, h, d)], 1)
+                values = torch.cat([kv.value_storage[rows, frames], v.view(b, -1, hw, h, d)], 1)
+                keys, values = keys.flatten(1, 2), values.flatten(1, 2)
+            else:
+                keys, values = k, v
+            if plan.write and index not in self._written:
+                if kv.frames == 0 and self.cache.reserve_frames:
+                    kv.reserve(self.cache.reserve_frames, k.view(b, -1, hw, h, d))
                 kv.append(k, v, hw)
                 self._written.add(index)
             if self.backend == "reference":
@@ -498,7 +630,7 @@ class ChunkAttention:
 
     def commit(self) -> None:
         """Record the written chunk in the cache's bookkeeping (after the last block)."""
-        if self.write:
+        if self.plan.write:
             self.cache.chunk_starts.append(self.cache.num_frames)
             self.cache.num_frames += self.chunk_frames
             self.cache.tokens_per_frame = self.hw

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from multishot.model.attention import BACKENDS, dense_attention, sparse_self_attention
-from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, KVCache,
+from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, ChunkPlan, KVCache,
                                     TeacherForcingAttention)
 from multishot.model.config import WanConfig
 from multishot.model.layout import ShotLayout
@@ -488,7 +488,7 @@ class WanModel(nn.Module):
     def forward_chunk(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                       cache: KVCache, chunk_index: int, causal: CausalConfig,
                       text_mask: torch.Tensor | None = None, write_cache: bool = False,
-                      ) -> torch.Tensor:
+                      plan: ChunkPlan | None = None) -> torch.Tensor:
         """One chunk of streaming generation against the KV cache (never recomputing earlier
         chunks): the chunk's tokens attend the cached history (with CAMR: the local window and
         the routed frames) and themselves.
@@ -511,6 +511,9 @@ class WanModel(nn.Module):
             text_mask: the chunk's frames' rows of :meth:`frame_text_mask`,
                 ``[B, F_chunk, text_len]`` bool; None → unmasked.
             write_cache: the clean pass: append the chunk's keys/values and descriptors.
+            plan: the chunk's :class:`model.causal.ChunkPlan` (:meth:`chunk_plan`); None builds
+                it. A CUDA graph of this call (:mod:`generate.graphs`) passes its own, whose
+                tensors it refills before every replay.
         Returns:
             velocity ``[B, C_out, F_chunk, H_lat, W_lat]``.
         Raises:
@@ -540,13 +543,27 @@ class WanModel(nn.Module):
             text_mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
             text_mask.masked_fill_(~allowed, float("-inf"))
         tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)   # [B, L_c, dim]
-        cos, sin = rope_cos_sin(self.config, grid, tokens.device, frame_offset=cache.num_frames)
-        attention = ChunkAttention(cache, causal, f, hw, self.attention_backend, write_cache)
+        if plan is None:
+            plan = self.chunk_plan(x, cache, causal, write_cache)
+        elif plan.write != write_cache or plan.cos.shape[0] != f * hw:
+            raise ValueError(f"plan {plan.key} does not fit a chunk of {f * hw} tokens "
+                             f"(write_cache={write_cache})")
+        attention = ChunkAttention(cache, plan, f, hw, self.attention_backend)
+        cos, sin = plan.cos, plan.sin
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, e0, context, cos, sin, None, text_mask,
                            self.attention_backend, None, attention.layer(i))
         attention.commit()
         return self.unpatchify(self.head(tokens, e), grid)
+
+    def chunk_plan(self, x: torch.Tensor, cache: KVCache, causal: CausalConfig,
+                   write_cache: bool) -> ChunkPlan:
+        """The :class:`model.causal.ChunkPlan` of the cache's next chunk, latents ``x``
+        ``[B, C_in, F_chunk, H_lat, W_lat]``: RoPE tables at the chunk's frame positions, the
+        history it attends, CAMR's routing."""
+        grid = tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size))
+        cos, sin = rope_cos_sin(self.config, grid, x.device, frame_offset=cache.num_frames)
+        return ChunkPlan.build(cache, causal, cos, sin, write_cache)
 
     def _causal_grid(self, x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int]:
         """Checks for the causal paths; the token grid ``(F_lat, h, w)`` of latents ``x``."""

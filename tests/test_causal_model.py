@@ -11,8 +11,8 @@ import torch
 
 from multishot.config import load_config
 from multishot.errors import UsageError
-from multishot.model.causal import (CausalConfig, ChunkLayout, KVCache,
-                                    TeacherForcingAttention, route_frames,
+from multishot.model.causal import (CausalConfig, ChunkLayout, ChunkPlan, KVCache, LayerKV,
+                                    TeacherForcingAttention, frame_descriptors, route_frames,
                                     teacher_forcing_attention_pairs, teacher_forcing_frame_mask)
 from multishot.model.checkpoint import load_into, load_state_dict_file
 from multishot.model.config import get_config
@@ -195,6 +195,74 @@ def two_shot_text():
     layout = ShotLayout.from_shot_starts([[0, 5], [0, 5]], F_LAT, HW)
     spans = [TextSpans((0, 3), ((3, 7), (7, 11)))] * 2
     return layout, spans
+
+
+def test_camr_routing_among_the_first_frames_of_a_storage_equals_routing_the_slice():
+    """The streaming cache routes over its whole storage with frames past the candidates
+    masked: the same frames as routing over the candidates alone, ties included, whatever the
+    rest of the storage holds (larger scores, NaN)."""
+    g = torch.Generator().manual_seed(4)
+    query_desc = torch.randint(-2, 3, (2, 2, 4), generator=g).float()
+    storage = torch.randint(-2, 3, (2, 12, 2, 4), generator=g).float()
+    storage[:, 5] = storage[:, 2]                      # a tie inside the candidates
+    storage[:, 9:] = 100.0                             # would win if not masked
+    storage[:, 8] = float("nan")
+    for n in (3, 6, 8):
+        for k in (1, 2, n):
+            masked = route_frames(query_desc, storage, k, torch.tensor(n))
+            assert torch.equal(masked, route_frames(query_desc, storage[:, :n], k)), (n, k)
+
+
+def test_kv_storage_grows_by_doubling_and_keeps_what_was_appended():
+    g = torch.Generator().manual_seed(5)
+    kv, keys, values, capacities = LayerKV(), [], [], []
+    for frames in (1, 3, 3, 3, 3):
+        k = torch.randn(2, frames * HW, 3, 4, generator=g)
+        v = torch.randn(2, frames * HW, 3, 4, generator=g)
+        kv.append(k, v, HW)
+        keys.append(k), values.append(v), capacities.append(kv.capacity)
+    assert capacities == [1, 4, 8, 16, 16] and kv.frames == 13
+    assert torch.equal(kv.keys, torch.cat(keys, 1)) and torch.equal(kv.values, torch.cat(values, 1))
+    assert torch.equal(kv.descriptors, frame_descriptors(torch.cat(keys, 1), HW))
+    reserved = LayerKV()
+    reserved.reserve(13, torch.zeros(2, 1, HW, 3, 4))
+    address = reserved.key_storage.data_ptr()
+    for k, v in zip(keys, values):
+        reserved.append(k, v, HW)
+    assert reserved.key_storage.data_ptr() == address and torch.equal(reserved.keys, kv.keys)
+
+
+def test_a_plan_refilled_from_the_next_chunk_gives_that_chunks_output(checkpoint):
+    """What a CUDA graph of a denoising pass relies on (generate.graphs): the plan of chunk 3,
+    its tensors refilled with chunk 4's (same shapes with CAMR), computes chunk 4's pass; a
+    plan of other shapes is refused."""
+    model = load_model(checkpoint, "sdpa")
+    clean, noisy, context = latents(seed=6)
+    config, timestep = CONFIGS["camr"], torch.tensor([400.0, 700.0])
+    chunks = ChunkLayout.build(F_LAT, 3)
+    cache = KVCache.empty(len(model.blocks), reserve_frames=F_LAT)
+    plans = {}
+    with torch.no_grad():
+        for i, (s, e) in enumerate(zip(chunks.starts, chunks.ends)):
+            plans[i] = model.chunk_plan(noisy[:, :, s:e], cache, config, False)
+            if i == 4:
+                break
+            model.forward_chunk(clean[:, :, s:e], torch.zeros(2), context, cache, i, config,
+                                write_cache=True)
+        assert plans[3].key == plans[4].key and not torch.equal(plans[3].cos, plans[4].cos)
+        static = ChunkPlan(*(t.clone() for t in (plans[3].cos, plans[3].sin, plans[3].history,
+                                                  plans[3].num_candidates)), plans[3].routed,
+                           False)
+        static.copy_(plans[4])
+        x = noisy[:, :, 10:13]
+        expected = model.forward_chunk(x, timestep, context, cache, 4, config)
+        assert torch.equal(model.forward_chunk(x, timestep, context, cache, 4, config,
+                                               plan=static), expected)
+        with pytest.raises(ValueError, match="does not fit"):
+            static.copy_(plans[1])
+        with pytest.raises(ValueError, match="does not fit"):
+            model.forward_chunk(x, timestep, context, cache, 4, config, write_cache=True,
+                                plan=static)
 
 
 def latents(seed=1, batch=2):

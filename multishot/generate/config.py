@@ -39,7 +39,8 @@ class GenModelConfig(_Section):
         "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
     window_cross_attention: bool = Field(True, description=(
         "mask each shot's cross-attention to the global caption and its own shot caption"))
-    compile: bool = Field(False, description="regional torch.compile of every block")
+    compile: bool = Field(False, description=(
+        "regional torch.compile of every block (streaming: and of the VAE decoder)"))
     causal: CausalConfig | None = Field(None, description=(
         "CausalCine's causal chunk-wise mode (model.causal): stream chunk by chunk with a KV "
         "cache; None = the bidirectional model"))
@@ -74,6 +75,9 @@ class RuntimeConfig(_Section):
         "GPU only: keep the text encoder, the VAE and the idle A14B expert on the CPU until used"))
     vae_tiling: bool = Field(True, description="tiled VAE decode (diffusers enable_tiling)")
     progress: bool = Field(True, description="tqdm bar over the denoising steps")
+    cuda_graphs: bool = Field(True, description=(
+        "streaming (--causal) on GPU: replay the denoising passes from CUDA graphs once their "
+        "shapes repeat (generate.graphs; same outputs); no effect on CPU"))
 
 
 class GenerateConfig(_Section):

@@ -43,6 +43,7 @@ import torch
 
 from multishot.dataset.record import build_prompt
 from multishot.generate.generator import Generator, peak_memory_gib
+from multishot.generate.graphs import GraphedChunkForward
 from multishot.generate.sampler import SamplingConfig, make_scheduler
 from multishot.generate.schedule import PromptSchedule, Shot
 from multishot.generate.vae_stream import StreamingDecoder
@@ -100,17 +101,30 @@ class ChunkStreamer:
         latent_chw: latent channels, height and width of a frame.
         overlap_decode: decode chunk ``k`` while chunk ``k + 1`` is denoised (:meth:`stream`);
             False (the default) decodes inline, one chunk after the other. Off by default
-            because on one H100 (5B, 4 steps, eager) the overlap was slower: 0.85 s a chunk
-            against 0.78 s inline (``benchmarks/results/distill_h100.md``); both sides are
-            bound by CPU kernel launches, and the two threads share the GIL.
+            because on one H100 (5B, 4 steps) it gained nothing measurable: with CUDA graphs
+            and compiled blocks 0.421 against 0.424 s a chunk, both sides being bound by the
+            GPU (eager, launch-bound under one GIL, it was slower: 0.85 against 0.78 s;
+            ``benchmarks/results/distill_h100.md``).
+        cuda_graphs: replay the denoising passes from CUDA graphs where their shapes repeat
+            (:class:`generate.graphs.GraphedChunkForward`; CUDA only, same outputs).
+        compile_decoder: decode with ``torch.compile(vae.decoder)``.
     """
 
     def __init__(self, model: torch.nn.Module, causal: CausalConfig, sampling: SamplingConfig,
                  vae: torch.nn.Module, text: TextFn, latent_chw: tuple[int, int, int],
-                 device: torch.device, vae_dtype: torch.dtype, overlap_decode: bool = False):
+                 device: torch.device, vae_dtype: torch.dtype, overlap_decode: bool = False,
+                 cuda_graphs: bool = False, compile_decoder: bool = False):
         self.model, self.causal, self.sampling, self.vae = model, causal, sampling, vae
         self.text, self.latent_chw, self.device, self.vae_dtype = text, latent_chw, device, vae_dtype
         self.overlap_decode = overlap_decode
+        self.graphed = GraphedChunkForward(model, causal, cuda_graphs)
+        self.vae_decoder = None  # None: vae.decoder itself
+        if compile_decoder:
+            # dynamo compiles every causal conv and residual block of the decoder on its own,
+            # and all instances of a class count towards one recompile limit (8 by default,
+            # hit at the Wan2.2 decoder's ~30 shapes: the rest then ran eagerly)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self.vae_decoder = torch.compile(vae.decoder)
         #: DiT forward calls so far (each on one chunk's latents only)
         self.model_calls = 0
 
@@ -141,9 +155,11 @@ class ChunkStreamer:
 
         def forward(x: torch.Tensor, timestep: torch.Tensor, write: bool) -> torch.Tensor:
             self.model_calls += 1
-            return self.model.forward_chunk(x.expand(rows, *x.shape[1:]), timestep.expand(rows),
-                                            context, cache, index, self.causal, text_mask,
-                                            write_cache=write).float()
+            x, timestep = x.expand(rows, *x.shape[1:]), timestep.expand(rows)
+            if write:
+                return self.model.forward_chunk(x, timestep, context, cache, index, self.causal,
+                                                text_mask, write_cache=True)
+            return self.graphed(x, timestep, context, cache, index, text_mask).float()
 
         scheduler = make_scheduler(s, noise.device)
         x = noise.float()
@@ -183,9 +199,12 @@ class ChunkStreamer:
         """
         generator = torch.Generator("cpu").manual_seed(seed)
         c, h, w = self.latent_chw
-        cache = KVCache.empty(len(self.model.blocks))
-        decodes = _Decodes(StreamingDecoder(self.vae, self.device, self.vae_dtype), self.device,
-                           self.overlap_decode)
+        # storage for the chunks known now (more grow it): graphs are captured once per size
+        known = schedule.total_chunks() if max_chunks is None else max_chunks - 1
+        cache = KVCache.empty(len(self.model.blocks),
+                              reserve_frames=1 + self.causal.chunk_latent_frames * max(known, 0))
+        decodes = _Decodes(StreamingDecoder(self.vae, self.device, self.vae_dtype,
+                                            self.vae_decoder), self.device, self.overlap_decode)
         text: ShotText | None = None
         pending: _Pending | None = None
         index = 0
@@ -314,7 +333,9 @@ class StreamingGenerator(Generator):
             self.offload = False
         _, c, _, h, w = self.latent_shape(1)
         self.streamer = ChunkStreamer(self.model, self.causal, config.sampling, self.encoders.vae,
-                                      self.shot_text, (c, h, w), self.device, self.encoders.dtype)
+                                      self.shot_text, (c, h, w), self.device, self.encoders.dtype,
+                                      cuda_graphs=config.runtime.cuda_graphs,
+                                      compile_decoder=config.model.compile)
 
     def shot_text(self, schedule: PromptSchedule, shot: int) -> ShotText:
         """UMT5 states and window of shot ``shot``: the prompt of the global caption and the

@@ -1,0 +1,140 @@
+"""CUDA graphs of a stream's denoising passes: the causal DiT's chunk forward replayed without
+launching its kernels one by one from Python.
+
+A 4-step student streams a chunk in five DiT calls (four denoising steps and the clean pass),
+each a few thousand small kernels: at the 5B shape on one H100 a call took about as long to
+launch from Python as to run (``benchmarks/results/distill_h100.md``). Once the stream is in its
+steady state every denoising call of every chunk has the same shapes: the chunk's latents, the
+local window's frames, CAMR's routed frames, the cache's storage (:class:`model.causal.LayerKV`
+keeps its address until it grows). What changes between them is data: the latents, the
+timestep, the text, the RoPE positions, which frames are the window and which may be routed
+(:class:`model.causal.ChunkPlan`). So one graph per plan shape is captured
+(``torch.cuda.graph``) and replayed after copying the call's inputs and plan into the graph's
+own tensors:
+
+    call (x, t, text, cache, chunk)  →  plan = model.chunk_plan(...)      (eager, small)
+      key = shapes of x, t, text, mask, plan; the cache storage's address
+      seen once before → capture (one warm-up call on a side stream, then the capture)
+      captured         → copy x, t, text, mask, plan into the graph's tensors; replay
+      otherwise        → the eager call
+
+A key is captured the second time it is seen, so chunk shapes that occur once (the first
+chunks, before the local window is full) run eagerly. Only read-only passes are captured; the
+clean pass, which appends to the cache and (without ``route_clean``) attends a history that
+grows every chunk, stays eager. Graphs tie to the cache's storage: a new stream, or storage
+that grew, captures again.
+
+Replays run the captured kernels on the captured tensors, so their outputs equal the eager
+call's (checked on GPU by ``benchmarks/distill.py --check-graphs``). CUDA only: on CPU every
+call is the eager one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from multishot.model.causal import CausalConfig, ChunkPlan, KVCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Graph:
+    """One captured call: its graph and the tensors it reads and writes."""
+
+    graph: torch.cuda.CUDAGraph
+    x: torch.Tensor
+    timestep: torch.Tensor
+    context: torch.Tensor
+    text_mask: torch.Tensor | None
+    plan: ChunkPlan
+    out: torch.Tensor
+
+
+class GraphedChunkForward:
+    """``model.forward_chunk`` for the read-only (denoising) passes of a stream, through CUDA
+    graphs where the shapes repeat (module docstring).
+
+    Args:
+        model: the causal :class:`model.dit.WanModel` (eval, on a CUDA device for graphs).
+        causal: its causal config.
+        enabled: False = always the eager call (as on CPU).
+
+    ``captures`` and ``replays`` count what it did (the benchmark reports them).
+    """
+
+    def __init__(self, model: torch.nn.Module, causal: CausalConfig, enabled: bool = True):
+        self.model, self.causal = model, causal
+        self.enabled = enabled and next(model.parameters()).is_cuda
+        self.graphs: dict[tuple, _Graph] = {}
+        self.seen: set[tuple] = set()
+        self.pool = None
+        self.storage: int | None = None
+        self.captures = self.replays = 0
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                 cache: KVCache, chunk_index: int, text_mask: torch.Tensor | None) -> torch.Tensor:
+        """``model.forward_chunk(x, timestep, context, cache, chunk_index, causal, text_mask)``
+        (``write_cache=False``): velocity ``[B, C_out, F_chunk, H_lat, W_lat]``, a new tensor.
+
+        Raises:
+            ValueError: what ``forward_chunk`` raises (checked by the eager calls and the
+                capture: a replay skips the checks, its shapes are those of a checked call).
+        """
+        def eager() -> torch.Tensor:
+            return self.model.forward_chunk(x, timestep, context, cache, chunk_index,
+                                            self.causal, text_mask)
+
+        if not self.enabled or cache.layers[0].key_storage is None:
+            return eager()
+        plan = self.model.chunk_plan(x, cache, self.causal, False)
+        storage = cache.layers[0].key_storage.data_ptr()
+        if storage != self.storage:  # a new stream, or its cache grew: new addresses
+            self.graphs.clear()
+            self.seen.clear()
+            self.storage = storage
+            # the old graphs' memory pool is freed with them: a new one for the new graphs
+            self.pool = torch.cuda.graph_pool_handle()
+        key = (tuple(x.shape), tuple(timestep.shape), tuple(context.shape),
+               None if text_mask is None else tuple(text_mask.shape), plan.key)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if key not in self.seen:
+                self.seen.add(key)
+                return eager()
+            entry = self.graphs[key] = self._capture(x, timestep, context, cache, chunk_index,
+                                                     text_mask, plan)
+        else:
+            for mine, given in ((entry.x, x), (entry.timestep, timestep),
+                                (entry.context, context), (entry.text_mask, text_mask)):
+                if mine is not None:
+                    mine.copy_(given)
+            entry.plan.copy_(plan)
+        entry.graph.replay()
+        self.replays += 1
+        return entry.out.clone()
+
+    def _capture(self, x, timestep, context, cache, chunk_index, text_mask, plan) -> _Graph:
+        """Capture ``forward_chunk`` on copies of the inputs (which later calls refill)."""
+        inputs = [t.clone() if t is not None else None for t in (x, timestep, context, text_mask)]
+
+        def call() -> torch.Tensor:
+            return self.model.forward_chunk(*inputs[:3], cache, chunk_index, self.causal,
+                                            inputs[3], plan=plan)
+
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # lazy initialisation (cuBLAS, cuDNN plans) off the graph
+            call()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: a decode running in another thread (overlap_decode) may call CUDA
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = call()
+        self.captures += 1
+        log.debug("captured a CUDA graph of the chunk forward for %s", plan.key)
+        return _Graph(graph, *inputs[:3], inputs[3], plan, out)
