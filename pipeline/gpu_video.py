@@ -275,6 +275,50 @@ def open_cuvid(stream: av.video.stream.VideoStream, device: torch.device,
     return ctx
 
 
+class UntilFirstFrame:
+    """Decode packets with ``decode`` (a cuvid decoder) and hand over to ``fallback`` (the
+    stream's own decoder) if it fails before its first picture: an error, or
+    :data:`MAX_HELD_PACKETS` packets without a picture. NVDEC refuses some streams only once it
+    parses their sequence header (H.264 at 10 bits or 4:2:2, sizes beyond the engine's): the
+    packets it was given are replayed into ``fallback``, so no picture is lost (a replayed
+    packet that ``fallback`` cannot decode either is skipped). Errors after the first picture
+    are the stream's damage and are raised as usual. Logs the hand-over once per process.
+    """
+
+    #: packets held for a replay until the first picture (cuvid shows its first picture a few
+    #: packets in: its display delay is 4)
+    MAX_HELD_PACKETS = 64
+
+    def __init__(self, decode: Callable[[av.Packet], list], fallback: Callable[[av.Packet], list], name: str):
+        self.decode, self.fallback, self.name = decode, fallback, name
+        self.held: list[av.Packet] | None = []  # None once the first picture came out
+
+    def __call__(self, packet: av.Packet) -> list[av.VideoFrame]:
+        if self.decode is self.fallback or self.held is None:
+            return self.decode(packet)
+        self.held.append(packet)
+        try:
+            frames = self.decode(packet)
+        except av.error.FFmpegError as err:
+            return self._hand_over(f"it failed before its first picture: {err}")
+        if frames:
+            self.held = None
+        elif len(self.held) >= self.MAX_HELD_PACKETS:
+            return self._hand_over(f"no picture after {len(self.held)} packets")
+        return frames
+
+    def _hand_over(self, why: str) -> list[av.VideoFrame]:
+        _warn_once(f"{self.name} does not decode this stream ({why}): libavcodec's NVDEC hwaccel decodes it")
+        held, self.held, self.decode = self.held, None, self.fallback
+        frames = []
+        for packet in held:
+            try:
+                frames += self.fallback(packet)
+            except av.error.FFmpegError:
+                continue  # damage at the very start, in a stream NVDEC's parser refused too
+        return frames
+
+
 def nvdec_size(coded: tuple[int, int], analysis_size: tuple[int, int], turns: int) -> tuple[int, int] | None:
     """The size ``(W, H)`` (px, before rotation) NVDEC scales pictures to: the analysis scale
     when it is smaller than the coded picture ``coded = (W, H)``, else None (decode at the coded
@@ -396,7 +440,7 @@ class GpuFrameSource:
                 return stream.codec_context.decode
             stream_colour.update(colorspace=stream.codec_context.colorspace,
                                  color_range=stream.codec_context.color_range)
-            return ctx.decode
+            return UntilFirstFrame(ctx.decode, stream.codec_context.decode, ctx.name)
 
         return decoder
 

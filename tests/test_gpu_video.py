@@ -37,6 +37,7 @@ from multishot.pipeline.gpu_video import (
     gpu_decoder_status,
     nv12_to_rgb,
     nvdec_size,
+    UntilFirstFrame,
     open_by_name,
     open_cuvid,
     yuv_matrix,
@@ -211,6 +212,40 @@ def test_a_decoder_opened_by_name_keeps_the_grid(path, start, end):
     assert [(i, s) for i, _, s in got] == [(i, s) for i, _, s in want] == [(i, s) for i, _, s in want]
     assert len(got) == (end - start) and got_stats == want_stats
     assert all(np.array_equal(a, b) for (_, a, _), (_, b, _) in zip(got, want))
+
+
+@pytest.mark.parametrize("failure", ["error", "no picture"])
+def test_a_decoder_failing_before_its_first_picture_hands_over_without_loss(failure, caplog):
+    """NVDEC refuses some streams only once it parses them: the packets given so far are
+    replayed into the stream's own decoder, so a segment (after a seek) loses no picture. Here
+    the refusing decoder is HEVC's fed H.264 (fails on the first packet) or H.264 with 8 frame
+    threads (no picture for 8 packets) held to 3 packets."""
+    from multishot.pipeline import gpu_video
+
+    def refusing(stream):
+        if failure == "error":
+            ctx = av.CodecContext.create("hevc", "r")
+        else:
+            ctx = av.CodecContext.create("h264", "r")
+            ctx.extradata = stream.codec_context.extradata
+            ctx.thread_type, ctx.thread_count = "FRAME", 8
+        wrapped = UntilFirstFrame(ctx.decode, stream.codec_context.decode, f"{failure} decoder")
+        wrapped.MAX_HELD_PACKETS = 3
+        return wrapped
+
+    def pictures(decoder):
+        stats = DecodeStats()
+        out = [(slot, frame.to_ndarray(format="rgb24")) for slot, frame, _
+               in iter_slots(TOS, None, fps=24.0, stats=stats, start_frame=700, end_frame=900, decoder=decoder)]
+        return out, (stats.frames, stats.errors, stats.substituted)
+
+    caplog.set_level(logging.WARNING)
+    gpu_video._warned.clear()
+    (got, got_stats), (want, want_stats) = pictures(refusing), pictures(None)
+    assert [i for i, _ in got] == [i for i, _ in want] == list(range(700, 900)) and got_stats == want_stats
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want))
+    why = "failed before its first picture" if failure == "error" else "no picture after 3 packets"
+    assert sum(why in r.message for r in caplog.records) == 1
 
 
 def test_nvdec_size_is_the_analysis_scale_before_rotation():
