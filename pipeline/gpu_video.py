@@ -99,6 +99,14 @@ def _resize(planes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(planes, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
 
 
+def _to_float(planes: torch.Tensor) -> torch.Tensor:
+    """uint8 or uint16 sample values as float32. uint16 goes through an int16 view (PyTorch's
+    uint16 is a storage type with few kernels): values from 2^15 up wrap, and are put back."""
+    if planes.dtype != torch.uint16:
+        return planes.float()
+    return planes.view(torch.int16).float().remainder_(65536.0)
+
+
 def yuv_to_rgb(luma: torch.Tensor, chroma: torch.Tensor, width: int, height: int,
                colorspace: int = 2, full_range: bool = False) -> torch.Tensor:
     """A batch of NV12 (or P010/P016) pictures as RGB uint8 ``[N, height, width, 3]``, on the
@@ -112,10 +120,11 @@ def yuv_to_rgb(luma: torch.Tensor, chroma: torch.Tensor, width: int, height: int
         colorspace: FFmpeg's AVColorSpace of the pictures (:func:`yuv_matrix`).
         full_range: the pictures are tagged full (JPEG) range.
     """
-    scale = 1.0 / 256.0 if luma.dtype != torch.uint8 else 1.0  # P010: 10 bits in the high bits
-    y = _resize(luma.float()[:, None] * scale, height, width)
-    uv = _resize(chroma.float().permute(0, 3, 1, 2) * scale, height, width)
+    y = _resize(_to_float(luma)[:, None], height, width)
+    uv = _resize(_to_float(chroma).permute(0, 3, 1, 2), height, width)
     yuv = torch.cat([y, uv], dim=1)  # [N, 3, h, w]
+    if luma.dtype != torch.uint8:
+        yuv /= 256.0  # P010 / P016: the high byte holds the 8-bit code value
     m, offset = yuv_matrix(colorspace, full_range)
     rgb = torch.einsum("ij,njhw->nhwi", m.to(yuv.device), yuv) + offset.to(yuv.device)
     return rgb.round_().clamp_(0, 255).to(torch.uint8)
@@ -185,7 +194,9 @@ class PictureBatch:
         luma, chroma = self.luma[: self.count], self.chroma[: self.count]
         if rows is not None:
             index = torch.tensor(rows, device=self.device)
-            luma, chroma = luma.index_select(0, index), chroma.index_select(0, index)
+            # through int16 views: PyTorch's uint16 is a storage type with few kernels (P010)
+            luma, chroma = (x.view(torch.int16).index_select(0, index).view(x.dtype) if x.dtype == torch.uint16
+                            else x.index_select(0, index) for x in (luma, chroma))
         w, h = (height, width) if turns % 2 else (width, height)
         rgb = yuv_to_rgb(luma, chroma, w, h, colorspace, full_range)
         return torch.rot90(rgb, turns, dims=(1, 2)) if turns else rgb
