@@ -14,7 +14,9 @@ DLPack). Two ways in:
   made from that. The trade: NVDEC's scaling filter is not libswscale's area filter, so the
   frames differ slightly more from the CPU path's (``benchmarks/pipeline_gpu.py`` measures the
   difference). When the cuvid decoder cannot open (no decoder for the codec, the driver
-  refuses it) the hwaccel path runs and the reason is logged once per process.
+  refuses it), or fails before its first picture (a profile NVDEC does not decode, found in
+  the sequence header: :class:`UntilFirstFrame`), the hwaccel path runs and the reason is
+  logged once per process.
 
 The frames come from the same demuxer and the same grid code as on the CPU
 (:func:`pipeline.video.iter_slots`): **frame ``i`` is the picture shown at time ``i / fps``**,
@@ -66,7 +68,7 @@ _UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED
 #: memory, and a batch's kernels cost about what one picture's did
 BATCH = 64
 
-#: FFmpeg's NVDEC decoders by the name of libavcodec's decoder for the codec
+#: FFmpeg's NVDEC decoders by codec (FFmpeg's canonical codec name)
 _CUVID = {"h264": "h264_cuvid", "hevc": "hevc_cuvid", "av1": "av1_cuvid", "vp9": "vp9_cuvid", "vp8": "vp8_cuvid",
           "mpeg1video": "mpeg1_cuvid", "mpeg2video": "mpeg2_cuvid", "mpeg4": "mpeg4_cuvid", "vc1": "vc1_cuvid",
           "mjpeg": "mjpeg_cuvid"}
@@ -272,7 +274,7 @@ def open_cuvid(stream: av.video.stream.VideoStream, device: torch.device,
         CuvidUnavailable: no NVDEC decoder for the codec in PyAV's FFmpeg, or it does not open
             (no CUDA, no driver library, a codec or size the GPU does not decode).
     """
-    codec = stream.codec_context.name
+    codec = stream.codec_context.codec.canonical_name  # "av1", whichever decoder libavcodec would pick
     name = _CUVID.get(codec)
     if name is None or name not in av.codecs_available:
         raise CuvidUnavailable(f"PyAV's FFmpeg has no NVDEC decoder for {codec}")
