@@ -341,3 +341,14 @@ def test_run_report_says_the_gpu_was_not_used(tmp_path):
     saved = json.loads(Path(ShardSetLayout(str(tmp_path / "out")).report).read_text())
     assert report["shots_found"] > 0 and saved["decoders"] == {"detect: cpu": 1}
     assert saved["decoder_notes"] == ["detect: a GPU was asked for (detect.resources.gpus) but this worker sees no CUDA device"]
+
+
+def test_nvdec_scale_is_placement():
+    """Which decoder path runs is recorded per video, not hashed: a rerun with or without NVDEC's
+    scaler resumes from the same samples and segment results."""
+    from multishot.pipeline.run import compute_samples_hash
+    from multishot.pipeline.scan import scan_hash
+
+    plain, scaled = PipelineConfig(), PipelineConfig(detect={"nvdec_scale": True})
+    assert compute_samples_hash(plain) == compute_samples_hash(scaled) and scan_hash(plain) == scan_hash(scaled)
+    assert scan_hash(plain) != scan_hash(PipelineConfig(detect={"threshold": 0.5}))
