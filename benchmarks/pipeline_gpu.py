@@ -433,7 +433,7 @@ def part_processes(s: Setup, counts: list[int], frames: int, scale: bool) -> dic
         for p in procs:
             p.start()
         try:
-            done = [results.get(timeout=600) for _ in procs]
+            done = [results.get(timeout=300) for _ in procs]
         finally:
             for p in procs:
                 p.join(timeout=30)
