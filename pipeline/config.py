@@ -66,6 +66,11 @@ class DetectConfig(_Section):
         "auto", description="auto: a scanning actor given a GPU decodes with its hardware decoder (NVDEC), "
         "falling back to the CPU when it cannot; cpu: always libavcodec (placement: not in the samples hash)"
     )
+    nvdec_scale: bool = Field(
+        False, description="GPU decoding: NVDEC scales pictures to the analysis scale while decoding (FFmpeg's "
+        "cuvid decoders; ~9x less to convert at 1080p, frames slightly further from the CPU path's); "
+        "placement: not in the samples hash"
+    )
     segment_s: float = Field(
         300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "
         "batches of windows, by several actors; each is a resume point (placement: not in the samples hash)"

@@ -279,6 +279,7 @@ def iter_slots(
     end_frame: int | None = None,
     wanted: np.ndarray | None = None,
     hwaccel: av.codec.hwaccel.HWAccel | None = None,
+    decoder: Callable[[av.video.stream.VideoStream], Callable[[av.Packet], list[av.VideoFrame]]] | None = None,
 ) -> Iterator[tuple[int, av.VideoFrame, bool]]:
     """Yield ``(source_frame_index, decoded frame, substituted)`` for the grid slots
     ``[start_frame, end_frame)`` (the rule of :func:`iter_grid`, without converting pixels).
@@ -290,6 +291,8 @@ def iter_slots(
     last from the start of the file. Frames decoded before ``start_frame`` are not counted in
     ``stats``. ``hwaccel`` decodes on a hardware device (PyAV's ``HWAccel``; the GPU frame
     source, :mod:`pipeline.gpu_video`): the slots come from the demuxer's timestamps all the same.
+    ``decoder`` replaces the stream's own decoder: called with the stream once, it returns the
+    function decoding one of its packets (the GPU source's NVDEC decoder opened by name).
     """
     stats = stats if stats is not None else DecodeStats()
     last = end_frame - 1 if end_frame is not None else None
@@ -313,6 +316,7 @@ def iter_slots(
         stream.codec_context.thread_count = 1  # deterministic pixels on damaged input (see top)
         time_base = float(stream.time_base)
         start = stream.start_time or 0
+        decode = decoder(stream) if decoder is not None else av.Packet.decode
         if start_frame > 0:
             _seek(container, stream, start_frame, fps)
         # slots of packets that failed to decode: a hole around one is damage, not frame rate
@@ -320,7 +324,7 @@ def iter_slots(
         lost: list[int] = []
         for packet in container.demux(stream):
             try:
-                frames = packet.decode()
+                frames = decode(packet)
             except av.error.FFmpegError as err:
                 stats.errors += 1
                 stats.last_error = str(err)
