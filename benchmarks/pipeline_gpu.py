@@ -63,7 +63,8 @@ REPO = Path(__file__).resolve().parents[1]
 FPS = 24
 TARGET = 100.0
 START = time.perf_counter()
-PARTS = ("decode", "frame_check", "frame_source", "sessions", "transnet", "scan", "processes", "cpu_scan")
+PARTS = ("decode", "frame_check", "frame_source", "sessions", "transnet", "scan", "scan_sessions", "processes",
+         "cpu_scan")
 
 
 def say(message: str) -> None:
@@ -396,6 +397,31 @@ def part_scan(s: Setup) -> dict:
     return out
 
 
+def part_scan_sessions(s: Setup, counts: list[int]) -> dict:
+    """The segment scan with ``detect.sessions`` threads of one process sharing one scanner (a
+    scanning actor's threads: each its own NVDEC session), the input split into that many
+    segments: realtime factor per GPU. What a GPU in exclusive-process compute mode allows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from multishot.pipeline.scan import SegmentScanner
+
+    config = pipeline_config(s.weights, nvdec_scale=False)
+    scanner = SegmentScanner(config)
+    _scan(scanner, s, config, 0, 600)  # warm-up: cuDNN, an NVDEC session
+    n = s.info.num_frames
+    out = {"runs": []}
+    for count in counts:
+        bounds = [(k * n // count, (k + 1) * n // count) for k in range(count)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(count) as pool:
+            done = list(pool.map(lambda b: _scan(scanner, s, config, *b), bounds))
+        result = {"sessions": count, **_rate(n, time.perf_counter() - t0),
+                  "decoders": sorted({d["decoder"] for d in done})}
+        out["runs"].append(result)
+        say(f"  scan, {count} sessions: {result}")
+    return out
+
+
 def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool, start: int, end: int,
             barrier, results) -> None:
     """One scanning actor: load the models, warm up, wait for the others, scan ``[start, end)``;
@@ -518,6 +544,10 @@ def write_report(report: dict, out: Path) -> None:
     for name, res in parts.get("scan", {}).items():
         if isinstance(res, dict) and "fps" in res:
             lines.append(f"| segment scan, whole input, 1 process | {name} ({res['decoder']}) | {_fmt(res)}, {len(res['shots'])} shots |")
+    if "scan_sessions" in parts and "runs" in parts["scan_sessions"]:
+        for res in parts["scan_sessions"]["runs"]:
+            lines.append(f"| segment scan, threads of one process (`detect.sessions`) | {res['sessions']} "
+                         f"session{'s' if res['sessions'] > 1 else ''} ({', '.join(res['decoders'])}) | {_fmt(res)} |")
     if "processes" in parts and "runs" in parts["processes"]:
         for res in parts["processes"]["runs"]:
             lines.append(f"| segment scan, processes side by side | {res['processes']} processes | {_fmt(res)} |")
@@ -660,6 +690,7 @@ def main() -> None:
         if gpu:
             run("transnet", part_transnet, s, cpu_small if cpu_small is not None else _small_frames(s, args.check_frames))
         run("scan", part_scan, s)
+        run("scan_sessions", part_scan_sessions, s, sessions)
         if workers:
             run("processes", part_processes, s, workers, args.scan_frames, best == "nvdec_scaled")
         if args.cpu_frames:

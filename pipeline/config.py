@@ -71,6 +71,12 @@ class DetectConfig(_Section):
         "cuvid decoders; ~9x less to convert at 1080p, frames slightly further from the CPU path's); "
         "placement: not in the samples hash"
     )
+    sessions: int = Field(
+        1, ge=1, description="segments a scanning actor scans at once, in threads sharing its models; on "
+        "a GPU each thread is its own NVDEC session (an H100 has 7 decoders; a GPU in exclusive-process "
+        "compute mode takes one process, so threads are how it gets several); placement: not in the "
+        "samples hash"
+    )
     segment_s: float = Field(
         300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "
         "batches of windows, by several actors; each is a resume point (placement: not in the samples hash)"

@@ -33,7 +33,7 @@ class OutputError(ValueError):
 def compute_samples_hash(config: PipelineConfig) -> str:
     """16 hex digits of sha256 over the settings that decide the samples: every stage's
     settings except where and how wide it runs (``resources``, TransNetV2's ``batch_windows``, ``segment_s``,
-    ``detect.decoder``, ``detect.nvdec_scale``),
+    ``detect.decoder``, ``detect.nvdec_scale``, ``detect.sessions``),
     and not input, output, extensions, Ray, or the captioning settings (captions of finished shards are
     added by ``multishot annotate``)."""
     parts = config.model_dump(mode="json", exclude={"input", "output", "extensions", "ray", "annotate", "probe", "caption"})
@@ -41,7 +41,7 @@ def compute_samples_hash(config: PipelineConfig) -> str:
         if isinstance(section, dict):
             section.pop("resources", None)
     # segments are stitched exactly; which decoder ran is recorded per video
-    for placement in ("batch_windows", "segment_s", "decoder", "nvdec_scale"):
+    for placement in ("batch_windows", "segment_s", "decoder", "nvdec_scale", "sessions"):
         parts["detect"].pop(placement)
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -33,6 +33,7 @@ import json
 import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -130,7 +131,7 @@ def plan_segments(num_frames: int, fps: float, config: PipelineConfig) -> list[S
 def scan_hash(config: PipelineConfig) -> str:
     """16 hex digits naming the settings a segment result depends on (detection and analysis,
     not placement): a result saved with other settings is not reused."""
-    parts = {"detect": config.detect.model_dump(mode="json", exclude={"resources", "batch_windows", "segment_s", "decoder", "nvdec_scale"}),
+    parts = {"detect": config.detect.model_dump(mode="json", exclude={"resources", "batch_windows", "segment_s", "decoder", "nvdec_scale", "sessions"}),
              "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"})}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -345,18 +346,24 @@ def run_job(scanner: SegmentScanner, job: ScanJob) -> SegmentResult:
 
 
 class LocalScans:
-    """Segments scanned one after another in this process (``ray.runner: sequential``)."""
+    """Segments scanned in this process (``ray.runner: sequential``), ``detect.sessions`` at a
+    time in threads sharing one :class:`SegmentScanner`; results in the jobs' order."""
 
     def __init__(self, config: PipelineConfig):
         self.scanner = SegmentScanner(config)
+        self.sessions = config.detect.sessions
 
     def run(self, jobs: list[ScanJob]) -> Iterator[SegmentResult]:
-        for job in jobs:
-            yield run_job(self.scanner, job)
+        if self.sessions == 1:
+            yield from (run_job(self.scanner, job) for job in jobs)
+            return
+        with ThreadPoolExecutor(self.sessions, thread_name_prefix="scan") as pool:
+            yield from pool.map(lambda job: run_job(self.scanner, job), jobs)
 
 
 class _ScanActor:
-    """A Ray actor holding one :class:`SegmentScanner`."""
+    """A Ray actor holding one :class:`SegmentScanner` (threaded: ``detect.sessions`` calls of
+    :meth:`run` at once share it; its models are only read)."""
 
     def __init__(self, config: PipelineConfig):
         self.scanner = SegmentScanner(config)
@@ -367,14 +374,15 @@ class _ScanActor:
 
 class RayScans:
     """A pool of ``detect.resources.actors`` Ray actors, each a :class:`SegmentScanner`
-    placed by ``detect.resources``; the detect stage of every video sends its segments here,
-    so a long film's segments run on all actors at once. Picklable (actor handles)."""
+    placed by ``detect.resources`` and scanning ``detect.sessions`` segments at once (Ray's
+    ``max_concurrency``); the detect stage of every video sends its segments here, so a long
+    film's segments run on all actors at once. Picklable (actor handles)."""
 
     def __init__(self, config: PipelineConfig):
         import ray
 
-        res = config.detect.resources
-        place = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+        res, self.sessions = config.detect.resources, config.detect.sessions
+        place = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_concurrency": self.sessions}
         if res.memory_gib:
             place["memory"] = int(res.memory_gib * 2**30)
         self.actors = [ray.remote(_ScanActor).options(**place).remote(config) for _ in range(res.actors)]
@@ -382,4 +390,6 @@ class RayScans:
     def run(self, jobs: list[ScanJob]) -> Iterator[SegmentResult]:
         from ray.util import ActorPool
 
-        yield from ActorPool(self.actors).map_unordered(lambda actor, job: actor.run.remote(job), jobs)
+        # every actor once per session: the pool hands a job to each free slot
+        yield from ActorPool(self.actors * self.sessions).map_unordered(
+            lambda actor, job: actor.run.remote(job), jobs)

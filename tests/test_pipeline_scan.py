@@ -25,7 +25,8 @@ from multishot.dataset.shards import ShardSetLayout
 from multishot.pipeline.analyse import is_candidate, pick_candidates
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.detect import DetectedShot, TransNetV2Detector, shots_from_predictions
-from multishot.pipeline.scan import SegmentScanner, SegmentStore, plan_segments, stitch
+from multishot.pipeline.scan import (LocalScans, ScanJob, SegmentScanner, SegmentStore, plan_segments,
+                                     stitch)
 from multishot.pipeline.video import analysis_size, iter_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +108,30 @@ def test_segments_stitch_to_the_unsplit_run(joined, tmp_path):
     edges = {s.start_frame for s in shots} | {s.end_frame for s in shots}
     for join in _joins():
         assert edges & {join - 1, join, join + 1}, (join, sorted(edges))
+
+
+def test_sessions_scan_segments_at_once_with_the_same_results(joined, tmp_path):
+    """``detect.sessions: 3``: three segments at a time in threads sharing one scanner (on a
+    GPU, three NVDEC sessions) give each segment the result a lone scan gives, in order."""
+    path = str(joined)
+    info = probe(path)
+    config = _config(segment_s=6.0, sessions=3)
+    size = analysis_size(info, config.analyse.analysis_short_side)
+    segments = plan_segments(info.num_frames, info.fps, config)[:4]
+    jobs = [ScanJob(path, info.fps, s, size, str(tmp_path), str(tmp_path / "segments"))
+            for s in segments]
+    threaded = list(LocalScans(config).run(jobs))
+    scanner = SegmentScanner(config)
+    alone = [scanner.scan(path, None, info.fps, s.start_frame, s.end_frame, analysis_size=size)
+             for s in segments]
+    cost = {"cpu_s", "wall_s", "peak_rss_mib"}  # what the scan cost, not what it found
+
+    def what(results):
+        return [r.model_dump(exclude=cost) for r in results]
+
+    assert what(threaded) == what(alone)
+    store = SegmentStore(pafs.LocalFileSystem(), str(tmp_path / "segments"))
+    assert what(store.load(s) for s in segments) == what(alone)
 
 
 def test_windows_keep_the_reference_predictions(joined):
