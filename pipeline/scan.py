@@ -49,6 +49,7 @@ from multishot.pipeline.ocr import TextBox
 from multishot.pipeline.video import DecodeStats
 
 JPEG_QUALITY = 95
+SCAN_NICENESS = 5  # the scanning actors yield the CPU to renders (:class:`_ScanActor`)
 
 
 class FrameSource(Protocol):
@@ -356,9 +357,15 @@ class LocalScans:
 
 
 class _ScanActor:
-    """A Ray actor holding one :class:`SegmentScanner`."""
+    """A Ray actor holding one :class:`SegmentScanner`, at a lower CPU priority (``nice`` +5)
+    than the stages after it: where it shares cores with renders, the videos already scanned
+    finish first instead of every video's render waiting behind the scans (on the idle 2-core
+    machine a long video's render used to run alone at the end)."""
 
     def __init__(self, config: PipelineConfig):
+        import os
+
+        os.nice(SCAN_NICENESS)
         self.scanner = SegmentScanner(config)
 
     def run(self, job: ScanJob) -> SegmentResult:
