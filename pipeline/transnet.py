@@ -16,10 +16,11 @@ convolutions are left to pay for:
 
 The frame-similarity and colour-histogram heads and the classifier stay in fp32 (they are ~3%
 of the time and the histograms count pixels exactly). Measured on this project's 2-core CPU
-(AVX512-BF16), one thread, 4 windows of 200 frames: 6.4 ms per predicted frame against 10.1 ms
-for the model under autocast and 25 ms in fp32; probabilities within 0.01 of the fp32 model's
-(``benchmarks/results/pipeline.md``, ``tests/test_transnet.py``). ONNX Runtime (1.32) runs the
-exported fp32 model at 15.6 ms per frame here: slower than bf16 on a CPU that has it.
+(AVX512-BF16), one thread, windows of 200 frames: 6.1–6.8 ms per predicted frame (1–4 windows a
+forward) against 8.6–10.1 ms for the model under autocast and 20–25 ms in fp32; probabilities
+within 0.01 of the fp32 model's (``benchmarks/pipeline.py --runtimes``,
+``tests/test_transnet.py``). ONNX Runtime (1.32) runs the exported fp32 model at 15 ms per
+frame here: slower than bf16 on a CPU that has it. Used on the CPU only (:func:`for_inference`).
 """
 
 from __future__ import annotations
