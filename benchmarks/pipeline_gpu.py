@@ -550,7 +550,8 @@ def write_report(report: dict, out: Path) -> None:
                          f"session{'s' if res['sessions'] > 1 else ''} ({', '.join(res['decoders'])}) | {_fmt(res)} |")
     if "processes" in parts and "runs" in parts["processes"]:
         for res in parts["processes"]["runs"]:
-            lines.append(f"| segment scan, processes side by side | {res['processes']} processes | {_fmt(res)} |")
+            lines.append(f"| segment scan, processes side by side | {res['processes']} processes "
+                         f"({', '.join(res['decoders'])}) | {_fmt(res)} |")
     if "cpu_scan" in parts and "cpu" in parts["cpu_scan"]:
         c = parts["cpu_scan"]["cpu"]
         lines.append(f"| CPU scan ({c['threads']} threads, libavcodec), first {c['frames']} frames | CUDA hidden | {_fmt(c)} |")

@@ -49,10 +49,7 @@ from typing import BinaryIO, Literal
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pydantic
-import webdataset as wds
 from pydantic import BaseModel, ConfigDict, Field
-from webdataset.handlers import reraise_exception
-from webdataset.tariterators import group_by_keys
 
 from multishot.dataset.record import SampleRecord
 
@@ -69,6 +66,13 @@ KIND_MEMBERS: dict[str, tuple[str, ...]] = {
 MANIFEST_VERSION = 1
 
 Handler = Callable[[Exception], bool]
+
+
+def reraise_exception(exn: Exception) -> bool:
+    """The default handler: re-raise (webdataset's ``handlers.reraise_exception``). Defined here
+    and webdataset imported where used, so that importing this module does not import webdataset
+    and torch with it: 1.2 s of CPU in every pipeline worker that only reads and writes JSON."""
+    raise exn
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -284,6 +288,8 @@ def write_tar(
     """
     buf = io.BytesIO()
     keys: list[str] = []
+    import webdataset as wds  # here, not at the top: see reraise_exception
+
     with wds.TarWriter(buf, mtime=0.0) as sink:
         for sample in samples:
             key = sample["__key__"]
@@ -388,7 +394,9 @@ def member_problem(member: tarfile.TarInfo, max_bytes: int = MAX_MEMBER_BYTES) -
 def member_key(name: str) -> tuple[str | None, str | None]:
     """``(key, extension)`` of a member name, by WebDataset's rule (``base_plus_ext``): the key
     ends at the first dot of the file name (``a/b.c.json`` → ``('a/b', 'c.json')``)."""
-    return wds.tariterators.base_plus_ext(name)
+    from webdataset.tariterators import base_plus_ext
+
+    return base_plus_ext(name)
 
 
 def iter_members(
@@ -458,6 +466,8 @@ def iter_samples(
     member is dropped).
     """
     members = iter_members(stream, url=url, max_member_bytes=max_member_bytes, select=select, handler=handler)
+    from webdataset.tariterators import group_by_keys
+
     return group_by_keys(members, keys=member_key, handler=lambda exn: handler(_repeated_member(exn)))
 
 

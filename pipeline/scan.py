@@ -50,6 +50,7 @@ from multishot.pipeline.ocr import TextBox
 from multishot.pipeline.video import DecodeStats
 
 JPEG_QUALITY = 95
+SCAN_NICENESS = 5  # the scanning actors yield the CPU to renders (:class:`_ScanActor`)
 
 
 class FrameSource(Protocol):
@@ -362,34 +363,67 @@ class LocalScans:
 
 
 class _ScanActor:
-    """A Ray actor holding one :class:`SegmentScanner` (threaded: ``detect.sessions`` calls of
-    :meth:`run` at once share it; its models are only read)."""
+    """A Ray actor holding one :class:`SegmentScanner`, at a lower CPU priority (``nice`` +5)
+    than the stages after it: where it shares cores with renders, the videos already scanned
+    finish first instead of every video's render waiting behind the scans (on the idle 2-core
+    machine a long video's render used to run alone at the end). Threaded: ``detect.sessions``
+    calls of :meth:`run` at once share the scanner (its models are only read)."""
 
     def __init__(self, config: PipelineConfig):
+        import os
+
+        os.nice(SCAN_NICENESS)
         self.scanner = SegmentScanner(config)
 
     def run(self, job: ScanJob) -> SegmentResult:
         return run_job(self.scanner, job)
 
 
+class _Dispatcher:
+    """An async Ray actor (no CPU) that hands each segment to a scanning actor as soon as one is
+    free, first come first served. The detect tasks of several videos run in separate
+    processes: each one's own ``ActorPool`` would see every actor free and queue its segments
+    on the first, leaving the others idle (measured: all 4 demo videos on one actor)."""
+
+    def __init__(self, actors: list):
+        import asyncio
+
+        self.free: asyncio.Queue = asyncio.Queue()
+        for actor in actors:
+            self.free.put_nowait(actor)
+
+    async def run(self, job: ScanJob) -> SegmentResult:
+        actor = await self.free.get()
+        try:
+            return await actor.run.remote(job)
+        finally:
+            self.free.put_nowait(actor)
+
+
 class RayScans:
     """A pool of ``detect.resources.actors`` Ray actors, each a :class:`SegmentScanner`
     placed by ``detect.resources`` and scanning ``detect.sessions`` segments at once (Ray's
-    ``max_concurrency``); the detect stage of every video sends its segments here, so a long
-    film's segments run on all actors at once. Picklable (actor handles)."""
+    ``max_concurrency``), behind one dispatcher (:class:`_Dispatcher`, which holds every actor
+    once per session): the detect stage of every video sends its segments here, so a long
+    film's segments run on all actors at once and no actor waits while another has a queue.
+    Picklable (actor handles)."""
 
     def __init__(self, config: PipelineConfig):
         import ray
 
-        res, self.sessions = config.detect.resources, config.detect.sessions
-        place = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_concurrency": self.sessions}
+        res, sessions = config.detect.resources, config.detect.sessions
+        place = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_concurrency": sessions}
         if res.memory_gib:
             place["memory"] = int(res.memory_gib * 2**30)
-        self.actors = [ray.remote(_ScanActor).options(**place).remote(config) for _ in range(res.actors)]
+        actors = [ray.remote(_ScanActor).options(**place).remote(config) for _ in range(res.actors)]
+        # max_concurrency: every segment of every video may wait in it at once
+        self.dispatcher = ray.remote(_Dispatcher).options(num_cpus=0, max_concurrency=10_000).remote(
+            actors * sessions)
 
     def run(self, jobs: list[ScanJob]) -> Iterator[SegmentResult]:
-        from ray.util import ActorPool
+        import ray
 
-        # every actor once per session: the pool hands a job to each free slot
-        yield from ActorPool(self.actors * self.sessions).map_unordered(
-            lambda actor, job: actor.run.remote(job), jobs)
+        pending = [self.dispatcher.run.remote(job) for job in jobs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])

@@ -320,7 +320,8 @@ def test_gpu_node_config_loads():
     from multishot.config import load_config
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "pipeline" / "gpu_node.yaml", PipelineConfig)
-    assert config.detect.resources.gpus > 0 and config.detect.decoder == "auto" and config.detect.nvdec_scale
+    assert config.detect.resources.gpus > 0 and config.detect.decoder == "auto"
+    assert config.detect.sessions > 1 and not config.detect.nvdec_scale
 
 
 def test_run_report_says_the_gpu_was_not_used(tmp_path):
