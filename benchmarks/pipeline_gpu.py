@@ -535,23 +535,22 @@ def write_report(report: dict, out: Path) -> None:
         lines.append(f"| NVDEC decode only | {name} | {_fmt(res)} |")
     for name, res in parts.get("frame_source", {}).items():
         lines.append(f"| frame source (decode + 48×27 all, analysis frames of candidates) | {name} | {_fmt(res)} |")
-    if "sessions" in parts and "runs" in parts["sessions"]:
-        for res in parts["sessions"]["runs"]:
-            lines.append(f"| decode sessions in one process ({parts['sessions']['source']}) | {res['sessions']} "
-                         f"thread{'s' if res['sessions'] > 1 else ''} | {_fmt(res)} |")
+
+    def runs(key: str, what: str, label) -> None:
+        for res in parts.get(key, {}).get("runs", []):
+            lines.append(f"| {what} | {label(res)} | {_fmt(res)} |")
+
+    runs("sessions", f"decode sessions in one process ({parts.get('sessions', {}).get('source')})",
+         lambda r: f"{r['sessions']} thread{'s' if r['sessions'] > 1 else ''}")
     if "transnet" in parts and "fps" in parts["transnet"]:
         lines.append(f"| TransNetV2 on frames in GPU memory | 16 windows of 200 a forward | {_fmt(parts['transnet'])} |")
     for name, res in parts.get("scan", {}).items():
         if isinstance(res, dict) and "fps" in res:
             lines.append(f"| segment scan, whole input, 1 process | {name} ({res['decoder']}) | {_fmt(res)}, {len(res['shots'])} shots |")
-    if "scan_sessions" in parts and "runs" in parts["scan_sessions"]:
-        for res in parts["scan_sessions"]["runs"]:
-            lines.append(f"| segment scan, threads of one process (`detect.sessions`) | {res['sessions']} "
-                         f"session{'s' if res['sessions'] > 1 else ''} ({', '.join(res['decoders'])}) | {_fmt(res)} |")
-    if "processes" in parts and "runs" in parts["processes"]:
-        for res in parts["processes"]["runs"]:
-            lines.append(f"| segment scan, processes side by side | {res['processes']} processes "
-                         f"({', '.join(res['decoders'])}) | {_fmt(res)} |")
+    runs("scan_sessions", "segment scan, threads of one process (`detect.sessions`)",
+         lambda r: f"{r['sessions']} session{'s' if r['sessions'] > 1 else ''} ({', '.join(r['decoders'])})")
+    runs("processes", "segment scan, processes side by side",
+         lambda r: f"{r['processes']} processes ({', '.join(r['decoders'])})")
     if "cpu_scan" in parts and "cpu" in parts["cpu_scan"]:
         c = parts["cpu_scan"]["cpu"]
         lines.append(f"| CPU scan ({c['threads']} threads, libavcodec), first {c['frames']} frames | CUDA hidden | {_fmt(c)} |")

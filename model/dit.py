@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from multishot.model.attention import BACKENDS, dense_attention, sparse_self_attention
-from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, ChunkPlan, KVCache,
-                                    TeacherForcingAttention)
+from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, ChunkPlan,
+                                    KVCache, TeacherForcingAttention)
 from multishot.model.config import WanConfig
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans, shot_text_mask
