@@ -21,8 +21,10 @@ own tensors:
 A key is captured the second time it is seen, so chunk shapes that occur once (the first
 chunks, before the local window is full) run eagerly. Only read-only passes are captured; the
 clean pass, which appends to the cache and (without ``route_clean``) attends a history that
-grows every chunk, stays eager. Graphs tie to the cache's storage: a new stream, or storage
-that grew, captures again.
+grows every chunk, stays eager. Graphs tie to the cache and the addresses of its storage (all
+layers'): a new stream, or storage that grew, captures again; the cache is held meanwhile, so
+a later cache cannot be given the freed addresses of its storage and pass for it (a graph
+replayed over freed storage reads whatever took its place).
 
 Replays run the captured kernels on the captured tensors, so their outputs equal the eager
 call's (checked on GPU by ``benchmarks/distill.py --check-graphs``). CUDA only: on CPU every
@@ -72,7 +74,8 @@ class GraphedChunkForward:
         self.graphs: dict[tuple, _Graph] = {}
         self.seen: set[tuple] = set()
         self.pool = None
-        self.storage: int | None = None
+        self.storage: tuple | None = None
+        self.cache: KVCache | None = None
         self.captures = self.replays = 0
 
     @torch.no_grad()
@@ -92,11 +95,14 @@ class GraphedChunkForward:
         if not self.enabled or cache.layers[0].key_storage is None:
             return eager()
         plan = self.model.chunk_plan(x, cache, self.causal, False)
-        storage = cache.layers[0].key_storage.data_ptr()
+        storage = (id(cache),) + tuple(t.data_ptr() for kv in cache.layers for t in (
+            kv.key_storage, kv.value_storage, kv.descriptor_storage))
         if storage != self.storage:  # a new stream, or its cache grew: new addresses
             self.graphs.clear()
             self.seen.clear()
-            self.storage = storage
+            # the cache is held while its graphs live: the storage they read stays allocated,
+            # so no later cache can take its addresses and pass for it
+            self.storage, self.cache = storage, cache
             # the old graphs' memory pool is freed with them: a new one for the new graphs
             self.pool = torch.cuda.graph_pool_handle()
         key = (tuple(x.shape), tuple(timestep.shape), tuple(context.shape),
