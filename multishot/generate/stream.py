@@ -101,10 +101,10 @@ class ChunkStreamer:
         latent_chw: latent channels, height and width of a frame.
         overlap_decode: decode chunk ``k`` while chunk ``k + 1`` is denoised (:meth:`stream`);
             False (the default) decodes inline, one chunk after the other. Off by default
-            because on one H100 (5B, 4 steps) it gained nothing measurable: with CUDA graphs
-            and compiled blocks 0.421 against 0.424 s a chunk, both sides being bound by the
-            GPU (eager, launch-bound under one GIL, it was slower: 0.85 against 0.78 s;
-            ``benchmarks/results/distill_h100.md``).
+            because on one H100 (5B, 4 steps) it gained little: with CUDA graphs and
+            compiled blocks 0.421 against 0.424–0.453 s a chunk in two runs, both sides being
+            bound by the GPU (eager, launch-bound under one GIL, it was slower: 0.85 against
+            0.78 s; ``benchmarks/results/distill_h100.md``).
         cuda_graphs: replay the denoising passes from CUDA graphs where their shapes repeat
             (:class:`generate.graphs.GraphedChunkForward`; CUDA only, same outputs).
         compile_decoder: decode with ``torch.compile(vae.decoder)``.
