@@ -108,10 +108,17 @@ def test_sigkill_then_rerun_gives_the_same_shards(small_job, tmp_path):
 
 
 def _alive(process: tuple[int, int]) -> bool:
-    """Whether (pid, start time) is still the same live process."""
+    """Whether (pid, start time) is still the same live process: a zombie (killed, not yet
+    reaped by a parent that is itself gone; it holds nothing but its table entry) is not."""
     from multishot.pipeline.reaper import start_time
 
-    return start_time(process[0]) == process[1]
+    if start_time(process[0]) != process[1]:
+        return False
+    try:
+        stat = Path(f"/proc/{process[0]}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def _cmdline(pid: int) -> str:
