@@ -19,8 +19,12 @@ On a machine with a CUDA GPU (the issue's figure: one H100; target ≥ 100× rea
 6. **TransNetV2** on frames already in GPU memory (frames/s);
 7. **scan**: the segment scan (detect + analyse from one decode, :class:`pipeline.scan.SegmentScanner`)
    of the whole input in one process, hwaccel and NVDEC-scaled;
-8. **processes**: ``--workers`` processes side by side on the GPU (the scanning actors of a
-   node), each scanning ``--scan-frames`` frames, realtime factor per GPU;
+   **scan_sessions**: the scan as a GPU node's scanning actor runs it, ``--sessions`` threads
+   (NVDEC sessions) sharing one scanner and ``--ocr-threads`` OCR threads, segments queued
+   (``--scan-pieces`` per input, ``--scan-rounds`` times), with where the threads' time went;
+8. **processes**: ``--workers`` processes side by side on the GPU (scanning actors sharing it),
+   each with ``--worker-sessions`` NVDEC sessions and ``--worker-ocr-threads`` OCR threads,
+   scanning the whole input as queued segments: realtime factor per GPU;
 9. **CPU scan** (optional, ``--cpu-frames N``, 0: skip): the first N frames scanned on the CPU
    (CUDA hidden, a subprocess, all cores) for the figure beside it, and the GPU's shots on the
    same frames against the CPU's.
@@ -157,7 +161,7 @@ def make_clip_weights(work: Path, name: str) -> tuple[str, Path, Path]:
 
 
 def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto", nvdec_scale: bool = False,
-                    batch_windows: int = 16):
+                    batch_windows: int = 16, ocr_threads: int = 1):
     """Scan settings: the defaults, random CLIP weights, OCR when rapidocr is there;
     ``decoder="cpu"`` is the CPU run (no GPU asked for)."""
     import importlib.util
@@ -168,7 +172,7 @@ def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto",
     ocr = "rapidocr" if importlib.util.find_spec("rapidocr") else "none"
     return PipelineConfig(
         detect={"decoder": decoder, "nvdec_scale": nvdec_scale, "resources": {"gpus": 1 if decoder == "auto" else 0},
-                "batch_windows": batch_windows},
+                "batch_windows": batch_windows, "ocr_threads": ocr_threads},
         analyse={"clip_model": name, "clip_weights": str(clip), "aesthetic_head_weights": str(head), "ocr_backend": ocr},
     )
 
@@ -397,69 +401,111 @@ def part_scan(s: Setup) -> dict:
     return out
 
 
-def part_scan_sessions(s: Setup, counts: list[int]) -> dict:
+def part_scan_sessions(s: Setup, counts: list[int], pieces: int, rounds: int, ocr_threads: int) -> dict:
     """The segment scan with ``detect.sessions`` threads of one process sharing one scanner (a
-    scanning actor's threads: each its own NVDEC session), the input split into that many
-    segments: realtime factor per GPU. What a GPU in exclusive-process compute mode allows."""
+    scanning actor's threads: each its own NVDEC session; ``ocr_threads`` OCR threads shared):
+    the input split into ``pieces`` segments (1: the whole 203 s input, as a film's
+    ``segment_s: 300`` segments), each queued ``rounds`` times on the threads, as a film's
+    segments queue on an actor. Realtime factor per GPU, and where the threads' time went:
+    decoding (the frame source's loop, with the per-frame Python of the scan), TransNetV2
+    (``predict``), and scoring the picked candidates (OCR on the CPU, CLIP on the GPU), in
+    thread-seconds. Short segments cost OCR: every candidate near a segment's edges is read."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from multishot.pipeline.scan import SegmentScanner
 
-    config = pipeline_config(s.weights, nvdec_scale=False)
+    config = pipeline_config(s.weights, nvdec_scale=False, ocr_threads=ocr_threads)
     scanner = SegmentScanner(config)
     _scan(scanner, s, config, 0, 600)  # warm-up: cuDNN, an NVDEC session
+    spent = {"predict": 0.0, "score": 0.0, "ocr": 0.0, "aesthetic": 0.0}
+    calls = {"ocr": 0, "aesthetic": 0}
+    lock = threading.Lock()
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    spent[name] += time.perf_counter() - t0
+                    if name in calls:
+                        calls[name] += len(args[0]) if name == "aesthetic" else 1
+        return call
+
+    scanner.detector.predict = timed("predict", scanner.detector.predict)
+    scanner._score = timed("score", scanner._score)
+    scanner.scorer.text_boxes = timed("ocr", scanner.scorer.text_boxes)
+    scanner.scorer.aesthetic_scores = timed("aesthetic", scanner.scorer.aesthetic_scores)
     n = s.info.num_frames
-    out = {"runs": []}
+    out = {"pieces": pieces, "rounds": rounds, "ocr_threads": ocr_threads, "runs": []}
     for count in counts:
-        bounds = [(k * n // count, (k + 1) * n // count) for k in range(count)]
+        bounds = [(k * n // pieces, (k + 1) * n // pieces) for k in range(pieces)] * rounds
+        spent.update(predict=0.0, score=0.0, ocr=0.0, aesthetic=0.0)
+        calls.update(ocr=0, aesthetic=0)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(count) as pool:
             done = list(pool.map(lambda b: _scan(scanner, s, config, *b), bounds))
-        result = {"sessions": count, **_rate(n, time.perf_counter() - t0),
-                  "decoders": sorted({d["decoder"] for d in done})}
+        wall = time.perf_counter() - t0
+        busy = sum(d["seconds"] for d in done)
+        result = {"sessions": count, "segments": len(bounds), **_rate(n * rounds, wall),
+                  "decoders": sorted({d["decoder"] for d in done}),
+                  "thread_seconds": {"all": round(busy, 2), "decode": round(busy - spent["predict"] - spent["score"], 2),
+                                     "predict": round(spent["predict"], 2), "score": round(spent["score"], 2),
+                                     "ocr": round(spent["ocr"], 2), "aesthetic": round(spent["aesthetic"], 2)},
+                  "frames_read": dict(calls)}
         out["runs"].append(result)
         say(f"  scan, {count} sessions: {result}")
     return out
 
 
-def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool, start: int, end: int,
-            barrier, results) -> None:
-    """One scanning actor: load the models, warm up, wait for the others, scan ``[start, end)``;
-    puts its timing (or its error) on ``results``."""
+def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool, sessions: int, ocr_threads: int,
+            rounds: int, barrier, results) -> None:
+    """One scanning actor: load the models, warm up, wait for the others, then scan the whole
+    input ``rounds`` times as segments queued on ``sessions`` threads (``ocr_threads`` OCR
+    threads); puts its timing (or its error) on ``results``."""
     try:
+        from concurrent.futures import ThreadPoolExecutor
+
         s = Setup(Path(path), device, batch, (weights[0], Path(weights[1]), Path(weights[2])))
         from multishot.pipeline.scan import SegmentScanner
 
-        config = pipeline_config(s.weights, nvdec_scale=scale)
+        config = pipeline_config(s.weights, nvdec_scale=scale, ocr_threads=ocr_threads)
         scanner = SegmentScanner(config)
         _scan(scanner, s, config, 0, 300)  # warm-up: cuDNN, an NVDEC session
         barrier.wait(timeout=300)
-        done = _scan(scanner, s, config, start, end)
-        results.put({"t0": done["t0"], "t1": time.perf_counter(), "frames": done["frames"], "decoder": done["decoder"]})
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(sessions) as pool:
+            done = list(pool.map(lambda _: _scan(scanner, s, config), range(rounds)))
+        results.put({"t0": t0, "t1": time.perf_counter(), "frames": sum(d["frames"] for d in done),
+                     "decoder": "+".join(sorted({d["decoder"] for d in done}))})
     except Exception as err:  # noqa: BLE001 (the parent reports it)
         barrier.abort()
         results.put({"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]})
 
 
-def part_processes(s: Setup, counts: list[int], frames: int, scale: bool) -> dict:
-    """``count`` processes side by side on the one GPU, as the scanning actors of a node are
-    (each its own models and NVDEC session), each scanning ``frames`` frames (spread over the
-    input): realtime factor per GPU."""
+def part_processes(s: Setup, counts: list[int], sessions: int, ocr_threads: int, scale: bool) -> dict:
+    """``count`` processes side by side on the one GPU, as several scanning actors per GPU
+    (``detect.resources.gpus`` below 1) are: each its own models and GIL, ``sessions`` NVDEC
+    sessions (threads) and ``ocr_threads`` OCR threads, scanning the whole input 2 × ``sessions``
+    times: realtime factor per GPU."""
     import multiprocessing as mp
 
-    out = {"frames_each": frames, "nvdec_scale": scale, "runs": []}
-    span = max(1, s.info.num_frames - frames)
+    rounds = 2 * sessions
+    out = {"sessions_each": sessions, "ocr_threads_each": ocr_threads, "rounds_each": rounds, "nvdec_scale": scale,
+           "runs": []}
     for count in counts:
         ctx = mp.get_context("spawn")
         barrier, results = ctx.Barrier(count), ctx.Queue()
-        starts = [(k * span // count) for k in range(count)]
         procs = [ctx.Process(target=_worker, args=(s.path, s.device, s.batch, [str(w) for w in s.weights], scale,
-                                                   start, start + frames, barrier, results)) for start in starts]
+                                                   sessions, ocr_threads, rounds, barrier, results))
+                 for _ in range(count)]
         t_start = time.perf_counter()
         for p in procs:
             p.start()
         try:
-            done = [results.get(timeout=300) for _ in procs]
+            done = [results.get(timeout=500) for _ in procs]
         finally:
             for p in procs:
                 p.join(timeout=30)
@@ -548,9 +594,13 @@ def write_report(report: dict, out: Path) -> None:
         if isinstance(res, dict) and "fps" in res:
             lines.append(f"| segment scan, whole input, 1 process | {name} ({res['decoder']}) | {_fmt(res)}, {len(res['shots'])} shots |")
     runs("scan_sessions", "segment scan, threads of one process (`detect.sessions`)",
-         lambda r: f"{r['sessions']} session{'s' if r['sessions'] > 1 else ''} ({', '.join(r['decoders'])})")
-    runs("processes", "segment scan, processes side by side",
-         lambda r: f"{r['processes']} processes ({', '.join(r['decoders'])})")
+         lambda r: f"{r['sessions']} session{'s' if r['sessions'] > 1 else ''}, {r.get('segments', r['sessions'])} segments, "
+                   f"{parts['scan_sessions'].get('ocr_threads', 1)} OCR threads "
+                   f"({', '.join(r['decoders'])})" + ("; thread-s decode / TransNetV2 / scoring (OCR, CLIP): {decode} / {predict} / {score} ({ocr}, {aesthetic})"
+                                                     .format(**r["thread_seconds"]) if "thread_seconds" in r else ""))
+    runs("processes", "segment scan, processes side by side (scanning actors sharing a GPU)",
+         lambda r: f"{r['processes']} processes × {parts['processes'].get('sessions_each', 1)} sessions, "
+                   f"{parts['processes'].get('ocr_threads_each', 1)} OCR threads each ({', '.join(r['decoders'])})")
     if "cpu_scan" in parts and "cpu" in parts["cpu_scan"]:
         c = parts["cpu_scan"]["cpu"]
         lines.append(f"| CPU scan ({c['threads']} threads, libavcodec), first {c['frames']} frames | CUDA hidden | {_fmt(c)} |")
@@ -583,7 +633,11 @@ def main() -> None:
     parser.add_argument("--sessions", default="1,4,8", help="decode sessions (threads) of one process, comma-separated")
     parser.add_argument("--session-frames", type=int, default=2400, help="frames each session decodes")
     parser.add_argument("--workers", default="4,8", help="scanning processes side by side, comma-separated ('' skips)")
-    parser.add_argument("--scan-frames", type=int, default=2400, help="frames each scanning process scans")
+    parser.add_argument("--worker-sessions", type=int, default=4, help="processes: NVDEC sessions (threads) of each")
+    parser.add_argument("--worker-ocr-threads", type=int, default=4, help="processes: OCR threads of each")
+    parser.add_argument("--scan-pieces", type=int, default=1, help="scan_sessions: segments the input is split into")
+    parser.add_argument("--scan-rounds", type=int, default=16, help="scan_sessions: times each segment is queued")
+    parser.add_argument("--ocr-threads", type=int, default=8, help="scan_sessions: detect.ocr_threads")
     parser.add_argument("--cpu-frames", type=int, default=1200, help="frames of the CPU scan beside it (0: skip)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="no part starts after this many seconds")
     parser.add_argument("--parts", default=",".join(PARTS), help="the parts to run, comma-separated")
@@ -690,9 +744,10 @@ def main() -> None:
         if gpu:
             run("transnet", part_transnet, s, cpu_small if cpu_small is not None else _small_frames(s, args.check_frames))
         run("scan", part_scan, s)
-        run("scan_sessions", part_scan_sessions, s, sessions)
+        run("scan_sessions", part_scan_sessions, s, sessions, args.scan_pieces, args.scan_rounds, args.ocr_threads)
         if workers:
-            run("processes", part_processes, s, workers, args.scan_frames, best == "nvdec_scaled")
+            run("processes", part_processes, s, workers, args.worker_sessions, args.worker_ocr_threads,
+                best == "nvdec_scaled")
         if args.cpu_frames:
             run("cpu_scan", part_cpu, s, args.cpu_frames, best == "nvdec_scaled")
 

@@ -75,9 +75,13 @@ class DetectConfig(_Section):
     )
     sessions: int = Field(
         1, ge=1, description="segments a scanning actor scans at once, in threads sharing its models; on "
-        "a GPU each thread is its own NVDEC session (an H100 has 7 decoders; on the H100 measured, "
-        "processes beyond the first could not open the decoder, threads could: "
-        "benchmarks/results/pipeline_gpu_h100.md); placement: not in the samples hash"
+        "a GPU each thread is its own NVDEC session (benchmarks/results/pipeline_gpu_h100.md); "
+        "placement: not in the samples hash"
+    )
+    ocr_threads: int = Field(
+        1, ge=1, description="threads of a scanning actor that OCR the candidates its segments pick, shared "
+        "by its sessions (OCR runs on the CPU: about 3 frames/s per core of the H100 machine measured, "
+        "the bulk of a GPU scan's CPU work); placement: not in the samples hash"
     )
     segment_s: float = Field(
         300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "
@@ -210,8 +214,13 @@ class RenderConfig(_Section):
     width: int = Field(832, ge=16, multiple_of=16)
     height: int = Field(480, ge=16, multiple_of=16)
     fps: float = Field(16.0, gt=0)
-    crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor")
-    preset: str = Field("veryfast", description="x264 preset")
+    # superfast at crf 20 against veryfast at crf 18, on 480 frames of the bundled footage (one
+    # thread, the 2-core machine): 4.6 against 7.9 ms a frame, PSNR-Y to the unencoded frames
+    # 45.6 against 45.2 dB, 38% more bytes; and the same bytes on every run, which veryfast's
+    # macroblock tree did not give (benchmarks/results/pipeline.md)
+    crf: int = Field(20, ge=0, le=51, description="x264 constant rate factor")
+    preset: str = Field("superfast", description="x264 preset; presets with the macroblock tree "
+                        "(veryfast and slower) encode the same frames to different bytes from run to run")
     min_crop_fraction: float = Field(
         0.5, gt=0, le=1, description="reject sources whose centre crop to width x height keeps less "
         "than this fraction of their width (or height): aspect ratio too far from the output's"
@@ -236,7 +245,9 @@ class WriteConfig(_Section):
     """Stage 8, WebDataset shards and the per-video resume marker."""
 
     max_samples_per_shard: int = Field(500, ge=1)
-    resources: Resources = Resources(actors=2, cpus=0)
+    # each actor imports webdataset (and with it torch, 2 CPU-s) once; a video's shards take one
+    # well under a second on local disk, so one keeps up with many renders
+    resources: Resources = Resources(actors=1, cpus=0)
 
 
 class RayConfig(_Section):

