@@ -6,6 +6,7 @@ real footage, rendered small (320×192) to keep the suite's time sane.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -57,20 +58,18 @@ def _command(config: Path, clips: Path, out: Path) -> list[str]:
             "--input", str(clips), "--output", str(out), "--no-progress"]
 
 
-def _state(out: Path) -> tuple[list[tuple[str, tuple[str, ...]]], list[str], dict[str, str]]:
-    """(manifest (shard, keys) pairs, sorted sample keys of the index, each sample's JSON).
-
-    The mp4 bytes are left out: x264 does not always encode the same frames to the same bytes
-    (seen here with one encoder thread), so equal samples are judged by their records.
-    """
+def _state(out: Path) -> tuple[list[tuple[str, tuple[str, ...]]], list[str], dict[str, tuple[str, str]]]:
+    """(manifest (shard, keys) pairs, sorted sample keys of the index, each sample's JSON and
+    the sha256 of its mp4): renders are reproducible byte for byte (x264 without the
+    macroblock tree, pipeline/render.py), so a resumed run's samples equal the reference's."""
     manifest = json.loads((out / "manifest.json").read_text())
     keys = pq.read_table(ShardSetLayout(str(out)).samples_index).column("key").to_pylist()
     assert len(keys) == len(set(keys)), "duplicate sample keys"
     fs, _ = resolve(str(out))
     records = {
-        record.key: record.model_dump_json()
+        record.key: (record.model_dump_json(), hashlib.sha256(mp4).hexdigest())
         for shard in manifest["shards"]
-        for record, _ in read_shard(fs, str(out / "shards" / shard["name"]))
+        for record, mp4 in read_shard(fs, str(out / "shards" / shard["name"]))
     }
     return [(s["name"], tuple(s["keys"])) for s in manifest["shards"]], sorted(keys), records
 

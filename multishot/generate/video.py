@@ -8,8 +8,12 @@ from pathlib import Path
 import av
 import numpy as np
 
-#: x264 quality of generated videos (the render stage's default, visually lossless)
+#: x264 quality of generated videos (visually lossless)
 CRF = 18
+#: x264 options besides the CRF: libx264's default preset without its macroblock tree, which
+#: encoded the same frames to different bytes from run to run (pipeline/render.py), so a video
+#: changes only when its frames do
+X264_PARAMS = "mbtree=0"
 
 
 class Mp4Writer:
@@ -37,7 +41,7 @@ class Mp4Writer:
         if self.container is None:
             self.container = av.open(str(self.path), mode="w", format="mp4")
             self.stream = self.container.add_stream("libx264", rate=self.rate,
-                                                    options={"crf": str(CRF)})
+                                                    options={"crf": str(CRF), "x264-params": X264_PARAMS})
             self.stream.width, self.stream.height = frames.shape[2], frames.shape[1]
             self.stream.pix_fmt = "yuv420p"
         elif (frames.shape[1], frames.shape[2]) != (self.stream.height, self.stream.width):
