@@ -7,7 +7,7 @@ bad value is reported with its dotted key (``multishot.config.load_config``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,6 +46,11 @@ class ProbeConfig(_Section):
 
 class DetectConfig(_Section):
     """Stage 2, shot detection."""
+
+    #: where and how wide the scan runs, not what it finds: left out of the samples hash and of
+    #: a segment result's settings (segments are stitched exactly; the decoder is recorded)
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("resources", "batch_windows", "segment_s", "decoder", "nvdec_scale",
+                                            "sessions", "ocr_threads")
 
     backend: Literal["transnetv2", "content", "adaptive"] = "transnetv2"
     threshold: float = Field(0.4, gt=0, lt=1, description="TransNetV2 transition probability")

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 from tqdm import tqdm
 
 from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve, storage_error
-from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.config import DetectConfig, PipelineConfig
 from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
 from multishot.pipeline.scan import RayScans
@@ -32,17 +32,16 @@ class OutputError(ValueError):
 
 def compute_samples_hash(config: PipelineConfig) -> str:
     """16 hex digits of sha256 over the settings that decide the samples: every stage's
-    settings except where and how wide it runs (``resources``, TransNetV2's ``batch_windows``, ``segment_s``,
-    ``detect.decoder``, ``detect.nvdec_scale``, ``detect.sessions``, ``detect.ocr_threads``),
+    settings except where and how wide it runs (every section's ``resources``,
+    :attr:`DetectConfig.PLACEMENT`),
     and not input, output, extensions, Ray, or the captioning settings (captions of finished shards are
     added by ``multishot annotate``)."""
     parts = config.model_dump(mode="json", exclude={"input", "output", "extensions", "ray", "annotate", "probe", "caption"})
     for section in parts.values():
         if isinstance(section, dict):
             section.pop("resources", None)
-    # segments are stitched exactly; which decoder ran is recorded per video
-    for placement in ("batch_windows", "segment_s", "decoder", "nvdec_scale", "sessions", "ocr_threads"):
-        parts["detect"].pop(placement)
+    for placement in DetectConfig.PLACEMENT:
+        parts["detect"].pop(placement, None)
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -132,7 +132,7 @@ def plan_segments(num_frames: int, fps: float, config: PipelineConfig) -> list[S
 def scan_hash(config: PipelineConfig) -> str:
     """16 hex digits naming the settings a segment result depends on (detection and analysis,
     not placement): a result saved with other settings is not reused."""
-    parts = {"detect": config.detect.model_dump(mode="json", exclude={"resources", "batch_windows", "segment_s", "decoder", "nvdec_scale", "sessions"}),
+    parts = {"detect": config.detect.model_dump(mode="json", exclude=set(config.detect.PLACEMENT)),
              "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"})}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

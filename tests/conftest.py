@@ -142,3 +142,20 @@ def tiny_encoders(tmp_path_factory) -> dict[str, str]:
     from multishot.generate.random_models import make_random_encoders
 
     return make_random_encoders(tmp_path_factory.mktemp("tiny_encoders"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A "pretrained" base for LoRA runs: random `tiny` weights with a non-zero head (Wan
+    zero-inits the head, which would leave every block, and every adapter, without gradient),
+    in official Wan names."""
+    import torch
+
+    from multishot.model.checkpoint import save_safetensors
+    from multishot.model.config import get_config
+    from multishot.model.dit import WanModel
+
+    torch.manual_seed(0)
+    model = WanModel(get_config("tiny"))
+    torch.nn.init.normal_(model.head.head.weight, std=0.1)
+    return save_safetensors(model.state_dict(), tmp_path_factory.mktemp("base") / "base.safetensors")[0]

@@ -40,24 +40,10 @@ def write_config(tmp: Path, shards: dict, encoders: dict, name: str, base: Path)
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """The "pretrained" base: random `tiny` weights with a non-zero head (Wan zero-inits the
-    head, which would leave every block without gradient), in official Wan names."""
-    from multishot.model.checkpoint import save_safetensors
-    from multishot.model.config import get_config
-    from multishot.model.dit import WanModel
-
-    torch.manual_seed(0)
-    model = WanModel(get_config("tiny"))
-    torch.nn.init.normal_(model.head.head.weight, std=0.1)
-    return save_safetensors(model.state_dict(), tmp_path_factory.mktemp("base") / "base.safetensors")[0]
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, train_footage_shards, tiny_encoders, base) -> Path:
+def lora_run(tmp_path_factory, train_footage_shards, tiny_encoders, tiny_base) -> Path:
     tmp = tmp_path_factory.mktemp("train_lora")
     result = torchrun("-m", "multishot.trainer", "--config",
-                      str(write_config(tmp, train_footage_shards, tiny_encoders, "full", base)))
+                      str(write_config(tmp, train_footage_shards, tiny_encoders, "full", tiny_base)))
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp / "full"
 
@@ -76,7 +62,7 @@ def test_checkpoints_hold_only_the_adapters(lora_run):
     assert any(k.startswith("train.optim.state.") and ".lora_A." in k for k in meta.state_dict_metadata)
 
 
-def test_run_exports_the_adapter_and_the_cli_reads_it_back(lora_run, tmp_path, base):
+def test_run_exports_the_adapter_and_the_cli_reads_it_back(lora_run, tmp_path, tiny_base):
     assert not (lora_run / "model.safetensors").exists()
     final = load_file(str(lora_run / "lora.safetensors"))
     assert len(final) == 40 and "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in final
@@ -90,7 +76,7 @@ def test_run_exports_the_adapter_and_the_cli_reads_it_back(lora_run, tmp_path, b
     result = export(str(lora_run), "--merge", "--out", str(tmp_path / "merged.safetensors"))
     assert result.returncode == 0, result.stderr
     merged = load_file(str(tmp_path / "merged.safetensors"))
-    base = load_file(str(base))  # model.init_from: frozen, so also the run's final base
+    base = load_file(str(tiny_base))  # model.init_from: frozen, so also the run's final base
     assert set(merged) == set(base)
     adapted = {k.removeprefix("diffusion_model.").removesuffix(".lora_A.weight") for k in final if ".lora_A." in k}
     for key in base:
@@ -111,8 +97,8 @@ def test_export_lora_rejects_bad_input_with_one_line(lora_run, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_killed_lora_run_resumes_with_the_same_losses(lora_run, tmp_path, train_footage_shards, tiny_encoders, base):
-    config = write_config(tmp_path, train_footage_shards, tiny_encoders, "killed", base)
+def test_killed_lora_run_resumes_with_the_same_losses(lora_run, tmp_path, train_footage_shards, tiny_encoders, tiny_base):
+    config = write_config(tmp_path, train_footage_shards, tiny_encoders, "killed", tiny_base)
     driver = tmp_path / "killed_driver.py"
     driver.write_text(textwrap.dedent(f"""
         import os, signal

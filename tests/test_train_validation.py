@@ -14,8 +14,6 @@ import av
 import pytest
 import yaml
 
-from test_train_lora import base  # noqa: F401 - the LoRA run's base (a fixture)
-
 from multishot.dataset.loader import DataConfig, TrainLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +21,7 @@ PROMPT = "[global caption] a video [per shot caption] a shot [shot cut] a shot"
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, tiny_encoders, base, lora):  # noqa: F811
+def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, tiny_encoders, tiny_base, lora):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": PROMPT, "name": "two_shots", "cut_frames": [9]}) + "\n")
     config = yaml.safe_load((REPO / "configs/train/tiny_cpu.yaml").read_text())
@@ -32,7 +30,7 @@ def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, 
     config["run"].update(output_dir=str(tmp_path / "run"), max_steps=4, checkpoint_every=4)
     if lora:  # validation samples with the adapters on the frozen base; a base with a non-zero
         # head (Wan zero-inits it: the adapters would get no gradient and the videos not change)
-        config["model"].update(lora={"rank": 4}, init_from=str(base))
+        config["model"].update(lora={"rank": 4}, init_from=str(tiny_base))
     config["validation"] = {"every": 2, "prompts": str(prompts), "held_out": 1,
                             "sampling": {"steps": 2, "cfg_scale": 3.0}}
     path = tmp_path / "train.yaml"
