@@ -182,8 +182,8 @@ def _init_ray(config: PipelineConfig) -> bool:
         return False
     from multishot.pipeline.reaper import watch
 
+    watch()  # first: Ray's processes inherit the run's token from this process's environment
     ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
-    watch()
     return True
 
 

@@ -315,3 +315,35 @@ def test_reaper_ends_what_a_killed_parent_leaves(tmp_path):
     parent.wait()
     watcher.wait(timeout=30)
     assert start_time(daemon) != born  # gone (or a zombie awaiting its reaper)
+
+
+def test_reaper_ends_a_process_it_never_saw_by_its_token():
+    """A process the polls never saw below the watched one (a Ray worker started in the last
+    second before the kill, orphaned when its raylet dies with the run) is found by the run's
+    token in its environment. Here it is started outside the watched tree with the token, so no
+    poll can see it: the watcher with the token ends it, one without it does not."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from multishot.pipeline.reaper import TOKEN_ENV, start_time, watch
+
+    def outlives_the_run(token: str | None) -> bool:
+        env = {**os.environ, TOKEN_ENV: "run-token-1"}
+        parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+        unseen = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env,
+                                  start_new_session=True)
+        born = start_time(unseen.pid)
+        watcher = watch(parent.pid, token)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        watcher.wait(timeout=30)
+        alive = unseen.poll() is None and start_time(unseen.pid) == born
+        unseen.kill()
+        unseen.wait()
+        return alive
+
+    assert not outlives_the_run("run-token-1")
+    assert outlives_the_run(None)  # descendants only
+    assert outlives_the_run("another-run")
