@@ -86,8 +86,11 @@ def onnx_module(model: str | Path | Any) -> torch.nn.Module:
 class TorchSession:
     """Stands in for a rapidocr ``OrtInferSession``: called with the same float32 NCHW array, it
     returns the same output array, computed by :func:`onnx_module` of the session's ONNX file on
-    ``device``. Everything else (the recogniser's character list read from the model's metadata)
-    is the replaced session's. Safe to call from several threads."""
+    ``device``. For the PP-OCR detector: ``[1, 3, H, W]`` (normalised, sides multiples of 32) →
+    text probability map ``[1, 1, H, W]``; for the recogniser: text line crops ``[N, 3, 48, W]``
+    → per-column character probabilities ``[N, W / 8, characters]``. Everything else (the
+    recogniser's character list read from the model's metadata) is the replaced session's.
+    Safe to call from several threads."""
 
     def __init__(self, session: Any, device: str | torch.device):
         self.replaced = session
