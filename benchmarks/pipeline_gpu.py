@@ -63,6 +63,7 @@ import threading
 import time
 import traceback
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -371,6 +372,20 @@ def part_transnet(s: Setup, frames: np.ndarray) -> dict:
     return _rate(len(tensor), time.perf_counter() - start)
 
 
+@lru_cache(maxsize=1)
+def _candidate_frames(s: Setup, frames: int) -> list[np.ndarray]:
+    """The analysis frames ``[h, w, 3]`` of the candidates among the first ``frames`` frames, from
+    the CPU source (decoded once for the parts that read them)."""
+    from multishot.pipeline.video import iter_scan_frames
+
+    return [big for _, _, big in s.frames(iter_scan_frames, 0, frames)[0] if big is not None]
+
+
+def _ocr_device(scanner) -> str:
+    """Where a scanner's OCR models run: ``cpu``, ``cuda``, or ``off``."""
+    return scanner.scorer.text.device if scanner.scorer.text is not None else "off"
+
+
 def part_ocr(s: Setup, frames: int) -> dict:
     """OCR of the candidates among the first ``frames`` frames (analysis scale, from the CPU
     source) on the GPU (rapidocr's models through PyTorch, :mod:`pipeline.ocr_gpu`) and on the
@@ -379,9 +394,8 @@ def part_ocr(s: Setup, frames: int) -> dict:
     import torch
 
     from multishot.pipeline.ocr import TextDetector
-    from multishot.pipeline.video import iter_scan_frames
 
-    images = [big for _, _, big in s.frames(iter_scan_frames, 0, frames)[0] if big is not None]
+    images = _candidate_frames(s, frames)
     out, read = {"frames": len(images), "size": list(images[0].shape[1::-1])}, {}
     for where in ("cpu", s.device):
         detector = TextDetector(s.config.analyse, device=where)
@@ -416,9 +430,8 @@ def part_aesthetic(s: Setup, frames: int) -> dict:
     from PIL import Image
 
     from multishot.pipeline.aesthetic import AestheticScorer
-    from multishot.pipeline.video import iter_scan_frames
 
-    images = [big for _, _, big in s.frames(iter_scan_frames, 0, frames)[0] if big is not None]
+    images = _candidate_frames(s, frames)
     scorer = AestheticScorer(*s.weights)
     batches = [torch.stack([scorer.preprocess(Image.fromarray(f)) for f in images[k : k + 16]]).to(s.device)
                for k in range(0, len(images), 16)]
@@ -512,7 +525,7 @@ def part_scan_sessions(s: Setup, counts: list[int], pieces: int, rounds: int, oc
     scanner.scorer.aesthetic_scores = timed("aesthetic", scanner.scorer.aesthetic_scores)
     n = s.info.num_frames
     out = {"pieces": pieces, "rounds": rounds, "ocr_threads": ocr_threads, "runs": [],
-           "ocr_runs_on": scanner.scorer.text.device if scanner.scorer.text is not None else "off"}
+           "ocr_runs_on": _ocr_device(scanner)}
     for count in counts:
         bounds = [(k * n // pieces, (k + 1) * n // pieces) for k in range(pieces)] * rounds
         spent.update(predict=0.0, score=0.0, ocr=0.0, aesthetic=0.0)
@@ -598,7 +611,7 @@ def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool,
         results.put({"t0": t0, "t1": time.perf_counter(), "cpu_s": _cpu_s() - cpu0,
                      "frames": sum(d["frames"] for d in done),
                      "decoder": "+".join(sorted({d["decoder"] for d in done})),
-                     "ocr_runs_on": scanner.scorer.text.device if scanner.scorer.text is not None else "off"})
+                     "ocr_runs_on": _ocr_device(scanner)})
     except Exception as err:  # noqa: BLE001 (the parent reports it)
         barrier.abort()
         results.put({"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]})
