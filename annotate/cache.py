@@ -16,7 +16,7 @@ import logging
 import pyarrow.fs as pafs
 
 from multishot.dataset.record import SampleRecord
-from multishot.dataset.shards import read_json, resolve, write_json
+from multishot.dataset.storage import read_json, resolve, write_json
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from multishot.config import Section
 
 #: the repository's ``configs/annotate/`` folder, where the default prompt template lives
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "annotate"
 
 
-class AnnotateConfig(BaseModel):
+class AnnotateConfig(Section):
     """How :class:`annotate.captioner.Captioner` captions samples (HoloCine §3.1 annotation)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field("gemini-2.5-flash", description="Gemini model name (HoloCine used 2.5 Flash)")
     language: str = Field("English", description="language the captions are written in")

@@ -26,19 +26,8 @@ from multishot.annotate.captioner import Captioner
 from multishot.dataset.record import SampleRecord
 from multishot.config import dump_yaml
 from multishot.dataset.shardset import sample_row
-from multishot.dataset.shards import (
-    Manifest,
-    ShardInfo,
-    ShardSetLayout,
-    common_samples_hash,
-    read_json,
-    read_manifest,
-    read_shard,
-    resolve,
-    write_json,
-    write_manifest,
-    write_shard,
-)
+from multishot.dataset.shards import (Manifest, ShardInfo, ShardSetLayout, common_samples_hash, read_manifest, read_shard, write_manifest, write_shard)
+from multishot.dataset.storage import read_json, resolve, write_json
 
 log = logging.getLogger(__name__)
 

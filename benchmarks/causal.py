@@ -150,7 +150,7 @@ def random_dit(name: str, device: torch.device, dtype: torch.dtype, compiled: bo
     model.init_weights()
     torch.nn.init.normal_(model.head.head.weight, std=0.02)
     if compiled:
-        from multishot.trainer.parallelize import apply_compile
+        from multishot.model.compile import apply_compile
 
         apply_compile(model)
     return model.eval().requires_grad_(False)
@@ -163,7 +163,7 @@ def run_stream(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> d
     import_torchvision()
     from diffusers import AutoencoderKLWan
 
-    from multishot.generate.sampler import SamplingConfig
+    from multishot.model.sampling import SamplingConfig
     from multishot.generate.schedule import PromptSchedule, Shot
     from multishot.generate.stream import ChunkStreamer, ShotText
     from multishot.model.causal import CausalConfig

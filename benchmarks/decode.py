@@ -1,6 +1,6 @@
 """What single-threaded decoding costs: one full decode pass, frame-threaded vs one thread.
 
-The pipeline decodes with one thread (``pipeline/video.py``) so that a damaged file gives the
+The pipeline decodes with one thread (``pipeline/decode.py``) so that a damaged file gives the
 same pixels on every machine. This measures a whole decode pass over each real footage file
 (every frame decoded, none converted, as the detect and analyse passes mostly do) with PyAV's
 ``thread_type="AUTO"`` (frame threads, FFmpeg's default thread count) and with

@@ -63,7 +63,7 @@ def run_stream(args: argparse.Namespace, causal_dict: dict) -> dict:
     import_torchvision()
     from diffusers import AutoencoderKLWan
 
-    from multishot.generate.sampler import SamplingConfig
+    from multishot.model.sampling import SamplingConfig
     from multishot.generate.schedule import PromptSchedule, Shot
     from multishot.generate.stream import ChunkStreamer, ShotText
     from multishot.model.causal import CausalConfig

@@ -1,6 +1,6 @@
 """Generation benchmark: seconds per CFG step and per whole sample, random weights.
 
-Runs the sampler of ``multishot generate`` (:func:`generate.sampler.sample`: CFG as one batch of
+Runs the sampler of ``multishot generate`` (:func:`model.sampling.sample`: CFG as one batch of
 two, Euler on HoloCine's sigmas) with the repository's ``WanModel`` in bf16 on random weights
 at the real shapes, 241 frames at 480×832 cut into 6 shots (HoloCine's example cuts
 [37, 73, 113, 169, 205]) with window cross-attention on a 512-token context:
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from multishot.generate.sampler import Conditioning, Expert, SamplingConfig, sample
+from multishot.model.sampling import Conditioning, Expert, SamplingConfig, sample
 from multishot.model.config import WanConfig, get_config
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout
@@ -76,7 +76,7 @@ def build(config: WanConfig, sparse: bool, compiled: bool, device: torch.device,
     model.init_weights()
     torch.nn.init.normal_(model.head.head.weight, std=0.02)  # Wan zeroes it; keep outputs alive
     if compiled:
-        from multishot.trainer.parallelize import apply_compile
+        from multishot.model.compile import apply_compile
 
         apply_compile(model)
     return model.eval().requires_grad_(False)

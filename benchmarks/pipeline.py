@@ -78,7 +78,7 @@ def run(args) -> dict:
     import pyarrow.fs as pafs
 
     from multishot.config import load_config
-    from multishot.dataset.shards import read_json
+    from multishot.dataset.storage import read_json
     from multishot.pipeline.config import PipelineConfig
     from multishot.pipeline.run import run_pipeline
 
@@ -137,7 +137,7 @@ def detectors() -> dict:
 
     from multishot.pipeline.config import DetectConfig
     from multishot.pipeline.detect import TransNetV2Detector, make_detector, shots_from_predictions
-    from multishot.pipeline.video import iter_frames
+    from multishot.pipeline.decode import iter_frames
 
     with tempfile.TemporaryDirectory() as tmp:
         edit = build(Path(tmp))
@@ -221,7 +221,7 @@ def runtimes() -> dict:
     from multishot.pipeline.config import DetectConfig
     from multishot.pipeline.detect import TransNetV2Detector, shots_from_predictions
     from multishot.pipeline.transnet import AutocastTransNetV2, fuse
-    from multishot.pipeline.video import iter_frames, probe
+    from multishot.pipeline.decode import iter_frames, probe
 
     torch.set_num_threads(1)
     footage = REPO / "demo" / "footage"

@@ -11,7 +11,7 @@ On a machine with a CUDA GPU (the issue's figure: one H100; target ≥ 100× rea
    decoder at the coded size, and cuvid with NVDEC scaling to the analysis scale;
 3. **frame check**: the GPU frame source's frames against the CPU source's on the first
    ``--check-frames`` frames (same grid; mean / p99 / max absolute difference of the 48×27 and
-   the analysis frames), for the hwaccel path and for NVDEC's scaler (:mod:`pipeline.gpu_video`);
+   the analysis frames), for the hwaccel path and for NVDEC's scaler (:mod:`pipeline.decode_gpu`);
 4. **frame source** (NVDEC → 48×27 for every frame, analysis frames of the candidates to the
    host): per picture (batch of 1), batched (``--batch``), NVDEC-scaled and batched;
 5. **sessions**: the best frame source in 1, 4 and 8 threads of one process, each its own NVDEC
@@ -201,7 +201,7 @@ class Setup:
 
     def __init__(self, path: Path, device: str, batch: int, clip_weights: tuple[str, Path, Path]):
         from multishot.pipeline.analyse import is_candidate
-        from multishot.pipeline.video import analysis_size, probe
+        from multishot.pipeline.decode import analysis_size, probe
 
         self.path, self.device, self.batch, self.weights = str(path), device, batch, clip_weights
         self.info = probe(self.path)
@@ -214,13 +214,13 @@ class Setup:
     def source(self, kind: str):
         """A frame source: ``per_picture`` (batch of 1, hwaccel), ``batched`` (hwaccel),
         ``nvdec_scaled`` (cuvid + NVDEC's scaler, batched)."""
-        from multishot.pipeline.gpu_video import GpuFrameSource
+        from multishot.pipeline.decode_gpu import GpuFrameSource
 
         batch = 1 if kind == "per_picture" else self.batch
         return GpuFrameSource(self.device, batch=batch, nvdec_scale=kind == "nvdec_scaled")
 
     def frames(self, source, start: int = 0, end: int | None = None, candidates=None):
-        from multishot.pipeline.video import DecodeStats
+        from multishot.pipeline.decode import DecodeStats
 
         stats = DecodeStats()
         return source(self.path, None, fps=self.fps, start_frame=start, end_frame=end, detect_size=(48, 27),
@@ -231,8 +231,8 @@ class Setup:
 def part_decode(s: Setup) -> dict:
     """NVDEC alone: distinct pictures decoded per second, no conversion, whole input."""
     import torch
-    from multishot.pipeline.gpu_video import _hwaccel, nvdec_size, open_cuvid
-    from multishot.pipeline.video import iter_slots
+    from multishot.pipeline.decode_gpu import cuda_hwaccel, nvdec_size, open_cuvid
+    from multishot.pipeline.decode import iter_slots
 
     device = torch.device(s.device)
     out = {}
@@ -244,7 +244,7 @@ def part_decode(s: Setup) -> dict:
 
         try:
             start, shown, count = time.perf_counter(), None, 0
-            for _, frame, _ in iter_slots(s.path, None, fps=s.fps, hwaccel=_hwaccel(device),
+            for _, frame, _ in iter_slots(s.path, None, fps=s.fps, hwaccel=cuda_hwaccel(device),
                                           decoder=None if mode == "hwaccel" else decoder):
                 if frame is not shown:
                     shown, count = frame, count + 1
@@ -262,7 +262,7 @@ def part_frame_check(s: Setup, frames: int, kinds: list[str]) -> tuple[dict, np.
     first ``frames`` frames: the grid, the 48×27 frames and the analysis frames (every 48th
     frame a candidate). Returns the results and the CPU's 48×27 frames (TransNetV2's input)."""
     import torch
-    from multishot.pipeline.video import iter_scan_frames
+    from multishot.pipeline.decode import iter_scan_frames
 
     def candidate(i: int) -> bool:
         return i % 48 == 0
@@ -351,7 +351,7 @@ def part_sessions(s: Setup, kind: str, counts: list[int], frames: int) -> dict:
 def _small_frames(s: Setup, frames: int) -> np.ndarray:
     """The first ``frames`` 48×27 frames from the CPU source (TransNetV2's input when the frame
     check did not run)."""
-    from multishot.pipeline.video import iter_scan_frames
+    from multishot.pipeline.decode import iter_scan_frames
 
     return np.stack([f for _, f, _ in s.frames(iter_scan_frames, 0, frames, lambda i: False)[0]])
 
@@ -376,7 +376,7 @@ def part_transnet(s: Setup, frames: np.ndarray) -> dict:
 def _candidate_frames(s: Setup, frames: int) -> list[np.ndarray]:
     """The analysis frames ``[h, w, 3]`` of the candidates among the first ``frames`` frames, from
     the CPU source (decoded once for the parts that read them)."""
-    from multishot.pipeline.video import iter_scan_frames
+    from multishot.pipeline.decode import iter_scan_frames
 
     return [big for _, _, big in s.frames(iter_scan_frames, 0, frames)[0] if big is not None]
 
@@ -792,7 +792,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="times the footage is concatenated (202 s each)")
     parser.add_argument("--size", default="1920x1080", help="the input's size, WxH")
-    parser.add_argument("--batch", type=int, default=None, help="pictures per conversion batch (default: pipeline.gpu_video.BATCH)")
+    parser.add_argument("--batch", type=int, default=None, help="pictures per conversion batch (default: pipeline.decode_gpu.BATCH)")
     parser.add_argument("--check-frames", type=int, default=2400, help="frames compared with the CPU path's")
     parser.add_argument("--sessions", default="1,4,8", help="decode sessions (threads) of one process, comma-separated")
     parser.add_argument("--session-frames", type=int, default=2400, help="frames each session decodes")
@@ -842,12 +842,12 @@ def main() -> None:
     gpu = args.device.startswith("cuda")
     if gpu and not torch.cuda.is_available():
         fail("no CUDA device: run this on a GPU machine (or --device cpu to check the script's plumbing)")
-    from multishot.pipeline import gpu_video
-    from multishot.pipeline.video import main_stream, open_container
+    from multishot.pipeline import decode_gpu
+    from multishot.pipeline.decode import main_stream, open_container
 
-    batch = args.batch or gpu_video.BATCH
+    batch = args.batch or decode_gpu.BATCH
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()}), plumbing check"
-    status = gpu_video.gpu_decoder_status() if gpu else "not used (--device cpu)"
+    status = decode_gpu.gpu_decoder_status() if gpu else "not used (--device cpu)"
     say(f"{device}; torch {torch.__version__}; PyAV {av.__version__}; NVDEC: {status or 'opens'}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -861,10 +861,10 @@ def main() -> None:
                 stream = main_stream(container)
                 coded = (stream.codec_context.width, stream.codec_context.height)
                 try:
-                    gpu_video.open_cuvid(stream, torch.device(args.device),
-                                         gpu_video.nvdec_size(coded, s.analysis_size, (s.info.rotation // 90) % 4))
+                    decode_gpu.open_cuvid(stream, torch.device(args.device),
+                                         decode_gpu.nvdec_size(coded, s.analysis_size, (s.info.rotation // 90) % 4))
                     cuvid = "opens"
-                except gpu_video.CuvidUnavailable as err:
+                except decode_gpu.CuvidUnavailable as err:
                     cuvid = str(err)
         report = {
             "device": device, "gpus": 1 if gpu else 0, "cpus": os.cpu_count(), "platform": platform.platform(),

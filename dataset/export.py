@@ -16,7 +16,7 @@ import os
 import pyarrow.fs as pafs
 
 from multishot.dataset.record import KEY_PATTERN, SampleRecord
-from multishot.dataset.shards import resolve
+from multishot.dataset.storage import resolve
 
 
 class ExportError(ValueError):

@@ -1,7 +1,7 @@
 """Decoding a sample's mp4 (the ``{key}.mp4`` bytes of a shard) strictly, for inspection.
 
 A rendered sample is constant-rate, so "frame ``i``" is simply the ``i``-th decoded frame.
-Unlike source decoding (``pipeline/video.py``, which skips damage to salvage footage), this
+Unlike source decoding (``pipeline/decode.py``, which skips damage to salvage footage), this
 module reports damage: FFmpeg's H.264 decoder conceals most bitstream errors and only *logs*
 them ("error while decoding MB …"), so every error-level log line during decoding is
 captured and returned as a decoding error.

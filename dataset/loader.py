@@ -35,20 +35,20 @@ from typing import Literal
 import numpy as np
 import pyarrow.fs as pafs
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from multishot.config import Section
 from multishot.dataset.latents import LatentSample
 from multishot.dataset.record import SHOT_COUNT_SENTENCE, SampleRecord, build_prompt, num_latent_frames, with_shot_count
-from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, read_samples, resolve
+from multishot.dataset.shards import ShardSetLayout, read_samples
+from multishot.dataset.storage import TMP_SUFFIX, resolve
 
 log = logging.getLogger(__name__)
 
 
-class DataConfig(BaseModel):
+class DataConfig(Section):
     """Where the training samples come from and how they are cut into batches."""
-
-    model_config = ConfigDict(extra="forbid")
 
     shards: list[str] = Field(min_length=1, description=(
         "shard URLs: .tar files, folders of tars, or shard-set roots (their shards/ is used); "

@@ -21,18 +21,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from multishot.dataset.record import SampleRecord
-from multishot.dataset.shards import (
-    MAX_MEMBER_BYTES,
-    Manifest,
-    ShardError,
-    ShardKind,
-    ShardSetLayout,
-    member_key,
-    parse_record,
-    read_manifest,
-    read_samples,
-    resolve,
-)
+from multishot.dataset.shards import (MAX_MEMBER_BYTES, Manifest, ShardError, ShardKind, ShardSetLayout, member_key, parse_record, read_manifest, read_samples)
+from multishot.dataset.storage import resolve
 
 log = logging.getLogger(__name__)
 

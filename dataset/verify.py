@@ -37,18 +37,8 @@ import pyarrow.fs as pafs
 from multishot.dataset.frames import check_mp4
 from multishot.dataset.latents import LatentSample
 from multishot.dataset.record import KEY_PATTERN, SampleRecord, num_latent_frames
-from multishot.dataset.shards import (
-    KIND_MEMBERS,
-    TMP_SUFFIX,
-    BadRecordError,
-    ManifestError,
-    ShardInfo,
-    ShardKind,
-    UnsafeTarError,
-    iter_samples,
-    member_key,
-    parse_record,
-)
+from multishot.dataset.shards import (KIND_MEMBERS, BadRecordError, ManifestError, ShardInfo, ShardKind, UnsafeTarError, iter_samples, member_key, parse_record)
+from multishot.dataset.storage import TMP_SUFFIX
 from multishot.dataset.shardset import ShardSet
 
 #: Index columns compared with the JSON record when present (same-named record attributes).

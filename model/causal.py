@@ -57,16 +57,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from multishot.config import Section
 from multishot.model.attention import _flex_kernel, _sdpa
 
 
-class CausalConfig(BaseModel):
+class CausalConfig(Section):
     """The YAML section ``model.causal`` of training and generation configs: the causal
     chunk-wise mode (CausalCine §3.2–3.3). Absent (None) = the bidirectional model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     chunk_latent_frames: int = Field(3, ge=1, description=(
         "latent frames per chunk (CausalCine and Self-Forcing: 3); the first chunk takes the "

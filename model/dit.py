@@ -130,7 +130,7 @@ class SelfAttention(nn.Module):
                 causal: Callable | None = None) -> torch.Tensor:
         """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention. Under
         context parallelism ``x``, ``cos``, ``sin`` hold this rank's tokens and ``shard`` is
-        the forward's :class:`trainer.context_parallel.SequenceShard`. ``causal``: the causal
+        the forward's :class:`model.context_parallel.SequenceShard`. ``causal``: the causal
         mode's kernel ``q, k, v → out`` (:mod:`model.causal`), replacing layout and backend."""
         b, seq, _ = x.shape
         q = apply_rope(self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1), cos, sin)
@@ -284,7 +284,7 @@ class WanModel(nn.Module):
         self.sparse_self_attention = sparse_self_attention
         self.window_inclusive_end = window_inclusive_end
         self.window_admit_padding = window_admit_padding
-        #: context parallelism (trainer.context_parallel.apply_context_parallel sets it): None
+        #: context parallelism (model.context_parallel.apply_context_parallel sets it): None
         #: runs the sample on this device; else ``split(L)`` gives the forward's sequence shard
         self.context_parallel = None
         dim = config.dim

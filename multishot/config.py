@@ -12,11 +12,26 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from multishot.errors import UsageError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """The base of every config section (``configs/**/*.yaml``): a key the section does not
+    declare is an error naming it, and so are ``.inf`` / ``.nan`` (a number that is not finite
+    would only fail later, inside a run)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class FrozenSection(Section):
+    """A :class:`Section` whose values cannot change after loading (hashable: the pipeline hashes
+    its settings into the samples' identity)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 class ConfigError(UsageError, ValueError):

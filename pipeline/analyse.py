@@ -3,7 +3,7 @@
 Nothing here decodes. The segment scan (:mod:`pipeline.scan`) decodes each video once and
 scores **candidate frames** as it goes: the source frames on a fixed grid of
 ``candidates_per_s`` per second (:func:`is_candidate`), each scaled to the **fixed analysis
-scale** (shorter side ``analysis_short_side`` px, :func:`pipeline.video.analysis_size`), so a
+scale** (shorter side ``analysis_short_side`` px, :func:`pipeline.decode.analysis_size`), so a
 score does not depend on which copy (360p, 1080p) of a film is read. Only the per-frame scores
 are kept (:class:`CandidateScore`). After detection each shot's scores come from its
 **picks**: the candidates inside the shot nearest the centres of ``frames_per_shot`` equal

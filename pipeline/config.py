@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from multishot.annotate.config import AnnotateConfig
+from multishot.config import FrozenSection
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(FrozenSection):
+    """A pipeline section (frozen: hashed into the samples' identity), whose stage
+    ``resources`` given in part keep that stage's defaults."""
 
     @model_validator(mode="before")
     @classmethod

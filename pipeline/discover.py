@@ -8,7 +8,7 @@ list may mix them, each resolved on its own.
 
 A source is returned as a local absolute path or as a percent-encoded URI
 (``s3://bucket/my%20film.mp4``): object keys may hold spaces or any character, and an encoded
-URI is the one form :func:`multishot.dataset.shards.resolve` parses for every key. Local folders
+URI is the one form :func:`multishot.dataset.storage.resolve` parses for every key. Local folders
 are walked by real path, each folder and file once, so a symbolic-link loop (``ln -s . loop``)
 adds nothing. Files under ``exclude`` (the folders a run writes: ``shards/``, ``index/``,
 ``_work/``, when they lie inside the input, as when input folder = output folder) are left
@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from multishot.dataset.shards import resolve, storage_error
+from multishot.dataset.storage import resolve, storage_error
 
 log = logging.getLogger(__name__)
 

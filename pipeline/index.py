@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from multishot.dataset.shards import Manifest, ShardSetLayout, write_bytes, write_json, write_manifest
+from multishot.dataset.shards import Manifest, ShardSetLayout, write_manifest
+from multishot.dataset.storage import write_bytes, write_json
 from multishot.config import dump_yaml
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.task import VideoTask

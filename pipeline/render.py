@@ -5,7 +5,7 @@ scaled, honouring its pixel aspect ratio, so that it covers the output size, the
 Output frame ``m`` of a shot starting at source frame ``s`` shows source frame
 ``s + ⌊m · source_fps / fps⌋`` (nearest-earlier resampling), which never reads past the shot's end
 because the packer gives a shot at most ``duration · fps`` frames. Source frames are slots of the
-source's time grid (:mod:`pipeline.video`), so variable-frame-rate sources are resampled by
+source's time grid (:mod:`pipeline.decode`), so variable-frame-rate sources are resampled by
 presentation time. A source whose display aspect ratio is so far from the output's that the
 crop would keep less than ``min_crop_fraction`` of its width (or height) is rejected
 (:func:`crop_rejection`).
@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from multishot.pipeline.config import RenderConfig
-from multishot.pipeline.video import DecodeStats, VideoInfo, iter_grid
+from multishot.pipeline.decode import DecodeStats, VideoInfo, iter_grid
 
 
 

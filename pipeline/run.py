@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import pyarrow.fs as pafs
 from tqdm import tqdm
 
-from multishot.dataset.shards import TMP_SUFFIX, ShardSetLayout, resolve, storage_error
+from multishot.dataset.shards import ShardSetLayout
+from multishot.dataset.storage import TMP_SUFFIX, resolve, storage_error
 from multishot.pipeline.config import DetectConfig, PipelineConfig
 from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize

@@ -42,37 +42,37 @@ import numpy as np
 import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
-from multishot.dataset.shards import read_json, resolve, write_json
+from multishot.dataset.storage import read_json, resolve, write_json
 from multishot.pipeline.analyse import CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.detect import CONTEXT, make_detector, min_shot_frames, shots_from_predictions
 from multishot.pipeline.ocr import TextBox
-from multishot.pipeline.video import DecodeStats
+from multishot.pipeline.decode import DecodeStats
 
 JPEG_QUALITY = 95
 SCAN_NICENESS = 5  # the scanning actors yield the CPU to renders (:class:`_ScanActor`)
 
 
 class FrameSource(Protocol):
-    """What a segment scan reads frames from (the CPU one is :func:`pipeline.video.iter_scan_frames`).
+    """What a segment scan reads frames from (the CPU one is :func:`pipeline.decode.iter_scan_frames`).
 
     Called with ``(source, fs, *, fps, start_frame, end_frame, detect_size, analysis_size,
     is_candidate, stats)``, it yields ``(index, detector_frame, analysis_frame)`` for **every**
     source frame ``index`` in ``[start_frame, end_frame)`` in order without holes (``end_frame``
-    None: to the end of the stream), on the grid of :func:`pipeline.video.iter_grid` (frame
+    None: to the end of the stream), on the grid of :func:`pipeline.decode.iter_grid` (frame
     ``i`` is the picture shown at ``i / fps`` s):
 
     * ``detector_frame``: RGB uint8 ``[h, w, 3]`` at ``detect_size = (w, h)`` (48×27): a numpy
-      array, or a CUDA tensor from the GPU source (:class:`pipeline.gpu_video.GpuFrameSource`),
+      array, or a CUDA tensor from the GPU source (:class:`pipeline.decode_gpu.GpuFrameSource`),
       which the detector reads where it is;
     * ``analysis_frame``: RGB uint8 ``[H, W, 3]`` at ``analysis_size = (W, H)`` where
       ``is_candidate(index)``, else ``None``.
 
     Frames are upright (rotation applied), scaled with an area filter. ``stats`` (a
-    :class:`~pipeline.video.DecodeStats`) is filled with the frames decoded in the range,
+    :class:`~pipeline.decode.DecodeStats`) is filled with the frames decoded in the range,
     decoding errors and substituted slots. A start past 0 must give the same pictures as a
     decode from the start (seek to the keyframe before it). Raises
-    :class:`~pipeline.video.ProbeError` when the file cannot be opened.
+    :class:`~pipeline.decode.ProbeError` when the file cannot be opened.
     """
 
     def __call__(self, source: str, fs: pafs.FileSystem | None, *, fps: float, start_frame: int,
@@ -209,7 +209,7 @@ class SegmentScanner:
     """The per-segment work: holds the shot detector and the frame scorers (one per actor).
 
     ``frame_source`` decodes (:class:`FrameSource`); by default the GPU's decoder on an actor
-    given a GPU, else PyAV on the CPU (:func:`pipeline.gpu_video.choose_frame_source`; why a GPU
+    given a GPU, else PyAV on the CPU (:func:`pipeline.decode_gpu.choose_frame_source`; why a GPU
     actor decodes on the CPU is kept as ``note`` in each segment's stats).
     """
 
@@ -222,7 +222,7 @@ class SegmentScanner:
         self.ocr_pool = ThreadPoolExecutor(threads, thread_name_prefix="ocr") if threads > 1 else None
         self.note = ""
         if frame_source is None:
-            from multishot.pipeline.gpu_video import choose_frame_source
+            from multishot.pipeline.decode_gpu import choose_frame_source
 
             frame_source, self.note = choose_frame_source(config.detect)
         self.frame_source = frame_source
@@ -234,7 +234,7 @@ class SegmentScanner:
         says what is measured). ``analysis_size`` is ``(W, H)`` of the fixed analysis scale.
 
         Raises:
-            pipeline.video.ProbeError: the file cannot be opened.
+            pipeline.decode.ProbeError: the file cannot be opened.
         """
         cpu, wall = time.process_time(), time.perf_counter()
         analyse = self.config.analyse
@@ -335,7 +335,7 @@ class SegmentScanner:
 class ScanJob:
     """One segment to scan and where its result goes (a :class:`SegmentStore` on the output)."""
 
-    source: str  # path or URI (opened with dataset.shards.resolve)
+    source: str  # path or URI (opened with dataset.storage.resolve)
     fps: float
     segment: Segment
     analysis_size: tuple[int, int]

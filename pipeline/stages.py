@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from multishot.dataset.shards import ShardSetLayout, resolve
+from multishot.dataset.shards import ShardSetLayout
+from multishot.dataset.storage import resolve
 from multishot.pipeline.analyse import shot_scores
 from multishot.pipeline.config import PipelineConfig, Resources
 from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
@@ -33,7 +34,7 @@ from multishot.pipeline.render import crop_rejection, render_samples
 from multishot.pipeline.sample import plan_sample
 from multishot.pipeline.task import RenderedSample, ShotRow, VideoTask
 from multishot.pipeline.scan import LocalScans, RayScans, ScanJob, SegmentStore, plan_segments, scan_hash, stitch
-from multishot.pipeline.video import DecodeStats, ProbeError, analysis_size, probe
+from multishot.pipeline.decode import DecodeStats, ProbeError, analysis_size, probe
 from multishot.pipeline.write import save_result, write_samples
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from multishot.pipeline.analyse import CandidateScore, ShotScores
 from multishot.pipeline.detect import DetectedShot, transition_before
 from multishot.pipeline.overlay import Overlay
 from multishot.pipeline.pack import PackedSample
-from multishot.pipeline.video import DecodeStats, VideoInfo
+from multishot.pipeline.decode import DecodeStats, VideoInfo
 
 Status = Literal["ok", "partial", "rejected", "error"]
 CHUNK_BYTES = 8 << 20
@@ -83,7 +83,7 @@ class VideoTask(BaseModel):
     """One source video and everything the stages learned about it.
 
     ``source`` is a local path or a percent-encoded URI (``s3://bucket/a%20b.mp4``: opened with
-    :func:`multishot.dataset.shards.resolve`, shown decoded by :attr:`name`). ``samples_hash`` is
+    :func:`multishot.dataset.storage.resolve`, shown decoded by :attr:`name`). ``samples_hash`` is
     set by the write stage: the settings the result was made with.
     """
 

@@ -3,7 +3,7 @@
 Shards of a video are named ``{source_id}-{n:05d}.tar`` (at most ``max_samples_per_shard``
 samples each, samples in key order), so a rerun of the same video writes the same names. Each
 tar is written under a temporary name and renamed when complete, or on object storage uploaded
-whole in one request (:func:`dataset.shards.write_bytes`). The per-video result file
+whole in one request (:func:`dataset.storage.write_bytes`). The per-video result file
 ``_work/{source_id}.json`` is written last, the same way: it is the marker a rerun trusts to
 skip the video, and only while the shards it lists exist with the size (and, where the
 manifest lists them, the sha256) it records (:func:`load_result`). A run killed between a
@@ -17,7 +17,8 @@ import logging
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from multishot.dataset.shards import ManifestError, ShardSetLayout, read_json, read_manifest, write_json, write_shard
+from multishot.dataset.shards import ManifestError, ShardSetLayout, read_manifest, write_shard
+from multishot.dataset.storage import read_json, write_json
 from multishot.pipeline.sample import index_row
 from multishot.pipeline.task import VideoTask
 

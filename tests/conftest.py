@@ -114,7 +114,8 @@ def train_footage_shards(tmp_path_factory) -> dict[str, str]:
     captioned, some ``pending``); ``corrupt`` has 1 shard of 4 samples of which the second's
     mp4 is ``bad/corrupt_random_bytes.mp4`` and the fourth's is cut to its first 2000 bytes.
     """
-    from multishot.dataset.shards import resolve, write_shard
+    from multishot.dataset.shards import write_shard
+    from multishot.dataset.storage import resolve
 
     root = tmp_path_factory.mktemp("train_footage")
     fs, _ = resolve(str(root))

@@ -14,7 +14,7 @@ from multishot.model.config import WanConfig
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans
-from multishot.trainer.context_parallel import apply_context_parallel
+from multishot.model.context_parallel import apply_context_parallel
 
 #: 4 heads: divisible by 2 and 4 ranks
 CONFIG = WanConfig(dim=64, ffn_dim=96, num_heads=4, num_layers=2, text_dim=32, text_len=16,

@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from multishot.pipeline.video import iter_frames, probe
+from multishot.pipeline.decode import iter_frames, probe
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 

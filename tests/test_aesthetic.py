@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from multishot.pipeline.aesthetic import AestheticHead, AestheticScorer
 from multishot.pipeline.config import AnalyseConfig
-from multishot.pipeline.video import iter_frames
+from multishot.pipeline.decode import iter_frames
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 TINY = {

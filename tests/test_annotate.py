@@ -30,7 +30,8 @@ from multishot.annotate.prompt import PromptTemplate
 from multishot.annotate.reply import CaptionReply, check_reply, final_captions
 from multishot.annotate.retry import backoff_s, retry_after_s
 from multishot.dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
-from multishot.dataset.shards import ShardSetLayout, read_json, read_shard, resolve, write_json, write_shard
+from multishot.dataset.shards import ShardSetLayout, read_shard, write_shard
+from multishot.dataset.storage import read_json, resolve, write_json
 from multishot.cli import main as multishot_main
 from multishot.config import load_config
 

@@ -322,7 +322,7 @@ def test_teacher_forcing_step_flops_count_both_copies_and_the_masks_pairs():
 def test_causal_train_config_refuses_context_parallelism_and_bidirectional_validation(tmp_path):
     from pydantic import ValidationError
 
-    from multishot.trainer.config import TrainConfig
+    from multishot.evaluate.validation import ValidatedTrainConfig as TrainConfig
 
     config = yaml.safe_load((REPO / "configs/train/tiny_cpu_causal.yaml").read_text())
     config["encoders"].update(vae=str(tmp_path), text_encoder=str(tmp_path))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multishot.trainer.context_parallel import SequenceShard, check_heads
+from multishot.model.context_parallel import SequenceShard, check_heads
 
 REPO = Path(__file__).resolve().parents[1]
 #: float32, the brief's bound on the relative error (max |cp − ref| / max |ref| per tensor)

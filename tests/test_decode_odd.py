@@ -19,7 +19,7 @@ from odd_inputs import BBB, FOOTAGE, alternating_times, footage, two_shots, writ
 from multishot.dataset.record import SampleRecord
 from multishot.pipeline.config import RenderConfig
 from multishot.pipeline.render import RenderJob, crop_rejection, render_samples, source_frames_for_shot
-from multishot.pipeline.video import DecodeStats, iter_frames, iter_grid, probe
+from multishot.pipeline.decode import DecodeStats, iter_frames, iter_grid, probe
 
 LOCAL = pafs.LocalFileSystem()
 ZEROED = FOOTAGE / "bad" / "corrupt_zeroed_middle_bbb.mp4"  # slots 620-714 lost to damage

@@ -14,7 +14,8 @@ import av
 import torch
 import yaml
 
-from multishot.dataset.shards import resolve, write_shard
+from multishot.dataset.shards import write_shard
+from multishot.dataset.storage import resolve
 from multishot.dataset.shardset import ShardSet
 from multishot.model.checkpoint import load_into, load_state_dict_file
 from multishot.model.config import get_config

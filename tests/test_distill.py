@@ -163,7 +163,7 @@ def test_student_rollout_equals_the_stream_and_a_prompt_change_starts_at_its_cut
     """Training equals inference: the DMD rollout (4 steps, KV cache, CAMR) makes, chunk by
     chunk, what ``multishot generate --causal``'s streamer (Euler, 4 steps, no CFG) makes from
     the same noise and shot text; a new caption for shot 1 changes only chunks from its cut."""
-    from multishot.generate.sampler import SamplingConfig
+    from multishot.model.sampling import SamplingConfig
     from multishot.generate.stream import ChunkStreamer, ShotText
     from multishot.model.causal import KVCache
 

@@ -16,7 +16,7 @@ from multishot.cli import main as multishot_main
 from multishot.evaluate.config import EvalConfig
 from multishot.evaluate.consistency import character_pairs, inter_shot_similarity, vbench_consistency
 from multishot.evaluate.video import METRICS, Evaluator
-from multishot.pipeline.video import iter_frames
+from multishot.pipeline.decode import iter_frames
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage" / "archive"
 FPS, SIZE = 16, (128, 72)

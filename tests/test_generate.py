@@ -14,9 +14,9 @@ from multishot.cli import main as multishot_main
 from multishot.generate.config import GenerateConfig, GenModelConfig, RuntimeConfig, VideoConfig
 from multishot.generate.generator import Generator
 from multishot.generate.random_models import make_random_models
-from multishot.generate.sampler import SamplingConfig, guided_velocity, make_scheduler
+from multishot.model.sampling import SamplingConfig, guided_velocity, make_scheduler
 from multishot.generate.shots import even_cut_frames, resolve_request
-from multishot.trainer.config import EncodersConfig
+from multishot.model.settings import EncodersConfig
 
 PROMPT = "[global caption] a scene [per shot caption] a shot [shot cut] the shot [shot cut] a video"
 
@@ -253,7 +253,7 @@ def test_lora_file_merges_into_the_dit_at_its_scale(tmp_path, random_models):
     a nonzero scale changes them, and equals merging W + S·B·A into the checkpoint by hand."""
     from safetensors.torch import load_file, save_file
 
-    from multishot.trainer.lora import LoraConfig, save_adapter
+    from multishot.model.lora import LoraConfig, save_adapter
 
     torch.manual_seed(0)
     base = load_file(random_models["dit"])

@@ -19,7 +19,8 @@ SAMPLES = [([9, 8], (64, 48)), ([17, 16], (64, 48)), ([11, 10], (64, 48)), ([5, 
 @pytest.fixture(scope="module")
 def mixed_shards(tmp_path_factory) -> str:
     from conftest import TRAIN_SHOT_SOURCES, make_footage_sample
-    from multishot.dataset.shards import resolve, write_shard
+    from multishot.dataset.shards import write_shard
+    from multishot.dataset.storage import resolve
 
     root = tmp_path_factory.mktemp("mixed")
     fs, _ = resolve(str(root))

@@ -15,7 +15,8 @@ def test_with_shot_count_rewrites_or_appends():
 
 
 def test_clipped_sample_says_how_many_shots_it_kept(tmp_path, train_footage_shards):
-    from multishot.dataset.shards import read_shard, resolve, write_shard
+    from multishot.dataset.shards import read_shard, write_shard
+    from multishot.dataset.storage import resolve
 
     fs, _ = resolve(str(tmp_path))
     clean = os.path.join(train_footage_shards["clean"], "shards")

@@ -63,7 +63,8 @@ def test_captioner_asks_for_shorter_captions(tiny_encoders):
 
 def test_training_survives_prompts_longer_than_text_len(tmp_path, train_footage_shards, tiny_encoders, monkeypatch):
     """The tiny DiT reads 16 text tokens; every captioned sample's prompt is made longer."""
-    from multishot.dataset.shards import read_shard, resolve, write_shard
+    from multishot.dataset.shards import read_shard, write_shard
+    from multishot.dataset.storage import resolve
 
     fs, _ = resolve(str(tmp_path))
     clean = os.path.join(train_footage_shards["clean"], "shards")

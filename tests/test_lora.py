@@ -12,7 +12,7 @@ from multishot.model.checkpoint import from_diffusers, load_into
 from multishot.model.config import get_config
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout
-from multishot.trainer.lora import (LoraConfig, adapter_state_dict, apply_lora, apply_lora_file,
+from multishot.model.lora import (LoraConfig, adapter_state_dict, apply_lora, apply_lora_file,
                                     base_state_dict, load_adapter, merge_adapter, save_adapter,
                                     trainable_parameters)
 

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from multishot.pipeline.config import AnalyseConfig
 from multishot.pipeline.ocr import TextDetector
 from multishot.pipeline.ocr_gpu import explicit_same_padding, onnx_module, run_on
-from multishot.pipeline.video import iter_frames, probe
+from multishot.pipeline.decode import iter_frames, probe
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 TOS = FOOTAGE / "archive" / "tos_excerpt_64s_512x120_fmp4.mp4"

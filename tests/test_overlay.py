@@ -21,7 +21,7 @@ from multishot.pipeline.ocr import TextBox
 from multishot.pipeline.overlay import find_overlays, iou
 from multishot.pipeline.stages import STAGES, run_sequential
 from multishot.pipeline.task import VideoTask
-from multishot.pipeline.video import iter_frames, probe
+from multishot.pipeline.decode import iter_frames, probe
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 TOS = FOOTAGE / "archive" / "tos_excerpt_64s_512x120_fmp4.mp4"

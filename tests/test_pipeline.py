@@ -14,14 +14,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.dataset.shards import ShardSetLayout, read_shard
+from multishot.dataset.storage import resolve
 from multishot.config import ConfigError, load_config
 from multishot.pipeline.config import DetectConfig, PipelineConfig
 from multishot.pipeline.detect import SceneDetectDetector, TransNetV2Detector, shots_from_predictions
 from multishot.pipeline.discover import InputError, discover
 from multishot.pipeline.ocr import TextBox, boxes_ratio, polygon_area
 from multishot.pipeline.render import source_frames_for_shot
-from multishot.pipeline.video import DecodeStats, ProbeError, probe
+from multishot.pipeline.decode import DecodeStats, ProbeError, probe
 from synthetic_edit import build as build_synthetic_edit
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"

@@ -188,7 +188,7 @@ def test_s3_keys_with_spaces_and_non_ascii(job, tmp_path, s3, capsys):
     listing.write_text(f"s3://archive/films/my film été.mp4?endpoint_override={endpoint}&scheme=http\n")
     (uri,) = discover(str(listing), [".mp4"])
     assert uri.startswith("s3://archive/films/my%20film%20%C3%A9t%C3%A9.mp4?endpoint_override=")
-    from multishot.dataset.shards import resolve
+    from multishot.dataset.storage import resolve
     from multishot.pipeline.task import fingerprint
 
     assert fingerprint(*resolve(uri)) == fingerprint(*resolve(str(root / "A" / "sintel.mp4")))
@@ -214,7 +214,7 @@ def test_every_input_rejected_has_its_own_exit_status(tmp_path, job, capsys):
         shutil.copy(FOOTAGE / "bad" / name, bad / name)
     code, _ = _run(config, bad, tmp_path / "out", capsys)
     assert code == 3
-    from multishot.pipeline.cli import EPILOG
+    from multishot.cli.pipeline import EPILOG
 
     assert "3  no input video could be used" in EPILOG
 

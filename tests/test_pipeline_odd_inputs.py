@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import yaml
 from odd_inputs import two_shots, write_video, zero_middle
 
-from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.dataset.shards import ShardSetLayout, read_shard
+from multishot.dataset.storage import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 

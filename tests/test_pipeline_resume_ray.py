@@ -23,7 +23,8 @@ import yaml
 
 from footage_clips import FOOTAGE, cut_clip
 from multishot.cli import main
-from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.dataset.shards import ShardSetLayout, read_shard
+from multishot.dataset.storage import resolve
 from multishot.pipeline.reaper import descendants
 
 CLIPS = [  # (film, first second, seconds): several shots each

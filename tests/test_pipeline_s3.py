@@ -24,7 +24,8 @@ import yaml
 
 from footage_clips import FOOTAGE, cut_clip
 from multishot.cli import main
-from multishot.dataset.shards import read_shard, resolve, write_bytes
+from multishot.dataset.shards import read_shard
+from multishot.dataset.storage import resolve, write_bytes
 from s3_server import moto_s3
 
 BUCKET = "archive"
@@ -186,7 +187,7 @@ def test_objects_are_uploaded_whole_in_one_request(s3):
 def test_pyscenedetect_reads_s3_as_it_reads_a_local_file(job):
     from multishot.pipeline.config import DetectConfig
     from multishot.pipeline.detect import SceneDetectDetector
-    from multishot.pipeline.video import DecodeStats, probe
+    from multishot.pipeline.decode import DecodeStats, probe
 
     config, _ = job
     name = CLIPS[0][0]

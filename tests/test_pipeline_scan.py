@@ -27,7 +27,7 @@ from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.detect import DetectedShot, TransNetV2Detector, shots_from_predictions
 from multishot.pipeline.scan import (LocalScans, ScanJob, SegmentScanner, SegmentStore, plan_segments,
                                      stitch)
-from multishot.pipeline.video import analysis_size, iter_frames, probe
+from multishot.pipeline.decode import analysis_size, iter_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
 #: about 30 s from three films, several shots each (tiny frames keep TransNetV2's input the same

@@ -23,16 +23,8 @@ from PIL import Image
 
 from multishot.dataset.frames import check_mp4
 from multishot.dataset.record import SampleRecord, Shot, latent_cut_frame, num_latent_frames
-from multishot.dataset.shards import (
-    Manifest,
-    ShardSetLayout,
-    UnsafeTarError,
-    read_shard,
-    resolve,
-    write_json,
-    write_manifest,
-    write_shard,
-)
+from multishot.dataset.shards import (Manifest, ShardSetLayout, UnsafeTarError, read_shard, write_manifest, write_shard)
+from multishot.dataset.storage import resolve, write_json
 from multishot.dataset.shardset import ShardSet
 from multishot.dataset.verify import verify
 from multishot.cli import main

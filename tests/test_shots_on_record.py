@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from synthetic_edit import MONTAGE_FPS, build_montage
 
-from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.dataset.shards import ShardSetLayout, read_shard
+from multishot.dataset.storage import resolve
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.run import run_pipeline
 

@@ -12,8 +12,9 @@ from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans
 from multishot.trainer.flow_matching import FlowMatchConfig, FlowMatching
-from multishot.trainer.lora import LoraConfig, apply_lora
-from multishot.trainer.parallelize import apply_activation_checkpointing, apply_compile
+from multishot.model.lora import LoraConfig, apply_lora
+from multishot.model.compile import apply_compile
+from multishot.trainer.parallelize import apply_activation_checkpointing
 
 TINY = get_config("tiny")
 FRAMES = 17  # 5 latent frames

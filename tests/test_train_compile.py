@@ -14,7 +14,8 @@ from torch._dynamo.utils import counters
 from multishot.model.config import WanConfig
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout
-from multishot.trainer.parallelize import apply_activation_checkpointing, apply_compile
+from multishot.model.compile import apply_compile
+from multishot.trainer.parallelize import apply_activation_checkpointing
 
 CONFIG = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=3, text_dim=16, text_len=8, freq_dim=16)
 LAYOUTS = ([5], [9], [5, 13])  # cut frames of a 17-frame clip: 2, 2 and 3 shots

@@ -13,7 +13,7 @@ from synthetic_edit import build
 from multishot.pipeline.config import DetectConfig
 from multishot.pipeline.detect import TransNetV2Detector, shots_from_predictions
 from multishot.pipeline.transnet import fuse, load_library_model
-from multishot.pipeline.video import iter_frames
+from multishot.pipeline.decode import iter_frames
 
 
 @pytest.fixture(scope="module")

@@ -8,36 +8,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from multishot.config import Section
 from multishot.dataset.loader import DataConfig
-from multishot.evaluate.config import EvalConfig
-from multishot.generate.sampler import SamplingConfig
-from multishot.model.causal import CausalConfig
 from multishot.model.config import get_config
-from multishot.trainer.context_parallel import check_heads
+from multishot.model.context_parallel import check_heads
+from multishot.model.settings import DiTConfig, EncodersConfig
 from multishot.trainer.flow_matching import FlowMatchConfig
-from multishot.trainer.lora import LoraConfig
+from multishot.model.lora import LoraConfig
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ModelConfig(DiTConfig):
+    """The DiT being fine-tuned: :class:`model.settings.DiTConfig` plus how it trains."""
 
-
-class ModelConfig(_Section):
-    """The DiT being fine-tuned."""
-
-    name: Literal["tiny", "1.3B", "5B", "14B"] = Field(description="architecture (model.config.get_config)")
     init_from: str | None = Field(None, description=(
         "Wan / HoloCine safetensors file or folder (official or diffusers names); None = Wan's "
         "random initialisation"))
-    attention_backend: Literal["reference", "varlen", "sdpa", "flex"] = Field("sdpa", description=(
-        "sparse self-attention kernel (model.attention); 'sdpa' (per-shot cuDNN) is the fastest on "
-        "Hopper (benchmarks/results/attention.md)"))
-    sparse_self_attention: bool = Field(True, description=(
-        "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
-    window_cross_attention: bool = Field(True, description=(
-        "mask cross-attention to each shot's caption window (needs a tokenizer)"))
     activation_checkpointing: bool = Field(True, description="recompute each block in backward")
     checkpoint_policy: Literal["full", "selective"] = Field("full", description=(
         "with activation_checkpointing: 'full' recomputes the whole block; 'selective' keeps "
@@ -46,30 +33,15 @@ class ModelConfig(_Section):
     checkpoint_skip_last: int = Field(0, ge=0, description=(
         "with activation_checkpointing: the last N blocks keep their activations instead "
         "(a third less forward work each, for ~3.4 GiB each: 5B, 23.8k tokens, H200)"))
-    compile: bool | None = Field(None, description=(
-        "regional torch.compile of every block (attention kernel stays eager); None = on for "
-        "CUDA, off for CPU"))
     cpu_offload: bool = Field(False, description=(
         "FSDP2 CPUOffloadPolicy: sharded parameters, gradients and AdamW state in CPU memory, "
         "the optimiser step on the CPU (a 5B full fine-tune on one 80 GB GPU)"))
     lora: LoraConfig | None = Field(None, description=(
-        "train LoRA adapters on the frozen base (trainer.lora) instead of every weight; "
+        "train LoRA adapters on the frozen base (model.lora) instead of every weight; "
         "None = full fine-tune"))
-    causal: CausalConfig | None = Field(None, description=(
-        "CausalCine's causal chunk-wise mode (model.causal): teacher forcing; "
-        "None = the bidirectional model"))
 
 
-class EncodersConfig(_Section):
-    """Frozen encoders (needed for data.kind 'video', for window cross-attention and precompute)."""
-
-    vae: str | None = Field(None, description="diffusers AutoencoderKLWan folder")
-    text_encoder: str | None = Field(None, description="transformers UMT5EncoderModel folder")
-    tokenizer: str | None = Field(None, description="tokenizer folder; None = text_encoder's")
-    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="encoder compute dtype")
-
-
-class OptimConfig(_Section):
+class OptimConfig(Section):
     """AdamW with linear warm-up, then a constant / cosine / linear schedule."""
 
     lr: float = Field(1e-5, gt=0, description="peak learning rate (HoloCine: 1e-5)")
@@ -82,16 +54,16 @@ class OptimConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0, description="max global grad norm; None = off")
 
 
-class ParallelConfig(_Section):
+class ParallelConfig(Section):
     """How the ranks split the work: a ``dp × cp`` device mesh (trainer.parallelize)."""
 
     context: int = Field(1, ge=1, description=(
         "context-parallel degree: ranks that split one sample's tokens (Ulysses over heads, "
-        "trainer.context_parallel); must divide the model's heads (5B: 24, 14B: 40) and the "
+        "model.context_parallel); must divide the model's heads (5B: 24, 14B: 40) and the "
         "world size; the other factor of the world size is data parallel"))
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """Length, outputs, checkpoints and logging of a run."""
 
     output_dir: str = Field(description="checkpoints/, tensorboard/, metrics.jsonl, config.resolved.yaml")
@@ -112,31 +84,8 @@ class RunConfig(_Section):
         "dense bf16 peak per GPU for MFU (H100/H200 SXM datasheet: 989)"))
 
 
-class ValidationConfig(_Section):
-    """Sampling fixed prompts during the run (:mod:`trainer.validation`); off unless ``every``."""
 
-    every: int = Field(0, ge=0, description="steps between validations; 0 = off")
-    at_start: bool = Field(True, description="with every > 0: also validate at step 0")
-    prompts: str | None = Field(None, description=(
-        "JSON-lines prompt file (the `multishot generate --prompts` format)"))
-    held_out: int = Field(0, ge=0, description=(
-        "K captioned samples of data.shards re-created from their captions and cuts; their keys "
-        "are excluded from training"))
-    num_frames: int | None = Field(None, description="pixel frames, 4k+1; None = data.num_frames")
-    height: int | None = Field(None, gt=0, description="pixels; None = data.height")
-    width: int | None = Field(None, gt=0, description="pixels; None = data.width")
-    seed: int = Field(0, description="noise seed of every prompt without its own")
-    fps: float = Field(16.0, gt=0, description="frame rate of the written mp4s")
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10), description=(
-        "sampler, steps (few by default: 10), shift, CFG scale, negative prompt"))
-    metrics: bool = Field(True, description=(
-        "score every video as `multishot eval` does (SCA, consistency) into metrics.json"))
-    eval: EvalConfig = Field(default_factory=EvalConfig, description=(
-        "the cut detector and CLIP / DINOv2 weights of the metrics (metrics without weights are "
-        "reported as skipped)"))
-
-
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """A fine-tuning run: ``multishot train --config FILE``."""
 
     model: ModelConfig
@@ -144,7 +93,6 @@ class TrainConfig(_Section):
     encoders: EncodersConfig = EncodersConfig()
     objective: FlowMatchConfig = FlowMatchConfig()
     optim: OptimConfig = OptimConfig()
-    validation: ValidationConfig = ValidationConfig()
     parallel: ParallelConfig = ParallelConfig()
     run: RunConfig
 
@@ -164,8 +112,4 @@ class TrainConfig(_Section):
             if self.parallel.context > 1:
                 raise ValueError("model.causal: teacher forcing runs without context "
                                  "parallelism; set parallel.context: 1")
-            if self.validation.every:
-                raise ValueError("model.causal: validation samples with the bidirectional "
-                                 "sampler; set validation.every: 0 and stream the checkpoint "
-                                 "with `multishot generate --causal`")
         return self

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from multishot.config import Section
 
 Expert = Literal["all", "high_noise", "low_noise"]
 
 
-class FlowMatchConfig(BaseModel):
+class FlowMatchConfig(Section):
     """The training objective."""
-
-    model_config = ConfigDict(extra="forbid")
 
     num_train_timesteps: int = Field(1000, gt=1, description="entries of the timestep table")
     shift: float = Field(5.0, gt=0, description="timestep shift (HoloCine / DiffSynth Wan: 5)")

@@ -6,8 +6,8 @@ them (:func:`trainer.checkpoint.load_init_weights`), so no rank holds the whole 
 :func:`build_mesh` makes the ``dp × cp`` device mesh.
 
 The model code (``model/dit.py``) knows nothing of this beyond two hooks: LoRA adapters are
-injected by peft (:mod:`trainer.lora`), and Ulysses context parallelism
-(:mod:`trainer.context_parallel`) wraps the one attention call, which takes ``q, k, v`` as
+injected by peft (:mod:`model.lora`), and Ulysses context parallelism
+(:mod:`model.context_parallel`) wraps the one attention call, which takes ``q, k, v`` as
 ``[B, L, heads, head_dim]``, with its all-to-alls.
 """
 
@@ -27,11 +27,12 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, Offlo
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from multishot.model.compile import apply_compile
 from multishot.model.config import WanConfig
 from multishot.model.dit import WanModel
 from multishot.trainer.checkpoint import InitLoad, load_init_weights
-from multishot.trainer.context_parallel import apply_context_parallel
-from multishot.trainer.lora import apply_lora, init_adapters
+from multishot.model.context_parallel import apply_context_parallel
+from multishot.model.lora import apply_lora, init_adapters
 
 if TYPE_CHECKING:
     from multishot.trainer.config import ModelConfig
@@ -68,9 +69,9 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
                 ) -> tuple[torch.nn.Module, InitLoad | None]:
     """The sharded ``WanModel`` of a run (collective: every rank of the default process group).
 
-    Built on ``meta``; LoRA adapters injected if ``config.lora`` (:func:`trainer.lora.apply_lora`:
+    Built on ``meta``; LoRA adapters injected if ``config.lora`` (:func:`model.lora.apply_lora`:
     model changes come before the parallelism); split over ``context_group`` (Ulysses,
-    :func:`trainer.context_parallel.apply_context_parallel`; None or one rank: not split); wrapped by :func:`parallelize` (compile,
+    :func:`model.context_parallel.apply_context_parallel`; None or one rank: not split); wrapped by :func:`parallelize` (compile,
     activation checkpointing, FSDP2); materialised on ``device`` (``to_empty``) with Wan's
     initialisation (``WanModel.init_weights``, then the adapters' own: B = 0, so the model's
     output is the base's); then, if ``config.init_from`` and ``load_init``, the base weights are
@@ -196,26 +197,6 @@ def build_mesh(device: torch.device, world_size: int, context: int) -> DeviceMes
                             mesh_dim_names=("dp", "cp"))
 
 
-def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
-    """Compile every block of ``model.blocks`` in place (regional compilation,
-    ``nn.Module.compile``: parameter names and state-dict keys unchanged).
-
-    The blocks share one code object and dynamo lifts their parameters to graph inputs, so the
-    graphs are compiled once and reused by all blocks. Inductor fuses the float32 element-wise
-    work around the matmuls (modulation, LayerNorm / RMSNorm, RoPE, gated residuals: bf16 in,
-    float32 math, bf16 out, one kernel) — the numerics stay Wan's. The self-attention call
-    (:func:`model.dit.self_attention_kernel`) is an eager island, so a new shot layout
-    recompiles nothing. Compiled inside the activation checkpoint and the FSDP2 unit: the
-    recompute re-runs the compiled forward, and FSDP's all-gather hooks stay eager.
-
-    Args:
-        backend: the ``torch.compile`` backend (``"aot_eager"`` checks the graphs without
-            generating kernels).
-    """
-    for block in model.blocks:
-        block.compile(backend=backend)
-
-
 def apply_activation_checkpointing(model: nn.Module, skip_last: int = 0, policy: str = "full",
                                    preserve_rng_state: bool = False) -> None:
     """Wrap blocks of ``model.blocks`` so their activations are recomputed in backward
@@ -250,7 +231,7 @@ def apply_fsdp(model: nn.Module, mixed_precision: bool, cpu_offload: bool = Fals
 
     The group is all ``dp × cp`` ranks (torchtitan's ``dp_shard_cp``): the ranks splitting a
     sample hold different parameter shards too, and FSDP's gradient average over them is the
-    reduction context parallelism needs (:mod:`trainer.context_parallel`).
+    reduction context parallelism needs (:mod:`model.context_parallel`).
 
     Args:
         mixed_precision: bf16 parameters for compute with fp32 gradient reduction (the sharded

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from multishot.dataset.latents import LatentSample, write_latent_shard
 from multishot.dataset.loader import ShardStream, SkipSample, iter_tar
-from multishot.dataset.shards import Manifest, ShardSetLayout, resolve, write_json, write_manifest
+from multishot.dataset.shards import Manifest, ShardSetLayout, write_manifest
+from multishot.dataset.storage import resolve, write_json
 from multishot.model.config import get_config
 from multishot.trainer.config import TrainConfig
-from multishot.trainer.encoders import FrozenEncoders
+from multishot.model.encoders import FrozenEncoders
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,8 @@ from multishot.trainer.config import TrainConfig
 if TYPE_CHECKING:
     from ray.train import Result
 
+    from multishot.trainer.trainer import ValidationFactory
+
 log = logging.getLogger(__name__)
 
 
@@ -50,12 +52,13 @@ def _train_worker(loop_config: dict[str, Any]) -> dict[str, float]:
             last.update(step=step, **metrics)
             ray.train.report(dict(last))
 
-    Trainer(loop_config["config"]).train(on_step=report)
+    Trainer(loop_config["config"], validation=loop_config["validation"]).train(on_step=report)
     return last
 
 
 def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool | None = None,
-           address: str | None = None, max_failures: int = 0) -> Result:
+           address: str | None = None, max_failures: int = 0,
+           validation: ValidationFactory | None = None) -> Result:
     """Run ``config`` on ``num_workers`` Ray Train workers (one rank each) and wait for it.
 
     Args:
@@ -68,6 +71,8 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
             (and shuts it down after). An already-initialised Ray is used as it is.
         max_failures: restarts of the worker group after a worker dies; each restart resumes
             from the newest checkpoint in ``run.output_dir`` (needs ``run.resume``).
+        validation: the trainer's validation hook factory
+            (:data:`trainer.trainer.ValidationFactory`), shipped to every worker.
 
     Returns:
         Ray Train's ``Result``. Its ``return_value`` (Ray Train v2) holds rank 0's last
@@ -94,7 +99,7 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
                  "GPU, nccl" if use_gpu else "CPU, gloo", output_dir)
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"config": config, "cwd": os.getcwd()},
+            train_loop_config={"config": config, "cwd": os.getcwd(), "validation": validation},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
             # Ray keeps only its run state here; the checkpoints are the trainer's own DCP ones
             run_config=RunConfig(name="ray_train", storage_path=str(output_dir),

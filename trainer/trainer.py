@@ -26,6 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from typing import Protocol
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,18 +42,33 @@ from multishot.config import dump_yaml
 from multishot.errors import UsageError
 from multishot.trainer import checkpoint as ckpt
 from multishot.trainer.config import OptimConfig, TrainConfig
-from multishot.trainer.encoders import FrozenEncoders
+from multishot.model.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
-from multishot.trainer.lora import export_adapter, trainable_parameters
+from multishot.model.lora import export_adapter, trainable_parameters
 from multishot.trainer.metrics import (MetricsLogger, StepTimer, peak_memory_gib, step_flops,
                                        teacher_forcing_step_flops)
 from multishot.trainer.parallelize import build_mesh, build_model
-from multishot.trainer.validation import Validator
 
 log = logging.getLogger(__name__)
 
 #: called after every step on every rank with (step, metrics); metrics is empty between logs
 StepCallback = Callable[[int, dict[str, float]], None]
+
+
+class ValidationHook(Protocol):
+    """What the trainer asks of validation (:class:`evaluate.validation.Validator` is one):
+    the keys it holds out of training, when it is due, and running it (every rank)."""
+
+    held_out_keys: set[str]
+
+    def due(self, step: int) -> bool: ...
+
+    def run(self, step: int) -> dict: ...
+
+
+#: builds a run's validation hook from the trainer once its model, encoders and metrics exist
+#: (None: no validation); the application passes it in, the trainer imports no sampler
+ValidationFactory = Callable[["Trainer"], "ValidationHook | None"]
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -104,7 +120,7 @@ class Trainer:
     #: samples of this rank trained with unmasked cross-attention (prompt over text_len)
     unmasked_prompts: int = 0
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, validation: ValidationFactory | None = None):
         self.config = config
         self.rank, self.world_size, self.device = init_distributed()
         # dp × cp: the cp ranks of a data-parallel group read the same sample and split it
@@ -140,9 +156,7 @@ class Trainer:
         self.flow = FlowMatching(config.objective, self.device)
         self.encoders = self._load_encoders()
         self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
-        self.validator = Validator(config, self.model, self.model_config, self.encoders, self.rank,
-                                   self.device, self.metrics.writer) \
-            if config.validation.every else None
+        self.validator = validation(self) if validation is not None else None
         self.loader = TrainLoader(config.data, self.dp_rank, self.dp_size,
                                   frozenset(self.validator.held_out_keys if self.validator else ()))
         # extra doubles as the template of what a resume loads per data-parallel rank

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from multishot.generate.sampler import WAN_NEGATIVE_PROMPT
-from multishot.trainer.config import EncodersConfig, ModelConfig, OptimConfig, RunConfig
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from multishot.config import Section
+from multishot.model.sampling import WAN_NEGATIVE_PROMPT
+from multishot.model.settings import EncodersConfig
+from multishot.trainer.config import ModelConfig, OptimConfig, RunConfig
 
 
-class VideoConfig(_Section):
+class VideoConfig(Section):
     """The latent video every rollout makes: its frame count follows from each prompt's
     shots (``1 + chunk_latent_frames · chunks`` latent frames), its size from here."""
 
@@ -27,7 +25,7 @@ class VideoConfig(_Section):
     width: int = Field(gt=0, description="pixels (a multiple of 16)")
 
 
-class AdversarialConfig(_Section):
+class AdversarialConfig(Section):
     """APT-style adversarial regularisation (CausalCine §3.4; DMD2's GAN term): a light
     discriminator head on one critic block's tokens, logistic (non-saturating) loss."""
 
@@ -37,7 +35,7 @@ class AdversarialConfig(_Section):
     critic_weight: float = Field(1.0, ge=0, description="weight of the discriminator loss")
 
 
-class DistillObjective(_Section):
+class DistillObjective(Section):
     """ODE initialisation and DMD (Self-Forcing's ``configs/self_forcing_dmd.yaml`` defaults)."""
 
     student_timesteps: list[float] = Field([1000.0, 750.0, 500.0, 250.0], description=(
@@ -84,7 +82,7 @@ class DistillObjective(_Section):
         return self
 
 
-class DistillConfig(_Section):
+class DistillConfig(Section):
     """A whole distillation run: ``phase 1`` regresses the causal student onto its own base's
     ODE trajectories for ``objective.ode_steps`` steps, ``phase 2`` runs DMD until
     ``run.max_steps`` (one step = ``critic_steps_per_generator_step`` critic updates and one

@@ -4,7 +4,7 @@ levels, their file format, and the regression loss.
 
 **Trajectories.** The causal base generates each training prompt chunk by chunk with its KV
 cache (as :mod:`generate.stream` does): per chunk the Euler sampler of
-:mod:`generate.sampler` at ``teacher_steps`` steps with CFG (the conditional and the
+:mod:`model.sampling` at ``teacher_steps`` steps with CFG (the conditional and the
 unconditional pass each keep their own cache), then the clean pass writes the chunk's K/V. Its
 grid holds every student level (``teacher_steps`` is a multiple of the student's N steps), and
 the trajectory records the latents at each: ``states[k]`` at ``σ_k`` (``k < N``) and the
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from multishot.distill.prompts import PromptConditioning
-from multishot.generate.sampler import SamplingConfig, make_scheduler
+from multishot.model.sampling import SamplingConfig, make_scheduler
 from multishot.model.causal import CausalConfig, KVCache
 
 FORMAT = "multishot-ode-trajectories"

@@ -123,7 +123,7 @@ def encode_prompt(prompt: DistillPrompt, encoders, model, chunk_latent_frames: i
     """The conditioning of ``prompt`` (:class:`PromptConditioning`).
 
     Args:
-        encoders: :class:`trainer.encoders.FrozenEncoders` with a text encoder.
+        encoders: :class:`model.encoders.FrozenEncoders` with a text encoder.
         model: a ``WanModel`` (its ``frame_text_mask`` and ``config.text_len``).
         tokens_per_frame: ``h·w`` tokens of one latent frame after patching.
         window: HoloCine's window cross-attention; a prompt that lost shot captions to

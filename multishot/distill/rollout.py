@@ -3,8 +3,8 @@ training-time rollout; CausalCine §3.4), the same sampler ``multishot generate 
 
 The student's N timesteps ``t_k = 1000·(1 − k/N)`` (Self-Forcing: 1000, 750, 500, 250) become
 noise levels ``σ_k = shift·s_k / (1 + (shift − 1)·s_k)``, ``s_k = t_k / 1000``, and a final
-``σ_N = 0``: exactly the grid of the Euler sampler of :mod:`generate.sampler` at N steps
-(:func:`generate.sampler.holocine_sigmas`), so a streamed student equals its training rollout.
+``σ_N = 0``: exactly the grid of the Euler sampler of :mod:`model.sampling` at N steps
+(:func:`model.sampling.holocine_sigmas`), so a streamed student equals its training rollout.
 Per chunk (:class:`model.causal.ChunkLayout`)::
 
     x = ε_chunk

@@ -44,7 +44,7 @@ from multishot.distill.student import write_student_info
 from multishot.errors import UsageError
 from multishot.model.config import get_config
 from multishot.trainer import checkpoint as ckpt
-from multishot.trainer.encoders import FrozenEncoders
+from multishot.model.encoders import FrozenEncoders
 from multishot.trainer.metrics import MetricsLogger
 from multishot.trainer.parallelize import build_model
 from multishot.trainer.trainer import init_distributed, lr_lambda

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from multishot.config import FrozenSection
 from multishot.pipeline.config import AnalyseConfig, DetectConfig
 
 
@@ -15,13 +16,11 @@ def _detect_default() -> DetectConfig:
     return DetectConfig(min_shot_s=0.0)
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(FrozenSection):
     """What ``multishot eval`` measures with, and how.
 
     A metric whose weights are not given is reported as skipped (never as a number).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     detect: DetectConfig = Field(
         default_factory=_detect_default,

@@ -29,7 +29,7 @@ from multishot.evaluate.consistency import (
 )
 from multishot.evaluate.sca import cuts_from_shots, shot_cut_accuracy
 from multishot.pipeline.detect import make_detector
-from multishot.pipeline.video import DecodeStats, iter_frames, probe
+from multishot.pipeline.decode import DecodeStats, iter_frames, probe
 
 
 #: every metric a video may get, in table order
@@ -79,7 +79,7 @@ class Evaluator:
             reason}}``; every name of :data:`METRICS` is in exactly one of ``metrics`` and ``skipped``.
 
         Raises:
-            pipeline.video.ProbeError: the file is not a readable video.
+            pipeline.decode.ProbeError: the file is not a readable video.
             ValueError: a requested cut lies outside the video; the prompt is not a multi-shot prompt.
         """
         path = str(path)

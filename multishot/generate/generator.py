@@ -1,13 +1,13 @@
 """Multi-shot text-to-video generation: prompt → UMT5 → guided flow-matching sampling → VAE → mp4.
 
 ``Generator(config)`` loads what the trainer loads (the DiT through :mod:`model.checkpoint`,
-UMT5 and the Wan VAE through :class:`trainer.encoders.FrozenEncoders`), once; then per
+UMT5 and the Wan VAE through :class:`model.encoders.FrozenEncoders`), once; then per
 :class:`~generate.shots.Request`
 
     prompt, negative prompt → UMT5 states [L, 4096]            text encoder on the GPU, then off
     prompt → caption windows (TextSpans), cuts → ShotLayout     host, once per sample
     seed → ε [1, C, F_lat, H/s, W/s] float32                   drawn on the CPU: any device, same ε
-    ε → latents                                                 :func:`generate.sampler.sample`
+    ε → latents                                                 :func:`model.sampling.sample`
     latents · std + mean → VAE decode (tiled) → [F, H, W, 3] uint8
     → <name>.mp4 (16 fps, x264 via PyAV) + <name>.json          :func:`write_outputs`
 """
@@ -31,16 +31,16 @@ import torch.distributed as dist
 from multishot.dataset.record import num_latent_frames
 from multishot.generate.config import GenerateConfig
 from multishot.generate.random_models import RANDOM_MODEL, make_random_models
-from multishot.generate.sampler import (NUM_TRAIN_TIMESTEPS, Conditioning, Expert, SampleTrace,
-                                        sample)
 from multishot.generate.shots import Request
 from multishot.generate.video import write_mp4
-from multishot.model.checkpoint import load_into, load_state_dict_file
-from multishot.model.config import WanConfig, get_config
-from multishot.model.dit import WanModel
-from multishot.model.layout import ShotLayout, latent_shot_starts
-from multishot.trainer.context_parallel import apply_context_parallel, join_torchrun
-from multishot.trainer.encoders import FrozenEncoders
+from multishot.model.checkpoint import load_dit
+from multishot.model.config import get_config
+from multishot.model.context_parallel import apply_context_parallel, join_torchrun
+from multishot.model.encoders import FrozenEncoders
+from multishot.model.layout import latent_shot_starts
+from multishot.model.sampling import (NUM_TRAIN_TIMESTEPS, Conditioning, Expert, SampleTrace,
+                                      decode_latents,
+                                      initial_noise, make_conditioning, sample)
 
 log = logging.getLogger(__name__)
 
@@ -73,81 +73,12 @@ def file_sha256(path: str | Path) -> str:
     return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def load_dit(name: str, checkpoint: str, device: torch.device, dtype: torch.dtype, *,
-             attention_backend: str = "sdpa", sparse_self_attention: bool = True) -> WanModel:
-    """A :class:`WanModel` with ``checkpoint``'s weights, built on ``meta`` and materialised
-    straight on ``device`` in ``dtype`` (no random initialisation of billions of weights). The
-    time embedding and projection stay float32 (tiny; Wan computes them in float32 and bf16
-    weights put ~0.4% error into the modulation, as the trainer's FSDP policy notes).
-
-    Raises:
-        FileNotFoundError: nothing loadable at ``checkpoint``.
-        ValueError: the checkpoint lacks weights of the architecture or has other shapes.
-    """
-    with torch.device("meta"):
-        model = WanModel(get_config(name), attention_backend,
-                         sparse_self_attention=sparse_self_attention)
-    model = model.to(dtype)
-    model.time_embedding.float()
-    model.time_projection.float()
-    model = model.to_empty(device=device)
-    report = load_into(model, load_state_dict_file(checkpoint, device="cpu"))
-    if report.missing or report.mismatched:
-        raise ValueError(f"{checkpoint} does not fit model {name}: {report}")
-    if report.unexpected:
-        log.warning("%s: %d unexpected keys ignored (%s…)", checkpoint, len(report.unexpected),
-                    report.unexpected[:3])
-    return model.eval().requires_grad_(False)
-
-
 def peak_memory_gib(device: torch.device) -> float:
     """Peak GPU memory allocated (GiB) on CUDA, else the process's peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
-
-
-def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
-    """ε ~ N(0, I) of ``shape`` drawn on the CPU in float32 from ``seed`` (the same on every
-    device and rank, as diffusers' ``randn_tensor`` with a CPU generator), then moved."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-
-
-def make_conditioning(encoders: FrozenEncoders, model_config: WanConfig, request: Request,
-                      context: torch.Tensor, negative: torch.Tensor, latent_hw: tuple[int, int],
-                      window_cross_attention: bool, device: torch.device) -> Conditioning:
-    """The :class:`Conditioning` of ``request`` from its UMT5 states ``[L, D]``: the shot
-    layout of its cuts over latents of ``latent_hw`` and, with ``window_cross_attention``, its
-    caption windows (HoloCine's spans). A prompt whose shot captions do not all fit the text
-    length gets unmasked cross-attention, as HoloCine's inference runs it; the reason is logged
-    and kept in ``request.extra["unmasked_cross_attention"]`` (written to the JSON).
-    """
-    _, ph, pw = model_config.patch_size
-    layout = ShotLayout.from_cut_frames(request.num_frames, request.cut_frames,
-                                        (latent_hw[0] // ph) * (latent_hw[1] // pw), device)
-    spans = None
-    if window_cross_attention:
-        shots = len(layout.shot_starts[0])
-        spans, why = encoders.text_spans([request.prompt], [shots], model_config.text_len)[0]
-        if why is not None:
-            log.warning("%s: unmasked cross-attention: %s", request.name, why)
-            request.extra["unmasked_cross_attention"] = why
-    return Conditioning(context, negative, layout, spans)
-
-
-@torch.no_grad()
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device,
-                   dtype: torch.dtype) -> np.ndarray:
-    """Normalised latents ``[1, C, F_lat, H_lat, W_lat]`` → ``latents · std + mean`` → Wan VAE
-    decode (diffusers ``AutoencoderKLWan``, tiled when enabled) → ``[F, H, W, 3]`` uint8."""
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    z = latents.float().cpu() * std + mean
-    video = vae.decode(z.to(device, dtype)).sample                       # [1, 3, F, H, W]
-    video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return video.permute(1, 2, 3, 0).cpu().numpy()
 
 
 @dataclass
@@ -172,10 +103,10 @@ class Generator:
 
     def __init__(self, config: GenerateConfig, lora: str | None = None, lora_scale: float = 1.0):
         """``lora``: a LoRA file (``multishot export-lora``, or ComfyUI / DiffSynth layouts)
-        merged into every DiT at ``lora_scale`` (:func:`trainer.lora.apply_lora_file`)."""
+        merged into every DiT at ``lora_scale`` (:func:`model.lora.apply_lora_file`)."""
         self.lora, self.lora_scale = lora, lora_scale
         # under `torchrun --nproc-per-node N`: all N ranks split every sample (Ulysses context
-        # parallelism, trainer.context_parallel); the outputs are rank 0's to write
+        # parallelism, model.context_parallel); the outputs are rank 0's to write
         self.cp_group, self.device = join_torchrun(resolve_device(config.runtime.device))
         self.random_weights = config.model.random_weights is not None
         if self.random_weights:
@@ -234,14 +165,14 @@ class Generator:
                          self.dtype, attention_backend=m.attention_backend,
                          sparse_self_attention=m.sparse_self_attention)
         if self.lora:
-            from multishot.trainer.lora import apply_lora_file
+            from multishot.model.lora import apply_lora_file
 
             changed = apply_lora_file(model, self.lora, self.lora_scale)
             log.info("merged LoRA %s at scale %g into %d weights of %s", self.lora,
                      self.lora_scale, changed, checkpoint)
         apply_context_parallel(model, self.cp_group)
         if m.compile:
-            from multishot.trainer.parallelize import apply_compile
+            from multishot.model.compile import apply_compile
 
             apply_compile(model)
         return model
@@ -306,8 +237,14 @@ class Generator:
         """Text states, shot layout and caption windows of ``request`` (:func:`make_conditioning`)."""
         context, negative = self.encode(request.prompt)
         _, _, _, h, w = self.latent_shape(request.num_frames)
-        return make_conditioning(self.encoders, self.model_config, request, context, negative,
-                                 (h, w), self.config.model.window_cross_attention, self.device)
+        cond, why = make_conditioning(self.encoders, self.model_config, request.prompt,
+                                      request.num_frames, request.cut_frames, context, negative,
+                                      (h, w), self.config.model.window_cross_attention,
+                                      self.device)
+        if why is not None:
+            log.warning("%s: unmasked cross-attention: %s", request.name, why)
+            request.extra["unmasked_cross_attention"] = why
+        return cond
 
     @torch.no_grad()
     def denoise(self, request: Request) -> tuple[torch.Tensor, SampleTrace]:

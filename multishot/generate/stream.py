@@ -15,7 +15,7 @@ Per chunk ``k`` of shot ``s`` (:meth:`ChunkStreamer.stream`)::
                     (the shots known so far: the future is not known while streaming), and
                     the window of shot s in it (global caption + shot s's caption)
     ε_k ~ N(0, I) [1, C, f_k, H_lat, W_lat]           one CPU generator, chunk after chunk
-    for t in the sampler's timesteps:                  the sampler / CFG of generate.sampler
+    for t in the sampler's timesteps:                  the sampler / CFG of model.sampling
         v = CFG of forward_chunk(x, t, cache)          cond + uncond rows, cache read only
         x = scheduler.step(v, t, x)
     forward_chunk(x, t = 0, cache, write_cache=True)   the clean pass: the chunk's K/V cached
@@ -44,7 +44,7 @@ import torch
 from multishot.dataset.record import build_prompt
 from multishot.generate.generator import Generator, peak_memory_gib
 from multishot.generate.graphs import GraphedChunkForward
-from multishot.generate.sampler import SamplingConfig, make_scheduler
+from multishot.model.sampling import SamplingConfig, make_scheduler
 from multishot.generate.schedule import PromptSchedule, Shot
 from multishot.generate.vae_stream import StreamingDecoder
 from multishot.model.causal import CausalConfig, KVCache
@@ -135,7 +135,7 @@ class ChunkStreamer:
     def chunk_text_mask(self, text: ShotText, rows: int, frames: int) -> torch.Tensor | None:
         """Window cross-attention of a chunk of ``frames`` latent frames, all in ``text``'s shot:
         ``[rows, frames, text_len]`` bool (row 0 the shot's window, row 1 the negative prompt's,
-        unmasked as in :mod:`generate.sampler`); None when the shot's text is unmasked."""
+        unmasked as in :mod:`model.sampling`); None when the shot's text is unmasked."""
         if text.spans is None:
             return None
         layout = ShotLayout.from_shot_starts([[0]] * rows, frames, 1, self.device)
@@ -145,7 +145,7 @@ class ChunkStreamer:
     def denoise_chunk(self, noise: torch.Tensor, text: ShotText, cache: KVCache,
                       index: int) -> torch.Tensor:
         """Clean latents of chunk ``index`` from ``noise`` ``[1, C, f, H, W]`` float32: the
-        sampler's steps with CFG against the cache (:func:`generate.sampler.make_scheduler`),
+        sampler's steps with CFG against the cache (:func:`model.sampling.make_scheduler`),
         then the clean pass at t = 0 that writes the chunk's K/V into ``cache``. The cache
         holds 2 rows (conditional, negative) when ``sampling.cfg_scale != 1``, else 1."""
         s = self.sampling

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from multishot.pipeline.config import DetectConfig, PipelineConfig
-from multishot.pipeline.gpu_video import (
+from multishot.pipeline.decode_gpu import (
     CuvidUnavailable,
     GpuFrameSource,
     PictureBatch,
@@ -42,7 +42,7 @@ from multishot.pipeline.gpu_video import (
     open_cuvid,
     yuv_matrix,
 )
-from multishot.pipeline.video import DecodeStats, _image, iter_scan_frames, iter_slots, open_container, main_stream
+from multishot.pipeline.decode import DecodeStats, _image, iter_scan_frames, iter_slots, open_container, main_stream
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 BBB = str(FOOTAGE / "archive" / "bbb_first60s_360p.mp4")  # untagged colour (BT.601 by default)
@@ -220,7 +220,7 @@ def test_a_decoder_failing_before_its_first_picture_hands_over_without_loss(fail
     replayed into the stream's own decoder, so a segment (after a seek) loses no picture. Here
     the refusing decoder is HEVC's fed H.264 (fails on the first packet) or H.264 with 8 frame
     threads (no picture for 8 packets) held to 3 packets."""
-    from multishot.pipeline import gpu_video
+    from multishot.pipeline import decode_gpu
 
     def refusing(stream):
         if failure == "error":
@@ -240,7 +240,7 @@ def test_a_decoder_failing_before_its_first_picture_hands_over_without_loss(fail
         return out, (stats.frames, stats.errors, stats.substituted)
 
     caplog.set_level(logging.WARNING)
-    gpu_video._warned.clear()
+    decode_gpu._warned.clear()
     (got, got_stats), (want, want_stats) = pictures(refusing), pictures(None)
     assert [i for i, _ in got] == [i for i, _ in want] == list(range(700, 900)) and got_stats == want_stats
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, want))
@@ -260,7 +260,7 @@ def test_cuvid_unavailable_falls_back_to_the_streams_decoder(tmp_path, caplog):
     """Where FFmpeg's cuvid decoder cannot open (here: no CUDA; or a codec NVDEC has no decoder
     for), the reason is raised, the frame source's decoder falls back to the stream's own
     (libavcodec's, with NVDEC as hwaccel on a GPU) and logs it once."""
-    from multishot.pipeline import gpu_video
+    from multishot.pipeline import decode_gpu
     from odd_inputs import BBB as BBB_PATH, footage, write_video
 
     with open_container(TOS) as container:
@@ -268,7 +268,7 @@ def test_cuvid_unavailable_falls_back_to_the_streams_decoder(tmp_path, caplog):
         with pytest.raises(CuvidUnavailable, match="h264_cuvid does not open"):
             open_cuvid(stream, torch.device("cuda:0"), (64, 36))
         caplog.set_level(logging.WARNING)
-        gpu_video._warned.clear()
+        decode_gpu._warned.clear()
         decoder = GpuFrameSource("cuda:0", nvdec_scale=True)._cuvid_decoder((64, 36), 0, colour := {})
         for _ in range(2):
             assert decoder(stream) == stream.codec_context.decode and colour == {}
@@ -297,7 +297,7 @@ def test_transnetv2_on_tensors_equals_on_arrays():
 def test_no_cuda_falls_back_to_the_cpu_and_says_so(caplog):
     """A scan asked to run on a GPU on this CPU-only machine: the CPU frame source runs, the log
     says so once, and the segment's decode record says which decoder ran and why."""
-    from multishot.pipeline.gpu_video import _warned
+    from multishot.pipeline.decode_gpu import _warned
     from multishot.pipeline.scan import SegmentScanner
 
     assert not torch.cuda.is_available()

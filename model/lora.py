@@ -31,7 +31,9 @@ import re
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from multishot.config import Section
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -49,10 +51,8 @@ FILE_PREFIX = "diffusion_model."
 _PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?:" + ADAPTER_NAME + r"\.)?weight$")
 
 
-class LoraConfig(BaseModel):
+class LoraConfig(Section):
     """``model.lora`` of a train config: LoRA adapters instead of a full fine-tune."""
-
-    model_config = ConfigDict(extra="forbid")
 
     rank: int = Field(32, ge=1, description="rank r of every adapter (A: [r, in], B: [out, r])")
     alpha: float | None = Field(None, gt=0, description=(

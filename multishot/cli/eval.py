@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     from multishot.evaluate.config import EvalConfig
     from multishot.evaluate.report import overall, table
     from multishot.evaluate.video import Evaluator
-    from multishot.pipeline.video import ProbeError
+    from multishot.pipeline.decode import ProbeError
 
     try:
         config = load_config(args.config, EvalConfig) if args.config else EvalConfig()

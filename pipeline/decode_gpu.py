@@ -19,7 +19,7 @@ DLPack). Two ways in:
   logged once per process.
 
 The frames come from the same demuxer and the same grid code as on the CPU
-(:func:`pipeline.video.iter_slots`): **frame ``i`` is the picture shown at time ``i / fps``**,
+(:func:`pipeline.decode.iter_slots`): **frame ``i`` is the picture shown at time ``i / fps``**,
 holes filled by repeating the previous picture, on the GPU exactly as on the CPU.
 
 **Batched conversion** (:class:`PictureBatch`): each decoded picture is copied once into a
@@ -28,7 +28,7 @@ anyway) and a batch of up to :data:`BATCH` pictures is scaled and converted by o
 kernels: the 48×27 frames of every picture, the analysis frames of the candidates' pictures
 only. Scaling is an area filter in Y'CbCr (as libswscale does: scale first, then convert), then
 the matrix the frame is tagged with (BT.709, BT.2020, else BT.601; limited range unless tagged
-full range: libswscale's choice for :func:`pipeline.video._image`), then the display matrix's
+full range: libswscale's choice for :func:`pipeline.decode._image`), then the display matrix's
 rotation.
 
 When there is no CUDA device, PyAV's FFmpeg has no CUDA, the driver has no NVDEC library, or the
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from av.video.reformatter import VideoReformatter
 
 from multishot.pipeline.config import DetectConfig
-from multishot.pipeline.video import DecodeStats, _quarter_turns, iter_scan_frames, iter_slots, probe
+from multishot.pipeline.decode import DecodeStats, quarter_turns, iter_scan_frames, iter_slots, probe
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def open_by_name(stream: av.video.stream.VideoStream, name: str, hwaccel: av.cod
     """The decoder called ``name`` (not the one libavcodec picks for the codec) opened for
     ``stream``'s packets as its demuxer gives them: the stream's parameter sets (extradata:
     avcC / hvcC in MP4 and Matroska) passed on, ``options`` its private options; one thread,
-    as :func:`pipeline.video.iter_slots` decodes (reproducible pixels on damaged input).
+    as :func:`pipeline.decode.iter_slots` decodes (reproducible pixels on damaged input).
 
     Raises:
         av.error.FFmpegError, ValueError: the decoder does not exist or does not open.
@@ -280,7 +280,7 @@ def open_cuvid(stream: av.video.stream.VideoStream, device: torch.device,
         raise CuvidUnavailable(f"PyAV's FFmpeg has no NVDEC decoder for {codec}")
     options = {} if size is None else {"resize": f"{size[0]}x{size[1]}"}
     try:
-        ctx = open_by_name(stream, name, _hwaccel(device), options)
+        ctx = open_by_name(stream, name, cuda_hwaccel(device), options)
     except (av.error.FFmpegError, NotImplementedError, OSError, ValueError) as err:
         raise CuvidUnavailable(f"{name} does not open: {err}") from err
     if not ctx.is_hwaccel:
@@ -357,7 +357,7 @@ def gpu_decoder_status() -> str:
         return "the driver's NVDEC library (libnvcuvid.so.1) is not installed"
     try:
         torch.cuda.init()
-        _hwaccel().create(av.Codec("h264", "r"))
+        cuda_hwaccel().create(av.Codec("h264", "r"))
     except (av.error.FFmpegError, NotImplementedError, RuntimeError, OSError) as err:
         return f"cannot open the CUDA decoder device: {err}"
     return ""
@@ -404,7 +404,7 @@ def share_primary_context(index: int) -> None:
         check("cuDevicePrimaryCtxSetFlags", cuda.cuDevicePrimaryCtxSetFlags_v2(device, CU_CTX_SCHED_BLOCKING_SYNC))
 
 
-def _hwaccel(device: torch.device | None = None) -> av.codec.hwaccel.HWAccel:
+def cuda_hwaccel(device: torch.device | None = None) -> av.codec.hwaccel.HWAccel:
     """NVDEC on ``device`` (default: the current CUDA device), pictures kept in GPU memory (in
     the primary context, PyAV's default for them: :func:`share_primary_context`), libavcodec
     where NVDEC cannot decode the stream."""
@@ -427,7 +427,7 @@ class GpuFrameSource:
     through PyAV, scaling and colour conversion on the GPU in batches of ``batch`` pictures.
 
     Yields ``(index, detector_frame, analysis_frame)`` as the CPU source does, on the same grid
-    (:func:`pipeline.video.iter_slots`, the same seek), except that the detector frame is a
+    (:func:`pipeline.decode.iter_slots`, the same seek), except that the detector frame is a
     tensor RGB uint8 ``[h, w, 3]`` on ``device`` (it stays on the GPU for TransNetV2); the
     analysis frame of a candidate is copied to the host as a NumPy array (a few a second, for
     OCR and JPEG). Frames come out a batch at a time (``batch`` pictures, in order). Sets
@@ -464,13 +464,13 @@ class GpuFrameSource:
             turns = (probe(source, fs).rotation // 90) % 4
             decoder = self._cuvid_decoder(analysis_size, turns, stream_colour)
         for slot, frame, _ in iter_slots(source, fs, fps=fps, stats=stats, start_frame=start_frame,
-                                         end_frame=end_frame, hwaccel=_hwaccel(self.device) if gpu else None,
+                                         end_frame=end_frame, hwaccel=cuda_hwaccel(self.device) if gpu else None,
                                          decoder=decoder):
             if frame is not shown:  # a picture repeated on the grid is copied and converted once
                 shown = frame
                 software += gpu and frame.format.name != "cuda"
                 y, uv = _planes(frame)
-                layout = (y, uv, *_colour(frame, stream_colour), _quarter_turns(frame) if turns is None else turns)
+                layout = (y, uv, *_colour(frame, stream_colour), quarter_turns(frame) if turns is None else turns)
                 if not batch.accepts(*layout):
                     yield from self._flush(batch, pending, detect_size, analysis_size)
                     pending = []
@@ -482,7 +482,7 @@ class GpuFrameSource:
             stats.note = f"NVDEC cannot decode this stream's codec or profile ({software} frames decoded by libavcodec)"
 
     def _cuvid_decoder(self, analysis_size: tuple[int, int], turns: int, stream_colour: dict):
-        """:func:`pipeline.video.iter_slots`'s ``decoder``: a stream's packets decoded by its
+        """:func:`pipeline.decode.iter_slots`'s ``decoder``: a stream's packets decoded by its
         cuvid decoder, scaled by NVDEC to the analysis scale; the stream's own (hwaccel) decoder
         where that cannot open. Fills ``stream_colour`` with the stream's colour tags when the
         cuvid decoder runs (:func:`_colour`)."""
@@ -519,7 +519,7 @@ def choose_frame_source(config: DetectConfig) -> tuple[Callable, str]:
     """The frame source a scanning actor uses, and the note on why it is not the GPU's where a
     GPU was asked for: :class:`GpuFrameSource` (``detect.nvdec_scale`` passed on) on a worker
     with a CUDA device whose decoder opens (``detect.decoder: auto``, TransNetV2), else
-    :func:`pipeline.video.iter_scan_frames`. A fallback is logged once per process."""
+    :func:`pipeline.decode.iter_scan_frames`. A fallback is logged once per process."""
     if config.decoder == "cpu" or config.backend != "transnetv2":
         return iter_scan_frames, ""
     if torch.cuda.is_available():

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from multishot.model.prompt_spans import TextSpans, clean_prompt, window_spans
-from multishot.trainer.config import EncodersConfig
+from multishot.model.settings import EncodersConfig
 
 
 def load_tokenizer(path: str) -> Any:

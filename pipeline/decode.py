@@ -77,7 +77,7 @@ class DecodeStats:
     ``frames``: decoded frames placed on the grid; ``errors``: packets that failed to decode;
     ``substituted``: grid slots (source frames) filled from the previous frame because of damage;
     ``last_time_s``: presentation time (s) of the last decoded frame; ``decoder``: what decoded
-    the pass, ``"cpu"`` (libavcodec) or ``"nvdec"`` (the GPU's decoder, :mod:`pipeline.gpu_video`);
+    the pass, ``"cpu"`` (libavcodec) or ``"nvdec"`` (the GPU's decoder, :mod:`pipeline.decode_gpu`);
     ``note``: why a pass that was to run on the GPU's decoder did not.
     """
 
@@ -94,7 +94,7 @@ def open_container(
     source: str, fs: pafs.FileSystem | None = None, hwaccel: av.codec.hwaccel.HWAccel | None = None
 ) -> av.container.InputContainer:
     """Open ``source`` (local path, or a path on ``fs``) for demuxing; ``hwaccel`` decodes on a
-    hardware device (:mod:`pipeline.gpu_video`).
+    hardware device (:mod:`pipeline.decode_gpu`).
 
     Raises:
         ProbeError: the file cannot be opened or holds no video stream.
@@ -158,7 +158,7 @@ def grid_rate(stream: av.video.stream.VideoStream) -> float:
     return min(rates) if rates else 0.0
 
 
-def _quarter_turns(frame: av.VideoFrame) -> int:
+def quarter_turns(frame: av.VideoFrame) -> int:
     """Counter-clockwise quarter turns that show ``frame`` upright (its display matrix)."""
     try:
         return round(frame.rotation / 90) % 4
@@ -185,7 +185,7 @@ def probe(source: str, fs: pafs.FileSystem | None = None) -> VideoInfo:
             first = next(container.decode(stream))
         except (av.error.FFmpegError, StopIteration) as err:
             raise ProbeError(f"no decodable frame: {err!r}") from err
-        turns = _quarter_turns(first)
+        turns = quarter_turns(first)
         return VideoInfo(
             duration_s=duration,
             fps=fps,
@@ -201,7 +201,7 @@ def probe(source: str, fs: pafs.FileSystem | None = None) -> VideoInfo:
 
 def _image(frame: av.VideoFrame, width: int | None, height: int | None) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` of ``frame`` shown upright, scaled to ``width × height`` if given."""
-    turns = _quarter_turns(frame)
+    turns = quarter_turns(frame)
     if width is not None and height is not None:
         w, h = (height, width) if turns % 2 else (width, height)  # scale before turning
         image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
@@ -290,7 +290,7 @@ def iter_slots(
     and Matroska). If a seek lands after ``start_frame`` it is retried from further back, at
     last from the start of the file. Frames decoded before ``start_frame`` are not counted in
     ``stats``. ``hwaccel`` decodes on a hardware device (PyAV's ``HWAccel``; the GPU frame
-    source, :mod:`pipeline.gpu_video`): the slots come from the demuxer's timestamps all the same.
+    source, :mod:`pipeline.decode_gpu`): the slots come from the demuxer's timestamps all the same.
     ``decoder`` replaces the stream's own decoder: called with the stream once, it returns the
     function decoding one of its packets (the GPU source's NVDEC decoder opened by name).
     """

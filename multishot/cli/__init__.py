@@ -1,7 +1,11 @@
 """The ``multishot`` command: one sub-command per leg of a sample's journey.
 
-Each part registers its own sub-commands (``register(subparsers)`` in ``<part>/cli.py``), so the
-entry point stays thin and imports heavy libraries only for the command that runs.
+One module per command in this package (``multishot/cli/<command>.py``, each with
+``register(subparsers)``), plus :mod:`multishot.cli.launch` for what ``train``, ``distill`` and
+``generate`` share (``--config`` / ``--set``, torchrun's ranks). The command line is the top
+floor: it imports the libraries (``pipeline``, ``annotate``, ``dataset``, ``model``,
+``trainer``) and the applications (``generate``, ``evaluate``, ``distill``); nothing below
+imports it. Each command imports heavy libraries only when it runs.
 
 Every command reports a bad input the same way, here and nowhere else: one line
 ``multishot COMMAND: PROBLEM`` on stderr and exit code 2, no traceback (``-v`` logs it). A bad
@@ -24,15 +28,15 @@ log = logging.getLogger(__name__)
 
 #: module providing ``register(subparsers)`` for each top-level command
 COMMANDS = {
-    "pipeline": "multishot.pipeline.cli",
-    "shards": "multishot.dataset.cli",
-    "annotate": "multishot.annotate.cli",
-    "precompute": "multishot.trainer.cli",
-    "train": "multishot.trainer.cli",
-    "generate": "multishot.generate.cli",
-    "eval": "multishot.evaluate.cli",
-    "export-lora": "multishot.trainer.cli",
-    "distill": "multishot.distill.cli",
+    "pipeline": "multishot.cli.pipeline",
+    "shards": "multishot.cli.shards",
+    "annotate": "multishot.cli.annotate",
+    "precompute": "multishot.cli.precompute",
+    "train": "multishot.cli.train",
+    "generate": "multishot.cli.generate",
+    "eval": "multishot.cli.eval",
+    "export-lora": "multishot.cli.export_lora",
+    "distill": "multishot.cli.distill",
 }
 
 #: exit status after the reader of stdout went away (128 + SIGPIPE, as a shell tool killed by it)
@@ -110,5 +114,3 @@ def _run(argv: list[str] | None) -> int:
         return USAGE_EXIT
 
 
-if __name__ == "__main__":
-    sys.exit(main())

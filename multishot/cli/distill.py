@@ -1,18 +1,19 @@
 """``multishot distill`` (thin: parse, load the config, hand over to torchrun's ranks).
 
 ``multishot distill --config FILE`` runs torchrun (in this process) with one rank per local GPU
-(one on a CPU-only machine), each rank running :func:`main`, as ``torchrun -m multishot.distill``
-does on a cluster. Bad inputs end as in ``multishot train`` (:mod:`trainer.cli`): one line on
+(one on a CPU-only machine), each rank running :func:`main`, as ``torchrun -m multishot.cli.distill``
+does on a cluster. Bad inputs end as in ``multishot train`` (:mod:`multishot.cli.launch`): one line on
 stderr, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from multishot.config import load_config
 from multishot.errors import UsageError
-from multishot.trainer.cli import _overrides, run_rank, torchrun
+from multishot.cli.launch import add_config_args, overrides, run_rank, torchrun
 
 
 def _distill_config():
@@ -31,31 +32,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "chunk-by-chunk rollouts. FSDP2 over the local GPUs (one rank on CPU); resumes from "
         "the newest checkpoint in run.output_dir; writes student.safetensors and student.json "
         "for `multishot generate --causal --checkpoint`.")
-    p.add_argument("--config", required=True, help="a YAML file of configs/distill/")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set run.max_steps=100 (repeatable)")
+    add_config_args(p, "distill")
     p.add_argument("--nproc", type=int, default=None,
                    help="processes on this machine (default: local GPUs, or 1 on CPU)")
     p.set_defaults(func=_launch)
 
 
 def _launch(args: argparse.Namespace) -> int:
-    load_config(args.config, _distill_config(), _overrides(args.set))  # fail here, not in N ranks
+    load_config(args.config, _distill_config(), overrides(args.set))  # fail here, not in N ranks
     import torch
 
     nproc = args.nproc or max(1, torch.cuda.device_count())
     if nproc < 1:
         raise UsageError("--nproc must be >= 1")
-    return torchrun([f"--nproc-per-node={nproc}", "-m", "multishot.distill", "--config",
+    return torchrun([f"--nproc-per-node={nproc}", "-m", "multishot.cli.distill", "--config",
                      args.config, *[f"--set={s}" for s in args.set]], command="distill")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank: ``python -m multishot.distill --config FILE [--set KEY=VALUE ...]``; returns 0,
+    """One rank: ``python -m multishot.cli.distill --config FILE [--set KEY=VALUE ...]``; returns 0,
     or 2 after a bad input (other errors propagate)."""
     def distill(config) -> None:
         from multishot.distill.trainer import Distiller
 
         Distiller(config).train()
 
-    return run_rank(argv, "python -m multishot.distill", __doc__, _distill_config(), distill, "distill")
+    return run_rank(argv, "python -m multishot.cli.distill", __doc__, _distill_config(), distill, "distill")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

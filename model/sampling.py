@@ -19,15 +19,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm import tqdm
 
+from multishot.config import Section
+from multishot.model.config import WanConfig
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans
+
+if TYPE_CHECKING:
+    from multishot.model.encoders import FrozenEncoders
 
 #: Wan's default negative prompt, ``sample_neg_prompt`` of Wan2.2 ``wan/configs/shared_config.py``
 #: (HoloCine's inference scripts pass the same string as ``scene_negative_prompt``).
@@ -42,11 +47,9 @@ WAN_NEGATIVE_PROMPT = (
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-class SamplingConfig(BaseModel):
+class SamplingConfig(Section):
     """Flow-matching sampling with classifier-free guidance (diffusers schedulers): ``sampling:``
     of ``configs/generate/*.yaml`` and of ``validation:`` in ``configs/train/*.yaml``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     sampler: Literal["euler", "unipc"] = Field("euler", description=(
         "'euler': FlowMatchEulerDiscreteScheduler on HoloCine's sigmas (DiffSynth "
@@ -200,3 +203,46 @@ def sample(experts: Sequence[Expert], noise: torch.Tensor, cond: Conditioning,
         trace.experts.append(expert.name)
         trace.step_seconds.append(time.perf_counter() - start)
     return x, trace
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    """ε ~ N(0, I) of ``shape`` drawn on the CPU in float32 from ``seed`` (the same on every
+    device and rank, as diffusers' ``randn_tensor`` with a CPU generator), then moved."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+
+
+def make_conditioning(encoders: FrozenEncoders, model_config: WanConfig, prompt: str,
+                      num_frames: int, cut_frames: Sequence[int], context: torch.Tensor,
+                      negative: torch.Tensor, latent_hw: tuple[int, int],
+                      window_cross_attention: bool,
+                      device: torch.device) -> tuple[Conditioning, str | None]:
+    """The :class:`Conditioning` of ``prompt`` from its UMT5 states ``context`` ``[L, D]``
+    (``negative`` likewise): the shot layout of ``cut_frames`` (pixel frames where shots 2..
+    start, of ``num_frames``) over latents of ``latent_hw`` and, with
+    ``window_cross_attention``, its caption windows (HoloCine's spans). A prompt whose shot
+    captions do not all fit the text length gets unmasked cross-attention, as HoloCine's
+    inference runs it; the reason is returned beside the conditioning (None when masked), for
+    the caller to log and record.
+    """
+    _, ph, pw = model_config.patch_size
+    layout = ShotLayout.from_cut_frames(num_frames, list(cut_frames),
+                                        (latent_hw[0] // ph) * (latent_hw[1] // pw), device)
+    spans, why = None, None
+    if window_cross_attention:
+        shots = len(layout.shot_starts[0])
+        spans, why = encoders.text_spans([prompt], [shots], model_config.text_len)[0]
+    return Conditioning(context, negative, layout, spans), why
+
+
+@torch.no_grad()
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype) -> np.ndarray:
+    """Normalised latents ``[1, C, F_lat, H_lat, W_lat]`` → ``latents · std + mean`` → Wan VAE
+    decode (diffusers ``AutoencoderKLWan``, tiled when enabled) → ``[F, H, W, 3]`` uint8."""
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    z = latents.float().cpu() * std + mean
+    video = vae.decode(z.to(device, dtype)).sample                       # [1, 3, F, H, W]
+    video = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(1, 2, 3, 0).cpu().numpy()

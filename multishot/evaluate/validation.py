@@ -5,11 +5,16 @@ Every ``validation.every`` steps (and at step 0) the trainer calls :meth:`Valida
     requests (prompt file and/or K held-out samples' captions and cuts)   fixed for the run
       → UMT5 states, ShotLayout, caption windows                          every rank
       → ε from the request's seed (CPU, identical on every rank)
-      → flow-matching CFG sampling, few steps (generate.sampler.sample)   every rank: the FSDP2
+      → flow-matching CFG sampling, few steps (model.sampling.sample)   every rank: the FSDP2
                                                                           all-gathers need all
       → VAE decode, mp4 + JSON (generate.generator)                       rank 0
       → SCA and consistency of each mp4 (multishot.evaluate.Evaluator)       rank 0
       → metrics.json, TensorBoard images and scalars, the cost in the log rank 0
+
+The trainer knows nothing of this module: ``multishot train`` loads
+:class:`ValidatedTrainConfig` (the trainer's config plus ``validation:``) and hands the trainer
+:func:`make_validator`, which the trainer calls once its model and encoders exist
+(:data:`trainer.trainer.ValidationFactory`).
 
 Held-out samples are the first K captioned samples of ``data.shards`` in shard order; the
 trainer excludes their keys from the training stream (:class:`dataset.loader.TrainLoader`).
@@ -27,18 +32,72 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pydantic import Field, model_validator
+
+from multishot.config import Section
 from multishot.dataset.loader import iter_tar, list_shards
 from multishot.dataset.record import SampleRecord, num_latent_frames
-from multishot.generate.generator import (Generated, decode_latents, initial_noise,
-                                          make_conditioning, write_outputs)
-from multishot.generate.sampler import Expert, sample
+from multishot.evaluate.config import EvalConfig
+from multishot.generate.generator import Generated, write_outputs
 from multishot.generate.shots import Request, read_prompts_file, request_from_record
+from multishot.model.sampling import (Expert, SamplingConfig, decode_latents, initial_noise,
+                                      make_conditioning, sample)
+from multishot.trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 #: frames of each validation video shown in TensorBoard
 TENSORBOARD_FRAMES = 8
 
+
+class ValidationConfig(Section):
+    """Sampling fixed prompts during the run (:class:`Validator`); off unless ``every``."""
+
+    every: int = Field(0, ge=0, description="steps between validations; 0 = off")
+    at_start: bool = Field(True, description="with every > 0: also validate at step 0")
+    prompts: str | None = Field(None, description=(
+        "JSON-lines prompt file (the `multishot generate --prompts` format)"))
+    held_out: int = Field(0, ge=0, description=(
+        "K captioned samples of data.shards re-created from their captions and cuts; their keys "
+        "are excluded from training"))
+    num_frames: int | None = Field(None, description="pixel frames, 4k+1; None = data.num_frames")
+    height: int | None = Field(None, gt=0, description="pixels; None = data.height")
+    width: int | None = Field(None, gt=0, description="pixels; None = data.width")
+    seed: int = Field(0, description="noise seed of every prompt without its own")
+    fps: float = Field(16.0, gt=0, description="frame rate of the written mp4s")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10), description=(
+        "sampler, steps (few by default: 10), shift, CFG scale, negative prompt"))
+    metrics: bool = Field(True, description=(
+        "score every video as `multishot eval` does (SCA, consistency) into metrics.json"))
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=(
+        "the cut detector and CLIP / DINOv2 weights of the metrics (metrics without weights are "
+        "reported as skipped)"))
+
+
+class ValidatedTrainConfig(TrainConfig):
+    """``configs/train/*.yaml`` as ``multishot train`` reads it: the trainer's
+    :class:`~trainer.config.TrainConfig` plus the ``validation:`` section."""
+
+    validation: ValidationConfig = ValidationConfig()
+
+    @model_validator(mode="after")
+    def _validation_fits(self) -> ValidatedTrainConfig:
+        if self.model.causal is not None and self.validation.every:
+            raise ValueError("model.causal: validation samples with the bidirectional "
+                             "sampler; set validation.every: 0 and stream the checkpoint "
+                             "with `multishot generate --causal`")
+        return self
+
+
+def make_validator(trainer) -> Validator | None:
+    """The trainer's validation hook (:data:`trainer.trainer.ValidationFactory`): a
+    :class:`Validator` over ``trainer``'s model and encoders when its config is a
+    :class:`ValidatedTrainConfig` with ``validation.every`` set, else None."""
+    validation = getattr(trainer.config, "validation", None)
+    if validation is None or not validation.every:
+        return None
+    return Validator(trainer.config, trainer.model, trainer.model_config, trainer.encoders,
+                     trainer.rank, trainer.device, trainer.metrics.writer)
 
 def held_out_requests(shards: list[str], count: int, num_frames: int, seed: int) -> list[Request]:
     """Requests re-creating the first ``count`` captioned samples of ``shards`` (sorted shard
@@ -69,7 +128,7 @@ class Validator:
     """Fixed validation requests and what sampling them needs, on one rank.
 
     Args:
-        config: the run's :class:`~trainer.config.TrainConfig` (``validation``, ``data``,
+        config: the run's :class:`ValidatedTrainConfig` (``validation``, ``data``,
             ``model``, ``encoders``, ``run.output_dir``).
         model: the DiT being trained (FSDP2-wrapped or not); called under ``no_grad``.
         model_config: its :class:`~model.config.WanConfig`.
@@ -83,7 +142,7 @@ class Validator:
 
     def __init__(self, config, model: torch.nn.Module, model_config, encoders, rank: int,
                  device: torch.device, writer=None):
-        from multishot.trainer.encoders import FrozenEncoders
+        from multishot.model.encoders import FrozenEncoders
 
         v = config.validation
         self.config, self.model, self.model_config = config, model, model_config
@@ -154,9 +213,13 @@ class Validator:
         for request in self.requests:
             t0 = time.perf_counter()
             context = self.encoders.encode_prompts([request.prompt], text_len)[0].to(self.device)
-            cond = make_conditioning(self.encoders, self.model_config, request, context,
-                                     self.negative, self.latent_hw,
-                                     self.config.model.window_cross_attention, self.device)
+            cond, why = make_conditioning(self.encoders, self.model_config, request.prompt,
+                                          request.num_frames, request.cut_frames, context,
+                                          self.negative, self.latent_hw,
+                                          self.config.model.window_cross_attention, self.device)
+            if why is not None:
+                log.warning("%s: unmasked cross-attention: %s", request.name, why)
+                request.extra["unmasked_cross_attention"] = why
             shape = (1, self.model_config.in_channels, num_latent_frames(request.num_frames),
                      *self.latent_hw)
             latents, trace = sample([expert], initial_noise(shape, request.seed, self.device),

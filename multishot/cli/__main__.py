@@ -1,0 +1,7 @@
+"""``python -m multishot.cli``: the ``multishot`` command."""
+
+import sys
+
+from multishot.cli import main
+
+sys.exit(main())
