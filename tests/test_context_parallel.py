@@ -32,7 +32,7 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_forward_and_gradients_equal_single_process(ranks, tmp_path):
     out = tmp_path / "errors.json"
-    result = torchrun(ranks, str(REPO / "tests" / "context_parallel_worker.py"), str(out))
+    result = torchrun(ranks, str(REPO / "tests" / "helpers" / "context_parallel_worker.py"), str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     cases = json.loads(out.read_text())
     assert len(cases) == 7
