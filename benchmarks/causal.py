@@ -10,7 +10,7 @@ weights at the real shapes.
   trainer counts it (:func:`trainer.metrics.teacher_forcing_step_flops`: the four quadrants'
   query-key pairs, CAMR's routed frames, recompute not counted; peak ``--peak-tflops``), peak
   memory. One 80 GB GPU does not hold a full 5B fine-tune's AdamW state (benchmarks/results/
-  train.md), so ``--lora-rank`` (default 32) or ``--cpu-offload``; ``--lora-rank 0`` for a full
+  train/train.md), so ``--lora-rank`` (default 32) or ``--cpu-offload``; ``--lora-rank 0`` for a full
   fine-tune on a larger GPU.
 * ``stream``: :class:`generate.stream.ChunkStreamer` (the loop of ``multishot generate
   --causal``) with the 5B DiT in bf16 and a random Wan2.2 VAE (the Wan2.2-TI2V-5B-Diffusers
@@ -25,8 +25,8 @@ CausalCine's own figure for comparison: 16 FPS for its 14B model on 8 H200 **aft
 distillation to 4 steps (issue [E2]); this benchmark runs the undistilled base at the full
 step count on one GPU.
 
-    python benchmarks/causal.py --part train --out benchmarks/results/causal_h100.json
-    python benchmarks/causal.py --part stream --chunks 8 --out benchmarks/results/causal_h100.json
+    python benchmarks/causal.py --part train --out benchmarks/results/causal/causal_h100.json
+    python benchmarks/causal.py --part stream --chunks 8 --out benchmarks/results/causal/causal_h100.json
     python benchmarks/causal.py --tiny --out /tmp/causal_tiny.json                    # CPU check
 
 Each part updates its own key in ``--out`` (so two device calls fill one file) and rewrites the

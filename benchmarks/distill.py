@@ -21,9 +21,9 @@
   numbers say nothing about a trained model (random DiTs draw noise-like videos, whose
   "cuts" TransNetV2 finds anywhere or nowhere).
 
-    python benchmarks/distill.py --part stream --no-graphs --out benchmarks/results/distill_h100.json
-    python benchmarks/distill.py --part stream --compile --check-graphs 8 --out benchmarks/results/distill_h100.json
-    python benchmarks/distill.py --part sca --out benchmarks/results/distill_h100.json   # CPU
+    python benchmarks/distill.py --part stream --no-graphs --out benchmarks/results/distill/distill_h100.json
+    python benchmarks/distill.py --part stream --compile --check-graphs 8 --out benchmarks/results/distill/distill_h100.json
+    python benchmarks/distill.py --part sca --out benchmarks/results/distill/distill_h100.json   # CPU
     python benchmarks/distill.py --part stream --tiny --out /tmp/distill_tiny.json      # CPU check
     python benchmarks/distill.py --part stream --profile --out /tmp/distill_profile.json
 

@@ -16,7 +16,7 @@ compilation), peak GPU memory, and a whole sample estimated as 50 steps × the s
 measured tiled VAE decode of the final latents. Weights are random, so the video is noise; the
 times are those of real weights (no data-dependent work).
 
-    python benchmarks/generate.py --out benchmarks/results/generate_h100.json      # GPU
+    python benchmarks/generate.py --out benchmarks/results/generate/generate_h100.json      # GPU
     python benchmarks/generate.py --tiny --out /tmp/generate_tiny.json              # CPU check
 
 Targets (issue 10): a 15 s 5B sample (50 steps with CFG plus VAE decode) in <= 60 s on one

@@ -2,7 +2,7 @@
 
 Runs the pipeline (``configs/pipeline/demo.yaml`` unless ``--config``; no aesthetic weights, no
 Gemini) into a fresh temporary folder and writes a JSON (default
-``benchmarks/results/pipeline.json``):
+``benchmarks/results/pipeline/pipeline.json``):
 
 * ``wall_s`` / ``realtime_factor``: end to end, Ray start-up and the index included (source
   seconds per wall second); meaningless on a machine shared with other work;
