@@ -1,4 +1,4 @@
-"""Ulysses context parallelism (trainer/context_parallel.py) on CPU: a small DiT split over 2
+"""Ulysses context parallelism (model/context_parallel.py) on CPU: a small DiT split over 2
 and 4 gloo processes (torchrun on loopback) gives the single-process forward output and
 parameter gradients, for sparse and full self-attention, uneven shots cut inside a rank's slice,
 and sequences that need padding; plus the sharding arithmetic and the heads check."""
