@@ -15,7 +15,7 @@
    from its FLOPs at the dense throughput measured on case (a) with the same heads, and the
    row says so.
 
-Writes ``attention.json`` and ``attention.md`` into ``--out`` (default benchmarks/results).
+Writes ``attention.json`` and ``attention.md`` into ``--out`` (default benchmarks/results/attention).
 Needs CUDA. Usage: ``python benchmarks/attention.py [--cases a,b] [--heads 24,40]``.
 """
 
@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-
 
 from multishot.model.attention import (BACKENDS, dense_attention, flex_block_mask,  # noqa: E402
                              sparse_self_attention, varlen_implementation)
@@ -38,6 +36,8 @@ from multishot.model.config import WanConfig  # noqa: E402
 from multishot.model.dit import WanModel  # noqa: E402
 from multishot.model.flops import ATTENTION_BACKWARD_RATIO, attention_flops  # noqa: E402
 from multishot.model.layout import ShotLayout, enforce_4t_plus_1  # noqa: E402
+
+from harness import cuda_ms, device_name, rel_err, results_dir, write_report
 
 TOKENS_PER_FRAME = 30 * 52  # 480×832, VAE stride 8, patch 2
 HEAD_DIM = 128
@@ -48,25 +48,6 @@ SPARSE_BACKENDS = [b for b in BACKENDS if b != "reference"]
 def even_cuts(num_frames: int, num_shots: int) -> list[int]:
     """Pixel-frame cuts splitting ``num_frames`` into ``num_shots`` near-equal shots (4t+1)."""
     return [enforce_4t_plus_1(round(i * (num_frames - 1) / num_shots)) for i in range(1, num_shots)]
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((a.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
-def cuda_ms(fn, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn()`` over ``iters`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def check_agreement(device: torch.device, backends: list[str]) -> dict:
@@ -247,19 +228,17 @@ def main() -> None:
     parser.add_argument("--dense-max-tokens", type=int, default=100_000,
                         help="measure dense attention only up to this many tokens")
     parser.add_argument("--skip-check", action="store_true", help="skip the agreement check")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(results_dir("attention")))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/attention.py needs a CUDA GPU")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    results = {"device": device_name(), "torch": torch.__version__,
                "cudnn": torch.backends.cudnn.version(), "varlen": varlen_implementation(),
                "python": platform.python_version(), "agreement": {}, "rows": []}
 
     def save():
-        (out / "attention.json").write_text(json.dumps(results, indent=1))
-        (out / "attention.md").write_text(markdown(results))
+        write_report(out / "attention.json", results, markdown)
 
     if not args.skip_check:
         results["agreement"] = check_agreement(torch.device("cuda"), args.backends.split(","))

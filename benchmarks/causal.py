@@ -10,7 +10,7 @@ weights at the real shapes.
   trainer counts it (:func:`trainer.metrics.teacher_forcing_step_flops`: the four quadrants'
   query-key pairs, CAMR's routed frames, recompute not counted; peak ``--peak-tflops``), peak
   memory. One 80 GB GPU does not hold a full 5B fine-tune's AdamW state (benchmarks/results/
-  train.md), so ``--lora-rank`` (default 32) or ``--cpu-offload``; ``--lora-rank 0`` for a full
+  train/train.md), so ``--lora-rank`` (default 32) or ``--cpu-offload``; ``--lora-rank 0`` for a full
   fine-tune on a larger GPU.
 * ``stream``: :class:`generate.stream.ChunkStreamer` (the loop of ``multishot generate
   --causal``) with the 5B DiT in bf16 and a random Wan2.2 VAE (the Wan2.2-TI2V-5B-Diffusers
@@ -25,8 +25,8 @@ CausalCine's own figure for comparison: 16 FPS for its 14B model on 8 H200 **aft
 distillation to 4 steps (issue [E2]); this benchmark runs the undistilled base at the full
 step count on one GPU.
 
-    python benchmarks/causal.py --part train --out benchmarks/results/causal_h100.json
-    python benchmarks/causal.py --part stream --chunks 8 --out benchmarks/results/causal_h100.json
+    python benchmarks/causal.py --part train --out benchmarks/results/causal/causal_h100.json
+    python benchmarks/causal.py --part stream --chunks 8 --out benchmarks/results/causal/causal_h100.json
     python benchmarks/causal.py --tiny --out /tmp/causal_tiny.json                    # CPU check
 
 Each part updates its own key in ``--out`` (so two device calls fill one file) and rewrites the
@@ -38,13 +38,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from harness import device_name, sync, write_report
 
 #: CausalCine's reported speed (paper, abstract and §4): 14B, 4 steps after DMD, 8 H200
 CAUSALCINE_REFERENCE = {"model": "14B (CausalCine)", "steps": 4, "gpus": "8 × H200",
@@ -56,15 +57,6 @@ VAE_5B = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in
               latents_std=[1.0] * 48)
 VAE_TINY = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
                 latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
 
 
 def run_train(args: argparse.Namespace, causal: dict, compiled: bool) -> dict:
@@ -310,9 +302,7 @@ def main() -> None:
         report[part] = run(args, causal, compiled)
         print(json.dumps({k: v for k, v in report[part].items()
                           if k not in ("step_times_s", "chunk_seconds")}), flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1))
-        out.with_suffix(".md").write_text(markdown(report))
+        write_report(out, report, markdown)
 
 
 if __name__ == "__main__":

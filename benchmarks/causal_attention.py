@@ -16,16 +16,14 @@ how fast is teacher forcing and a streamed chunk at the Wan2.2-5B shape?
    CUDA events, the median of ``--iters`` runs after warm-up; CAMR's routing and the masks are
    inside the timing (they are per layer and data-dependent).
 
-Writes ``causal_attention.json`` and ``.md`` into ``--out`` (default benchmarks/results).
+Writes ``causal_attention.json`` and ``.md`` into ``--out`` (default benchmarks/results/causal_attention).
 Needs CUDA. Usage: ``python benchmarks/causal_attention.py [--iters 10]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
 from pathlib import Path
 
 import torch
@@ -37,29 +35,12 @@ from multishot.model.config import WanConfig
 from multishot.model.dit import WanModel
 from multishot.model.flops import ATTENTION_BACKWARD_RATIO, attention_flops
 
+from harness import cuda_ms, device_name, rel_err, results_dir, write_report
+
 F_LAT, TOKENS_PER_FRAME, HEADS, HEAD_DIM = 61, 15 * 26, 24, 128
 CONFIGS = {"off": CausalConfig(routed_frames=0),
            "camr": CausalConfig(local_window_chunks=2, routed_frames=6)}
 BACKENDS = ("sdpa", "flex")
-
-
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((a.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
-def cuda_ms(fn, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn()`` over ``iters`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def attention_agreement(device: torch.device) -> dict:
@@ -200,7 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(results_dir("causal_attention")))
     parser.add_argument("--name", default="causal_attention")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -209,15 +190,12 @@ def main() -> None:
     agreement = {**attention_agreement(device), **rollout_agreement(device)}
     for key, row in agreement.items():
         print(key, row, flush=True)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    report = {"device": device_name(), "torch": torch.__version__,
               "python": platform.python_version(),
               "shape": (f"5B shape: {F_LAT} latent frames × {TOKENS_PER_FRAME} tokens, "
                         f"{HEADS} heads × {HEAD_DIM}, chunks of 3 (first chunk 1 frame)"),
               "agreement": agreement, "speed": speed(device, args.warmup, args.iters)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1))
-    (out / f"{args.name}.md").write_text(markdown(report))
+    write_report(Path(args.out) / f"{args.name}.json", report, markdown)
     print(markdown(report))
 
 

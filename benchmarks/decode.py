@@ -7,7 +7,7 @@ same pixels on every machine. This measures a whole decode pass over each real f
 ``thread_count=1``, runs interleaved, median of ``--runs``. It also checks which setting gives
 the same pixels twice over the damaged ``corrupt_zeroed_middle_bbb.mp4`` at 1 and all CPUs.
 
-Writes ``decode.json`` and ``decode.md`` into ``--out`` (default benchmarks/results).
+Writes ``decode.json`` and ``decode.md`` into ``--out`` (default benchmarks/results/decode).
 Usage: ``python benchmarks/decode.py [--runs 5]``.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import av
+
+from harness import results_dir, write_report
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 FILES = ["archive/bbb_first60s_360p.mp4", "archive/sintel_trailer_480p.mp4"]
@@ -55,7 +56,7 @@ def decode(path: Path, threaded: bool, hash_from: int | None = None) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=results_dir("decode"))
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     rows = []
@@ -87,8 +88,6 @@ def main() -> None:
             av.ffmpeg_version_info, tuple) else str(av.ffmpeg_version_info),
         "runs": args.runs, "passes": rows, "damaged_file_same_pixels_at_1_and_all_cpus": same,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "decode.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# Decode pass: frame threads vs one thread", "",
         f"Device: {result['device']}; PyAV {result['pyav']}, FFmpeg {result['ffmpeg']}; median of {args.runs} runs.", "",
@@ -102,7 +101,7 @@ def main() -> None:
         "on idle cores one video's pass takes up to (cores)x longer, while the pipeline keeps the",
         "cores busy by decoding several videos side by side (detect, analyse and render actors).", "",
     ]
-    (args.out / "decode.md").write_text("\n".join(lines))
+    write_report(args.out / "decode.json", result, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -21,9 +21,9 @@
   numbers say nothing about a trained model (random DiTs draw noise-like videos, whose
   "cuts" TransNetV2 finds anywhere or nowhere).
 
-    python benchmarks/distill.py --part stream --no-graphs --out benchmarks/results/distill_h100.json
-    python benchmarks/distill.py --part stream --compile --check-graphs 8 --out benchmarks/results/distill_h100.json
-    python benchmarks/distill.py --part sca --out benchmarks/results/distill_h100.json   # CPU
+    python benchmarks/distill.py --part stream --no-graphs --out benchmarks/results/distill/distill_h100.json
+    python benchmarks/distill.py --part stream --compile --check-graphs 8 --out benchmarks/results/distill/distill_h100.json
+    python benchmarks/distill.py --part sca --out benchmarks/results/distill/distill_h100.json   # CPU
     python benchmarks/distill.py --part stream --tiny --out /tmp/distill_tiny.json      # CPU check
     python benchmarks/distill.py --part stream --profile --out /tmp/distill_profile.json
 
@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from harness import device_name, sync, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_causal", REPO / "benchmarks/causal.py")
@@ -97,7 +99,7 @@ def run_stream(args: argparse.Namespace, causal_dict: dict) -> dict:
     for _ in range(args.warmup):  # kernels, cuDNN plans, allocator: not the stream's own cost
         for _chunk in streamer.stream(schedule, seed=1, max_chunks=3):
             pass
-    causal_bench.sync(device)
+    sync(device)
     calls_before = streamer.model_calls
     started = time.perf_counter()
     first_frame_s = None
@@ -116,7 +118,7 @@ def run_stream(args: argparse.Namespace, causal_dict: dict) -> dict:
     frames_per_chunk = 4 * causal.chunk_latent_frames
     stride = 8 if args.model == "tiny" else 16
     return {
-        "device": causal_bench.device_name(device), "torch": torch.__version__,
+        "device": device_name(device), "torch": torch.__version__,
         "model": args.model, "weights": "random", "dtype": str(dtype).removeprefix("torch."),
         "height_width": [stride * h for h in args.latent_hw], "causal": causal_dict,
         "compiled": args.compile, "cuda_graphs": streamer.graphed.enabled,
@@ -164,10 +166,10 @@ def profile_chunk(streamer, schedule, device: torch.device, rows: int = 15) -> s
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     stream = streamer.stream(schedule, seed=2, max_chunks=5)
     next(stream), next(stream)  # chunk 0; chunk 1 (chunk 2 denoised, its decode running)
-    causal_bench.sync(device)
+    sync(device)
     with profile(activities=activities) as prof:
         next(stream)
-        causal_bench.sync(device)
+        sync(device)
     stream.close()
     averages = prof.key_averages()
     tables = []
@@ -221,7 +223,7 @@ def run_sca(args: argparse.Namespace) -> dict:
     (work / "schedule.txt").write_text(
         '{"global_caption": "a scene."}\n{"caption": "a rabbit", "chunks": 4}\n'
         '{"caption": "Trees", "chunks": 4}\n')
-    result = {"weights": "random (tiny DiT, VAE, UMT5)", "device": "cpu",
+    result = {"weights": "random (tiny DiT, VAE, UMT5)", "device": device_name("cpu"),
               "note": "random weights: the SCA values check the path, they do not rate a model"}
     for name, extra in (("base", []), ("student", ["--checkpoint",
                                                    str(work / "student/student.safetensors")])):
@@ -329,11 +331,10 @@ def main() -> None:
         result = report["sca"] = run_sca(args)
     print(json.dumps({k: v for k, v in result.items() if k not in ("chunk_seconds", "profile")}),
           flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if result.get("profile"):
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".profile.txt").write_text(result.pop("profile") + "\n")
-    out.write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(markdown(report))
+    write_report(out, report, markdown)
 
 
 if __name__ == "__main__":

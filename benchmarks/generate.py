@@ -16,8 +16,8 @@ compilation), peak GPU memory, and a whole sample estimated as 50 steps × the s
 measured tiled VAE decode of the final latents. Weights are random, so the video is noise; the
 times are those of real weights (no data-dependent work).
 
-    python benchmarks/generate.py --out benchmarks/results/generate_h100.json      # GPU
-    python benchmarks/generate.py --tiny --out /tmp/generate_tiny.json              # CPU check
+    python benchmarks/generate.py --out benchmarks/results/generate/generate_h100.json      # GPU
+    python benchmarks/generate.py --tiny       # CPU check: benchmarks/results/generate/generate_tiny.json
 
 Targets (issue 10): a 15 s 5B sample (50 steps with CFG plus VAE decode) in <= 60 s on one
 H100; sparse >= 1.9x faster than dense per step at 14B. JSON and a markdown table go to
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from multishot.model.config import WanConfig, get_config
 from multishot.model.dit import WanModel
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans
+
+from harness import device_name, results_dir, sync, write_report
 
 CUTS, FRAMES = [37, 73, 113, 169, 205], 241
 #: (latent shape [C, F_lat, H_lat, W_lat], VAE config) per benchmarked model
@@ -94,12 +95,10 @@ def vae_decode_seconds(vae_config: dict, latent_shape: tuple, device: torch.devi
     vae.enable_tiling()
     z = torch.randn(1, *latent_shape, device=device, dtype=dtype)
     with torch.no_grad():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         start = time.perf_counter()
         vae.decode(z)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
     del vae
     return time.perf_counter() - start
 
@@ -186,7 +185,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed CFG steps")
     parser.add_argument("--tiny", action="store_true",
                         help="the tiny model on CPU in float32 (checks that the script works)")
-    parser.add_argument("--out", required=True, help="JSON results; the markdown goes beside it")
+    parser.add_argument("--out", default=None, help="JSON results; the markdown goes beside it (default: "
+                        "benchmarks/results/generate/generate.json, with --tiny generate_tiny.json)")
     args = parser.parse_args()
 
     if args.tiny:
@@ -212,17 +212,14 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in r.items() if k != "step_s_all"}), flush=True)
                 cases.append(r)
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()})",
+        "device": device_name(device),
         "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
         "warmup_steps": args.warmup, "timed_steps": args.steps, "vae_decode_s": decode,
         "cases": cases,
     }
     report["targets"] = targets(cases)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(markdown(report))
+    out = Path(args.out or results_dir("generate") / ("generate_tiny.json" if args.tiny else "generate.json"))
+    write_report(out, report, markdown)
     print(markdown(report))
 
 

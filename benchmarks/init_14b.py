@@ -33,6 +33,8 @@ from multishot.model.checkpoint import load_into, load_state_dict_file, save_saf
 from multishot.model.config import get_config
 from multishot.model.dit import WanModel
 
+from harness import device_name, sync
+
 #: shard size of the written checkpoint (Wan2.1 T2V-14B ships six files of up to ~10 GB)
 SHARD_BYTES = 5 * 10**9
 
@@ -73,7 +75,7 @@ def main() -> None:
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    result: dict = {"way": args.way, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+    result: dict = {"way": args.way, "device": device_name(device),
                     "ranks": dist.get_world_size(), "torch": torch.__version__, "model": args.model}
     try:
         if args.way == "sharded":
@@ -95,8 +97,7 @@ def main() -> None:
             report = load_into(model, load_state_dict_file(args.checkpoint, device=str(device)))
             assert report.ok, report
             apply_fsdp(model, mixed_precision=cuda)
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync(device)
         result["ok"] = True
     except torch.OutOfMemoryError as err:
         result.update(ok=False, error=str(err).splitlines()[0])

@@ -2,7 +2,7 @@
 
 Runs the pipeline (``configs/pipeline/demo.yaml`` unless ``--config``; no aesthetic weights, no
 Gemini) into a fresh temporary folder and writes a JSON (default
-``benchmarks/results/pipeline.json``):
+``benchmarks/results/pipeline/pipeline.json``):
 
 * ``wall_s`` / ``realtime_factor``: end to end, Ray start-up and the index included (source
   seconds per wall second); meaningless on a machine shared with other work;
@@ -19,8 +19,9 @@ joined until it lasts ``MINUTES`` (PyAV, x264 ultrafast, in the temporary folder
 for peak memory per actor against the video's length.
 
 ``--detectors`` measures the detector choices instead: F1 at ±2 frames on the synthetic edit
-(``tests/synthetic_edit.py``) and CPU milliseconds per frame, for TransNetV2 with 100-, 200- and
-400-frame windows and PySceneDetect's content detector.
+(``tests/helpers/synthetic_edit.py``, loaded by :func:`harness.test_helper`) and CPU
+milliseconds per frame, for TransNetV2 with 100-, 200- and 400-frame windows and
+PySceneDetect's content detector.
 
 ``--runtimes`` measures TransNetV2's runtimes on one thread (as in a scanning actor): the
 library's model in fp32 and under bf16 autocast, the fused model (:mod:`pipeline.transnet`) in
@@ -37,32 +38,22 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the footage helpers: long inputs, the synthetic edit
+from harness import REPO, device_name, results_dir, test_helper, write_report
 
 
 def _machine() -> dict:
-    info = {"cpus": os.cpu_count() or 1, "platform": platform.platform(), "python": platform.python_version(),
-            "load_avg_1min_at_start": os.getloadavg()[0]}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+    info = {"device": device_name(), "cpus": os.cpu_count() or 1, "platform": platform.platform(),
+            "python": platform.python_version(), "load_avg_1min_at_start": os.getloadavg()[0]}
     return info
 
 
 def long_input(folder: Path, minutes: float) -> Path:
     """The bundled footage upscaled to 1080p and joined until it lasts ``minutes``; its path."""
-    from footage_clips import join_clips
-
+    join_clips = test_helper("footage_clips").join_clips
     films = [("bbb_first60s_360p.mp4", 0.0, 60.0), ("sintel_trailer_480p.mp4", 0.0, 52.0),
              ("tos_excerpt_64s_512x120_fmp4.mp4", 0.0, 64.0), ("sintel_film_excerpt_26s.mp4", 0.0, 26.0)]
     parts, total = [], 0.0
@@ -133,14 +124,13 @@ def detectors() -> dict:
     """F1 on the synthetic edit and CPU ms per frame of each detector choice."""
     import numpy as np
     import torch
-    from synthetic_edit import build
 
     from multishot.pipeline.config import DetectConfig
     from multishot.pipeline.detect import TransNetV2Detector, make_detector, shots_from_predictions
     from multishot.pipeline.decode import iter_frames
 
     with tempfile.TemporaryDirectory() as tmp:
-        edit = build(Path(tmp))
+        edit = test_helper("synthetic_edit").build(Path(tmp))
         frames = np.stack([f for _, f in iter_frames(str(edit.path), fps=24.0, width=48, height=27)])
     truth = edit.boundaries
     # the same frames 8 times over: long enough for a steady per-frame cost
@@ -169,7 +159,7 @@ def detectors() -> dict:
                      "cpu_ms_per_frame": cpu_ms, "passes_per_frame": (config.window / (config.window - 50))
                      if isinstance(detector, TransNetV2Detector) else 1.0}
         print(name, out[name], flush=True)
-    return {"machine": _machine(), "fixture": "tests/synthetic_edit.py (4 hard cuts, 1 dissolve, 290 frames)",
+    return {"machine": _machine(), "fixture": "tests/helpers/synthetic_edit.py (4 hard cuts, 1 dissolve, 290 frames)",
             "torch_threads": torch.get_num_threads(), "detectors": out}
 
 
@@ -273,11 +263,10 @@ def main() -> None:
     parser.add_argument("--segment-s", type=float, default=0.0, help="override detect.segment_s")
     parser.add_argument("--detectors", action="store_true", help="measure the detector choices instead")
     parser.add_argument("--runtimes", action="store_true", help="measure TransNetV2's runtimes instead")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline.json"))
+    parser.add_argument("--out", default=str(results_dir("pipeline") / "pipeline.json"))
     args = parser.parse_args()
     result = detectors() if args.detectors else runtimes() if args.runtimes else run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_report(args.out, result)
     print(json.dumps(result, indent=1))
 
 

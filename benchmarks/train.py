@@ -48,14 +48,11 @@ from multishot.trainer.config import TrainConfig
 from multishot.trainer.metrics import peak_memory_gib, step_flops
 from multishot.trainer.trainer import Trainer
 
+from harness import device_name, sync, write_report
+
 CUTS_241 = [37, 73, 113, 169, 205]
 #: latent height × width per model at 480×832 (Wan2.2 VAE: /16 for 5B; Wan2.1 VAE: /8)
 LATENT_HW = {"5B": (30, 52), "14B": (60, 104), "1.3B": (60, 104), "tiny": (4, 4)}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -135,7 +132,7 @@ def main() -> None:
     flops = step_flops(mc, layout, args.attention == "sparse") / args.context
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)  # DTensor: global
     result = {
-        "device": torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu",
+        "device": device_name(trainer.device),
         "gpus": trainer.world_size, "torch": torch.__version__,
         "model": args.model, "attention": args.attention,
         "backend": args.backend if args.attention == "sparse" else "dense sdpa",
@@ -156,7 +153,7 @@ def main() -> None:
     }
     if trainer.rank == 0:
         out = Path(args.out)
-        out.write_text(json.dumps(result, indent=1))
+        write_report(out, result)
         if args.profile:
             profiler.export_chrome_trace(str(out.with_suffix(".trace.json")))
             sort = "cuda_time_total" if trainer.device.type == "cuda" else "cpu_time_total"

@@ -27,7 +27,7 @@ class DiTConfig(Section):
     name: ModelName = Field(description="architecture (model.config.get_config)")
     attention_backend: Literal["reference", "varlen", "sdpa", "flex"] = Field("sdpa", description=(
         "sparse self-attention kernel (model.attention); 'sdpa' (per-shot cuDNN) is the fastest on "
-        "Hopper (benchmarks/results/attention.md)"))
+        "Hopper (benchmarks/results/attention/attention.md)"))
     sparse_self_attention: bool = Field(True, description=(
         "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
     window_cross_attention: bool = Field(True, description=(

@@ -10,7 +10,7 @@ paths in the config: nothing is downloaded.
 On a GPU the CLIP image tower runs under fp16 autocast, as the predictor's own reference
 computes its embeddings (``simple_inference.py`` loads ``clip.load("ViT-L/14", device="cuda")``,
 and OpenAI's ``clip.load`` keeps the model in fp16 on CUDA); in fp32 it was the largest GPU cost
-of a scan (``benchmarks/results/pipeline_gpu_h100.md``). On the CPU it runs in fp32.
+of a scan (``benchmarks/results/pipeline_gpu/pipeline_gpu_h100.md``). On the CPU it runs in fp32.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class DetectConfig(_Section):
     )
     sessions: int = Field(
         1, ge=1, description="segments a scanning actor scans at once, in threads sharing its models; on "
-        "a GPU each thread is its own NVDEC session (benchmarks/results/pipeline_gpu_h100.md); "
+        "a GPU each thread is its own NVDEC session (benchmarks/results/pipeline_gpu/pipeline_gpu_h100.md); "
         "placement: not in the samples hash"
     )
     ocr_threads: int = Field(
@@ -98,7 +98,7 @@ class DetectConfig(_Section):
     # resources of the scanning actors (decode + TransNetV2 + candidate scoring of one segment at
     # a time). An actor holds TransNetV2, the OCR engine, a batch of windows' activations and one
     # segment's 48x27 frames and JPEG candidates: peak RSS 1.4-1.7 GiB measured, not growing
-    # with the video's length (benchmarks/results/pipeline.md); told to Ray so it does not
+    # with the video's length (benchmarks/results/pipeline/pipeline.md); told to Ray so it does not
     # over-pack actors on small nodes
     resources: Resources = Resources(actors=1, cpus=1.0, memory_gib=2.0)
 
@@ -225,7 +225,7 @@ class RenderConfig(_Section):
     # superfast at crf 20 against veryfast at crf 18, on 480 frames of the bundled footage (one
     # thread, the 2-core machine): 4.6 against 7.9 ms a frame, PSNR-Y to the unencoded frames
     # 45.6 against 45.2 dB, 38% more bytes; and the same bytes on every run, which veryfast's
-    # macroblock tree did not give (benchmarks/results/pipeline.md)
+    # macroblock tree did not give (benchmarks/results/pipeline/pipeline.md)
     crf: int = Field(20, ge=0, le=51, description="x264 constant rate factor")
     preset: str = Field("superfast", description="x264 preset; presets with the macroblock tree "
                         "(veryfast and slower) encode the same frames to different bytes from run to run")

@@ -9,7 +9,7 @@ Two detectors, chosen by ``detect.backend`` in the pipeline config:
   with 25 frames of context each side at stride 50, so every frame goes through the network
   twice; here the window is ``detect.window`` frames (default 200) with the same 25 frames of
   context, stride ``window - 50``: each frame goes through ``window / (window - 50)`` times
-  (1.33 at 200). The F1 on the synthetic edit is the same (``benchmarks/results/pipeline.md``).
+  (1.33 at 200). The F1 on the synthetic edit is the same (``benchmarks/results/pipeline/pipeline.md``).
   On the CPU the loaded network is rewritten once for inference (batch norm folded, bf16
   channels-last convolutions: :mod:`pipeline.transnet`), 40% less CPU than the library's model
   under autocast; on a GPU the library's model runs under autocast.

@@ -3,7 +3,7 @@
 rapidocr runs its detector and recogniser with onnxruntime on the CPU; onnxruntime's CUDA
 build is a separate, CUDA-version-bound package. On a GPU node the OCR of a scan's picked
 frames was the bulk of its CPU work (the text detector alone ~80 ms per 640x360 frame on one
-core; ``benchmarks/results/pipeline_gpu_h100.md``). Here the same ONNX files rapidocr loads are
+core; ``benchmarks/results/pipeline_gpu/pipeline_gpu_h100.md``). Here the same ONNX files rapidocr loads are
 converted by ``onnx2torch`` and run on the actor's GPU with the PyTorch already there, in place
 of rapidocr's inference sessions: its pre- and post-processing (resizing, DB box extraction,
 CTC decoding) stay as they are, so the boxes and texts are rapidocr's.

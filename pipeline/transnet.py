@@ -115,7 +115,7 @@ def fuse(model: nn.Module, bf16: bool) -> FusedTransNetV2:
 class AutocastTransNetV2(nn.Module):
     """The library's model as it is, under bf16 autocast when ``bf16``; ``forward`` as
     :class:`FusedTransNetV2`'s. The GPU path: there TransNetV2 is not the bottleneck (60,000+
-    frames/s on one H100, ``benchmarks/results/pipeline_gpu_h100.md``) and the fused model has
+    frames/s on one H100, ``benchmarks/results/pipeline_gpu/pipeline_gpu_h100.md``) and the fused model has
     not been measured."""
 
     def __init__(self, model: nn.Module, bf16: bool):

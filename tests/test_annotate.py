@@ -42,7 +42,8 @@ WIDTH, HEIGHT = 416, 240
 
 
 def _load_server_module():
-    spec = importlib.util.spec_from_file_location("gemini_server", Path(__file__).with_name("gemini_server.py"))
+    path = Path(__file__).parent / "helpers" / "gemini_server.py"
+    spec = importlib.util.spec_from_file_location("gemini_server", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["gemini_server"] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)

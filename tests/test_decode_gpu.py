@@ -13,8 +13,9 @@
 * The fallback: a GPU asked for on a machine without CUDA scans on the CPU, says so once in the
   log and records it in the segment's decode record.
 
-Not testable without a GPU (``benchmarks/pipeline_gpu.py`` checks them on one): NVDEC's own
-frames and scaler, DLPack views of CUDA surfaces, stream ordering between FFmpeg and PyTorch.
+Not testable without a GPU (``tests/test_decode_gpu_frames.py`` and ``benchmarks/pipeline_gpu.py``
+check them on one): NVDEC's own frames and scaler, DLPack views of CUDA surfaces, stream
+ordering between FFmpeg and PyTorch.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Decoding and rendering under odd input: rotation, cover streams, variable frame rate,
 damage, reproducibility, far aspect ratios (issue [H] items 2, 3, 4, 5, 8, 14).
 
-Every file is made at test time from the real footage (tests/odd_inputs.py) or is one of the
+Every file is made at test time from the real footage (tests/helpers/odd_inputs.py) or is one of the
 damaged files of ../shared/footage/bad.
 """
 

@@ -101,7 +101,7 @@ def test_selective_checkpointing_gives_the_gradients_of_none(lora):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
-# whole-block recompute of compiled full fine-tunes is tests/test_train_compile.py's
+# whole-block recompute of compiled full fine-tunes is tests/test_model_compile.py's
 @pytest.mark.parametrize(("policy", "lora"), [("selective", False), ("full", True)],
                          ids=["selective", "lora-full"])
 def test_compiled_checkpointed_blocks_give_the_eager_gradients(policy, lora):

@@ -3,7 +3,7 @@ launching its kernels one by one from Python.
 
 A 4-step student streams a chunk in five DiT calls (four denoising steps and the clean pass),
 each a few thousand small kernels: at the 5B shape on one H100 a call took about as long to
-launch from Python as to run (``benchmarks/results/distill_h100.md``). Once the stream is in its
+launch from Python as to run (``benchmarks/results/distill/distill_h100.md``). Once the stream is in its
 steady state every denoising call of every chunk has the same shapes: the chunk's latents, the
 local window's frames, CAMR's routed frames, the cache's storage (:class:`model.causal.LayerKV`
 keeps its address until it grows). What changes between them is data: the latents, the

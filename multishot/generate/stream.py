@@ -104,7 +104,7 @@ class ChunkStreamer:
             because on one H100 (5B, 4 steps) it gained little: with CUDA graphs and
             compiled blocks 0.421 against 0.424–0.453 s a chunk in two runs, both sides being
             bound by the GPU (eager, launch-bound under one GIL, it was slower: 0.85 against
-            0.78 s; ``benchmarks/results/distill_h100.md``).
+            0.78 s; ``benchmarks/results/distill/distill_h100.md``).
         cuda_graphs: replay the denoising passes from CUDA graphs where their shapes repeat
             (:class:`generate.graphs.GraphedChunkForward`; CUDA only, same outputs).
         compile_decoder: decode with ``torch.compile(vae.decoder)``.

@@ -28,7 +28,7 @@ class StreamingDecoder:
         device, dtype: where and in which dtype the decoder runs.
         decoder: ``vae.decoder`` or a compiled copy of it (``torch.compile``: on one H100 the
             Wan2.2 decoder took 69 instead of 94 ms a latent frame at 480×832,
-            ``benchmarks/results/distill_h100.md``); None = ``vae.decoder``.
+            ``benchmarks/results/distill/distill_h100.md``); None = ``vae.decoder``.
 
     The decoder's feature cache is this object's (the VAE's own ``_feat_map`` is untouched), so
     one VAE may serve other decodes in between. One object per video.

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_context_parallel.py: a small WanModel's forward output and
+"""Run under torchrun by tests/test_model_context_parallel.py: a small WanModel's forward output and
 parameter gradients with Ulysses context parallelism over all ranks (gloo, float32) against the
 same model run on this process alone. Writes the relative errors of every case as JSON."""
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from multishot.pipeline.decode import iter_frames, probe
 
-FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
+FOOTAGE = Path(__file__).resolve().parents[3] / "shared" / "footage"
 
 #: (file, first source frame, frames): each range lies inside one shot of its film
 SEGMENTS = [

@@ -1,4 +1,4 @@
-"""Regional compilation of the DiT blocks (``trainer.parallelize.apply_compile``) inside
+"""Regional compilation of the DiT blocks (``model.compile.apply_compile``) inside
 per-block activation checkpointing: same loss and gradients as eager, one set of graphs for
 all blocks, and no recompile when the shot layout changes (the attention is an eager island).
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from multishot.pipeline.decode import iter_frames, probe
 
-FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
+FOOTAGE = Path(__file__).resolve().parents[3] / "shared" / "footage"
 
 
 def cut_clip(src: Path, start_s: float, seconds: float, dst: Path) -> Path:

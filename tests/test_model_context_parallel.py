@@ -1,4 +1,4 @@
-"""Ulysses context parallelism (trainer/context_parallel.py) on CPU: a small DiT split over 2
+"""Ulysses context parallelism (model/context_parallel.py) on CPU: a small DiT split over 2
 and 4 gloo processes (torchrun on loopback) gives the single-process forward output and
 parameter gradients, for sparse and full self-attention, uneven shots cut inside a rank's slice,
 and sequences that need padding; plus the sharding arithmetic and the heads check."""
@@ -32,7 +32,7 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_forward_and_gradients_equal_single_process(ranks, tmp_path):
     out = tmp_path / "errors.json"
-    result = torchrun(ranks, str(REPO / "tests" / "context_parallel_worker.py"), str(out))
+    result = torchrun(ranks, str(REPO / "tests" / "helpers" / "context_parallel_worker.py"), str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     cases = json.loads(out.read_text())
     assert len(cases) == 7

@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
+FOOTAGE = Path(__file__).resolve().parents[3] / "shared" / "footage"
 BBB = FOOTAGE / "archive" / "bbb_first60s_360p.mp4"
 SINTEL = FOOTAGE / "archive" / "sintel_film_excerpt_26s.mp4"
 
