@@ -54,7 +54,7 @@ def losses(output_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, train_footage_shards, tiny_encoders) -> Path:
     tmp = tmp_path_factory.mktemp("cp_single")
-    train(1, "-m", "multishot.trainer", "--config",
+    train(1, "-m", "multishot.cli.train", "--config",
           str(write_config(tmp, train_footage_shards, tiny_encoders, "single", 1)))
     return tmp / "single"
 
@@ -99,7 +99,7 @@ def test_checkpoint_saved_at_context_2_resumes_at_context_1(single, split, tmp_p
     resumed = tmp_path / "resumed"
     step_dir = f"step-{CHECKPOINT:08d}"
     shutil.copytree(split / "cp2" / "checkpoints" / step_dir, resumed / "checkpoints" / step_dir)
-    result = train(1, "-m", "multishot.trainer", "--config",
+    result = train(1, "-m", "multishot.cli.train", "--config",
                    str(write_config(tmp_path, train_footage_shards, tiny_encoders, "resumed", 1)))
     assert f"resumed from {resumed / 'checkpoints' / step_dir}" in result.stderr
     expected, got = losses(single), losses(resumed)

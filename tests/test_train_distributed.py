@@ -53,7 +53,7 @@ def losses(output_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, train_footage_shards, tiny_encoders) -> Path:
     tmp = tmp_path_factory.mktemp("train")
-    result = torchrun("-m", "multishot.trainer", "--config", str(write_config(tmp, train_footage_shards, tiny_encoders, "full")))
+    result = torchrun("-m", "multishot.cli.train", "--config", str(write_config(tmp, train_footage_shards, tiny_encoders, "full")))
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp / "full"
 
@@ -102,7 +102,7 @@ def test_killed_run_resumes_with_the_same_losses(full_run, tmp_path, train_foota
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == ["step-00000010"]
     assert max(losses(out)) == KILL_AT and not (out / "model.safetensors").exists()
 
-    resumed = torchrun("-m", "multishot.trainer", "--config", str(config))
+    resumed = torchrun("-m", "multishot.cli.train", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     expected, got = losses(full_run), losses(out)

@@ -42,7 +42,7 @@ def write_config(tmp: Path, shards: dict, encoders: dict, name: str, base: Path)
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, train_footage_shards, tiny_encoders, tiny_base) -> Path:
     tmp = tmp_path_factory.mktemp("train_lora")
-    result = torchrun("-m", "multishot.trainer", "--config",
+    result = torchrun("-m", "multishot.cli.train", "--config",
                       str(write_config(tmp, train_footage_shards, tiny_encoders, "full", tiny_base)))
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp / "full"
@@ -116,7 +116,7 @@ def test_killed_lora_run_resumes_with_the_same_losses(lora_run, tmp_path, train_
     assert killed.returncode != 0
     out = tmp_path / "killed"
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [f"step-{CHECKPOINT:08d}"]
-    resumed = torchrun("-m", "multishot.trainer", "--config", str(config))
+    resumed = torchrun("-m", "multishot.cli.train", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     expected, got = losses(lora_run), losses(out)

@@ -1,4 +1,4 @@
-"""The Ray Train launcher runs the same training as ``torchrun -m multishot.trainer``.
+"""The Ray Train launcher runs the same training as ``torchrun -m multishot.cli.train``.
 
 Two CPU Ray Train workers (gloo) fine-tune the `tiny` DiT for a few steps on the clean
 footage shards, on a local Ray kept on loopback, in a subprocess (Ray's environment and
@@ -93,7 +93,7 @@ def test_ray_train_launcher_matches_torchrun(tmp_path, train_footage_shards, tin
     torchrun_config = write_config(tmp_path, train_footage_shards, tiny_encoders, "torchrun")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
            "--master-addr=127.0.0.1", f"--master-port={29300 + os.getpid() % 300}",
-           "-m", "multishot.trainer", "--config", str(torchrun_config)]
+           "-m", "multishot.cli.train", "--config", str(torchrun_config)]
     reference = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr[-4000:]
     expected = losses(tmp_path / "torchrun")

@@ -39,7 +39,7 @@ def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, 
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
          "--master-addr=127.0.0.1", f"--master-port={29300 + os.getpid() % 300}",
-         "-m", "multishot.trainer", "--config", str(path)],
+         "-m", "multishot.cli.train", "--config", str(path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stderr.count("validation at step") == 6  # steps 0, 2, 4 on both ranks
