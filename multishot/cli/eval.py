@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from multishot.cli.launch import add_config_args, overrides
+
 DESCRIPTION = """\
 Score generated multi-shot mp4s: Shot Cut Accuracy (HoloCine appendix A.1: cuts detected with
 the pipeline's TransNetV2, matched one-to-one to the requested cuts) and consistency (CLIP
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", nargs="+", help="mp4 files, or folders whose *.mp4 are evaluated")
-    p.add_argument("--config", help="eval YAML, e.g. configs/eval/default.yaml (default: EvalConfig's defaults)")
+    add_config_args(p, "eval", required=False)
     p.add_argument("--cuts", help="requested cut frames for every video, e.g. 65,125 (default: the JSON beside each mp4)")
     p.add_argument("--prompt", help="the prompt of every video (default: the JSON beside each mp4)")
     p.add_argument("--json", help="write the report here")
@@ -104,7 +106,9 @@ def _run(args: argparse.Namespace) -> int:
     from multishot.pipeline.decode import ProbeError
 
     try:
-        config = load_config(args.config, EvalConfig) if args.config else EvalConfig()
+        settings = overrides(args.set)
+        config = load_config(args.config, EvalConfig, settings) if args.config \
+            else EvalConfig.model_validate(settings)
         videos = find_videos(args.videos)
         cuts = parse_cuts(args.cuts) if args.cuts is not None else None
         evaluator = Evaluator(config)

@@ -244,7 +244,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the sample's members (KEY.json + KEY.mp4, or KEY.safetensors) and, captions ok, KEY.txt "
              "with the prompt",
     )
-    p.add_argument("-o", "--output", required=True, metavar="DIR",
+    p.add_argument("-o", "--output", "--out", required=True, metavar="DIR",
                    help="folder (or pyarrow.fs URI) to write into; made when missing")
     p.add_argument("--force", action="store_true", help="overwrite files of the sample already in DIR")
     p.set_defaults(func=_handled(_export))
