@@ -157,6 +157,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     unreadable += [t.reject_row() for t in finished if t.source_id not in saved]
     status = {r.source_id: r.status for r in results}
     this_run = {"inputs": len(sources), "processed": len(todo),
+                "source_s": sum(t.info.duration_s for t in finished if t.info),
                 "usable": sum(status.get(t.source_id) in ("ok", "partial") for t in tasks)}
     return finalize(fs, layout, config, samples_hash, results, unreadable, time.time() - start, this_run)
 
@@ -174,6 +175,10 @@ def _init_ray(config: PipelineConfig) -> bool:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    else:
+        from multishot.ray_address import check_reachable
+
+        check_reachable(address)  # before importing ray (loopback); ray.init would retry forever
     import ray
 
     if ray.is_initialized():

@@ -42,7 +42,7 @@ def write_config(tmp: Path, shards: dict, encoders: dict, name: str, base: Path)
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, train_footage_shards, tiny_encoders, tiny_base) -> Path:
     tmp = tmp_path_factory.mktemp("train_lora")
-    result = torchrun("-m", "multishot.trainer", "--config",
+    result = torchrun("-m", "multishot.cli.train", "--config",
                       str(write_config(tmp, train_footage_shards, tiny_encoders, "full", tiny_base)))
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp / "full"
@@ -70,6 +70,7 @@ def test_run_exports_the_adapter_and_the_cli_reads_it_back(lora_run, tmp_path, t
 
     result = export(str(lora_run), "--out", str(tmp_path / "again.safetensors"))
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {tmp_path / 'again.safetensors'}: 20 LoRA modules")  # says what it wrote
     again = load_file(str(tmp_path / "again.safetensors"))
     assert set(again) == set(final) and all(torch.equal(again[k], final[k]) for k in final)
 
@@ -116,7 +117,7 @@ def test_killed_lora_run_resumes_with_the_same_losses(lora_run, tmp_path, train_
     assert killed.returncode != 0
     out = tmp_path / "killed"
     assert sorted(p.name for p in (out / "checkpoints").glob("step-*")) == [f"step-{CHECKPOINT:08d}"]
-    resumed = torchrun("-m", "multishot.trainer", "--config", str(config))
+    resumed = torchrun("-m", "multishot.cli.train", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     expected, got = losses(lora_run), losses(out)

@@ -98,10 +98,16 @@ def sidecar(video: Path) -> tuple[list[int] | None, str | None]:
     return cuts, prompt
 
 
+def _json_beside(video: Path) -> dict | None:
+    """The JSON beside ``video`` (already checked by :func:`sidecar`), or None."""
+    path = video.with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _run(args: argparse.Namespace) -> int:
     from multishot.config import ConfigError, load_config
     from multishot.evaluate.config import EvalConfig
-    from multishot.evaluate.report import overall, table
+    from multishot.evaluate.report import origin, overall, overall_by_origin, table
     from multishot.evaluate.video import Evaluator
     from multishot.pipeline.decode import ProbeError
 
@@ -118,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
             requested = cuts if cuts is not None else requested
             prompt = args.prompt if args.prompt is not None else prompt
             try:
-                results.append(evaluator.evaluate(video, requested, prompt))
+                results.append({**evaluator.evaluate(video, requested, prompt), "origin": origin(_json_beside(video))})
             except (ProbeError, ValueError) as err:
                 raise EvalInputError(f"{video}: {err}") from None
     except (ConfigError, EvalInputError, FileNotFoundError) as err:
@@ -128,7 +134,9 @@ def _run(args: argparse.Namespace) -> int:
     summary = overall(results)
     print(table(results, summary))
     if args.json:
-        report = {"config": config.model_dump(mode="json"), "videos": results, "overall": summary}
+        # "overall": every video; "overall_by_origin": generated and real videos apart
+        report = {"config": config.model_dump(mode="json"), "videos": results, "overall": summary,
+                  "overall_by_origin": overall_by_origin(results)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
