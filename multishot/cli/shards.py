@@ -16,7 +16,7 @@ from multishot.dataset.shards import MAX_MEMBER_BYTES, ShardError
 
 _WHERE_HELP = (
     "keep samples where FIELD OP VALUE holds (OP: = != < <= > >=); repeat to combine, e.g. "
-    "--where bucket=15s --where num_shots>=3 --where caption_status=pending. "
+    "--where bucket=15s --where 'num_shots>=3' --where caption_status=pending (quote > and <). "
     "Fields: the ls columns."
 )
 
