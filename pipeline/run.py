@@ -146,10 +146,14 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     finished = []
     if todo:
         runner = run_sequential(config, samples_hash, todo) if config.ray.runner == "sequential" else _run_ray(config, samples_hash, todo)
+        from multishot.pipeline.progress import Throughput
+
+        speed = Throughput()
         with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
             for task in runner:
                 finished.append(task)
-                bar.set_postfix_str(f"{task.status}: {os.path.basename(task.name)}")
+                speed.add(task)
+                bar.set_postfix_str(speed.postfix(task))
                 bar.update()
     results = trusted_results(fs, layout, samples_hash, manifest, fresh={t.source_id for t in finished})
     # a video whose result could not be written (its write failed) is reported, and redone next run
@@ -181,15 +185,18 @@ def _init_ray(config: PipelineConfig) -> bool:
         check_reachable(address)  # before importing ray (loopback); ray.init would retry forever
     import ray
 
+    from multishot.pipeline.ray_quiet import quiet_ray, ray_logging_level
+
+    quiet_ray()
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=ray_logging_level())
         return False
     from multishot.pipeline.reaper import watch
 
     watch()  # first: Ray's processes inherit the run's token from this process's environment
-    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
+    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, logging_level=ray_logging_level())
     return True
 
 
@@ -227,6 +234,9 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
     scans = RayScans(config)
     import ray.data
 
+    from multishot.pipeline.ray_quiet import quiet_ray
+
+    quiet_ray()  # ray.data's own logger, configured at its import
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar over videos instead of one per operator
     ctx.execution_options.preserve_order = False
