@@ -67,13 +67,14 @@ def test_set_value_is_used(tmp_path):
 @pytest.mark.parametrize("command", [["precompute", "--config", "c.yaml"], ["export-lora", "run"],
                                      ["annotate", "--shards", "s"], ["pipeline", "run", "--config", "c.yaml"],
                                      ["generate", "--config", "c.yaml", "--prompt", "p"],
-                                     ["shards", "export", "p", "k"], ["shards", "report", "p"]])
+                                     ["shards", "export", "p", "k"], ["shards", "report", "p"],
+                                     ["eval", "v.mp4"]])
 def test_output_flag_has_one_name_and_the_old_alias(command):
     parser = build_parser()
     values = set()
     for flag in ("--output", "--out", "-o"):
         args = parser.parse_args([*command, flag, "target"])
-        values.add(getattr(args, "output", None) or getattr(args, "out", None))
+        values.add(getattr(args, "output", None) or getattr(args, "out", None) or getattr(args, "json", None))
     assert values == {"target"}
 
 

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(p, "eval", required=False)
     p.add_argument("--cuts", help="requested cut frames for every video, e.g. 65,125 (default: the JSON beside each mp4)")
     p.add_argument("--prompt", help="the prompt of every video (default: the JSON beside each mp4)")
-    p.add_argument("--json", help="write the report here")
+    p.add_argument("-o", "--output", "--json", dest="json", metavar="REPORT.json",
+                   help="write the JSON report here (--json: the older name)")
     p.set_defaults(func=_run)
 
 
