@@ -156,7 +156,7 @@ def write_report(shard_set: ShardSet, output: str, *, frames_per_shot: int = 4, 
         raise ValueError("frames_per_shot and thumb_height must be >= 1")
     fs, root = resolve(output)
     fs.create_dir(f"{root}/img", recursive=True)
-    summary = ReportSummary(index=f"{output.rstrip('/')}/index.html")
+    summary = ReportSummary(index=f"{output.partition('?')[0].rstrip('/')}/index.html")
     body: list[str] = []
 
     def put(name: str, data: bytes) -> str:

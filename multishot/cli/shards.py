@@ -116,7 +116,8 @@ def _report(args: argparse.Namespace) -> int:
     from multishot.dataset.report_html import write_report
 
     shard_set = _open(args)
-    output = args.output or f"{shard_set.layout.root.rstrip('/')}/report"
+    base, _, query = args.path.partition("?")  # a URI's query (endpoint, region) stays at its end
+    output = args.output or f"{base.rstrip('/')}/report" + (f"?{query}" if query else "")
     done = write_report(shard_set, output, frames_per_shot=args.frames, thumb_height=args.thumb_height,
                         max_rejected=args.max_rejected)
     failed = f", {len(done.sheets_failed)} without a sheet ({', '.join(done.sheets_failed)})" if done.sheets_failed else ""
