@@ -147,9 +147,12 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     if todo:
         runner = run_sequential(config, samples_hash, todo) if config.ray.runner == "sequential" else _run_ray(config, samples_hash, todo)
         from multishot.pipeline.progress import Throughput
+        from multishot.pipeline.stage_progress import StageBars, start_board
 
+        start_board()  # the local board (sequential); under Ray, _execute makes the job's
         speed = Throughput()
-        with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
+        with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar, \
+                StageBars([s.name for s in STAGES], len(todo), enabled=None if progress else False):
             for task in runner:
                 finished.append(task)
                 speed.add(task)
@@ -237,6 +240,9 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
     from multishot.pipeline.ray_quiet import quiet_ray
 
     quiet_ray()  # ray.data's own logger, configured at its import
+    from multishot.pipeline.stage_progress import start_board
+
+    start_board()  # the job's per-stage progress board, which the stages report to
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar over videos instead of one per operator
     ctx.execution_options.preserve_order = False

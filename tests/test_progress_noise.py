@@ -71,3 +71,76 @@ def test_ray_log_lines_only_with_verbose(mode):
         assert "Token authentication" not in result.stderr
     else:
         assert any("Started a local Ray instance" in line for line in ray_lines), result.stderr[-3000:]
+
+
+# ---- per-stage bars --------------------------------------------------------------------------
+
+def test_stage_bars_follow_the_board_in_frames():
+    import io
+
+    from multishot.pipeline.stage_progress import StageBars, report, start_board
+
+    film = str(REPO / "demo" / "footage" / "sintel_film_excerpt_26s.mp4")
+    task = VideoTask(source=film, source_id="a", info=probe(film))
+    start_board()  # no Ray in this process: the local board
+    out = io.StringIO()
+    with StageBars(["probe", "detect", "render"], videos=2, enabled=True, file=out) as bars:
+        report("probe", task)
+        report("probe", VideoTask(source="/films/broken.mp4", source_id="b", status="rejected"))
+        report("detect", task)
+        bars.refresh()
+        probe_bar, detect_bar, render_bar = bars.bars
+        assert (probe_bar.n, probe_bar.total) == (task.info.num_frames, task.info.num_frames)
+        assert (detect_bar.n, render_bar.n) == (task.info.num_frames, 0)
+        assert render_bar.total == task.info.num_frames
+    text = out.getvalue()
+    assert "frame/s" in text and "2/2 videos" in text and "1/2 videos" in text
+
+
+def test_stage_bars_off_without_a_terminal():
+    import io
+
+    from multishot.pipeline.stage_progress import StageBars
+
+    out = io.StringIO()  # a log file, not a terminal
+    with StageBars(["probe"], videos=1, file=out) as bars:
+        assert not bars.enabled
+    assert out.getvalue() == ""
+
+
+REPORT_FROM_WORKER = textwrap.dedent("""
+    import os
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    ray.init(num_cpus=1, include_dashboard=False)
+    from multishot.pipeline.decode import probe
+    from multishot.pipeline.stage_progress import read_board, report, start_board
+    from multishot.pipeline.task import VideoTask
+
+    start_board()
+
+    @ray.remote
+    def stage(film):
+        task = VideoTask(source=film, source_id="a", info=probe(film))
+        report("detect", task)  # in a Ray worker, as the pipeline's stages report
+        return task.info.num_frames
+
+    frames = ray.get(stage.remote("demo/footage/sintel_film_excerpt_26s.mp4"))
+    import time
+    deadline = time.monotonic() + 120  # the worker's report is fire-and-forget: wait for it to land
+    while not read_board()[0].get("detect") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    counts = read_board()
+    print(frames, counts[0].get("detect"), counts[1].get("detect"))
+    ray.shutdown()
+""")
+
+
+def test_workers_report_to_the_jobs_board():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-c", REPORT_FROM_WORKER], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    frames, counted, videos = result.stdout.split()
+    assert counted == frames and int(frames) > 0 and videos == "1"
