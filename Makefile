@@ -17,7 +17,13 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PIP) install -q -c constraints/cpu.txt -e ".[dev]"
 	touch $@
 
+# Chromium (Debian's package) for the headless-browser test of `multishot shards report`: installed
+# when missing and we are root with apt-get (CI); elsewhere a note, and that test skips.
 install: $(VENV)/.installed
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "note: no chromium (apt-get install chromium): the HTML report's browser test will skip"; fi
 
 demo: install
 	$(VENV)/bin/multishot pipeline run --config configs/pipeline/demo.yaml

@@ -94,7 +94,8 @@ def finalize(
     _write_table(fs, layout.videos_table, [r.video_row() for r in results], schema=VIDEO_SCHEMA)
     _write_table(fs, layout.rejects_table, rejects, REJECT_COLUMNS)
     write_manifest(fs, layout, Manifest(kind="samples", samples_hash=samples_hash, shards=shards))
-    report = {**summary(config, results, unreadable, samples, shots, wall_s), "this_run": this_run}
+    report = {**summary(config, results, unreadable, samples, shots, wall_s, this_run.get("source_s")),
+              "this_run": this_run}
     write_json(fs, layout.report, report)
     write_bytes(fs, layout.resolved_config, dump_yaml(config).encode())
     print(format_report(report))
@@ -121,9 +122,18 @@ def _tidy_shards(fs: pafs.FileSystem, layout: ShardSetLayout, listed: set[str], 
             fs.move(info.path, f"{aside}/{name}")
 
 
-def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[dict], samples: list[dict], shots: list[dict], wall_s: float) -> dict:
+def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[dict], samples: list[dict],
+            shots: list[dict], wall_s: float, processed_s: float | None = None) -> dict:
     """The run report over the output folder's videos: inputs and rejects, shots by decision,
-    samples per bucket, hours, speed."""
+    samples per bucket, hours, speed.
+
+    ``shots_removed`` counts shots not kept; ``shots_removed_by_reason`` counts reasons, and a
+    shot failing several tests is under each (so the reasons may add up to more).
+    ``sample_seconds_per_bucket``: the buckets are packed from the same footage independently
+    (one shot may be in a 5 s and a 15 s sample), so ``sample_hours`` sums overlapping footage.
+    ``realtime_factor``: source seconds of the videos processed in this run
+    (``processed_s``) over the run's wall time; None when this run processed nothing (resumed)
+    or ``processed_s`` is not given."""
     status = collections.Counter(r.status for r in results) + collections.Counter(u["status"] for u in unreadable)
     reasons = collections.Counter(reason for s in shots if s["reason"] for reason in s["reason"].split(","))
     source_s = sum(r.info.duration_s for r in results if r.info)
@@ -142,12 +152,14 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
         "rejects": [{k: r[k] for k in ("source", "status", "stage", "reason")} for r in rejects if r["status"] != "ok"],
         "shots_found": len(shots),
         "shots_kept": sum(s["kept"] for s in shots),
+        "shots_removed": sum(not s["kept"] for s in shots),
         "shots_removed_by_reason": dict(reasons),
         "overlays": [{"source": r.name, "text": o.text, "shot_fraction": o.shot_fraction}
                      for r in results for o in r.overlays],
         "samples": len(samples),
         "samples_per_bucket": dict(collections.Counter(s["bucket"] for s in samples)),
         "sample_hours": sum(s["duration_s"] for s in samples) / 3600,
+        "sample_seconds_per_bucket": dict(_per_bucket_seconds(samples)),
         "source_hours": source_s / 3600,
         "dropped_samples": [d for r in results for d in r.dropped_samples],
         "aesthetic": "scored" if config.analyse.aesthetic_enabled else "skipped (no weights in config)",
@@ -159,8 +171,15 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
         "decoders": dict(decoders),
         "decoder_notes": notes,
         "wall_s": wall_s,
-        "realtime_factor": source_s / wall_s if wall_s else 0.0,
+        "realtime_factor": processed_s / wall_s if processed_s and wall_s else None,
     }
+
+
+def _per_bucket_seconds(samples: list[dict]) -> collections.Counter:
+    seconds: collections.Counter = collections.Counter()
+    for s in samples:
+        seconds[s["bucket"]] += s["duration_s"]
+    return seconds
 
 
 def _captions(samples: list[dict]) -> str:
@@ -178,15 +197,21 @@ def format_report(report: dict) -> str:
         f"this run         {report['this_run']['inputs']} inputs, {report['this_run']['processed']} processed, "
         f"{report['this_run']['usable']} usable",
         f"videos in        {report['videos_in']}  ({', '.join(f'{k} {v}' for k, v in sorted(report['videos_by_status'].items()))})",
-        f"shots            {report['shots_found']} found, {report['shots_kept']} kept"
-        + (f"; removed: {', '.join(f'{k} {v}' for k, v in sorted(report['shots_removed_by_reason'].items()))}" if report["shots_removed_by_reason"] else ""),
+        f"shots            {report['shots_found']} found, {report['shots_kept']} kept, {report['shots_removed']} removed"
+        + (f"; reasons (a shot may have several): "
+           f"{', '.join(f'{k} {v}' for k, v in sorted(report['shots_removed_by_reason'].items()))}"
+           if report["shots_removed_by_reason"] else ""),
         *(f"overlay          {o['source'].rsplit('/', 1)[-1]}: {o['text']!r} in {o['shot_fraction']:.0%} of its shots"
           for o in report["overlays"]),
         f"samples          {report['samples']}  ({', '.join(f'{k}: {v}' for k, v in report['samples_per_bucket'].items())})",
-        f"footage          {report['source_hours'] * 3600:.1f} s in, {report['sample_hours'] * 3600:.1f} s of samples",
+        f"footage          {report['source_hours'] * 3600:.1f} s in; samples per bucket "
+        f"{', '.join(f'{k} {v:.1f} s' for k, v in report['sample_seconds_per_bucket'].items()) or 'none'} "
+        "(buckets overlap: one shot may be in several)",
         f"aesthetic        {report['aesthetic']}",
         f"captions         {report['captions']}",
-        f"wall time        {report['wall_s']:.1f} s  ({report['realtime_factor']:.2f}× realtime)",
+        f"wall time        {report['wall_s']:.1f} s  " + (
+            f"({report['realtime_factor']:.2f}× realtime over the {report['this_run']['processed']} videos "
+            "processed in this run)" if report["realtime_factor"] is not None else "(resumed: nothing processed)"),
     ]
     for r in report["rejects"]:
         lines.append(f"  {r['status']:<8} {r['source'].rsplit('/', 1)[-1]}: [{r['stage']}] {r['reason']}")

@@ -146,10 +146,17 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     finished = []
     if todo:
         runner = run_sequential(config, samples_hash, todo) if config.ray.runner == "sequential" else _run_ray(config, samples_hash, todo)
-        with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar:
+        from multishot.pipeline.progress import Throughput
+        from multishot.pipeline.stage_progress import StageBars, start_board
+
+        start_board()  # the local board (sequential); under Ray, _execute makes the job's
+        speed = Throughput()
+        with tqdm(total=len(todo), desc="videos", unit="video", disable=not progress) as bar, \
+                StageBars([s.name for s in STAGES], len(todo), enabled=None if progress else False):
             for task in runner:
                 finished.append(task)
-                bar.set_postfix_str(f"{task.status}: {os.path.basename(task.name)}")
+                speed.add(task)
+                bar.set_postfix_str(speed.postfix(task))
                 bar.update()
     results = trusted_results(fs, layout, samples_hash, manifest, fresh={t.source_id for t in finished})
     # a video whose result could not be written (its write failed) is reported, and redone next run
@@ -157,6 +164,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     unreadable += [t.reject_row() for t in finished if t.source_id not in saved]
     status = {r.source_id: r.status for r in results}
     this_run = {"inputs": len(sources), "processed": len(todo),
+                "source_s": sum(t.info.duration_s for t in finished if t.info),
                 "usable": sum(status.get(t.source_id) in ("ok", "partial") for t in tasks)}
     return finalize(fs, layout, config, samples_hash, results, unreadable, time.time() - start, this_run)
 
@@ -174,17 +182,24 @@ def _init_ray(config: PipelineConfig) -> bool:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    else:
+        from multishot.ray_address import check_reachable
+
+        check_reachable(address)  # before importing ray (loopback); ray.init would retry forever
     import ray
 
+    from multishot.pipeline.ray_quiet import quiet_ray, ray_logging_level
+
+    quiet_ray()
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=ray_logging_level())
         return False
     from multishot.pipeline.reaper import watch
 
     watch()  # first: Ray's processes inherit the run's token from this process's environment
-    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
+    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, logging_level=ray_logging_level())
     return True
 
 
@@ -222,6 +237,12 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
     scans = RayScans(config)
     import ray.data
 
+    from multishot.pipeline.ray_quiet import quiet_ray
+
+    quiet_ray()  # ray.data's own logger, configured at its import
+    from multishot.pipeline.stage_progress import start_board
+
+    start_board()  # the job's per-stage progress board, which the stages report to
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one bar over videos instead of one per operator
     ctx.execution_options.preserve_order = False

@@ -35,6 +35,7 @@ from multishot.pipeline.sample import plan_sample
 from multishot.pipeline.task import RenderedSample, ShotRow, VideoTask
 from multishot.pipeline.scan import LocalScans, RayScans, ScanJob, SegmentStore, plan_segments, scan_hash, stitch
 from multishot.pipeline.decode import DecodeStats, ProbeError, analysis_size, probe
+from multishot.pipeline.stage_progress import report
 from multishot.pipeline.write import save_result, write_samples
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def apply(stage: Stage, process: Process, task: VideoTask) -> VideoTask:
             except Exception as err:  # noqa: BLE001 - one bad video must not end the run
                 log.warning("%s failed on %s:\n%s", stage.name, task.name, traceback.format_exc())
                 task.fail(stage.name, f"{type(err).__name__}: {err}", status="error")
+    report(stage.name, task)  # per-stage progress (pipeline/stage_progress.py)
     return task
 
 

@@ -232,6 +232,7 @@ def straight_run(distill_inputs, tmp_path_factory):
     done = _run("-m", "multishot", "distill", "--config",
                 str(_distill_config(distill_inputs, root, "straight")))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "distill: 100%" in done.stderr and "4/4" in done.stderr  # rank 0's progress bar
     return root / "straight"
 
 

@@ -278,6 +278,8 @@ def test_rerun_skips_finished_videos(pipeline_run):
     again = run_pipeline(config, progress=False)
     assert again["samples"] == report["samples"]
     assert again["stage_seconds"] == report["stage_seconds"]  # nothing was processed again
+    assert again["realtime_factor"] is None and report["realtime_factor"] > 0  # no speed claimed for a resume
+    assert report["shots_removed"] == report["shots_found"] - report["shots_kept"]
 
 
 def test_training_loader_reads_the_pipeline_shards(footage_shards):

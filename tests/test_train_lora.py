@@ -70,6 +70,7 @@ def test_run_exports_the_adapter_and_the_cli_reads_it_back(lora_run, tmp_path, t
 
     result = export(str(lora_run), "--out", str(tmp_path / "again.safetensors"))
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {tmp_path / 'again.safetensors'}: 20 LoRA modules")  # says what it wrote
     again = load_file(str(tmp_path / "again.safetensors"))
     assert set(again) == set(final) and all(torch.equal(again[k], final[k]) for k in final)
 

@@ -41,6 +41,18 @@ def teacher_forcing_step_flops(config: WanConfig, layout: ShotLayout, causal: Ca
         * layout.batch_size
 
 
+def progress_postfix(metrics: dict[str, float], device: torch.device) -> dict[str, str]:
+    """What the training progress bar shows after a log: the loss, and MFU on a GPU; on a CPU,
+    whose MFU against ``run.peak_tflops`` (a GPU's peak) would read 0.0%, the step time
+    instead (``metrics.jsonl`` keeps every scalar)."""
+    shown = {"loss": f"{metrics['loss']:.4f}"}
+    if device.type == "cpu":
+        shown["step"] = f"{metrics['step_time_s']:.2f}s"
+    else:
+        shown["mfu"] = f"{metrics['mfu']:.1%}"
+    return shown
+
+
 class MetricsLogger:
     """Writes one JSON line per logged step to ``metrics.jsonl`` (rank 0) and, if asked, the
     same scalars to TensorBoard under ``tensorboard/``."""

@@ -31,6 +31,15 @@ from multishot.model.encoders import FrozenEncoders
 log = logging.getLogger(__name__)
 
 
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two shard-set locations are the same, or one lies inside the other."""
+    (fs_a, path_a), (fs_b, path_b) = resolve(a), resolve(b)
+    if type(fs_a) is not type(fs_b):
+        return False
+    path_a, path_b = path_a.rstrip("/") + "/", path_b.rstrip("/") + "/"
+    return path_a.startswith(path_b) or path_b.startswith(path_a)
+
+
 def precompute(config: TrainConfig, out: str) -> dict:
     """Encode ``config.data.shards`` with ``config.encoders`` into a latent shard set at ``out``.
 
@@ -38,7 +47,16 @@ def precompute(config: TrainConfig, out: str) -> dict:
         the report: ``{"samples", "shards", "skipped", "skips": ["key: reason", ...]}``.
     Raises:
         RuntimeError: ``encoders.vae`` or ``encoders.text_encoder`` is not set.
+        multishot.errors.UsageError: ``out`` is, holds or lies in one of ``data.shards`` (it
+            would read its own output).
     """
+    for shards in config.data.shards:
+        if _overlaps(shards, out):
+            from multishot.errors import UsageError
+
+            raise UsageError(f"the output {out} overlaps data.shards entry {shards}: precompute reads the video "
+                             "shard sets of data.shards and writes latents elsewhere (e.g. --set "
+                             "'data.shards=[out/demo]' --output out/latents)")
     data = config.data.model_copy(update={"kind": "video", "num_workers": 0, "shuffle_buffer": 1})
     stream = ShardStream(data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

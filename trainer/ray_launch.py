@@ -80,7 +80,8 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
         ``metrics`` / ``checkpoint`` stay empty, as no checkpoint is handed to Ray.
 
     Raises:
-        UsageError: a worker stopped on a bad input (e.g. ``init_from`` does not fit).
+        UsageError: a worker stopped on a bad input (e.g. ``init_from`` does not fit), or the
+            cluster at ``address`` does not answer (:func:`multishot.ray_address.check_reachable`).
         ray.train.TrainingFailedError: a worker failed more than ``max_failures`` times.
     """
     import ray
@@ -89,6 +90,9 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
+        from multishot.ray_address import check_reachable
+
+        check_reachable(address)  # ray.init would retry an unreachable address forever
         ray.init(address=address)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -45,7 +45,7 @@ from multishot.trainer.config import OptimConfig, TrainConfig
 from multishot.model.encoders import FrozenEncoders
 from multishot.trainer.flow_matching import FlowMatching
 from multishot.model.lora import export_adapter, trainable_parameters
-from multishot.trainer.metrics import (MetricsLogger, StepTimer, peak_memory_gib, step_flops,
+from multishot.trainer.metrics import (MetricsLogger, StepTimer, peak_memory_gib, progress_postfix, step_flops,
                                        teacher_forcing_step_flops)
 from multishot.trainer.parallelize import build_mesh, build_model
 
@@ -291,7 +291,7 @@ class Trainer:
                 metrics = self._metrics(grad_norm, window, timer.lap())
                 window = dict.fromkeys(window, 0)
                 self.metrics.log(step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", mfu=f"{metrics['mfu']:.1%}")
+                bar.set_postfix(progress_postfix(metrics, self.device))
             bar.update(1)
             if step % run.checkpoint_every == 0 or step == run.max_steps:
                 self.save()

@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 
+from multishot import __version__
 from multishot.errors import USAGE_EXIT, UsageError, one_line
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,44 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line usage error (``PROG: error: PROBLEM (see PROG --help)``, exit 2)
     instead of the usage block followed by the error. Sub-parsers inherit the class."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)  # for error(): which flags were typed
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
+        # argparse checks required options before it reports unknown ones, so `--conifg x`
+        # would read "required: --config": name the unknown flag instead
+        unknown = self.unknown_options(getattr(self, "_given", []))
+        if unknown and "required" in message:  # "the following arguments are required", "one of … is required"
+            message = "; ".join(self._unrecognized(u) for u in unknown)
+        elif message.startswith("unrecognized arguments: "):
+            extra = message.split(": ", 1)[1].split()
+            message = "; ".join(self._unrecognized(u) for u in [e for e in extra if e.startswith("-")] or extra)
         self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def unknown_options(self, given: list[str]) -> list[str]:
+        """The flags of ``given`` (before a ``--``) this parser does not know, abbreviations of
+        known long options and negative numbers aside."""
+        known = list(self._option_string_actions)
+        unknown = []
+        for arg in given:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or self._negative_number_matcher.match(arg):
+                continue
+            name = arg.split("=", 1)[0]
+            if name in known or (not name.startswith("--") and name[:2] in known):  # -o/path, -vq
+                continue
+            if self.allow_abbrev and name.startswith("--") and any(k.startswith(name) for k in known):
+                continue
+            unknown.append(name)
+        return unknown
+
+    def _unrecognized(self, flag: str) -> str:
+        import difflib
+
+        close = difflib.get_close_matches(flag, [k for k in self._option_string_actions if k.startswith("--")], n=1)
+        return f"unrecognized argument {flag}" + (f" (did you mean {close[0]}?)" if close else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn video archives into multi-shot training shards and fine-tune "
         "HoloCine-style multi-shot video DiTs on them.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and Ray's own log lines)")
+    parser.add_argument("--version", action="version", version=f"multishot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(module_name).register(sub)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from multishot.cli.launch import add_config_args, merged, overrides
+
 CREDENTIALS = (
     "set GEMINI_API_KEY (Gemini Developer API), or GOOGLE_GENAI_USE_VERTEXAI=true "
     "with GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION (Vertex AI, application default credentials); "
@@ -27,11 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Credentials come from the environment only: " + CREDENTIALS + ".",
     )
     p.add_argument("--shards", required=True, metavar="IN", help="input shard set root (path or URI)")
-    p.add_argument("--output", required=True, metavar="OUT", help="output shard set root (path or URI)")
-    p.add_argument(
-        "--config", metavar="YAML",
-        help="annotate config (e.g. configs/annotate/default.yaml); without it, the built-in defaults",
-    )
+    p.add_argument("-o", "--output", "--out", required=True, metavar="OUT", help="output shard set root (path or URI)")
+    add_config_args(p, "annotate", required=False)
     p.add_argument(
         "--cache-dir", metavar="DIR",
         help="response cache (overrides the config's cache_dir; default OUT/_work/captions)",
@@ -52,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from multishot.dataset.shardset import ShardSet
 
     ShardSet.open(args.shards)  # not a shard set: FileNotFoundError naming it, before any work
-    overrides = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    settings = merged(overrides(args.set), {"cache_dir": args.cache_dir} if args.cache_dir else {})
     config = (
-        load_config(args.config, AnnotateConfig, overrides) if args.config
-        else AnnotateConfig.model_validate(overrides)
+        load_config(args.config, AnnotateConfig, settings) if args.config
+        else AnnotateConfig.model_validate(settings)
     )
     captioner = Captioner.from_env(config, cache_dir=f"{ShardSetLayout(args.output).work_dir}/captions")
     if captioner is None:

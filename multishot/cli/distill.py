@@ -14,6 +14,7 @@ import sys
 from multishot.config import load_config
 from multishot.errors import UsageError
 from multishot.cli.launch import add_config_args, overrides, run_rank, torchrun
+from multishot.cli.preflight import check_paths
 
 
 def _distill_config():
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _launch(args: argparse.Namespace) -> int:
-    load_config(args.config, _distill_config(), overrides(args.set))  # fail here, not in N ranks
+    check_paths(load_config(args.config, _distill_config(), overrides(args.set)))  # fail here, not in N ranks
     import torch
 
     nproc = args.nproc or max(1, torch.cuda.device_count())

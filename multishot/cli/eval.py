@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from multishot.cli.launch import add_config_args, overrides
+
 DESCRIPTION = """\
 Score generated multi-shot mp4s: Shot Cut Accuracy (HoloCine appendix A.1: cuts detected with
 the pipeline's TransNetV2, matched one-to-one to the requested cuts) and consistency (CLIP
@@ -31,10 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", nargs="+", help="mp4 files, or folders whose *.mp4 are evaluated")
-    p.add_argument("--config", help="eval YAML, e.g. configs/eval/default.yaml (default: EvalConfig's defaults)")
+    add_config_args(p, "eval", required=False)
     p.add_argument("--cuts", help="requested cut frames for every video, e.g. 65,125 (default: the JSON beside each mp4)")
     p.add_argument("--prompt", help="the prompt of every video (default: the JSON beside each mp4)")
-    p.add_argument("--json", help="write the report here")
+    p.add_argument("-o", "--output", "--json", dest="json", metavar="REPORT.json",
+                   help="write the JSON report here (--json: the older name)")
     p.set_defaults(func=_run)
 
 
@@ -96,15 +99,23 @@ def sidecar(video: Path) -> tuple[list[int] | None, str | None]:
     return cuts, prompt
 
 
+def _json_beside(video: Path) -> dict | None:
+    """The JSON beside ``video`` (already checked by :func:`sidecar`), or None."""
+    path = video.with_suffix(".json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _run(args: argparse.Namespace) -> int:
     from multishot.config import ConfigError, load_config
     from multishot.evaluate.config import EvalConfig
-    from multishot.evaluate.report import overall, table
+    from multishot.evaluate.report import origin, overall, overall_by_origin, table
     from multishot.evaluate.video import Evaluator
     from multishot.pipeline.decode import ProbeError
 
     try:
-        config = load_config(args.config, EvalConfig) if args.config else EvalConfig()
+        settings = overrides(args.set)
+        config = load_config(args.config, EvalConfig, settings) if args.config \
+            else EvalConfig.model_validate(settings)
         videos = find_videos(args.videos)
         cuts = parse_cuts(args.cuts) if args.cuts is not None else None
         evaluator = Evaluator(config)
@@ -114,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
             requested = cuts if cuts is not None else requested
             prompt = args.prompt if args.prompt is not None else prompt
             try:
-                results.append(evaluator.evaluate(video, requested, prompt))
+                results.append({**evaluator.evaluate(video, requested, prompt), "origin": origin(_json_beside(video))})
             except (ProbeError, ValueError) as err:
                 raise EvalInputError(f"{video}: {err}") from None
     except (ConfigError, EvalInputError, FileNotFoundError) as err:
@@ -124,7 +135,9 @@ def _run(args: argparse.Namespace) -> int:
     summary = overall(results)
     print(table(results, summary))
     if args.json:
-        report = {"config": config.model_dump(mode="json"), "videos": results, "overall": summary}
+        # "overall": every video; "overall_by_origin": generated and real videos apart
+        report = {"config": config.model_dump(mode="json"), "videos": results, "overall": summary,
+                  "overall_by_origin": overall_by_origin(results)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

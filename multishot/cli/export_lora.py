@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "weights instead, in official Wan names: base + (alpha/rank)·B·A, the base being "
         "--base or the run's model.init_from.")
     export.add_argument("run_dir", help="the run's output_dir (holds config.resolved.yaml)")
-    export.add_argument("--out", required=True, help="the safetensors file to write")
+    export.add_argument("-o", "--output", "--out", dest="out", metavar="OUT", required=True, help="the safetensors file to write")
     export.add_argument("--checkpoint", default=None,
                         help="a checkpoint folder (default: the newest complete one of run_dir)")
     export.add_argument("--merge", action="store_true",

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from multishot.cli.launch import add_config_args, merged, overrides
+
 log = logging.getLogger(__name__)
 
 
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "seed, name per line), or the captioned samples of a shard set (--from-shards, their "
         "captions and cut frames). Writes NAME.mp4 and NAME.json (settings, checkpoint hashes, "
         "seconds per step, peak memory).")
-    p.add_argument("--config", required=True, help="a YAML file of configs/generate/")
+    add_config_args(p, "generate")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="'[global caption] … [per shot caption] … [shot cut] …'")
     source.add_argument("--prompts", help="JSON-lines file of prompts")
@@ -49,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", help="LoRA file to merge into the DiT(s) (multishot export-lora, or a "
                    "ComfyUI / DiffSynth-Studio Wan LoRA)")
     p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", "--out", required=True,
                    help="the .mp4 for --prompt; a folder for --prompts / --from-shards")
     p.set_defaults(func=run)
 
@@ -100,15 +102,15 @@ def run(args: argparse.Namespace) -> int:
 
     from multishot.errors import UsageError
 
-    overrides = None
+    student = None
     if args.checkpoint:  # a distilled student brings its steps and causal config (distill.student)
         from multishot.distill.student import generate_overrides
 
         try:
-            overrides = generate_overrides(args.checkpoint)
+            student = generate_overrides(args.checkpoint)
         except ValueError as err:
             raise UsageError(str(err)) from err
-    config = load_config(args.config, GenerateConfig, overrides)
+    config = load_config(args.config, GenerateConfig, merged(student, overrides(args.set)))
     if args.causal or args.schedule is not None:
         return run_causal(args, config)
     try:

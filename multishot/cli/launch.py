@@ -45,9 +45,27 @@ def overrides(pairs: list[str]) -> dict:
     return out
 
 
-def add_config_args(parser: argparse.ArgumentParser, folder: str = "train") -> None:
-    """``--config FILE`` (a YAML file of ``configs/FOLDER/``) and repeatable ``--set KEY=VALUE``."""
-    parser.add_argument("--config", required=True, help=f"a YAML file of configs/{folder}/")
+def merged(*nested: dict | None) -> dict:
+    """Nested override dicts merged left to right (a later key wins, sub-dicts merge)."""
+    out: dict = {}
+
+    def put(into: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                put(into[key], value)
+            else:
+                into[key] = value
+
+    for item in nested:
+        put(out, item or {})
+    return out
+
+
+def add_config_args(parser: argparse.ArgumentParser, folder: str = "train", required: bool = True) -> None:
+    """``--config FILE`` (a YAML file of ``configs/FOLDER/``) and repeatable ``--set KEY=VALUE``;
+    ``required=False``: without ``--config`` the config's defaults (``--set`` still applies)."""
+    parser.add_argument("--config", required=required, metavar="YAML",
+                        help=f"a YAML file of configs/{folder}/" + ("" if required else " (default: built-in defaults)"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set run.max_steps=100 (repeatable)")
 

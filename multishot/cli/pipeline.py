@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from multishot.cli.launch import add_config_args, merged, overrides
+
 DESCRIPTION = """\
 Split videos into shots (TransNetV2 or PySceneDetect), score shots (brightness, OCR text
 area, LAION aesthetic), filter them, pack consecutive kept shots into 5 s / 15 s / 60 s
@@ -25,6 +27,8 @@ exit status:
 
 examples:
   multishot pipeline run --config configs/pipeline/demo.yaml
+  multishot pipeline run --config configs/pipeline/demo.yaml --dry-run
+  multishot pipeline run --config configs/pipeline/demo.yaml --set render.fps=8 --output out/fps8
   multishot pipeline run --config configs/pipeline/demo.yaml --input /data/films --output s3://bucket/shards
   ray job submit --address http://127.0.0.1:8265 -- multishot pipeline run --config configs/pipeline/demo.yaml \\
       --input /data/films --output /data/shards
@@ -38,12 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="run the pipeline", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--config", required=True, help="pipeline YAML (see configs/pipeline/)")
+    add_config_args(run, "pipeline")
     run.add_argument("--input", help="folder, glob, text file of paths, or Parquet manifest; local or URI "
                      "(overrides the config's 'input')")
-    run.add_argument("--output", help="output folder or URI (overrides the config's 'output')")
+    run.add_argument("-o", "--output", "--out", help="output folder or URI (overrides the config's 'output')")
     run.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list which videos would be processed, skipped or rejected, and why; start nothing")
     run.set_defaults(func=_run)
 
 
@@ -60,19 +66,24 @@ def _run(args: argparse.Namespace) -> int:
     from multishot.pipeline.discover import InputError
     from multishot.pipeline.run import OutputError, run_pipeline
 
-    overrides: dict = {}
+    flags: dict = {}
     for key in ("input", "output"):
         value = getattr(args, key)
         if value is not None:
-            overrides[key] = value if "://" in value else os.path.abspath(value)
+            flags[key] = value if "://" in value else os.path.abspath(value)
     if args.ray_address:
-        overrides["ray"] = {"address": args.ray_address}
+        flags["ray"] = {"address": args.ray_address}
     try:
-        config = load_config(args.config, PipelineConfig, overrides)
+        config = load_config(args.config, PipelineConfig, merged(overrides(args.set), flags))
         config = config.model_copy(update={
             k: os.path.abspath(v) for k, v in (("input", config.input), ("output", config.output))
             if v is not None and "://" not in v
         })
+        if args.dry_run:
+            from multishot.pipeline.plan import format_plan, plan_run
+
+            print(format_plan(plan_run(config)))
+            return 0
         report = run_pipeline(config, progress=not args.no_progress)
     except (InputError, OutputError, ValueError) as err:
         raise UsageError(str(err)) from err

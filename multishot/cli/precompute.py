@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "shard set (one tar per input shard) that data.kind 'latents' trains on. Undecodable "
         "samples are skipped and counted in OUT/precompute_report.json.")
     add_config_args(pre)
-    pre.add_argument("--out", required=True, help="output shard-set root (local path or URI)")
+    pre.add_argument("-o", "--output", "--out", dest="out", metavar="OUT", required=True, help="output shard-set root (local path or URI)")
     pre.set_defaults(func=_precompute)
 
 

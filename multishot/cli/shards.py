@@ -1,9 +1,9 @@
-"""``multishot shards ls|stats|show|sheet|verify|export``: see, check and export a shard set.
+"""``multishot shards ls|stats|show|sheet|report|verify|export``: see, check and export a shard set.
 
 PATH is a shard set's root (local folder or ``pyarrow.fs`` URI such as ``s3://bucket/run``) of
 any kind: samples (``multishot pipeline``), captioned (``multishot annotate``) or latents
 (``multishot precompute``); ``sheet`` needs the mp4s of the first two. Each command is a thin wrapper over one module of
-``dataset/`` (shardset, where, stats, describe, sheet, verify, export).
+``dataset/`` (shardset, where, stats, describe, sheet, report_html, verify, export).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from multishot.dataset.shards import MAX_MEMBER_BYTES, ShardError
 
 _WHERE_HELP = (
     "keep samples where FIELD OP VALUE holds (OP: = != < <= > >=); repeat to combine, e.g. "
-    "--where bucket=15s --where num_shots>=3 --where caption_status=pending. "
+    "--where bucket=15s --where 'num_shots>=3' --where caption_status=pending (quote > and <). "
     "Fields: the ls columns."
 )
 
@@ -78,12 +78,52 @@ def _show(args: argparse.Namespace) -> int:
 def _sheet(args: argparse.Namespace) -> int:
     from multishot.dataset.sheet import render_sheet
 
+    if args.all == (args.key is not None):
+        raise ValueError("give either KEY or --all")
+    if args.all:
+        return _sheet_all(args)
     record, members = _open(args).sample(args.key)
     if "mp4" not in members:
         raise ValueError(f"sample {args.key} has no .mp4 member (a latent shard set?): a sheet needs the video")
     image, layout = render_sheet(record, members["mp4"], frames_per_shot=args.frames, thumb_height=args.thumb_height)
     image.save(args.output)
     print(f"wrote {args.output}: {layout.width}x{layout.height} px, {record.num_shots} shots", file=sys.stderr)
+    return 0
+
+
+def _sheet_all(args: argparse.Namespace) -> int:
+    """``sheet PATH --all -o DIR``: DIR/KEY.png for every sample (DIR made when missing)."""
+    from pathlib import Path
+
+    from multishot.dataset.report_html import each_sample
+    from multishot.dataset.sheet import render_sheet
+
+    folder = Path(args.output)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for _, record, members in each_sample(_open(args)):
+        if "mp4" not in members:
+            raise ValueError(f"sample {record.key} has no .mp4 member (a latent shard set?): a sheet needs the video")
+        image, _ = render_sheet(record, members["mp4"], frames_per_shot=args.frames, thumb_height=args.thumb_height)
+        image.save(folder / f"{record.key}.png")
+        print(folder / f"{record.key}.png")
+        written += 1
+    print(f"wrote {written} sheets to {folder}", file=sys.stderr)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from multishot.dataset.report_html import write_report
+
+    shard_set = _open(args)
+    base, _, query = args.path.partition("?")  # a URI's query (endpoint, region) stays at its end
+    output = args.output or f"{base.rstrip('/')}/report" + (f"?{query}" if query else "")
+    done = write_report(shard_set, output, frames_per_shot=args.frames, thumb_height=args.thumb_height,
+                        max_rejected=args.max_rejected)
+    failed = f", {len(done.sheets_failed)} without a sheet ({', '.join(done.sheets_failed)})" if done.sheets_failed else ""
+    print(f"wrote {done.index}: {done.videos} videos, {done.samples} samples{failed}, "
+          f"{done.rejected_shots} rejected shots ({done.thumbnails} with a thumbnail)", file=sys.stderr)
+    print(done.index)
     return 0
 
 
@@ -171,12 +211,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_handled(_show))
 
     p = commands.add_parser(
-        "sheet", parents=[keyed], help="contact sheet PNG: one row of frames per shot, with time range and caption"
+        "sheet", parents=[common], help="contact sheet PNG: one row of frames per shot, with time range and caption"
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
+    p.add_argument("key", metavar="KEY", nargs="?", help="sample key (see `ls`); or --all")
+    p.add_argument("--all", action="store_true", help="a sheet of every sample: -o names a folder, DIR/KEY.png")
+    p.add_argument("-o", "--output", "--out", required=True, metavar="OUT.png|DIR",
+                   help="PNG to write (with --all: folder, made when missing)")
     p.add_argument("--frames", type=int, default=4, help="frames per shot (default %(default)s)")
     p.add_argument("--thumb-height", type=int, default=135, help="thumbnail height in pixels (default %(default)s)")
     p.set_defaults(func=_handled(_sheet))
+
+    p = commands.add_parser(
+        "report", parents=[common],
+        help="an HTML page of a run: videos, every sample's contact sheet, rejected shots with thumbnails, stats",
+    )
+    p.add_argument("-o", "--output", "--out", metavar="DIR",
+                   help="folder (or pyarrow.fs URI) for index.html and img/ (default PATH/report)")
+    p.add_argument("--frames", type=int, default=4, help="frames per shot in the sheets (default %(default)s)")
+    p.add_argument("--thumb-height", type=int, default=135, help="thumbnail height in pixels (default %(default)s)")
+    p.add_argument("--max-rejected", type=int, metavar="N", help="show at most N rejected shots (default all)")
+    p.set_defaults(func=_handled(_report))
 
     p = commands.add_parser(
         "verify",
@@ -191,7 +245,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write the sample's members (KEY.json + KEY.mp4, or KEY.safetensors) and, captions ok, KEY.txt "
              "with the prompt",
     )
-    p.add_argument("-o", "--output", required=True, metavar="DIR",
+    p.add_argument("-o", "--output", "--out", required=True, metavar="DIR",
                    help="folder (or pyarrow.fs URI) to write into; made when missing")
     p.add_argument("--force", action="store_true", help="overwrite files of the sample already in DIR")
     p.set_defaults(func=_handled(_export))

@@ -8,9 +8,11 @@ Bad inputs end as :mod:`multishot.cli.launch` says: one line on stderr, exit cod
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from multishot.cli.launch import add_config_args, overrides, run_rank, torchrun
+from multishot.cli.preflight import check_paths
 from multishot.config import load_config
 from multishot.errors import UsageError
 
@@ -55,7 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _launch(args: argparse.Namespace) -> int:
+    if args.launcher == "ray":  # first: before anything imports ray (a loopback address stays loopback)
+        from multishot.ray_address import check_reachable
+
+        check_reachable(args.ray_address)
     config = load_config(args.config, train_config(), overrides(args.set))  # fail here, not in N ranks
+    address = args.ray_address or os.environ.get("RAY_ADDRESS") or ""
+    if args.launcher != "ray" or not address.startswith("ray://"):  # a Ray Client's paths are the cluster's
+        check_paths(config)
     if args.launcher == "ray":
         from multishot.evaluate.validation import make_validator
         from multishot.trainer.ray_launch import launch

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
+from tqdm import tqdm
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
@@ -291,15 +292,22 @@ class Distiller:
         """Run until ``run.max_steps``, logging and checkpointing; then export the student.
         ``on_step(step)`` is called after every step (and its checkpoint) on every rank."""
         run = self.config.run
+        # rank 0's bar on stderr: steps, ETA, the phase (ODE regression, then DMD) and last loss
+        bar = tqdm(total=run.max_steps, initial=self.step, desc="distill", unit="step",
+                   disable=self.rank != 0)
         while self.step < run.max_steps:
             metrics = self.train_step()
             step = self.step
             if step % run.log_every == 0 or step == run.max_steps:
                 self.metrics.log(step, {**metrics, "lr": self.generator_sched.get_last_lr()[0]})
+            bar.set_postfix(phase="ode" if step <= self.config.objective.ode_steps else "dmd",
+                            **{k: f"{v:.4f}" for k, v in metrics.items() if "loss" in k})
+            bar.update(1)
             if step % run.checkpoint_every == 0 or step == run.max_steps:
                 self.save()
             if on_step is not None:
                 on_step(step)
+        bar.close()
         if run.export_safetensors:
             self.export()
         self.metrics.close()

@@ -22,17 +22,46 @@ def overall(results: list[dict]) -> dict[str, dict]:
     return out
 
 
+#: where an evaluated video came from (:func:`origin`)
+ORIGINS = ("generated", "real", "unknown")
+
+
+def origin(sidecar: dict | None) -> str:
+    """``generated`` when the JSON beside the mp4 is ``multishot generate``'s record (it names
+    its ``checkpoints``), ``real`` when it is a pipeline sample record (``source`` and
+    ``shots``), else ``unknown`` (no JSON, or another kind)."""
+    if not isinstance(sidecar, dict):
+        return "unknown"
+    if "checkpoints" in sidecar:
+        return "generated"
+    if "source" in sidecar and "shots" in sidecar:
+        return "real"
+    return "unknown"
+
+
+def overall_by_origin(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """:func:`overall` of each origin present (``result["origin"]``, :data:`ORIGINS`), so that
+    generated videos are never averaged with the real ones they are compared against."""
+    present = [o for o in ORIGINS if any(r.get("origin", "unknown") == o for r in results)]
+    return {o: overall([r for r in results if r.get("origin", "unknown") == o]) for o in present}
+
+
 def table(results: list[dict], summary: dict[str, dict]) -> str:
-    """Fixed-width table: one row per video and an overall row; a skipped metric shows ``-``."""
-    names = [Path(r["video"]).name for r in results] + ["overall"]
+    """Fixed-width table: one row per video and an overall row (one per origin when the videos
+    have several: generated and real are not averaged together); a skipped metric shows ``-``."""
+    by_origin = overall_by_origin(results)
+    totals = [("overall", summary)] if len(by_origin) < 2 else \
+        [(f"overall {o} ({sum(r.get('origin', 'unknown') == o for r in results)})", s) for o, s in by_origin.items()]
+    names = [Path(r["video"]).name for r in results] + [label for label, _ in totals]
     width = max(12, *(len(n) for n in names))
     rows = [f"{'video':<{width}}  {'cuts req/det':>12}  " + "  ".join(f"{h:>10}" for h in HEADERS)]
     for r in results:
         req = "-" if r["requested_cuts"] is None else str(len(r["requested_cuts"]))
         cells = [f"{r['metrics'][m]:10.4f}" if m in r["metrics"] else f"{'-':>10}" for m in METRICS]
         rows.append(f"{Path(r['video']).name:<{width}}  {req + '/' + str(len(r['detected_cuts'])):>12}  " + "  ".join(cells))
-    cells = [f"{summary[m]['mean']:10.4f}" if summary[m]["mean"] is not None else f"{'-':>10}" for m in METRICS]
-    rows.append(f"{'overall':<{width}}  {'':>12}  " + "  ".join(cells))
+    for label, means in totals:
+        cells = [f"{means[m]['mean']:10.4f}" if means[m]["mean"] is not None else f"{'-':>10}" for m in METRICS]
+        rows.append(f"{label:<{width}}  {'':>12}  " + "  ".join(cells))
     skipped = {m: reason for r in results for m, reason in r["skipped"].items()}
     rows += [f"skipped {m}: {reason}" for m, reason in skipped.items()]
     return "\n".join(rows)
