@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 DESCRIPTION = """\
-Score generated multi-shot mp4s: Shot Cut Accuracy (HoloCine appendix A.1: cuts detected with
-the pipeline's TransNetV2, matched one-to-one to the requested cuts) and consistency (CLIP
-inter-shot and text-video similarity, VBench intra-shot consistency with CLIP and DINOv2).
+Score generated multi-shot mp4s with the columns of HoloCine's Table 1, each computed as its
+source computes it: Shot Cut Accuracy (HoloCine appendix A.1: cuts detected with the pipeline's
+TransNetV2, matched one-to-one to the requested cuts), ViCLIP inter-shot consistency over shots
+naming the same [characterK] (and CausalCine's DINOv2 variant), VBench subject (DINO v1) and
+background (CLIP ViT-B/32) consistency inside each detected shot, ViCLIP semantic consistency
+(global caption vs video, shot caption vs shot) and VBench's aesthetic score.
 The requested cut frames and the prompt come from the JSON beside each mp4 (keys cut_frames and
 prompt, or a sample record), or from --cuts / --prompt for every video. Metrics whose weights
 the config does not name are reported as skipped.
