@@ -320,3 +320,59 @@ def test_viclip_loads_vbench_layout_and_matches_its_forward(tmp_path):
 
 def test_character_pairs():
     assert character_pairs(["[character1] runs", "[character2]", "[character2] and [character1]"]) == [(0, 2), (1, 2)]
+
+
+def dino_v1_state(dim: int = 64, layers: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in dino_vitbase16_pretrain.pth's layout (facebookresearch/dino
+    ``vision_transformer.py``: patch 16, 224 px), tiny: width 64 (1 head), 2 blocks."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
+    s = {"cls_token": r(1, 1, dim), "pos_embed": r(1, 197, dim), "patch_embed.proj.weight": r(dim, 3, 16, 16),
+         "patch_embed.proj.bias": r(dim), "norm.weight": 1 + r(dim), "norm.bias": r(dim)}
+    for i in range(layers):
+        b = f"blocks.{i}."
+        s |= {b + "norm1.weight": 1 + r(dim), b + "norm1.bias": r(dim), b + "attn.qkv.weight": r(3 * dim, dim),
+              b + "attn.qkv.bias": r(3 * dim), b + "attn.proj.weight": r(dim, dim), b + "attn.proj.bias": r(dim),
+              b + "norm2.weight": 1 + r(dim), b + "norm2.bias": r(dim), b + "mlp.fc1.weight": r(4 * dim, dim),
+              b + "mlp.fc1.bias": r(4 * dim), b + "mlp.fc2.weight": r(dim, 4 * dim), b + "mlp.fc2.bias": r(dim)}
+    return s
+
+
+def dino_v1_reference(s, x, layers=2, heads=1):
+    """facebookresearch/dino ``VisionTransformer.forward`` (``prepare_tokens`` → ``Block``s →
+    ``norm`` → CLS) written out on the state dict: ``Block`` = x + Attention(norm1(x)) (qkv, scale
+    head_dim^-0.5, softmax, proj), then x + Mlp(norm2(x)) (fc1, exact GELU, fc2); LayerNorm eps 1e-6."""
+    B, nc, w, h = x.shape
+    t = F.conv2d(x, s["patch_embed.proj.weight"], s["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
+    t = torch.cat((s["cls_token"].expand(B, -1, -1), t), dim=1)
+    t = t + dino_interpolate_pos_encoding(s["pos_embed"], t, w, h, 16)
+    C = t.shape[-1]
+    for i in range(layers):
+        b = f"blocks.{i}."
+        y = F.layer_norm(t, (C,), s[b + "norm1.weight"], s[b + "norm1.bias"], eps=1e-6)
+        qkv = F.linear(y, s[b + "attn.qkv.weight"], s[b + "attn.qkv.bias"]).reshape(B, -1, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = ((q @ k.transpose(-2, -1)) * (C // heads) ** -0.5).softmax(dim=-1)
+        y = (attn @ v).transpose(1, 2).reshape(B, -1, C)
+        t = t + F.linear(y, s[b + "attn.proj.weight"], s[b + "attn.proj.bias"])
+        y = F.layer_norm(t, (C,), s[b + "norm2.weight"], s[b + "norm2.bias"], eps=1e-6)
+        y = F.linear(F.gelu(F.linear(y, s[b + "mlp.fc1.weight"], s[b + "mlp.fc1.bias"])), s[b + "mlp.fc2.weight"], s[b + "mlp.fc2.bias"])
+        t = t + y
+    return F.layer_norm(t, (C,), s["norm.weight"], s["norm.bias"], eps=1e-6)[:, 0]
+
+
+def test_dino_v1_own_checkpoint_loads_and_matches_dino_s_forward(tmp_path):
+    """VBench's actual DINO file layout (dino_vitbase16_pretrain.pth) loads into our encoder and its
+    features equal DINO's forward written out, on VBench's uncropped 16:9 frames."""
+    state = dino_v1_state()
+    torch.save(state, tmp_path / "dino_vitbase16_pretrain.pth")
+    encoder = DinoV1Encoder(tmp_path / "dino_vitbase16_pretrain.pth")
+    assert encoder.model.config.layer_norm_eps == 1e-6 and encoder.model.config.num_attention_heads == 1
+    frames = _frames(4, count=3)
+    with torch.no_grad():
+        images = vbench_dino_transform(224)(frames)
+        expected = torch.cat([dino_v1_reference(state, images[i:i + 1]) for i in range(len(images))])
+    torch.testing.assert_close(encoder.images(frames), expected, rtol=1e-4, atol=1e-5)
+    torch.save({**state, "head.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="unexpected"):
+        DinoV1Encoder(tmp_path / "bad.pth")

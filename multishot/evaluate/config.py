@@ -28,8 +28,8 @@ class EvalConfig(FrozenSection):
         description="cut detector for SCA and for the shots of the intra-shot columns (TransNetV2, min_shot_s=0)",
     )
     dino_v1_weights: Path | None = Field(None, description=(
-        "DINO v1 ViT-B/16 in transformers ViTModel layout (facebook/dino-vitb16, the conversion of "
-        "dino_vitbase16_pretrain.pth that VBench loads) for subject_consistency; None: skipped"))
+        "DINO v1 ViT-B/16 for subject_consistency: dino_vitbase16_pretrain.pth (the file VBench "
+        "loads) or a transformers ViTModel folder (facebook/dino-vitb16); None: skipped"))
     background_clip_model: str = Field("ViT-B-32-quickgelu", description=(
         "open_clip name of VBench's background-consistency CLIP (OpenAI ViT-B/32)"))
     background_clip_weights: Path | None = Field(None, description=(

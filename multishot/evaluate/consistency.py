@@ -77,22 +77,77 @@ class LinearAestheticHead(nn.Linear):
         return head.eval()
 
 
+def load_dino_v1(path: Path):
+    """DINO v1's own checkpoint (``dino_vitbase16_pretrain.pth``, the file VBench loads through
+    torch.hub; github facebookresearch/dino ``vision_transformer.py`` key layout) as a transformers
+    ``ViTModel``: sizes from the tensors, heads = width / 64, LayerNorm eps 1e-6 (DINO's; the
+    transformers conversion's config may say 1e-12), ``qkv`` split into q / k / v. Read with
+    ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not DINO's layout.
+    """
+    import math
+
+    from transformers import ViTConfig, ViTModel
+
+    from multishot.model.native_wan import read_pth
+
+    state = read_pth(path)
+    try:
+        dim, _, patch, _ = state["patch_embed.proj.weight"].shape
+        layers = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+        config = ViTConfig(hidden_size=dim, num_hidden_layers=layers, num_attention_heads=dim // 64,
+                           intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0], patch_size=patch,
+                           image_size=int(math.isqrt(state["pos_embed"].shape[1] - 1)) * patch,
+                           layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu")
+        out = {"embeddings.cls_token": state["cls_token"], "embeddings.position_embeddings": state["pos_embed"],
+               "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+               "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+               "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+        for i in range(layers):
+            b, h = f"blocks.{i}.", f"layers.{i}."
+            for part, chunk in zip(("q_proj", "k_proj", "v_proj"), state[b + "attn.qkv.weight"].chunk(3)):
+                out[h + f"attention.{part}.weight"] = chunk
+            for part, chunk in zip(("q_proj", "k_proj", "v_proj"), state[b + "attn.qkv.bias"].chunk(3)):
+                out[h + f"attention.{part}.bias"] = chunk
+            for ours, theirs in (("attention.o_proj", "attn.proj"), ("layernorm_before", "norm1"),
+                                 ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+                for p in ("weight", "bias"):
+                    out[f"{h}{ours}.{p}"] = state[f"{b}{theirs}.{p}"]
+    except KeyError as err:
+        raise ValueError(f"{path}: not a DINO v1 ViT checkpoint (facebookresearch/dino): no {err}") from None
+    unused = set(state) - {k for k in state if k.startswith(("blocks.", "patch_embed.", "norm.", "cls_token", "pos_embed"))}
+    if unused:
+        raise ValueError(f"{path}: not a DINO v1 ViT checkpoint: unexpected {sorted(unused)[:3]}")
+    model = ViTModel(config, add_pooling_layer=False)
+    model.load_state_dict(out, strict=True)
+    return model
+
+
 class DinoV1Encoder:
     """DINO v1 CLS features (:func:`~multishot.evaluate.vbench.dino_v1_features`) of VBench's
     ``dino_transform(224)`` frames (shorter side 224, not cropped), one frame per forward as VBench
     does; ``[T, D]`` float32, not normalised (VBench normalises before the cosine).
 
+    ``path``: DINO's ``dino_vitbase16_pretrain.pth`` (:func:`load_dino_v1`, what VBench runs), or a
+    transformers ``ViTModel`` folder (``facebook/dino-vitb16``).
+
     Raises:
-        FileNotFoundError: ``folder`` does not exist.
+        FileNotFoundError: ``path`` does not exist. ValueError: a ``.pth`` not in DINO's layout.
     """
 
-    def __init__(self, folder: Path, size: int = 224):
+    def __init__(self, path: Path, size: int = 224):
         from transformers import ViTModel
 
-        if not Path(folder).is_dir():
-            raise FileNotFoundError(f"DINO v1 folder not found: {folder}")
         self.device = _device()
-        self.model = ViTModel.from_pretrained(folder, add_pooling_layer=False).to(self.device).eval()
+        if Path(path).is_file():
+            self.model = load_dino_v1(path)
+        elif Path(path).is_dir():
+            self.model = ViTModel.from_pretrained(path, add_pooling_layer=False)
+        else:
+            raise FileNotFoundError(f"DINO v1 weights not found: {path}")
+        self.model = self.model.to(self.device).eval()
         self.size = size
 
     @torch.inference_mode()
