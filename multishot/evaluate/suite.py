@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from multishot.evaluate.report import HEADERS, overall
+from multishot.evaluate.report import HEADERS
 from multishot.evaluate.video import METRICS, Evaluator
 
 log = logging.getLogger(__name__)
