@@ -1,7 +1,8 @@
 """The frozen encoders: Wan VAE (diffusers ``AutoencoderKLWan``) and UMT5 (transformers).
 
-Both are loaded from local folders (``save_pretrained`` layout), put in eval mode with
-gradients off, and used the way Wan / DiffSynth-Studio feed the DiT:
+Both are loaded from local folders (``save_pretrained`` layout) or from Wan's native ``.pth``
+files (``Wan2.1_VAE.pth``, ``models_t5_umt5-xxl-enc-bf16.pth``; :mod:`model.native_wan`), put in
+eval mode with gradients off, and used the way Wan / DiffSynth-Studio feed the DiT:
 
 * video [B, 3, F, H, W] in [-1, 1] → VAE posterior mean → per-channel normalised latents
   ``(z − latents_mean) / latents_std`` [B, C, (F−1)/4+1, H/s, W/s];
@@ -43,6 +44,8 @@ class FrozenEncoders:
 
         Raises:
             OSError: a folder is missing or not in ``save_pretrained`` layout.
+            FileNotFoundError, ValueError: a ``.pth`` is missing or not in Wan's layout; a
+                ``.pth`` text encoder without ``tokenizer``.
         """
         device = torch.device(device)
         dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
@@ -53,12 +56,25 @@ class FrozenEncoders:
             import_torchvision()  # diffusers imports torchvision; the CPU wheel needs the shim
             from diffusers import AutoencoderKLWan
 
-            vae = AutoencoderKLWan.from_pretrained(config.vae, torch_dtype=dtype).to(device).eval()
+            if str(config.vae).endswith(".pth"):
+                from multishot.model.native_wan import load_wan_vae
+
+                vae = load_wan_vae(config.vae, dtype).to(device).eval()
+            else:
+                vae = AutoencoderKLWan.from_pretrained(config.vae, torch_dtype=dtype).to(device).eval()
             vae.requires_grad_(False)
         if config.text_encoder:
             from transformers import UMT5EncoderModel
 
-            text_encoder = UMT5EncoderModel.from_pretrained(config.text_encoder, dtype=dtype)
+            if str(config.text_encoder).endswith(".pth"):
+                from multishot.model.native_wan import load_wan_t5
+
+                if not config.tokenizer:
+                    raise ValueError("encoders.text_encoder is a .pth (Wan's native T5): name the "
+                                     "UMT5 tokenizer folder in encoders.tokenizer (Wan's google/umt5-xxl)")
+                text_encoder = load_wan_t5(config.text_encoder, dtype)
+            else:
+                text_encoder = UMT5EncoderModel.from_pretrained(config.text_encoder, dtype=dtype)
             text_encoder = text_encoder.to(device).eval().requires_grad_(False)
         if config.tokenizer or config.text_encoder:
             tokenizer = load_tokenizer(config.tokenizer or config.text_encoder)

@@ -45,8 +45,11 @@ class EncodersConfig(Section):
     """Frozen encoders (:class:`model.encoders.FrozenEncoders`): needed for data.kind 'video',
     window cross-attention, precompute and generation."""
 
-    vae: str | None = Field(None, description="diffusers AutoencoderKLWan folder")
-    text_encoder: str | None = Field(None, description="transformers UMT5EncoderModel folder")
+    vae: str | None = Field(None, description=(
+        "diffusers AutoencoderKLWan folder, or Wan's native Wan2.1_VAE.pth (model.native_wan)"))
+    text_encoder: str | None = Field(None, description=(
+        "transformers UMT5EncoderModel folder, or Wan's native models_t5_umt5-xxl-enc-bf16.pth "
+        "(then tokenizer is required)"))
     tokenizer: str | None = Field(None, description="tokenizer folder; None = text_encoder's")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="encoder compute dtype")
 

@@ -53,7 +53,7 @@ def test_training_run_validates_every_two_steps(tmp_path, train_footage_shards, 
         assert report["samples"][0]["cut_frames"] == [9] and report["samples"][1]["steps"] == 2
         # scored as `multishot eval` scores (no CLIP / DINOv2 weights: those metrics skipped)
         assert 0 < report["metrics"]["sca"] <= 1
-        assert all(0 < s["metrics"]["sca"] <= 1 and "inter_shot_clip" in s["skipped"]
+        assert all(0 < s["metrics"]["sca"] <= 1 and "inter_shot_viclip" in s["skipped"]
                    for s in report["samples"])
         for name in names:
             with av.open(str(step_dir / f"{name}.mp4")) as container:

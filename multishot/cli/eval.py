@@ -10,9 +10,12 @@ from pathlib import Path
 from multishot.cli.launch import add_config_args, overrides
 
 DESCRIPTION = """\
-Score generated multi-shot mp4s: Shot Cut Accuracy (HoloCine appendix A.1: cuts detected with
-the pipeline's TransNetV2, matched one-to-one to the requested cuts) and consistency (CLIP
-inter-shot and text-video similarity, VBench intra-shot consistency with CLIP and DINOv2).
+Score generated multi-shot mp4s with the columns of HoloCine's Table 1, each computed as its
+source computes it: Shot Cut Accuracy (HoloCine appendix A.1: cuts detected with the pipeline's
+TransNetV2, matched one-to-one to the requested cuts), ViCLIP inter-shot consistency over shots
+naming the same [characterK] (and CausalCine's DINOv2 variant), VBench subject (DINO v1) and
+background (CLIP ViT-B/32) consistency inside each detected shot, ViCLIP semantic consistency
+(global caption vs video, shot caption vs shot) and VBench's aesthetic score.
 The requested cut frames and the prompt come from the JSON beside each mp4 (keys cut_frames and
 prompt, or a sample record), or from --cuts / --prompt for every video. Metrics whose weights
 the config does not name are reported as skipped.
@@ -22,6 +25,9 @@ EPILOG = """\
 examples:
   multishot eval out/gen/ --json out/gen/report.json
   multishot eval scene.mp4 --cuts 65,125 --config configs/eval/default.yaml
+  multishot eval --suite benchmarks/prompts/holocine_protocol.jsonl --videos out/suite/ \
+      --generate configs/generate/holocine_a14b.yaml --config configs/eval/default.yaml \
+      --json out/suite/report.json --markdown out/suite/report.md
 """
 
 class EvalInputError(ValueError):
@@ -32,12 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="Shot Cut Accuracy and consistency of generated videos",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("videos", nargs="+", help="mp4 files, or folders whose *.mp4 are evaluated")
+    p.add_argument("videos", nargs="*", help="mp4 files, or folders whose *.mp4 are evaluated")
     add_config_args(p, "eval", required=False)
     p.add_argument("--cuts", help="requested cut frames for every video, e.g. 65,125 (default: the JSON beside each mp4)")
     p.add_argument("--prompt", help="the prompt of every video (default: the JSON beside each mp4)")
     p.add_argument("-o", "--output", "--json", dest="json", metavar="REPORT.json",
                    help="write the JSON report here (--json: the older name)")
+    p.add_argument("--suite", help=(
+        "a benchmark prompts file (benchmarks/prompts/*.jsonl, HoloCine's protocol): score "
+        "VIDEOS/NAME.mp4 of every item against its prompt and target cuts"))
+    p.add_argument("--videos", dest="suite_videos", metavar="DIR",
+                   help="--suite: the folder of the suite's videos (NAME.mp4)")
+    p.add_argument("--generate", metavar="CONFIG", help=(
+        "--suite: a configs/generate/ YAML; the videos missing from --videos are generated first"))
+    p.add_argument("--limit", type=int, help="--suite: the first N prompts only")
+    p.add_argument("--markdown", help="write the report as a markdown table here")
     p.set_defaults(func=_run)
 
 
@@ -106,16 +121,17 @@ def _json_beside(video: Path) -> dict | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from multishot.config import ConfigError, load_config
-    from multishot.evaluate.config import EvalConfig
+    from multishot.config import ConfigError
     from multishot.evaluate.report import origin, overall, overall_by_origin, table
     from multishot.evaluate.video import Evaluator
     from multishot.pipeline.decode import ProbeError
 
+    if args.suite is not None:
+        return _run_suite(args)
     try:
-        settings = overrides(args.set)
-        config = load_config(args.config, EvalConfig, settings) if args.config \
-            else EvalConfig.model_validate(settings)
+        if not args.videos:
+            raise EvalInputError("name mp4 files or folders, or --suite FILE --videos DIR")
+        config = _eval_config(args)
         videos = find_videos(args.videos)
         cuts = parse_cuts(args.cuts) if args.cuts is not None else None
         evaluator = Evaluator(config)
@@ -140,4 +156,69 @@ def _run(args: argparse.Namespace) -> int:
                   "overall_by_origin": overall_by_origin(results)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.markdown:
+        from multishot.evaluate.suite import markdown
+
+        _write(args.markdown, markdown([{"name": Path(r["video"]).stem, **r} for r in results], summary))
+    return 0
+
+
+def _eval_config(args: argparse.Namespace):
+    """The eval config of ``--config`` (or EvalConfig's defaults) with ``--set`` applied."""
+    from multishot.config import load_config
+    from multishot.evaluate.config import EvalConfig
+
+    settings = overrides(args.set)
+    return load_config(args.config, EvalConfig, settings) if args.config \
+        else EvalConfig.model_validate(settings)
+
+
+def _write(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+
+
+def _run_suite(args: argparse.Namespace) -> int:
+    """``eval --suite``: generate what is missing (with --generate), score every prompt's video."""
+    from multishot.config import ConfigError
+    from multishot.evaluate.report import overall, table
+    from multishot.evaluate.suite import evaluate_suite, generate_missing, load_suite, markdown
+    from multishot.evaluate.video import Evaluator
+    from multishot.pipeline.decode import ProbeError
+
+    try:
+        if args.suite_videos is None or args.videos:
+            raise EvalInputError("--suite takes the videos folder as --videos DIR (no positional videos)")
+        if args.cuts is not None or args.prompt is not None:
+            raise EvalInputError("--suite gives each video its prompt and cuts; drop --cuts / --prompt")
+        if args.limit is not None and args.limit < 1:
+            raise EvalInputError(f"--limit must be >= 1, got {args.limit}")
+        config = _eval_config(args)
+        try:
+            requests = load_suite(args.suite, args.limit)
+        except OSError as err:
+            raise EvalInputError(f"--suite {args.suite}: {err.strerror or err}") from None
+        if not requests:
+            raise EvalInputError(f"--suite {args.suite}: no prompts")
+        videos = Path(args.suite_videos)
+        if args.generate:
+            videos.mkdir(parents=True, exist_ok=True)
+            generate_missing(requests, videos, args.generate)
+        evaluator = Evaluator(config)
+        try:
+            results = evaluate_suite(requests, videos, evaluator)
+        except (ProbeError, ValueError) as err:
+            raise EvalInputError(str(err)) from None
+    except (ConfigError, EvalInputError, FileNotFoundError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines()]
+        print(f"multishot eval: {'; '.join(lines)}", file=sys.stderr)
+        return 2
+    summary = overall(results)
+    print(table(results, summary))
+    if args.json:
+        report = {"config": config.model_dump(mode="json"), "suite": str(args.suite),
+                  "prompts": results, "overall": summary}
+        _write(args.json, json.dumps(report, indent=1))
+    if args.markdown:
+        _write(args.markdown, markdown(results, summary))
     return 0

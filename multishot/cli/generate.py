@@ -16,12 +16,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate", help="generate multi-shot videos from HoloCine prompts with a (fine-tuned) DiT",
         description="Sample multi-shot videos with flow matching and classifier-free guidance: "
-        "one --prompt, a --prompts JSON-lines file (prompt, optional num_frames, cut_frames, "
-        "seed, name per line), or the captioned samples of a shard set (--from-shards, their "
-        "captions and cut frames). Writes NAME.mp4 and NAME.json (settings, checkpoint hashes, "
-        "seconds per step, peak memory).")
+        "one --prompt, HoloCine's structured input (--global-caption and one --shot-caption per "
+        "shot: the prompt is written as HoloCine's inference writes it), a --prompts file (JSON "
+        "lines or one JSON list; per item a prompt, or global_caption + shot_captions, and "
+        "optional num_frames, cut_frames, seed, name), or the captioned samples of a shard set "
+        "(--from-shards, their captions and cut frames). Frame counts and cuts that are not 4t+1 "
+        "are rounded as HoloCine rounds them, with a warning naming the new values. Writes "
+        "NAME.mp4 and NAME.json (settings, checkpoint hashes, seconds per step, peak memory).")
     add_config_args(p, "generate")
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--prompt", help="'[global caption] … [per shot caption] … [shot cut] …'")
     source.add_argument("--prompts", help="JSON-lines file of prompts")
     source.add_argument("--from-shards", metavar="ROOT", help="shard-set root to re-create")
@@ -32,8 +35,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--causal", action="store_true", help=(
         "stream with the causal DiT (model.causal in the config) chunk by chunk with a KV "
         "cache, writing frames to the mp4 as they are decoded"))
-    p.add_argument("--global-caption", help="--causal: the video's global caption (else the "
+    p.add_argument("--global-caption", help="the global caption of HoloCine's structured input "
+                   "(with --shot-caption); --causal: the video's global caption (else the "
                    "schedule's first line)")
+    p.add_argument("--shot-caption", action="append", help=(
+        "one shot's caption, repeated once per shot, with --global-caption (HoloCine's structured "
+        "input: \"This scene contains N shots.\" is appended to the global caption)"))
+    p.add_argument("--fps", type=float, help="frame rate of the written mp4 (default: video.fps; "
+                   "HoloCine writes 15)")
     p.add_argument("--chunks-per-shot", type=int, default=5, help=(
         "--causal: chunks of a shot given as a plain caption line (default 5; a chunk is "
         "model.causal.chunk_latent_frames latent frames, 12 video frames at 3)"))
@@ -42,17 +51,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "student's (multishot distill: student.json beside it) also sets its sampling steps, "
         "shift, no CFG and model.causal"))
     p.add_argument("--max-chunks", type=int, help="--causal: stop after this many chunks")
-    p.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: video.num_frames; "
-                   "--from-shards: each sample's own length)")
-    p.add_argument("--cut-frames", help="comma-separated pixel frames (4t+1) where shots 2… start; "
-                   "default: spread evenly (HoloCine)")
+    p.add_argument("--num-frames", type=int, help="pixel frames, 4k+1, else rounded as HoloCine "
+                   "does (default: video.num_frames; --from-shards: each sample's own length)")
+    p.add_argument("--cut-frames", help="comma-separated pixel frames where shots 2… start (4t+1, "
+                   "else rounded as HoloCine does); default: spread evenly (HoloCine)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--limit", type=int, help="--from-shards: at most this many samples")
     p.add_argument("--lora", help="LoRA file to merge into the DiT(s) (multishot export-lora, or a "
                    "ComfyUI / DiffSynth-Studio Wan LoRA)")
     p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
     p.add_argument("-o", "--output", "--out", required=True,
-                   help="the .mp4 for --prompt; a folder for --prompts / --from-shards")
+                   help="the .mp4 for --prompt / --shot-caption; a folder for --prompts / --from-shards")
     p.set_defaults(func=run)
 
 
@@ -65,18 +74,40 @@ def _cut_frames(text: str | None) -> list[int] | None:
         raise ValueError(f"--cut-frames expects comma-separated integers, got {text!r}") from None
 
 
+def _corrected(inputs) -> dict:
+    """The JSON beside the mp4 records HoloCine-style roundings (``{}`` when none)."""
+    return {"rounded": inputs.corrections} if inputs.corrections else {}
+
+
 def requests(args: argparse.Namespace, num_frames: int) -> list:
     """The :class:`~generate.shots.Request` list the arguments ask for.
 
     Raises:
         ValueError: bad cuts or prompts (message says which), or no captioned sample found.
     """
+    from multishot.generate.holocine import raw_inputs, structured_inputs
     from multishot.generate.shots import read_prompts_file, request_from_record, resolve_request
 
+    structured = args.global_caption is not None or args.shot_caption is not None
+    chosen = [name for name, given in (("--prompt", args.prompt is not None),
+                                       ("--prompts", args.prompts is not None),
+                                       ("--from-shards", args.from_shards is not None),
+                                       ("--global-caption/--shot-caption", structured)) if given]
+    if len(chosen) != 1:
+        raise ValueError("give one of --prompt, --prompts, --from-shards or --global-caption with "
+                         f"--shot-caption (got {', '.join(chosen) or 'none'})")
+    if structured:
+        if not (args.global_caption and args.shot_caption):
+            raise ValueError("HoloCine's structured input needs --global-caption and one "
+                             "--shot-caption per shot")
+        inputs = structured_inputs(args.global_caption, args.shot_caption, args.num_frames or num_frames,
+                                   _cut_frames(args.cut_frames))
+        return [resolve_request(inputs.prompt, inputs.num_frames, inputs.cut_frames, args.seed,
+                                Path(args.output).stem, _corrected(inputs))]
     if args.prompt is not None:
-        return [resolve_request(args.prompt, args.num_frames or num_frames,
-                                _cut_frames(args.cut_frames), args.seed,
-                                Path(args.output).stem)]
+        inputs = raw_inputs(args.prompt, args.num_frames or num_frames, _cut_frames(args.cut_frames))
+        return [resolve_request(inputs.prompt, inputs.num_frames, inputs.cut_frames, args.seed,
+                                Path(args.output).stem, _corrected(inputs))]
     if args.cut_frames is not None:
         raise ValueError("--cut-frames goes with --prompt; a prompts file gives cut_frames per line")
     if args.prompts is not None:
@@ -110,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
             student = generate_overrides(args.checkpoint)
         except ValueError as err:
             raise UsageError(str(err)) from err
-    config = load_config(args.config, GenerateConfig, merged(student, overrides(args.set)))
+    fps = None
+    if args.fps is not None:
+        if not args.fps > 0:
+            raise UsageError(f"--fps must be > 0, got {args.fps}")
+        fps = {"video": {"fps": args.fps}}
+    config = load_config(args.config, GenerateConfig, merged(student, fps, overrides(args.set)))
     if args.causal or args.schedule is not None:
         return run_causal(args, config)
     try:
@@ -120,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     out = Path(args.output)
     for request in todo:
-        mp4 = out if args.prompt is not None else out / f"{request.name}.mp4"
+        single = args.prompt is not None or args.shot_caption is not None  # one video: -o is the mp4
+        mp4 = out if single else out / f"{request.name}.mp4"
         generated = generator.generate(request)
         if generator.cp_group is not None and generator.cp_group.rank() != 0:
             continue  # torchrun: every rank computed the sample, rank 0 writes it

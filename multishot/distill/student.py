@@ -38,7 +38,7 @@ def generate_overrides(checkpoint: str | Path) -> dict:
         ValueError: ``student.json`` is there but not this format.
     """
     checkpoint = Path(checkpoint)
-    out: dict = {"model": {"checkpoint": str(checkpoint), "random_weights": None}}
+    out: dict = {"model": {"checkpoint": str(checkpoint), "random_weights": None, "holocine_dir": None}}
     info_path = checkpoint.parent / INFO
     if not info_path.exists():
         return out

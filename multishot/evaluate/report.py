@@ -6,19 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
-from multishot.evaluate.video import METRICS
+from multishot.evaluate.video import METRICS, POOLED
 
 #: column headers of the table, in :data:`METRICS` order
-HEADERS = ("SCA", "inter", "inter_char", "intra_clip", "intra_dino", "text_glob", "text_shot")
+HEADERS = ("SCA", "inter_viclip", "inter_dinov2", "subject", "background", "sem_global", "sem_shot", "aesthetic")
 
 
 def overall(results: list[dict]) -> dict[str, dict]:
     """Per metric ``{"mean": float | None, "videos": n}`` over the videos that have it
-    (``mean`` is None when no video has it: the metric was skipped everywhere)."""
+    (``mean`` is None when no video has it: the metric was skipped everywhere). The columns of
+    :data:`POOLED` are VBench's frame-weighted ``Σ sim / Σ cnt`` over every shot of every video
+    (``vbench/subject_consistency.py``); the others are means over videos."""
     out = {}
     for name in METRICS:
         values = [r["metrics"][name] for r in results if name in r["metrics"]]
-        out[name] = {"mean": float(np.mean(values)) if values else None, "videos": len(values)}
+        mean = float(np.mean(values)) if values else None
+        if name in POOLED and values:
+            sims, counts = zip(*(r["pooled"][name] for r in results if name in r["metrics"]))
+            mean = float(sum(sims) / sum(counts))
+        out[name] = {"mean": mean, "videos": len(values)}
     return out
 
 
@@ -54,13 +60,13 @@ def table(results: list[dict], summary: dict[str, dict]) -> str:
         [(f"overall {o} ({sum(r.get('origin', 'unknown') == o for r in results)})", s) for o, s in by_origin.items()]
     names = [Path(r["video"]).name for r in results] + [label for label, _ in totals]
     width = max(12, *(len(n) for n in names))
-    rows = [f"{'video':<{width}}  {'cuts req/det':>12}  " + "  ".join(f"{h:>10}" for h in HEADERS)]
+    rows = [f"{'video':<{width}}  {'cuts req/det':>12}  " + "  ".join(f"{h:>12}" for h in HEADERS)]
     for r in results:
         req = "-" if r["requested_cuts"] is None else str(len(r["requested_cuts"]))
-        cells = [f"{r['metrics'][m]:10.4f}" if m in r["metrics"] else f"{'-':>10}" for m in METRICS]
+        cells = [f"{r['metrics'][m]:12.4f}" if m in r["metrics"] else f"{'-':>12}" for m in METRICS]
         rows.append(f"{Path(r['video']).name:<{width}}  {req + '/' + str(len(r['detected_cuts'])):>12}  " + "  ".join(cells))
     for label, means in totals:
-        cells = [f"{means[m]['mean']:10.4f}" if means[m]["mean"] is not None else f"{'-':>10}" for m in METRICS]
+        cells = [f"{means[m]['mean']:12.4f}" if means[m]["mean"] is not None else f"{'-':>12}" for m in METRICS]
         rows.append(f"{label:<{width}}  {'':>12}  " + "  ".join(cells))
     skipped = {m: reason for r in results for m, reason in r["skipped"].items()}
     rows += [f"skipped {m}: {reason}" for m, reason in skipped.items()]

@@ -70,8 +70,8 @@ class ValidationConfig(Section):
     metrics: bool = Field(True, description=(
         "score every video as `multishot eval` does (SCA, consistency) into metrics.json"))
     eval: EvalConfig = Field(default_factory=EvalConfig, description=(
-        "the cut detector and CLIP / DINOv2 weights of the metrics (metrics without weights are "
-        "reported as skipped)"))
+        "the cut detector and the weights of the metrics (multishot eval's columns; those "
+        "without weights are reported as skipped)"))
 
 
 class ValidatedTrainConfig(TrainConfig):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 
 from multishot.config import Section
@@ -32,6 +34,30 @@ class GenModelConfig(DiTConfig):
         "a folder: create small random DiT / VAE / UMT5 there if absent and load them from it "
         "(tiny_cpu smoke runs; the log says the weights are random); checkpoint and encoders "
         "then point into it"))
+    holocine_dir: str | None = Field(None, description=(
+        "HoloCine's checkpoints/HoloCine_dit folder (README layout: {full,sparse}/"
+        "{variant}_{high,low}_noise.safetensors); with it, holocine_variant picks the two experts "
+        "and the self-attention, and checkpoint / low_noise_checkpoint / sparse_self_attention "
+        "must not be given"))
+    holocine_variant: Literal["full", "sparse"] = Field("full", description=(
+        "HoloCine release: 'full' (full self-attention; HoloCine's default and recommendation: "
+        "'better performance') or 'sparse' (sparse inter-shot self-attention, faster)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _holocine_variant(cls, data):
+        """``holocine_dir`` + ``holocine_variant`` → the experts' files and the attention."""
+        if not isinstance(data, dict) or data.get("holocine_dir") is None:
+            return data
+        clash = [k for k in ("checkpoint", "low_noise_checkpoint", "sparse_self_attention") if k in data]
+        if clash:
+            raise ValueError(f"model.holocine_dir sets {', '.join(clash)} from model.holocine_variant; "
+                             "give one or the other")
+        variant = data.get("holocine_variant", cls.model_fields["holocine_variant"].default)
+        folder = Path(data["holocine_dir"]) / str(variant)
+        return {**data, "checkpoint": str(folder / f"{variant}_high_noise.safetensors"),
+                "low_noise_checkpoint": str(folder / f"{variant}_low_noise.safetensors"),
+                "sparse_self_attention": variant == "sparse"}
 
 
 class VideoConfig(VideoSize):
@@ -40,7 +66,8 @@ class VideoConfig(VideoSize):
     num_frames: int = Field(241, description="pixel frames, 4k+1 (HoloCine: 241 = 15 s at 16 fps)")
     height: int = Field(480, gt=0, description="pixels, divisible by the VAE stride × patch")
     width: int = Field(832, gt=0, description="pixels, divisible by the VAE stride × patch")
-    fps: float = Field(16.0, gt=0, description="frame rate of the written mp4 (Wan: 16)")
+    fps: float = Field(16.0, gt=0, description=(
+        "frame rate of the written mp4 (Wan: 16; HoloCine writes 15); `generate --fps` overrides it"))
 
 
 class RuntimeConfig(Section):

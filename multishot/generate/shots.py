@@ -88,26 +88,49 @@ def resolve_request(prompt: str, num_frames: int, cut_frames: list[int] | None =
 
 
 def read_prompts_file(path: str | Path, num_frames: int, seed: int) -> list[Request]:
-    """Requests from a JSON-lines file: one object a line with ``prompt`` and optional
-    ``num_frames``, ``cut_frames``, ``seed`` and ``name`` (default ``prompt_0003``).
+    """Requests from a prompts file: JSON lines, or one JSON list (or object) of items. An item is
+    ``{"prompt": ...}`` (HoloCine's raw string) or ``{"global_caption": ..., "shot_captions":
+    [...]}`` (HoloCine's structured input, :func:`generate.holocine.structured_inputs`), with
+    optional ``num_frames``, ``cut_frames``, ``seed`` and ``name`` (default ``prompt_0003``).
+    Frames and cuts that are not 4t+1 are rounded as HoloCine rounds them (a warning names the
+    new values; the JSON beside the mp4 records them under ``rounded``).
 
     Raises:
-        ValueError: a line is not a JSON object with a ``prompt`` string, or its cuts are bad
-            (the message names the line).
+        ValueError: an item is not an object with a ``prompt`` string or a ``global_caption``
+            string and a ``shot_captions`` list of strings, or its cuts are bad (the message names
+            the line, or the item's index in a JSON list).
     """
+    from multishot.generate.holocine import raw_inputs, structured_inputs
+
+    text = Path(path).read_text()
+    try:
+        whole = json.loads(text)
+        items = [(f"item {i}", x) for i, x in enumerate(whole)] if isinstance(whole, list) else [("1", whole)]
+    except json.JSONDecodeError:
+        items = [(f"{i}", line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     requests = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for where, item in items:
         try:
-            item = json.loads(line)
-            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-                raise ValueError("expected an object with a 'prompt' string")
+            if isinstance(item, str):
+                item = json.loads(item)
+            if not isinstance(item, dict):
+                raise ValueError("expected a JSON object")
+            frames = int(item.get("num_frames", num_frames))
+            if isinstance(item.get("prompt"), str):
+                inputs = raw_inputs(item["prompt"], frames, item.get("cut_frames"))
+            elif isinstance(item.get("global_caption"), str) and isinstance(item.get("shot_captions"), list) \
+                    and all(isinstance(c, str) for c in item["shot_captions"]):
+                inputs = structured_inputs(item["global_caption"], item["shot_captions"], frames,
+                                           item.get("cut_frames"))
+            else:
+                raise ValueError("expected a 'prompt' string, or a 'global_caption' string and a "
+                                 "'shot_captions' list of strings")
             requests.append(resolve_request(
-                item["prompt"], int(item.get("num_frames", num_frames)), item.get("cut_frames"),
-                int(item.get("seed", seed)), str(item.get("name", f"prompt_{len(requests):04d}"))))
-        except ValueError as err:
-            raise ValueError(f"{path}:{i}: {err}") from None
+                inputs.prompt, inputs.num_frames, inputs.cut_frames, int(item.get("seed", seed)),
+                str(item.get("name", f"prompt_{len(requests):04d}")),
+                {"rounded": inputs.corrections} if inputs.corrections else None))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}:{where}: {err}") from None
     return requests
 
 
