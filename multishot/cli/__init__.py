@@ -81,10 +81,23 @@ class ArgumentParser(argparse.ArgumentParser):
             unknown.append(name)
         return unknown
 
+    def _long_options(self) -> list[str]:
+        """This parser's long options and those of the sub-commands named in what was typed
+        (argparse reports a sub-command's unknown flag from the top-level parser)."""
+        options = [k for k in self._option_string_actions if k.startswith("--")]
+        parser: argparse.ArgumentParser = self
+        for word in getattr(self, "_given", []):
+            subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if not subparsers or word not in subparsers[0].choices:
+                continue
+            parser = subparsers[0].choices[word]
+            options += [k for k in parser._option_string_actions if k.startswith("--")]
+        return options
+
     def _unrecognized(self, flag: str) -> str:
         import difflib
 
-        close = difflib.get_close_matches(flag, [k for k in self._option_string_actions if k.startswith("--")], n=1)
+        close = difflib.get_close_matches(flag, self._long_options(), n=1)
         return f"unrecognized argument {flag}" + (f" (did you mean {close[0]}?)" if close else "")
 
 
