@@ -163,28 +163,23 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
 def _init_ray(config: PipelineConfig) -> bool:
     """Connect to Ray; returns True when this call started a private local Ray (to shut down).
 
-    A private local Ray is kept on loopback: Ray's "no cluster" mode
-    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is first imported) makes it use
-    127.0.0.1 as the node address, where ``ray.init(_node_ip_address="127.0.0.1")`` would be
-    rewritten to the machine's external address. Its processes are watched by
+    :func:`multishot.pipeline.local_ray.init_ray`: the cluster of ``ray.address`` /
+    ``RAY_ADDRESS`` (``ray job submit``), else a new local Ray bound to 127.0.0.1 that never
+    joins a cluster named in Ray's temp folder. Its processes are watched by
     :mod:`multishot.pipeline.reaper`, which ends them if this process dies without
     ``ray.shutdown`` (SIGKILL leaves Ray's dashboard and runtime-env agents running otherwise).
     """
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from multishot.pipeline.local_ray import init_ray, job_address
+
     import ray
 
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    from multishot.pipeline.reaper import watch
+    if not job_address(config.ray.address):
+        from multishot.pipeline.reaper import watch
 
-    watch()  # first: Ray's processes inherit the run's token from this process's environment
-    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
-    return True
+        watch()  # first: Ray's processes inherit the run's token from this process's environment
+    return init_ray(config.ray.address, num_cpus=config.ray.num_cpus, include_dashboard=False)
 
 
 def _run_ray(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -> Iterator[VideoTask]:

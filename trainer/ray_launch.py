@@ -82,9 +82,10 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
     from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(address=address)
+    from multishot.pipeline.local_ray import init_ray
+
+    # the job's cluster (address / RAY_ADDRESS), else a private local Ray on 127.0.0.1
+    owns_ray = init_ray(address, include_dashboard=False)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = gpus > 0 if use_gpu is None else use_gpu
