@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from multishot.dataset.names import check_relative_name, relative_name_problem
 from multishot.dataset.record import SampleRecord
-from multishot.errors import UsageError
+from multishot.errors import UsageError, redact
 
 TMP_SUFFIX = ".tmp"
 
@@ -112,7 +112,7 @@ def is_object_store(fs: pafs.FileSystem) -> bool:
 def storage_error(err: Exception) -> str:
     """The first line of a filesystem error, in the user's terms: pyarrow's advice to enable
     ``allow_bucket_creation`` (a filesystem option no command exposes) becomes "create it"."""
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = redact(str(err).splitlines()[0]) if str(err) else type(err).__name__
     return re.sub(r"Bucket '([^']*)' not found\. To create buckets, enable the allow_bucket_creation option\.",
                   r"bucket '\1' does not exist (create it first)", text)
 
