@@ -20,7 +20,8 @@ from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
 from multishot.pipeline.scan import RayScans
 from multishot.pipeline.stages import STAGES, Stage, apply, run_sequential
-from multishot.pipeline.task import VideoTask, fingerprint
+from multishot.pipeline.source_stamp import SourceChanged, fingerprint_stamped
+from multishot.pipeline.task import VideoTask
 from multishot.pipeline.write import last_manifest, load_result, trusted_results
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,11 @@ def _tasks(sources: list[str]) -> tuple[list[VideoTask], list[dict]]:
     for source in sources:
         try:
             sfs, path = resolve(source)
-            source_id = fingerprint(sfs, path)
+            source_id, stamp = fingerprint_stamped(sfs, path)
+        except SourceChanged as err:  # being written now: not recorded, tried again next run
+            rejected.append({"source": source, "source_id": "", "status": "error", "stage": "discover",
+                             "reason": str(err)})
+            continue
         except (OSError, ValueError) as err:
             rejected.append({"source": source, "source_id": "", "status": "rejected", "stage": "discover",
                              "reason": f"cannot read: {err}"})
@@ -103,7 +108,7 @@ def _tasks(sources: list[str]) -> tuple[list[VideoTask], list[dict]]:
                              "reason": f"duplicate of {seen[source_id]}"})
             continue
         seen[source_id] = source
-        tasks.append(VideoTask(source=source, source_id=source_id))
+        tasks.append(VideoTask(source=source, source_id=source_id, source_stamp=stamp))
     return tasks, rejected
 
 

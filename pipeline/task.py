@@ -89,6 +89,8 @@ class VideoTask(BaseModel):
 
     source: str
     source_id: str
+    # [size bytes, mtime ns] the fingerprint was taken at (pipeline.source_stamp); None: unknown
+    source_stamp: list[int] | None = None
     status: Status = "ok"
     reason: str = ""
     stage: str = ""  # the stage that set a non-ok status
