@@ -332,9 +332,16 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         return
     tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        try:  # a full disk (or any failed write) leaves no temporary file behind
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def write_json(fs: pafs.FileSystem, path: str, obj: object) -> None:

@@ -75,13 +75,16 @@ def _as_given(output: str, fs: pafs.FileSystem, path: str) -> str:
 
 
 def _clean_temporaries(fs: pafs.FileSystem, layout: ShardSetLayout) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
+    """Delete temporary files a killed run (or a full disk) left behind: in the set's root,
+    ``shards/``, ``index/`` and all of ``_work/``; returns how many."""
     removed = 0
-    for folder in (layout.shards_dir, layout.work_dir):
+    index_dir = layout.samples_index.rsplit("/", 1)[0]
+    for folder, recursive in ((layout.root, False), (layout.shards_dir, False), (index_dir, False),
+                              (layout.work_dir, True)):
         if fs.get_file_info(folder).type != pafs.FileType.Directory:
             continue
-        for info in fs.get_file_info(pafs.FileSelector(folder)):
-            if info.path.endswith(TMP_SUFFIX):
+        for info in fs.get_file_info(pafs.FileSelector(folder, recursive=recursive)):
+            if info.type == pafs.FileType.File and info.path.endswith(TMP_SUFFIX):
                 fs.delete_file(info.path)
                 removed += 1
     return removed
@@ -162,7 +165,11 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     status = {r.source_id: r.status for r in results}
     this_run = {"inputs": len(sources), "processed": len(todo),
                 "usable": sum(status.get(t.source_id) in ("ok", "partial") for t in tasks)}
-    return finalize(fs, layout, config, samples_hash, results, unreadable, time.time() - start, this_run)
+    try:
+        return finalize(fs, layout, config, samples_hash, results, unreadable, time.time() - start, this_run)
+    except OSError as err:  # a full disk, a lost mount: one line; every finished video is kept
+        raise OutputError(f"output {config.output!r}: cannot write the index and manifest: {storage_error(err)} "
+                          "(the finished videos are kept: free space and rerun)") from None
 
 
 def _init_ray(config: PipelineConfig) -> bool:
