@@ -20,7 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "annotate"
 class AnnotateConfig(BaseModel):
     """How :class:`annotate.captioner.Captioner` captions samples (HoloCine §3.1 annotation)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan: refused at load
 
     model: str = Field("gemini-2.5-flash", description="Gemini model name (HoloCine used 2.5 Flash)")
     language: str = Field("English", description="language the captions are written in")

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class DataConfig(BaseModel):
     """Where the training samples come from and how they are cut into batches."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan: refused at load
 
     shards: list[str] = Field(min_length=1, description=(
         "shard URLs: .tar files, folders of tars, or shard-set roots (their shards/ is used); "

@@ -353,10 +353,15 @@ def read_json(fs: pafs.FileSystem, path: str) -> object:
     """Parse the JSON file at ``path``.
 
     Raises:
-        ValueError: not valid JSON (``json.JSONDecodeError``).
+        ValueError: not valid JSON (``json.JSONDecodeError``), or nested deeper than Python's
+            parser recurses (a crafted ``[[[[…]]]]``: RecursionError becomes a ValueError).
     """
     with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read())
+        data = stream.read()
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a file this tool writes") from None
 
 
 # ---- reading -------------------------------------------------------------------------------

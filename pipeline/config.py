@@ -15,7 +15,7 @@ from multishot.annotate.config import AnnotateConfig
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf / .nan: refused at load
 
     @model_validator(mode="before")
     @classmethod

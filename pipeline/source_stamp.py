@@ -15,6 +15,9 @@ size + mtime check; a change that keeps both, within one run, is not detected).
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pyarrow.fs as pafs
 
 from multishot.pipeline.task import VideoTask, fingerprint
@@ -34,16 +37,29 @@ def stamp(fs: pafs.FileSystem, path: str) -> list[int]:
 
     Raises:
         FileNotFoundError: it does not exist (any more).
-        NotRegularFile: it is not a regular file (pyarrow reports FIFOs and devices as
-            ``FileType.Unknown``).
+        NotRegularFile: it is not a regular file (a FIFO would block the run, ``/dev/zero``
+            never ends).
     """
+    if isinstance(fs, pafs.LocalFileSystem):
+        # pyarrow reports FIFOs and devices as files (FileType.File): ask the OS
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"not a regular file ({_kind(st.st_mode)}): never opened")
+        return [int(st.st_size), int(st.st_mtime_ns)]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{path}: no such file")
     if info.type != pafs.FileType.File:
-        raise NotRegularFile(f"not a regular file ({info.type.name.lower()}): a FIFO, device or "
-                             "folder is never read")
+        raise NotRegularFile(f"not a regular file ({info.type.name.lower()}): never opened")
     return [int(info.size), int(info.mtime_ns or 0)]
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def fingerprint_stamped(fs: pafs.FileSystem, path: str) -> tuple[str, list[int]]:

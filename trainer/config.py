@@ -21,7 +21,7 @@ from multishot.trainer.lora import LoraConfig
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan: refused at load
 
 
 class ModelConfig(_Section):

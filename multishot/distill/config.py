@@ -16,7 +16,7 @@ from multishot.trainer.config import EncodersConfig, ModelConfig, OptimConfig, R
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan: refused at load
 
 
 class VideoConfig(_Section):

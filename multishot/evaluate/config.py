@@ -21,7 +21,7 @@ class EvalConfig(BaseModel):
     A metric whose weights are not given is reported as skipped (never as a number).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf / .nan: refused at load
 
     detect: DetectConfig = Field(
         default_factory=_detect_default,

@@ -20,7 +20,7 @@ from multishot.trainer.config import EncodersConfig
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf / .nan: refused at load
 
 
 class GenModelConfig(_Section):
