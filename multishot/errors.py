@@ -30,6 +30,38 @@ def one_line(message: object) -> str:
     return redact("; ".join(part.strip() for part in str(message).splitlines() if part.strip()))
 
 
+#: terminal colour / cursor codes (Ray colours its error texts)
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+#: longest reason a table stores (a reason is a line for a person, not a log)
+REASON_CHARS = 300
+
+
+def short_reason(text: object, limit: int = REASON_CHARS) -> str:
+    """One short line for a reject reason or an error column, from any exception text.
+
+    ANSI codes are removed; of a multi-line text (a Ray task error carries the remote
+    traceback, ``ray::…(pid=…)`` first and the exception last; Ray's out-of-memory text lists
+    the top memory consumers with their command lines) only the exception line of a traceback,
+    else the first line, is kept; credentials are masked (:func:`redact`); at most ``limit``
+    characters (an ellipsis marks a cut).
+    """
+    lines = [line.rstrip() for line in _ANSI.sub("", str(text)).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    traceback_like = any(line.lstrip().startswith(("File \"", "Traceback (most recent call last)"))
+                         for line in lines)
+    if traceback_like:
+        # the exception line: the last one not indented (a traceback's frames are)
+        unindented = [line for line in lines if not line.startswith((" ", "\t"))]
+        line = unindented[-1] if unindented else lines[-1]
+        prefix = lines[0].split(":", 1)[0] if lines[0].startswith("ray.exceptions.") else ""
+        line = f"{prefix}: {line}" if prefix and not line.startswith(prefix) else line
+    else:
+        line = lines[0]
+    line = redact(" ".join(line.split()))
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 #: query parameters that carry credentials (S3/GCS/Azure presigned URLs, pyarrow-style options)
 _SECRET_PARAMS = (r"access_key|secret_key|secret|session_token|security_token|token|password|passwd|pwd"
                   r"|api_key|apikey|key|sig|signature|credential|sas|aws_access_key_id"
