@@ -151,6 +151,15 @@ def _copy_if_present(in_fs: pafs.FileSystem, src: str, out_fs: pafs.FileSystem, 
         pafs.copy_files(src, dst, source_filesystem=in_fs, destination_filesystem=out_fs)
 
 
+def all_failed(summary: dict) -> str | None:
+    """The one-line problem when a run captioned nothing although it had samples (every sample
+    failed: a wrong endpoint or key, the service down), else None."""
+    if summary["samples"] and not summary["ok"]:
+        first = next(iter(summary["failure_reasons"]), "unknown reason")
+        return f"every sample failed ({summary['failed']} of {summary['samples']}; first reason: {first})"
+    return None
+
+
 def annotate_shard_set(captioner: Captioner, shards: str, output: str, *, retry_failed: bool = False) -> dict:
     """Caption every sample of the shard set at ``shards`` into a new shard set at ``output``.
 
