@@ -7,7 +7,6 @@ nested manifest, S3 keys with ``?`` or a literal ``%41``. Runs use the sequentia
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 
 import pyarrow.parquet as pq

@@ -17,7 +17,7 @@ from multishot.annotate.config import CONFIG_DIR, AnnotateConfig
 from multishot.annotate.prompt import PromptTemplate
 from multishot.cli import main as multishot_main
 from multishot.config import ConfigError, load_config
-from test_annotate import API_KEY, FAST, samples, server, shard_set  # noqa: F401 (fixtures)
+from test_annotate import FAST, samples, server, shard_set  # noqa: F401 (fixtures)
 
 
 def _annotate(config: dict, shard_set: str, tmp_path, capsys) -> tuple[int, str]:
