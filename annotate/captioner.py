@@ -85,7 +85,7 @@ class Captioner:
         self.client = client
         self.config = config
         self.cache = cache
-        self.template = PromptTemplate.load(config.prompt_template, config.language)
+        self.template = PromptTemplate.load(config.prompt_template, config.language, config.templates_dir)
         self._secret = secret
         self._uploads = uploads
         self._count_tokens = prompt_token_counter(config.text_tokenizer) if config.text_tokenizer else None

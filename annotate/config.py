@@ -24,10 +24,13 @@ class AnnotateConfig(Section):
 
     model: str = Field("gemini-2.5-flash", description="Gemini model name (HoloCine used 2.5 Flash)")
     language: str = Field("English", description="language the captions are written in")
+    templates_dir: Path = Field(
+        CONFIG_DIR, description="the folder prompt templates are read from (nothing outside it is read)"
+    )
     prompt_template: Path = Field(
         CONFIG_DIR / "prompt.txt",
-        description="prompt template file ($num_shots, $duration_s, $shot_list, $language); "
-        "a relative path is taken from the current directory",
+        description="prompt template file inside templates_dir, using $num_shots, $duration_s, "
+        "$shot_list and $language; a relative path is taken from templates_dir",
     )
     api_version: Literal["v1", "v1beta"] = Field(
         "v1beta", description="Gemini REST API version (the Files API and JSON schemas live in v1beta)"
@@ -66,6 +69,16 @@ class AnnotateConfig(Section):
         None,
         description="response cache folder or URI (None: the caller's default, e.g. OUT/_work/captions)",
     )
+
+    @model_validator(mode="after")
+    def _template_inside_its_folder(self) -> AnnotateConfig:
+        from multishot.annotate.prompt import PromptTemplate
+
+        try:  # checked (read) at load, so a bad template is a config error naming the key
+            PromptTemplate.load(self.prompt_template, self.language, self.templates_dir)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"prompt_template: {err}") from None
+        return self
 
     @model_validator(mode="after")
     def _backoff_order(self) -> AnnotateConfig:

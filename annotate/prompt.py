@@ -35,6 +35,33 @@ def shot_list(record: SampleRecord) -> str:
     return "\n".join(lines)
 
 
+#: the placeholders every template uses, filled by :meth:`PromptTemplate.render`
+PLACEHOLDERS = frozenset({"num_shots", "duration_s", "shot_list", "language"})
+#: a prompt template is a short text; anything larger is a wrong file
+MAX_TEMPLATE_BYTES = 64 * 1024
+
+
+def template_path(name: str | Path, templates_dir: str | Path) -> Path:
+    """The template file ``name`` inside ``templates_dir`` (a relative ``name`` is taken from
+    it), resolved through symbolic links.
+
+    A template is read and sent to the captioning service with every request, so it may come
+    only from the folder the config names: ``/proc/self/environ`` or ``../../.aws/credentials``
+    are refused before they are opened.
+
+    Raises:
+        ValueError: the resolved file is not inside ``templates_dir``, or not a regular file.
+    """
+    root = Path(templates_dir).resolve()
+    path = (root / Path(name)).resolve()  # an absolute name replaces root in the join
+    if not path.is_relative_to(root):
+        raise ValueError(f"{name}: not inside the templates folder {root} (templates_dir); "
+                         "a prompt template is read only from there")
+    if not path.is_file():
+        raise ValueError(f"{name}: no such template file in {root}")
+    return path
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A loaded template plus the language; :attr:`version` names it in the response cache."""
@@ -43,18 +70,27 @@ class PromptTemplate:
     language: str
 
     @classmethod
-    def load(cls, path: str | Path, language: str) -> PromptTemplate:
-        """Read the template file.
+    def load(cls, path: str | Path, language: str, templates_dir: str | Path | None = None) -> PromptTemplate:
+        """Read the template file (:func:`template_path` first when ``templates_dir`` is given).
 
         Raises:
             OSError: unreadable file.
-            ValueError: a placeholder other than the four documented ones.
+            ValueError: outside ``templates_dir``, not a regular file, over
+                :data:`MAX_TEMPLATE_BYTES`, a placeholder other than the four documented ones,
+                or one of them missing.
         """
-        text = Path(path).read_text()
-        known = {"num_shots", "duration_s", "shot_list", "language"}
+        if templates_dir is not None:
+            path = template_path(path, templates_dir)
+        data = Path(path).read_bytes()[: MAX_TEMPLATE_BYTES + 1]
+        if len(data) > MAX_TEMPLATE_BYTES:
+            raise ValueError(f"{path}: over {MAX_TEMPLATE_BYTES} bytes; a prompt template is a short text")
+        text = data.decode("utf-8", errors="replace")
         found = {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
-        if found - known:
-            raise ValueError(f"{path}: unknown placeholders {sorted(found - known)}; known: {sorted(known)}")
+        if found - PLACEHOLDERS:
+            raise ValueError(f"{path}: unknown placeholders {sorted(found - PLACEHOLDERS)}; known: {sorted(PLACEHOLDERS)}")
+        if PLACEHOLDERS - found:
+            raise ValueError(f"{path}: lacks placeholders {sorted('$' + p for p in PLACEHOLDERS - found)}; "
+                             "a prompt template must use all four")
         return cls(text, language)
 
     @property

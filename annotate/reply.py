@@ -55,6 +55,12 @@ def parse_reply(text: str | None) -> tuple[CaptionReply | None, str | None]:
         return None, f"the reply is not the requested JSON object ({where}: {first['msg']})"
 
 
+#: without a tokenizer, a prompt longer than this many characters per text-encoder token is
+#: refused: English through UMT5's SentencePiece averages about 4 characters a token, so 8
+#: lets every plausible prompt through and stops a runaway reply
+CHARS_PER_TOKEN_CAP = 8
+
+
 def check_reply(
     reply: CaptionReply, num_shots: int, count_tokens: Callable[[str], int] | None = None, max_tokens: int = 512
 ) -> list[str]:
@@ -62,7 +68,8 @@ def check_reply(
 
     With ``count_tokens`` (text → text-encoder tokens), a reply whose final prompt
     (:func:`dataset.record.build_prompt` of :func:`final_captions`) is longer than ``max_tokens``
-    is a problem too: the text encoder would cut the last shot captions off.
+    is a problem too: the text encoder would cut the last shot captions off. Without it, a
+    prompt over ``CHARS_PER_TOKEN_CAP * max_tokens`` characters is.
 
     Checks: exactly ``num_shots`` shot captions numbered 1..N in order; no empty caption; tags
     written exactly ``[characterN]``; the global caption introduces ``[character1]`` …
@@ -104,6 +111,16 @@ def check_reply(
     stated = SHOT_COUNT_SENTENCE.search(reply.global_caption)
     if stated and int(stated.group(1)) != num_shots:
         problems.append(f"global_caption says {stated.group(1)} shots, the clip has {num_shots}")
+    if count_tokens is None and not problems:
+        # no tokenizer: a bound in characters instead, so that a runaway reply (megabytes of
+        # caption) is never accepted into a record
+        prompt = build_prompt(with_shot_count(reply.global_caption.strip(), num_shots), [s.caption for s in shots])
+        if len(prompt) > CHARS_PER_TOKEN_CAP * max_tokens:
+            problems.append(
+                f"the captions make a prompt of {len(prompt)} characters; the text encoder reads {max_tokens} "
+                f"tokens (at most {CHARS_PER_TOKEN_CAP * max_tokens} characters): shorten every caption by at "
+                f"least {math.ceil(100 * (len(prompt) - CHARS_PER_TOKEN_CAP * max_tokens) / len(prompt))}%"
+            )
     if count_tokens is not None and not problems:
         prompt = build_prompt(with_shot_count(reply.global_caption.strip(), num_shots), [s.caption for s in shots])
         tokens = count_tokens(prompt)

@@ -5,7 +5,10 @@ the same shard names with every ``{key}.json`` captioned (``caption_status`` ok 
 reason in ``caption_error``; failed samples are kept), a new ``index/samples.parquet`` with the
 caption columns, copies of the other index tables and config, a manifest (checksums, IN's
 samples_hash) and a report. A shard already present in OUT is complete (shards are written atomically) and is
-skipped on a rerun, so an interrupted run resumes where it stopped.
+skipped on a rerun, so an interrupted run resumes where it stopped, but only while the IN shard
+it was captioned from is the same (its sha256, recorded in ``OUT/_work/annotate/{name}.json``
+after the shard): a changed IN captioned into an old OUT redoes the changed shards, and OUT
+shards IN no longer has are moved to ``OUT/_work/set_aside/``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,46 @@ def shard_names(fs: pafs.FileSystem, layout: ShardSetLayout) -> tuple[list[str],
     return sorted(i.base_name for i in listing if i.base_name.endswith(".tar")), None
 
 
+def _source_marker(layout: ShardSetLayout, name: str) -> str:
+    return f"{layout.work_dir}/annotate/{name}.json"
+
+
+def _input_sha256(fs: pafs.FileSystem, layout: ShardSetLayout, name: str, listed: dict[str, str]) -> str:
+    """sha256 of IN's shard ``name``: its manifest entry's, else computed from the file."""
+    if name in listed:
+        return listed[name]
+    digest = hashlib.sha256()
+    with fs.open_input_stream(layout.shard(name)) as stream:
+        while chunk := stream.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _made_from(out_fs: pafs.FileSystem, dst: ShardSetLayout, name: str, input_sha256: str) -> bool:
+    """Whether OUT's shard ``name`` was captioned from the IN shard with this sha256."""
+    path = _source_marker(dst, name)
+    if not _exists(out_fs, path):
+        return False
+    try:
+        marker = read_json(out_fs, path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("input_sha256") == input_sha256
+
+
+def _set_aside_unlisted(fs: pafs.FileSystem, layout: ShardSetLayout, names: list[str]) -> None:
+    """Move OUT tars that IN no longer lists to ``_work/set_aside/`` (kept, never deleted)."""
+    if fs.get_file_info(layout.shards_dir).type != pafs.FileType.Directory:
+        return
+    keep = set(names)
+    for info in fs.get_file_info(pafs.FileSelector(layout.shards_dir)):
+        if info.base_name.endswith(".tar") and info.base_name not in keep:
+            aside = f"{layout.work_dir}/set_aside"
+            log.warning("moving %s to %s: the input set no longer has it", info.base_name, aside)
+            fs.create_dir(aside, recursive=True)
+            fs.move(info.path, f"{aside}/{info.base_name}")
+
+
 def _read_done(fs: pafs.FileSystem, path: str) -> tuple[ShardInfo, list[SampleRecord]]:
     """ShardInfo (checksum recomputed) and records of a shard already written to OUT."""
     with fs.open_input_stream(path) as stream:
@@ -97,6 +140,15 @@ def _copy_if_present(in_fs: pafs.FileSystem, src: str, out_fs: pafs.FileSystem, 
         pafs.copy_files(src, dst, source_filesystem=in_fs, destination_filesystem=out_fs)
 
 
+def all_failed(summary: dict) -> str | None:
+    """The one-line problem when a run captioned nothing although it had samples (every sample
+    failed: a wrong endpoint or key, the service down), else None."""
+    if summary["samples"] and not summary["ok"]:
+        first = next(iter(summary["failure_reasons"]), "unknown reason")
+        return f"every sample failed ({summary['failed']} of {summary['samples']}; first reason: {first})"
+    return None
+
+
 def annotate_shard_set(captioner: Captioner, shards: str, output: str, *, retry_failed: bool = False) -> dict:
     """Caption every sample of the shard set at ``shards`` into a new shard set at ``output``.
 
@@ -119,6 +171,8 @@ def annotate_shard_set(captioner: Captioner, shards: str, output: str, *, retry_
         raise ValueError("--output must differ from --shards: annotation writes a new shard set")
     src, dst = ShardSetLayout(in_root), ShardSetLayout(out_root)
     names, total = shard_names(in_fs, src)
+    manifest = read_manifest(in_fs, src)
+    listed = {s.name: s.sha256 for s in manifest.shards} if manifest is not None else {}
     infos: list[ShardInfo] = []
     records: dict[str, tuple[str, SampleRecord]] = {}  # key -> (shard name, captioned record)
     unreadable: dict[str, str] = {}
@@ -127,7 +181,15 @@ def annotate_shard_set(captioner: Captioner, shards: str, output: str, *, retry_
     # shard name → [(record, mp4)] → annotate (threads) → write shard → manifest / index rows
     with ThreadPoolExecutor(captioner.config.concurrency) as pool, tqdm(total=total, unit="sample", desc="annotate") as bar:
         for name in names:
-            if _exists(out_fs, dst.shard(name)):
+            try:
+                input_sha256 = _input_sha256(in_fs, src, name, listed)
+            except OSError as err:
+                unreadable[name] = f"{type(err).__name__}: {err}"
+                log.error("skipping unreadable shard %s: %s", name, unreadable[name])
+                continue
+            if _exists(out_fs, dst.shard(name)) and not _made_from(out_fs, dst, name, input_sha256):
+                log.warning("redoing %s: OUT's copy was not captioned from IN's current shard", name)
+            elif _exists(out_fs, dst.shard(name)):
                 info, done = _read_done(out_fs, dst.shard(name))
                 if not (retry_failed and any(r.caption_status != "ok" for r in done)):
                     infos.append(info)
@@ -149,10 +211,12 @@ def annotate_shard_set(captioner: Captioner, shards: str, output: str, *, retry_
 
             captioned = list(pool.map(one, samples))
             infos.append(write_shard(out_fs, dst.shard(name), zip(captioned, (mp4 for _, mp4 in samples))))
+            write_json(out_fs, _source_marker(dst, name), {"input_sha256": input_sha256})  # after the shard
             records.update((r.key, (name, r)) for r in captioned)
             written += 1
             bar.set_postfix(failed=sum(r.caption_status != "ok" for _, r in records.values()))
 
+    _set_aside_unlisted(out_fs, dst, names)
     out_fs.create_dir(f"{out_root}/index", recursive=True)
     pq.write_table(_samples_table(in_fs, src, records), dst.samples_index, filesystem=out_fs)
     for path in ("shots_table", "rejects_table", "resolved_config"):

@@ -26,6 +26,7 @@ resume to keep the global batch order.
 from __future__ import annotations
 
 import io
+import tarfile
 import logging
 import random
 from collections.abc import Iterator
@@ -121,6 +122,32 @@ class Batch:
     skip_reasons: list[str] = field(default_factory=list)
 
 
+def check_set_kinds(urls: list[str], kind: str) -> None:
+    """Refuse a shard-set root whose ``manifest.json`` says it holds another kind than
+    ``data.kind`` (``video``: samples or captioned sets; ``latents``: latent sets): every
+    sample would otherwise be skipped, or worse, read as something it is not.
+
+    Raises:
+        UsageError: the manifest's kind and ``data.kind`` disagree (the message names both).
+    """
+    from multishot.dataset.shards import ManifestError, read_manifest
+    from multishot.errors import UsageError
+
+    wanted = {"video": ("samples", "captioned"), "latents": ("latents",)}[kind]
+    for url in urls:
+        fs, path = resolve(url)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            continue  # a single tar: no manifest to honour
+        try:
+            manifest = read_manifest(fs, ShardSetLayout(path))
+        except ManifestError:
+            continue  # verify reports it; the tars are still read
+        if manifest is not None and manifest.kind not in wanted:
+            fix = "latents" if manifest.kind == "latents" else "video"
+            raise UsageError(f"data.shards {url} is a {manifest.kind} set (its manifest.json says so) but "
+                             f"data.kind is {kind!r}: set data.kind: {fix}")
+
+
 def list_shards(urls: list[str]) -> list[str]:
     """Expand shard URLs into a sorted list of ``.tar`` URLs (see :attr:`DataConfig.shards`).
 
@@ -149,26 +176,36 @@ def list_shards(urls: list[str]) -> list[str]:
     return sorted(found)
 
 
+#: the raw item a damaged tar ends with (a tar key never starts with "__": webdataset's rule)
+DAMAGED_KEY, DAMAGED_MEMBER = "__damaged_shard__", "damaged"
+
+
 def iter_tar(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {ext: bytes})`` per sample of a WebDataset tar, in tar order
     (:func:`dataset.shards.read_samples`: consecutive members with one key form a sample).
 
     A refused member (unsafe name, link, oversized) or a repeated one is logged and dropped,
     so its sample comes out incomplete and :meth:`ShardStream.decode` counts it as a skip; a
-    truncated tar is logged and ends there.
+    truncated or corrupt tar is logged and ends there, and yields one ``DAMAGED_KEY`` item
+    that :meth:`ShardStream.decode` counts as a skip (its samples are lost: the run says so).
 
     Raises:
         OSError: the tar cannot be opened.
     """
     fs, path = resolve(url)
+    damage: list[str] = []
 
     def log_and_continue(exn: Exception) -> bool:
         log.warning("shard %s: %s", url, exn)
+        if isinstance(exn, tarfile.ReadError):  # the tar itself (not one member) is damaged
+            damage.append(str(exn))
         return True
 
     for sample in read_samples(fs, path, handler=log_and_continue):
         key = sample.pop("__key__")
         yield key, {ext: data for ext, data in sample.items() if not ext.startswith("__")}
+    for problem in damage:  # counted as a skip by ShardStream.decode, so it shows in skipped_samples
+        yield DAMAGED_KEY, {DAMAGED_MEMBER: f"shard {url.rsplit('/', 1)[-1]} damaged: {problem}".encode()}
 
 
 def decode_clip(mp4: bytes, num_frames: int, height: int | None, width: int | None) -> torch.Tensor:
@@ -242,6 +279,7 @@ class ShardStream(IterableDataset):
         self.config = config
         self.rank, self.world_size = rank, world_size
         self.exclude_keys = exclude_keys
+        check_set_kinds(config.shards, config.kind)
         self.urls = list_shards(config.shards)
         self.num_slots = max(1, config.num_workers)
         self.positions = [0] * self.num_slots
@@ -276,6 +314,8 @@ class ShardStream(IterableDataset):
                             yield buffer.pop(rng.randrange(len(buffer)))
                 except OSError as err:  # damage inside a tar is handled (logged) by iter_tar
                     log.warning("shard %s unreadable from sample %d on: %s", url, index, err)
+                    if by_shard or global_slot == 0:  # counted once, as a skip (decode)
+                        buffer.append((DAMAGED_KEY, {DAMAGED_MEMBER: f"shard {url} unreadable: {err}".encode()}))
             while buffer:
                 yield buffer.pop(rng.randrange(len(buffer)))
             epoch += 1
@@ -288,6 +328,8 @@ class ShardStream(IterableDataset):
             SkipSample: the sample cannot be used (the reason is the message).
         """
         cfg = self.config
+        if DAMAGED_MEMBER in parts and key == DAMAGED_KEY:
+            raise SkipSample(parts[DAMAGED_MEMBER].decode(errors="replace"))
         try:
             record = SampleRecord.from_json(parts["json"])
         except KeyError:

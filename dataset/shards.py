@@ -37,18 +37,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import BinaryIO, Literal
+from typing import Annotated, BinaryIO, Literal
 
 import pyarrow.fs as pafs
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from multishot.dataset.names import check_relative_name, relative_name_problem
 from multishot.dataset.record import SampleRecord
 from multishot.dataset.storage import read_json, write_bytes, write_json
+from multishot.errors import UsageError
 
 ShardKind = Literal["samples", "captioned", "latents"]
 #: The members of one sample, by kind (the extension after the key's first dot).
@@ -84,7 +85,9 @@ class ShardSetLayout:
         return self._join("shards")
 
     def shard(self, name: str) -> str:
-        return self._join("shards", name)
+        """``shards/{name}``; ``name`` (read from a manifest, index or result file) must stay
+        inside ``shards/`` (:func:`dataset.names.check_relative_name`, raises UnsafeNameError)."""
+        return self._join("shards", check_relative_name(name, "shard"))
 
     @property
     def samples_index(self) -> str:
@@ -127,7 +130,7 @@ class ShardInfo:
     """What the manifest records of one shard: its file name, sha256 (hex) and size (bytes) of
     the whole tar, and its sample keys in tar order."""
 
-    name: str
+    name: Annotated[str, pydantic.AfterValidator(lambda n: check_relative_name(n, "shard"))]
     sha256: str
     bytes: int
     num_samples: int
@@ -170,8 +173,9 @@ class ShardError(ValueError):
     lists every such problem)."""
 
 
-class ManifestError(ShardError):
-    """``manifest.json`` is not valid JSON or not a manifest; the message names the problem."""
+class ManifestError(ShardError, UsageError):
+    """``manifest.json`` is not valid JSON or not a manifest (or names a shard outside the
+    set); the message names the problem. A user's input: commands report it in one line."""
 
 
 def write_manifest(fs: pafs.FileSystem, layout: ShardSetLayout, manifest: Manifest) -> None:
@@ -294,13 +298,9 @@ def member_problem(member: tarfile.TarInfo, max_bytes: int = MAX_MEMBER_BYTES) -
     ``max_bytes``.
     """
     name = member.name
-    parts = name.replace("\\", "/").split("/")
-    if not name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return f"member {name!r}: absolute or empty name"
-    if ".." in parts:
-        return f"member {name!r}: '..' component in name"
-    if "\\" in name:
-        return f"member {name!r}: backslash in name"
+    problem = relative_name_problem(name)
+    if problem is not None:
+        return f"member {name!r}: {problem}"
     if member.issym() or member.islnk():
         return f"member {name!r}: link to {member.linkname!r}"
     if not member.isfile():

@@ -13,6 +13,8 @@ import uuid
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from multishot.errors import redact
+
 #: suffix of a file being written, renamed away when complete (a leftover is a killed write)
 TMP_SUFFIX = ".tmp"
 
@@ -52,7 +54,7 @@ def is_object_store(fs: pafs.FileSystem) -> bool:
 def storage_error(err: Exception) -> str:
     """The first line of a filesystem error, in the user's terms: pyarrow's advice to enable
     ``allow_bucket_creation`` (a filesystem option no command exposes) becomes "create it"."""
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = redact(str(err).splitlines()[0]) if str(err) else type(err).__name__
     return re.sub(r"Bucket '([^']*)' not found\. To create buckets, enable the allow_bucket_creation option\.",
                   r"bucket '\1' does not exist (create it first)", text)
 
@@ -73,9 +75,16 @@ def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         return
     tmp = f"{path}.{uuid.uuid4().hex}{TMP_SUFFIX}"
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        try:  # a full disk (or any failed write) leaves no temporary file behind
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def write_json(fs: pafs.FileSystem, path: str, obj: object) -> None:
@@ -87,7 +96,12 @@ def read_json(fs: pafs.FileSystem, path: str) -> object:
     """Parse the JSON file at ``path``.
 
     Raises:
-        ValueError: not valid JSON (``json.JSONDecodeError``).
+        ValueError: not valid JSON (``json.JSONDecodeError``), or nested deeper than Python's
+            parser recurses (a crafted ``[[[[…]]]]``: RecursionError becomes a ValueError).
     """
     with fs.open_input_stream(path) as stream:
-        return json.loads(stream.read())
+        data = stream.read()
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a file this tool writes") from None

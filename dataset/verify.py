@@ -230,11 +230,15 @@ def _check_manifest(shard_set: ShardSet) -> tuple[dict[str, ShardInfo | None], S
         problems += [Problem(f"shards/{n}", "not listed in the manifest") for n in files if n not in entries]
     for name in files:
         entries.setdefault(name, None)
-    problems += [
-        Problem(f"shards/{i.base_name}", "left-over temporary file (an interrupted write?)")
-        for i in shard_set.fs.get_file_info(pafs.FileSelector(shard_set.layout.shards_dir))
-        if i.base_name.endswith(TMP_SUFFIX)
-    ]
+    root = shard_set.layout.root.rstrip("/")
+    for folder in (root, shard_set.layout.shards_dir, root + "/index"):  # where atomic writes land
+        if shard_set.fs.get_file_info(folder).type != pafs.FileType.Directory:
+            continue
+        problems += [
+            Problem(i.path[len(root) + 1:], "left-over temporary file (an interrupted write?)")
+            for i in shard_set.fs.get_file_info(pafs.FileSelector(folder))
+            if i.base_name.endswith(TMP_SUFFIX)
+        ]
     kind = manifest.kind if manifest is not None else shard_set.sniff_kind()
     return {n: e for n, e in entries.items() if n in files}, kind, problems
 

@@ -291,17 +291,18 @@ def read_checkpoint_adapter(checkpoint: str | Path, config: LoraConfig) -> dict[
         FileNotFoundError: ``checkpoint`` is not a complete DCP checkpoint.
         ValueError: it holds no LoRA adapter (a full fine-tune's checkpoint).
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from multishot.model import dcp_reader
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / ".metadata").is_file():
         raise FileNotFoundError(f"no complete DCP checkpoint at {checkpoint}")
-    meta = dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
+    meta = dcp_reader.read_metadata_file(checkpoint / ".metadata").state_dict_metadata
     prefix = "train.model."  # trainer.checkpoint saves {"train": TrainState}; its "model" entry
     wanted = {key: torch.empty(m.size, dtype=m.properties.dtype) for key, m in meta.items()
               if key.startswith(prefix) and ".lora_" in key and isinstance(m, TensorStorageMetadata)}
     if not wanted:
         raise ValueError(f"{checkpoint} holds no LoRA adapter (model.lora was not set)")
-    dcp.load(wanted, checkpoint_id=str(checkpoint), no_dist=True)
+    dcp_reader.load(wanted, checkpoint, no_dist=True)
     return adapter_state_dict({k[len(prefix):]: v for k, v in wanted.items()}, config)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import stat
 from urllib.parse import quote, unquote
 
 import pyarrow.fs as pafs
@@ -99,7 +100,8 @@ def _anchor(entry: str, base: str) -> str:
     if _is_uri(base):
         scheme, rest = base.split("://", 1)
         rest, sep, query = rest.partition("?")
-        return encode_uri(f"{scheme}://{rest.rstrip('/')}/{entry}{sep}{query}")
+        # a relative entry is a key name as stored: '?' and '%' are part of it, not URI syntax
+        return f"{encode_uri(f'{scheme}://' + rest.rstrip('/'))}/{quote(entry, safe='/')}{sep}{query}"
     return os.path.normpath(os.path.join(base, entry))
 
 
@@ -136,10 +138,13 @@ def discover(spec: str, extensions: list[str], exclude: list[str] = ()) -> list[
             out_paths = [resolve(encode_uri(e))[1] for e in exclude if e.startswith(scheme + "://")]
             files = [f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                      if f.type == pafs.FileType.File and f.path.lower().endswith(exts)]
-            found = [encode_uri(f"{scheme}://{p}") + (f"?{query}" if query else "")
+            # listed keys are raw: '?' or a literal '%41' in a key is encoded, never parsed
+            found = [f"{scheme}://{quote(p, safe='/')}" + (f"?{query}" if query else "")
                      for p in files if not _under(p, out_paths)]
             skipped = len(files) > len(found)
         else:
+            if not _is_uri(spec) and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block
+                raise InputError(f"input {spec!r} is not a regular file (a FIFO or device is never read)")
             base = spec.rsplit("/", 1)[0] if _is_uri(spec) else os.path.dirname(path)
             if path.lower().endswith(".parquet"):
                 try:

@@ -39,7 +39,7 @@ from multishot.dataset.storage import write_bytes, write_json
 from multishot.config import dump_yaml
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.task import VideoTask
-from multishot.pipeline.write import shard_source_id
+from multishot.pipeline.write import shard_settings, shard_source_id
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,13 @@ def finalize(
     shots = [row for r in results for row in r.shot_rows()]
     rejects = unreadable + [r.reject_row() for r in results if r.status != "ok"]
     shards = sorted((s for r in results for s in r.shards), key=lambda s: s["name"])
-    _tidy_shards(fs, layout, {s["name"] for s in shards}, {r.source_id for r in results})
     _write_table(fs, layout.samples_index, samples, ["key"])
     _write_table(fs, layout.shots_table, shots, SHOT_COLUMNS)
     _write_table(fs, layout.videos_table, [r.video_row() for r in results], schema=VIDEO_SCHEMA)
     _write_table(fs, layout.rejects_table, rejects, REJECT_COLUMNS)
     write_manifest(fs, layout, Manifest(kind="samples", samples_hash=samples_hash, shards=shards))
+    # only now, with the new manifest in place: a reader never finds a listed shard missing
+    _tidy_shards(fs, layout, {s["name"] for s in shards}, {r.source_id for r in results}, samples_hash)
     report = {**summary(config, results, unreadable, samples, shots, wall_s, this_run.get("source_s")),
               "this_run": this_run}
     write_json(fs, layout.report, report)
@@ -102,17 +103,19 @@ def finalize(
     return report
 
 
-def _tidy_shards(fs: pafs.FileSystem, layout: ShardSetLayout, listed: set[str], indexed: set[str]) -> None:
+def _tidy_shards(fs: pafs.FileSystem, layout: ShardSetLayout, listed: set[str], indexed: set[str],
+                 samples_hash: str) -> None:
     """Make ``shards/`` hold exactly the ``listed`` tars without deleting finished work: a tar
-    of an ``indexed`` video that its result no longer lists is an older render of it (the video
-    now has fewer shards) and is removed; any other unlisted tar is moved to ``_work/set_aside/``."""
+    of an ``indexed`` video made with these settings (``samples_hash`` in its name) that its
+    result no longer lists is an older render of it (the video now has fewer shards) and is
+    removed; any other unlisted tar (other settings among them) is moved to ``_work/set_aside/``."""
     if fs.get_file_info(layout.shards_dir).type != pafs.FileType.Directory:
         return
     for info in fs.get_file_info(pafs.FileSelector(layout.shards_dir)):
         name = info.path.rsplit("/", 1)[-1]
         if not name.endswith(".tar") or name in listed:
             continue
-        if shard_source_id(name) in indexed:
+        if shard_source_id(name) in indexed and shard_settings(name) == samples_hash:
             log.info("removing shard %s: an older render of a video whose result lists its current shards", name)
             fs.delete_file(info.path)
         else:

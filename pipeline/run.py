@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 
 import pyarrow.fs as pafs
@@ -21,7 +20,8 @@ from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
 from multishot.pipeline.scan import RayScans
 from multishot.pipeline.stages import STAGES, Stage, apply, run_sequential
-from multishot.pipeline.task import VideoTask, fingerprint
+from multishot.pipeline.source_stamp import SourceChanged, fingerprint_stamped
+from multishot.pipeline.task import VideoTask
 from multishot.pipeline.write import last_manifest, load_result, trusted_results
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,16 @@ def _as_given(output: str, fs: pafs.FileSystem, path: str) -> str:
 
 
 def _clean_temporaries(fs: pafs.FileSystem, layout: ShardSetLayout) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
+    """Delete temporary files a killed run (or a full disk) left behind: in the set's root,
+    ``shards/``, ``index/`` and all of ``_work/``; returns how many."""
     removed = 0
-    for folder in (layout.shards_dir, layout.work_dir):
+    index_dir = layout.samples_index.rsplit("/", 1)[0]
+    for folder, recursive in ((layout.root, False), (layout.shards_dir, False), (index_dir, False),
+                              (layout.work_dir, True)):
         if fs.get_file_info(folder).type != pafs.FileType.Directory:
             continue
-        for info in fs.get_file_info(pafs.FileSelector(folder)):
-            if info.path.endswith(TMP_SUFFIX):
+        for info in fs.get_file_info(pafs.FileSelector(folder, recursive=recursive)):
+            if info.type == pafs.FileType.File and info.path.endswith(TMP_SUFFIX):
                 fs.delete_file(info.path)
                 removed += 1
     return removed
@@ -94,7 +97,11 @@ def _tasks(sources: list[str]) -> tuple[list[VideoTask], list[dict]]:
     for source in sources:
         try:
             sfs, path = resolve(source)
-            source_id = fingerprint(sfs, path)
+            source_id, stamp = fingerprint_stamped(sfs, path)
+        except SourceChanged as err:  # being written now: not recorded, tried again next run
+            rejected.append({"source": source, "source_id": "", "status": "error", "stage": "discover",
+                             "reason": str(err)})
+            continue
         except (OSError, ValueError) as err:
             rejected.append({"source": source, "source_id": "", "status": "rejected", "stage": "discover",
                              "reason": f"cannot read: {err}"})
@@ -104,7 +111,7 @@ def _tasks(sources: list[str]) -> tuple[list[VideoTask], list[dict]]:
                              "reason": f"duplicate of {seen[source_id]}"})
             continue
         seen[source_id] = source
-        tasks.append(VideoTask(source=source, source_id=source_id))
+        tasks.append(VideoTask(source=source, source_id=source_id, source_stamp=stamp))
     return tasks, rejected
 
 
@@ -166,26 +173,24 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     this_run = {"inputs": len(sources), "processed": len(todo),
                 "source_s": sum(t.info.duration_s for t in finished if t.info),
                 "usable": sum(status.get(t.source_id) in ("ok", "partial") for t in tasks)}
-    return finalize(fs, layout, config, samples_hash, results, unreadable, time.time() - start, this_run)
+    try:
+        return finalize(fs, layout, config, samples_hash, results, unreadable, time.time() - start, this_run)
+    except OSError as err:  # a full disk, a lost mount: one line; every finished video is kept
+        raise OutputError(f"output {config.output!r}: cannot write the index and manifest: {storage_error(err)} "
+                          "(the finished videos are kept: free space and rerun)") from None
 
 
 def _init_ray(config: PipelineConfig) -> bool:
     """Connect to Ray; returns True when this call started a private local Ray (to shut down).
 
-    A private local Ray is kept on loopback: Ray's "no cluster" mode
-    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read when ray is first imported) makes it use
-    127.0.0.1 as the node address, where ``ray.init(_node_ip_address="127.0.0.1")`` would be
-    rewritten to the machine's external address. Its processes are watched by
+    :func:`multishot.ray_connect.init_ray`: the cluster of ``ray.address`` /
+    ``RAY_ADDRESS`` (``ray job submit``), else a new local Ray bound to 127.0.0.1 that never
+    joins a cluster named in Ray's temp folder. Its processes are watched by
     :mod:`multishot.pipeline.reaper`, which ends them if this process dies without
     ``ray.shutdown`` (SIGKILL leaves Ray's dashboard and runtime-env agents running otherwise).
     """
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    else:
-        from multishot.ray_address import check_reachable
+    from multishot.ray_connect import init_ray, job_address
 
-        check_reachable(address)  # before importing ray (loopback); ray.init would retry forever
     import ray
 
     from multishot.pipeline.ray_quiet import quiet_ray, ray_logging_level
@@ -193,14 +198,12 @@ def _init_ray(config: PipelineConfig) -> bool:
     quiet_ray()
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=True, logging_level=ray_logging_level())
-        return False
-    from multishot.pipeline.reaper import watch
+    if not job_address(config.ray.address):
+        from multishot.pipeline.reaper import watch
 
-    watch()  # first: Ray's processes inherit the run's token from this process's environment
-    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, logging_level=ray_logging_level())
-    return True
+        watch()  # first: Ray's processes inherit the run's token from this process's environment
+    return init_ray(config.ray.address, logging_level=ray_logging_level(),
+                    num_cpus=config.ray.num_cpus, include_dashboard=False)
 
 
 def _run_ray(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -> Iterator[VideoTask]:

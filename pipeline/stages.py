@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+import pyarrow.fs as pafs
+
 from multishot.dataset.shards import ShardSetLayout
 from multishot.dataset.storage import resolve
 from multishot.pipeline.analyse import shot_scores
@@ -32,6 +34,7 @@ from multishot.pipeline.overlay import find_overlays, ratio_without_overlays, sh
 from multishot.pipeline.pack import PackShot, pack_video
 from multishot.pipeline.render import crop_rejection, render_samples
 from multishot.pipeline.sample import plan_sample
+from multishot.pipeline.source_stamp import change_problem
 from multishot.pipeline.task import RenderedSample, ShotRow, VideoTask
 from multishot.pipeline.scan import LocalScans, RayScans, ScanJob, SegmentStore, plan_segments, scan_hash, stitch
 from multishot.pipeline.decode import DecodeStats, ProbeError, analysis_size, probe
@@ -220,11 +223,23 @@ def _write(config: PipelineConfig, samples_hash: str) -> Process:
     fs, root = resolve(config.output)
     layout = ShardSetLayout(root)
 
+    settings = scan_hash(config)
+
     def process(task: VideoTask) -> None:
+        task.samples_hash = samples_hash
+        if problem := change_problem(task):
+            # what the stages read is not the file its id names: no shards, no result file and
+            # no segment resume points, so the next run redoes it from its current bytes
+            task.fail("write", problem, status="error")
+            task.rendered = []
+            store = SegmentStore.of_video(fs, layout.work_dir, task.source_id, settings)
+            if fs.get_file_info(store.dir).type == pafs.FileType.Directory:
+                fs.delete_dir(store.dir)
+            log.warning("%s: %s", task.name, problem)
+            return
         if task.alive:
             write_samples(task, fs, layout, config.write.max_samples_per_shard)
         task.rendered = []
-        task.samples_hash = samples_hash
         save_result(task, fs, layout)  # last: the marker a rerun trusts
 
     return process

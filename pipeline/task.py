@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
 from multishot.dataset.record import SampleRecord
+from multishot.errors import short_reason
 from multishot.pipeline.analyse import CandidateScore, ShotScores
 from multishot.pipeline.detect import DetectedShot, transition_before
 from multishot.pipeline.overlay import Overlay
@@ -89,6 +90,8 @@ class VideoTask(BaseModel):
 
     source: str
     source_id: str
+    # [size bytes, mtime ns] the fingerprint was taken at (pipeline.source_stamp); None: unknown
+    source_stamp: list[int] | None = None
     status: Status = "ok"
     reason: str = ""
     stage: str = ""  # the stage that set a non-ok status
@@ -127,7 +130,9 @@ class VideoTask(BaseModel):
         return self.status in ("ok", "partial")
 
     def fail(self, stage: str, reason: str, status: Status = "rejected") -> None:
-        self.status, self.stage, self.reason = status, stage, reason
+        """Set a non-ok status; ``reason`` is stored as one short line (:func:`short_reason`:
+        no traceback, ANSI code or other processes' command lines in the tables)."""
+        self.status, self.stage, self.reason = status, stage, short_reason(reason)
 
     @contextmanager
     def timed(self, stage: str):

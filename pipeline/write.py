@@ -1,7 +1,9 @@
 """Stage 8, writing: one video's rendered samples → WebDataset shards, then its resume marker.
 
-Shards of a video are named ``{source_id}-{n:05d}.tar`` (at most ``max_samples_per_shard``
-samples each, samples in key order), so a rerun of the same video writes the same names. Each
+Shards of a video are named ``{source_id}-{samples_hash}-{n:05d}.tar`` (at most
+``max_samples_per_shard`` samples each, samples in key order), so a rerun of the same video with
+the same settings writes the same names, and a rerun with other settings never overwrites a
+finished shard in place (the old ones are set aside when the new index is written). Each
 tar is written under a temporary name and renamed when complete, or on object storage uploaded
 whole in one request (:func:`dataset.storage.write_bytes`). The per-video result file
 ``_work/{source_id}.json`` is written last, the same way: it is the marker a rerun trusts to
@@ -25,22 +27,29 @@ from multishot.pipeline.task import VideoTask
 log = logging.getLogger(__name__)
 
 
-def shard_name(source_id: str, n: int) -> str:
-    return f"{source_id}-{n:05d}.tar"
+def shard_name(source_id: str, n: int, samples_hash: str) -> str:
+    return f"{source_id}-{samples_hash}-{n:05d}.tar"
 
 
 def shard_source_id(name: str) -> str:
-    """The ``source_id`` a shard name belongs to (inverse of :func:`shard_name`)."""
-    return name.rsplit("-", 1)[0]
+    """The ``source_id`` a shard name belongs to (inverse of :func:`shard_name`; also for the
+    ``{source_id}-{n:05d}.tar`` names of older sets)."""
+    return name.split("-", 1)[0]
+
+
+def shard_settings(name: str) -> str | None:
+    """The ``samples_hash`` in a shard's name, or None for the settings-free names of older sets."""
+    parts = name.removesuffix(".tar").split("-")
+    return parts[1] if len(parts) == 3 else None
 
 
 def write_samples(task: VideoTask, fs: pafs.FileSystem, layout: ShardSetLayout, per_shard: int) -> None:
-    """Write ``task.rendered`` as shards; fills ``task.shards`` and ``task.index_rows`` and
-    empties ``task.rendered`` (the bytes are in the tars now)."""
+    """Write ``task.rendered`` as shards named with ``task.samples_hash``; fills ``task.shards``
+    and ``task.index_rows`` and empties ``task.rendered`` (the bytes are in the tars now)."""
     samples = sorted(((r.record, r.mp4) for r in task.rendered), key=lambda pair: pair[0].key)
     for n, start in enumerate(range(0, len(samples), per_shard)):
         chunk = samples[start : start + per_shard]
-        name = shard_name(task.source_id, n)
+        name = shard_name(task.source_id, n, task.samples_hash)
         info = write_shard(fs, layout.shard(name), chunk)
         task.shards.append(info.to_dict())
         task.index_rows.extend(index_row(record, name) for record, _ in chunk)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from multishot.errors import UsageError
-from multishot.ray_address import check_reachable, gcs_endpoint
+from multishot.ray_connect import check_reachable, gcs_endpoint
 from test_cli_errors import assert_one_line_error, multishot
 
 

@@ -69,7 +69,7 @@ def test_ray_train_launcher_matches_torchrun(tmp_path, train_footage_shards, tin
         from multishot.trainer.config import TrainConfig
         from multishot.trainer.ray_launch import launch
 
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster named in TMPDIR
         try:
             result = launch(load_config({str(ray_config)!r}, TrainConfig), 2, use_gpu=False)
             print("RESULT " + json.dumps(result.return_value))

@@ -38,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.stateful import Stateful
 
 from multishot.errors import UsageError
+from multishot.model import dcp_reader
 from multishot.model.checkpoint import (
     LoadReport,
     TensorHeader,
@@ -121,7 +122,7 @@ def load(state: TrainState, path: str | Path) -> None:
     The per-rank entries of other ranks are in the checkpoint too; each rank asks for its own.
     """
     request = state.state_dict()
-    dcp.load({"train": _Requested(state, request)}, checkpoint_id=str(path))
+    dcp_reader.load({"train": _Requested(state, request)}, path)
 
 
 class _Requested(Stateful):

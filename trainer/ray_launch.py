@@ -88,12 +88,10 @@ def launch(config: TrainConfig, num_workers: int | None = None, *, use_gpu: bool
     from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        from multishot.ray_address import check_reachable
+    from multishot.ray_connect import init_ray
 
-        check_reachable(address)  # ray.init would retry an unreachable address forever
-        ray.init(address=address)
+    # the job's cluster (address / RAY_ADDRESS, checked to answer), else a private local Ray on 127.0.0.1
+    owns_ray = init_ray(address, include_dashboard=False)
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         use_gpu = gpus > 0 if use_gpu is None else use_gpu

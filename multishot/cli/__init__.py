@@ -23,7 +23,7 @@ import os
 import sys
 
 from multishot import __version__
-from multishot.errors import USAGE_EXIT, UsageError, one_line
+from multishot.errors import USAGE_EXIT, RedactingFilter, UsageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def user_error_message(err: BaseException) -> str | None:
         return one_line("; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
                                   for e in err.errors()))
     if isinstance(err, FileNotFoundError):
-        return f"no such file or directory: {err.filename}" if err.filename else one_line(err)
+        return one_line(f"no such file or directory: {err.filename}" if err.filename else err)
     return None
 
 
@@ -152,6 +152,8 @@ def _run(argv: list[str] | None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for handler in logging.getLogger().handlers:  # no credential of a URI reaches a log line
+        handler.addFilter(RedactingFilter())
     try:
         return int(args.func(args) or 0)
     except Exception as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from multishot.cli.launch import add_config_args, merged, overrides
 
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from multishot.annotate.captioner import Captioner
     from multishot.annotate.config import AnnotateConfig
-    from multishot.annotate.shardset import annotate_shard_set
+    from multishot.annotate.shardset import all_failed, annotate_shard_set
     from multishot.dataset.shards import ShardSetLayout
     from multishot.config import load_config
     from multishot.errors import UsageError
@@ -69,4 +70,7 @@ def run(args: argparse.Namespace) -> int:
         f"({summary['shards_written']} shards written, {summary['shards_resumed']} resumed, "
         f"{len(summary['unreadable_shards'])} unreadable) -> {args.output}"
     )
+    if problem := all_failed(summary):  # nothing captioned: not a success (rerun resumes)
+        print(f"multishot annotate: {problem}", file=sys.stderr)
+        return 1
     return 0

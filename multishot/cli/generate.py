@@ -105,13 +105,15 @@ def requests(args: argparse.Namespace, num_frames: int) -> list:
         return [resolve_request(inputs.prompt, inputs.num_frames, inputs.cut_frames, args.seed,
                                 Path(args.output).stem, _corrected(inputs))]
     if args.prompt is not None:
-        inputs = raw_inputs(args.prompt, args.num_frames or num_frames, _cut_frames(args.cut_frames))
+        inputs = raw_inputs(args.prompt, num_frames if args.num_frames is None else args.num_frames,
+                            _cut_frames(args.cut_frames))
         return [resolve_request(inputs.prompt, inputs.num_frames, inputs.cut_frames, args.seed,
                                 Path(args.output).stem, _corrected(inputs))]
     if args.cut_frames is not None:
         raise ValueError("--cut-frames goes with --prompt; a prompts file gives cut_frames per line")
     if args.prompts is not None:
-        return read_prompts_file(args.prompts, args.num_frames or num_frames, args.seed)
+        return read_prompts_file(args.prompts, num_frames if args.num_frames is None else args.num_frames,
+                                 args.seed)
     from multishot.dataset.shardset import ShardSet
 
     found = []
@@ -129,7 +131,7 @@ def requests(args: argparse.Namespace, num_frames: int) -> list:
 def run(args: argparse.Namespace) -> int:
     from multishot.config import load_config
     from multishot.generate.config import GenerateConfig
-    from multishot.generate.generator import Generator, write_outputs
+    from multishot.generate.generator import Generator, check_output, write_outputs
 
     from multishot.errors import UsageError
 
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if args.causal or args.schedule is not None:
         return run_causal(args, config)
     try:
+        check_output(args.output, single=args.prompt is not None)  # before any generation
         todo = requests(args, config.video.num_frames)
         generator = Generator(config, args.lora, args.lora_scale)
     except ValueError as err:  # a bad prompt, cut, checkpoint or LoRA file: the message says which
@@ -179,6 +182,7 @@ def run_causal(args: argparse.Namespace, config) -> int:
 
     from multishot.errors import UsageError
     from multishot.generate.schedule import PromptSchedule, feed_lines, read_schedule_file
+    from multishot.generate.generator import check_output
     from multishot.generate.stream import StreamingGenerator
     from multishot.generate.video import Mp4Writer
 
@@ -187,6 +191,7 @@ def run_causal(args: argparse.Namespace, config) -> int:
     if args.chunks_per_shot < 1 or (args.max_chunks is not None and args.max_chunks < 1):
         raise UsageError("--chunks-per-shot and --max-chunks must be >= 1")
     try:
+        check_output(args.output, single=True)  # before any generation
         if args.schedule == "-":
             if not args.global_caption:
                 raise ValueError("--schedule - (stdin) needs --global-caption")
@@ -197,10 +202,9 @@ def run_causal(args: argparse.Namespace, config) -> int:
     except (ValueError, OSError) as err:  # a bad schedule line, config or checkpoint
         raise UsageError(str(err)) from err
     if args.schedule == "-":
-        feed_lines(schedule, sys.stdin, args.chunks_per_shot,
+        feed_lines(schedule, sys.stdin.buffer, args.chunks_per_shot,
                    on_error=lambda message: print(message, file=sys.stderr))
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     chunks = []
     with Mp4Writer(out, config.video.fps) as writer:
         for chunk in generator.stream(schedule, args.seed, args.max_chunks):

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _launch(args: argparse.Namespace) -> int:
     if args.launcher == "ray":  # first: before anything imports ray (a loopback address stays loopback)
-        from multishot.ray_address import check_reachable
+        from multishot.ray_connect import check_reachable
 
         check_reachable(args.ray_address)
     config = load_config(args.config, train_config(), overrides(args.set))  # fail here, not in N ranks

@@ -43,6 +43,7 @@ from multishot.distill.prompts import PromptConditioning, encode_prompt, read_pr
 from multishot.distill.rollout import rollout, student_sigmas
 from multishot.distill.student import write_student_info
 from multishot.errors import UsageError
+from multishot.model import dcp_reader
 from multishot.model.config import get_config
 from multishot.trainer import checkpoint as ckpt
 from multishot.model.encoders import FrozenEncoders
@@ -326,7 +327,7 @@ class Distiller:
     def load(self, path: str | Path) -> None:
         """Restore every state in place from checkpoint ``path`` (collective)."""
         requested = {k: ckpt._Requested(v, v.state_dict()) for k, v in self._stateful().items()}
-        dcp.load(requested, checkpoint_id=str(path))
+        dcp_reader.load(requested, path)
 
     def _stateful(self) -> dict[str, Stateful]:
         return {"student": self.student_state, "critic": self.critic_state,

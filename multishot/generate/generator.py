@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -294,6 +295,31 @@ class Generator:
             "experts": trace.experts, **seconds,
             "peak_memory_gib": peak_memory_gib(self.device), **request.extra,
         }
+
+
+def check_output(path: str | Path, single: bool) -> Path:
+    """Check ``-o`` before anything is generated; its folder is created.
+
+    ``single``: ``path`` is the mp4 of one sample (its ``.json`` goes beside it); else the
+    folder of many samples.
+
+    Raises:
+        ValueError: a single output that is a folder, a folder output that is a file, or a
+            place that cannot be created or written (the message says which).
+    """
+    path = Path(path)
+    folder = path.parent if single else path
+    if single and path.is_dir():
+        raise ValueError(f"-o {path} is a folder; one --prompt writes one file (e.g. -o {path / 'sample.mp4'})")
+    if not single and path.exists() and not path.is_dir():
+        raise ValueError(f"-o {path} is a file; several samples go into a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"-o {path}: cannot create {folder}: {err.strerror or err}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"-o {path}: {folder} is not writable")
+    return path
 
 
 def write_outputs(generated: Generated, mp4_path: str | Path) -> tuple[Path, Path]:

@@ -164,11 +164,12 @@ def read_schedule_file(path: str | Path, default_chunks: int,
     return read_schedule(path.read_text().splitlines(), default_chunks, global_caption, str(path))
 
 
-def feed_lines(schedule: PromptSchedule, stream: IO[str], default_chunks: int,
+def feed_lines(schedule: PromptSchedule, stream: IO[str] | IO[bytes], default_chunks: int,
                on_error=None) -> threading.Thread:
     """Append the shots of ``stream``'s lines (stdin) to ``schedule`` from a daemon thread as
-    they arrive, and close the schedule at end of input. A bad line is passed to ``on_error``
-    (message) and skipped, so a typo does not end a running stream.
+    they arrive, and close the schedule at end of input. A bad line (a binary ``stream``'s
+    lines are decoded as UTF-8 one by one: a line that is not is bad, as in a schedule file)
+    is passed to ``on_error`` (message) and skipped, so a typo does not end a running stream.
 
     Returns the started thread.
     """
@@ -176,6 +177,11 @@ def feed_lines(schedule: PromptSchedule, stream: IO[str], default_chunks: int,
         try:
             for number, line in enumerate(stream, 1):
                 try:
+                    if isinstance(line, bytes):  # stdin's bytes: each line decoded on its own
+                        try:
+                            line = line.decode("utf-8")
+                        except UnicodeDecodeError as err:
+                            raise ValueError(f"not UTF-8 text (byte {err.start})") from None
                     parsed = parse_line(line, default_chunks)
                     if parsed is None:
                         continue

@@ -70,6 +70,10 @@ def resolve_request(prompt: str, num_frames: int, cut_frames: list[int] | None =
     shots = prompt_num_shots(prompt)
     if cut_frames is None:
         cuts = even_cut_frames(num_frames, shots)
+        if len(cuts) + 1 != shots:  # more shots than the latent frames can start
+            raise ValueError(f"the prompt has {shots} shots but {num_frames} frames "
+                             f"({num_latent_frames(num_frames)} latent frames, one shot start each at "
+                             f"most) give {len(cuts) + 1} evenly cut shots: use more frames or fewer shots")
     else:
         cuts = list(cut_frames)
         bad = [c for c in cuts if enforce_4t_plus_1(c) != c]
@@ -81,7 +85,7 @@ def resolve_request(prompt: str, num_frames: int, cut_frames: list[int] | None =
         if len(cuts) + 1 != shots:
             raise ValueError(f"the prompt has {shots} shots ({shots - 1} [shot cut] tags) but "
                              f"{len(cuts)} cut frames give {len(cuts) + 1}")
-    if len(latent_shot_starts(num_frames, cuts)) != len(cuts) + 1:
+    if len(latent_shot_starts(num_frames, cuts)) != shots:
         raise ValueError(f"cut frames {cuts} fall into the same latent frame; "
                          f"{num_frames} frames are too few for {shots} shots")
     return Request(prompt, num_frames, cuts, seed, name, extra or {})
