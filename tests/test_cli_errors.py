@@ -74,6 +74,7 @@ def test_bad_input_is_one_line_and_exit_2(args, words, bad_train_config):
 def test_failed_rank_ends_in_one_line_not_torchruns_report(tmp_path):
     # the launcher accepts this config; both ranks then find that init_from does not fit
     save_file({"blocks.0.self_attn.q.weight": torch.zeros(3, 3)}, str(tmp_path / "wrong.safetensors"))
+    (tmp_path / "unused.tar").write_bytes(b"")  # exists (the launcher checks paths); never read
     config = {"model": {"name": "tiny", "init_from": str(tmp_path / "wrong.safetensors"),
                         "window_cross_attention": False},
               "data": {"shards": [str(tmp_path / "unused.tar")], "kind": "latents", "num_workers": 0},
