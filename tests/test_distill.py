@@ -1,6 +1,7 @@
 """Distillation (ODE init + DMD, CausalCine §3.4) on small random models on CPU.
 
-The student (causal base) and the teacher (bidirectional base) are tiny random DiTs saved as
+The student (causal base) and the teacher (the causal base that scores by teacher forcing; a
+different random model here, so that the DMD gradient is not zero) are tiny random DiTs saved as
 safetensors and loaded by the real loading code (``model.init_from``: FSDP2 over one gloo
 rank); prompts go through a tiny random UMT5. Checks: a generator step moves only the student
 (teacher and critic bit-identical, GAN head on); the critic's flow-matching loss falls on fixed
@@ -118,7 +119,8 @@ def test_critic_flow_matching_loss_falls_on_fixed_data(distill_inputs, tmp_path)
               torch.randn(shape, generator=gen)) for _ in range(2)]
 
     def loss() -> torch.Tensor:
-        return sum(dmd.critic_loss(d.critic, x0, s, e, cond) for s, e in draws) / len(draws)
+        return sum(dmd.critic_loss(d.critic, x0, s, e, cond, d.causal)
+                   for s, e in draws) / len(draws)
 
     with torch.no_grad():
         first = float(loss())

@@ -2,8 +2,8 @@
 
 ``Distiller(config).train()`` is the whole run, shaped as :class:`trainer.trainer.Trainer`:
 join the process group, build student, teacher and critic with
-:func:`trainer.parallelize.build_model` (FSDP2 each; the critic starts from the teacher's
-weights), resume from the newest checkpoint, then per step ``s``::
+:func:`trainer.parallelize.build_model` (FSDP2 each; teacher and critic from the causal base,
+scoring by teacher forcing, :mod:`distill.dmd`), resume from the newest checkpoint, then per step ``s``::
 
     prompt p = prompts[(s·ranks + rank) mod P]          no loader: resumes need only s
     s <  ode_steps:  ODE regression of the student on p's base trajectory   (distill.ode)
@@ -93,9 +93,11 @@ class Distiller:
         self.student = build(config.student)
         for method in ("forward_chunk", "forward_teacher_forcing"):
             register_fsdp_forward_method(self.student, method)
-        self.teacher = build(config.teacher)
+        self.teacher = build(config.teacher)  # the causal base, scoring by teacher forcing
         self.teacher.requires_grad_(False)
         self.critic = build(config.teacher)  # the fake score starts as the real one
+        for model in (self.teacher, self.critic):
+            register_fsdp_forward_method(model, "forward_teacher_forcing")
         self.discriminator = None
         critic_modules = nn.ModuleDict({"score": self.critic})
         if obj.adversarial.enabled:
@@ -189,7 +191,7 @@ class Distiller:
             noise = torch.randn(self.latent_shape(cond), generator=gen, device=self.device)
             made.append(ode.ode_trajectory(self.student, cond, self.causal, noise, self.sigmas,
                                            obj.teacher_steps, obj.shift,
-                                           obj.trajectory_guidance_scale))
+                                           obj.trajectory_guidance_scale or obj.guidance_scale))
         if self.rank == 0:  # every rank made the same trajectories
             ode.write_trajectories(path, made, self.sigmas)
         dist.barrier()
@@ -226,12 +228,12 @@ class Distiller:
             x0 = rollout(self.student, cond, self.causal, noise, self.sigmas, exit_step)
         sigma = dmd.sample_sigma(gen, obj.shift, obj.min_timestep, obj.max_timestep, self.device)
         eps = torch.randn(shape, generator=gen, device=self.device)
-        loss = dmd.critic_loss(self.critic, x0, sigma, eps, cond)
+        loss = dmd.critic_loss(self.critic, x0, sigma, eps, cond, self.causal)
         out = {"critic_loss": loss.detach()}
         if self.discriminator is not None:
             real = self.trajectories[i][-1:]
             d_loss = dmd.discriminator_loss(self.discriminator, self.critic, real, x0, sigma,
-                                            eps, cond)
+                                            eps, cond, self.causal)
             loss = loss + obj.adversarial.critic_weight * d_loss
             out["discriminator_loss"] = d_loss.detach()
         out["critic_grad_norm"] = self._update(loss, self.critic_state.model, self.critic_optim,
@@ -253,7 +255,7 @@ class Distiller:
         sigma = dmd.sample_sigma(gen, obj.shift, obj.min_timestep, obj.max_timestep, self.device)
         eps = torch.randn(shape, generator=gen, device=self.device)
         terms = dmd.dmd_loss(x0, self.teacher, self.critic, cond, sigma, eps, obj.guidance_scale,
-                             self.discriminator, obj.adversarial.generator_weight)
+                             self.causal, self.discriminator, obj.adversarial.generator_weight)
         grad_norm = self._update(terms.loss, self.student, self.generator_optim,
                                  self.generator_sched, self.config.generator_optim.grad_clip)
         # the GAN term's backward also reached the critic: those gradients are not the critic's
