@@ -209,6 +209,7 @@ def _distill_config(inputs: dict, tmp_path, name: str):
         cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
     cfg["objective"].update(ode_steps=1, teacher_steps=4, critic_steps_per_generator_step=1)
     cfg["run"].update(max_steps=4, checkpoint_every=2, keep_checkpoints=3)
+    cfg["objective"].update(ema_start_step=1)  # the EMA starts before the kill and resumes
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -281,6 +282,7 @@ def test_killed_distillation_resumes_bit_identically(distill_inputs, straight_ru
 
     a, b = dict(flat(final(straight_run))), dict(flat(final(out)))
     assert a.keys() == b.keys() and any(k.startswith("critic.optim") for k in a)
+    assert any(k.startswith("ema.weights") for k in a) and int(a["ema.active."]) == 1
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     sa, sb = (load_file(str(p / "student.safetensors")) for p in (straight_run, out))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -325,3 +327,28 @@ def test_distill_cli_bad_config_is_one_line_and_exit_2(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "objective.student_timesteps" in lines[0], bad.stderr
     assert lines[0].startswith("multishot distill:")
+
+
+def test_generator_ema_follows_the_student_then_averages(distill_inputs, tmp_path):
+    """Before ema_start_step the EMA is the student; the start step's update copies it; each
+    later update is ema ← 0.99·ema + 0.01·student (Self-Forcing's generator EMA)."""
+    d = distiller(distill_inputs, tmp_path, ode_steps=0, critic_steps_per_generator_step=1,
+                  ema_start_step=1)
+
+    def ema():
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone()
+                for k, v in d.ema.weights.items()}
+
+    assert d.ema is not None and d.ema.decay == 0.99
+    d.train_step()                                   # step 0: before the start
+    assert int(d.ema.active) == 0
+    d.train_step()                                   # step 1: the start, a copy
+    student = snapshot(d.student)
+    assert int(d.ema.active) == 1
+    assert all(torch.equal(w, student[k]) for k, w in ema().items())
+    before = ema()
+    d.train_step()
+    student = snapshot(d.student)
+    for k, w in ema().items():
+        assert torch.allclose(w, 0.99 * before[k] + 0.01 * student[k], atol=1e-7), k
+    assert not all(torch.equal(w, student[k]) for k, w in ema().items())

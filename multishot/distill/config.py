@@ -67,6 +67,11 @@ class DistillObjective(Section):
     trajectory_guidance_scale: float | None = Field(None, ge=1, description=(
         "CFG of the ODE trajectories, as guidance_scale (null: guidance_scale)"))
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    ema_decay: float = Field(0.99, ge=0, lt=1, description=(
+        "generator EMA: ema ← decay·ema + (1 − decay)·student after every student update from "
+        "ema_start_step on; the exported student is the EMA (Self-Forcing: 0.99); 0 = off"))
+    ema_start_step: int = Field(200, ge=0, description=(
+        "the step whose update starts the EMA as a copy of the student (Self-Forcing: 200)"))
 
     @field_validator("student_timesteps")
     @classmethod

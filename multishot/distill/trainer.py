@@ -64,6 +64,52 @@ class _Frozen(Stateful):
         set_model_state_dict(self.model, state["model"])
 
 
+class GeneratorEMA(Stateful):
+    """The student's exponential moving average (Self-Forcing's ``generator_ema``): per
+    parameter a tensor of its sharding, ``ema ← decay·ema + (1 − decay)·p`` after each student
+    update once started (:meth:`update`); before that it follows the student exactly (the start
+    is a copy). In checkpoints with its ``active`` flag, so a resume continues it bit for bit."""
+
+    def __init__(self, model: nn.Module, decay: float, start_step: int):
+        self.model, self.decay, self.start_step = model, decay, start_step
+        self.weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.active = torch.zeros((), dtype=torch.int64)
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """After the student's update of step ``step`` (0-based)."""
+        if step < self.start_step:
+            return
+        params = dict(self.model.named_parameters())
+        if not int(self.active):
+            for name, ema in self.weights.items():
+                ema.copy_(params[name].detach())
+            self.active.fill_(1)
+            return
+        for name, ema in self.weights.items():
+            ema.lerp_(params[name].detach(), 1 - self.decay)
+
+    def state_dict(self):
+        return {"weights": self.weights, "active": self.active}
+
+    def load_state_dict(self, state):
+        for name, ema in self.weights.items():
+            if state["weights"][name] is not ema:
+                ema.copy_(state["weights"][name])
+        self.active.copy_(state["active"])
+
+    def export(self, path: Path) -> Path | None:
+        """Write the EMA weights like :func:`trainer.checkpoint.export_safetensors` (collective)."""
+        from multishot.model.checkpoint import save_safetensors
+
+        full = {name.replace("_checkpoint_wrapped_module.", ""):
+                (t.full_tensor() if hasattr(t, "full_tensor") else t).cpu()
+                for name, t in self.weights.items()}
+        out = save_safetensors(full, path)[0] if dist.get_rank() == 0 else None
+        dist.barrier()
+        return out
+
+
 class Distiller:
     """One distillation run of :class:`~distill.config.DistillConfig` on this process's rank.
 
@@ -117,6 +163,8 @@ class Distiller:
         self.critic_state = ckpt.TrainState(critic_modules, self.critic_optim,
                                             self.critic_sched, 0, {})
         self.teacher_state = _Frozen(self.teacher)
+        self.ema = GeneratorEMA(self.student, obj.ema_decay, obj.ema_start_step) \
+            if obj.ema_decay > 0 else None
         self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
         self.conditioning = self._encode_prompts()
         if latest is not None:
@@ -284,6 +332,8 @@ class Distiller:
             for k in range(obj.critic_steps_per_generator_step):
                 out.update(self.critic_step(k))
             out.update(self.generator_step())
+        if self.ema is not None:
+            self.ema.update(self.step)
         self.student_state.step += 1
         self.critic_state.step = self.student_state.step
         return {k: float(v) for k, v in out.items()}
@@ -323,12 +373,20 @@ class Distiller:
         dcp.load(requested, checkpoint_id=str(path))
 
     def _stateful(self) -> dict[str, Stateful]:
-        return {"student": self.student_state, "critic": self.critic_state,
-                "teacher": self.teacher_state}
+        states = {"student": self.student_state, "critic": self.critic_state,
+                  "teacher": self.teacher_state}
+        if self.ema is not None:
+            states["ema"] = self.ema
+        return states
 
     def export(self) -> Path | None:
-        """Write ``student.safetensors`` (Wan names) and ``student.json`` (collective)."""
-        out = ckpt.export_safetensors(self.student, self.output_dir / "student.safetensors")
+        """Write ``student.safetensors`` (Wan names; the EMA once it has started, as
+        Self-Forcing streams its EMA generator) and ``student.json`` (collective)."""
+        path = self.output_dir / "student.safetensors"
+        if self.ema is not None and int(self.ema.active):
+            out = self.ema.export(path)
+        else:
+            out = ckpt.export_safetensors(self.student, path)
         if self.rank == 0:
             obj = self.config.objective
             write_student_info(self.output_dir, self.config.student.name, obj.student_timesteps,
