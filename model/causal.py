@@ -392,8 +392,14 @@ def attend_chunk(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
         ``[B, n·hw, H, D]`` in ``q``'s dtype.
     """
     nq = q.shape[1]
-    q = apply_rope(q, cos[-nq:], sin[-nq:])
-    keys = apply_rope(keys, cos, sin)
+    return _attend(apply_rope(q, cos[-nq:], sin[-nq:]), apply_rope(keys, cos, sin), values,
+                   backend)
+
+
+def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+            backend: str) -> torch.Tensor:
+    """Unmasked attention of rotated ``[B, L, H, D]`` tensors: float32 softmax for
+    ``reference``, SDPA otherwise."""
     if backend == "reference":
         return _masked_reference(q, keys, values, None)
     return _sdpa(q, keys, values)
@@ -472,22 +478,52 @@ class TeacherForcingAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``q, k, v`` ``[B, 2L, H, D]`` (before RoPE) → ``[B, 2L, H, D]``: per query chunk,
-        its selected frames gathered, rotated and attended (:func:`attend_chunk`)."""
+        its selected frames gathered, rotated and attended (:func:`attend_chunk`).
+
+        A shortcut with the same numbers: where a chunk's compact positions are its frames'
+        own indices (no routed frame, history ``[0, start)``: every chunk of a sample within
+        the horizon without CAMR, and every clean chunk with the paper's ``route_clean:
+        false``), its keys are slices of ``q``, ``k`` rotated once at absolute positions
+        instead of a rotated copy per chunk (RoPE is elementwise, so a row is rotated the same
+        either way); the others rotate their gathered keys (:func:`attend_chunk`)."""
         sels = self.selections(q, k)
         self.last_selections = sels
         b, seq, h, d = q.shape
         f, hw, n = self.chunks.num_latent_frames, self.hw, self.chunks.num_chunks
         k5, v5 = k.view(b, 2 * f, hw, h, d), v.view(b, 2 * f, hw, h, d)
         bounds = list(zip(self.chunks.starts, self.chunks.ends))
+        absolute = None
         outs = []
         for j, sel in enumerate(sels):
             s, e = bounds[j % n]
-            q0 = (s if j < n else f + s) * hw
+            q0, q1 = (s if j < n else f + s) * hw, (e if j < n else f + e) * hw
+            if _at_own_positions(sel, f):
+                if absolute is None:  # both copies of frame i at position i, once per layer
+                    cos, sin = self.rope(f)
+                    cos, sin = torch.cat([cos, cos]), torch.cat([sin, sin])
+                    absolute = (apply_rope(q, cos, sin),
+                                apply_rope(k, cos, sin).view(b, 2 * f, hw, h, d))
+                keys, values = _gather_frames(absolute[1], sel), _gather_frames(v5, sel)
+                outs.append(_attend(absolute[0][:, q0:q1], keys, values, self.backend))
+                continue
             cos, sin = self.rope(sel.num_frames())
-            outs.append(attend_chunk(q[:, q0:q0 + (e - s) * hw], _gather_frames(k5, sel),
+            outs.append(attend_chunk(q[:, q0:q1], _gather_frames(k5, sel),
                                      _gather_frames(v5, sel), cos, sin, self.backend))
         return torch.cat(outs, dim=1)
 
+
+def _at_own_positions(sel: KVSelection, num_frames: int) -> bool:
+    """Whether a selection's compact positions ``0 … K − 1`` are its frames' own indices
+    (frame ``i`` of either copy at ``i``): no routed frames, and the frames ``0, 1, …, K − 1``
+    in order."""
+    if sel.routed is not None:
+        return False
+    position = 0
+    for a, b in sel.ranges:
+        if a % num_frames != position:
+            return False
+        position += b - a
+    return True
 
 
 # ---- KV cache ------------------------------------------------------------------------------
