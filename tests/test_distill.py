@@ -103,7 +103,9 @@ def test_generator_step_moves_only_the_student(distill_inputs, tmp_path):
     assert all(p.grad is None for p in d.critic.parameters())  # no stale GAN gradients
 
     student = snapshot(d.student)
-    d.critic_step(0)
+    assert d.discriminator.layer == 1  # the tiny model's middle block (intermediate features)
+    critic_out = d.critic_step(0)
+    assert critic_out["r1_penalty"] > 0 and critic_out["discriminator_loss"] > 0
     assert same(snapshot(d.teacher), teacher) and same(snapshot(d.student), student)
     assert not same(snapshot(d.critic), critic) and not same(snapshot(d.discriminator), disc)
 

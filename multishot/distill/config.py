@@ -30,7 +30,15 @@ class AdversarialConfig(Section):
     discriminator head on one critic block's tokens, logistic (non-saturating) loss."""
 
     enabled: bool = Field(False, description="add the GAN terms to the critic and generator losses")
-    layer: int = Field(-1, description="critic block whose output tokens the head reads (-1: the last)")
+    layer: int | None = Field(None, description=(
+        "critic block whose output tokens the head reads (negative: from the end); null: the "
+        "middle block (num_layers // 2), intermediate features as APT's heads read"))
+    r1_weight: float = Field(100.0, ge=0, description=(
+        "approximated R1 on real samples (APT): weight of (D(x_real) - D(x_real + "
+        "r1_sigma·n))², a finite-difference stand-in for the gradient penalty (no double "
+        "backward through the critic); 0 = off (weight and sigma: ours, not verified against "
+        "APT's text)"))
+    r1_sigma: float = Field(0.01, gt=0, description="approximated R1: the perturbation's std")
     generator_weight: float = Field(0.01, ge=0, description="weight of the generator's GAN loss")
     critic_weight: float = Field(1.0, ge=0, description="weight of the discriminator loss")
 

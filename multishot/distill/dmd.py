@@ -29,9 +29,10 @@ Wan, diffusers). Self-Forcing's ``model/dmd.py`` (``_compute_kl_grad``) writes
 default of ``objective.guidance_scale``.
 
 Adversarial term (APT / DMD2, off by default): :class:`Discriminator` reads one critic block's
-output tokens (the noisy half of the teacher-forcing sequence); the critic step adds
-``softplus(−D(real)) + softplus(D(fake))`` (logistic loss), the generator ``softplus(−D(fake))``
-(non-saturating). "Real" videos are the causal base's ODE samples (:mod:`distill.ode`).
+output tokens (the noisy half of the teacher-forcing sequence; by default the middle block,
+intermediate features); the critic step adds ``softplus(−D(real)) + softplus(D(fake))``
+(logistic loss) and APT's approximated R1 on the real samples, the generator
+``softplus(−D(fake))`` (non-saturating). "Real" videos are the causal base's ODE samples (:mod:`distill.ode`).
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class Discriminator(nn.Module):
         dim: the critic's width; layer: the block whose output it reads (negative: from the end).
     """
 
-    def __init__(self, dim: int, layer: int = -1):
+    def __init__(self, dim: int, layer: int):
         super().__init__()
         self.layer = layer
         self.norm = nn.LayerNorm(dim)
@@ -170,13 +171,24 @@ class Discriminator(nn.Module):
 
 def discriminator_loss(discriminator: Discriminator, critic, real: torch.Tensor,
                        fake: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
-                       cond: PromptConditioning, causal: CausalConfig) -> torch.Tensor:
+                       cond: PromptConditioning, causal: CausalConfig, r1_weight: float = 0.0,
+                       r1_noise: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logistic loss of the head: ``softplus(−D(real_σ)) + softplus(D(fake_σ))``, both videos
     ``[1, C, F, H, W]`` noised to ``σ`` with the same ``ε`` (detached), each scored given its
-    own clean history."""
+    own clean history; plus APT's approximated R1 on the real sample,
+    ``r1_weight·(D(real_σ) − D(real_σ + r1_noise))²`` (``r1_noise``: the perturbation, like
+    ``real``, already scaled by its std). Returns ``(loss, r1 penalty)``."""
     t = 1000 * sigma
     real, fake = real.detach().float(), fake.detach().float()
     real_t = (1 - sigma) * real + sigma * eps
     fake_t = (1 - sigma) * fake + sigma * eps
-    return (F.softplus(-discriminator.logit(critic, real, real_t, t, cond, causal)) +
+    real_logit = discriminator.logit(critic, real, real_t, t, cond, causal)
+    loss = (F.softplus(-real_logit) +
             F.softplus(discriminator.logit(critic, fake, fake_t, t, cond, causal))).mean()
+    r1 = torch.zeros((), device=real.device)
+    if r1_weight and r1_noise is not None:
+        perturbed = discriminator.logit(critic, real, real_t + r1_noise, t, cond, causal)
+        r1 = (real_logit - perturbed).square().mean()
+        loss = loss + r1_weight * r1
+    return loss, r1.detach()

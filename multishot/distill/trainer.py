@@ -148,8 +148,9 @@ class Distiller:
         critic_modules = nn.ModuleDict({"score": self.critic})
         if obj.adversarial.enabled:
             torch.manual_seed(run.seed)
-            self.discriminator = dmd.Discriminator(self.model_config.dim,
-                                                   obj.adversarial.layer).to(self.device)
+            layer = obj.adversarial.layer
+            layer = self.model_config.num_layers // 2 if layer is None else layer
+            self.discriminator = dmd.Discriminator(self.model_config.dim, layer).to(self.device)
             fully_shard(self.discriminator)  # its gradients reduce over the ranks like the critic's
             critic_modules["discriminator"] = self.discriminator
         self.generator_optim, self.generator_sched = self._optimizer(
@@ -280,10 +281,14 @@ class Distiller:
         out = {"critic_loss": loss.detach()}
         if self.discriminator is not None:
             real = self.trajectories[i][-1:]
-            d_loss = dmd.discriminator_loss(self.discriminator, self.critic, real, x0, sigma,
-                                            eps, cond, self.causal)
-            loss = loss + obj.adversarial.critic_weight * d_loss
+            adv = obj.adversarial
+            r1_noise = adv.r1_sigma * torch.randn(shape, generator=gen, device=self.device) \
+                if adv.r1_weight else None
+            d_loss, r1 = dmd.discriminator_loss(self.discriminator, self.critic, real, x0, sigma,
+                                                eps, cond, self.causal, adv.r1_weight, r1_noise)
+            loss = loss + adv.critic_weight * d_loss
             out["discriminator_loss"] = d_loss.detach()
+            out["r1_penalty"] = r1
         out["critic_grad_norm"] = self._update(loss, self.critic_state.model, self.critic_optim,
                                                self.critic_sched, self.config.critic_optim.grad_clip)
         return out
