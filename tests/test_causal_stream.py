@@ -66,7 +66,7 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def causal_run(tmp_path_factory, train_footage_shards, tiny_encoders, base) -> Path:
     tmp = tmp_path_factory.mktemp("causal")
-    result = run_python("-m", "multishot.trainer", "--config",
+    result = run_python("-m", "multishot.cli.train", "--config",
                         str(train_config(tmp, train_footage_shards, tiny_encoders, base, "full")))
     assert result.returncode == 0, result.stderr[-4000:]
     return tmp / "full"
@@ -100,7 +100,7 @@ def test_killed_causal_run_resumes_with_the_same_losses(causal_run, tmp_path, tr
         Trainer(load_config({str(config)!r}, TrainConfig)).train(on_step=kill)
     """))
     assert run_python(str(driver)).returncode != 0
-    resumed = run_python("-m", "multishot.trainer", "--config", str(config))
+    resumed = run_python("-m", "multishot.cli.train", "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr
     expected, got = losses(causal_run), losses(tmp_path / "killed")
