@@ -44,7 +44,8 @@ depend only on the count of each kind of frame, not on *which* frames were route
 chunk's RoPE tables are fixed per shape (what a CUDA graph replays). The spatial (h, w) bands
 keep their absolute positions. Teacher forcing applies the same rule per query chunk (it
 gathers each chunk's keys, rotates them and attends, as streaming does): one code path
-(:func:`attend_chunk`).
+(:func:`attend_chunk`; where the compact positions are the frames' own indices teacher
+forcing slices keys rotated once, the same numbers, :class:`TeacherForcingAttention`).
 
 **Bounded attention** (:func:`history_frames`): a query chunk of ``n`` frames never attends
 more than ``horizon_frames`` frames, its own included. Without routing (CAMR off, or the clean
