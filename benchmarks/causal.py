@@ -12,6 +12,10 @@ weights at the real shapes.
   memory. One 80 GB GPU does not hold a full 5B fine-tune's AdamW state (benchmarks/results/
   train/train.md), so ``--lora-rank`` (default 32) or ``--cpu-offload``; ``--lora-rank 0`` for a full
   fine-tune on a larger GPU.
+* ``long`` (issue 32): a ``--minutes`` stream of a 4-step student (random weights, Euler, no
+  CFG, CUDA graphs and compiled blocks on CUDA) through the same loop: video frames per second,
+  peak memory and the KV cache's size at 1, 5 and 10 minutes of video, seconds per chunk at the
+  start and the end (flat with the bounded cache of :class:`model.causal.LayerKV`).
 * ``stream``: :class:`generate.stream.ChunkStreamer` (the loop of ``multishot generate
   --causal``) with the 5B DiT in bf16 and a random Wan2.2 VAE (the Wan2.2-TI2V-5B-Diffusers
   ``vae/config.json`` geometry) at 480×832: per chunk ``--steps`` denoising steps (default 50,
@@ -28,6 +32,7 @@ step count on one GPU.
     python benchmarks/causal.py --part train --out benchmarks/results/causal/causal_h100.json
     python benchmarks/causal.py --part stream --chunks 8 --out benchmarks/results/causal/causal_h100.json
     python benchmarks/causal.py --tiny --out /tmp/causal_tiny.json                    # CPU check
+    python benchmarks/causal.py --part long --minutes 10 --out benchmarks/results/causal/causal_long_h100.json
 
 Each part updates its own key in ``--out`` (so two device calls fill one file) and rewrites the
 markdown table next to it (``.md``). Progress goes to stdout.
@@ -38,6 +43,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
+import resource
 import statistics
 import tempfile
 import time
@@ -221,6 +228,91 @@ def run_stream(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> d
     return result
 
 
+def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dict:
+    """The long stream (issue 32): ``--minutes`` of video at ``--fps`` streamed by a 4-step
+    student (Euler, shift 5, no CFG; random weights) with the real loop (CUDA graphs and
+    compiled blocks on CUDA), decode included. Reports video frames per second over the whole
+    stream, peak memory (allocated on CUDA; the KV cache's bytes everywhere) when the video
+    reaches each ``--marks`` minute, and seconds per chunk at the start and the end (median of
+    the first and last ten chunks after the first two)."""
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    from diffusers import AutoencoderKLWan
+
+    from multishot.generate.schedule import PromptSchedule, Shot
+    from multishot.generate.stream import ChunkStreamer, ShotText
+    from multishot.model.causal import CausalConfig
+    from multishot.model.prompt_spans import TextSpans
+    from multishot.model.sampling import SamplingConfig
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    causal = CausalConfig(**causal_dict)
+    model = random_dit(args.model, device, dtype, compiled)
+    mc = model.config
+    vae = AutoencoderKLWan(**(VAE_TINY if args.model == "tiny" else VAE_5B)).to(device, dtype).eval()
+    generator = torch.Generator("cpu").manual_seed(0)
+    g = mc.text_len // 5
+
+    def text(schedule: PromptSchedule, shot: int) -> ShotText:
+        context = torch.randn(1, mc.text_len, mc.text_dim, generator=generator).to(device)
+        return ShotText(shot, context, TextSpans((0, g), ((g, 2 * g),)))
+
+    steps = 4
+    sampling = SamplingConfig(sampler="euler", steps=steps, shift=5.0, cfg_scale=1.0)
+    streamer = ChunkStreamer(model, causal, sampling, vae, text,
+                             (mc.in_channels, *args.latent_hw), device, dtype,
+                             cuda_graphs=device.type == "cuda", compile_decoder=compiled)
+    frames_per_chunk = 4 * causal.chunk_latent_frames
+    total_frames = args.minutes * 60 * args.fps
+    num_chunks = 1 + math.ceil((total_frames - 1) / frames_per_chunk)
+    schedule = PromptSchedule("a global caption", [Shot(f"shot {i}", 10)
+                                                   for i in range(math.ceil(num_chunks / 10))])
+    marks = sorted(m for m in args.marks if m <= args.minutes) or [args.minutes]
+    at_marks, chunks, video_frames = {}, [], 0
+    cache_bytes = 0
+    started = time.perf_counter()
+    stream = streamer.stream(schedule, seed=0, max_chunks=num_chunks)
+    for chunk in stream:
+        video_frames += len(chunk.frames)
+        chunks.append({"index": chunk.index, "frames": len(chunk.frames), **chunk.seconds})
+        minute = video_frames / args.fps / 60
+        while marks and minute >= marks[0] - 1e-9:
+            cache = streamer.cache
+            cache_bytes = sum(t.numel() * t.element_size() for kv in cache.layers
+                              for t in kv.storages() if t is not None) if cache else 0
+            at_marks[f"{marks.pop(0):g}"] = {
+                "chunk": chunk.index, "wall_s": time.perf_counter() - started,
+                "kv_cache_gib": cache_bytes / 2**30,
+                # Linux reports ru_maxrss in KiB
+                "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+                if device.type == "cuda" else None}
+        if chunk.index % 50 == 0:
+            print(f"chunk {chunk.index}: {minute:.2f} min of video, {chunk.seconds['wall_s']:.3f}"
+                  f" s", flush=True)
+    wall = time.perf_counter() - started
+    body = chunks[2:] or chunks
+    head, tail = body[:10], body[-10:]
+    return {
+        "device": device_name(device), "torch": torch.__version__, "model": args.model,
+        "weights": "random", "dtype": str(dtype).removeprefix("torch."),
+        "latent_hw": list(args.latent_hw), "causal": causal_dict, "compiled": compiled,
+        "cuda_graphs": streamer.graphed.enabled, "sampler": "euler", "steps": steps,
+        "cfg_scale": 1.0, "fps": args.fps, "minutes": args.minutes, "chunks": len(chunks),
+        "video_frames": video_frames, "wall_s": wall,
+        "video_frames_per_s": video_frames / wall,
+        "start_s_per_chunk": statistics.median(c["wall_s"] for c in head),
+        "end_s_per_chunk": statistics.median(c["wall_s"] for c in tail),
+        "at_minutes": at_marks,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda" else None,
+    }
+
+
 def markdown(report: dict) -> str:
     """The results table of ``report`` (``train``, ``stream`` keys; either may be missing)."""
     lines = ["# CausalCine benchmark: causal fine-tuning and streaming generation", "",
@@ -261,13 +353,36 @@ def markdown(report: dict) -> str:
                   "seconds per chunk are the median after the warm-up chunks (chunk 0, the lone "
                   "first frame, and when compiled chunk 1), with the clean pass that writes the KV "
                   "cache and the causal VAE decode of the chunk.", ""]
+    long = report.get("long")
+    if long:
+        marks = "; ".join(f"{m} min: cache {v['kv_cache_gib'] * 1024:.2f} MiB, "
+                          + (f"host RSS {v['peak_host_rss_gib']:.2f} GiB"
+                             if v["peak_memory_gib"] is None
+                             else f"GPU peak {v['peak_memory_gib']:.1f} GiB")
+                          for m, v in long["at_minutes"].items())
+        lines += ["## Long stream (bounded KV cache)", "",
+                  "| device | model | video | steps | chunks | video frames / s | s / chunk start "
+                  "→ end | memory at marks |", "|---|---|---|---|---|---|---|---|",
+                  f"| {long['device']} | {long['model']} | {long['minutes']:g} min at "
+                  f"{long['fps']} fps | {long['steps']} (Euler, no CFG) | {long['chunks']} | "
+                  f"{long['video_frames_per_s']:.2f} | {long['start_s_per_chunk']:.3f} → "
+                  f"{long['end_s_per_chunk']:.3f} | {marks} |", "",
+                  "Seconds per chunk: the median of the first and the last ten chunks after "
+                  "chunk 1 (wall time between chunks, decode included).", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["train", "stream", "all"], default="all")
+    parser.add_argument("--part", choices=["train", "stream", "long", "all"], default="all",
+                        help="all = train and stream; long = the long stream of --minutes")
+    parser.add_argument("--minutes", type=float, default=10.0,
+                        help="long: minutes of video to stream (at --fps)")
+    parser.add_argument("--fps", type=int, default=16, help="long: video frames per second")
+    parser.add_argument("--marks", type=lambda s: [float(m) for m in s.split(",")],
+                        default=[1.0, 5.0, 10.0], help="long: minutes of video at which memory "
+                        "is reported (comma-separated)")
     parser.add_argument("--tiny", action="store_true", help="the tiny DiT at 64×64 (CPU check)")
     parser.add_argument("--backend", choices=["sdpa", "flex", "reference"], default=None,
                         help="train: causal attention backend (default: flex on CUDA, the "
@@ -288,7 +403,9 @@ def main() -> None:
     args.backend = args.backend or ("flex" if cuda else "sdpa")  # flex has no CPU backward
     if args.tiny:
         args.model, args.frames, args.latent_hw = "tiny", 25, (8, 8)
-        causal = {"chunk_latent_frames": 2, "local_window_chunks": 1, "routed_frames": 1}
+        # the tiny fine-tune's 25-frame samples: a 7-latent-frame horizon
+        causal = {"chunk_latent_frames": 2, "local_window_chunks": 1, "routed_frames": 1,
+                  "horizon_frames": 7, "memory_frames": 6}
     else:
         args.model, args.frames, args.latent_hw = "5B", 241, (30, 52)
         causal = {"chunk_latent_frames": 3, "local_window_chunks": 2, "routed_frames": 6}
@@ -298,7 +415,7 @@ def main() -> None:
     for part in (["train", "stream"] if args.part == "all" else [args.part]):
         print(f"== {part}", flush=True)
         compiled = args.compile if args.compile is not None else cuda
-        run = run_train if part == "train" else run_stream
+        run = {"train": run_train, "stream": run_stream, "long": run_long}[part]
         report[part] = run(args, causal, compiled)
         print(json.dumps({k: v for k, v in report[part].items()
                           if k not in ("step_times_s", "chunk_seconds")}), flush=True)

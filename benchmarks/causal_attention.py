@@ -2,7 +2,8 @@
 how fast is teacher forcing and a streamed chunk at the Wan2.2-5B shape?
 
 1. Agreement: (a) the teacher-forcing attention of each backend (``sdpa``: per-chunk calls over
-   gathered keys; ``flex``: FlexAttention over the frame mask) on bf16 inputs against the
+   gathered keys, rotated by Block-Relative RoPE; ``flex`` runs the same per-chunk SDPA since
+   issue 32) on bf16 inputs against the
    float32 ``reference`` on the same inputs, forward and the gradients of q, k, v, with CAMR off
    and on; passes at rel. err < 1e-2. (b) Training equals inference on the GPU: a small
    float32 DiT (head dim 128), teacher forcing against a streaming KV-cache rollout of the same
@@ -29,10 +30,11 @@ from pathlib import Path
 import torch
 
 from multishot.model.attention import dense_attention
-from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, KVCache,
-                                    TeacherForcingAttention, teacher_forcing_attention_pairs)
-from multishot.model.config import WanConfig
-from multishot.model.dit import WanModel
+from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, ChunkPlan,
+                                    KVCache, TeacherForcingAttention,
+                                    teacher_forcing_attention_pairs)
+from multishot.model.config import WanConfig, get_config
+from multishot.model.dit import WanModel, rope_cos_sin
 from multishot.model.flops import ATTENTION_BACKWARD_RATIO, attention_flops
 
 from harness import cuda_ms, device_name, rel_err, results_dir, write_report
@@ -41,6 +43,11 @@ F_LAT, TOKENS_PER_FRAME, HEADS, HEAD_DIM = 61, 15 * 26, 24, 128
 CONFIGS = {"off": CausalConfig(routed_frames=0),
            "camr": CausalConfig(local_window_chunks=2, routed_frames=6)}
 BACKENDS = ("sdpa", "flex")
+
+
+def rope_table(h: int, w: int, device: torch.device):
+    """Block-Relative RoPE tables of head dim 128 (the 5B's) for an ``h × w`` frame grid."""
+    return lambda frames: rope_cos_sin(get_config("5B"), (frames, h, w), device)
 
 
 def attention_agreement(device: torch.device) -> dict:
@@ -53,11 +60,12 @@ def attention_agreement(device: torch.device) -> dict:
     for name, config in (("off", CONFIGS["off"]),
                          ("camr", CausalConfig(local_window_chunks=1, routed_frames=2))):
         ref_in = [t.float().requires_grad_() for t in (q, k, v)]
-        ref = TeacherForcingAttention(chunks, config, hw, "reference")(*ref_in)
+        rope = rope_table(8, 16, device)
+        ref = TeacherForcingAttention(chunks, config, hw, "reference", rope)(*ref_in)
         ref.backward(grad.float())
         for backend in BACKENDS:
             ins = [t.clone().requires_grad_() for t in (q, k, v)]
-            out = TeacherForcingAttention(chunks, config, hw, backend)(*ins)
+            out = TeacherForcingAttention(chunks, config, hw, backend, rope)(*ins)
             out.backward(grad)
             err_grad = max(rel_err(a.grad, b.grad) for a, b in zip(ins, ref_in))
             rows[f"attention/{backend}/{name}"] = {
@@ -127,19 +135,22 @@ def speed(device: torch.device, warmup: int, iters: int) -> list[dict]:
     for name, config in CONFIGS.items():
         pairs = teacher_forcing_attention_pairs(F_LAT, hw, config)
         for backend in BACKENDS:
-            attn = TeacherForcingAttention(chunks, config, hw, backend)
+            attn = TeacherForcingAttention(chunks, config, hw, backend, rope_table(15, 26, device))
             timed("teacher forcing", backend, name, pairs, attn)
     # one streamed chunk: the last 3 latent frames against 58 cached frames
-    cache = KVCache.empty(1)
     prefix = ChunkLayout.build(F_LAT - 3, 3)
     kk, vv = (t[:, :(F_LAT - 3) * hw] for t in (k, v))
-    for s, e in zip(prefix.starts, prefix.ends):
-        cache.layers[0].append(kk[:, s * hw:e * hw], vv[:, s * hw:e * hw], hw)
-        cache.chunk_starts.append(s)
-    cache.num_frames, cache.tokens_per_frame = F_LAT - 3, hw
     qc, kc, vc = (t[:, -3 * hw:] for t in (q, k, v))
     for name, config in CONFIGS.items():
-        attn = ChunkAttention(cache, config, 3, hw, "sdpa", write=False).layer(0)
+        cache = KVCache.empty(1)
+        for i, (s, e) in enumerate(zip(prefix.starts, prefix.ends)):
+            cache.layers[0].append(kk[:, s * hw:e * hw], vv[:, s * hw:e * hw], hw, i,
+                                   config.recent_frames, config.memory_frames)
+            cache.recent_starts.append(s)
+        cache.num_chunks, cache.num_frames = prefix.num_chunks, F_LAT - 3
+        cache.tokens_per_frame = hw
+        plan = ChunkPlan.build(cache, config, 3, rope_table(15, 26, device), False)
+        attn = ChunkAttention(cache, plan, 3, hw, "sdpa").layer(0)
         with torch.no_grad():
             ms = cuda_ms(lambda: attn(qc, kc, vc), warmup, iters)
         window = 3 * config.local_window_chunks  # chunks of 3 before the last one

@@ -32,9 +32,7 @@ from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, C
 from multishot.model.config import WanConfig
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans, shot_text_mask
-
-#: Positions per RoPE axis in Wan's tables (``rope_params(1024, …)``).
-ROPE_MAX_POSITIONS = 1024
+from multishot.model.rope import ROPE_MAX_POSITIONS, apply_rope, rope_cos_sin  # noqa: F401
 
 
 def sinusoid_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -44,38 +42,6 @@ def sinusoid_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
     freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=pos.device) / half)
     sinusoid = torch.outer(pos, freqs)
     return torch.cat([torch.cos(sinusoid), torch.sin(sinusoid)], dim=1).float()
-
-
-def rope_cos_sin(config: WanConfig, grid: tuple[int, int, int], device: torch.device,
-                 frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """3D RoPE tables for a ``(f, h, w)`` token grid: cos and sin ``[f·h·w, 1, head_dim/2]``
-    float32, bands (t, h, w) of ``config.rope_bands`` channels, theta 10000 (Wan ``rope_params``;
-    channel pairs ``(2j, 2j+1)`` rotate together). ``frame_offset``: the latent-frame position
-    of the grid's first frame (a streamed chunk's rows of the whole video's table).
-
-    Raises:
-        ValueError: an axis exceeds :data:`ROPE_MAX_POSITIONS`.
-    """
-    if max(grid[0] + frame_offset, *grid[1:]) > ROPE_MAX_POSITIONS:
-        raise ValueError(f"token grid {grid} at frame {frame_offset} exceeds "
-                         f"{ROPE_MAX_POSITIONS} RoPE positions")
-    angles = []
-    for axis, (n, band) in enumerate(zip(grid, config.rope_bands)):
-        inv = 1.0 / 10000 ** (torch.arange(0, band, 2, dtype=torch.float64, device=device) / band)
-        first = frame_offset if axis == 0 else 0
-        a = torch.outer(torch.arange(first, first + n, dtype=torch.float64, device=device), inv)
-        shape = [1, 1, 1, band // 2]
-        shape[axis] = n
-        angles.append(a.view(shape).expand(*grid, band // 2))
-    theta = torch.cat(angles, dim=-1).reshape(math.prod(grid), 1, -1)
-    return theta.cos().float(), theta.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of ``x`` ``[B, L, H, D]`` by the tables of :func:`rope_cos_sin`."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).type_as(x)
 
 
 class Float32Sequential(nn.Sequential):
@@ -131,13 +97,15 @@ class SelfAttention(nn.Module):
         """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention. Under
         context parallelism ``x``, ``cos``, ``sin`` hold this rank's tokens and ``shard`` is
         the forward's :class:`model.context_parallel.SequenceShard`. ``causal``: the causal
-        mode's kernel ``q, k, v → out`` (:mod:`model.causal`), replacing layout and backend."""
+        mode's kernel ``q, k, v → out`` (:mod:`model.causal`), replacing layout and backend; it
+        takes ``q`` and ``k`` before RoPE (Block-Relative RoPE) and ``cos``, ``sin`` are unused."""
         b, seq, _ = x.shape
-        q = apply_rope(self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1), cos, sin)
-        k = apply_rope(self.norm_k(self.k(x)).view(b, seq, self.num_heads, -1), cos, sin)
+        q = self.norm_q(self.q(x)).view(b, seq, self.num_heads, -1)
+        k = self.norm_k(self.k(x)).view(b, seq, self.num_heads, -1)
         v = self.v(x).view(b, seq, self.num_heads, -1)
-        if causal is not None:
+        if causal is not None:  # Block-Relative RoPE: the causal kernel rotates per query chunk
             return self.o(causal_attention_kernel(causal, q, k, v).flatten(2))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return self.o(self_attention_kernel(q, k, v, layout, backend, shard).flatten(2))
 
 
@@ -440,7 +408,8 @@ class WanModel(nn.Module):
         (:mod:`model.causal`: the four quadrants, CAMR), the velocity of the noisy half.
 
         The clean copies run at timestep 0, the noisy ones at ``timestep``; both copies of a
-        latent frame get its RoPE position and its cross-attention mask. Self-Forcing's
+        latent frame get its cross-attention mask. RoPE is Block-Relative (:mod:`model.causal`):
+        each query chunk's keys are rotated at compact positions of their own. Self-Forcing's
         ``wan/modules/causal_model.py`` layout; per-token timesteps as Wan2.2's
         ``wan/modules/model.py`` (``t`` ``[B, L]``, ``e0`` ``[B, L, 6, dim]``), stored per latent
         frame here. The flow-matching loss belongs on the returned (noisy) half only.
@@ -475,12 +444,11 @@ class WanModel(nn.Module):
         dtype = self.patch_embedding.weight.dtype
         tokens = torch.cat([self.patch_embedding(z.to(dtype)).flatten(2).transpose(1, 2)
                             for z in (clean, noisy)], 1)                   # [B, 2L, dim]
-        cos, sin = rope_cos_sin(self.config, grid, tokens.device)
-        cos, sin = torch.cat([cos, cos]), torch.cat([sin, sin])            # same positions
         attention = TeacherForcingAttention(ChunkLayout.build(f, causal.chunk_latent_frames),
-                                            causal, hw, self.attention_backend)
-        for block in self.blocks:
-            tokens = block(tokens, e0, context, cos, sin, None, text_mask,
+                                            causal, hw, self.attention_backend,
+                                            self._rope_table(h, w, tokens.device))
+        for block in self.blocks:  # RoPE: per query chunk inside the attention
+            tokens = block(tokens, e0, context, None, None, None, text_mask,
                            self.attention_backend, None, attention)
         out = self.head(tokens[:, f * hw:], e[:, f:])                       # noisy half
         return self.unpatchify(out, grid)
@@ -530,7 +498,7 @@ class WanModel(nn.Module):
         hw = h * w
         if cache.tokens_per_frame not in (None, hw):
             raise ValueError(f"chunk of {hw} tokens per frame, cache of {cache.tokens_per_frame}")
-        cached = cache.layers[0].keys if cache.layers else None
+        cached = cache.layers[0].key_storage if cache.layers else None
         if cached is not None and cached.shape[0] != b:
             raise ValueError(f"chunk of batch {b}, cache of batch {cached.shape[0]}")
         e, e0 = self._time_embedding(self._frame_timesteps(timestep, b, f))
@@ -545,13 +513,12 @@ class WanModel(nn.Module):
         tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)   # [B, L_c, dim]
         if plan is None:
             plan = self.chunk_plan(x, cache, causal, write_cache)
-        elif plan.write != write_cache or plan.cos.shape[0] != f * hw:
+        elif plan.write != write_cache or plan.cos.shape[0] < f * hw:
             raise ValueError(f"plan {plan.key} does not fit a chunk of {f * hw} tokens "
                              f"(write_cache={write_cache})")
         attention = ChunkAttention(cache, plan, f, hw, self.attention_backend)
-        cos, sin = plan.cos, plan.sin
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, e0, context, cos, sin, None, text_mask,
+        for i, block in enumerate(self.blocks):  # RoPE: the plan's, inside the attention
+            tokens = block(tokens, e0, context, None, None, None, text_mask,
                            self.attention_backend, None, attention.layer(i))
         attention.commit()
         return self.unpatchify(self.head(tokens, e), grid)
@@ -559,11 +526,25 @@ class WanModel(nn.Module):
     def chunk_plan(self, x: torch.Tensor, cache: KVCache, causal: CausalConfig,
                    write_cache: bool) -> ChunkPlan:
         """The :class:`model.causal.ChunkPlan` of the cache's next chunk, latents ``x``
-        ``[B, C_in, F_chunk, H_lat, W_lat]``: RoPE tables at the chunk's frame positions, the
-        history it attends, CAMR's routing."""
-        grid = tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size))
-        cos, sin = rope_cos_sin(self.config, grid, x.device, frame_offset=cache.num_frames)
-        return ChunkPlan.build(cache, causal, cos, sin, write_cache)
+        ``[B, C_in, F_chunk, H_lat, W_lat]``: the history it attends, CAMR's routing, the
+        Block-Relative RoPE tables of its key frames."""
+        f, h, w = (n // p for n, p in zip(x.shape[2:], self.config.patch_size))
+        return ChunkPlan.build(cache, causal, f, self._rope_table(h, w, x.device), write_cache)
+
+    def _rope_table(self, h: int, w: int, device: torch.device):
+        """``frames -> (cos, sin)``: RoPE tables of ``frames`` latent frames of ``h × w``
+        tokens at temporal positions ``0 … frames − 1`` (:data:`model.causal.RopeTable`),
+        kept per shape (a causal pass needs at most ``horizon_frames`` of them; not buffers, as
+        Wan's table is not: they follow the device the model runs on)."""
+        tables = self.__dict__.setdefault("_rope_tables", {})
+
+        def table(frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+            key = (frames, h, w, str(device))
+            if key not in tables:
+                tables[key] = rope_cos_sin(self.config, (frames, h, w), device)
+            return tables[key]
+
+        return table
 
     def _causal_grid(self, x: torch.Tensor, context: torch.Tensor) -> tuple[int, int, int]:
         """Checks for the causal paths; the token grid ``(F_lat, h, w)`` of latents ``x``."""

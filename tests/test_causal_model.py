@@ -30,6 +30,11 @@ CONFIGS = {
     "camr": CausalConfig(chunk_latent_frames=3, local_window_chunks=1, routed_frames=2),
     "camr_clean": CausalConfig(chunk_latent_frames=3, local_window_chunks=1, routed_frames=2,
                                route_clean=True),
+    # a horizon shorter than the sample: clean chunks attend the last 8 − 3 frames, and the
+    # streaming cache's ring (7 frames) wraps into its pool
+    "camr_horizon": CausalConfig(chunk_latent_frames=3, local_window_chunks=1, routed_frames=2,
+                                 horizon_frames=8, memory_frames=6),
+    "full_horizon": CausalConfig(chunk_latent_frames=3, routed_frames=0, horizon_frames=7),
 }
 
 
@@ -93,7 +98,8 @@ def brute_force_top_k(query_desc, key_desc, candidates, k):
 
 
 def four_rules_mask(chunks, config, query_desc=None, key_desc=None, batch=1):
-    """Token-level ``[B, 2L, 2L]`` mask written from CausalCine's four rules, token by token."""
+    """Token-level ``[B, 2L, 2L]`` mask written from CausalCine's four rules, token by token,
+    a chunk of n frames attending at most ``horizon_frames`` frames (the last ones unrouted)."""
     f, n = chunks.num_latent_frames, chunks.num_chunks
     chunk_of = chunks.chunk_of_frame()
     seq = 2 * f * HW
@@ -102,10 +108,12 @@ def four_rules_mask(chunks, config, query_desc=None, key_desc=None, batch=1):
         allowed = {}  # (copy, chunk) → set of admitted clean history frames
         for copy in ("clean", "noisy"):
             for i in range(n):
-                history = range(chunks.starts[i])
+                size = chunks.ends[i] - chunks.starts[i]
+                history = [fr for fr in range(chunks.starts[i])
+                           if fr >= chunks.starts[i] - (config.horizon_frames - size)]
                 routed = config.routed_frames > 0 and (copy == "noisy" or config.route_clean)
-                if routed:
-                    window = chunks.starts[max(0, i - config.local_window_chunks)]
+                window = chunks.starts[max(0, i - config.local_window_chunks)]
+                if routed and window > 0:
                     q = query_desc[b, i + (n if copy == "noisy" else 0)]
                     history = [fr for fr in history if fr >= window] + \
                         brute_force_top_k(q, key_desc[b], list(range(window)),
@@ -144,9 +152,13 @@ def test_teacher_forcing_mask_equals_the_four_rules(name):
     tokens = ours.repeat_interleave(HW, 1).repeat_interleave(HW, 2)
     assert torch.equal(tokens, four_rules_mask(chunks, config, query_desc, key_desc, batch=2))
     assert teacher_forcing_attention_pairs(F_LAT, HW, config) * 2 == tokens.sum()
-    full = teacher_forcing_frame_mask(chunks, CONFIGS["full"], 2)
-    if config.routing:  # CAMR drops history frames, never adds any
-        assert (ours & ~full).sum() == 0 and (full & ~ours).sum() > 0
+    full = teacher_forcing_frame_mask(chunks, CausalConfig(
+        chunk_latent_frames=3, routed_frames=0, horizon_frames=config.horizon_frames), 2)
+    assert ours.sum(-1).max() <= config.horizon_frames  # no query attends beyond the horizon
+    if config.routing:
+        if config.horizon_frames >= F_LAT:  # CAMR drops history frames, never adds any
+            assert (ours & ~full).sum() == 0
+        assert (full & ~ours).sum() > 0
         noisy_last = slice(F_LAT + 10, 2 * F_LAT)  # noisy chunk 4: window [7, 10), 2 of [0, 7)
         assert (ours[:, noisy_last, :F_LAT].sum(-1) == 3 + 2).all()
         assert not torch.equal(ours[0], ours[1])  # routing differs between samples
@@ -168,24 +180,70 @@ def test_camr_selection_equals_brute_force_top_k_with_ties():
                                                          list(range(9)), k)
 
 
-@pytest.mark.parametrize("backend", ["reference", "sdpa", "flex"])
+def rope64(x, t, hh, ww):
+    """Wan's 3D RoPE written out in float64 complex numbers (``rope_params`` per band): ``x``
+    ``[..., D]`` of one token at positions ``(t, hh, ww)``."""
+    angles = []
+    for pos, band in zip((t, hh, ww), TINY.rope_bands):
+        inv = 1.0 / 10000 ** (torch.arange(0, band, 2, dtype=torch.float64) / band)
+        angles.append(pos * inv)
+    rotation = torch.polar(torch.ones(x.shape[-1] // 2, dtype=torch.float64), torch.cat(angles))
+    xc = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2).contiguous())
+    return torch.view_as_real(xc * rotation).flatten(-2)
+
+
+def block_relative_reference(q, k, v, mask):
+    """Attention as the four rules and Block-Relative RoPE define it, query frame by query
+    frame in float64: the admitted key frames in temporal order (clean frames, then the query's
+    own noisy frames) take positions 0, 1, …; the query its own frame's; tokens keep (h, w)."""
+    b, seq, heads, d = q.shape
+    frames = seq // HW
+    out = torch.zeros(b, seq, heads, d, dtype=torch.float64)
+    for bi in range(b):
+        for qf in range(frames):
+            admitted = sorted({kt // HW for kt in mask[bi, qf * HW].nonzero().flatten().tolist()})
+            rank = {fr: r for r, fr in enumerate(admitted)}
+            keys, values = [], []
+            for fr in admitted:
+                for tok in range(HW):
+                    keys.append(rope64(k[bi, fr * HW + tok], rank[fr], *divmod(tok, 2)))
+                    values.append(v[bi, fr * HW + tok].double())
+            keys, values = torch.stack(keys), torch.stack(values)         # [Lk, H, D]
+            for tok in range(HW):
+                qt = rope64(q[bi, qf * HW + tok], rank[qf], *divmod(tok, 2))  # [H, D]
+                scores = torch.einsum("hd,khd->hk", qt, keys) / math.sqrt(d)
+                out[bi, qf * HW + tok] = torch.einsum("hk,khd->hd", scores.softmax(-1), values)
+    return out
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_routed_attention_equals_dense_masked_reference(backend, name):
+def test_routed_attention_equals_block_relative_reference(name):
+    """Teacher forcing's attention (unrotated q, k in) against the four rules' mask, CAMR on
+    unrotated descriptors (brute-force top-k) and Block-Relative RoPE written out per query."""
+    from multishot.model.dit import rope_cos_sin
+
     config, chunks = CONFIGS[name], ChunkLayout.build(F_LAT, 3)
     torch.manual_seed(4)
-    b, heads, d = 2, 2, 8
+    b, heads, d = 2, TINY.num_heads, TINY.head_dim
     q, k, v = (torch.randn(b, 2 * F_LAT * HW, heads, d) for _ in range(3))
-    # CAMR's descriptors from the same q, k, computed here in float64
+    # CAMR's descriptors from the same (unrotated) q, k, computed here in float64
     k_desc = k[:, :F_LAT * HW].double().view(b, F_LAT, HW, heads, d).mean(2)
     q_frames = q.double().view(b, 2 * F_LAT, HW, heads, d)
     q_desc = torch.stack([q_frames[:, off + s:off + e].mean((1, 2)) for off in (0, F_LAT)
                           for s, e in zip(chunks.starts, chunks.ends)], 1)
     mask = four_rules_mask(chunks, config, q_desc, k_desc, batch=b)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()) / math.sqrt(d)
-    scores = scores.masked_fill(~mask[:, None], float("-inf"))
-    expected = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v.double())
-    ours = TeacherForcingAttention(chunks, config, HW, backend)(q, k, v)
-    assert rel(ours.double(), expected) < 1e-6
+    expected = block_relative_reference(q, k, v, mask)
+
+    def rope(frames):
+        return rope_cos_sin(TINY, (frames, H_LAT // 2, W_LAT // 2), torch.device("cpu"))
+
+    for backend in ("reference", "sdpa", "flex"):
+        ours = TeacherForcingAttention(chunks, config, HW, backend, rope)(q, k, v)
+        assert rel(ours.double(), expected) < 1e-6, backend
+    # the positions matter: the same pattern at absolute positions differs
+    absolute = torch.einsum("bqhd,bkhd->bhqk", q.double(), k.double()).masked_fill(
+        ~mask[:, None], float("-inf")).softmax(-1)
+    assert rel(torch.einsum("bhqk,bkhd->bqhd", absolute, v.double()), expected) > 1e-2
 
 
 # ---- the model: training equals inference ------------------------------------------------------
@@ -213,23 +271,47 @@ def test_camr_routing_among_the_first_frames_of_a_storage_equals_routing_the_sli
             assert torch.equal(masked, route_frames(query_desc, storage[:, :n], k)), (n, k)
 
 
-def test_kv_storage_grows_by_doubling_and_keeps_what_was_appended():
+def test_kv_cache_keeps_a_ring_and_a_least_recently_routed_pool():
+    """LayerKV: storage grows by doubling up to the ring (4 frames), then once to ring + pool
+    (4 + 2) and never again; a frame leaving the ring moves to the pool, evicting the frame
+    routed least recently (the oldest among equals); every slot holds the keys appended for
+    its frame, unrotated."""
     g = torch.Generator().manual_seed(5)
-    kv, keys, values, capacities = LayerKV(), [], [], []
-    for frames in (1, 3, 3, 3, 3):
+    kv, keys, capacities = LayerKV(), {}, []
+    ring, pool = 4, 2
+
+    def append(frames, stamp):
         k = torch.randn(2, frames * HW, 3, 4, generator=g)
-        v = torch.randn(2, frames * HW, 3, 4, generator=g)
-        kv.append(k, v, HW)
-        keys.append(k), values.append(v), capacities.append(kv.capacity)
-    assert capacities == [1, 4, 8, 16, 16] and kv.frames == 13
-    assert torch.equal(kv.keys, torch.cat(keys, 1)) and torch.equal(kv.values, torch.cat(values, 1))
-    assert torch.equal(kv.descriptors, frame_descriptors(torch.cat(keys, 1), HW))
-    reserved = LayerKV()
-    reserved.reserve(13, torch.zeros(2, 1, HW, 3, 4))
-    address = reserved.key_storage.data_ptr()
-    for k, v in zip(keys, values):
-        reserved.append(k, v, HW)
-    assert reserved.key_storage.data_ptr() == address and torch.equal(reserved.keys, kv.keys)
+        for j in range(frames):
+            keys[kv.frames + j] = k[:, j * HW:(j + 1) * HW]
+        kv.append(k, k * 2, HW, torch.tensor(stamp), ring, pool)
+        capacities.append(kv.capacity)
+
+    def cached(row=0):
+        return sorted(f for f in kv.frame_storage[row].tolist() if f >= 0)
+
+    append(1, 0)
+    append(2, 1)
+    assert capacities == [1, 3] and cached() == [0, 1, 2]
+    append(2, 2)            # frames 3, 4: frame 0 leaves the ring for the pool
+    assert capacities[-1] == ring + pool and cached() == [0, 1, 2, 3, 4]
+    # chunk 3 routes frame 0 for row 0 only (row 1 routes frame 1): 0 was used at 3
+    query = kv.descriptor_storage[:, kv.frame_storage[0].tolist().index(0)].clone()
+    query[1] = kv.descriptor_storage[1, kv.frame_storage[1].tolist().index(1)]
+    picked = kv.route(query * 100, torch.tensor(3), 1, torch.tensor(3))
+    assert kv.frame_storage.gather(1, picked).flatten().tolist() == [0, 1]
+    append(2, 4)            # frames 5, 6: frames 1, 2 leave the ring; the pool holds 2
+    assert cached(0) == [0, 2, 3, 4, 5, 6]   # row 0: frame 1 (used at 1) evicted, 0 kept
+    assert cached(1) == [1, 2, 3, 4, 5, 6]   # row 1: frame 0 (used at 0) evicted
+    for _ in range(20):     # a long stream: the storage never grows or moves again
+        append(2, 5)
+    assert set(capacities[2:]) == {ring + pool} and cached(0)[-4:] == list(range(43, 47))
+    for row in range(2):
+        for slot, frame in enumerate(kv.frame_storage[row].tolist()):
+            assert torch.equal(kv.key_storage[row, slot], keys[frame][row].view(HW, 3, 4))
+            assert torch.equal(kv.value_storage[row, slot], 2 * keys[frame][row].view(HW, 3, 4))
+    with pytest.raises(ValueError, match="ring 4 and pool 2"):
+        kv.reserve(60, torch.zeros(2, 1, HW, 3, 4), 5, 2)
 
 
 def test_a_plan_refilled_from_the_next_chunk_gives_that_chunks_output(checkpoint):
@@ -249,10 +331,13 @@ def test_a_plan_refilled_from_the_next_chunk_gives_that_chunks_output(checkpoint
                 break
             model.forward_chunk(clean[:, :, s:e], torch.zeros(2), context, cache, i, config,
                                 write_cache=True)
-        assert plans[3].key == plans[4].key and not torch.equal(plans[3].cos, plans[4].cos)
+        assert plans[3].key == plans[4].key and not torch.equal(plans[3].history,
+                                                                plans[4].history)
+        # Block-Relative RoPE: the same positions for every chunk of a shape
+        assert torch.equal(plans[3].cos, plans[4].cos)
         static = ChunkPlan(*(t.clone() for t in (plans[3].cos, plans[3].sin, plans[3].history,
-                                                  plans[3].num_candidates)), plans[3].routed,
-                           False)
+                                                  plans[3].window_start, plans[3].stamp)),
+                           plans[3].routed, False, config)
         static.copy_(plans[4])
         x = noisy[:, :, 10:13]
         expected = model.forward_chunk(x, timestep, context, cache, 4, config)
@@ -283,7 +368,7 @@ def rollout(model, clean, noisy, timestep, context, config, text_mask):
                                         mask))
         model.forward_chunk(clean[:, :, s:e], torch.zeros_like(timestep), context, cache, i,
                             config, mask, write_cache=True)
-    assert cache.num_frames == clean.shape[2] and cache.chunk_starts == list(chunks.starts)
+    assert cache.num_frames == clean.shape[2] and cache.num_chunks == chunks.num_chunks
     return outs, chunks
 
 
@@ -366,7 +451,7 @@ def test_activation_checkpointing_keeps_gradients_and_the_cache(checkpoint):
         loss = loss + model.forward_chunk(noisy[:, :, 7:10], timestep, context, cache, 3,
                                           config).square().mean()
         loss.backward()
-        assert [kv.keys.shape[1] for kv in cache.layers] == [7 * HW] * 2
+        assert [kv.frames for kv in cache.layers] == [7] * 2  # each chunk appended once
         results.append({n.replace("._checkpoint_wrapped_module", ""): p.grad
                         for n, p in model.named_parameters()})
     plain, checkpointed = results
@@ -445,3 +530,108 @@ def test_causal_config_section_in_train_and_generate_yaml():
     with pytest.raises(UsageError, match="model.causal.chunk_latent_frames"):
         load_config(configs / "generate/tiny_cpu.yaml", GenerateConfig,
                     {"model": {"causal": {"chunk_latent_frames": 0}}})
+
+
+# ---- long streams: Block-Relative RoPE within the horizon, bounded memory -----------------------
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops by the thousand: with two intra-op threads on a busy 2-core machine every op
+    waits for both (a 200-frame stream: 150 s against 2.7 s with one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def stream_chunks(model, config, num_frames, hw_side=H_LAT, on_chunk=None, seed=7):
+    """A one-step stream of ``num_frames`` latent frames, batch 1: per chunk the noisy pass at
+    t = 1000, x̂0 = x − v, and the clean pass that writes x̂0's K/V. Returns the cache."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(1, 4, TINY.text_dim, generator=g)
+    chunks = ChunkLayout.build(num_frames, config.chunk_latent_frames)
+    cache = KVCache.empty(len(model.blocks))
+    t, zero = torch.full((1,), 1000.0), torch.zeros(1)
+    with torch.no_grad():
+        for i, (s, e) in enumerate(zip(chunks.starts, chunks.ends)):
+            x = torch.randn(1, TINY.in_channels, e - s, hw_side, hw_side, generator=g)
+            x0 = x - model.forward_chunk(x, t, context, cache, i, config)
+            model.forward_chunk(x0, zero, context, cache, i, config, write_cache=True)
+            if on_chunk is not None:
+                on_chunk(i, cache)
+    return cache
+
+
+def test_no_attention_call_sees_a_distance_beyond_the_training_horizon(checkpoint, monkeypatch,
+                                                                       one_thread):
+    """A stream 20× as long as a training sample (13 latent frames → 259) with CAMR: the RoPE
+    positions every attention call actually applied (recovered from the cos/sin tables it
+    rotated q and k with, matched against Wan's table) keep every query–key distance below the
+    horizon, while CAMR does retrieve frames from far beyond it."""
+    import multishot.model.causal as causal
+    from multishot.model.dit import rope_cos_sin
+
+    config = CausalConfig(chunk_latent_frames=3, local_window_chunks=1, routed_frames=2,
+                          horizon_frames=F_LAT, memory_frames=8)
+    model = load_model(checkpoint, "sdpa")
+    band = TINY.rope_bands[0] // 2                      # the temporal channels of the tables
+    ref_cos, ref_sin = (t[::HW, 0, :band] for t in rope_cos_sin(TINY, (1024, 2, 2), "cpu"))
+    calls = []
+    original = causal.apply_rope
+
+    def recording(x, cos, sin):
+        rows_cos, rows_sin = cos[::HW, 0, :band], sin[::HW, 0, :band]
+        distance = (rows_cos[:, None] - ref_cos[None]).square().sum(-1) + \
+            (rows_sin[:, None] - ref_sin[None]).square().sum(-1)
+        best = distance.min(1)
+        assert best.values.max() < 1e-10               # every row is a row of Wan's table
+        calls.append(best.indices.tolist())
+        return original(x, cos, sin)
+
+    monkeypatch.setattr(causal, "apply_rope", recording)
+    oldest_routed = []
+
+    def on_chunk(i, cache):
+        frames = cache.layers[0].frame_storage[0]
+        oldest_routed.append(cache.num_frames - int(frames[frames >= 0].min()))
+
+    cache = stream_chunks(model, config, 20 * F_LAT - 1, on_chunk=on_chunk)
+    assert cache.num_frames == 259 and len(calls) == 2 * 2 * 2 * cache.num_chunks
+    distances = []
+    for q_pos, k_pos in zip(calls[::2], calls[1::2]):   # attend_chunk rotates q, then k
+        assert min(k_pos) == 0 and max(q_pos) == max(k_pos)  # the chunk's own frames last
+        distances.append(max(q_pos) - min(k_pos))
+    assert max(distances) == F_LAT - 1                  # the clean pass spans the horizon
+    assert max(max(c) for c in calls) < F_LAT
+    # CAMR keeps frames 4× the horizon back in its pool (the absolute positions would reach 258)
+    assert max(oldest_routed) > 4 * F_LAT
+
+
+def test_a_stream_of_5000_latent_frames_runs_with_a_flat_cache(checkpoint, one_thread):
+    """5,000 latent frames (about 20,000 video frames) on the tiny model, one step a chunk,
+    CAMR on: the cache's storage stops growing once the ring wraps and keeps its address, and
+    every pass attends a bounded number of frames (one plan shape per pass kind)."""
+    config = CausalConfig(chunk_latent_frames=4, local_window_chunks=1, routed_frames=4,
+                          horizon_frames=16, memory_frames=8)
+    model = load_model(checkpoint, "sdpa")
+    capacities, addresses, keys = [], set(), set()
+    chunk_plan = model.chunk_plan
+
+    def plan(x, cache, causal, write):
+        p = chunk_plan(x, cache, causal, write)
+        keys.add(p.key)
+        return p
+
+    model.chunk_plan = plan
+
+    def on_chunk(i, cache):
+        capacities.append(cache.layers[0].capacity)
+        if i > 10:
+            addresses.add(cache.layers[0].key_storage.data_ptr())
+
+    cache = stream_chunks(model, config, 5000, hw_side=2, on_chunk=on_chunk)
+    assert cache.num_frames == 5000 and cache.num_chunks == 1250
+    assert capacities[-1] == config.recent_frames + config.memory_frames == 23
+    assert set(capacities[10:]) == {23} and len(addresses) == 1
+    assert len(cache.recent_starts) == 1  # bookkeeping bounded too
+    assert len(keys) <= 12    # the first chunks' shapes, then one noisy and one clean shape

@@ -1,6 +1,7 @@
 """Distillation (ODE init + DMD, CausalCine §3.4) on small random models on CPU.
 
-The student (causal base) and the teacher (bidirectional base) are tiny random DiTs saved as
+The student (causal base) and the teacher (the causal base that scores by teacher forcing; a
+different random model here, so that the DMD gradient is not zero) are tiny random DiTs saved as
 safetensors and loaded by the real loading code (``model.init_from``: FSDP2 over one gloo
 rank); prompts go through a tiny random UMT5. Checks: a generator step moves only the student
 (teacher and critic bit-identical, GAN head on); the critic's flow-matching loss falls on fixed
@@ -102,7 +103,9 @@ def test_generator_step_moves_only_the_student(distill_inputs, tmp_path):
     assert all(p.grad is None for p in d.critic.parameters())  # no stale GAN gradients
 
     student = snapshot(d.student)
-    d.critic_step(0)
+    assert d.discriminator.layer == 1  # the tiny model's middle block (intermediate features)
+    critic_out = d.critic_step(0)
+    assert critic_out["r1_penalty"] > 0 and critic_out["discriminator_loss"] > 0
     assert same(snapshot(d.teacher), teacher) and same(snapshot(d.student), student)
     assert not same(snapshot(d.critic), critic) and not same(snapshot(d.discriminator), disc)
 
@@ -118,7 +121,8 @@ def test_critic_flow_matching_loss_falls_on_fixed_data(distill_inputs, tmp_path)
               torch.randn(shape, generator=gen)) for _ in range(2)]
 
     def loss() -> torch.Tensor:
-        return sum(dmd.critic_loss(d.critic, x0, s, e, cond) for s, e in draws) / len(draws)
+        return sum(dmd.critic_loss(d.critic, x0, s, e, cond, d.causal)
+                   for s, e in draws) / len(draws)
 
     with torch.no_grad():
         first = float(loss())
@@ -207,6 +211,7 @@ def _distill_config(inputs: dict, tmp_path, name: str):
         cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
     cfg["objective"].update(ode_steps=1, teacher_steps=4, critic_steps_per_generator_step=1)
     cfg["run"].update(max_steps=4, checkpoint_every=2, keep_checkpoints=3)
+    cfg["objective"].update(ema_start_step=1)  # the EMA starts before the kill and resumes
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -280,6 +285,7 @@ def test_killed_distillation_resumes_bit_identically(distill_inputs, straight_ru
 
     a, b = dict(flat(final(straight_run))), dict(flat(final(out)))
     assert a.keys() == b.keys() and any(k.startswith("critic.optim") for k in a)
+    assert any(k.startswith("ema.weights") for k in a) and int(a["ema.active."]) == 1
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     sa, sb = (load_file(str(p / "student.safetensors")) for p in (straight_run, out))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -324,3 +330,28 @@ def test_distill_cli_bad_config_is_one_line_and_exit_2(tmp_path):
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "objective.student_timesteps" in lines[0], bad.stderr
     assert lines[0].startswith("multishot distill:")
+
+
+def test_generator_ema_follows_the_student_then_averages(distill_inputs, tmp_path):
+    """Before ema_start_step the EMA is the student; the start step's update copies it; each
+    later update is ema ← 0.99·ema + 0.01·student (Self-Forcing's generator EMA)."""
+    d = distiller(distill_inputs, tmp_path, ode_steps=0, critic_steps_per_generator_step=1,
+                  ema_start_step=1)
+
+    def ema():
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone()
+                for k, v in d.ema.weights.items()}
+
+    assert d.ema is not None and d.ema.decay == 0.99
+    d.train_step()                                   # step 0: before the start
+    assert int(d.ema.active) == 0
+    d.train_step()                                   # step 1: the start, a copy
+    student = snapshot(d.student)
+    assert int(d.ema.active) == 1
+    assert all(torch.equal(w, student[k]) for k, w in ema().items())
+    before = ema()
+    d.train_step()
+    student = snapshot(d.student)
+    for k, w in ema().items():
+        assert torch.allclose(w, 0.99 * before[k] + 0.01 * student[k], atol=1e-7), k
+    assert not all(torch.equal(w, student[k]) for k, w in ema().items())

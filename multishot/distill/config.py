@@ -30,7 +30,15 @@ class AdversarialConfig(Section):
     discriminator head on one critic block's tokens, logistic (non-saturating) loss."""
 
     enabled: bool = Field(False, description="add the GAN terms to the critic and generator losses")
-    layer: int = Field(-1, description="critic block whose output tokens the head reads (-1: the last)")
+    layer: int | None = Field(None, description=(
+        "critic block whose output tokens the head reads (negative: from the end); null: the "
+        "middle block (num_layers // 2), intermediate features as APT's heads read"))
+    r1_weight: float = Field(100.0, ge=0, description=(
+        "approximated R1 on real samples (APT): weight of (D(x_real) - D(x_real + "
+        "r1_sigma·n))², a finite-difference stand-in for the gradient penalty (no double "
+        "backward through the critic); 0 = off (weight and sigma: ours, not verified against "
+        "APT's text)"))
+    r1_sigma: float = Field(0.01, gt=0, description="approximated R1: the perturbation's std")
     generator_weight: float = Field(0.01, ge=0, description="weight of the generator's GAN loss")
     critic_weight: float = Field(1.0, ge=0, description="weight of the discriminator loss")
 
@@ -45,7 +53,11 @@ class DistillObjective(Section):
     shift: float = Field(5.0, gt=0, description=(
         "timestep shift σ' = shift·σ/(1+(shift−1)·σ) of the student's steps and of the DMD "
         "noise draws (Self-Forcing: 5)"))
-    guidance_scale: float = Field(3.0, ge=1, description="the teacher's CFG scale (Self-Forcing: 3.0)")
+    guidance_scale: float = Field(4.0, ge=1, description=(
+        "the teacher's CFG scale g of v = v_uncond + g·(v_cond − v_uncond), the project's one "
+        "convention (model.sampling, Wan, diffusers). Self-Forcing's model/dmd.py writes "
+        "cond + s·(cond − uncond) with s = 3.0 (configs/self_forcing_dmd.yaml), i.e. g = s + 1 "
+        "= 4.0: the default is Self-Forcing's effective guidance"))
     negative_prompt: str = Field(WAN_NEGATIVE_PROMPT, description="the teacher's unconditional prompt")
     critic_steps_per_generator_step: int = Field(5, ge=1, description=(
         "critic (fake score) updates before each generator update (Self-Forcing: 5)"))
@@ -60,8 +72,14 @@ class DistillObjective(Section):
     teacher_steps: int = Field(48, ge=1, description=(
         "Euler steps of the causal base's ODE trajectories (a multiple of the student's steps, "
         "so the trajectory passes through every student timestep)"))
-    trajectory_guidance_scale: float = Field(3.0, ge=1, description="CFG of the ODE trajectories")
+    trajectory_guidance_scale: float | None = Field(None, ge=1, description=(
+        "CFG of the ODE trajectories, as guidance_scale (null: guidance_scale)"))
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    ema_decay: float = Field(0.99, ge=0, lt=1, description=(
+        "generator EMA: ema ← decay·ema + (1 − decay)·student after every student update from "
+        "ema_start_step on; the exported student is the EMA (Self-Forcing: 0.99); 0 = off"))
+    ema_start_step: int = Field(200, ge=0, description=(
+        "the step whose update starts the EMA as a copy of the student (Self-Forcing: 200)"))
 
     @field_validator("student_timesteps")
     @classmethod
@@ -91,7 +109,9 @@ class DistillConfig(Section):
     student: ModelConfig = Field(description=(
         "the causal student (model.causal required), initialised from the causal base (init_from)"))
     teacher: ModelConfig = Field(description=(
-        "the frozen bidirectional multi-shot teacher (the real score); the critic (fake score) "
+        "the frozen causal teacher (the real score), init_from the tuned causal multi-shot base "
+        "(CausalCine §3.4: 'the causal base serves as the high-quality autoregressive "
+        "teacher'); it scores by teacher forcing with student.causal. The critic (fake score) "
         "starts as a copy of it"))
     encoders: EncodersConfig = Field(default_factory=EncodersConfig)
     prompts: str = Field(description=(
@@ -107,9 +127,9 @@ class DistillConfig(Section):
     def _check(self) -> DistillConfig:
         if self.student.causal is None:
             raise ValueError("student.causal is required: the student is the causal model")
-        if self.teacher.causal is not None:
-            raise ValueError("teacher.causal must be unset: the teacher scores whole videos "
-                             "bidirectionally")
+        if self.teacher.causal is not None and self.teacher.causal != self.student.causal:
+            raise ValueError("teacher.causal must be unset or equal student.causal: the causal "
+                             "teacher scores by teacher forcing with the student's chunks and CAMR")
         if self.student.name != self.teacher.name:
             raise ValueError(f"student.name {self.student.name} and teacher.name "
                              f"{self.teacher.name} differ (one latent space, one critic shape)")

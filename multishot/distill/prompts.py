@@ -80,8 +80,9 @@ class PromptConditioning:
     The student streams: chunk ``i`` of shot ``s`` sees the UMT5 states of the prompt of the
     global caption and shots ``0 … s`` (the future is unknown while streaming) through the
     window of the global caption and shot ``s``'s caption, exactly as
-    :class:`generate.stream.StreamingGenerator` conditions it. The teacher and the critic see
-    the whole video: the whole prompt, its shot layout and every shot's window.
+    :class:`generate.stream.StreamingGenerator` conditions it. The teacher and the critic
+    score the whole video by teacher forcing, as the causal base was tuned: the whole prompt,
+    its shot layout and every shot's window (:meth:`video_mask`).
 
     ``shot_context[s]``: ``[1, L_s, text_dim]``; ``shot_spans[s]``: the window
     (``TextSpans`` of the global caption and shot ``s``) or None (unmasked);
@@ -100,6 +101,14 @@ class PromptConditioning:
     spans: list[TextSpans | None] | None
     chunks: ChunkLayout
     model: object = None
+
+    def video_mask(self) -> torch.Tensor | None:
+        """The teacher's window cross-attention over the whole video, per latent frame
+        ``[1, F_lat, text_len]`` bool (every shot's window in the whole prompt), or None
+        (unmasked)."""
+        if self.spans is None:
+            return None
+        return self.model.frame_text_mask(self.layout, self.spans)
 
     def chunk_context(self, index: int) -> torch.Tensor:
         """The student's text states for chunk ``index``, ``[1, L_s, text_dim]``."""

@@ -2,8 +2,8 @@
 
 ``Distiller(config).train()`` is the whole run, shaped as :class:`trainer.trainer.Trainer`:
 join the process group, build student, teacher and critic with
-:func:`trainer.parallelize.build_model` (FSDP2 each; the critic starts from the teacher's
-weights), resume from the newest checkpoint, then per step ``s``::
+:func:`trainer.parallelize.build_model` (FSDP2 each; teacher and critic from the causal base,
+scoring by teacher forcing, :mod:`distill.dmd`), resume from the newest checkpoint, then per step ``s``::
 
     prompt p = prompts[(s·ranks + rank) mod P]          no loader: resumes need only s
     s <  ode_steps:  ODE regression of the student on p's base trajectory   (distill.ode)
@@ -66,6 +66,52 @@ class _Frozen(Stateful):
         set_model_state_dict(self.model, state["model"])
 
 
+class GeneratorEMA(Stateful):
+    """The student's exponential moving average (Self-Forcing's ``generator_ema``): per
+    parameter a tensor of its sharding, ``ema ← decay·ema + (1 − decay)·p`` after each student
+    update once started (:meth:`update`); before that it follows the student exactly (the start
+    is a copy). In checkpoints with its ``active`` flag, so a resume continues it bit for bit."""
+
+    def __init__(self, model: nn.Module, decay: float, start_step: int):
+        self.model, self.decay, self.start_step = model, decay, start_step
+        self.weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.active = torch.zeros((), dtype=torch.int64)
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """After the student's update of step ``step`` (0-based)."""
+        if step < self.start_step:
+            return
+        params = dict(self.model.named_parameters())
+        if not int(self.active):
+            for name, ema in self.weights.items():
+                ema.copy_(params[name].detach())
+            self.active.fill_(1)
+            return
+        for name, ema in self.weights.items():
+            ema.lerp_(params[name].detach(), 1 - self.decay)
+
+    def state_dict(self):
+        return {"weights": self.weights, "active": self.active}
+
+    def load_state_dict(self, state):
+        for name, ema in self.weights.items():
+            if state["weights"][name] is not ema:
+                ema.copy_(state["weights"][name])
+        self.active.copy_(state["active"])
+
+    def export(self, path: Path) -> Path | None:
+        """Write the EMA weights like :func:`trainer.checkpoint.export_safetensors` (collective)."""
+        from multishot.model.checkpoint import save_safetensors
+
+        full = {name.replace("_checkpoint_wrapped_module.", ""):
+                (t.full_tensor() if hasattr(t, "full_tensor") else t).cpu()
+                for name, t in self.weights.items()}
+        out = save_safetensors(full, path)[0] if dist.get_rank() == 0 else None
+        dist.barrier()
+        return out
+
+
 class Distiller:
     """One distillation run of :class:`~distill.config.DistillConfig` on this process's rank.
 
@@ -95,15 +141,18 @@ class Distiller:
         self.student = build(config.student)
         for method in ("forward_chunk", "forward_teacher_forcing"):
             register_fsdp_forward_method(self.student, method)
-        self.teacher = build(config.teacher)
+        self.teacher = build(config.teacher)  # the causal base, scoring by teacher forcing
         self.teacher.requires_grad_(False)
         self.critic = build(config.teacher)  # the fake score starts as the real one
+        for model in (self.teacher, self.critic):
+            register_fsdp_forward_method(model, "forward_teacher_forcing")
         self.discriminator = None
         critic_modules = nn.ModuleDict({"score": self.critic})
         if obj.adversarial.enabled:
             torch.manual_seed(run.seed)
-            self.discriminator = dmd.Discriminator(self.model_config.dim,
-                                                   obj.adversarial.layer).to(self.device)
+            layer = obj.adversarial.layer
+            layer = self.model_config.num_layers // 2 if layer is None else layer
+            self.discriminator = dmd.Discriminator(self.model_config.dim, layer).to(self.device)
             fully_shard(self.discriminator)  # its gradients reduce over the ranks like the critic's
             critic_modules["discriminator"] = self.discriminator
         self.generator_optim, self.generator_sched = self._optimizer(
@@ -117,6 +166,8 @@ class Distiller:
         self.critic_state = ckpt.TrainState(critic_modules, self.critic_optim,
                                             self.critic_sched, 0, {})
         self.teacher_state = _Frozen(self.teacher)
+        self.ema = GeneratorEMA(self.student, obj.ema_decay, obj.ema_start_step) \
+            if obj.ema_decay > 0 else None
         self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
         self.conditioning = self._encode_prompts()
         if latest is not None:
@@ -191,7 +242,7 @@ class Distiller:
             noise = torch.randn(self.latent_shape(cond), generator=gen, device=self.device)
             made.append(ode.ode_trajectory(self.student, cond, self.causal, noise, self.sigmas,
                                            obj.teacher_steps, obj.shift,
-                                           obj.trajectory_guidance_scale))
+                                           obj.trajectory_guidance_scale or obj.guidance_scale))
         if self.rank == 0:  # every rank made the same trajectories
             ode.write_trajectories(path, made, self.sigmas)
         dist.barrier()
@@ -228,14 +279,18 @@ class Distiller:
             x0 = rollout(self.student, cond, self.causal, noise, self.sigmas, exit_step)
         sigma = dmd.sample_sigma(gen, obj.shift, obj.min_timestep, obj.max_timestep, self.device)
         eps = torch.randn(shape, generator=gen, device=self.device)
-        loss = dmd.critic_loss(self.critic, x0, sigma, eps, cond)
+        loss = dmd.critic_loss(self.critic, x0, sigma, eps, cond, self.causal)
         out = {"critic_loss": loss.detach()}
         if self.discriminator is not None:
             real = self.trajectories[i][-1:]
-            d_loss = dmd.discriminator_loss(self.discriminator, self.critic, real, x0, sigma,
-                                            eps, cond)
-            loss = loss + obj.adversarial.critic_weight * d_loss
+            adv = obj.adversarial
+            r1_noise = adv.r1_sigma * torch.randn(shape, generator=gen, device=self.device) \
+                if adv.r1_weight else None
+            d_loss, r1 = dmd.discriminator_loss(self.discriminator, self.critic, real, x0, sigma,
+                                                eps, cond, self.causal, adv.r1_weight, r1_noise)
+            loss = loss + adv.critic_weight * d_loss
             out["discriminator_loss"] = d_loss.detach()
+            out["r1_penalty"] = r1
         out["critic_grad_norm"] = self._update(loss, self.critic_state.model, self.critic_optim,
                                                self.critic_sched, self.config.critic_optim.grad_clip)
         return out
@@ -255,7 +310,7 @@ class Distiller:
         sigma = dmd.sample_sigma(gen, obj.shift, obj.min_timestep, obj.max_timestep, self.device)
         eps = torch.randn(shape, generator=gen, device=self.device)
         terms = dmd.dmd_loss(x0, self.teacher, self.critic, cond, sigma, eps, obj.guidance_scale,
-                             self.discriminator, obj.adversarial.generator_weight)
+                             self.causal, self.discriminator, obj.adversarial.generator_weight)
         grad_norm = self._update(terms.loss, self.student, self.generator_optim,
                                  self.generator_sched, self.config.generator_optim.grad_clip)
         # the GAN term's backward also reached the critic: those gradients are not the critic's
@@ -284,6 +339,8 @@ class Distiller:
             for k in range(obj.critic_steps_per_generator_step):
                 out.update(self.critic_step(k))
             out.update(self.generator_step())
+        if self.ema is not None:
+            self.ema.update(self.step)
         self.student_state.step += 1
         self.critic_state.step = self.student_state.step
         return {k: float(v) for k, v in out.items()}
@@ -330,12 +387,20 @@ class Distiller:
         dcp_reader.load(requested, path)
 
     def _stateful(self) -> dict[str, Stateful]:
-        return {"student": self.student_state, "critic": self.critic_state,
-                "teacher": self.teacher_state}
+        states = {"student": self.student_state, "critic": self.critic_state,
+                  "teacher": self.teacher_state}
+        if self.ema is not None:
+            states["ema"] = self.ema
+        return states
 
     def export(self) -> Path | None:
-        """Write ``student.safetensors`` (Wan names) and ``student.json`` (collective)."""
-        out = ckpt.export_safetensors(self.student, self.output_dir / "student.safetensors")
+        """Write ``student.safetensors`` (Wan names; the EMA once it has started, as
+        Self-Forcing streams its EMA generator) and ``student.json`` (collective)."""
+        path = self.output_dir / "student.safetensors"
+        if self.ema is not None and int(self.ema.active):
+            out = self.ema.export(path)
+        else:
+            out = ckpt.export_safetensors(self.student, path)
         if self.rank == 0:
             obj = self.config.objective
             write_student_info(self.output_dir, self.config.student.name, obj.student_timesteps,

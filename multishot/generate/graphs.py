@@ -5,10 +5,11 @@ A 4-step student streams a chunk in five DiT calls (four denoising steps and the
 each a few thousand small kernels: at the 5B shape on one H100 a call took about as long to
 launch from Python as to run (``benchmarks/results/distill/distill_h100.md``). Once the stream is in its
 steady state every denoising call of every chunk has the same shapes: the chunk's latents, the
-local window's frames, CAMR's routed frames, the cache's storage (:class:`model.causal.LayerKV`
-keeps its address until it grows). What changes between them is data: the latents, the
-timestep, the text, the RoPE positions, which frames are the window and which may be routed
-(:class:`model.causal.ChunkPlan`). So one graph per plan shape is captured
+local window's frames, CAMR's routed frames, the Block-Relative RoPE tables (fixed per
+shape), the cache's storage (:class:`model.causal.LayerKV` grows only until its ring wraps,
+then keeps its size and address for the rest of the stream). What changes between them is
+data: the latents, the timestep, the text, which ring slots are the window, the routing's
+frame bound and clock (:class:`model.causal.ChunkPlan`). So one graph per plan shape is captured
 (``torch.cuda.graph``) and replayed after copying the call's inputs and plan into the graph's
 own tensors:
 
@@ -20,8 +21,8 @@ own tensors:
 
 A key is captured the second time it is seen, so chunk shapes that occur once (the first
 chunks, before the local window is full) run eagerly. Only read-only passes are captured; the
-clean pass, which appends to the cache and (without ``route_clean``) attends a history that
-grows every chunk, stays eager. Graphs tie to the cache and the addresses of its storage (all
+clean pass, which appends to the cache (moving a frame from the ring into the pool), stays
+eager. Graphs tie to the cache and the addresses of its storage (all
 layers'): a new stream, or storage that grew, captures again; the cache is held meanwhile, so
 a later cache cannot be given the freed addresses of its storage and pass for it (a graph
 replayed over freed storage reads whatever took its place).
@@ -95,8 +96,8 @@ class GraphedChunkForward:
         if not self.enabled or cache.layers[0].key_storage is None:
             return eager()
         plan = self.model.chunk_plan(x, cache, self.causal, False)
-        storage = (id(cache),) + tuple(t.data_ptr() for kv in cache.layers for t in (
-            kv.key_storage, kv.value_storage, kv.descriptor_storage))
+        storage = (id(cache),) + tuple(t.data_ptr() for kv in cache.layers
+                                       for t in kv.storages())
         if storage != self.storage:  # a new stream, or its cache grew: new addresses
             self.graphs.clear()
             self.seen.clear()

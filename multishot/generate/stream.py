@@ -127,6 +127,8 @@ class ChunkStreamer:
             self.vae_decoder = torch.compile(vae.decoder)
         #: DiT forward calls so far (each on one chunk's latents only)
         self.model_calls = 0
+        #: the KV cache of the stream running last (for inspection: its size stays bounded)
+        self.cache: KVCache | None = None
 
     def chunk_frames(self, index: int) -> int:
         """Latent frames of chunk ``index``: 1 for chunk 0, ``chunk_latent_frames`` after."""
@@ -199,10 +201,12 @@ class ChunkStreamer:
         """
         generator = torch.Generator("cpu").manual_seed(seed)
         c, h, w = self.latent_chw
-        # storage for the chunks known now (more grow it): graphs are captured once per size
+        # storage for the chunks known now (more grow it, up to the cache budget of
+        # model.causal.LayerKV): graphs are captured once per size
         known = schedule.total_chunks() if max_chunks is None else max_chunks - 1
         cache = KVCache.empty(len(self.model.blocks),
                               reserve_frames=1 + self.causal.chunk_latent_frames * max(known, 0))
+        self.cache = cache
         decodes = _Decodes(StreamingDecoder(self.vae, self.device, self.vae_dtype,
                                             self.vae_decoder), self.device, self.overlap_decode)
         text: ShotText | None = None
