@@ -14,11 +14,16 @@ HEADERS = ("SCA", "inter", "inter_char", "intra_clip", "intra_dino", "text_glob"
 
 def overall(results: list[dict]) -> dict[str, dict]:
     """Per metric ``{"mean": float | None, "videos": n}`` over the videos that have it
-    (``mean`` is None when no video has it: the metric was skipped everywhere)."""
+    (``mean`` is None when no video has it: the metric was skipped everywhere), and beside SCA
+    ``shot_count_error``: the mean of |detected − requested shots| over the videos with SCA
+    (:attr:`evaluate.sca.SCAResult.shot_count_error`)."""
     out = {}
     for name in METRICS:
         values = [r["metrics"][name] for r in results if name in r["metrics"]]
         out[name] = {"mean": float(np.mean(values)) if values else None, "videos": len(values)}
+    errors = [abs(r["sca"]["shot_count_error"]) for r in results if r.get("sca")]
+    out["shot_count_error"] = {"mean": float(np.mean(errors)) if errors else None,
+                               "videos": len(errors)}
     return out
 
 
@@ -33,6 +38,8 @@ def table(results: list[dict], summary: dict[str, dict]) -> str:
         rows.append(f"{Path(r['video']).name:<{width}}  {req + '/' + str(len(r['detected_cuts'])):>12}  " + "  ".join(cells))
     cells = [f"{summary[m]['mean']:10.4f}" if summary[m]["mean"] is not None else f"{'-':>10}" for m in METRICS]
     rows.append(f"{'overall':<{width}}  {'':>12}  " + "  ".join(cells))
+    if summary.get("shot_count_error", {}).get("mean") is not None:
+        rows.append(f"mean |detected - requested shots|: {summary['shot_count_error']['mean']:.3f}")
     skipped = {m: reason for r in results for m, reason in r["skipped"].items()}
     rows += [f"skipped {m}: {reason}" for m, reason in skipped.items()]
     return "\n".join(rows)
