@@ -27,7 +27,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The DiT being fine-tuned."""
 
-    name: Literal["tiny", "1.3B", "5B", "14B"] = Field(description="architecture (model.config.get_config)")
+    name: Literal["tiny", "learn", "1.3B", "5B", "14B"] = Field(description="architecture (model.config.get_config)")
     init_from: str | None = Field(None, description=(
         "Wan / HoloCine safetensors file or folder (official or diffusers names); None = Wan's "
         "random initialisation"))
@@ -36,8 +36,13 @@ class ModelConfig(_Section):
         "Hopper (benchmarks/results/attention.md)"))
     sparse_self_attention: bool = Field(True, description=(
         "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
+    global_bank: bool = Field(True, description=(
+        "with sparse_self_attention: every shot also attends the first latent frame of every "
+        "shot (HoloCine's summary tokens); False = the 'sparse w/o global' ablation, each shot "
+        "attends only itself"))
     window_cross_attention: bool = Field(True, description=(
-        "mask cross-attention to each shot's caption window (needs a tokenizer)"))
+        "mask cross-attention to each shot's caption window (needs a tokenizer); False = every "
+        "video token attends the whole prompt (the 'w/o window' ablation)"))
     activation_checkpointing: bool = Field(True, description="recompute each block in backward")
     checkpoint_policy: Literal["full", "selective"] = Field("full", description=(
         "with activation_checkpointing: 'full' recomputes the whole block; 'selective' keeps "

@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class GenModelConfig(_Section):
     """The DiT (one, or the two experts of Wan2.2 A14B / HoloCine)."""
 
-    name: Literal["tiny", "1.3B", "5B", "14B"] = Field(description="architecture (model.config.get_config)")
+    name: Literal["tiny", "learn", "1.3B", "5B", "14B"] = Field(description="architecture (model.config.get_config)")
     checkpoint: str | None = Field(None, description=(
         "DiT safetensors file or folder (official Wan / HoloCine / our export, or diffusers names); "
         "for A14B the high-noise expert. None only with random_weights"))
@@ -37,8 +37,12 @@ class GenModelConfig(_Section):
         "sparse self-attention kernel (model.attention)"))
     sparse_self_attention: bool = Field(True, description=(
         "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
+    global_bank: bool = Field(True, description=(
+        "with sparse_self_attention: every shot also attends the first latent frame of every "
+        "shot (HoloCine's summary tokens); False = the 'sparse w/o global' ablation"))
     window_cross_attention: bool = Field(True, description=(
-        "mask each shot's cross-attention to the global caption and its own shot caption"))
+        "mask each shot's cross-attention to the global caption and its own shot caption; "
+        "False = every video token attends the whole prompt (the 'w/o window' ablation)"))
     compile: bool = Field(False, description=(
         "regional torch.compile of every block (streaming: and of the VAE decoder)"))
     causal: CausalConfig | None = Field(None, description=(

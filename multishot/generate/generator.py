@@ -74,7 +74,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_dit(name: str, checkpoint: str, device: torch.device, dtype: torch.dtype, *,
-             attention_backend: str = "sdpa", sparse_self_attention: bool = True) -> WanModel:
+             attention_backend: str = "sdpa", sparse_self_attention: bool = True,
+             global_bank: bool = True) -> WanModel:
     """A :class:`WanModel` with ``checkpoint``'s weights, built on ``meta`` and materialised
     straight on ``device`` in ``dtype`` (no random initialisation of billions of weights). The
     time embedding and projection stay float32 (tiny; Wan computes them in float32 and bf16
@@ -86,7 +87,7 @@ def load_dit(name: str, checkpoint: str, device: torch.device, dtype: torch.dtyp
     """
     with torch.device("meta"):
         model = WanModel(get_config(name), attention_backend,
-                         sparse_self_attention=sparse_self_attention)
+                         sparse_self_attention=sparse_self_attention, global_bank=global_bank)
     model = model.to(dtype)
     model.time_embedding.float()
     model.time_projection.float()
@@ -232,7 +233,8 @@ class Generator:
         m = self.config.model
         model = load_dit(m.name, checkpoint, torch.device("cpu") if self.offload else self.device,
                          self.dtype, attention_backend=m.attention_backend,
-                         sparse_self_attention=m.sparse_self_attention)
+                         sparse_self_attention=m.sparse_self_attention,
+                         global_bank=m.global_bank)
         if self.lora:
             from multishot.trainer.lora import apply_lora_file
 
@@ -347,6 +349,7 @@ class Generator:
             "boundary": s.boundary if len(self.experts) > 1 else None,
             "cfg_batch": s.cfg_batch, "model": self.config.model.name,
             "sparse_self_attention": self.config.model.sparse_self_attention,
+            "global_bank": self.config.model.global_bank,
             "window_cross_attention": self.config.model.window_cross_attention,
             "checkpoints": self.checkpoints, "random_weights": self.random_weights,
             "lora": self.lora, "lora_scale": self.lora_scale if self.lora else None,
