@@ -136,21 +136,34 @@ def render_many(films, workers: int = 1) -> np.ndarray:
 
 
 def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch: int = 8,
-              clip: int = 9, lr: float = 1e-3, seed: int = 0, log=print) -> dict:
-    """Train :func:`new_vae` on random ``clip``-frame windows (starting at ``4t``) of
-    ``frames`` ``[N, F, H, W, 3]``; set its latent mean / std from the encoded training films and
-    save it to ``folder``. Returns ``{"steps", "seconds", "final_loss"}``."""
+              clip: int = 9, lr: float = 1e-3, seed: int = 0, log=print,
+              init: str | None = None, max_seconds: float = float("inf")) -> dict:
+    """Train :func:`new_vae` (or continue ``init``, a saved one) on random ``clip``-frame
+    windows (starting at ``4t``) of ``frames`` ``[N, F, H, W, 3]`` for ``steps`` steps or
+    ``max_seconds``; set its latent mean / std from the encoded training films and save it to
+    ``folder``. Returns ``{"steps", "seconds", "final_loss", "init"}``."""
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    vae = new_vae().to(device).train()
+    if init:
+        from multishot.torchvision_cpu import import_torchvision
+
+        import_torchvision()
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(init).to(device).train()
+    else:
+        vae = new_vae().to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
     start, losses = time.perf_counter(), []
     n, f = frames.shape[:2]
     for step in range(steps):
+        if time.perf_counter() - start > max_seconds:
+            log(f"vae: time budget reached at step {step}")
+            break
         idx = rng.integers(0, n, batch)
         t0 = rng.integers(0, (f - clip) // 4 + 1, batch) * 4
         x = to_video_tensor(np.stack([frames[i, s:s + clip] for i, s in zip(idx, t0)])).to(device)
@@ -164,7 +177,7 @@ def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 200 == 0 or step == steps - 1:
             log(f"vae step {step} loss {loss.item():.4f}")
     vae.eval()
@@ -177,8 +190,9 @@ def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch:
         std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
     vae.register_to_config(latents_mean=mean, latents_std=std)
     vae.save_pretrained(folder)
-    return {"steps": steps, "seconds": time.perf_counter() - start,
-            "final_loss": float(np.mean(losses[-50:]))}
+    return {"steps": len(losses), "seconds": time.perf_counter() - start,
+            "final_loss": float(np.mean(losses[-50:])), "init": init, "batch": batch,
+            "clip_frames": clip}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -246,7 +260,8 @@ def prepare(out: Path, args, device, log=print) -> dict:
     info["render_s"] = time.perf_counter() - t0
     log(f"rendered {len(films)} training films in {info['render_s']:.1f} s")
     info["vae"] = train_vae(out / "vae", frames, args.vae_steps, device, batch=args.vae_batch,
-                            log=log)
+                            clip=args.vae_clip, lr=args.vae_lr, log=log, init=args.vae_init,
+                            max_seconds=args.vae_seconds)
     encoders = FrozenEncoders.load(EncodersConfig(vae=str(out / "vae"), text_encoder=text_dir,
                                                   dtype="float32"), device)
     # faithfulness of the VAE on films it never saw
@@ -277,8 +292,9 @@ def prepare(out: Path, args, device, log=print) -> dict:
 # ---- one variant -----------------------------------------------------------------------------
 
 def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, device,
-                  seed: int = 0, log=print):
-    """Train a fresh ``learn`` WanModel of ``variant`` on the encoded data; returns
+                  seed: int = 0, log=print, max_seconds: float = float("inf")):
+    """Train a fresh ``learn`` WanModel of ``variant`` on the encoded data for ``steps`` steps
+    (or until ``max_seconds``, a safety stop: the steps done are the losses' count); returns
     ``(model, losses, seconds)``."""
     import torch
 
@@ -307,6 +323,9 @@ def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, d
     gen = torch.Generator(device).manual_seed(seed)
     losses, start = [], time.perf_counter()
     for step in range(steps):
+        if time.perf_counter() - start > max_seconds:
+            log(f"time budget reached at step {step}")
+            break
         idx = rng.choice(n, batch, replace=False)
         layout = ShotLayout.from_shot_starts([data["shot_starts"][i] for i in idx],
                                              latents.shape[2], tokens_per_frame, device)
@@ -421,7 +440,7 @@ def run_variant(out: Path, variant: str, args) -> dict:
     log = lambda m: print(f"[{variant} {time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     data = torch.load(out / "train_data.pt", weights_only=False)
     model, losses, seconds = train_variant(variant, data, args.steps, args.batch, args.lr,
-                                           device, args.seed, log)
+                                           device, args.seed, log, args.train_seconds)
     state = {k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).cpu()
              for k, v in model.state_dict().items()}
     save_safetensors(state, out / variant / "dit.safetensors")
@@ -438,7 +457,7 @@ def run_variant(out: Path, variant: str, args) -> dict:
     result = {"variant": variant, **VARIANTS[variant], **score(films, videos),
               "final_loss": float(np.mean(losses[-100:])), "first_loss": float(np.mean(losses[:20])),
               "loss_curve": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
-              "train_s": seconds, "generate_s": gen_s, "steps": args.steps, "batch": args.batch,
+              "train_s": seconds, "generate_s": gen_s, "steps": len(losses), "batch": args.batch,
               "lr": args.lr, "sample_steps": args.sample_steps, "device": device_name(device),
               "concurrent_variants": args.concurrent}
     (out / f"{variant}.json").write_text(json.dumps(result, indent=1))
@@ -468,7 +487,7 @@ DIRECTION = {
 def table(results: dict[str, dict], prep: dict) -> str:
     cols = ["sca", "shot_count_error", "caption_following", "named_character",
             "held_out_character", "character_consistency", "aba_recall", "final_loss",
-            "train_s"]
+            "steps", "train_s"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     rows = ["| variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, r in results.items():
@@ -516,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-films", type=int, default=64)
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--vae-clip", type=int, default=9, help="frames per VAE training clip, 4k+1")
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-init", default=None, help="continue training this saved VAE")
+    parser.add_argument("--vae-seconds", type=float, default=float("inf"))
+    parser.add_argument("--train-seconds", type=float, default=float("inf"),
+                        help="safety stop of each variant's training")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
