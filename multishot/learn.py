@@ -105,14 +105,14 @@ def make_text_encoder(folder: str | Path, text_dim: int = 64, seed: int = 0) -> 
     return str(folder)
 
 
-def new_vae(z_dim: int = 16):
+def new_vae(z_dim: int = 16, base_dim: int = 16):
     """The world's Wan VAE (diffusers ``AutoencoderKLWan``, stride 4×8×8, base width 16)."""
     from multishot.torchvision_cpu import import_torchvision
 
     import_torchvision()
     from diffusers import AutoencoderKLWan
 
-    return AutoencoderKLWan(base_dim=16, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+    return AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
                             latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
 
 
@@ -137,7 +137,8 @@ def render_many(films, workers: int = 1) -> np.ndarray:
 
 def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch: int = 8,
               clip: int = 9, lr: float = 1e-3, seed: int = 0, log=print,
-              init: str | None = None, max_seconds: float = float("inf")) -> dict:
+              init: str | None = None, max_seconds: float = float("inf"),
+              base_dim: int = 16) -> dict:
     """Train :func:`new_vae` (or continue ``init``, a saved one) on random ``clip``-frame
     windows (starting at ``4t``) of ``frames`` ``[N, F, H, W, 3]`` for ``steps`` steps or
     ``max_seconds``; set its latent mean / std from the encoded training films and save it to
@@ -154,7 +155,7 @@ def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch:
 
         vae = AutoencoderKLWan.from_pretrained(init).to(device).train()
     else:
-        vae = new_vae().to(device).train()
+        vae = new_vae(base_dim=base_dim).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
@@ -292,10 +293,11 @@ def prepare(out: Path, args, device, log=print) -> dict:
 # ---- one variant -----------------------------------------------------------------------------
 
 def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, device,
-                  seed: int = 0, log=print, max_seconds: float = float("inf")):
+                  seed: int = 0, log=print, max_seconds: float = float("inf"), config=None):
     """Train a fresh ``learn`` WanModel of ``variant`` on the encoded data for ``steps`` steps
     (or until ``max_seconds``, a safety stop: the steps done are the losses' count); returns
-    ``(model, losses, seconds)``."""
+    ``(model, losses, seconds)``. ``config``: a :class:`model.config.WanConfig` (default the
+    ``learn`` architecture)."""
     import torch
 
     from multishot.model.config import get_config
@@ -306,7 +308,7 @@ def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, d
     from multishot.trainer.trainer import lr_lambda
 
     switches = VARIANTS[variant]
-    config = get_config(MODEL)
+    config = config or get_config(MODEL)
     torch.manual_seed(seed)
     model = WanModel(config, "sdpa", sparse_self_attention=switches["sparse_self_attention"],
                      global_bank=switches["global_bank"]).to(device).train()
@@ -345,6 +347,25 @@ def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, d
             log(f"{variant} step {step} loss {loss.item():.4f}")
     losses = [float(x) for x in torch.stack(losses).cpu()]
     return model.eval(), losses, time.perf_counter() - start
+
+
+def fixed_loss(model, data: dict, variant: str, device, count: int = 8, seed: int = 1234) -> float:
+    """The flow-matching loss of ``model`` on the first ``count`` encoded films with noise and
+    timesteps fixed by ``seed`` (the same draws before and after training)."""
+    import torch
+
+    from multishot.model.layout import ShotLayout
+    from multishot.trainer.flow_matching import FlowMatchConfig, FlowMatching
+
+    latents = data["latents"][:count].to(device)
+    layout = ShotLayout.from_shot_starts(data["shot_starts"][:count], latents.shape[2],
+                                         (latents.shape[3] // 2) * (latents.shape[4] // 2), device)
+    spans = data["spans"][:count] if VARIANTS[variant]["window_cross_attention"] else None
+    noised = FlowMatching(FlowMatchConfig(weighting="uniform"), device).noise(
+        latents, torch.Generator(device).manual_seed(seed))
+    with torch.no_grad():
+        pred = model(noised.x_t, noised.timestep, data["context"][:count].to(device), layout, spans)
+    return float(FlowMatching.loss(pred, noised))
 
 
 def eval_films(count: int, seed: int = 99):
@@ -399,15 +420,18 @@ def score(films, videos: np.ndarray) -> dict:
             "films": len(films), "aba_films": aba, "held_out_shots": held, "per_film": per_film}
 
 
-def generate_all(model, encoders, films, device, steps: int, window: bool, seed: int = 0):
-    """Sample every film's prompt with the project's sampler (Euler, no CFG) → latents."""
+def generate_all(model, encoders, films, device, steps: int, window: bool, seed: int = 0,
+                 latent_hw: tuple[int, int] = (8, 8)):
+    """Sample every film's prompt with the project's sampler (Euler, no CFG) → latents
+    ``[N, C, F_lat, H_lat, W_lat]`` (``latent_hw``: the VAE's latent size of the world's
+    frames)."""
     import torch
 
     from multishot.generate.sampler import Conditioning, Expert, SamplingConfig, sample
     from multishot.model.config import get_config
     from multishot.model.layout import ShotLayout
 
-    config = get_config(MODEL)
+    config = model.config
     sampling = SamplingConfig(steps=steps, cfg_scale=1.0, negative_prompt="")
     expert = Expert(model, 1.0)
     contexts = encoders.encode_prompts([f.prompt for f in films], config.text_len)
@@ -415,9 +439,12 @@ def generate_all(model, encoders, films, device, steps: int, window: bool, seed:
                                 config.text_len)
     out = []
     for i, (film, context, (sp, _)) in enumerate(zip(films, contexts, spans)):
-        layout = ShotLayout.from_cut_frames(film.num_frames, film.cut_frames, 16, device)
+        h, w = latent_hw
+        layout = ShotLayout.from_cut_frames(film.num_frames, film.cut_frames,
+                                            (h // 2) * (w // 2), device)
         g = torch.Generator("cpu").manual_seed(seed + i)
-        noise = torch.randn((1, config.in_channels, 9, 8, 8), generator=g).to(device)
+        noise = torch.randn((1, config.in_channels, layout.num_latent_frames, h, w),
+                            generator=g).to(device)
         cond = Conditioning(context.to(device), context[:1].to(device), layout,
                             sp if window else None)
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):

@@ -1,0 +1,46 @@
+"""The learning path of issue 30 at the smallest size, on CPU: the synthetic world → a trained
+(two steps) Wan VAE and a small UMT5 → encoded films → a few flow-matching steps of a small
+WanModel (the loss on fixed draws falls) → the project's sampler → VAE decode → the world's
+classifier and SCA. `python -m multishot.learn run` is the full-size run (GPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from multishot import learn
+from multishot.dataset.synthetic_world import sample_film
+from multishot.model.config import WanConfig
+from multishot.trainer.config import EncodersConfig
+from multishot.trainer.encoders import FrozenEncoders
+
+
+def test_the_learning_path_runs_and_the_loss_falls(tmp_path):
+    torch.set_num_threads(2)
+    films = [sample_film(i, num_shots=2, height=32, width=32, name=f"s{i}") for i in range(4)]
+    frames = learn.render_many(films)
+    assert frames.shape == (4, 33, 32, 32, 3)
+    text_dir = learn.make_text_encoder(tmp_path / "text_encoder", text_dim=16)
+    info = learn.train_vae(tmp_path / "vae", frames, steps=2, device=torch.device("cpu"),
+                           batch=1, clip=5, log=lambda m: None, base_dim=8)
+    assert info["steps"] == 2
+    encoders = FrozenEncoders.load(EncodersConfig(vae=str(tmp_path / "vae"), text_encoder=text_dir,
+                                                  dtype="float32"), "cpu")
+    data = learn.encode_films(encoders, films, frames, text_len=48)
+    assert data["latents"].shape == (4, 16, 9, 4, 4) and data["context"].shape == (4, 48, 16)
+    assert [len(s) for s in data["shot_starts"]] == [2] * 4 and all(s.num_shots == 2 for s in data["spans"])
+    config = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, text_len=48,
+                       freq_dim=32)
+    torch.manual_seed(0)
+    from multishot.model.dit import WanModel
+    before = learn.fixed_loss(WanModel(config, "sdpa"), data, "full", torch.device("cpu"), count=4)
+    model, losses, _ = learn.train_variant("full", data, steps=40, batch=4, lr=3e-3,
+                                           device=torch.device("cpu"), log=lambda m: None,
+                                           config=config)
+    after = learn.fixed_loss(model, data, "full", torch.device("cpu"), count=4)
+    assert len(losses) == 40 and after < 0.8 * before, (before, after)
+    latents = learn.generate_all(model, encoders, films[:1], torch.device("cpu"), steps=2,
+                                 window=True, latent_hw=(4, 4))
+    videos = learn.decode(encoders.vae, latents, torch.device("cpu"))
+    assert videos.shape == (1, 33, 32, 32, 3)
+    scores = learn.score(films[:1], videos)
+    assert 0 < scores["sca"] <= 1 and 0 <= scores["caption_following"] <= 1
