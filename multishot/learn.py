@@ -20,7 +20,7 @@
    :class:`model.dit.WanModel` (``learn``: dim 256, 6 blocks, 4 heads), its flow-matching
    objective (:class:`trainer.flow_matching.FlowMatching`), AdamW with the trainer's schedule
    (:func:`trainer.trainer.lr_lambda`), the shot layout of each batch
-   (:class:`model.layout.ShotLayout`), bf16 autocast on CUDA. Variants (HoloCine Table 2):
+   (:class:`model.layout.ShotLayout`), float32 with TF32 matmuls on CUDA. Variants (HoloCine Table 2):
    ``full`` (window cross-attention + sparse self-attention with the global bank),
    ``no_window``, ``full_self_attention``, ``no_global`` (sparse w/o global).
 4. **Generation and evaluation** of fresh prompts (another seed: new scene sequences, cut
@@ -334,8 +334,9 @@ def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, d
         spans = [data["spans"][i] for i in idx] if switches["window_cross_attention"] else None
         ix = torch.as_tensor(idx, device=device)
         noised = flow.noise(latents[ix], gen)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            pred = model(noised.x_t, noised.timestep, context[ix], layout, spans)
+        # float32 parameters and compute (TF32 matmuls on CUDA): the model keeps its time
+        # embedding float32 and asserts it, which autocast would break
+        pred = model(noised.x_t, noised.timestep, context[ix], layout, spans)
         loss = flow.loss(pred, noised)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -420,6 +421,53 @@ def score(films, videos: np.ndarray) -> dict:
             "films": len(films), "aba_films": aba, "held_out_shots": held, "per_film": per_film}
 
 
+def film_of_request(prompt: str, cut_frames: list[int], num_frames: int, height: int,
+                    width: int, name: str = "video"):
+    """The ground truth a world prompt asks for (a :class:`dataset.synthetic_world.Film`):
+    scenes from the shot captions, the character from a named global caption (else an unknown
+    one and caption mode ``anonymous``), shots from ``cut_frames``.
+
+    Raises:
+        ValueError: the prompt is not a world prompt (a shot caption names no scene).
+    """
+    from multishot.dataset.record import split_prompt
+    from multishot.dataset.synthetic_world import (COLOURS, FPS, SCENES, SHAPES, TEXTURES,
+                                                   Character, Film, ShotTruth)
+
+    global_caption, shots = split_prompt(prompt)
+    scenes = [s.rstrip(". ").strip() for s in shots]
+    bad = [s for s in scenes if s not in SCENES]
+    if bad:
+        raise ValueError(f"shot captions {bad} name no scene of the world ({sorted(SCENES)})")
+    if len(scenes) != len(cut_frames) + 1:
+        raise ValueError(f"{len(scenes)} shot captions for {len(cut_frames)} cuts")
+    words = global_caption.replace(".", " ").split()
+    pick = lambda options: next((w for w in words if w in options), None)  # noqa: E731
+    shape, colour, texture = pick(SHAPES), pick(COLOURS), pick(TEXTURES)
+    named = None not in (shape, colour, texture)
+    character = Character(shape, colour, texture) if named else Character("?", "?", "?")
+    edges = [0, *cut_frames, num_frames]
+    truths = tuple(ShotTruth(a, b, s, 0.0, 0.0, 0.0) for (a, b), s in zip(zip(edges, edges[1:]), scenes))
+    return Film(name, 0, num_frames, height, width, FPS, character, truths,
+                "named" if named else "anonymous",
+                len(scenes) >= 3 and scenes[2] == scenes[0], prompt)
+
+
+def score_files(paths: list[str]) -> dict:
+    """``python -m multishot.learn score``: the world's scores of ``multishot generate`` mp4s
+    (prompt and cuts read from the JSON beside each), over all of them and per video."""
+    from multishot.dataset.synthetic_world import read_video
+
+    films, videos = [], []
+    for path in paths:
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        video = read_video(path)
+        films.append(film_of_request(meta["prompt"], meta["cut_frames"], len(video),
+                                     video.shape[1], video.shape[2], Path(path).stem))
+        videos.append(video)
+    return score(films, np.stack(videos))
+
+
 def generate_all(model, encoders, films, device, steps: int, window: bool, seed: int = 0,
                  latent_hw: tuple[int, int] = (8, 8)):
     """Sample every film's prompt with the project's sampler (Euler, no CFG) → latents
@@ -447,8 +495,7 @@ def generate_all(model, encoders, films, device, steps: int, window: bool, seed:
                             generator=g).to(device)
         cond = Conditioning(context.to(device), context[:1].to(device), layout,
                             sp if window else None)
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            latents, _ = sample([expert], noise, cond, sampling)
+        latents, _ = sample([expert], noise, cond, sampling)
         out.append(latents.float())
     return torch.cat(out)
 
@@ -552,8 +599,9 @@ def table(results: dict[str, dict], prep: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m multishot.learn", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=["run", "prepare", "variant", "table"])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("stage", choices=["run", "prepare", "variant", "table", "score"])
+    parser.add_argument("videos", nargs="*", help="score: mp4s written by multishot generate")
+    parser.add_argument("--out", help="run / prepare / variant / table: the run's folder")
     parser.add_argument("--variant", choices=list(VARIANTS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--device", default="cuda")
@@ -577,6 +625,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=4, help="variants trained at once")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check")
     args = parser.parse_args(argv)
+    if args.stage == "score":
+        if not args.videos:
+            print("multishot.learn score: no video given", file=sys.stderr)
+            return 2
+        try:
+            result = score_files(args.videos)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"multishot.learn score: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=1))
+        return 0
+    if not args.out:
+        print(f"multishot.learn {args.stage}: --out is required", file=sys.stderr)
+        return 2
     if args.smoke:
         args.device, args.train_films, args.eval_films, args.probe_films = "cpu", 24, 3, 2
         args.vae_steps, args.vae_batch, args.steps, args.batch = 3, 2, 25, 4
