@@ -518,6 +518,11 @@ def run_variant(out: Path, variant: str, args) -> dict:
     state = {k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).cpu()
              for k, v in model.state_dict().items()}
     save_safetensors(state, out / variant / "dit.safetensors")
+    # the variants share one GPU: hand training's cached blocks back before sampling (four
+    # processes each holding ~18 GiB of cache ran an 80 GB H100 out of memory)
+    del data
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     encoders = FrozenEncoders.load(EncodersConfig(vae=str(out / "vae"),
                                                   text_encoder=str(out / "text_encoder"),
                                                   dtype="float32"), device)
@@ -536,6 +541,38 @@ def run_variant(out: Path, variant: str, args) -> dict:
               "concurrent_variants": args.concurrent}
     (out / f"{variant}.json").write_text(json.dumps(result, indent=1))
     log(f"done: " + json.dumps({k: v for k, v in result.items() if k not in ("per_film", "loss_curve")}))
+    return result
+
+
+def evaluate_checkpoint(out: Path, variant: str, checkpoint: str, args) -> dict:
+    """Generate and score the eval prompts with a saved DiT of ``variant`` (loaded by
+    :func:`generate.generator.load_dit`, as ``multishot generate`` loads it) and the encoders in
+    ``out``; writes ``out/<variant>_eval.json``."""
+    import torch
+
+    from multishot.generate.generator import load_dit
+    from multishot.trainer.config import EncodersConfig
+    from multishot.trainer.encoders import FrozenEncoders
+
+    device = torch.device(args.device)
+    switches = VARIANTS[variant]
+    model = load_dit(MODEL, checkpoint, device, torch.float32, attention_backend="sdpa",
+                     sparse_self_attention=switches["sparse_self_attention"],
+                     global_bank=switches["global_bank"])
+    encoders = FrozenEncoders.load(EncodersConfig(vae=str(out / "vae"),
+                                                  text_encoder=str(out / "text_encoder"),
+                                                  dtype="float32"), device)
+    films = eval_films(args.eval_films)
+    t0 = time.perf_counter()
+    latents = generate_all(model, encoders, films, device, args.sample_steps,
+                           switches["window_cross_attention"])
+    videos = np.concatenate([decode(encoders.vae, latents[i:i + 8], device)
+                             for i in range(0, len(latents), 8)])
+    result = {"variant": variant, **switches, **score(films, videos), "checkpoint": checkpoint,
+              "generate_s": time.perf_counter() - t0, "sample_steps": args.sample_steps,
+              "eval_device": device_name(device)}
+    (out / f"{variant}_eval.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_film"}, indent=1))
     return result
 
 
@@ -599,7 +636,8 @@ def table(results: dict[str, dict], prep: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m multishot.learn", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=["run", "prepare", "variant", "table", "score"])
+    parser.add_argument("stage", choices=["run", "prepare", "variant", "table", "score", "evaluate"])
+    parser.add_argument("--checkpoint", help="evaluate: the variant's saved DiT")
     parser.add_argument("videos", nargs="*", help="score: mp4s written by multishot generate")
     parser.add_argument("--out", help="run / prepare / variant / table: the run's folder")
     parser.add_argument("--variant", choices=list(VARIANTS))
@@ -651,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(out, args, torch.device(args.device))
     if args.stage == "variant":
         run_variant(out, args.variant, args)
+    if args.stage == "evaluate":
+        evaluate_checkpoint(out, args.variant, args.checkpoint, args)
     if args.stage == "run":
         names = args.variants.split(",")
         base = [sys.executable, "-m", "multishot.learn", "variant", "--out", str(out)] + [
