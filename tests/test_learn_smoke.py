@@ -33,14 +33,52 @@ def test_the_learning_path_runs_and_the_loss_falls(tmp_path):
     torch.manual_seed(0)
     from multishot.model.dit import WanModel
     before = learn.fixed_loss(WanModel(config, "sdpa"), data, "full", torch.device("cpu"), count=4)
-    model, losses, _ = learn.train_variant("full", data, steps=40, batch=4, lr=3e-3,
+    model, losses, _ = learn.train_variant("full", data, steps=40, batch=4, lr=5e-3,
                                            device=torch.device("cpu"), log=lambda m: None,
                                            config=config)
     after = learn.fixed_loss(model, data, "full", torch.device("cpu"), count=4)
-    assert len(losses) == 40 and after < 0.8 * before, (before, after)
+    assert len(losses) == 40 and after < 0.9 * before, (before, after)
     latents = learn.generate_all(model, encoders, films[:1], torch.device("cpu"), steps=2,
                                  window=True, latent_hw=(4, 4))
     videos = learn.decode(encoders.vae, latents, torch.device("cpu"))
     assert videos.shape == (1, 33, 32, 32, 3)
     scores = learn.score(films[:1], videos)
     assert 0 < scores["sca"] <= 1 and 0 <= scores["caption_following"] <= 1
+
+
+def test_the_scores_are_perfect_on_ground_truth_and_fall_with_errors():
+    from multishot.dataset.synthetic_world import Character, render_film
+
+    films = learn.eval_films(12)
+    videos = learn.render_many(films)
+    perfect = learn.score(films, videos)
+    for key in ("sca", "caption_following", "named_character", "character_consistency", "aba_recall"):
+        assert perfect[key] == 1.0, key
+    assert perfect["shot_count_error"] == 0 and perfect["aba_films"] >= 1
+    # a film that never cuts: its first shot's frames all through
+    broken = videos.copy()
+    broken[0] = videos[0][[0] * len(videos[0])]
+    worse = learn.score(films, broken)
+    assert worse["sca"] < 1 and worse["caption_following"] < 1 and worse["shot_count_error"] > 0
+    # another character after the first shot of an anonymous film
+    anon = next(i for i, f in enumerate(films) if f.caption_mode == "anonymous")
+    other = Character("square" if films[anon].character.shape != "square" else "circle",
+                      films[anon].character.colour, films[anon].character.texture)
+    swapped = videos.copy()
+    swapped[anon] = render_film(films[anon].__class__(**{**films[anon].__dict__, "character": other}))
+    start = films[anon].shots[1].start_frame
+    swapped[anon][:start] = videos[anon][:start]
+    assert learn.score(films, swapped)["character_consistency"] < 1
+
+
+def test_a_generated_videos_request_is_read_back_from_its_prompt():
+    prompt = ("[global caption] A red dotted circle. This scene contains 3 shots. "
+              "[per shot caption] forest. [shot cut] snow. [shot cut] forest.")
+    film = learn.film_of_request(prompt, [13, 25], 33, 64, 64)
+    assert film.scenes == ["forest", "snow", "forest"] and film.aba and film.caption_mode == "named"
+    assert film.character.words() == "red dotted circle" and film.cut_frames == [13, 25]
+    anonymous = learn.film_of_request(prompt.replace("red dotted circle", "character"), [13, 25], 33, 64, 64)
+    assert anonymous.caption_mode == "anonymous"
+    import pytest
+    with pytest.raises(ValueError, match="name no scene"):
+        learn.film_of_request(prompt.replace("snow", "moon"), [13, 25], 33, 64, 64)
