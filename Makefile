@@ -29,7 +29,7 @@ demo-train: install
 
 LEARN_OUT ?= out/learn
 learn: install
-	$(PY) -m multishot.learn run --out $(LEARN_OUT) --train-films 6000 --vae-steps 2500 --vae-batch 32 --vae-clip 5 --steps 1500 --batch 32 --sample-steps 25
+	$(PY) -m multishot.learn run --out $(LEARN_OUT) --train-films 6000 --vae-steps 1500 --vae-batch 16 --vae-clip 17 --steps 1500 --batch 32 --sample-steps 20
 
 test: install
 	$(VENV)/bin/python -m pytest -q
