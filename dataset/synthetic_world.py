@@ -277,6 +277,20 @@ def write_film(film: Film, folder: str | Path, crf: int = 10) -> tuple[Path, Pat
     return mp4, meta
 
 
+def caption_source_entries(film: Film, source: str) -> list[dict]:
+    """The film's captions as caption-source entries (:mod:`annotate.caption_source`): its
+    global caption and one entry per shot, keyed by ``source`` (its mp4's path or name) and the
+    shot's time span in seconds."""
+    from multishot.dataset.record import split_prompt
+
+    global_caption, shot_captions = split_prompt(film.prompt)
+    entries = [{"source": source, "global_caption": global_caption}]
+    for shot, caption in zip(film.shots, shot_captions):
+        entries.append({"source": source, "start_s": shot.start_frame / film.fps,
+                        "end_s": shot.end_frame / film.fps, "caption": caption})
+    return entries
+
+
 def read_video(path: str | Path) -> np.ndarray:
     """Decode an mp4 to ``[F, H, W, 3]`` uint8 RGB (PyAV)."""
     import av
