@@ -82,3 +82,26 @@ def test_a_generated_videos_request_is_read_back_from_its_prompt():
     import pytest
     with pytest.raises(ValueError, match="name no scene"):
         learn.film_of_request(prompt.replace("snow", "moon"), [13, 25], 33, 64, 64)
+
+
+def test_the_committed_full_checkpoint_loads_as_multishot_generate_loads_it():
+    """configs/generate/learn_full.yaml names the committed checkpoint, VAE and UMT5 (≤ 25 MB),
+    and the real loaders read them into the 'learn' architecture."""
+    from pathlib import Path
+
+    from multishot.config import load_config
+    from multishot.generate.config import GenerateConfig
+    from multishot.generate.generator import load_dit
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs/generate/learn_full.yaml", GenerateConfig)
+    files = [p for name in ("checkpoints/learn",) for p in (root / name).rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25e6
+    model = load_dit(config.model.name, str(root / config.model.checkpoint), torch.device("cpu"),
+                     torch.float32)
+    assert model.config.dim == 256 and len(model.blocks) == 6
+    encoders = FrozenEncoders.load(config.encoders.model_copy(update={
+        "vae": str(root / config.encoders.vae), "text_encoder": str(root / config.encoders.text_encoder)}), "cpu")
+    assert encoders.vae.config.z_dim == 16 and encoders.text_encoder.config.d_model == 64
+    spans, why = encoders.text_spans([learn.eval_films(1)[0].prompt], [2], model.config.text_len)[0]
+    assert why is None and spans.num_shots == 2
