@@ -34,7 +34,8 @@ from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, C
                                     KVCache, TeacherForcingAttention,
                                     teacher_forcing_attention_pairs)
 from multishot.model.config import WanConfig, get_config
-from multishot.model.dit import WanModel, rope_cos_sin
+from multishot.model.dit import WanModel
+from multishot.model.rope import rope_cos_sin
 from multishot.model.flops import ATTENTION_BACKWARD_RATIO, attention_flops
 
 from harness import cuda_ms, device_name, rel_err, results_dir, write_report

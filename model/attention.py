@@ -268,4 +268,26 @@ def _flex(q, k, v, layout: ShotLayout) -> torch.Tensor:
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).reshape_as(q)
 
 
+def shot_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         layout: ShotLayout) -> torch.Tensor:
+    """HoloCine's "sparse w/o global" ablation (Table 2): the queries of shot ``i`` attend to
+    the shot's own tokens ``K_i`` only, no global bank, so nothing passes between shots in
+    self-attention. One SDPA call with a block-diagonal boolean mask ``[B, 1, L, L]`` (any
+    device, differentiable; the mask is ``L²`` per sample, meant for ablation-sized runs).
+
+    Args:
+        q, k, v: ``[B, L, H, D]`` with RoPE applied; ``B``, ``L`` as ``layout``.
+    Returns:
+        ``[B, L, H, D]`` in ``q``'s dtype.
+    Raises:
+        ValueError: shapes disagree with the layout.
+    """
+    b, seq = q.shape[:2]
+    if (b, seq) != (layout.batch_size, layout.seq_len):
+        raise ValueError(f"q has batch {b} × {seq} tokens, the layout {layout.batch_size} × "
+                         f"{layout.seq_len}")
+    shot = layout.token_shot()                                           # [B, L]
+    return _sdpa(q, k, v, (shot[:, :, None] == shot[:, None, :])[:, None])
+
+
 _SPARSE = {"reference": _reference, "varlen": _varlen, "sdpa": _per_shot_sdpa, "flex": _flex}

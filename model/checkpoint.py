@@ -264,7 +264,8 @@ def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | Path,
 
 
 def load_dit(name: str, checkpoint: str, device: torch.device, dtype: torch.dtype, *,
-             attention_backend: str = "sdpa", sparse_self_attention: bool = True) -> WanModel:
+             attention_backend: str = "sdpa", sparse_self_attention: bool = True,
+             global_bank: bool = True) -> WanModel:
     """A :class:`WanModel` with ``checkpoint``'s weights, built on ``meta`` and materialised
     straight on ``device`` in ``dtype`` (no random initialisation of billions of weights). The
     time embedding and projection stay float32 (tiny; Wan computes them in float32 and bf16
@@ -276,7 +277,7 @@ def load_dit(name: str, checkpoint: str, device: torch.device, dtype: torch.dtyp
     """
     with torch.device("meta"):
         model = WanModel(get_config(name), attention_backend,
-                         sparse_self_attention=sparse_self_attention)
+                         sparse_self_attention=sparse_self_attention, global_bank=global_bank)
     model = model.to(dtype)
     model.time_embedding.float()
     model.time_projection.float()

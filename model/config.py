@@ -52,6 +52,10 @@ CONFIGS: dict[str, WanConfig] = {
     # Tests only: 2 blocks of width 64 (2 heads of 32), a short text context.
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, text_len=16,
                       freq_dim=32),
+    # The synthetic world's learning runs (issue 30, dataset/synthetic_world.py): 6 blocks of
+    # width 256 (4 heads of 64), a 64-token text context of width 64 (the world's small UMT5).
+    "learn": WanConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=6, text_dim=64,
+                       text_len=64, freq_dim=256),
     # Wan2.1 T2V-1.3B.
     "1.3B": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     # Wan2.2 TI2V-5B (Wan2.2 VAE, 48 latent channels).
@@ -63,7 +67,7 @@ CONFIGS: dict[str, WanConfig] = {
 
 
 def get_config(name: str) -> WanConfig:
-    """The named config: ``"tiny"``, ``"1.3B"``, ``"5B"`` or ``"14B"``.
+    """The named config: ``"tiny"``, ``"learn"``, ``"1.3B"``, ``"5B"`` or ``"14B"``.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).

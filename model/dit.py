@@ -26,13 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from multishot.model.attention import BACKENDS, dense_attention, sparse_self_attention
+from multishot.model.attention import (BACKENDS, dense_attention, shot_local_attention,
+                                       sparse_self_attention)
 from multishot.model.causal import (CausalConfig, ChunkAttention, ChunkLayout, ChunkPlan,
                                     KVCache, TeacherForcingAttention)
 from multishot.model.config import WanConfig
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans, shot_text_mask
-from multishot.model.rope import ROPE_MAX_POSITIONS, apply_rope, rope_cos_sin  # noqa: F401
+from multishot.model.rope import apply_rope, rope_cos_sin
 
 
 def sinusoid_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -93,8 +94,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 layout: ShotLayout | None, backend: str, shard=None,
-                causal: Callable | None = None) -> torch.Tensor:
-        """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention. Under
+                causal: Callable | None = None, global_bank: bool = True) -> torch.Tensor:
+        """``x`` ``[B, L, dim]`` → ``[B, L, dim]``; ``layout=None`` → full attention;
+        ``global_bank=False`` → each shot attends only itself (:func:`self_attention_kernel`). Under
         context parallelism ``x``, ``cos``, ``sin`` hold this rank's tokens and ``shard`` is
         the forward's :class:`model.context_parallel.SequenceShard`. ``causal``: the causal
         mode's kernel ``q, k, v → out`` (:mod:`model.causal`), replacing layout and backend; it
@@ -106,12 +108,14 @@ class SelfAttention(nn.Module):
         if causal is not None:  # Block-Relative RoPE: the causal kernel rotates per query chunk
             return self.o(causal_attention_kernel(causal, q, k, v).flatten(2))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return self.o(self_attention_kernel(q, k, v, layout, backend, shard).flatten(2))
+        return self.o(self_attention_kernel(q, k, v, layout, backend, shard,
+                                            global_bank).flatten(2))
 
 
 @torch.compiler.disable
 def self_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          layout: ShotLayout | None, backend: str, shard=None) -> torch.Tensor:
+                          layout: ShotLayout | None, backend: str, shard=None,
+                          global_bank: bool = True) -> torch.Tensor:
     """The self-attention kernel call, ``[B, L, H, D]`` → ``[B, L, H, D]``: full attention for
     ``layout=None``, else the sparse inter-shot attention of ``backend``.
 
@@ -119,11 +123,15 @@ def self_attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``model.compile``): the kernels are cuDNN / flash calls either way, and the sparse backends'
     per-shot Python loops would otherwise specialise (recompile) the block for every new shot
     layout. With a ``shard`` (context parallelism) ``q, k, v`` hold this rank's tokens and the
-    shard's Ulysses all-to-alls wrap the same kernel call.
+    shard's Ulysses all-to-alls wrap the same kernel call. ``global_bank=False``: HoloCine's
+    "sparse w/o global" ablation, each shot attends only itself
+    (:func:`model.attention.shot_local_attention`, whatever the backend).
     """
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if layout is None:
             return dense_attention(q, k, v)
+        if not global_bank:
+            return shot_local_attention(q, k, v, layout)
         return sparse_self_attention(q, k, v, layout, backend)
 
     return attend(q, k, v) if shard is None else shard.attention(q, k, v, attend)
@@ -192,15 +200,15 @@ class WanBlock(nn.Module):
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, layout: ShotLayout | None,
                 text_mask: torch.Tensor | None, backend: str, shard=None,
-                causal: Callable | None = None) -> torch.Tensor:
+                causal: Callable | None = None, global_bank: bool = True) -> torch.Tensor:
         """``x`` ``[B, L, dim]``, ``e0`` ``[B, 6, dim]`` float32 (or ``[B, F, 6, dim]``: one per
         latent frame, ``L = F·hw``), ``context`` ``[B, L_text, dim]`` → ``[B, L, dim]``;
-        ``shard``, ``causal``: see :meth:`SelfAttention.forward`."""
+        ``shard``, ``causal``, ``global_bank``: see :meth:`SelfAttention.forward`."""
         assert e0.dtype == torch.float32
         shift1, scale1, gate1, shift2, scale2, gate2 = \
             (self.modulation.float() + e0).chunk(6, e0.dim() - 2)
         y = self.self_attn(_modulate(self.norm1(x), scale1, shift1).type_as(x),
-                           cos, sin, layout, backend, shard, causal)
+                           cos, sin, layout, backend, shard, causal, global_bank)
         x = _gated(x, y, gate1)
         x = x + self.cross_attn(self.norm3(x), context, text_mask)
         y = self.ffn(_modulate(self.norm2(x), scale2, shift2).type_as(x))
@@ -234,6 +242,9 @@ class WanModel(nn.Module):
         sparse_self_attention: use the sparse inter-shot self-attention when a shot layout is
             given (HoloCine's ``use_sparse_self_attn``); False keeps full self-attention and
             uses the layout for the window cross-attention only.
+        global_bank: with sparse self-attention, every shot also attends the global bank
+            (the first latent frame of every shot; HoloCine's summary tokens). False is
+            HoloCine's "sparse w/o global" ablation (Table 2): each shot attends only itself.
         window_inclusive_end, window_admit_padding: HoloCine's window-mask quirks
             (:func:`model.prompt_spans.shot_text_mask`), on by default.
     Raises:
@@ -242,7 +253,7 @@ class WanModel(nn.Module):
 
     def __init__(self, config: WanConfig, attention_backend: str = "reference", *,
                  sparse_self_attention: bool = True, window_inclusive_end: bool = True,
-                 window_admit_padding: bool = True):
+                 window_admit_padding: bool = True, global_bank: bool = True):
         super().__init__()
         if attention_backend not in BACKENDS:
             raise ValueError(f"unknown attention backend {attention_backend!r}; "
@@ -250,6 +261,7 @@ class WanModel(nn.Module):
         self.config = config
         self.attention_backend = attention_backend
         self.sparse_self_attention = sparse_self_attention
+        self.global_bank = global_bank
         self.window_inclusive_end = window_inclusive_end
         self.window_admit_padding = window_admit_padding
         #: context parallelism (model.context_parallel.apply_context_parallel sets it): None
@@ -392,7 +404,7 @@ class WanModel(nn.Module):
             text_mask = None if text_mask is None else shard.shard(text_mask, pad_value=True)
         for block in self.blocks:
             tokens = block(tokens, e0, context, cos, sin, layout, text_mask,
-                           self.attention_backend, shard)
+                           self.attention_backend, shard, global_bank=self.global_bank)
         out = self.head(tokens, e)                                    # [B, L, pt·ph·pw·C]
         if shard is not None:
             out = shard.gather(out)

@@ -18,7 +18,7 @@ from multishot.dataset.record import num_latent_frames
 from multishot.model.causal import CausalConfig
 
 #: the architectures of :func:`model.config.get_config`
-ModelName = Literal["tiny", "1.3B", "5B", "14B"]
+ModelName = Literal["tiny", "learn", "1.3B", "5B", "14B"]
 
 
 class DiTConfig(Section):
@@ -29,10 +29,16 @@ class DiTConfig(Section):
         "sparse self-attention kernel (model.attention); 'sdpa' (per-shot cuDNN) is the fastest on "
         "Hopper (benchmarks/results/attention/attention.md)"))
     sparse_self_attention: bool = Field(True, description=(
-        "HoloCine's sparse inter-shot self-attention; False = full self-attention"))
+        "HoloCine's sparse inter-shot self-attention; False = full self-attention (the 'full "
+        "attention' ablation)"))
+    global_bank: bool = Field(True, description=(
+        "with sparse_self_attention: every shot also attends the first latent frame of every "
+        "shot (HoloCine's summary tokens); False = the 'sparse w/o global' ablation, each shot "
+        "attends only itself"))
     window_cross_attention: bool = Field(True, description=(
         "mask each shot's cross-attention to the global caption and its own shot caption "
-        "(needs a tokenizer)"))
+        "(needs a tokenizer); False = every video token attends the whole prompt (the 'w/o "
+        "window' ablation)"))
     compile: bool | None = Field(None, description=(
         "regional torch.compile of every block (attention kernel stays eager; streaming: and of "
         "the VAE decoder); None = the command's default: on for CUDA training, off for generation"))

@@ -220,7 +220,7 @@ def block_relative_reference(q, k, v, mask):
 def test_routed_attention_equals_block_relative_reference(name):
     """Teacher forcing's attention (unrotated q, k in) against the four rules' mask, CAMR on
     unrotated descriptors (brute-force top-k) and Block-Relative RoPE written out per query."""
-    from multishot.model.dit import rope_cos_sin
+    from multishot.model.rope import rope_cos_sin
 
     config, chunks = CONFIGS[name], ChunkLayout.build(F_LAT, 3)
     torch.manual_seed(4)
@@ -569,7 +569,7 @@ def test_no_attention_call_sees_a_distance_beyond_the_training_horizon(checkpoin
     rotated q and k with, matched against Wan's table) keep every query–key distance below the
     horizon, while CAMR does retrieve frames from far beyond it."""
     import multishot.model.causal as causal
-    from multishot.model.dit import rope_cos_sin
+    from multishot.model.rope import rope_cos_sin
 
     config = CausalConfig(chunk_latent_frames=3, local_window_chunks=1, routed_frames=2,
                           horizon_frames=F_LAT, memory_frames=8)

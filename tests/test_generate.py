@@ -233,7 +233,7 @@ def test_from_shards_recreates_captioned_samples(tmp_path, monkeypatch, train_fo
 
 
 def test_bf16_load_keeps_the_time_embedding_float32(random_models):
-    from multishot.generate.generator import load_dit
+    from multishot.model.checkpoint import load_dit
 
     model = load_dit("tiny", random_models["dit"], torch.device("cpu"), torch.bfloat16)
     assert model.blocks[0].self_attn.q.weight.dtype == torch.bfloat16

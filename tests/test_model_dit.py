@@ -10,7 +10,8 @@ import torch
 from multishot.model.checkpoint import (from_diffusers, is_diffusers_state_dict, load_into,
                               load_state_dict_file, save_safetensors)
 from multishot.model.config import get_config
-from multishot.model.dit import WanModel, apply_rope, rope_cos_sin
+from multishot.model.dit import WanModel
+from multishot.model.rope import apply_rope, rope_cos_sin
 from multishot.model.flops import attention_flops, forward_flops
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans

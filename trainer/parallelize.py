@@ -92,7 +92,8 @@ def build_model(model_config: WanConfig, config: ModelConfig, device: torch.devi
     """
     with torch.device("meta"):
         model = WanModel(model_config, config.attention_backend,
-                         sparse_self_attention=config.sparse_self_attention)
+                         sparse_self_attention=config.sparse_self_attention,
+                        global_bank=config.global_bank)
     if config.lora is not None:
         apply_lora(model, config.lora, base_dtype=torch.bfloat16 if mixed_precision else None)
     apply_context_parallel(model, context_group)
@@ -135,7 +136,8 @@ def _init_through_one_model(model: nn.Module, model_config: WanConfig, config: M
     """
     with torch.device("meta"):
         full = WanModel(model_config, config.attention_backend,
-                        sparse_self_attention=config.sparse_self_attention)
+                        sparse_self_attention=config.sparse_self_attention,
+                        global_bank=config.global_bank)
     if config.lora is not None:
         apply_lora(full, config.lora)
     full.to_empty(device="cpu")

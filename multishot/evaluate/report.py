@@ -14,7 +14,9 @@ HEADERS = ("SCA", "inter_viclip", "inter_dinov2", "subject", "background", "sem_
 
 def overall(results: list[dict]) -> dict[str, dict]:
     """Per metric ``{"mean": float | None, "videos": n}`` over the videos that have it
-    (``mean`` is None when no video has it: the metric was skipped everywhere). The columns of
+    (``mean`` is None when no video has it: the metric was skipped everywhere), and beside SCA
+    ``shot_count_error``: the mean of |detected − requested shots| over the videos with SCA
+    (:attr:`evaluate.sca.SCAResult.shot_count_error`). The columns of
     :data:`POOLED` are VBench's frame-weighted ``Σ sim / Σ cnt`` over every shot of every video
     (``vbench/subject_consistency.py``); the others are means over videos."""
     out = {}
@@ -25,6 +27,9 @@ def overall(results: list[dict]) -> dict[str, dict]:
             sims, counts = zip(*(r["pooled"][name] for r in results if name in r["metrics"]))
             mean = float(sum(sims) / sum(counts))
         out[name] = {"mean": mean, "videos": len(values)}
+    errors = [abs(r["sca"]["shot_count_error"]) for r in results if r.get("sca")]
+    out["shot_count_error"] = {"mean": float(np.mean(errors)) if errors else None,
+                               "videos": len(errors)}
     return out
 
 
@@ -68,6 +73,9 @@ def table(results: list[dict], summary: dict[str, dict]) -> str:
     for label, means in totals:
         cells = [f"{means[m]['mean']:12.4f}" if means[m]["mean"] is not None else f"{'-':>12}" for m in METRICS]
         rows.append(f"{label:<{width}}  {'':>12}  " + "  ".join(cells))
+        if means.get("shot_count_error", {}).get("mean") is not None:
+            rows.append(f"{label}: mean |detected - requested shots|: "
+                        f"{means['shot_count_error']['mean']:.3f}")
     skipped = {m: reason for r in results for m, reason in r["skipped"].items()}
     rows += [f"skipped {m}: {reason}" for m, reason in skipped.items()]
     return "\n".join(rows)

@@ -164,7 +164,8 @@ class Generator:
         m = self.config.model
         model = load_dit(m.name, checkpoint, torch.device("cpu") if self.offload else self.device,
                          self.dtype, attention_backend=m.attention_backend,
-                         sparse_self_attention=m.sparse_self_attention)
+                         sparse_self_attention=m.sparse_self_attention,
+                         global_bank=m.global_bank)
         if self.lora:
             from multishot.model.lora import apply_lora_file
 
@@ -285,6 +286,7 @@ class Generator:
             "boundary": s.boundary if len(self.experts) > 1 else None,
             "cfg_batch": s.cfg_batch, "model": self.config.model.name,
             "sparse_self_attention": self.config.model.sparse_self_attention,
+            "global_bank": self.config.model.global_bank,
             "window_cross_attention": self.config.model.window_cross_attention,
             "checkpoints": self.checkpoints, "random_weights": self.random_weights,
             "lora": self.lora, "lora_scale": self.lora_scale if self.lora else None,

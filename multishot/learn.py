@@ -1,0 +1,713 @@
+"""Does it learn? HoloCine's Table 2 ablation in the synthetic world (issue 30).
+
+``python -m multishot.learn run --out DIR`` (``make learn``) does, on one GPU (or, with
+``--smoke``, a few steps on the CPU):
+
+1. **Encoders.** The text encoder the product loads (transformers ``UMT5EncoderModel``, small,
+   *fixed random weights*, committed with the checkpoint; a word-level tokenizer of the world's
+   vocabulary): the world's captions differ in their token ids, which a random encoder keeps
+   apart, so training it would add nothing the DiT's text embedding cannot learn. The Wan VAE
+   the product loads (diffusers ``AutoencoderKLWan``, small) **trained** here on the world's
+   frames (L1 + MSE, KL weight 1e-6), its per-channel latent mean / std measured after; its
+   PSNR on held-out films is reported, and the world's classifier is run on its
+   reconstructions (the ceiling of every score measured on decoded pixels).
+2. **Data.** Films of :mod:`dataset.synthetic_world` (seeded), rendered, VAE-encoded
+   (:meth:`model.encoders.FrozenEncoders.encode_video`), captions through UMT5
+   (:meth:`~model.encoders.FrozenEncoders.encode_prompts`) and their caption windows
+   (:meth:`~model.encoders.FrozenEncoders.text_spans`). Two character combinations
+   (:data:`HELD_OUT_CHARACTERS`) never appear in training.
+3. **Training**, one process per ablation variant (they share the GPU): the project's
+   :class:`model.dit.WanModel` (``learn``: dim 256, 6 blocks, 4 heads), its flow-matching
+   objective (:class:`trainer.flow_matching.FlowMatching`), AdamW with the trainer's schedule
+   (:func:`trainer.trainer.lr_lambda`), the shot layout of each batch
+   (:class:`model.layout.ShotLayout`), float32 with TF32 matmuls on CUDA. Variants (HoloCine Table 2):
+   ``full`` (window cross-attention + sparse self-attention with the global bank),
+   ``no_window``, ``full_self_attention``, ``no_global`` (sparse w/o global).
+4. **Generation and evaluation** of fresh prompts (another seed: new scene sequences, cut
+   positions, shot counts and the held-out characters) with the project's sampler
+   (:func:`model.sampling.sample`, Euler, no CFG), VAE decode as ``multishot generate``
+   does, and the world's classifier on the decoded pixels
+   (:func:`dataset.synthetic_world.classify_video`). Metrics, per variant:
+
+   * ``sca``: :func:`evaluate.sca.shot_cut_accuracy` of the frames where the read scene
+     changes against the requested cuts; ``shot_count_error``: mean |detected − requested shots|;
+   * ``caption_following``: fraction of frames whose read scene is their shot's caption scene;
+     ``named_character``: fraction of shots of ``named`` films whose read character is the
+     one the global caption names (``held_out_character``: the same on the held-out ones);
+   * ``character_consistency``: on ``anonymous`` films (no caption names the character), the
+     fraction of later shots whose read character equals shot 1's;
+   * ``aba_recall``: on A-B-A films, the fraction whose third shot shows scene A and shot 1's
+     character.
+
+   Shots are the *requested* frame ranges for the per-shot scores.
+
+This is the learning path through the project's model, objective, layout, encoders, sampler
+and metric code; the data enter as tensors here, not through ``multishot pipeline run`` shards
+and ``multishot train`` (issue 30's product path; see the report in
+``benchmarks/results/learn/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
+
+VARIANTS = {
+    "full": dict(window_cross_attention=True, sparse_self_attention=True, global_bank=True),
+    "no_window": dict(window_cross_attention=False, sparse_self_attention=True, global_bank=True),
+    "full_self_attention": dict(window_cross_attention=True, sparse_self_attention=False,
+                                global_bank=True),
+    "no_global": dict(window_cross_attention=True, sparse_self_attention=True, global_bank=False),
+}
+#: (shape, colour) pairs never in training (eval prompts name them: new combinations)
+HELD_OUT_CHARACTERS = {("triangle", "cyan"), ("square", "yellow")}
+MODEL = "learn"
+
+
+# ---- encoders --------------------------------------------------------------------------------
+
+def make_text_encoder(folder: str | Path, text_dim: int = 64, seed: int = 0) -> str:
+    """A small UMT5 encoder with fixed random weights and a word-level tokenizer of the world's
+    words (HoloCine's tags single tokens) in ``save_pretrained`` layout; returns the folder."""
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()  # transformers imports torchvision; the CPU wheel needs the shim
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    from multishot.dataset.synthetic_world import vocabulary_words
+
+    folder = Path(folder)
+    vocab = ["<pad>", "</s>", "<unk>"] + vocabulary_words()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                       special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.add_tokens([GLOBAL_TAG, PER_SHOT_TAG, CUT_TAG])
+    fast.save_pretrained(folder)
+    torch.manual_seed(seed)
+    umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(fast), d_model=text_dim, d_kv=16,
+                                       d_ff=128, num_layers=1, num_heads=4))
+    umt5.save_pretrained(folder)
+    return str(folder)
+
+
+def new_vae(z_dim: int = 16, base_dim: int = 16):
+    """The world's Wan VAE (diffusers ``AutoencoderKLWan``, stride 4×8×8, base width 16)."""
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                            latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
+
+
+def to_video_tensor(frames: np.ndarray):
+    """``[B, F, H, W, 3]`` uint8 → ``[B, 3, F, H, W]`` float in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
+def render_many(films, workers: int = 1) -> np.ndarray:
+    """``[N, F, H, W, 3]`` uint8 frames of ``films`` (a process pool when ``workers > 1``)."""
+    from multishot.dataset.synthetic_world import render_film
+
+    if workers > 1 and len(films) > 64:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            return np.stack(list(pool.map(render_film, films, chunksize=64)))
+    return np.stack([render_film(f) for f in films])
+
+
+def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch: int = 8,
+              clip: int = 9, lr: float = 1e-3, seed: int = 0, log=print,
+              init: str | None = None, max_seconds: float = float("inf"),
+              base_dim: int = 16) -> dict:
+    """Train :func:`new_vae` (or continue ``init``, a saved one) on random ``clip``-frame
+    windows (starting at ``4t``) of ``frames`` ``[N, F, H, W, 3]`` for ``steps`` steps or
+    ``max_seconds``; set its latent mean / std from the encoded training films and save it to
+    ``folder``. Returns ``{"steps", "seconds", "final_loss", "init"}``."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if init:
+        from multishot.torchvision_cpu import import_torchvision
+
+        import_torchvision()
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(init).to(device).train()
+    else:
+        vae = new_vae(base_dim=base_dim).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+    start, losses = time.perf_counter(), []
+    n, f = frames.shape[:2]
+    for step in range(steps):
+        if time.perf_counter() - start > max_seconds:
+            log(f"vae: time budget reached at step {step}")
+            break
+        idx = rng.integers(0, n, batch)
+        t0 = rng.integers(0, (f - clip) // 4 + 1, batch) * 4
+        x = to_video_tensor(np.stack([frames[i, s:s + clip] for i, s in zip(idx, t0)])).to(device)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample()).sample
+        rec = rec.float()
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 200 == 0 or step == steps - 1:
+            log(f"vae step {step} loss {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        zs = []
+        for i in range(0, min(n, 256), 32):
+            zs.append(vae.encode(to_video_tensor(frames[i:i + 32]).to(device)).latent_dist.mode().float())
+        z = torch.cat(zs)
+        mean = z.mean(dim=(0, 2, 3, 4)).tolist()
+        std = z.std(dim=(0, 2, 3, 4)).clamp_min(1e-3).tolist()
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    vae.save_pretrained(folder)
+    return {"steps": len(losses), "seconds": time.perf_counter() - start,
+            "final_loss": float(np.mean(losses[-50:])), "init": init, "batch": batch,
+            "clip_frames": clip}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 arrays."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
+
+
+def decode(vae, latents, device) -> np.ndarray:
+    """Normalised latents ``[B, C, F_lat, H_lat, W_lat]`` → ``[B, F, H, W, 3]`` uint8, as
+    :func:`generate.generator.decode_latents` (``latents · std + mean`` → VAE decode)."""
+    import torch
+
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        video = vae.decode((latents.to(device).float() * std + mean).to(vae.dtype)).sample
+    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+def encode_films(encoders, films, frames: np.ndarray, text_len: int, batch: int = 64) -> dict:
+    """Latents, padded UMT5 states, caption windows and shot starts of ``films``."""
+    import torch
+
+    from multishot.model.layout import latent_shot_starts
+
+    latents, contexts, spans = [], [], []
+    for i in range(0, len(films), batch):
+        latents.append(encoders.encode_video(to_video_tensor(frames[i:i + batch])).cpu())
+        prompts = [f.prompt for f in films[i:i + batch]]
+        for s in encoders.encode_prompts(prompts, text_len):
+            contexts.append(torch.nn.functional.pad(s.cpu(), (0, 0, 0, text_len - s.shape[0])))
+        for (sp, why), f in zip(encoders.text_spans(prompts, [len(f.shots) for f in films[i:i + batch]],
+                                                    text_len), films[i:i + batch]):
+            if why is not None:
+                raise ValueError(f"{f.name}: {why}")
+            spans.append(sp)
+    return {"latents": torch.cat(latents), "context": torch.stack(contexts), "spans": spans,
+            "shot_starts": [latent_shot_starts(f.num_frames, f.cut_frames) for f in films]}
+
+
+def prepare(out: Path, args, device, log=print) -> dict:
+    """Encoders, VAE training and the encoded training set into ``out`` (step 1-2)."""
+    import torch
+
+    from multishot.dataset.synthetic_world import (classify_video, frame_accuracy,
+                                                   sample_film)
+    from multishot.model.config import get_config
+    from multishot.model.settings import EncodersConfig
+    from multishot.model.encoders import FrozenEncoders
+
+    info: dict = {}
+    t0 = time.perf_counter()
+    text_dir = make_text_encoder(out / "text_encoder", get_config(MODEL).text_dim)
+    films, seed = [], 0
+    while len(films) < args.train_films:
+        f = sample_film(1_000_000 + seed, name=f"train{seed:06d}")
+        seed += 1
+        if (f.character.shape, f.character.colour) not in HELD_OUT_CHARACTERS:
+            films.append(f)
+    frames = render_many(films, workers=args.workers)
+    info["render_s"] = time.perf_counter() - t0
+    log(f"rendered {len(films)} training films in {info['render_s']:.1f} s")
+    info["vae"] = train_vae(out / "vae", frames, args.vae_steps, device, batch=args.vae_batch,
+                            clip=args.vae_clip, lr=args.vae_lr, log=log, init=args.vae_init,
+                            max_seconds=args.vae_seconds)
+    encoders = FrozenEncoders.load(EncodersConfig(vae=str(out / "vae"), text_encoder=text_dir,
+                                                  dtype="float32"), device)
+    # faithfulness of the VAE on films it never saw
+    probe = [sample_film(7_000_000 + i, name=f"probe{i}") for i in range(args.probe_films)]
+    pframes = render_many(probe)
+    rec = decode(encoders.vae, encoders.encode_video(to_video_tensor(pframes)), device)
+    scene_acc, char_acc, shots = [], 0, 0
+    for film, r in zip(probe, rec):
+        reading = classify_video(r)
+        scene_acc.append(frame_accuracy(reading, film))
+        from multishot.dataset.synthetic_world import characters_in
+        chars = characters_in(r, [(s.start_frame, s.end_frame) for s in film.shots], reading.scenes)
+        char_acc += sum(c == film.character for c in chars)
+        shots += len(film.shots)
+    info["vae"].update(psnr_db=psnr(rec, pframes), probe_films=len(probe),
+                       reconstruction_scene_accuracy=float(np.mean(scene_acc)),
+                       reconstruction_character_accuracy=char_acc / shots)
+    log(f"VAE: {info['vae']}")
+    t1 = time.perf_counter()
+    data = encode_films(encoders, films, frames, get_config(MODEL).text_len)
+    data["prompts"] = [f.prompt for f in films]
+    info["encode_s"] = time.perf_counter() - t1
+    torch.save(data, out / "train_data.pt")
+    (out / "prepare.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+# ---- one variant -----------------------------------------------------------------------------
+
+def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, device,
+                  seed: int = 0, log=print, max_seconds: float = float("inf"), config=None):
+    """Train a fresh ``learn`` WanModel of ``variant`` on the encoded data for ``steps`` steps
+    (or until ``max_seconds``, a safety stop: the steps done are the losses' count); returns
+    ``(model, losses, seconds)``. ``config``: a :class:`model.config.WanConfig` (default the
+    ``learn`` architecture)."""
+    import torch
+
+    from multishot.model.config import get_config
+    from multishot.model.dit import WanModel
+    from multishot.model.layout import ShotLayout
+    from multishot.trainer.config import OptimConfig
+    from multishot.trainer.flow_matching import FlowMatchConfig, FlowMatching
+    from multishot.trainer.trainer import lr_lambda
+
+    switches = VARIANTS[variant]
+    config = config or get_config(MODEL)
+    torch.manual_seed(seed)
+    model = WanModel(config, "sdpa", sparse_self_attention=switches["sparse_self_attention"],
+                     global_bank=switches["global_bank"]).to(device).train()
+    optim = OptimConfig(lr=lr, warmup_steps=min(100, steps // 10), schedule="cosine",
+                        min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
+                            weight_decay=optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, steps))
+    flow = FlowMatching(FlowMatchConfig(), device)
+    latents, context = data["latents"].to(device), data["context"].to(device)
+    n = latents.shape[0]
+    tokens_per_frame = (latents.shape[3] // 2) * (latents.shape[4] // 2)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device).manual_seed(seed)
+    losses, start = [], time.perf_counter()
+    for step in range(steps):
+        if time.perf_counter() - start > max_seconds:
+            log(f"time budget reached at step {step}")
+            break
+        idx = rng.choice(n, batch, replace=False)
+        layout = ShotLayout.from_shot_starts([data["shot_starts"][i] for i in idx],
+                                             latents.shape[2], tokens_per_frame, device)
+        spans = [data["spans"][i] for i in idx] if switches["window_cross_attention"] else None
+        ix = torch.as_tensor(idx, device=device)
+        noised = flow.noise(latents[ix], gen)
+        # float32 parameters and compute (TF32 matmuls on CUDA): the model keeps its time
+        # embedding float32 and asserts it, which autocast would break
+        pred = model(noised.x_t, noised.timestep, context[ix], layout, spans)
+        loss = flow.loss(pred, noised)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.detach())
+        if step % 250 == 0 or step == steps - 1:
+            log(f"{variant} step {step} loss {loss.item():.4f}")
+    losses = [float(x) for x in torch.stack(losses).cpu()]
+    return model.eval(), losses, time.perf_counter() - start
+
+
+def fixed_loss(model, data: dict, variant: str, device, count: int = 8, seed: int = 1234) -> float:
+    """The flow-matching loss of ``model`` on the first ``count`` encoded films with noise and
+    timesteps fixed by ``seed`` (the same draws before and after training)."""
+    import torch
+
+    from multishot.model.layout import ShotLayout
+    from multishot.trainer.flow_matching import FlowMatchConfig, FlowMatching
+
+    latents = data["latents"][:count].to(device)
+    layout = ShotLayout.from_shot_starts(data["shot_starts"][:count], latents.shape[2],
+                                         (latents.shape[3] // 2) * (latents.shape[4] // 2), device)
+    spans = data["spans"][:count] if VARIANTS[variant]["window_cross_attention"] else None
+    noised = FlowMatching(FlowMatchConfig(weighting="uniform"), device).noise(
+        latents, torch.Generator(device).manual_seed(seed))
+    with torch.no_grad():
+        pred = model(noised.x_t, noised.timestep, data["context"][:count].to(device), layout, spans)
+    return float(FlowMatching.loss(pred, noised))
+
+
+def eval_films(count: int, seed: int = 99):
+    """Fresh evaluation prompts: 2-4 shots, half named, A-B-A likely, held-out characters
+    included (another seed range than training)."""
+    from multishot.dataset.synthetic_world import sample_film
+
+    return [sample_film(90_000_000 + seed * 10_000 + i, num_shots=2 + i % 3,
+                        caption_mode=("named", "anonymous")[i % 2], aba_probability=0.6,
+                        name=f"eval{i:04d}") for i in range(count)]
+
+
+def score(films, videos: np.ndarray) -> dict:
+    """The module docstring's metrics of decoded ``videos`` ``[N, F, H, W, 3]`` of ``films``."""
+    from multishot.dataset.synthetic_world import characters_in, classify_video
+    from multishot.evaluate.sca import shot_cut_accuracy
+
+    sca, count_err, frames_ok, frames = [], [], 0, 0
+    named, named_ok, held, held_ok, later, later_ok, aba, aba_ok = (0,) * 8
+    per_film = []
+    for film, video in zip(films, videos):
+        reading = classify_video(video)
+        r = shot_cut_accuracy(reading.cut_frames, film.cut_frames, film.num_frames)
+        sca.append(r.sca)
+        count_err.append(abs(r.shot_count_error))
+        truth = [s.scene for s in film.shots for _ in range(s.start_frame, s.end_frame)]
+        frames_ok += sum(a == b for a, b in zip(reading.scenes, truth))
+        frames += len(truth)
+        ranges = [(s.start_frame, s.end_frame) for s in film.shots]
+        chars = characters_in(video, ranges, reading.scenes)
+        shot_scenes = [max(set(reading.scenes[a:b]), key=reading.scenes[a:b].count) for a, b in ranges]
+        if film.caption_mode == "named":
+            ok = sum(c == film.character for c in chars)
+            named, named_ok = named + len(chars), named_ok + ok
+            if (film.character.shape, film.character.colour) in HELD_OUT_CHARACTERS:
+                held, held_ok = held + len(chars), held_ok + ok
+        else:
+            later += len(chars) - 1
+            later_ok += sum(c is not None and c == chars[0] for c in chars[1:])
+        if film.aba:
+            aba += 1
+            aba_ok += shot_scenes[2] == film.shots[0].scene and chars[2] is not None \
+                and chars[2] == chars[0]
+        per_film.append({"name": film.name, "prompt": film.prompt, "cuts": film.cut_frames,
+                         "detected_cuts": reading.cut_frames, "sca": r.sca,
+                         "characters": [None if c is None else c.words() for c in chars]})
+    ratio = lambda a, b: None if b == 0 else a / b  # noqa: E731
+    return {"sca": float(np.mean(sca)), "shot_count_error": float(np.mean(count_err)),
+            "caption_following": frames_ok / frames, "named_character": ratio(named_ok, named),
+            "held_out_character": ratio(held_ok, held),
+            "character_consistency": ratio(later_ok, later), "aba_recall": ratio(aba_ok, aba),
+            "films": len(films), "aba_films": aba, "held_out_shots": held, "per_film": per_film}
+
+
+def film_of_request(prompt: str, cut_frames: list[int], num_frames: int, height: int,
+                    width: int, name: str = "video"):
+    """The ground truth a world prompt asks for (a :class:`dataset.synthetic_world.Film`):
+    scenes from the shot captions, the character from a named global caption (else an unknown
+    one and caption mode ``anonymous``), shots from ``cut_frames``.
+
+    Raises:
+        ValueError: the prompt is not a world prompt (a shot caption names no scene).
+    """
+    from multishot.dataset.record import split_prompt
+    from multishot.dataset.synthetic_world import (COLOURS, FPS, SCENES, SHAPES, TEXTURES,
+                                                   Character, Film, ShotTruth)
+
+    global_caption, shots = split_prompt(prompt)
+    scenes = [s.rstrip(". ").strip() for s in shots]
+    bad = [s for s in scenes if s not in SCENES]
+    if bad:
+        raise ValueError(f"shot captions {bad} name no scene of the world ({sorted(SCENES)})")
+    if len(scenes) != len(cut_frames) + 1:
+        raise ValueError(f"{len(scenes)} shot captions for {len(cut_frames)} cuts")
+    words = global_caption.replace(".", " ").split()
+    pick = lambda options: next((w for w in words if w in options), None)  # noqa: E731
+    shape, colour, texture = pick(SHAPES), pick(COLOURS), pick(TEXTURES)
+    named = None not in (shape, colour, texture)
+    character = Character(shape, colour, texture) if named else Character("?", "?", "?")
+    edges = [0, *cut_frames, num_frames]
+    truths = tuple(ShotTruth(a, b, s, 0.0, 0.0, 0.0) for (a, b), s in zip(zip(edges, edges[1:]), scenes))
+    return Film(name, 0, num_frames, height, width, FPS, character, truths,
+                "named" if named else "anonymous",
+                len(scenes) >= 3 and scenes[2] == scenes[0], prompt)
+
+
+def score_files(paths: list[str]) -> dict:
+    """``python -m multishot.learn score``: the world's scores of ``multishot generate`` mp4s
+    (prompt and cuts read from the JSON beside each), over all of them and per video."""
+    from multishot.dataset.synthetic_world import read_video
+
+    films, videos = [], []
+    for path in paths:
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        video = read_video(path)
+        films.append(film_of_request(meta["prompt"], meta["cut_frames"], len(video),
+                                     video.shape[1], video.shape[2], Path(path).stem))
+        videos.append(video)
+    return score(films, np.stack(videos))
+
+
+def generate_all(model, encoders, films, device, steps: int, window: bool, seed: int = 0,
+                 latent_hw: tuple[int, int] = (8, 8)):
+    """Sample every film's prompt with the project's sampler (Euler, no CFG) → latents
+    ``[N, C, F_lat, H_lat, W_lat]`` (``latent_hw``: the VAE's latent size of the world's
+    frames)."""
+    import torch
+
+    from multishot.model.layout import ShotLayout
+    from multishot.model.sampling import Conditioning, Expert, SamplingConfig, sample
+
+    config = model.config
+    sampling = SamplingConfig(steps=steps, cfg_scale=1.0, negative_prompt="")
+    expert = Expert(model, 1.0)
+    contexts = encoders.encode_prompts([f.prompt for f in films], config.text_len)
+    spans = encoders.text_spans([f.prompt for f in films], [len(f.shots) for f in films],
+                                config.text_len)
+    out = []
+    for i, (film, context, (sp, _)) in enumerate(zip(films, contexts, spans)):
+        h, w = latent_hw
+        layout = ShotLayout.from_cut_frames(film.num_frames, film.cut_frames,
+                                            (h // 2) * (w // 2), device)
+        g = torch.Generator("cpu").manual_seed(seed + i)
+        noise = torch.randn((1, config.in_channels, layout.num_latent_frames, h, w),
+                            generator=g).to(device)
+        cond = Conditioning(context.to(device), context[:1].to(device), layout,
+                            sp if window else None)
+        latents, _ = sample([expert], noise, cond, sampling)
+        out.append(latents.float())
+    return torch.cat(out)
+
+
+def run_variant(out: Path, variant: str, args) -> dict:
+    """Train, save, generate and score one variant into ``out/<variant>.json``."""
+    import torch
+
+    from multishot.model.checkpoint import save_safetensors
+    from multishot.model.settings import EncodersConfig
+    from multishot.model.encoders import FrozenEncoders
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    log = lambda m: print(f"[{variant} {time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
+    data = torch.load(out / "train_data.pt", weights_only=False)
+    model, losses, seconds = train_variant(variant, data, args.steps, args.batch, args.lr,
+                                           device, args.seed, log, args.train_seconds)
+    state = {k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).cpu()
+             for k, v in model.state_dict().items()}
+    save_safetensors(state, out / variant / "dit.safetensors")
+    # the variants share one GPU: hand training's cached blocks back before sampling (four
+    # processes each holding ~18 GiB of cache ran an 80 GB H100 out of memory)
+    del data
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    encoders = FrozenEncoders.load(EncodersConfig(vae=str(out / "vae"),
+                                                  text_encoder=str(out / "text_encoder"),
+                                                  dtype="float32"), device)
+    films = eval_films(args.eval_films)
+    t0 = time.perf_counter()
+    latents = generate_all(model, encoders, films, device, args.sample_steps,
+                           VARIANTS[variant]["window_cross_attention"])
+    videos = np.concatenate([decode(encoders.vae, latents[i:i + 32], device)
+                             for i in range(0, len(latents), 32)])
+    gen_s = time.perf_counter() - t0
+    result = {"variant": variant, **VARIANTS[variant], **score(films, videos),
+              "final_loss": float(np.mean(losses[-100:])), "first_loss": float(np.mean(losses[:20])),
+              "loss_curve": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+              "train_s": seconds, "generate_s": gen_s, "steps": len(losses), "batch": args.batch,
+              "lr": args.lr, "sample_steps": args.sample_steps, "device": device_name(device),
+              "concurrent_variants": args.concurrent}
+    (out / f"{variant}.json").write_text(json.dumps(result, indent=1))
+    log("done: " + json.dumps({k: v for k, v in result.items() if k not in ("per_film", "loss_curve")}))
+    return result
+
+
+def evaluate_checkpoint(out: Path, variant: str, checkpoint: str, args) -> dict:
+    """Generate and score the eval prompts with a saved DiT of ``variant`` (loaded by
+    :func:`generate.generator.load_dit`, as ``multishot generate`` loads it) and the encoders in
+    ``out``; writes ``out/<variant>_eval.json``."""
+    import torch
+
+    from multishot.model.checkpoint import load_dit
+    from multishot.model.settings import EncodersConfig
+    from multishot.model.encoders import FrozenEncoders
+
+    device = torch.device(args.device)
+    switches = VARIANTS[variant]
+    model = load_dit(MODEL, checkpoint, device, torch.float32, attention_backend="sdpa",
+                     sparse_self_attention=switches["sparse_self_attention"],
+                     global_bank=switches["global_bank"])
+    encoders = FrozenEncoders.load(EncodersConfig(vae=str(out / "vae"),
+                                                  text_encoder=str(out / "text_encoder"),
+                                                  dtype="float32"), device)
+    films = eval_films(args.eval_films)
+    t0 = time.perf_counter()
+    latents = generate_all(model, encoders, films, device, args.sample_steps,
+                           switches["window_cross_attention"])
+    videos = np.concatenate([decode(encoders.vae, latents[i:i + 8], device)
+                             for i in range(0, len(latents), 8)])
+    result = {"variant": variant, **switches, **score(films, videos), "checkpoint": checkpoint,
+              "generate_s": time.perf_counter() - t0, "sample_steps": args.sample_steps,
+              "eval_device": device_name(device)}
+    (out / f"{variant}_eval.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "per_film"}, indent=1))
+    return result
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+#: HoloCine's expected direction of each ablation (Table 2), as issue 30 states it
+DIRECTION = {
+    "no_window": ("sca", "lower SCA than full"),
+    "no_global": ("character_consistency", "lower character consistency than full"),
+    "full_self_attention": (None, "about the same as full"),
+}
+
+
+def table(results: dict[str, dict], prep: dict) -> str:
+    cols = ["sca", "shot_count_error", "caption_following", "named_character",
+            "held_out_character", "character_consistency", "aba_recall", "final_loss",
+            "steps", "train_s"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    rows = ["| variant | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, r in results.items():
+        rows.append(f"| {name} | " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    full = results.get("full")
+    lines = []
+    if full:
+        for name, (metric, expected) in DIRECTION.items():
+            r = results.get(name)
+            if r is None:
+                continue
+            if metric is None:
+                diffs = {m: r[m] - full[m] for m in ("sca", "caption_following", "character_consistency")
+                         if r.get(m) is not None and full.get(m) is not None}
+                agrees = all(abs(d) <= 0.05 for d in diffs.values())
+                lines.append(f"- **{name}**: HoloCine: {expected}. Here: " + ", ".join(
+                    f"{m} {d:+.3f}" for m, d in diffs.items()) +
+                    f" vs full → {'agrees' if agrees else 'does not agree'} (within ±0.05).")
+            else:
+                d = r[metric] - full[metric] if r.get(metric) is not None else None
+                agrees = d is not None and d < -0.02
+                lines.append(f"- **{name}**: HoloCine: {expected}. Here {metric} "
+                             f"{fmt(r.get(metric))} vs {fmt(full.get(metric))} "
+                             f"→ {'agrees' if agrees else 'does not agree'}.")
+    any_r = next(iter(results.values()))
+    head = (f"Device: {any_r['device']} ({any_r['concurrent_variants']} variants trained at once "
+            f"on it); {any_r['steps']} steps, batch {any_r['batch']}, lr {any_r['lr']}, "
+            f"{any_r['films']} eval prompts, {any_r['sample_steps']} Euler steps, no CFG. "
+            f"VAE PSNR {prep['vae']['psnr_db']:.2f} dB on {prep['vae']['probe_films']} held-out "
+            f"films (classifier on its reconstructions: scene "
+            f"{prep['vae']['reconstruction_scene_accuracy']:.3f}, character "
+            f"{prep['vae']['reconstruction_character_accuracy']:.3f}).")
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m multishot.learn", description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=["run", "prepare", "variant", "table", "score", "evaluate"])
+    parser.add_argument("--checkpoint", help="evaluate: the variant's saved DiT")
+    parser.add_argument("videos", nargs="*", help="score: mp4s written by multishot generate")
+    parser.add_argument("--out", help="run / prepare / variant / table: the run's folder")
+    parser.add_argument("--variant", choices=list(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--train-films", type=int, default=8000)
+    parser.add_argument("--eval-films", type=int, default=128)
+    parser.add_argument("--probe-films", type=int, default=64)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--vae-clip", type=int, default=9, help="frames per VAE training clip, 4k+1")
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-init", default=None, help="continue training this saved VAE")
+    parser.add_argument("--vae-seconds", type=float, default=float("inf"))
+    parser.add_argument("--train-seconds", type=float, default=float("inf"),
+                        help="safety stop of each variant's training")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--sample-steps", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    parser.add_argument("--concurrent", type=int, default=4, help="variants trained at once")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes for a CPU check")
+    args = parser.parse_args(argv)
+    if args.stage == "score":
+        if not args.videos:
+            print("multishot.learn score: no video given", file=sys.stderr)
+            return 2
+        try:
+            result = score_files(args.videos)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"multishot.learn score: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=1))
+        return 0
+    if not args.out:
+        print(f"multishot.learn {args.stage}: --out is required", file=sys.stderr)
+        return 2
+    if args.smoke:
+        args.device, args.train_films, args.eval_films, args.probe_films = "cpu", 24, 3, 2
+        args.vae_steps, args.vae_batch, args.steps, args.batch = 3, 2, 25, 4
+        args.sample_steps, args.workers, args.concurrent, args.lr = 3, 1, 1, 1e-3
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    if args.stage in ("run", "prepare"):
+        prepare(out, args, torch.device(args.device))
+    if args.stage == "variant":
+        run_variant(out, args.variant, args)
+    if args.stage == "evaluate":
+        evaluate_checkpoint(out, args.variant, args.checkpoint, args)
+    if args.stage == "run":
+        names = args.variants.split(",")
+        base = [sys.executable, "-m", "multishot.learn", "variant", "--out", str(out)] + [
+            a for a in (argv if argv is not None else sys.argv[1:])
+            if a not in ("run",)]
+        for i in range(0, len(names), args.concurrent):
+            procs = [subprocess.Popen(base + ["--variant", n]) for n in names[i:i + args.concurrent]]
+            if any(p.wait() for p in procs):
+                print("learn: a variant failed", file=sys.stderr)
+                return 1
+    if args.stage in ("run", "table"):
+        results = {n: json.loads((out / f"{n}.json").read_text()) for n in VARIANTS
+                   if (out / f"{n}.json").exists()}
+        prep = json.loads((out / "prepare.json").read_text())
+        (out / "learn.md").write_text(table(results, prep))
+        print((out / "learn.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""The learning path of issue 30 at the smallest size, on CPU: the synthetic world → a trained
+(two steps) Wan VAE and a small UMT5 → encoded films → a few flow-matching steps of a small
+WanModel (the loss on fixed draws falls) → the project's sampler → VAE decode → the world's
+classifier and SCA. `python -m multishot.learn run` is the full-size run (GPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from multishot import learn
+from multishot.dataset.synthetic_world import sample_film
+from multishot.model.config import WanConfig
+from multishot.model.settings import EncodersConfig
+from multishot.model.encoders import FrozenEncoders
+
+
+def test_the_learning_path_runs_and_the_loss_falls(tmp_path):
+    torch.set_num_threads(2)
+    films = [sample_film(i, num_shots=2, height=32, width=32, name=f"s{i}") for i in range(4)]
+    frames = learn.render_many(films)
+    assert frames.shape == (4, 33, 32, 32, 3)
+    text_dir = learn.make_text_encoder(tmp_path / "text_encoder", text_dim=16)
+    info = learn.train_vae(tmp_path / "vae", frames, steps=2, device=torch.device("cpu"),
+                           batch=1, clip=5, log=lambda m: None, base_dim=8)
+    assert info["steps"] == 2
+    encoders = FrozenEncoders.load(EncodersConfig(vae=str(tmp_path / "vae"), text_encoder=text_dir,
+                                                  dtype="float32"), "cpu")
+    data = learn.encode_films(encoders, films, frames, text_len=48)
+    assert data["latents"].shape == (4, 16, 9, 4, 4) and data["context"].shape == (4, 48, 16)
+    assert [len(s) for s in data["shot_starts"]] == [2] * 4 and all(s.num_shots == 2 for s in data["spans"])
+    config = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=16, text_len=48,
+                       freq_dim=32)
+    torch.manual_seed(0)
+    from multishot.model.dit import WanModel
+    before = learn.fixed_loss(WanModel(config, "sdpa"), data, "full", torch.device("cpu"), count=4)
+    model, losses, _ = learn.train_variant("full", data, steps=40, batch=4, lr=5e-3,
+                                           device=torch.device("cpu"), log=lambda m: None,
+                                           config=config)
+    after = learn.fixed_loss(model, data, "full", torch.device("cpu"), count=4)
+    assert len(losses) == 40 and after < 0.9 * before, (before, after)
+    latents = learn.generate_all(model, encoders, films[:1], torch.device("cpu"), steps=2,
+                                 window=True, latent_hw=(4, 4))
+    videos = learn.decode(encoders.vae, latents, torch.device("cpu"))
+    assert videos.shape == (1, 33, 32, 32, 3)
+    scores = learn.score(films[:1], videos)
+    assert 0 < scores["sca"] <= 1 and 0 <= scores["caption_following"] <= 1
+
+
+def test_the_scores_are_perfect_on_ground_truth_and_fall_with_errors():
+    from multishot.dataset.synthetic_world import Character, render_film
+
+    films = learn.eval_films(12)
+    videos = learn.render_many(films)
+    perfect = learn.score(films, videos)
+    for key in ("sca", "caption_following", "named_character", "character_consistency", "aba_recall"):
+        assert perfect[key] == 1.0, key
+    assert perfect["shot_count_error"] == 0 and perfect["aba_films"] >= 1
+    # a film that never cuts: its first shot's frames all through
+    broken = videos.copy()
+    broken[0] = videos[0][[0] * len(videos[0])]
+    worse = learn.score(films, broken)
+    assert worse["sca"] < 1 and worse["caption_following"] < 1 and worse["shot_count_error"] > 0
+    # another character after the first shot of an anonymous film
+    anon = next(i for i, f in enumerate(films) if f.caption_mode == "anonymous")
+    other = Character("square" if films[anon].character.shape != "square" else "circle",
+                      films[anon].character.colour, films[anon].character.texture)
+    swapped = videos.copy()
+    swapped[anon] = render_film(films[anon].__class__(**{**films[anon].__dict__, "character": other}))
+    start = films[anon].shots[1].start_frame
+    swapped[anon][:start] = videos[anon][:start]
+    assert learn.score(films, swapped)["character_consistency"] < 1
+
+
+def test_a_generated_videos_request_is_read_back_from_its_prompt():
+    prompt = ("[global caption] A red dotted circle. This scene contains 3 shots. "
+              "[per shot caption] forest. [shot cut] snow. [shot cut] forest.")
+    film = learn.film_of_request(prompt, [13, 25], 33, 64, 64)
+    assert film.scenes == ["forest", "snow", "forest"] and film.aba and film.caption_mode == "named"
+    assert film.character.words() == "red dotted circle" and film.cut_frames == [13, 25]
+    anonymous = learn.film_of_request(prompt.replace("red dotted circle", "character"), [13, 25], 33, 64, 64)
+    assert anonymous.caption_mode == "anonymous"
+    import pytest
+    with pytest.raises(ValueError, match="name no scene"):
+        learn.film_of_request(prompt.replace("snow", "moon"), [13, 25], 33, 64, 64)
+
+
+def test_the_committed_full_checkpoint_loads_as_multishot_generate_loads_it():
+    """configs/generate/learn_full.yaml names the committed checkpoint, VAE and UMT5 (≤ 25 MB),
+    and the real loaders read them into the 'learn' architecture."""
+    from pathlib import Path
+
+    from multishot.config import load_config
+    from multishot.generate.config import GenerateConfig
+    from multishot.model.checkpoint import load_dit
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs/generate/learn_full.yaml", GenerateConfig)
+    files = [p for name in ("checkpoints/learn",) for p in (root / name).rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25e6
+    model = load_dit(config.model.name, str(root / config.model.checkpoint), torch.device("cpu"),
+                     torch.float32)
+    assert model.config.dim == 256 and len(model.blocks) == 6
+    encoders = FrozenEncoders.load(config.encoders.model_copy(update={
+        "vae": str(root / config.encoders.vae), "text_encoder": str(root / config.encoders.text_encoder)}), "cpu")
+    assert encoders.vae.config.z_dim == 16 and encoders.text_encoder.config.d_model == 64
+    spans, why = encoders.text_spans([learn.eval_films(1)[0].prompt], [2], model.config.text_len)[0]
+    assert why is None and spans.num_shots == 2
