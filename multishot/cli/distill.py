@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "distill", help="distil the causal DiT into a few-step student (ODE init + DMD)",
         description="CausalCine's last stage: regress the causal student onto its base's ODE "
         "trajectories (objective.ode_steps), then distribution matching distillation against "
-        "the frozen bidirectional teacher with a co-trained critic, on the student's own "
+        "the frozen causal base as teacher (teacher forcing, CFG) with a critic initialised "
+        "from it and co-trained, on the student's own "
         "chunk-by-chunk rollouts. FSDP2 over the local GPUs (one rank on CPU); resumes from "
         "the newest checkpoint in run.output_dir; writes student.safetensors and student.json "
         "for `multishot generate --causal --checkpoint`.")
