@@ -20,8 +20,9 @@ The tables under ``index/`` (this module owns their columns):
   that runs into the video's end is the frames after its last shot's ``end_frame``.
   ``gap_before`` is ``transition == 'gradual'``.
 * ``videos.parquet`` (:data:`VIDEO_SCHEMA`): one row per video with a result: status, duration,
-  shot counts, and its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
-  frame, text, how many shots show it).
+  shot counts, its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
+  frame, text, how many shots show it) and its ``active_area`` (the picture inside letterbox or
+  pillarbox bars, in fractions of the frame: :mod:`pipeline.picture`).
 * ``rejects.parquet`` (:data:`REJECT_COLUMNS`): videos whose status is not ``ok``.
 """
 
@@ -45,12 +46,14 @@ log = logging.getLogger(__name__)
 SHOT_COLUMNS = ["source", "source_id", "shot_index", "start_frame", "end_frame", "start_s", "end_s",
                 "gap_before", "transition", "transition_start_frame", "transition_end_frame",
                 "transition_start_s", "transition_end_s", "brightness", "ocr_text_ratio", "aesthetic",
-                "kept", "reason"]
+                "black_fraction", "kept", "reason"]
 OVERLAY_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64()),
                           ("text", pa.string()), ("shots", pa.int64()), ("shot_fraction", pa.float64())])
+AREA_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64())])
 VIDEO_SCHEMA = pa.schema([("source", pa.string()), ("source_id", pa.string()), ("status", pa.string()),
                           ("duration_s", pa.float64()), ("fps", pa.float64()), ("shots", pa.int64()),
-                          ("shots_kept", pa.int64()), ("overlays", pa.list_(OVERLAY_TYPE))])
+                          ("shots_kept", pa.int64()), ("overlays", pa.list_(OVERLAY_TYPE)),
+                          ("active_area", AREA_TYPE)])
 REJECT_COLUMNS = ["source", "source_id", "status", "stage", "reason"]
 
 
