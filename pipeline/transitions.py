@@ -30,7 +30,8 @@ import base64
 import numpy as np
 
 THUMB = (16, 9)  # (width, height) of the luma thumbnails: 3x3 blocks of TransNetV2's 48x27 frames
-MAX_RESIDUAL = 0.2  # RMS of α_t around the fitted ramp above which the fit is not used
+MAX_RESIDUAL = 0.1  # RMS of α_t around the fitted curve above which the fit is not used
+MIN_RISE = 0.5  # the fitted ramp must carry at least this much of the change from A to B
 MIN_CONTRAST = 8.0  # RMS luma difference (0-255) of A and B under which there is nothing to fit
 EDGE = 3  # frames averaged for A (first of the window) and B (last)
 
@@ -78,21 +79,28 @@ def refine_span(thumbs: np.ndarray, first: int, last: int, lo: int, hi: int, win
     neighbouring transitions). Returns at least ``[first, last + 1)``."""
     centre = (first + last) // 2
     w0, w1 = max(lo, centre - window), min(hi, centre + window + 1)
-    if w1 - w0 < 2 * EDGE + 2 or w0 > first or w1 <= last:
+    if w1 - w0 < 2 * EDGE + 4 or w0 + EDGE > first or w1 - EDGE <= last + 1:
         return first, last + 1
     x = thumbs[w0:w1].reshape(w1 - w0, -1).astype(np.float32)
     a_img, b_img = x[:EDGE].mean(axis=0), x[-EDGE:].mean(axis=0)
     d = b_img - a_img
     if np.sqrt(np.mean(d * d)) < MIN_CONTRAST:
         return first, last + 1
-    alpha = (x - a_img) @ d / float(d @ d)  # [T]
-    t = np.arange(w1 - w0, dtype=np.float32)
-    starts = np.arange(0, first - w0 + 1)
-    ends = np.arange(last - w0 + 1, w1 - w0 + 1)
-    a, b = starts[:, None, None], ends[None, :, None]
-    ramp = np.clip((t[None, None, :] - a + 0.5) / np.maximum(b - a, 1), 0.0, 1.0)  # [A, B, T]
-    cost = ((alpha[None, None, :] - ramp) ** 2).mean(axis=2)
-    i, j = np.unravel_index(int(np.argmin(cost)), cost.shape)
-    if np.sqrt(cost[i, j]) > MAX_RESIDUAL:
+    alpha = (x - a_img) @ d / float(d @ d)  # [T]: progress from A to B
+    t = np.arange(w1 - w0, dtype=np.float64)
+    starts = np.arange(EDGE, first - w0 + 1)
+    ends = np.arange(last - w0 + 1, w1 - w0 - EDGE + 1)
+    a = np.repeat(starts, len(ends)).astype(np.float64)
+    b = np.tile(ends, len(starts)).astype(np.float64)
+    # continuous piecewise-linear α with knots at a - 1/2 and b - 1/2: drift, ramp, drift
+    design = np.stack([np.ones((len(a), len(t))), np.broadcast_to(t, (len(a), len(t))),
+                       np.maximum(t[None] - a[:, None] + 0.5, 0), np.maximum(t[None] - b[:, None] + 0.5, 0)], axis=2)
+    gram = design.transpose(0, 2, 1) @ design + 1e-9 * np.eye(4)
+    coef = np.linalg.solve(gram, (design.transpose(0, 2, 1) @ alpha.astype(np.float64))[..., None])[..., 0]
+    residual = np.sqrt(np.mean(((design @ coef[..., None])[..., 0] - alpha) ** 2, axis=1))
+    k = int(np.argmin(residual))
+    ramp = coef[k, 1] + coef[k, 2]  # α per frame inside the span
+    outside = max(abs(coef[k, 1]), abs(coef[k, 1] + coef[k, 2] + coef[k, 3]))
+    if residual[k] > MAX_RESIDUAL or ramp * (b[k] - a[k]) < MIN_RISE or ramp < 2 * outside:
         return first, last + 1
-    return min(first, w0 + int(starts[i])), max(last + 1, w0 + int(ends[j]))
+    return min(first, w0 + int(a[k])), max(last + 1, w0 + int(b[k]))
