@@ -149,6 +149,7 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
                      for r in results for o in r.overlays],
         "samples": len(samples),
         "samples_per_bucket": dict(collections.Counter(s["bucket"] for s in samples)),
+        "samples_by_shot_count": shot_count_distribution(samples),
         "sample_hours": sum(s["duration_s"] for s in samples) / 3600,
         "source_hours": source_s / 3600,
         "dropped_samples": [d for r in results for d in r.dropped_samples],
@@ -163,6 +164,16 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
         "wall_s": wall_s,
         "realtime_factor": source_s / wall_s if wall_s else 0.0,
     }
+
+
+def shot_count_distribution(samples: list[dict]) -> dict[str, dict[str, int]]:
+    """Per bucket, how many samples hold each number of shots: ``{bucket: {"1": n, "2": m, …}}``
+    (keys are strings, as JSON keeps them), buckets and counts in order; so a user sees how many
+    of the "multi-shot" samples hold one shot."""
+    counts: dict[str, collections.Counter] = {}
+    for s in samples:
+        counts.setdefault(s["bucket"], collections.Counter())[int(s["num_shots"])] += 1
+    return {bucket: {str(k): c[k] for k in sorted(c)} for bucket, c in sorted(counts.items())}
 
 
 def _captions(samples: list[dict]) -> str:
@@ -185,6 +196,8 @@ def format_report(report: dict) -> str:
         *(f"overlay          {o['source'].rsplit('/', 1)[-1]}: {o['text']!r} in {o['shot_fraction']:.0%} of its shots"
           for o in report["overlays"]),
         f"samples          {report['samples']}  ({', '.join(f'{k}: {v}' for k, v in report['samples_per_bucket'].items())})",
+        *(f"shots/sample     {bucket}: " + ", ".join(f"{n} shot{'s' if n != '1' else ''} ×{c}" for n, c in counts.items())
+          for bucket, counts in report.get("samples_by_shot_count", {}).items()),
         f"footage          {report['source_hours'] * 3600:.1f} s in, {report['sample_hours'] * 3600:.1f} s of samples",
         f"aesthetic        {report['aesthetic']}",
         f"captions         {report['captions']}",

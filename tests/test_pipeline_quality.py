@@ -130,3 +130,72 @@ def test_bars_are_found_and_cropped(quality_run, name):
         luma = _decode(sample.mp4).astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
         rows, cols = luma.mean(axis=2).max(axis=0), luma.mean(axis=1).max(axis=0)
         assert rows.min() > 24 and cols.min() > 24, (rows.min(), cols.min())
+
+
+def test_report_gives_the_shot_count_distribution(quality_run, capsys):
+    """The run report counts, per bucket, the samples holding each number of shots (as the
+    records say), and prints it."""
+    _, layout, report, _, samples = quality_run
+    expected: dict[str, dict[str, int]] = {}
+    for s in samples:
+        by = expected.setdefault(s.record.bucket, {})
+        by[str(s.record.num_shots)] = by.get(str(s.record.num_shots), 0) + 1
+    assert report["samples_by_shot_count"] == expected
+    assert sum(sum(c.values()) for c in expected.values()) == report["samples"] == len(samples)
+    from multishot.pipeline.index import format_report
+
+    assert "shots/sample     5s: " in format_report(report)
+
+
+def _one_shot_sample(key: str, path, start: int, count: int):
+    """A (record, mp4) claiming frames ``[start, start + count)`` of ``path`` are one shot (16 fps)."""
+    from multishot.dataset.record import SampleRecord, Shot, num_latent_frames
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][start : start + count]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for rgb in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    shot = Shot(index=0, source_start_frame=start, source_end_frame=start + count, source_start_s=start / 24,
+                source_end_s=(start + count) / 24, start_frame=0, end_frame=count, latent_start_frame=0,
+                brightness=100.0, ocr_text_ratio=0.0, aesthetic=None)
+    record = SampleRecord(key=key, source=str(path), source_id="quality", bucket="5s", target_duration_s=5.0,
+                          fps=16, width=frames[0].shape[1], height=frames[0].shape[0], num_frames=count,
+                          num_latent_frames=num_latent_frames(count), duration_s=count / 16, cut_frames=[],
+                          latent_cut_frames=[], shots=[shot], aesthetic_status="skipped", samples_hash="test")
+    return record, buf.getvalue()
+
+
+def test_audit_passes_the_clean_samples_and_fails_each_kind_of_bad_one(quality_run, tmp_path, capsys):
+    """``multishot shards audit``: the pipeline's samples of the fixture pass (exit 0); samples cut
+    from the fixture as the old pipeline kept them fail on exactly what they hold: bars, black
+    frames, a title card, and a dissolve inside one annotated shot (exit 1, JSON per sample)."""
+    from multishot.cli import main
+    from multishot.dataset.shards import write_shard
+
+    edit, layout, _, _, _ = quality_run
+    assert main(["shards", "audit", layout.root, "-q", "--json", str(tmp_path / "good.json")]) == 0
+    bad = [
+        _one_shot_sample("letterboxed", edit.letterbox, 0, 81),     # bars top and bottom
+        _one_shot_sample("fade_in", edit.edit, 0, 81),             # 12 black frames of 81, then a fade-in
+        _one_shot_sample("dissolve", edit.edit, 30, 81),           # the meadow dissolving into the snow
+        _one_shot_sample("title_card", edit.edit, 100, 81),        # ends on the "THE END" card
+    ]
+    fs, _ = resolve(str(tmp_path / "bad"))
+    write_shard(fs, str(tmp_path / "bad" / "shards" / "bad-00000.tar"), bad)
+    capsys.readouterr()
+    assert main(["shards", "audit", str(tmp_path / "bad"), "-q", "--json", str(tmp_path / "bad.json")]) == 1
+    import json
+
+    found = {s["key"]: s for s in json.loads((tmp_path / "bad.json").read_text())["samples"]}
+    assert found["letterboxed"]["bars"]["top"] >= 30 and found["letterboxed"]["bars"]["bottom"] >= 30
+    assert any(p.startswith("bars") for p in found["letterboxed"]["problems"])
+    assert found["fade_in"]["black_fraction"] >= 0.12
+    assert any(p.startswith("scene change") for p in found["dissolve"]["problems"]), found["dissolve"]
+    assert any("THE END" in t for _, t in found["title_card"]["text"]), found["title_card"]
+    assert all(found[k]["problems"] for k in found)
+    assert "4 of 4 samples fail" in capsys.readouterr().err

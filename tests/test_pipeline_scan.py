@@ -24,9 +24,9 @@ from footage_clips import FOOTAGE, join_clips
 from multishot.dataset.shards import ShardSetLayout
 from multishot.pipeline.analyse import is_candidate, pick_candidates
 from multishot.pipeline.config import PipelineConfig
-from multishot.pipeline.detect import DetectedShot, TransNetV2Detector, shots_from_predictions
+from multishot.pipeline.detect import DetectedShot, TransNetV2Detector, shots_from_predictions, shots_of
 from multishot.pipeline.scan import (LocalScans, ScanJob, SegmentScanner, SegmentStore, plan_segments,
-                                     stitch)
+                                     stitch, stitch_picture)
 from multishot.pipeline.video import analysis_size, iter_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,6 +116,16 @@ def test_segments_stitch_to_the_unsplit_run(tmp_path):
     threshold = config.detect.threshold
     shots = shots_from_predictions(single, many, threshold, 24)
     assert shots == shots_from_predictions(np.array(whole.single), np.array(whole.many), threshold, 24)
+    # the per-frame darkness and thumbnails stitch to the unsplit run's too, and so do the shots
+    # with many-hot-only gradual transitions and their fitted spans (pipeline/transitions.py)
+    black, luma, thumbs = stitch_picture(parts)
+    whole_black, whole_luma, whole_thumbs = stitch_picture([whole])
+    np.testing.assert_array_equal(black, whole_black)
+    np.testing.assert_array_equal(luma, whole_luma)
+    np.testing.assert_array_equal(thumbs, whole_thumbs)
+    assert len(thumbs) == info.num_frames
+    assert shots_of(config.detect, single, many, info.fps, thumbs) == shots_of(
+        config.detect, np.array(whole.single), np.array(whole.many), info.fps, whole_thumbs)
     # every join of two films is a shot boundary
     edges = {s.start_frame for s in shots} | {s.end_frame for s in shots}
     for join in _joins(WHOLE):
