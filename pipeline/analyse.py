@@ -155,6 +155,25 @@ def title_boxes(candidate: CandidateScore, config: AnalyseConfig) -> list[TextBo
     return found
 
 
+def shot_title_boxes(read: list[CandidateScore], config: AnalyseConfig) -> list[TextBox]:
+    """The title and credit boxes of a shot's OCR'd candidates ``read`` (in frame order): those
+    of :func:`title_boxes`, and **persistent text** whatever its confidence: a box at least
+    ``title_min_height`` tall read with at least ``persistent_text_min_confidence`` whose place
+    (IoU ≥ 0.5) holds such a box on the previous or next OCR'd candidate too. Why: the scan keeps
+    candidates as JPEG (quality 95), and Big Buck Bunny's stylised title, read at 0.93 on the
+    decoded frame, reads 0.66-0.79 on every candidate after it; the detector's reads of texture
+    flicker from frame to frame (the "86" over Big Buck Bunny's hill, 0.56, on one frame)."""
+    from multishot.pipeline.overlay import iou
+
+    found = [b for p in read for b in title_boxes(p, config)]
+    tall = [[b for b in p.text_boxes or () if b.score >= config.persistent_text_min_confidence
+             and b.rect[3] - b.rect[1] >= config.title_min_height] for p in read]
+    for k, boxes in enumerate(tall):
+        neighbours = [b for j in (k - 1, k + 1) if 0 <= j < len(tall) for b in tall[j]]
+        found += [b for b in boxes if b not in found and any(iou(b.rect, c.rect) >= 0.5 for c in neighbours)]
+    return found
+
+
 def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order: list[int],
                 config: AnalyseConfig) -> ShotScores:
     """A shot's scores from its picks (rules in the module docstring).
@@ -179,7 +198,7 @@ def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order
         if any(p.text_boxes is None for p in read):
             raise RuntimeError(f"shot {shot}: a pick has no OCR score")
         boxes = tuple(tuple(counted(p.text_boxes, config.ocr_min_confidence)) for p in read)
-        titles = tuple(b for p in read for b in title_boxes(p, config))
+        titles = tuple(shot_title_boxes(read, config))
         ocr = max(boxes_ratio(b) for b in boxes)
     aesthetic = None
     if config.aesthetic_enabled:

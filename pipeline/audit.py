@@ -10,7 +10,7 @@ audits any shard set, whichever run or settings made it:
   (:func:`pipeline.picture.frame_darkness` at the shot detector's 48×27 scale, as the scan
   measures it); fails above ``filter.max_black_fraction``.
 * **text**: OCR (:class:`pipeline.ocr.TextDetector`) on ``TEXT_PER_S`` frames per second at the
-  analysis scale; fails on a title or credit (:func:`pipeline.analyse.title_boxes`) or a text-area
+  analysis scale; fails on a title, credit or persistent text (:func:`pipeline.analyse.shot_title_boxes`) or a text-area
   ratio over ``filter.max_ocr_text_ratio`` on any of them.
 * **scene changes inside a shot**: TransNetV2 on the sample's frames (48×27) with the pipeline's
   rule (hard cuts, and gradual transitions from either head, :func:`pipeline.detect.shots_of`);
@@ -30,7 +30,7 @@ import numpy as np
 
 from multishot.dataset.record import SampleRecord
 from multishot.dataset.shards import parse_record, read_samples
-from multishot.pipeline.analyse import CandidateScore, mean_luma, title_boxes
+from multishot.pipeline.analyse import CandidateScore, mean_luma, shot_title_boxes
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.ocr import boxes_ratio, counted
 from multishot.pipeline.picture import ActiveArea, black_frames, frame_darkness, luma
@@ -120,12 +120,13 @@ class Auditor:
             out.problems.append(f"{out.black_fraction:.0%} of frames black")
         # text on sampled frames at the analysis scale
         if self.scorer.text is not None:
-            for i, frame in sampled:
-                candidate = CandidateScore(i, mean_luma(frame), self.scorer.text_boxes(frame))
-                titles = title_boxes(candidate, analyse)
-                ratio_i = boxes_ratio(counted(candidate.text_boxes, analyse.ocr_min_confidence))
-                if titles or ratio_i > flt.max_ocr_text_ratio:
-                    out.text += [(i, b.text) for b in (titles or counted(candidate.text_boxes, analyse.ocr_min_confidence))]
+            read = [CandidateScore(i, mean_luma(frame), self.scorer.text_boxes(frame)) for i, frame in sampled]
+            titles = {id(b) for b in shot_title_boxes(read, analyse)}
+            for candidate in read:
+                boxes = [b for b in candidate.text_boxes if id(b) in titles]
+                shown = counted(candidate.text_boxes, analyse.ocr_min_confidence)
+                if boxes or boxes_ratio(shown) > flt.max_ocr_text_ratio:
+                    out.text += [(candidate.index, b.text) for b in (boxes or shown)]
             if out.text:
                 out.problems.append(f"text on {len({i for i, _ in out.text})} sampled frames: "
                                     + ", ".join(sorted({t for _, t in out.text}))[:120])

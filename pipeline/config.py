@@ -173,6 +173,10 @@ class AnalyseConfig(_Section):
         "dark_text_min_confidence makes its shot text (titles and credits on black)"
     )
     dark_text_min_confidence: float = Field(0.5, ge=0, le=1, description="see dark_frame_luma")
+    persistent_text_min_confidence: float = Field(
+        0.5, ge=0, le=1, description="a box at least title_min_height tall read with this on two OCR'd candidates "
+        "in a row at one place (IoU >= 0.5) makes its shot text, whatever its confidence otherwise"
+    )
     clip_weights: Path | None = Field(
         None, description="open_clip ViT-L-14 (QuickGELU, OpenAI) weights file; None: aesthetic skipped"
     )

@@ -19,13 +19,15 @@ area's pixels have luma at or below ``detect.black_pixel_threshold`` (blackdetec
 0.10, of 255: 25.5). Measured on every decoded frame at the shot detector's 48×27 scale (the
 scan already makes it), so the whole video is covered at no decoding cost.
 
-**Fades to and from black** (:func:`trim_fades`): a shot whose first frame is black starts with a
-fade-in; its leading black frames, then the frames of the ramp up to the first whose mean luma
-reaches ``detect.fade_level`` of the shot's bright level (the 90th percentile of the luma of its
-frames that are not black), are trimmed off (they belong to no shot: a gradual transition before
-it). A shot ending on a black frame is trimmed the same way from its end. A shot left with less
-than ``detect.min_shot_s`` is rejected with reason ``black``, as is a shot whose remaining frames
-are more than ``detect.max_black_fraction`` black (:mod:`pipeline.filter`).
+**Fades to and from black** (:func:`trim_fades`): a shot whose first frame is black, or darker
+than ``FADE_START`` (0.4) of its bright level (the darker part of the fade went to a gradual
+transition before it), starts with a fade-in; its leading black frames, then the frames of the
+ramp up to the first whose mean luma reaches ``detect.fade_level`` of the shot's bright level
+(the 90th percentile of the luma of its frames that are not black), are trimmed off (they belong
+to no shot: a gradual transition before it). A shot ending on a black frame (or that dark) is
+trimmed the same way from its end. A shot left with less than ``detect.min_shot_s`` is rejected
+with reason ``black``, as is a shot whose remaining frames are more than
+``filter.max_black_fraction`` black (:mod:`pipeline.filter`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from multishot.pipeline.detect import DetectedShot
 from multishot.pipeline.video import VideoInfo, _image, analysis_size, main_stream, open_container
 
 BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+#: a shot starting (ending) below this fraction of its bright level starts (ends) with a fade
+#: even when its first (last) frame is not black (the rest of the fade went to a transition)
+FADE_START = 0.4
 
 
 @dataclass(frozen=True)
@@ -182,17 +187,17 @@ def trim_fades(start: int, end: int, black: np.ndarray, mean_luma: np.ndarray, c
     ``(start, end)``, possibly empty (``start >= end``): nothing but black and fades."""
     b, y = black[start:end], mean_luma[start:end]
     n = end - start
-    if n == 0 or not (b[0] or b[-1]):
+    if n == 0:
         return start, end
     if b.all():
         return end, end
-    lit = y[~b]
-    level = config.fade_level * float(np.percentile(lit, 90))
+    bright = float(np.percentile(y[~b], 90))
+    level = config.fade_level * bright
     lo, hi = 0, n
-    if b[0]:
+    if b[0] or y[0] < FADE_START * bright:
         while lo < n and (b[lo] or y[lo] < level):
             lo += 1
-    if b[-1]:
+    if b[-1] or y[-1] < FADE_START * bright:
         while hi > lo and (b[hi - 1] or y[hi - 1] < level):
             hi -= 1
     return start + lo, start + hi

@@ -65,8 +65,10 @@ def _joins(parts: list[tuple[str, float, float]]) -> list[int]:
 
 
 def _config(**detect) -> PipelineConfig:
-    # analysis at 180 px keeps OCR cheap; 150-frame units let a short video hold many segments
-    return PipelineConfig(detect={"batch_windows": 1, **detect}, analyse={"analysis_short_side": 180})
+    # analysis at 180 px and OCR of one pick a shot keep OCR cheap (OCR of every candidate is
+    # tested in test_pipeline_quality.py); 150-frame units let a short video hold many segments
+    return PipelineConfig(detect={"batch_windows": 1, **detect},
+                          analyse={"analysis_short_side": 180, "ocr_every_candidate": False})
 
 
 def test_candidates_and_picks():
