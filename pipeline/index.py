@@ -18,7 +18,9 @@ The tables under ``index/`` (this module owns their columns):
   source frames and seconds; null for a first shot that starts at frame 0. Consecutive rows of a
   video are therefore adjacent or separated by exactly their transition; a gradual transition
   that runs into the video's end is the frames after its last shot's ``end_frame``.
-  ``gap_before`` is ``transition == 'gradual'``.
+  ``gap_before`` is ``transition == 'gradual'``. ``black_fraction``: the fraction of the shot's
+  frames that are black (:mod:`pipeline.picture`; after its fades to and from black are trimmed,
+  which moves its ends and widens the transitions around it; null for a too-short shot).
 * ``videos.parquet`` (:data:`VIDEO_SCHEMA`): one row per video with a result: status, duration,
   shot counts, its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
   frame, text, how many shots show it) and its ``active_area`` (the picture inside letterbox or
