@@ -28,7 +28,10 @@ transition; its many-hot head covers the whole transition. A run of single-frame
 two frames long it is a **hard cut**: the outgoing shot ends after frame ``a`` and the next
 starts at ``a + 1``, with no gap. Otherwise it is a **gradual transition** (fade, dissolve): the
 frames ``[a', b']`` belong to no shot, so the shots on either side are not adjacent and the
-packer never joins them into one sample.
+packer never joins them into one sample. With ``detect.gradual_threshold`` (the pipeline's
+:func:`shots_of`), a many-hot run above it holding no single-frame detection is a gradual
+transition too, and every gradual transition's span is fitted on luma thumbnails
+(:mod:`pipeline.transitions`: the heads cover a slow dissolve's middle only).
 
 Every detected shot is returned: one shorter than ``min_shot_s`` is marked ``too_short`` (it
 is not analysed and never packed, and, being a removed shot, it breaks adjacency for the packer
