@@ -228,7 +228,10 @@ def test_scores_do_not_depend_on_the_source_resolution(tmp_path):
     1080p copy used to read a text-free shot as 27.6 % text and lose its sample)."""
     from multishot.pipeline.run import run_pipeline
 
-    part = [("bbb_first60s_360p.mp4", 20.0, 16.0)]  # inside the shot at frames 553-1145
+    # the title (frames 598-751 of the film), the hill -> burrow dissolve and 8 s of the burrow
+    # (a text-free shot: the 5 s samples); before issue 28's checks the part was 20-36 s, which
+    # now gives no sample (a title, a "presents" line and the dissolve)
+    part = [("bbb_first60s_360p.mp4", 26.0, 16.0)]
     copies = {"360p": (640, 360), "1080p": (1920, 1080)}
     reports, shots = {}, {}
     for name, size in copies.items():
