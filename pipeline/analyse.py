@@ -30,7 +30,7 @@ import numpy as np
 
 from multishot.pipeline.config import AnalyseConfig
 from multishot.pipeline.detect import DetectedShot
-from multishot.pipeline.ocr import TextBox, boxes_ratio
+from multishot.pipeline.ocr import TextBox, boxes_ratio, counted
 
 
 BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
@@ -40,13 +40,18 @@ BT709 = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 class ShotScores:
     """Scores of one shot; all ``None`` when it holds no candidate frame.
 
-    ``text_boxes``: the counted text boxes of each OCR'd pick (one tuple per frame).
+    ``text_boxes``: the counted text boxes (score at least ``ocr_min_confidence``) of each
+    OCR'd frame (one tuple per frame): the first ``ocr_frames_per_shot`` picks, or with
+    ``ocr_every_candidate`` every candidate in the shot.
+    ``title_boxes``: the boxes of those frames that make it a title or credit whatever their
+    area (:func:`title_boxes`).
     """
 
     brightness: float | None
     ocr_text_ratio: float | None
     aesthetic: float | None
     text_boxes: tuple[tuple[TextBox, ...], ...] = ()
+    title_boxes: tuple[TextBox, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class CandidateScore:
 
     index: int
     brightness: float
-    text_boxes: tuple[TextBox, ...] | None = None
+    text_boxes: tuple[TextBox, ...] | None = None  # every box read, whatever its score
     aesthetic: float | None = None
 
     @property
@@ -120,8 +125,9 @@ class FrameScorer:
             self.aesthetic = AestheticScorer(config.clip_model, config.clip_weights, config.aesthetic_head_weights)
 
     def text_boxes(self, frame: np.ndarray) -> tuple[TextBox, ...] | None:
-        """The counted text boxes of an RGB frame ``[H, W, 3]``, or None when OCR is off."""
-        return None if self.text is None else tuple(self.text.boxes(frame))
+        """Every text box read in an RGB frame ``[H, W, 3]`` (whatever its recognition score:
+        :meth:`pipeline.ocr.TextDetector.read`), or None when OCR is off."""
+        return None if self.text is None else tuple(self.text.read(frame))
 
     def aesthetic_scores(self, frames: list[np.ndarray]) -> list[float | None]:
         """LAION scores of RGB frames ``[H, W, 3]``, or Nones when aesthetic scoring is off."""
@@ -129,6 +135,43 @@ class FrameScorer:
             return [None] * len(frames)
         # batches of 16: a segment edge may hold hundreds of candidates
         return [float(s) for i in range(0, len(frames), 16) for s in self.aesthetic.score(frames[i : i + 16])]
+
+
+def title_boxes(candidate: CandidateScore, config: AnalyseConfig) -> list[TextBox]:
+    """The boxes of an OCR'd candidate that mark a title card or credit, whatever their total
+    area: a box read with at least ``ocr_min_confidence`` and at least ``title_min_height`` of
+    the picture's height tall, or any box read with at least ``dark_text_min_confidence`` on a
+    near-black frame (mean luma under ``dark_frame_luma``: text on black). On the bundled
+    footage every title, "presents" line and credit read so is one (heights 0.044-0.53), while
+    the detector's reads of texture score under 0.6 ("86" over a whole hill of Big Buck Bunny
+    at 0.56): why bright frames keep the confidence threshold."""
+    found = []
+    for box in candidate.text_boxes or ():
+        x0, y0, x1, y1 = box.rect
+        if box.score >= config.ocr_min_confidence and y1 - y0 >= config.title_min_height:
+            found.append(box)
+        elif candidate.brightness < config.dark_frame_luma and box.score >= config.dark_text_min_confidence:
+            found.append(box)
+    return found
+
+
+def shot_title_boxes(read: list[CandidateScore], config: AnalyseConfig) -> list[TextBox]:
+    """The title and credit boxes of a shot's OCR'd candidates ``read`` (in frame order): those
+    of :func:`title_boxes`, and **persistent text** whatever its confidence: a box at least
+    ``title_min_height`` tall read with at least ``persistent_text_min_confidence`` whose place
+    (IoU ≥ 0.5) holds such a box on the previous or next OCR'd candidate too. Why: the scan keeps
+    candidates as JPEG (quality 95), and Big Buck Bunny's stylised title, read at 0.93 on the
+    decoded frame, reads 0.66-0.79 on every candidate after it; the detector's reads of texture
+    flicker from frame to frame (the "86" over Big Buck Bunny's hill, 0.56, on one frame)."""
+    from multishot.pipeline.overlay import iou
+
+    found = [b for p in read for b in title_boxes(p, config)]
+    tall = [[b for b in p.text_boxes or () if b.score >= config.persistent_text_min_confidence
+             and b.rect[3] - b.rect[1] >= config.title_min_height] for p in read]
+    for k, boxes in enumerate(tall):
+        neighbours = [b for j in (k - 1, k + 1) if 0 <= j < len(tall) for b in tall[j]]
+        found += [b for b in boxes if b not in found and any(iou(b.rect, c.rect) >= 0.5 for c in neighbours)]
+    return found
 
 
 def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order: list[int],
@@ -146,15 +189,21 @@ def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order
     picks = [candidates[i] for i in pick_candidates(shot, order, config.frames_per_shot)]
     if not picks:
         return ShotScores(None, None, None)
-    ocr, boxes = None, ()
+    ocr, boxes, titles = None, (), ()
     if config.ocr_backend != "none" and config.ocr_frames_per_shot > 0:
-        boxes = tuple(p.text_boxes for p in picks[: config.ocr_frames_per_shot])
-        if None in boxes:
+        read = picks[: config.ocr_frames_per_shot]
+        if config.ocr_every_candidate:
+            lo, hi = bisect.bisect_left(order, shot.start_frame), bisect.bisect_left(order, shot.end_frame)
+            read = [candidates[i] for i in order[lo:hi]]
+        if any(p.text_boxes is None for p in read):
             raise RuntimeError(f"shot {shot}: a pick has no OCR score")
+        boxes = tuple(tuple(counted(p.text_boxes, config.ocr_min_confidence)) for p in read)
+        titles = tuple(shot_title_boxes(read, config))
         ocr = max(boxes_ratio(b) for b in boxes)
     aesthetic = None
     if config.aesthetic_enabled:
         if any(p.aesthetic is None for p in picks):
             raise RuntimeError(f"shot {shot}: a pick has no aesthetic score")
         aesthetic = float(np.mean([p.aesthetic for p in picks]))
-    return ShotScores(float(np.mean([p.brightness for p in picks])), 0.0 if ocr is None else ocr, aesthetic, boxes)
+    return ShotScores(float(np.mean([p.brightness for p in picks])), 0.0 if ocr is None else ocr, aesthetic, boxes,
+                      titles)

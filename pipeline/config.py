@@ -95,6 +95,34 @@ class DetectConfig(_Section):
         300.0, gt=0, description="a video is scanned in segments of about this long (s), rounded to whole "
         "batches of windows, by several actors; each is a resume point (placement: not in the samples hash)"
     )
+    gradual_threshold: float = Field(
+        0.3, gt=0, lt=1, description="a run of TransNetV2's many-hot head above this with no single-frame "
+        "detection is a gradual transition too (slow dissolves; pipeline/transitions.py)"
+    )
+    gradual_max_s: float = Field(
+        2.0, ge=0, description="a gradual transition's span is fitted within this many seconds either side of "
+        "its detected middle (dissolves and fades up to twice as long); 0: the heads' span as detected"
+    )
+    crop_samples: int = Field(
+        12, ge=0, description="keyframes sampled over the video to find its active picture area (letterbox / "
+        "pillarbox bars, as FFmpeg's cropdetect); 0: never crop (pipeline/picture.py)"
+    )
+    crop_limit: float = Field(
+        24.0, ge=0, le=255, description="a row or column is bars while its mean luma (0-255) stays at or below "
+        "this on every sampled frame (cropdetect's limit)"
+    )
+    crop_min_bar: float = Field(0.01, ge=0, lt=0.5, description="bars thinner than this fraction of the side are kept")
+    black_pixel_threshold: float = Field(
+        25.5, ge=0, le=255, description="a pixel is black at or below this luma (0-255; blackdetect's pixel_black_th 0.10)"
+    )
+    black_picture_ratio: float = Field(
+        0.98, gt=0, le=1, description="a frame is black when this fraction of its active area's pixels is "
+        "(blackdetect's picture_black_ratio_th)"
+    )
+    fade_level: float = Field(
+        0.8, gt=0, le=1, description="a fade from (to) black at a shot's start (end) is trimmed up to the first "
+        "(from the last) frame whose mean luma reaches this fraction of the shot's bright level"
+    )
     # resources of the scanning actors (decode + TransNetV2 + candidate scoring of one segment at
     # a time). An actor holds TransNetV2, the OCR engine, a batch of windows' activations and one
     # segment's 48x27 frames and JPEG candidates: peak RSS 1.4-1.7 GiB measured, not growing
@@ -131,9 +159,26 @@ class AnalyseConfig(_Section):
     )
     ocr_backend: Literal["rapidocr", "paddleocr", "none"] = "rapidocr"
     ocr_frames_per_shot: int = Field(1, ge=0, description="of the sampled frames, how many get OCR")
+    ocr_every_candidate: bool = Field(
+        True, description="OCR reads every candidate frame of a shot (candidates_per_s), and a shot showing "
+        "a title anywhere is removed as text (pipeline/analyse.py); False: only its first ocr_frames_per_shot picks"
+    )
     ocr_max_side: int = Field(640, ge=64, description="longest side (px) of frames given to OCR")
     ocr_min_side: int = Field(240, ge=32, description="OCR upscales frames whose shorter side is below this (px)")
     ocr_min_confidence: float = Field(0.8, ge=0, le=1, description="recognition score a text box needs")
+    title_min_height: float = Field(
+        0.03, gt=0, le=1, description="a box read with ocr_min_confidence at least this tall (fraction of the "
+        "picture's height) makes its shot a title or credit (reason text), whatever the text's total area"
+    )
+    dark_frame_luma: float = Field(
+        40.0, ge=0, le=255, description="on a frame darker than this (mean luma 0-255) any box read with "
+        "dark_text_min_confidence makes its shot text (titles and credits on black)"
+    )
+    dark_text_min_confidence: float = Field(0.5, ge=0, le=1, description="see dark_frame_luma")
+    persistent_text_min_confidence: float = Field(
+        0.5, ge=0, le=1, description="a box at least title_min_height tall read with this on two OCR'd candidates "
+        "in a row at one place (IoU >= 0.5) makes its shot text, whatever its confidence otherwise"
+    )
     clip_weights: Path | None = Field(
         None, description="open_clip ViT-L-14 (QuickGELU, OpenAI) weights file; None: aesthetic skipped"
     )
@@ -167,6 +212,9 @@ class FilterConfig(_Section):
     min_brightness: float = Field(20.0, ge=0, le=255, description="mean luma (0-255) below: too dark")
     max_brightness: float = Field(235.0, ge=0, le=255, description="mean luma above: too bright")
     max_ocr_text_ratio: float = Field(0.02, ge=0, le=1, description="text box area fraction above: text")
+    max_black_fraction: float = Field(
+        0.1, ge=0, le=1, description="a shot with more of its frames black (detect.black_*) than this: black"
+    )
     min_aesthetic: float = Field(4.5, description="LAION aesthetic score below: ugly (when scored)")
 
     @model_validator(mode="after")

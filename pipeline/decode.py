@@ -199,7 +199,7 @@ def probe(source: str, fs: pafs.FileSystem | None = None) -> VideoInfo:
         )
 
 
-def _image(frame: av.VideoFrame, width: int | None, height: int | None) -> np.ndarray:
+def frame_image(frame: av.VideoFrame, width: int | None, height: int | None) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` of ``frame`` shown upright, scaled to ``width × height`` if given."""
     turns = quarter_turns(frame)
     if width is not None and height is not None:
@@ -258,7 +258,7 @@ def _iter_images(source, fs, *, fps, stats, start_frame, end_frame, wanted):
 
         def image(width: int | None, height: int | None, frame=frame, cache=cache) -> np.ndarray:
             if (width, height) not in cache:
-                cache[(width, height)] = _image(frame, width, height)
+                cache[(width, height)] = frame_image(frame, width, height)
             return cache[(width, height)]
 
         yield slot, frame, substituted, image

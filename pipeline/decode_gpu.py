@@ -28,7 +28,7 @@ anyway) and a batch of up to :data:`BATCH` pictures is scaled and converted by o
 kernels: the 48×27 frames of every picture, the analysis frames of the candidates' pictures
 only. Scaling is an area filter in Y'CbCr (as libswscale does: scale first, then convert), then
 the matrix the frame is tagged with (BT.709, BT.2020, else BT.601; limited range unless tagged
-full range: libswscale's choice for :func:`pipeline.decode._image`), then the display matrix's
+full range: libswscale's choice for :func:`pipeline.decode.frame_image`), then the display matrix's
 rotation.
 
 When there is no CUDA device, PyAV's FFmpeg has no CUDA, the driver has no NVDEC library, or the

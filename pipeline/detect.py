@@ -28,7 +28,10 @@ transition; its many-hot head covers the whole transition. A run of single-frame
 two frames long it is a **hard cut**: the outgoing shot ends after frame ``a`` and the next
 starts at ``a + 1``, with no gap. Otherwise it is a **gradual transition** (fade, dissolve): the
 frames ``[a', b']`` belong to no shot, so the shots on either side are not adjacent and the
-packer never joins them into one sample.
+packer never joins them into one sample. With ``detect.gradual_threshold`` (the pipeline's
+:func:`shots_of`), a many-hot run above it holding no single-frame detection is a gradual
+transition too, and every gradual transition's span is fitted on luma thumbnails
+(:mod:`pipeline.transitions`: the heads cover a slow dissolve's middle only).
 
 Every detected shot is returned: one shorter than ``min_shot_s`` is marked ``too_short`` (it
 is not analysed and never packed, and, being a removed shot, it breaks adjacency for the packer
@@ -101,13 +104,19 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def shots_from_predictions(
-    single: np.ndarray, many: np.ndarray, threshold: float, min_shot_frames: int
+    single: np.ndarray, many: np.ndarray, threshold: float, min_shot_frames: int, *,
+    gradual_threshold: float | None = None, thumbs: np.ndarray | None = None, window: int = 0,
 ) -> list[DetectedShot]:
     """Turn TransNetV2's per-frame probabilities ``[N]`` (single-frame and many-hot heads) into shots.
 
-    The rule is in the module docstring. Returns every shot in order, those shorter than
+    The rule is in the module docstring. With ``gradual_threshold``, runs of the many-hot head
+    above it holding no single-frame detection are gradual transitions too, and with ``thumbs``
+    (``[N, 9, 16]`` luma thumbnails) and ``window`` (frames) each gradual transition's span is
+    fitted (:mod:`pipeline.transitions`). Returns every shot in order, those shorter than
     ``min_shot_frames`` marked ``too_short``.
     """
+    from multishot.pipeline.transitions import many_only_runs, refine_span
+
     n = len(single)
     many_runs = _runs(many > threshold)
     boundaries: list[tuple[int, int]] = []  # (end of previous shot, start of next), half-open
@@ -120,6 +129,14 @@ def shots_from_predictions(
             boundaries.append((a + 1, a + 1))  # hard cut
         else:
             boundaries.append((a2, b2 + 1))  # gradual transition: [a2, b2] belongs to no shot
+    if gradual_threshold is not None:
+        boundaries = sorted(boundaries + [(a, b + 1) for a, b in many_only_runs(single, many, threshold, gradual_threshold)])
+    if thumbs is not None and window:
+        for k, (end, next_start) in enumerate(boundaries):
+            if next_start > end:  # gradual: its span fitted between its neighbours
+                lo = boundaries[k - 1][1] if k else 0
+                hi = boundaries[k + 1][0] if k + 1 < len(boundaries) else n
+                boundaries[k] = refine_span(thumbs, end, next_start - 1, lo, hi, window)
     shots, start, gap = [], 0, False
     for end, next_start in boundaries + [(n, n)]:
         if end > start:
@@ -196,8 +213,21 @@ class TransNetV2Detector:
         frames = [f for _, f in iter_frames(source, fs, fps=fps, width=self.size[0], height=self.size[1], stats=stats)]
         if not frames:
             return []
-        single, many = self.predict(np.stack(frames))
-        return shots_from_predictions(single, many, self.config.threshold, min_shot_frames(self.config, fps))
+        from multishot.pipeline.transitions import thumbnails
+
+        stack = np.stack(frames)
+        single, many = self.predict(stack)
+        return shots_of(self.config, single, many, fps, thumbnails(stack))
+
+
+def shots_of(config: DetectConfig, single: np.ndarray, many: np.ndarray, fps: float,
+             thumbs: np.ndarray | None = None) -> list[DetectedShot]:
+    """:func:`shots_from_predictions` with ``config``'s thresholds: many-hot-only gradual
+    transitions (``gradual_threshold``) and, given ``thumbs``, their spans fitted within
+    ``gradual_max_s``."""
+    window = int(round(config.gradual_max_s * fps))
+    return shots_from_predictions(single, many, config.threshold, min_shot_frames(config, fps),
+                                  gradual_threshold=config.gradual_threshold, thumbs=thumbs, window=window)
 
 
 def min_shot_frames(config: DetectConfig, fps: float) -> int:

@@ -3,9 +3,12 @@
 Every shot and every decision is kept in ``index/shots.parquet``, kept or not. Reasons:
 ``undecodable`` (none of its sampled frames decoded), ``too_dark``, ``too_bright``, ``text``
 (OCR text-area ratio above ``max_ocr_text_ratio``), ``low_aesthetic`` (only when scored).
-A shot failing several tests carries all their reasons, comma-separated. Two reasons come from
-elsewhere: ``too_short`` (detection: shorter than ``detect.min_shot_s``, never analysed) and
-``overlay`` (the analyse stage, :mod:`pipeline.overlay`).
+A shot failing several tests carries all their reasons, comma-separated. Reasons from
+elsewhere: ``too_short`` (detection: shorter than ``detect.min_shot_s``, never analysed),
+``black`` (detection: more than ``max_black_fraction`` of its frames black, or nothing but black
+and fades once those are trimmed: :mod:`pipeline.picture`), ``overlay`` (the analyse stage,
+:mod:`pipeline.overlay`), and ``text`` also for a title or credit on any OCR'd frame whatever its
+area (:func:`pipeline.analyse.title_boxes`, applied with the overlay rule).
 """
 
 from __future__ import annotations

@@ -18,10 +18,13 @@ The tables under ``index/`` (this module owns their columns):
   source frames and seconds; null for a first shot that starts at frame 0. Consecutive rows of a
   video are therefore adjacent or separated by exactly their transition; a gradual transition
   that runs into the video's end is the frames after its last shot's ``end_frame``.
-  ``gap_before`` is ``transition == 'gradual'``.
+  ``gap_before`` is ``transition == 'gradual'``. ``black_fraction``: the fraction of the shot's
+  frames that are black (:mod:`pipeline.picture`; after its fades to and from black are trimmed,
+  which moves its ends and widens the transitions around it; null for a too-short shot).
 * ``videos.parquet`` (:data:`VIDEO_SCHEMA`): one row per video with a result: status, duration,
-  shot counts, and its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
-  frame, text, how many shots show it).
+  shot counts, its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
+  frame, text, how many shots show it) and its ``active_area`` (the picture inside letterbox or
+  pillarbox bars, in fractions of the frame: :mod:`pipeline.picture`).
 * ``rejects.parquet`` (:data:`REJECT_COLUMNS`): videos whose status is not ``ok``.
 """
 
@@ -46,12 +49,14 @@ log = logging.getLogger(__name__)
 SHOT_COLUMNS = ["source", "source_id", "shot_index", "start_frame", "end_frame", "start_s", "end_s",
                 "gap_before", "transition", "transition_start_frame", "transition_end_frame",
                 "transition_start_s", "transition_end_s", "brightness", "ocr_text_ratio", "aesthetic",
-                "kept", "reason"]
+                "black_fraction", "kept", "reason"]
 OVERLAY_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64()),
                           ("text", pa.string()), ("shots", pa.int64()), ("shot_fraction", pa.float64())])
+AREA_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64())])
 VIDEO_SCHEMA = pa.schema([("source", pa.string()), ("source_id", pa.string()), ("status", pa.string()),
                           ("duration_s", pa.float64()), ("fps", pa.float64()), ("shots", pa.int64()),
-                          ("shots_kept", pa.int64()), ("overlays", pa.list_(OVERLAY_TYPE))])
+                          ("shots_kept", pa.int64()), ("overlays", pa.list_(OVERLAY_TYPE)),
+                          ("active_area", AREA_TYPE)])
 REJECT_COLUMNS = ["source", "source_id", "status", "stage", "reason"]
 
 
@@ -161,6 +166,7 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
                      for r in results for o in r.overlays],
         "samples": len(samples),
         "samples_per_bucket": dict(collections.Counter(s["bucket"] for s in samples)),
+        "samples_by_shot_count": shot_count_distribution(samples),
         "sample_hours": sum(s["duration_s"] for s in samples) / 3600,
         "sample_seconds_per_bucket": dict(_per_bucket_seconds(samples)),
         "source_hours": source_s / 3600,
@@ -183,6 +189,14 @@ def _per_bucket_seconds(samples: list[dict]) -> collections.Counter:
     for s in samples:
         seconds[s["bucket"]] += s["duration_s"]
     return seconds
+def shot_count_distribution(samples: list[dict]) -> dict[str, dict[str, int]]:
+    """Per bucket, how many samples hold each number of shots: ``{bucket: {"1": n, "2": m, …}}``
+    (keys are strings, as JSON keeps them), buckets and counts in order; so a user sees how many
+    of the "multi-shot" samples hold one shot."""
+    counts: dict[str, collections.Counter] = {}
+    for s in samples:
+        counts.setdefault(s["bucket"], collections.Counter())[int(s["num_shots"])] += 1
+    return {bucket: {str(k): c[k] for k in sorted(c)} for bucket, c in sorted(counts.items())}
 
 
 def _captions(samples: list[dict]) -> str:
@@ -207,6 +221,8 @@ def format_report(report: dict) -> str:
         *(f"overlay          {o['source'].rsplit('/', 1)[-1]}: {o['text']!r} in {o['shot_fraction']:.0%} of its shots"
           for o in report["overlays"]),
         f"samples          {report['samples']}  ({', '.join(f'{k}: {v}' for k, v in report['samples_per_bucket'].items())})",
+        *(f"shots/sample     {bucket}: " + ", ".join(f"{n} shot{'s' if n != '1' else ''} ×{c}" for n, c in counts.items())
+          for bucket, counts in report.get("samples_by_shot_count", {}).items()),
         f"footage          {report['source_hours'] * 3600:.1f} s in; samples per bucket "
         f"{', '.join(f'{k} {v:.1f} s' for k, v in report['sample_seconds_per_bucket'].items()) or 'none'} "
         "(buckets overlap: one shot may be in several)",

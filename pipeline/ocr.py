@@ -128,6 +128,11 @@ class TextDetector:
     def boxes(self, frame: np.ndarray) -> list[TextBox]:
         """The text boxes of one RGB uint8 frame ``[H, W, 3]`` that count: at least ``MIN_CHARS``
         characters read with a score of at least ``ocr_min_confidence``."""
+        return counted(self.read(frame), self.config.ocr_min_confidence)
+
+    def read(self, frame: np.ndarray) -> list[TextBox]:
+        """Every text box of one RGB uint8 frame ``[H, W, 3]`` with at least ``MIN_CHARS``
+        characters read, whatever its recognition score (kept in the box)."""
         h, w = frame.shape[:2]
         scale = min(1.0, self.config.ocr_max_side / max(h, w))
         if scale < 1.0:
@@ -142,5 +147,10 @@ class TextDetector:
         return [
             TextBox(tuple((float(x) / sw, float(y) / sh) for x, y in np.asarray(box)), text.strip(), float(score))
             for box, text, score in found
-            if score >= self.config.ocr_min_confidence and len(text.strip()) >= MIN_CHARS
+            if len(text.strip()) >= MIN_CHARS
         ]
+
+
+def counted(boxes: Sequence[TextBox], min_confidence: float) -> list[TextBox]:
+    """The boxes read with a recognition score of at least ``min_confidence``."""
+    return [b for b in boxes if b.score >= min_confidence]

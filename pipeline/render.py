@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from multishot.pipeline.config import RenderConfig
+from multishot.pipeline.picture import ActiveArea
 from multishot.pipeline.decode import DecodeStats, VideoInfo, iter_grid
 
 
@@ -83,10 +84,15 @@ def crop_rejection(info: VideoInfo, config: RenderConfig) -> str:
             f"(render.min_crop_fraction {config.min_crop_fraction})")
 
 
-def cover_and_crop(frame: np.ndarray, info: VideoInfo, width: int, height: int) -> np.ndarray:
+def cover_and_crop(frame: np.ndarray, info: VideoInfo, width: int, height: int,
+                   area: ActiveArea | None = None) -> np.ndarray:
     """Scale an upright RGB frame ``[h, w, 3]`` to cover ``width × height`` (pixel aspect
-    honoured), centre-crop."""
+    honoured), centre-crop; with ``area``, only its active picture (letterbox / pillarbox bars
+    cut off first, :mod:`pipeline.picture`)."""
     dw, dh = info.display_width, info.display_height
+    if area is not None and not area.full:
+        frame = area.crop(frame)
+        dw, dh = area.size(dw, dh)
     scale = max(width / dw, height / dh)
     sw, sh = max(width, round(dw * scale)), max(height, round(dh * scale))
     interpolation = cv2.INTER_AREA if sh < frame.shape[0] else cv2.INTER_LINEAR
@@ -131,9 +137,11 @@ class _Encoder:
 
 
 def render_samples(
-    source: str, fs: pafs.FileSystem, info: VideoInfo, jobs: list[RenderJob], config: RenderConfig, stats: DecodeStats
+    source: str, fs: pafs.FileSystem, info: VideoInfo, jobs: list[RenderJob], config: RenderConfig, stats: DecodeStats,
+    area: ActiveArea | None = None,
 ) -> list[Rendered]:
-    """Encode every job from one decode pass over ``source``; results in the order of ``jobs``.
+    """Encode every job from one decode pass over ``source``; results in the order of ``jobs``;
+    ``area``: the source's active picture, the part rendered (:func:`cover_and_crop`).
 
     A job is dropped (``mp4 None``, ``error`` says why) when more than
     ``config.max_damaged_frames`` of its frames were lost to damage, or when the source ends first.
@@ -154,7 +162,7 @@ def render_samples(
             next_job += 1
         if not active:
             continue
-        out = _to_yuv(cover_and_crop(frame, info, config.width, config.height))
+        out = _to_yuv(cover_and_crop(frame, info, config.width, config.height, area))
         for j in list(active):
             needed = jobs[j].source_frames
             encoder = encoders.get(j) or encoders.setdefault(j, _Encoder(config))

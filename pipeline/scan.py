@@ -45,8 +45,10 @@ from pydantic import BaseModel, Field
 from multishot.dataset.storage import read_json, resolve, write_json
 from multishot.pipeline.analyse import CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates
 from multishot.pipeline.config import PipelineConfig
-from multishot.pipeline.detect import CONTEXT, make_detector, min_shot_frames, shots_from_predictions
+from multishot.pipeline.detect import CONTEXT, DetectedShot, make_detector, min_shot_frames, shots_of
 from multishot.pipeline.ocr import TextBox
+from multishot.pipeline.picture import ActiveArea, black_frames, frame_darkness, trimmed_shot
+from multishot.pipeline.transitions import THUMB, decode_thumbnails, encode_thumbnails, thumbnails
 from multishot.pipeline.decode import DecodeStats
 
 JPEG_QUALITY = 95
@@ -99,6 +101,9 @@ class SegmentResult(BaseModel):
     ``start_frame``/``end_frame``: the source frames it covers; ``end_frame`` is where decoding
     ended when that is before the planned end (the last segment: the stream's end).
     ``single``/``many``: the detector's per-frame probabilities ``[end - start]``;
+    ``black``/``luma``: each frame's black pixel fraction and mean luma (0-255) inside the
+    video's active area, at the detector's scale (:func:`pipeline.picture.frame_darkness`);
+    ``thumbs``: each frame's 16×9 luma thumbnail, for fitting gradual transitions' spans;
     ``candidates``: the scores of its candidate frames (:class:`pipeline.analyse.CandidateScore`,
     OCR text boxes included);
     ``stats``: its decode (frames in range only); ``cpu_s``/``wall_s``: what the scan cost;
@@ -110,6 +115,9 @@ class SegmentResult(BaseModel):
     single: list[float]
     many: list[float]
     candidates: list[CandidateScore]
+    black: list[float] = Field(default_factory=list)
+    luma: list[float] = Field(default_factory=list)
+    thumbs: str = ""  # base64 of [end - start, 9, 16] uint8 luma thumbnails (pipeline.transitions)
     stats: DecodeStats = Field(default_factory=DecodeStats)
     cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -195,6 +203,18 @@ def stitch(results: Sequence[SegmentResult]) -> tuple[np.ndarray, np.ndarray, li
     return np.concatenate(single), np.concatenate(many), candidates, stats
 
 
+def stitch_picture(results: Sequence[SegmentResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A video's per-frame black pixel fraction and mean luma ``([N], [N])`` and luma
+    thumbnails ``[N, 9, 16]`` from its segments' results, in the order and extent of
+    :func:`stitch`'s predictions."""
+    used = [r for r in results if r.end_frame > r.start_frame]
+    if not used:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros((0, THUMB[1], THUMB[0]), np.uint8)
+    return (np.concatenate([np.asarray(r.black, np.float32) for r in used]),
+            np.concatenate([np.asarray(r.luma, np.float32) for r in used]),
+            np.concatenate([decode_thumbnails(r.thumbs) for r in used]))
+
+
 def _stack(frames: list) -> np.ndarray:
     """Frames ``[h, w, 3]`` stacked to ``[N, h, w, 3]``: NumPy, or a tensor on the frames' device
     (the GPU source's stay on the GPU for the detector)."""
@@ -228,10 +248,12 @@ class SegmentScanner:
         self.frame_source = frame_source
 
     def scan(self, source: str, fs: pafs.FileSystem | None, fps: float, start_frame: int, end_frame: int | None,
-             context: int = CONTEXT, *, analysis_size: tuple[int, int]) -> SegmentResult:
+             context: int = CONTEXT, *, analysis_size: tuple[int, int], area: ActiveArea = ActiveArea()) -> SegmentResult:
         """Scan source frames ``[start_frame, end_frame)`` (``None``: to the end) of ``source``
         with ``context`` frames decoded on each side for the detector (the module docstring
-        says what is measured). ``analysis_size`` is ``(W, H)`` of the fixed analysis scale.
+        says what is measured). ``analysis_size`` is ``(W, H)`` of the fixed analysis scale;
+        ``area`` the video's active picture (:mod:`pipeline.picture`): candidates' brightness and
+        OCR and every frame's darkness are measured inside it.
 
         Raises:
             pipeline.decode.ProbeError: the file cannot be opened.
@@ -255,6 +277,7 @@ class SegmentScanner:
                 raise RuntimeError(f"frame source skipped from {lo + len(frames) - 1} to {index}")
             frames.append(small)
             if big is not None:
+                big = area.crop(big)
                 brightness[index] = mean_luma(big)
                 if self.scorer.text is not None or self.scorer.aesthetic is not None:
                     kept[index] = cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
@@ -265,10 +288,14 @@ class SegmentScanner:
             stack = _stack(frames)
             del frames
             single, many = self.detector.predict(stack[at : end - lo], stack[:at], stack[end - lo :], fps=fps)
+            black, luma = frame_darkness(stack[at : end - lo], area, self.config.detect.black_pixel_threshold)
+            thumbs = thumbnails(stack[at : end - lo])
         else:
-            single = many = np.zeros(0, np.float32)
+            single = many = black = luma = np.zeros(0, np.float32)
+            thumbs = np.zeros((0, THUMB[1], THUMB[0]), np.uint8)
         ocr, aesthetic = self._pickable(single, many, start_frame, fps, first=start_frame == 0,
-                                        last=end_frame is None or eof <= end_frame, candidates=sorted(brightness))
+                                        last=end_frame is None or eof <= end_frame, candidates=sorted(brightness),
+                                        black=black, luma=luma, thumbs=thumbs)
         scores = self._score(ocr, aesthetic, kept)
         candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None))) for i in sorted(brightness)]
         # frames of this segment only (contexts overlap the neighbours'); errors and the last
@@ -278,11 +305,14 @@ class SegmentScanner:
                             decoder=stats.decoder, note=stats.note)
         return SegmentResult(start_frame=start_frame, end_frame=max(start_frame, end), single=single.tolist(),
                              many=many.tolist(), candidates=candidates, stats=inner,
+                             black=np.round(black, 3).tolist(), luma=np.round(luma, 1).tolist(),
+                             thumbs=encode_thumbnails(thumbs),
                              cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall,
                              peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
     def _pickable(self, single: np.ndarray, many: np.ndarray, start: int, fps: float, first: bool, last: bool,
-                  candidates: list[int]) -> tuple[list[int], list[int]]:
+                  candidates: list[int], black: np.ndarray, luma: np.ndarray, thumbs: np.ndarray
+                  ) -> tuple[list[int], list[int]]:
         """The candidates OCR and the aesthetic model must read (two sorted lists): those that
         can be a shot's (first ``ocr_frames_per_shot``) picks once the segments are stitched.
 
@@ -290,26 +320,37 @@ class SegmentScanner:
         the segment's edges are the video's shots (their boundaries come from prediction runs
         wholly inside the segment, which stitching does not change): their picks. Before and
         after those, every candidate (a first segment's start and a last segment's end are the
-        video's, not edges).
+        video's, not edges). Their picks are those of the shots less their fades to and from
+        black (:func:`pipeline.picture.trimmed_shot`, a function of the shot's own frames); with
+        ``analyse.ocr_every_candidate`` OCR reads every candidate.
         """
         analyse = self.config.analyse
         if not len(single):
             return [], []
-        local = shots_from_predictions(single, many, self.config.detect.threshold,
-                                       min_shot_frames(self.config.detect, fps))
+        local = shots_of(self.config.detect, single, many, fps, thumbs)
         n = len(single)
+        m = 3 + int(round(self.config.detect.gradual_max_s * fps))  # a fitted span reaches this far
+        shortest = min_shot_frames(self.config.detect, fps)
+        dark = black_frames(black, self.config.detect)
+
+        def trimmed(shot: DetectedShot) -> DetectedShot:
+            return shot if shot.too_short else trimmed_shot(shot, dark, luma, self.config.detect, shortest)[0]
+
         # the prediction runs of a boundary lie within 2 frames before a shot's start (a hard
-        # cut) or fill the gap before it (gradual): margins of 3 frames keep them off the edges
-        exact = [replace(s, start_frame=s.start_frame + start, end_frame=s.end_frame + start)
-                 for k, s in enumerate(local)
-                 if (first or (k > 0 and local[k - 1].end_frame > 2 and s.start_frame > 3))
-                 and (last or (k + 1 < len(local) and s.end_frame < n - 3 and local[k + 1].start_frame < n - 1))]
+        # cut) or fill the gap before it (gradual): margins of 3 frames keep them off the edges,
+        # and a gradual span's fit looks gradual_max_s further
+        exact = [replace(t, start_frame=t.start_frame + start, end_frame=t.end_frame + start)
+                 for k, s in enumerate(local) for t in [trimmed(s)]
+                 if (first or (k > 0 and local[k - 1].end_frame > m - 1 and s.start_frame > m))
+                 and (last or (k + 1 < len(local) and s.end_frame < n - m and local[k + 1].start_frame < n - 1 - m + 3))]
         if not exact:
             return candidates, candidates
         head, tail = exact[0].start_frame, exact[-1].end_frame
         edges = {c for c in candidates if c < head or c >= tail}
         picks = [pick_candidates(shot, candidates, analyse.frames_per_shot) for shot in exact if not shot.too_short]
         ocr = edges.union(*(p[: analyse.ocr_frames_per_shot] for p in picks))
+        if analyse.ocr_every_candidate:
+            ocr = set(candidates)
         return sorted(ocr), sorted(edges.union(*picks))
 
     def _score(self, ocr: list[int], aesthetic: list[int], kept: dict[int, bytes]
@@ -341,13 +382,14 @@ class ScanJob:
     analysis_size: tuple[int, int]
     output: str  # the output's URI or path
     store_dir: str  # SegmentStore.dir on the output's filesystem
+    area: ActiveArea = ActiveArea()  # the video's active picture (pipeline.picture)
 
 
 def run_job(scanner: SegmentScanner, job: ScanJob) -> SegmentResult:
     """Scan ``job``'s segment and save its result (the resume point); returns it."""
     fs, path = resolve(job.source)
     result = scanner.scan(path, fs, job.fps, job.segment.start_frame, job.segment.end_frame,
-                          analysis_size=job.analysis_size)
+                          analysis_size=job.analysis_size, area=job.area)
     SegmentStore(resolve(job.output)[0], job.store_dir).save(job.segment, result)
     return result
 

@@ -28,15 +28,17 @@ from multishot.dataset.shards import ShardSetLayout
 from multishot.dataset.storage import resolve
 from multishot.pipeline.analyse import shot_scores
 from multishot.pipeline.config import PipelineConfig, Resources
-from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
+from multishot.pipeline.detect import min_shot_frames, shots_of
 from multishot.pipeline.filter import decide
-from multishot.pipeline.overlay import find_overlays, ratio_without_overlays, shows_overlay
+from multishot.pipeline.overlay import find_overlays, is_overlay, ratio_without_overlays, shows_overlay
 from multishot.pipeline.pack import PackShot, pack_video
+from multishot.pipeline.picture import ActiveArea, black_frames, detect_active_area, trimmed_shot
 from multishot.pipeline.render import crop_rejection, render_samples
 from multishot.pipeline.sample import plan_sample
 from multishot.pipeline.source_stamp import change_problem
 from multishot.pipeline.task import RenderedSample, ShotRow, VideoTask
-from multishot.pipeline.scan import LocalScans, RayScans, ScanJob, SegmentStore, plan_segments, scan_hash, stitch
+from multishot.pipeline.scan import (LocalScans, RayScans, ScanJob, SegmentStore, plan_segments, scan_hash, stitch,
+                                     stitch_picture)
 from multishot.pipeline.decode import DecodeStats, ProbeError, analysis_size, probe
 from multishot.pipeline.stage_progress import report
 from multishot.pipeline.write import save_result, write_samples
@@ -95,6 +97,9 @@ def _probe(config: PipelineConfig, samples_hash: str) -> Process:
         # a source whose aspect ratio the render crop would mutilate is rejected up front
         if reason := crop_rejection(task.info, config.render):
             task.fail("probe", reason)
+            return
+        # the picture inside letterbox / pillarbox bars: scored, checked and rendered from here on
+        task.active_area = detect_active_area(path, fs, task.info, config.detect, config.analyse.analysis_short_side)
 
     return process
 
@@ -123,7 +128,8 @@ def _detect(config: PipelineConfig, samples_hash: str, scans: LocalScans | RaySc
         store = SegmentStore.of_video(fs, work_dir, task.source_id, settings)
         segments = plan_segments(info.num_frames, info.fps, config)
         size = analysis_size(info, config.analyse.analysis_short_side)
-        todo = [ScanJob(task.source, info.fps, s, size, config.output, store.dir)
+        area = task.active_area or ActiveArea()
+        todo = [ScanJob(task.source, info.fps, s, size, config.output, store.dir, area)
                 for s in segments if store.load(s) is None]  # finished segments are resume points
         fresh = list(scans.run(todo))
         # the scanning actors' CPU (this process only waits): what the stage cost
@@ -134,15 +140,39 @@ def _detect(config: PipelineConfig, samples_hash: str, scans: LocalScans | RaySc
         single, many, candidates, stats = stitch(results)
         task.decode["detect"] = stats
         _note_damage(task, "detect", stats)
-        shots = shots_from_predictions(single, many, config.detect.threshold, min_shot_frames(config.detect, info.fps))
+        black, luma, thumbs = stitch_picture(results)
+        shots = shots_of(config.detect, single, many, info.fps, thumbs if len(thumbs) == len(single) else None)
         if not shots:
             task.fail("detect", f"no shots found ({stats.frames} frames decoded)")
             return
         # every detected shot goes on record; a too-short one is never analysed or packed
-        task.shots = [ShotRow(shot=shot, reason="too_short" if shot.too_short else "") for shot in shots]
+        task.shots = _trim_black(shots, black, luma, config, info.fps)
         task.candidates, task.analysis_size = candidates, size
 
     return process
+
+
+def _trim_black(shots: list, black_ratio, luma, config: PipelineConfig, fps: float) -> list[ShotRow]:
+    """The shot rows of detected ``shots``: each shot's fades from and to black trimmed off
+    (the frames become a gradual transition), its black fraction measured, and ``black`` as
+    its reason when too little is left or too much is black (:mod:`pipeline.picture`)."""
+    rows = []
+    if len(black_ratio) < max((s.end_frame for s in shots), default=0):  # no per-frame darkness
+        return [ShotRow(shot=shot, reason="too_short" if shot.too_short else "") for shot in shots]
+    black = black_frames(black_ratio, config.detect)
+    shortest = min_shot_frames(config.detect, fps)
+    for shot in shots:
+        if shot.too_short:
+            rows.append(ShotRow(shot=shot, reason="too_short"))
+            continue
+        # nothing but black and fades: kept whole on record, removed
+        shot, too_little = trimmed_shot(shot, black, luma, config.detect, shortest)
+        reason = "black" if too_little else ""
+        fraction = float(black[shot.start_frame:shot.end_frame].mean())
+        if not reason and fraction > config.filter.max_black_fraction:
+            reason = "black"
+        rows.append(ShotRow(shot=shot, black_fraction=fraction, reason=reason))
+    return rows
 
 
 def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
@@ -169,9 +199,14 @@ def _overlays(task: VideoTask, rows: list[ShotRow], config: PipelineConfig) -> N
             ratio = ratio_without_overlays(scores.text_boxes, task.overlays, settings.min_iou)
             scores = replace(scores, ocr_text_ratio=ratio if scores.ocr_text_ratio is not None else None)
             row.scores = scores
-        reasons = [r for r in decide(scores, config.filter).split(",") if r]
+        # detection's own reasons (black) stay
+        reasons = [r for r in row.reason.split(",") if r] + [r for r in decide(scores, config.filter).split(",") if r]
         if settings.action == "reject" and shows_overlay(scores.text_boxes, task.overlays, settings.min_iou):
             reasons.append("overlay")
+        # a title or credit, whatever its area (pipeline.analyse.title_boxes); overlays keep their rule
+        leave = task.overlays if settings.action != "record" else []
+        if "text" not in reasons and any(not is_overlay(b, leave, settings.min_iou) for b in scores.title_boxes):
+            reasons.append("text")
         row.reason = ",".join(reasons)
 
 
@@ -191,7 +226,8 @@ def _render(config: PipelineConfig, samples_hash: str) -> Process:
         planned = [plan_sample(task, sample, config, samples_hash) for sample in task.samples]
         fs, path = resolve(task.source)
         stats = task.decode.setdefault("render", DecodeStats())
-        rendered = render_samples(path, fs, task.info, [job for _, job in planned], config.render, stats)
+        rendered = render_samples(path, fs, task.info, [job for _, job in planned], config.render, stats,
+                                  area=task.active_area)
         for (record, _), result in zip(planned, rendered):
             if result.mp4 is None:
                 task.dropped_samples.append({"key": record.key, "reason": result.error})

@@ -25,6 +25,7 @@ from multishot.pipeline.analyse import CandidateScore, ShotScores
 from multishot.pipeline.detect import DetectedShot, transition_before
 from multishot.pipeline.overlay import Overlay
 from multishot.pipeline.pack import PackedSample
+from multishot.pipeline.picture import ActiveArea
 from multishot.pipeline.decode import DecodeStats, VideoInfo
 
 Status = Literal["ok", "partial", "rejected", "error"]
@@ -62,6 +63,8 @@ class ShotRow(BaseModel):
     shot: DetectedShot
     scores: ShotScores | None = None  # None until the analyse stage has run (never for too_short)
     reason: str = ""  # '' = kept, else comma-separated reasons
+    # fraction of the shot's frames that are black (pipeline.picture), after its fades are trimmed
+    black_fraction: float | None = None
 
     @property
     def kept(self) -> bool:
@@ -96,6 +99,7 @@ class VideoTask(BaseModel):
     reason: str = ""
     stage: str = ""  # the stage that set a non-ok status
     info: VideoInfo | None = None
+    active_area: ActiveArea | None = None  # the picture inside letterbox / pillarbox bars (pipeline.picture)
     decode: dict[str, DecodeStats] = Field(default_factory=dict)  # per decode pass
     shots: list[ShotRow] = Field(default_factory=list)
     # the scan's candidate-frame scores, detect → analyse (emptied there: not in the result file)
@@ -172,6 +176,7 @@ class VideoTask(BaseModel):
                 "brightness": (row.scores or unscored).brightness,
                 "ocr_text_ratio": (row.scores or unscored).ocr_text_ratio,
                 "aesthetic": (row.scores or unscored).aesthetic,
+                "black_fraction": row.black_fraction,
                 "kept": row.kept,
                 "reason": row.reason or ("not analysed" if row.scores is None else ""),
             })
@@ -184,6 +189,9 @@ class VideoTask(BaseModel):
             "duration_s": self.info.duration_s if self.info else None,
             "fps": self.info.fps if self.info else None,
             "shots": len(self.shots), "shots_kept": sum(r.kept for r in self.shots),
+            "active_area": None if self.active_area is None else {
+                "x0": self.active_area.x0, "y0": self.active_area.y0,
+                "x1": self.active_area.x1, "y1": self.active_area.y1},
             "overlays": [{"x0": o.rect[0], "y0": o.rect[1], "x1": o.rect[2], "y1": o.rect[3], "text": o.text,
                           "shots": o.shots, "shot_fraction": o.shot_fraction} for o in self.overlays],
         }

@@ -43,7 +43,7 @@ from multishot.pipeline.decode_gpu import (
     open_cuvid,
     yuv_matrix,
 )
-from multishot.pipeline.decode import DecodeStats, _image, iter_scan_frames, iter_slots, open_container, main_stream
+from multishot.pipeline.decode import DecodeStats, frame_image, iter_scan_frames, iter_slots, open_container, main_stream
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage"
 BBB = str(FOOTAGE / "archive" / "bbb_first60s_360p.mp4")  # untagged colour (BT.601 by default)
@@ -69,7 +69,7 @@ def test_nv12_conversion_matches_libswscale(path, size):
     uv = torch.from_dlpack(nv12.planes[1].__dlpack__())
     assert y.shape == (frame.height, frame.width) and uv.shape == (frame.height // 2, frame.width // 2, 2)
     ours = nv12_to_rgb(y, uv, *size, colorspace=frame.colorspace).numpy().astype(np.int16)
-    ref = _image(frame, *size).astype(np.int16)  # the CPU path: libswscale, area filter
+    ref = frame_image(frame, *size).astype(np.int16)  # the CPU path: libswscale, area filter
     assert ours.shape == ref.shape == (size[1], size[0], 3)
     diff = ours - ref
     # the filters differ at edges (up to ~30 levels on single pixels); on the whole picture the

@@ -24,9 +24,9 @@ from footage_clips import FOOTAGE, join_clips
 from multishot.dataset.shards import ShardSetLayout
 from multishot.pipeline.analyse import is_candidate, pick_candidates
 from multishot.pipeline.config import PipelineConfig
-from multishot.pipeline.detect import DetectedShot, TransNetV2Detector, shots_from_predictions
+from multishot.pipeline.detect import DetectedShot, TransNetV2Detector, shots_from_predictions, shots_of
 from multishot.pipeline.scan import (LocalScans, ScanJob, SegmentScanner, SegmentStore, plan_segments,
-                                     stitch)
+                                     stitch, stitch_picture)
 from multishot.pipeline.decode import analysis_size, iter_frames, probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +65,10 @@ def _joins(parts: list[tuple[str, float, float]]) -> list[int]:
 
 
 def _config(**detect) -> PipelineConfig:
-    # analysis at 180 px keeps OCR cheap; 150-frame units let a short video hold many segments
-    return PipelineConfig(detect={"batch_windows": 1, **detect}, analyse={"analysis_short_side": 180})
+    # analysis at 180 px and OCR of one pick a shot keep OCR cheap (OCR of every candidate is
+    # tested in test_pipeline_quality.py); 150-frame units let a short video hold many segments
+    return PipelineConfig(detect={"batch_windows": 1, **detect},
+                          analyse={"analysis_short_side": 180, "ocr_every_candidate": False})
 
 
 def test_candidates_and_picks():
@@ -116,6 +118,16 @@ def test_segments_stitch_to_the_unsplit_run(tmp_path):
     threshold = config.detect.threshold
     shots = shots_from_predictions(single, many, threshold, 24)
     assert shots == shots_from_predictions(np.array(whole.single), np.array(whole.many), threshold, 24)
+    # the per-frame darkness and thumbnails stitch to the unsplit run's too, and so do the shots
+    # with many-hot-only gradual transitions and their fitted spans (pipeline/transitions.py)
+    black, luma, thumbs = stitch_picture(parts)
+    whole_black, whole_luma, whole_thumbs = stitch_picture([whole])
+    np.testing.assert_array_equal(black, whole_black)
+    np.testing.assert_array_equal(luma, whole_luma)
+    np.testing.assert_array_equal(thumbs, whole_thumbs)
+    assert len(thumbs) == info.num_frames
+    assert shots_of(config.detect, single, many, info.fps, thumbs) == shots_of(
+        config.detect, np.array(whole.single), np.array(whole.many), info.fps, whole_thumbs)
     # every join of two films is a shot boundary
     edges = {s.start_frame for s in shots} | {s.end_frame for s in shots}
     for join in _joins(WHOLE):
@@ -216,7 +228,10 @@ def test_scores_do_not_depend_on_the_source_resolution(tmp_path):
     1080p copy used to read a text-free shot as 27.6 % text and lose its sample)."""
     from multishot.pipeline.run import run_pipeline
 
-    part = [("bbb_first60s_360p.mp4", 20.0, 16.0)]  # inside the shot at frames 553-1145
+    # the title (frames 598-751 of the film), the hill -> burrow dissolve and 8 s of the burrow
+    # (a text-free shot: the 5 s samples); before issue 28's checks the part was 20-36 s, which
+    # now gives no sample (a title, a "presents" line and the dissolve)
+    part = [("bbb_first60s_360p.mp4", 26.0, 16.0)]
     copies = {"360p": (640, 360), "1080p": (1920, 1080)}
     reports, shots = {}, {}
     for name, size in copies.items():
@@ -232,6 +247,9 @@ def test_scores_do_not_depend_on_the_source_resolution(tmp_path):
         [(s["start_frame"], s["end_frame"], s["reason"]) for s in high]
     for a, b in zip(low, high):
         assert abs(a["brightness"] - b["brightness"]) < 1.0
-        assert abs(a["ocr_text_ratio"] - b["ocr_text_ratio"]) < 0.002  # both read the title alike
+        # both read the title alike: with OCR on every candidate the ratio is the largest of ~30
+        # frames' reads, and the title shot's differs by 0.011 (0.287 vs 0.276, 4%) between the
+        # copies (one pick a shot: under 0.002); the decisions above are the same
+        assert abs(a["ocr_text_ratio"] - b["ocr_text_ratio"]) <= 0.002 + 0.05 * max(a["ocr_text_ratio"], b["ocr_text_ratio"])
     assert reports["360p"]["samples"] == reports["1080p"]["samples"] > 0
     assert reports["360p"]["samples_per_bucket"] == reports["1080p"]["samples_per_bucket"]

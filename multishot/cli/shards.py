@@ -1,4 +1,4 @@
-"""``multishot shards ls|stats|show|sheet|report|verify|export``: see, check and export a shard set.
+"""``multishot shards ls|stats|show|sheet|report|verify|export|audit``: see, check and export a shard set.
 
 PATH is a shard set's root (local folder or ``pyarrow.fs`` URI such as ``s3://bucket/run``) of
 any kind: samples (``multishot pipeline``), captioned (``multishot annotate``) or latents
@@ -137,6 +137,30 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    # the checks are the pipeline's detectors (pipeline imports dataset, not the reverse: this
+    # command is app level and moves to multishot/cli/ with the refactor)
+    from multishot.pipeline.audit import audit_set, format_table, summary
+
+    config = None
+    if args.config:
+        from multishot.config import load_config
+        from multishot.pipeline.config import PipelineConfig
+
+        config = load_config(args.config, PipelineConfig)
+    results = audit_set(_open(args), config)
+    totals = summary(results)
+    if args.json:
+        from multishot.dataset.shards import resolve, write_json
+
+        fs, path = resolve(args.json)
+        write_json(fs, path, {"summary": totals, "samples": [r.as_dict() for r in results]})
+    print(format_table(results))
+    print(f"{totals['failing']} of {totals['samples']} samples fail: bars {totals['bars']}, black {totals['black']}, "
+          f"text {totals['text']}, scene change inside a shot {totals['scene_change']}", file=sys.stderr)
+    return 1 if totals["failing"] else 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from multishot.dataset.describe import caption_state
     from multishot.dataset.export import export_sample
@@ -239,6 +263,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-decode", action="store_true", help="skip decoding the mp4s (faster, weaker)")
     p.set_defaults(func=_handled(_verify))
+
+    p = commands.add_parser(
+        "audit", parents=[common],
+        help="check each sample's video for bars, black frames, text and scene changes inside a shot; exit 1 "
+             "when one fails",
+    )
+    p.add_argument("--json", metavar="OUT.json", help="also write every sample's findings as JSON")
+    p.add_argument("--config", metavar="PIPELINE.yaml", help="pipeline config whose thresholds to apply "
+                   "(default: the built-in defaults)")
+    p.set_defaults(func=_handled(_audit))
 
     p = commands.add_parser(
         "export", parents=[keyed],
