@@ -148,6 +148,16 @@ class OpenAIBackend:
         return _Conversation(record.key, [{"role": "user", "content": parts}])
 
     def ask(self, conversation: _Conversation) -> Answer:
+        from multishot.annotate.captioner import CaptionFailure
+
+        try:
+            return self._ask(conversation)
+        except (ValueError, openai.APIResponseValidationError) as err:  # a 200 that is no chat completion
+            raise CaptionFailure(
+                f"the endpoint's answer is not a chat completion ({type(err).__name__}: {str(err)[:200]})"
+            ) from None
+
+    def _ask(self, conversation: _Conversation) -> Answer:
         args = dict(model=self.config.model, messages=conversation.messages, temperature=self.config.temperature)
         if self._structured:
             try:
