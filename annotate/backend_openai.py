@@ -158,7 +158,9 @@ class OpenAIBackend:
             ) from None
 
     def _ask(self, conversation: _Conversation) -> Answer:
-        args = dict(model=self.config.model, messages=conversation.messages, temperature=self.config.temperature)
+        c = self.config
+        args = dict(model=c.model, messages=conversation.messages, temperature=c.temperature,
+                    max_tokens=c.max_output_tokens)
         if self._structured:
             try:
                 response = self.client.chat.completions.create(**args, response_format=RESPONSE_FORMAT)

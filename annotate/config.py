@@ -56,6 +56,11 @@ class AnnotateConfig(Section):
         448, ge=28, le=4096, description="openai backend, media frames: longest side of a frame in pixels"
     )
     jpeg_quality: int = Field(85, ge=1, le=100, description="openai backend, media frames: JPEG quality")
+    max_output_tokens: int = Field(
+        1024, ge=64,
+        description="openai backend: max_tokens per reply (a reply cut off there is invalid JSON and is "
+        "asked again); bounds a model that loops",
+    )
     structured_output: bool = Field(
         True,
         description="openai backend: ask for response_format json_schema (vLLM's guided decoding); a "

@@ -74,7 +74,7 @@ def test_frames_as_image_parts(server, samples, tmp_path):
     (request,) = server.chat_requests()
     assert request["headers"]["authorization"] == f"Bearer {API_KEY}"
     body = request["json"]
-    assert body["model"] == MODEL and body["temperature"] == 0.2
+    assert body["model"] == MODEL and body["temperature"] == 0.2 and body["max_tokens"] == 1024
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"]["properties"].keys() >= {"global_caption", "shot_captions"}
     parts = _parts(request)
