@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from multishot.annotate.backend import Backend
-from multishot.annotate.backend_gemini import api_key_from_env, vertexai_from_env  # noqa: F401 (public names)
 from multishot.annotate.cache import ResponseCache, sample_hash
 from multishot.annotate.config import AnnotateConfig
 from multishot.annotate.prompt import PromptTemplate, correction

@@ -191,13 +191,24 @@ def test_server_without_json_schema_is_asked_for_plain_json(monkeypatch, samples
     assert "response_format" not in second["json"] and "response_format" not in third["json"]
 
 
-def test_concurrency_cap(server, samples, tmp_path):
+def test_concurrency_and_rate_limit(server, samples, tmp_path):
     work = [samples[k] for k in SAMPLES] * 2
     server.queue(*[osrv.stall(0.2)] * len(work))
-    captioner = _captioner(server, tmp_path, concurrency=2)
+    captioner = _captioner(server, tmp_path / "a", concurrency=2)
     with ThreadPoolExecutor(6) as pool:
         assert {r.caption_status for r in pool.map(lambda s: captioner.annotate(*s), work)} == {"ok"}
     assert server.max_in_flight == 2
+
+    server.requests.clear()
+    captioner = _captioner(server, tmp_path / "b", concurrency=3, requests_per_minute=600)  # one start per 0.1 s
+    began = time.monotonic()  # the server stamps arrivals with the same clock (same process)
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda s: captioner.annotate(*s), work[:3]))
+    arrivals = sorted(r["t"] for r in server.chat_requests())
+    # the k-th start's slot is >= began + 0.1·k and a request arrives after its slot (gaps between
+    # arrivals are not asserted: a busy machine may deliver a delayed first one late)
+    assert len(arrivals) == 3
+    assert all(t - began >= 0.1 * k - 0.005 for k, t in enumerate(arrivals)), [t - began for t in arrivals]
 
 
 def test_config_checks(tmp_path):
