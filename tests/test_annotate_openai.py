@@ -278,3 +278,21 @@ def test_cli_backend_via_set_and_missing_key(server, shard_set, tmp_path, monkey
     err = capsys.readouterr().err
     assert err.startswith("multishot annotate: no API key") and KEY_ENV in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out2").exists()
+
+
+def test_pipeline_caption_stage_uses_the_openai_backend(server, samples, tmp_path):
+    """The pipeline's caption stage (``pipeline.stages._caption``, the function its Ray actor
+    runs) captions rendered samples through the backend its ``annotate`` section names."""
+    from types import SimpleNamespace
+
+    from multishot.pipeline.config import PipelineConfig
+    from multishot.pipeline.stages import _caption
+    from multishot.pipeline.task import RenderedSample
+
+    config = PipelineConfig(output=str(tmp_path / "out"), annotate=_config(server).model_dump())
+    task = SimpleNamespace(rendered=[RenderedSample(record=r, mp4=m) for r, m in samples.values()])
+    _caption(config, "hash")(task)
+    assert [r.record.caption_status for r in task.rendered] == ["ok"] * 3
+    assert {r.record.caption_model for r in task.rendered} == {MODEL}
+    assert len(server.chat_requests()) == 3
+    assert len(list((tmp_path / "out" / "_work" / "captions").rglob("*.json"))) == 3
