@@ -91,7 +91,9 @@ class AnnotateConfig(Section):
     )
     file_poll_interval_s: float = Field(2.0, gt=0, description="seconds between Files API state polls")
     file_active_timeout_s: float = Field(300.0, gt=0, description="give up if an upload is not ACTIVE by then")
-    requests_per_minute: float = Field(60.0, gt=0, description="cap on generateContent calls per minute")
+    requests_per_minute: float = Field(
+        60.0, gt=0, description="cap on caption requests (generateContent / chat completions) started per minute"
+    )
     concurrency: int = Field(4, ge=1, description="samples captioned at once")
     request_timeout_s: float = Field(300.0, gt=0, description="per HTTP request")
     max_attempts: int = Field(6, ge=1, description="tries per request on 429 / 5xx / timeouts")
