@@ -20,6 +20,10 @@ from multishot.dataset.record import SampleRecord
 Retrying = Callable[[Callable[[], Any], str], Any]
 
 
+class CaptionFailure(Exception):
+    """Captioning one sample failed for good; the message becomes ``caption_error``."""
+
+
 @dataclass(frozen=True)
 class Answer:
     """One reply of the service: its text (None when it gave none) and its token counts."""
@@ -32,7 +36,7 @@ class Answer:
 class Backend(Protocol):
     """One service. Methods may raise the SDK's errors (the captioner retries the retryable
     ones through :func:`annotate.retry.call_with_retries`) or
-    :class:`annotate.captioner.CaptionFailure` (final, the message becomes ``caption_error``)."""
+    :class:`CaptionFailure` (final, the message becomes ``caption_error``)."""
 
     #: ``"gemini"`` / ``"openai"``
     name: str

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from google import genai
 from google.genai import types
 
-from multishot.annotate.backend import Answer, Retrying
+from multishot.annotate.backend import Answer, CaptionFailure, Retrying
 from multishot.annotate.config import AnnotateConfig
 from multishot.annotate.reply import CaptionReply
 from multishot.annotate.retry import ServiceError
@@ -99,8 +99,6 @@ class GeminiBackend:
         return _Conversation(record.key, contents, uploaded, settings)
 
     def ask(self, conversation: _Conversation) -> Answer:
-        from multishot.annotate.captioner import CaptionFailure
-
         response = self.client.models.generate_content(
             model=self.config.model, contents=conversation.contents, config=conversation.settings
         )
@@ -125,8 +123,6 @@ class GeminiBackend:
 
     def _video_part(self, record: SampleRecord, mp4: bytes, retrying: Retrying) -> tuple[types.Part, str | None]:
         """The video as a Part, and the uploaded file's name to delete afterwards (or None)."""
-        from multishot.annotate.captioner import CaptionFailure
-
         meta = types.VideoMetadata(fps=self.config.video_fps) if self.config.video_fps else None
         if len(mp4) <= self.config.inline_max_bytes or not self._uploads:
             return types.Part(inline_data=types.Blob(data=mp4, mime_type=MP4), video_metadata=meta), None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import av
 import openai
 
-from multishot.annotate.backend import Answer, Retrying
+from multishot.annotate.backend import Answer, CaptionFailure, Retrying
 from multishot.annotate.config import AnnotateConfig
 from multishot.annotate.reply import CaptionReply
 from multishot.dataset.record import SampleRecord
@@ -148,8 +148,6 @@ class OpenAIBackend:
         return _Conversation(record.key, [{"role": "user", "content": parts}])
 
     def ask(self, conversation: _Conversation) -> Answer:
-        from multishot.annotate.captioner import CaptionFailure
-
         try:
             return self._ask(conversation)
         except (ValueError, openai.APIResponseValidationError) as err:  # a 200 that is no chat completion

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from multishot.annotate.backend import Backend
+from multishot.annotate.backend import Backend, CaptionFailure
 from multishot.annotate.cache import ResponseCache, sample_hash
 from multishot.annotate.config import AnnotateConfig
 from multishot.annotate.prompt import PromptTemplate, correction
@@ -29,10 +29,6 @@ from multishot.annotate.retry import RateLimiter, ServiceError, call_with_retrie
 from multishot.dataset.record import SampleRecord
 
 log = logging.getLogger(__name__)
-
-
-class CaptionFailure(Exception):
-    """Captioning one sample failed for good; the message becomes ``caption_error``."""
 
 
 def prompt_token_counter(folder: str | os.PathLike) -> Callable[[str], int]:
