@@ -1,1 +1,2 @@
-"""Gemini captioning of multi-shot samples (HoloCine-style hierarchical captions)."""
+"""Captioning of multi-shot samples (HoloCine-style hierarchical captions) by Gemini or a
+vision-language model behind an OpenAI-compatible endpoint: one captioner, two backends."""

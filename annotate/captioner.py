@@ -1,27 +1,26 @@
-"""Captioning one rendered sample with Gemini: video + known shot boundaries in, captions out.
+"""Captioning one rendered sample: video + known shot boundaries in, captions out.
 
-Per sample (HoloCine §3.1 hierarchical captions; google-genai SDK):
-cache lookup → video part (inline bytes, or Files API upload → poll until ACTIVE) →
-``generate_content`` with :class:`annotate.reply.CaptionReply` as ``response_schema`` →
-:func:`annotate.reply.check_reply` → on problems, the conversation continues with a corrective
-message (``correction_attempts`` times) → cache store → uploaded file deleted. Service errors
-never escape :meth:`Captioner.annotate`; they come back as ``caption_status="failed"`` with the
+Per sample (HoloCine §3.1 hierarchical captions), whichever backend
+(:mod:`annotate.backend`: Gemini, or an OpenAI-compatible endpoint serving a VLM):
+cache lookup → the backend's first turn (video or frames + prompt) → one request, with
+:class:`annotate.reply.CaptionReply` as the reply schema → :func:`annotate.reply.check_reply` →
+on problems, the conversation continues with a corrective message (``correction_attempts``
+times) → cache store → the backend's cleanup (an uploaded file deleted). Service errors never
+escape :meth:`Captioner.annotate`; they come back as ``caption_status="failed"`` with the
 reason in ``caption_error``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
-import time
+from collections import Counter
 from collections.abc import Callable
 
-from google import genai
-from google.genai import types
 from pydantic import ValidationError
 
+from multishot.annotate.backend import Backend, CaptionFailure
 from multishot.annotate.cache import ResponseCache, sample_hash
 from multishot.annotate.config import AnnotateConfig
 from multishot.annotate.prompt import PromptTemplate, correction
@@ -30,22 +29,6 @@ from multishot.annotate.retry import RateLimiter, ServiceError, call_with_retrie
 from multishot.dataset.record import SampleRecord
 
 log = logging.getLogger(__name__)
-
-MP4 = "video/mp4"
-
-
-class CaptionFailure(Exception):
-    """Captioning one sample failed for good; the message becomes ``caption_error``."""
-
-
-def api_key_from_env() -> str | None:
-    """The Gemini API key the SDK will use (``GOOGLE_API_KEY`` wins over ``GEMINI_API_KEY``, as in the SDK)."""
-    return (os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY") or "").strip() or None
-
-
-def vertexai_from_env() -> bool:
-    """True when ``GOOGLE_GENAI_USE_VERTEXAI`` selects Vertex AI (the SDK's variable)."""
-    return os.environ.get("GOOGLE_GENAI_USE_VERTEXAI", "").lower() in ("1", "true")
 
 
 def prompt_token_counter(folder: str | os.PathLike) -> Callable[[str], int]:
@@ -65,58 +48,48 @@ def prompt_token_counter(folder: str | os.PathLike) -> Callable[[str], int]:
 
 
 class Captioner:
-    """Thread-safe Gemini captioner for :class:`dataset.record.SampleRecord` samples.
+    """Thread-safe captioner for :class:`dataset.record.SampleRecord` samples, one backend behind it.
 
     At most ``config.concurrency`` samples are in flight and at most
-    ``config.requests_per_minute`` ``generateContent`` calls start per minute, however many
-    threads call :meth:`annotate`.
+    ``config.requests_per_minute`` requests start per minute, however many threads call
+    :meth:`annotate`. :attr:`usage` counts requests and the tokens the service reported.
     """
 
-    def __init__(
-        self,
-        client: genai.Client,
-        config: AnnotateConfig,
-        cache: ResponseCache | None = None,
-        *,
-        secret: str | None = None,
-        uploads: bool = True,
-    ):
-        """``secret``: the API key, only to scrub it from error texts; ``uploads``: Files API usable."""
-        self.client = client
+    def __init__(self, backend: Backend, config: AnnotateConfig, cache: ResponseCache | None = None):
+        self.backend = backend
         self.config = config
         self.cache = cache
         self.template = PromptTemplate.load(config.prompt_template, config.language, config.templates_dir)
-        self._secret = secret
-        self._uploads = uploads
+        self._secret = backend.secret
         self._count_tokens = prompt_token_counter(config.text_tokenizer) if config.text_tokenizer else None
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._limiter = RateLimiter(config.requests_per_minute)
+        self._usage_lock = threading.Lock()
+        #: ``requests`` answered, ``input_tokens`` / ``output_tokens`` as the service reported them
+        self.usage: Counter[str] = Counter()
 
     @classmethod
     def from_env(cls, config: AnnotateConfig, cache_dir: str | None = None) -> Captioner | None:
-        """A captioner using the environment's credentials, or None when none are configured.
-
-        Credentials: ``GEMINI_API_KEY`` / ``GOOGLE_API_KEY`` (Gemini Developer API), or
-        ``GOOGLE_GENAI_USE_VERTEXAI=true`` with ``GOOGLE_CLOUD_PROJECT`` (+ ``GOOGLE_CLOUD_LOCATION``,
-        application default credentials) or a Vertex API key. ``GOOGLE_GEMINI_BASE_URL`` /
-        ``GOOGLE_VERTEX_BASE_URL`` point the SDK at another endpoint. The cache lives at
-        ``config.cache_dir``, else ``cache_dir``, else there is none. On Vertex AI the Files API
-        does not exist, so videos always go inline.
+        """A captioner with ``config.backend``'s credentials from the environment, or None when
+        none are set (Gemini: :meth:`annotate.backend_gemini.GeminiBackend.from_env`; openai:
+        the variable ``config.api_key_env`` names, :meth:`annotate.backend_openai.OpenAIBackend.from_env`).
+        The cache lives at ``config.cache_dir``, else ``cache_dir``, else there is none.
 
         Raises:
-            ValueError: Vertex AI is selected but the SDK cannot build a client (no project, no
-                application default credentials); the message is the SDK's.
+            ValueError: Vertex AI is selected but the SDK cannot build a client (the SDK's message).
         """
-        key = api_key_from_env()
-        vertex = vertexai_from_env()
-        if not key and not (vertex and os.environ.get("GOOGLE_CLOUD_PROJECT")):
+        if config.backend == "openai":
+            from multishot.annotate.backend_openai import OpenAIBackend
+
+            backend = OpenAIBackend.from_env(config)
+        else:
+            from multishot.annotate.backend_gemini import GeminiBackend
+
+            backend = GeminiBackend.from_env(config)
+        if backend is None:
             return None
-        http = types.HttpOptions(timeout=int(config.request_timeout_s * 1000))
-        if not vertex:
-            http.api_version = config.api_version
-        client = genai.Client(http_options=http)  # no retry_options: the SDK tries once, we retry
         where = config.cache_dir or cache_dir
-        return cls(client, config, ResponseCache(where) if where else None, secret=key, uploads=not vertex)
+        return cls(backend, config, ResponseCache(where) if where else None)
 
     @property
     def prompt_version(self) -> str:
@@ -131,7 +104,7 @@ class Captioner:
 
         Never raises for service or reply errors; the returned record always validates.
         """
-        cache_key = ResponseCache.key(sample_hash(record, mp4), self.config.model, self.prompt_version)
+        cache_key = ResponseCache.key(sample_hash(record, mp4), self.backend.identity, self.prompt_version)
         cached = self.cache.get(cache_key) if self.cache else None
         if cached is not None:
             try:
@@ -153,7 +126,7 @@ class Captioner:
                 return self._failed(record, f"{type(err).__name__}: {err}")
         if self.cache:
             self.cache.put(
-                cache_key, reply.model_dump(), model=self.config.model,
+                cache_key, reply.model_dump(), model=self.backend.identity,
                 prompt_version=self.prompt_version, sample_key=record.key,
             )
         return self._ok(record, reply)
@@ -193,72 +166,24 @@ class Captioner:
 
     def _caption(self, record: SampleRecord, mp4: bytes) -> CaptionReply:
         """Ask, check, correct. Raises CaptionFailure / ServiceError."""
-        video, uploaded = self._video_part(record, mp4)
+        backend = self.backend
+        conversation = backend.start(record, mp4, self.template.render(record), self._retrying)
         try:
-            contents = [types.Content(role="user", parts=[video, types.Part.from_text(text=self.template.render(record))])]
-            settings = types.GenerateContentConfig(
-                response_mime_type="application/json",
-                response_schema=CaptionReply,
-                temperature=self.config.temperature,
-                automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),  # no tools here
-            )
             for attempt in range(self.config.correction_attempts + 1):
-                response = self._retrying(
-                    lambda: self.client.models.generate_content(
-                        model=self.config.model, contents=contents, config=settings
-                    ),
-                    f"generateContent {record.key}",
-                    rate_limited=True,
+                answer = self._retrying(
+                    lambda: backend.ask(conversation), f"{backend.request_name} {record.key}", rate_limited=True
                 )
-                if response.prompt_feedback and response.prompt_feedback.block_reason:
-                    raise CaptionFailure(f"prompt blocked: {response.prompt_feedback.block_reason}")
-                text = response.text
-                reply, why = parse_reply(text)
+                with self._usage_lock:
+                    self.usage.update(requests=1, input_tokens=answer.input_tokens or 0,
+                                      output_tokens=answer.output_tokens or 0)
+                reply, why = parse_reply(answer.text)
                 problems = [why] if reply is None else self._check(reply, record.num_shots)
                 if not problems:
                     return reply
                 log.info("%s: invalid reply (try %d): %s", record.key, attempt + 1, "; ".join(problems))
-                contents += [
-                    types.Content(role="model", parts=[types.Part.from_text(text=text or "(no reply)")]),
-                    types.Content(role="user", parts=[types.Part.from_text(text=correction(problems, record.num_shots))]),
-                ]
+                backend.follow_up(conversation, answer.text or "(no reply)", correction(problems, record.num_shots))
             raise CaptionFailure(
                 f"invalid reply after {self.config.correction_attempts + 1} tries: {'; '.join(problems)}"
             )
         finally:
-            if uploaded:
-                self._delete(uploaded)
-
-    def _video_part(self, record: SampleRecord, mp4: bytes) -> tuple[types.Part, str | None]:
-        """The video as a Part, and the uploaded file's name to delete afterwards (or None)."""
-        meta = types.VideoMetadata(fps=self.config.video_fps) if self.config.video_fps else None
-        if len(mp4) <= self.config.inline_max_bytes or not self._uploads:
-            return types.Part(inline_data=types.Blob(data=mp4, mime_type=MP4), video_metadata=meta), None
-        upload = types.UploadFileConfig(mime_type=MP4, display_name=record.key)
-        file = self._retrying(
-            lambda: self.client.files.upload(file=io.BytesIO(mp4), config=upload), f"files.upload {record.key}"
-        )
-        try:
-            deadline = time.monotonic() + self.config.file_active_timeout_s
-            while file.state != types.FileState.ACTIVE:
-                if file.state == types.FileState.FAILED:
-                    raise CaptionFailure(f"uploaded video {file.name} failed processing: {file.error}")
-                if time.monotonic() > deadline:
-                    raise CaptionFailure(
-                        f"uploaded video {file.name} not ACTIVE after {self.config.file_active_timeout_s} s"
-                    )
-                time.sleep(self.config.file_poll_interval_s)
-                name = file.name
-                file = self._retrying(lambda: self.client.files.get(name=name), f"files.get {name}")
-        except BaseException:
-            self._delete(file.name)
-            raise
-        part = types.Part(file_data=types.FileData(file_uri=file.uri, mime_type=file.mime_type or MP4), video_metadata=meta)
-        return part, file.name
-
-    def _delete(self, name: str) -> None:
-        """Delete an uploaded video; a failure is logged (the service expires files after 48 h)."""
-        try:
-            self._retrying(lambda: self.client.files.delete(name=name), f"files.delete {name}")
-        except ServiceError as err:
-            log.warning("could not delete uploaded video: %s", self._scrub(str(err)))
+            backend.finish(conversation, self._retrying)

@@ -1,7 +1,8 @@
 """Being a good client of a rate-limited service: backoff with jitter, Retry-After, an RPM cap.
 
-The SDK's own retry (tenacity, ``HttpRetryOptions``) ignores ``Retry-After``, so the captioner
-turns it off and retries here: 408, 429 and 5xx replies and transport errors (timeouts,
+The SDKs' own retries (google-genai's tenacity ``HttpRetryOptions``; the ``openai`` client's
+``max_retries``) are turned off (the former ignores ``Retry-After``) and both backends retry
+here: 408, 429 and 5xx replies and transport errors (timeouts,
 refused or dropped connections) are retried with exponential backoff and equal jitter, waiting
 at least what the server asked for (the ``Retry-After`` header, or Google's ``RetryInfo``
 detail in the error body). Other errors are final.
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import openai
 from google.genai import errors
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,20 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
-TRANSPORT_ERRORS = _transport_errors()
+#: the ``openai`` client wraps transport errors (timeouts included) in APIConnectionError
+TRANSPORT_ERRORS = _transport_errors() + (openai.APIConnectionError,)
+
+#: an HTTP error reply of either SDK
+STATUS_ERRORS = (errors.APIError, openai.APIStatusError)
+
+
+def _status(err: Exception) -> tuple[int, str]:
+    """HTTP status and ``HTTP code STATUS: message`` of an SDK error reply."""
+    if isinstance(err, openai.APIStatusError):
+        body = err.body.get("error", err.body) if isinstance(err.body, dict) else None
+        message = body.get("message") if isinstance(body, dict) and body.get("message") else err.message
+        return err.status_code, f"HTTP {err.status_code}: {message}"
+    return err.code, f"HTTP {err.code} {err.status or ''}: {err.message or ''}".strip()
 
 
 class ServiceError(Exception):
@@ -51,7 +66,7 @@ def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random =
     return base * (0.5 + 0.5 * rng.random())
 
 
-def retry_after_s(err: errors.APIError) -> float | None:
+def retry_after_s(err: errors.APIError | openai.APIStatusError) -> float | None:
     """Seconds the server asked to wait: ``Retry-After`` (seconds or HTTP date) or ``RetryInfo``."""
     headers = getattr(getattr(err, "response", None), "headers", None) or {}
     value = headers.get("retry-after")
@@ -64,7 +79,8 @@ def retry_after_s(err: errors.APIError) -> float | None:
                 return max(0.0, when.timestamp() - time.time())
             except (TypeError, ValueError):
                 pass
-    body = err.details.get("error", err.details) if isinstance(err.details, dict) else {}
+    details = getattr(err, "details", None)  # Google's error body (the openai client has none)
+    body = details.get("error", details) if isinstance(details, dict) else {}
     for detail in body.get("details", []) if isinstance(body, dict) else []:
         if isinstance(detail, dict) and detail.get("@type", "").endswith("google.rpc.RetryInfo"):
             m = re.fullmatch(r"([0-9.]+)s", str(detail.get("retryDelay", "")))
@@ -114,9 +130,9 @@ def call_with_retries(
             before_each()
         try:
             return fn()
-        except errors.APIError as err:
-            reason = f"HTTP {err.code} {err.status or ''}: {err.message or ''}".strip()
-            if err.code not in RETRYABLE_CODES and not 500 <= (err.code or 0) < 600:
+        except STATUS_ERRORS as err:
+            code, reason = _status(err)
+            if code not in RETRYABLE_CODES and not 500 <= (code or 0) < 600:
                 raise ServiceError(f"{what}: {reason}") from None
             delay = max(backoff_s(attempt, initial_s, max_s), min(retry_after_s(err) or 0.0, retry_after_max_s))
         except TRANSPORT_ERRORS as err:

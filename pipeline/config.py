@@ -335,7 +335,8 @@ class PipelineConfig(_Section):
     write: WriteConfig = WriteConfig()
     annotate: AnnotateConfig = Field(
         default_factory=AnnotateConfig,
-        description="Gemini captions, used when GEMINI_API_KEY (or Vertex AI settings) is set",
+        description="captions (Gemini, or backend openai: a VLM endpoint), used when the backend's "
+        "credentials are set (GEMINI_API_KEY or Vertex AI settings; the variable api_key_env names)",
     )
     ray: RayConfig = RayConfig()
 

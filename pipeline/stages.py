@@ -246,7 +246,7 @@ def _caption(config: PipelineConfig, samples_hash: str) -> Process:
 
     def process(task: VideoTask) -> None:
         if captioner is None or not task.rendered:
-            return  # no Gemini key: samples stay caption_status=pending
+            return  # no credentials (Gemini key, api_key_env): samples stay caption_status=pending
         with ThreadPoolExecutor(config.annotate.concurrency) as pool:
             records = list(pool.map(lambda r: captioner.annotate(r.record, r.mp4), task.rendered))
         for rendered, record in zip(task.rendered, records):

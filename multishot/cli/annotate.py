@@ -1,4 +1,4 @@
-"""``multishot annotate``: caption an existing shard set with Gemini into a new shard set."""
+"""``multishot annotate``: caption an existing shard set (Gemini, or an OpenAI-compatible VLM endpoint) into a new shard set."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from multishot.cli.launch import add_config_args, merged, overrides
 CREDENTIALS = (
     "set GEMINI_API_KEY (Gemini Developer API), or GOOGLE_GENAI_USE_VERTEXAI=true "
     "with GOOGLE_CLOUD_PROJECT and GOOGLE_CLOUD_LOCATION (Vertex AI, application default credentials); "
-    "GOOGLE_GEMINI_BASE_URL points the client at another compatible endpoint"
+    "GOOGLE_GEMINI_BASE_URL points the client at another compatible endpoint; with backend openai "
+    "(an OpenAI-compatible endpoint such as vLLM serving Qwen2.5-VL: base_url, model), the variable "
+    "api_key_env names"
 )
 
 
@@ -19,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``annotate`` to the ``multishot`` command."""
     p = subparsers.add_parser(
         "annotate",
-        help="caption a shard set with Gemini (global + per-shot captions)",
-        description="Caption every sample of shard set IN with Gemini (HoloCine-style global caption "
+        help="caption a shard set with Gemini or a VLM endpoint (global + per-shot captions)",
+        description="Caption every sample of shard set IN with Gemini, or with a vision-language model "
+        "behind an OpenAI-compatible endpoint (backend: openai) (HoloCine-style global caption "
         "with [characterN] tags plus one caption per shot, the known cut times in the prompt) and "
         "write a new shard set OUT: same shard names, captions in each {key}.json, caption_status "
         "ok / failed (reason in caption_error; failed samples are kept), index/samples.parquet with "
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         else AnnotateConfig.model_validate(settings)
     )
     captioner = Captioner.from_env(config, cache_dir=f"{ShardSetLayout(args.output).work_dir}/captions")
+    if captioner is None and config.backend == "openai":
+        raise UsageError(f"no API key: the environment variable {config.api_key_env} (api_key_env) is not set")
     if captioner is None:
         raise UsageError(f"no Gemini credentials: {CREDENTIALS}")
     if not args.verbose:  # one INFO line per HTTP request would bury the progress bar
