@@ -16,7 +16,8 @@ import pytest
 from quality_edit import build
 
 from multishot.dataset.record import SampleRecord
-from multishot.dataset.shards import ShardSetLayout, read_shard, resolve
+from multishot.dataset.shards import ShardSetLayout, read_shard
+from multishot.dataset.storage import resolve
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.run import run_pipeline
 

@@ -151,7 +151,7 @@ def _audit(args: argparse.Namespace) -> int:
     results = audit_set(_open(args), config)
     totals = summary(results)
     if args.json:
-        from multishot.dataset.shards import resolve, write_json
+        from multishot.dataset.storage import resolve, write_json
 
         fs, path = resolve(args.json)
         write_json(fs, path, {"summary": totals, "samples": [r.as_dict() for r in results]})
