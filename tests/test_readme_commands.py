@@ -2,7 +2,7 @@
 or marked exempt with a reason on the line before it: ``<!-- docs-test: skip: REASON -->`` (GPU,
 real weights, long runs, credentials, diagrams). The runnable blocks of each page run in page
 order in one bash session per page, as a reader pasting them would, in a folder that looks like the repository after ``make demo``:
-``configs/``, ``demo/`` and ``.venv`` of this checkout, and ``out/demo`` a small shard set of
+``configs/``, ``demo/``, ``checkpoints/`` and ``.venv`` of this checkout, and ``out/demo`` a small shard set of
 real footage (``test_shards_cli``'s, in place of the pipeline's 200 s run)."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_every_block_is_run_or_marked():
 
 @pytest.fixture
 def after_make_demo(good_set, tmp_path) -> Path:  # noqa: F811
-    for name in ("configs", "demo", ".venv"):
+    for name in ("configs", "demo", ".venv", "checkpoints"):
         (tmp_path / name).symlink_to(REPO / name)
     shutil.copytree(good_set, tmp_path / "out" / "demo")
     return tmp_path

@@ -26,9 +26,9 @@ def _shot(kept: bool, reason: str = "") -> dict:
 def _report(processed: int, processed_s: float | None) -> dict:
     config = load_config(REPO / "configs/pipeline/demo.yaml", PipelineConfig)
     shots = [_shot(True), _shot(False, "too_dark,text"), _shot(False, "too_dark"), _shot(False, "too_short")]
-    samples = [{"bucket": "5s", "duration_s": 5.0, "caption_status": "pending"},
-               {"bucket": "5s", "duration_s": 4.5, "caption_status": "pending"},
-               {"bucket": "15s", "duration_s": 15.0, "caption_status": "pending"}]
+    samples = [{"bucket": "5s", "duration_s": 5.0, "num_shots": 2, "caption_status": "pending"},
+               {"bucket": "5s", "duration_s": 4.5, "num_shots": 1, "caption_status": "pending"},
+               {"bucket": "15s", "duration_s": 15.0, "num_shots": 3, "caption_status": "pending"}]
     report = summary(config, [], [], samples, shots, wall_s=10.0, processed_s=processed_s)
     return {**report, "this_run": {"inputs": 2, "processed": processed, "usable": 2}}
 

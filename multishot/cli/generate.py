@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     if args.causal or args.schedule is not None:
         return run_causal(args, config)
     try:
-        check_output(args.output, single=args.prompt is not None)  # before any generation
+        # one video (-o is the mp4) or a folder of them, checked before any generation
+        check_output(args.output, single=args.prompt is not None or args.shot_caption is not None)
         todo = requests(args, config.video.num_frames)
         generator = Generator(config, args.lora, args.lora_scale)
     except ValueError as err:  # a bad prompt, cut, checkpoint or LoRA file: the message says which

@@ -33,7 +33,7 @@ def structured_prompt(global_caption: str, shot_captions: list[str]) -> str:
     """HoloCine's prompt from a global caption and shot captions (module docstring).
 
     Raises:
-        ValueError: no shot caption.
+        ValueError: no shot caption, or ``num_frames`` below 1.
     """
     if not shot_captions:
         raise ValueError("the structured mode needs at least one shot caption")
@@ -63,7 +63,7 @@ def structured_inputs(global_caption: str, shot_captions: list[str], num_frames:
         ValueError: no shot caption.
     """
     prompt = structured_prompt(global_caption, shot_captions)
-    frames = enforce_4t_plus_1(num_frames)
+    frames = enforce_4t_plus_1(_at_least_one(num_frames))
     if cut_frames:
         cuts = [enforce_4t_plus_1(f) for f in cut_frames]
     else:  # HoloCine's auto-calculated cuts
@@ -75,10 +75,25 @@ def structured_inputs(global_caption: str, shot_captions: list[str], num_frames:
 
 
 def raw_inputs(prompt: str, num_frames: int, cut_frames: list[int] | None = None) -> HoloCineInputs:
-    """HoloCine's raw-string mode (module docstring): frames and each cut moved to ``4t + 1``."""
-    frames = enforce_4t_plus_1(num_frames)
+    """HoloCine's raw-string mode (module docstring): frames and each cut moved to ``4t + 1``.
+
+    Raises:
+        ValueError: ``num_frames`` below 1 (nothing to round).
+    """
+    frames = enforce_4t_plus_1(_at_least_one(num_frames))
     cuts = None if cut_frames is None else [enforce_4t_plus_1(f) for f in cut_frames]
     return HoloCineInputs(prompt, frames, cuts, _corrections(num_frames, frames, cut_frames, cuts))
+
+
+def _at_least_one(num_frames: int) -> int:
+    """``num_frames`` if it is a frame count HoloCine's rounding applies to (>= 1).
+
+    Raises:
+        ValueError: 0 or fewer frames (rounding 0 up to 1 would hide the mistake).
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be 4k+1, got {num_frames} (a video has at least 1 frame)")
+    return num_frames
 
 
 def _corrections(frames_in: int, frames: int, cuts_in: list[int] | None, cuts: list[int] | None) -> list[str]:
