@@ -1,4 +1,4 @@
-"""The house has two floors and imports run one way (README, "Architecture"): the libraries
+"""The house has two floors and imports run one way (docs/design.md): the libraries
 (``pipeline/ annotate/ dataset/ model/ trainer/``) never import the applications
 (``multishot.generate``, ``multishot.evaluate``, ``multishot.distill``) or the command line
 (``multishot.cli``), and no two packages import each other, directly or around a loop.
