@@ -105,6 +105,7 @@ def samples(n: int) -> list[tuple[SampleRecord, bytes]]:
 
 
 def run_backend(name: str, work: list[tuple[SampleRecord, bytes]], runs: int) -> dict:
+    test_helper("scripted_server")  # the stand-ins import their base by name
     gs = test_helper("gemini_server")
     osrv = test_helper("openai_server")
     common = dict(concurrency=4, requests_per_minute=1e6, max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05)

@@ -25,14 +25,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
-Action = tuple  # (kind, *args) made by the helpers below
+from scripted_server import Action, ScriptedServer
+
 
 _GENERATE = re.compile(r"^/(v1|v1beta)/models/([^/:]+):generateContent$")
 _UPLOAD = re.compile(r"^/upload/(v1|v1beta)/files$")
@@ -89,46 +88,24 @@ class _File:
     final: bool = False
 
 
-class GeminiServer:
+class GeminiServer(ScriptedServer):
     """The stand-in service. ``queue(*actions)`` scripts the next generateContent answers."""
 
     def __init__(self, api_key: str, processing_polls: int = 1):
         self.api_key = api_key
         self.processing_polls = processing_polls
-        self.requests: list[dict] = []
         self.videos: list[bytes] = []
         self.files: dict[str, _File] = {}
         self.deleted: list[str] = []
-        self._script: deque[Action] = deque()
-        self._lock = threading.Lock()
         self._uploads = 0
-        self._in_flight = 0
-        self.max_in_flight = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        super().__init__()
 
-    def __enter__(self) -> GeminiServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    def queue(self, *actions: Action) -> None:
-        with self._lock:
-            self._script.extend(actions)
+    def default_action(self) -> Action:
+        return reply()
 
     def generate_requests(self) -> list[dict]:
         """The recorded generateContent requests (their JSON bodies under ``"json"``)."""
         return [r for r in self.requests if r["path"].endswith(":generateContent")]
-
-    def _next_action(self) -> Action:
-        with self._lock:
-            return self._script.popleft() if self._script else reply()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -264,14 +241,8 @@ class GeminiServer:
                     file = server.files.get(name)
                     if file is None or file.polls <= server.processing_polls:
                         return self._error(400, f"file {name} is not ACTIVE")
-                with server._lock:
-                    server._in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server._in_flight)
-                try:
+                with server.in_flight():
                     self._answer(model, prompt)
-                finally:
-                    with server._lock:
-                        server._in_flight -= 1
 
             def _answer(self, model: str, prompt: str) -> None:
                 action = server._next_action()

@@ -23,17 +23,16 @@ import base64
 import io
 import json
 import re
-import threading
 import time
-from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlparse
+
+from scripted_server import Action, ScriptedServer
 
 from PIL import Image
 
 from gemini_server import caption_json, error, reply, reply_text, stall  # noqa: F401 (the same script actions)
 
-Action = tuple
 
 _SHOT_LINE = re.compile(r"^Shot (\d+): ", re.MULTILINE)
 _DATA_URL = re.compile(r"^data:([a-z]+/[a-z0-9.+-]+);base64,(.+)$", re.DOTALL)
@@ -49,7 +48,7 @@ def no_choices() -> Action:
     return ("no_choices",)
 
 
-class OpenAIServer:
+class OpenAIServer(ScriptedServer):
     """The stand-in endpoint. ``queue(*actions)`` scripts the next answers."""
 
     def __init__(self, api_key: str | None, model: str, *, json_schema: bool = True):
@@ -58,38 +57,16 @@ class OpenAIServer:
         self.api_key = api_key
         self.model = model
         self.json_schema = json_schema
-        self.requests: list[dict] = []
         self.images: list[Image.Image] = []
         self.videos: list[bytes] = []
-        self._script: deque[Action] = deque()
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self.max_in_flight = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        super().__init__("/v1")
 
-    def __enter__(self) -> OpenAIServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
-
-    def queue(self, *actions: Action) -> None:
-        with self._lock:
-            self._script.extend(actions)
+    def default_action(self) -> Action:
+        return reply()
 
     def chat_requests(self) -> list[dict]:
         """The recorded chat-completions requests (their JSON bodies under ``"json"``)."""
         return [r for r in self.requests if r["path"] == "/v1/chat/completions"]
-
-    def _next_action(self) -> Action:
-        with self._lock:
-            return self._script.popleft() if self._script else reply()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -179,14 +156,8 @@ class OpenAIServer:
                 if not media:
                     return self._error(400, "expected image or video parts")
                 prompt = "\n".join(p.get("text", "") for p in parts if p.get("type") == "text")
-                with server._lock:
-                    server._in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server._in_flight)
-                try:
+                with server.in_flight():
                     self._answer(prompt, 1000 * media + len(prompt.split()))
-                finally:
-                    with server._lock:
-                        server._in_flight -= 1
 
             def _answer(self, prompt: str, prompt_tokens: int) -> None:
                 action = server._next_action()
