@@ -60,7 +60,6 @@ from pathlib import Path
 
 import numpy as np
 
-from multishot.dataset.record import CUT_TAG, GLOBAL_TAG, PER_SHOT_TAG
 
 VARIANTS = {
     "full": dict(window_cross_attention=True, sparse_self_attention=True, global_bank=True),
@@ -83,20 +82,13 @@ def make_text_encoder(folder: str | Path, text_dim: int = 64, seed: int = 0) -> 
 
     import_torchvision()  # transformers imports torchvision; the CPU wheel needs the shim
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
     from multishot.dataset.synthetic_world import vocabulary_words
+    from multishot.generate.random_models import word_level_tokenizer
 
     folder = Path(folder)
-    vocab = ["<pad>", "</s>", "<unk>"] + vocabulary_words()
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
-                                                       special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
-    fast.add_tokens([GLOBAL_TAG, PER_SHOT_TAG, CUT_TAG])
+    fast = word_level_tokenizer(["<pad>", "</s>", "<unk>"] + vocabulary_words())
     fast.save_pretrained(folder)
     torch.manual_seed(seed)
     umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(fast), d_model=text_dim, d_kv=16,

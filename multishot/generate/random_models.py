@@ -72,8 +72,7 @@ def make_random_encoders(folder: str | Path, seed: int = 0) -> dict[str, str]:
     import_torchvision()  # diffusers imports torchvision; the CPU wheel needs the shim
     import torch
     from diffusers import AutoencoderKLWan
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
     from multishot.model.config import get_config
 
@@ -84,13 +83,7 @@ def make_random_encoders(folder: str | Path, seed: int = 0) -> dict[str, str]:
                            num_res_blocks=1, latents_mean=[0.0] * config.in_channels,
                            latents_std=[1.0] * config.in_channels)
     vae.save_pretrained(paths["vae"])
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCABULARY)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
-                                                       special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>")
-    fast.add_tokens([GLOBAL_TAG, PER_SHOT_TAG, CUT_TAG])
+    fast = word_level_tokenizer(VOCABULARY)
     fast.save_pretrained(paths["text_encoder"])
     umt5 = UMT5EncoderModel(UMT5Config(vocab_size=len(fast), d_model=config.text_dim, d_kv=16,
                                        d_ff=64, num_layers=1, num_heads=2))
@@ -115,3 +108,20 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def word_level_tokenizer(vocab: list[str]):
+    """A whitespace word-level tokenizer of ``vocab`` (which starts ``<pad>``, ``</s>``,
+    ``<unk>``) that appends ``</s>`` and knows the prompt tags as single tokens: the small
+    models' stand-in for UMT5's sentencepiece (a ``transformers`` ``PreTrainedTokenizerFast``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>",
+                                                       special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.add_tokens([GLOBAL_TAG, PER_SHOT_TAG, CUT_TAG])
+    return fast
