@@ -106,10 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def word_level_tokenizer(vocab: list[str]):
     """A whitespace word-level tokenizer of ``vocab`` (which starts ``<pad>``, ``</s>``,
     ``<unk>``) that appends ``</s>`` and knows the prompt tags as single tokens: the small
@@ -125,3 +121,8 @@ def word_level_tokenizer(vocab: list[str]):
                                    unk_token="<unk>")
     fast.add_tokens([GLOBAL_TAG, PER_SHOT_TAG, CUT_TAG])
     return fast
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
