@@ -468,3 +468,24 @@ def test_footage_is_checked_on_load(distill_inputs, tmp_path):
     with pytest.raises(ConfigError, match="footage.kind 'video' needs encoders.vae"):
         load({"encoders": {"vae": None}})
     assert load({"encoders": {"vae": None}, "footage": {"kind": "latents"}}).footage.kind == "latents"
+
+
+def test_footage_cuts_move_to_chunk_boundaries():
+    """A footage clip's shots own whole chunks: each cut moves to the nearest boundary (ties:
+    the later), a shot left without a chunk is dropped with its caption and the global
+    caption's shot count follows."""
+    from multishot.dataset.record import build_prompt
+    from multishot.distill.footage import chunked_prompt
+
+    two = build_prompt("a kitchen. This scene contains 2 shots.", ["a cook", "a pan"])
+    # 25 frames = 7 latent frames, boundaries 1, 3, 5 (chunks of 2); the cut at frame 12 is
+    # latent frame 4, halfway between 3 and 5: the later
+    assert chunked_prompt(two, [12], 25, 2).shots == (("a cook", 2), ("a pan", 1))
+    assert chunked_prompt(two, [8], 25, 2).shots == (("a cook", 1), ("a pan", 2))  # frame 3
+    three = build_prompt("a kitchen. This scene contains 3 shots.", ["a", "b", "c"])
+    short = chunked_prompt(three, [3, 12], 25, 2)  # shot 1 starts in latent frame 1: no chunk
+    assert short.shots == (("b", 2), ("c", 1))
+    assert short.global_caption == "a kitchen. This scene contains 2 shots."
+    assert short.num_latent_frames(2) == 7
+    with pytest.raises(ValueError, match="not 1 \\+ 2·m"):
+        chunked_prompt(two, [12], 29, 2)
