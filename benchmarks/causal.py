@@ -35,7 +35,11 @@ step count on one GPU.
     python benchmarks/causal.py --part long --minutes 10 --out benchmarks/results/causal/causal_long_h100.json
 
 Each part updates its own key in ``--out`` (so two device calls fill one file) and rewrites the
-markdown table next to it (``.md``). Progress goes to stdout.
+markdown table next to it (``.md``). Progress goes to stdout; ``long`` prints each memory mark as
+it is reached. On a GPU image without this project's dependencies the ``long`` and ``stream``
+parts need, as wheels, the project itself (``pip wheel --no-deps .``), pydantic (with
+pydantic-core, annotated-types, typing-inspection, typing-extensions ≥ 4.16) and diffusers; not
+PyAV, Ray or torchvision (nothing here writes an mp4; diffusers runs without torchvision).
 """
 
 from __future__ import annotations
