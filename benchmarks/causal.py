@@ -35,7 +35,11 @@ step count on one GPU.
     python benchmarks/causal.py --part long --minutes 10 --out benchmarks/results/causal/causal_long_h100.json
 
 Each part updates its own key in ``--out`` (so two device calls fill one file) and rewrites the
-markdown table next to it (``.md``). Progress goes to stdout.
+markdown table next to it (``.md``). Progress goes to stdout; ``long`` prints each memory mark as
+it is reached. On a GPU image without this project's dependencies the ``long`` and ``stream``
+parts need, as wheels, the project itself (``pip wheel --no-deps .``), pydantic (with
+pydantic-core, annotated-types, typing-inspection, typing-extensions ≥ 4.16) and diffusers; not
+PyAV, Ray or torchvision (nothing here writes an mp4; diffusers runs without torchvision).
 """
 
 from __future__ import annotations
@@ -134,6 +138,18 @@ def run_train(args: argparse.Namespace, causal: dict, compiled: bool) -> dict:
     return result
 
 
+def import_diffusers() -> None:
+    """Make ``import diffusers`` work: a CUDA torchvision wheel beside a CPU torch needs
+    :func:`multishot.torchvision_cpu.import_torchvision` first (diffusers imports torchvision
+    when installed); a GPU box without torchvision needs nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        from multishot.torchvision_cpu import import_torchvision
+
+        import_torchvision()
+
+
 def random_dit(name: str, device: torch.device, dtype: torch.dtype, compiled: bool):
     """A random-weight ``WanModel`` built on meta and initialised on the device (as
     benchmarks/generate.py; the head made non-zero so outputs are not constant)."""
@@ -157,9 +173,7 @@ def random_dit(name: str, device: torch.device, dtype: torch.dtype, compiled: bo
 
 def run_stream(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dict:
     """Stream ``--chunks`` chunks with the real loop; time each chunk (denoise, decode)."""
-    from multishot.torchvision_cpu import import_torchvision
-
-    import_torchvision()
+    import_diffusers()
     from diffusers import AutoencoderKLWan
 
     from multishot.model.sampling import SamplingConfig
@@ -235,9 +249,7 @@ def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dic
     stream, peak memory (allocated on CUDA; the KV cache's bytes everywhere) when the video
     reaches each ``--marks`` minute, and seconds per chunk at the start and the end (median of
     the first and last ten chunks after the first two)."""
-    from multishot.torchvision_cpu import import_torchvision
-
-    import_torchvision()
+    import_diffusers()
     from diffusers import AutoencoderKLWan
 
     from multishot.generate.schedule import PromptSchedule, Shot
@@ -291,6 +303,9 @@ def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dic
                 "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                 "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30
                 if device.type == "cuda" else None}
+            # on stdout as it happens: a run stopped at a time limit still shows its marks
+            mark = next(reversed(at_marks))
+            print(f"mark {mark} min: {json.dumps(at_marks[mark])}", flush=True)
         if chunk.index % 50 == 0:
             print(f"chunk {chunk.index}: {minute:.2f} min of video, {chunk.seconds['wall_s']:.3f}"
                   f" s", flush=True)

@@ -211,6 +211,8 @@ def run_sca(args: argparse.Namespace) -> dict:
     distill["encoders"]["text_encoder"] = models["text_encoder"]
     distill["prompts"] = str(work / "prompts.jsonl")
     distill["run"].update(output_dir=str(work / "student"), max_steps=3)
+    distill["objective"]["ode_steps"] = 0  # no footage shards here (ODE init needs them): DMD only
+    distill.pop("footage")
     (work / "distill.yaml").write_text(yaml.safe_dump(distill))
     _cli("distill", "--config", str(work / "distill.yaml"), cwd=REPO)
 

@@ -3,9 +3,12 @@
 The student (causal base) and the teacher (the causal base that scores by teacher forcing; a
 different random model here, so that the DMD gradient is not zero) are tiny random DiTs saved as
 safetensors and loaded by the real loading code (``model.init_from``: FSDP2 over one gloo
-rank); prompts go through a tiny random UMT5. Checks: a generator step moves only the student
-(teacher and critic bit-identical, GAN head on); the critic's flow-matching loss falls on fixed
-data; the ODE regression fits a fixed trajectory set; the student's training rollout equals
+rank); prompts go through a tiny random UMT5; the ground-truth footage is a shard set cut from
+the real footage (two good samples, two corrupt ones), encoded by a tiny random Wan VAE.
+Checks: a generator step moves only the student (teacher and critic bit-identical, GAN head on,
+its real videos the footage); the critic's flow-matching loss falls on fixed data; the ODE
+trajectories and the regression are conditioned on the encoded ground truth; the ODE
+regression fits a fixed trajectory set; the student's training rollout equals
 ``generate --causal``'s streamer chunk by chunk, and a prompt change reaches only the chunks
 from its cut on.
 """
@@ -49,18 +52,40 @@ def random_dit(path, seed: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def distill_inputs(tmp_path_factory, tiny_encoders):
+def distill_inputs(tmp_path_factory, tiny_encoders, train_footage_shards):
     root = tmp_path_factory.mktemp("distill_inputs")
     (root / "prompts.jsonl").write_text("\n".join(PROMPTS) + "\n")
     return {"student": random_dit(root / "causal_base.safetensors", 1),
             "teacher": random_dit(root / "teacher.safetensors", 2),
-            "prompts": str(root / "prompts.jsonl"), "text_encoder": tiny_encoders["text_encoder"]}
+            "prompts": str(root / "prompts.jsonl"), "text_encoder": tiny_encoders["text_encoder"],
+            "vae": tiny_encoders["vae"],
+            # clip00, broken (random bytes), clip02, truncated (an mp4 cut short)
+            "footage": train_footage_shards["corrupt"]}
 
 
 def overrides(inputs: dict, output_dir, extra: dict | None = None, **objective) -> dict:
     return {"student": {"init_from": inputs["student"]}, "teacher": {"init_from": inputs["teacher"]},
-            "encoders": {"text_encoder": inputs["text_encoder"]}, "prompts": inputs["prompts"],
+            "encoders": {"text_encoder": inputs["text_encoder"], "vae": inputs["vae"]},
+            "prompts": inputs["prompts"], "footage": {"shards": [inputs["footage"]]},
             "objective": objective, "run": {"output_dir": str(output_dir)}, **(extra or {})}
+
+
+def encoded_footage(inputs: dict) -> dict[str, torch.Tensor]:
+    """The footage samples as the product reads them, by hand: the mp4 member's first 25 frames
+    at 32×32 (the loader's decoding), through the tiny Wan VAE (FrozenEncoders)."""
+    from multishot.dataset.loader import SkipSample, decode_clip, iter_tar, list_shards
+    from multishot.model.encoders import FrozenEncoders
+    from multishot.model.settings import EncodersConfig
+
+    encoders = FrozenEncoders.load(EncodersConfig(vae=inputs["vae"], dtype="float32"), "cpu")
+    out = {}
+    for url in list_shards([inputs["footage"]]):
+        for key, parts in iter_tar(url):
+            try:
+                out[key] = encoders.encode_video(decode_clip(parts["mp4"], 25, 32, 32)[None])
+            except SkipSample:
+                continue
+    return out
 
 
 def distiller(inputs: dict, output_dir, extra: dict | None = None, **objective):
@@ -104,8 +129,19 @@ def test_generator_step_moves_only_the_student(distill_inputs, tmp_path):
 
     student = snapshot(d.student)
     assert d.discriminator.layer == 1  # the tiny model's middle block (intermediate features)
+    seen = []  # the clean history and prompt of every discriminator call
+    logit = d.discriminator.logit
+    d.discriminator.logit = lambda critic, clean, x_t, t, cond, causal: (
+        seen.append((clean, cond)) or logit(critic, clean, x_t, t, cond, causal))
     critic_out = d.critic_step(0)
     assert critic_out["r1_penalty"] > 0 and critic_out["discriminator_loss"] > 0
+    # real, fake, perturbed real: the real video is footage from the shards with its own prompt
+    footage = encoded_footage(distill_inputs)
+    assert [f.key for f in d.footage] == ["clip00", "clip02"]
+    real, real_cond = seen[0]
+    assert torch.equal(real, footage["clip00"]) and real_cond is d.footage_conditioning[0]
+    assert torch.equal(seen[2][0], real) and seen[1][1] is d.conditioning[0]
+    assert real.shape == seen[1][0].shape and not torch.equal(seen[1][0], real)
     assert same(snapshot(d.teacher), teacher) and same(snapshot(d.student), student)
     assert not same(snapshot(d.critic), critic) and not same(snapshot(d.discriminator), disc)
 
@@ -133,27 +169,80 @@ def test_critic_flow_matching_loss_falls_on_fixed_data(distill_inputs, tmp_path)
     assert last < 0.6 * first, (first, last)
 
 
+def test_ode_data_is_conditioned_on_the_ground_truth(distill_inputs, tmp_path):
+    """The footage is the shards' samples encoded by the product's VAE, corrupt ones recorded as
+    skipped; the base's trajectories and the student's regression both condition on it: every
+    K/V written into a cache is a ground-truth chunk, and chunk j's trajectory changes with the
+    history before it, not with its own ground truth."""
+    import json
+
+    from multishot.distill import ode
+
+    d = distiller(distill_inputs, tmp_path, ode_steps=2, teacher_steps=8)
+    report = json.loads((tmp_path / "footage_report.json").read_text())
+    assert report["keys"] == ["clip00", "clip02"] and report["samples"] == 2
+    assert [s.split(":")[0] for s in report["skips"]] == ["broken", "truncated"]
+    footage = encoded_footage(distill_inputs)
+    assert all(torch.equal(f.latents, footage[f.key]) for f in d.footage)
+    # clip00: 17 + 16 frames, the cut (latent frame 5) on a chunk boundary: shots of 2 + 1
+    # chunks; clip02: 9 + 24, the cut at latent frame 3: 1 + 2 chunks
+    assert [f.prompt.shots for f in d.footage] == [(("sintel", 2), ("bbb", 1)),
+                                                   (("tos", 1), ("sintel", 2))]
+
+    written = []  # what enters a KV cache: the clean passes' inputs
+    forward_chunk = d.student.forward_chunk
+
+    def spy(x, t, context, cache, index, causal, mask=None, write_cache=False):
+        if write_cache:
+            written.append(x.detach().clone())
+        return forward_chunk(x, t, context, cache, index, causal, mask, write_cache=write_cache)
+
+    d.student.forward_chunk = spy
+    gt, cond = d.footage[0].latents, d.footage_conditioning[0]
+    noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(5))
+    states = ode.ode_trajectory(d.student, cond, d.causal, noise, gt, d.sigmas, 8, 5.0, 4.0)
+    chunks = list(zip(cond.chunks.starts, cond.chunks.ends))
+    # two caches (CFG), each fed chunk j of the ground truth after chunk j's trajectory
+    assert len(written) == 2 * len(chunks)
+    assert torch.equal(torch.cat(written[0::2], dim=2), gt)
+    assert torch.equal(torch.cat(written[1::2], dim=2), gt)
+    written.clear()
+    ode.ode_regression_loss(d.student, states, gt, cond, d.causal, d.sigmas, [0, 1, 2, 3])
+    assert torch.equal(torch.cat(written, dim=2), gt)  # the student's history: the ground truth
+
+    # another history from chunk 2 on: chunks 0–2 keep their trajectories, chunk 3 changes
+    other = gt.clone()
+    other[:, :, chunks[2][0]:] = torch.randn(other[:, :, chunks[2][0]:].shape)
+    moved = ode.ode_trajectory(d.student, cond, d.causal, noise, other, d.sigmas, 8, 5.0, 4.0)
+    assert torch.equal(moved[:, :, :chunks[3][0]], states[:, :, :chunks[3][0]])
+    assert not torch.allclose(moved[:, :, chunks[3][0]:], states[:, :, chunks[3][0]:])
+    # the sample is the base's, not the ground truth
+    assert not torch.allclose(states[-1:], gt, atol=1e-2)
+    # the run's own trajectory of footage sample 0 is this one (seeded noise aside: made the
+    # same way), stored for the rank
+    stored = ode.read_trajectories(tmp_path / "trajectories-00000-of-00001.safetensors", d.sigmas)
+    assert sorted(stored) == [0, 1] and stored[0].shape == (5, 16, 7, 4, 4)
+
+
 def test_ode_regression_fits_a_fixed_trajectory_set(distill_inputs, tmp_path):
     from multishot.distill import ode
 
     d = distiller(distill_inputs, tmp_path, {"generator_optim": {"lr": 3e-3}}, ode_steps=2,
                   teacher_steps=8)
-    path = tmp_path / "trajectories.safetensors"
-    states = ode.read_trajectories(path, d.sigmas)
-    assert len(states) == 3 and states[0].shape == (5, 16, 7, 4, 4)
-    assert all(torch.equal(a, b) for a, b in zip(states, d.trajectories))
+    states = ode.read_trajectories(tmp_path / "trajectories-00000-of-00001.safetensors", d.sigmas)
+    assert all(torch.equal(states[i], d.trajectories[i]) for i in (0, 1))
     # the base's own trajectory: x̂0 of its last step is the sample, the levels differ
     assert not torch.equal(states[0][0], states[0][-1])
 
-    def error() -> float:  # every level of every chunk of prompt 0
+    def error() -> float:  # every level of every chunk of footage sample 0
         with torch.no_grad():
-            return sum(float(ode.ode_regression_loss(d.student, d.trajectories[0],
-                                                     d.conditioning[0], d.causal, d.sigmas,
-                                                     [k] * 4)) for k in range(4)) / 4
+            return sum(float(ode.ode_regression_loss(
+                d.student, d.trajectories[0], d.footage[0].latents, d.footage_conditioning[0],
+                d.causal, d.sigmas, [k] * 4)) for k in range(4)) / 4
 
     first = error()
     for _ in range(20):
-        d.student_state.step = 0  # prompt 0, fresh levels each step from the run's RNG
+        d.student_state.step = 0  # footage sample 0, fresh levels each step from the run's RNG
         d.ode_step()
     last = error()
     # the student starts as the base itself, so the error starts small: the gap between the
@@ -355,3 +444,48 @@ def test_generator_ema_follows_the_student_then_averages(distill_inputs, tmp_pat
     for k, w in ema().items():
         assert torch.allclose(w, 0.99 * before[k] + 0.01 * student[k], atol=1e-7), k
     assert not all(torch.equal(w, student[k]) for k, w in ema().items())
+
+
+def test_footage_is_checked_on_load(distill_inputs, tmp_path):
+    """ODE initialisation and the GAN need footage; its clips must cut into whole chunks and,
+    as mp4, need the VAE: each a load error that names the key."""
+    from multishot.config import ConfigError
+
+    def load(extra: dict, **objective):
+        base = overrides(distill_inputs, tmp_path, **objective)
+        for key, value in extra.items():
+            base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+        return load_config(REPO / "configs/distill/tiny_cpu.yaml", DistillConfig, base)
+
+    assert load({}).footage.samples == 3
+    assert load({"footage": None}, ode_steps=0).footage is None  # DMD alone needs prompts only
+    with pytest.raises(ConfigError, match="footage is required"):
+        load({"footage": None}, ode_steps=1)
+    with pytest.raises(ConfigError, match="footage is required"):
+        load({"footage": None}, ode_steps=0, adversarial={"enabled": True})
+    with pytest.raises(ConfigError, match=r"footage.num_frames 29 is not 1 \+ 4·2·m"):
+        load({"footage": {"num_frames": 29}})
+    with pytest.raises(ConfigError, match="footage.kind 'video' needs encoders.vae"):
+        load({"encoders": {"vae": None}})
+    assert load({"encoders": {"vae": None}, "footage": {"kind": "latents"}}).footage.kind == "latents"
+
+
+def test_footage_cuts_move_to_chunk_boundaries():
+    """A footage clip's shots own whole chunks: each cut moves to the nearest boundary (ties:
+    the later), a shot left without a chunk is dropped with its caption and the global
+    caption's shot count follows."""
+    from multishot.dataset.record import build_prompt
+    from multishot.distill.footage import chunked_prompt
+
+    two = build_prompt("a kitchen. This scene contains 2 shots.", ["a cook", "a pan"])
+    # 25 frames = 7 latent frames, boundaries 1, 3, 5 (chunks of 2); the cut at frame 12 is
+    # latent frame 4, halfway between 3 and 5: the later
+    assert chunked_prompt(two, [12], 25, 2).shots == (("a cook", 2), ("a pan", 1))
+    assert chunked_prompt(two, [8], 25, 2).shots == (("a cook", 1), ("a pan", 2))  # frame 3
+    three = build_prompt("a kitchen. This scene contains 3 shots.", ["a", "b", "c"])
+    short = chunked_prompt(three, [3, 12], 25, 2)  # shot 1 starts in latent frame 1: no chunk
+    assert short.shots == (("b", 2), ("c", 1))
+    assert short.global_caption == "a kitchen. This scene contains 2 shots."
+    assert short.num_latent_frames(2) == 7
+    with pytest.raises(ValueError, match="not 1 \\+ 2·m"):
+        chunked_prompt(two, [12], 29, 2)

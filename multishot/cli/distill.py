@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "distill", help="distil the causal DiT into a few-step student (ODE init + DMD)",
         description="CausalCine's last stage: regress the causal student onto its base's ODE "
-        "trajectories (objective.ode_steps), then distribution matching distillation against "
+        "trajectories on ground-truth history from the footage shards (objective.ode_steps), then distribution matching distillation against "
         "the frozen causal base as teacher (teacher forcing, CFG) with a critic initialised "
         "from it and co-trained, on the student's own "
         "chunk-by-chunk rollouts. FSDP2 over the local GPUs (one rank on CPU); resumes from "

@@ -6,7 +6,7 @@ Checked (when set and local, i.e. without ``://``): every ``init_from`` of ``mod
 ``student`` / ``teacher`` (loadable as :func:`model.checkpoint.checkpoint_files` finds it: a
 ``.safetensors`` file, an index, or a folder holding them), ``encoders.vae``,
 ``encoders.text_encoder``, ``encoders.tokenizer`` (folders), ``prompts`` (distill) and
-``data.shards`` roots without glob characters (train).
+``data.shards`` (train) / ``footage.shards`` (distill) roots without glob characters.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def missing_paths(config) -> list[str]:
     prompts = getattr(config, "prompts", None)
     if isinstance(prompts, str) and _local(prompts) and not Path(prompts).is_file():
         problems.append(f"prompts: no such file {prompts}")
-    data = getattr(config, "data", None)
-    for root in getattr(data, "shards", None) or []:
-        if _local(root) and not any(c in root for c in "*?[{") and not Path(root).exists():
-            problems.append(f"data.shards: no such shard set or file {root}")
+    for section in ("data", "footage"):
+        for root in getattr(getattr(config, section, None), "shards", None) or []:
+            if _local(root) and not any(c in root for c in "*?[{") and not Path(root).exists():
+                problems.append(f"{section}.shards: no such shard set or file {root}")
     return problems
 
 

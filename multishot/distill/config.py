@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from multishot.config import Section
+from multishot.dataset.loader import DataConfig
+from multishot.dataset.record import num_latent_frames
 from multishot.model.sampling import WAN_NEGATIVE_PROMPT
 from multishot.model.settings import EncodersConfig
 from multishot.trainer.config import ModelConfig, OptimConfig, RunConfig
@@ -23,6 +25,32 @@ class VideoConfig(Section):
 
     height: int = Field(gt=0, description="pixels (a multiple of 16)")
     width: int = Field(gt=0, description="pixels (a multiple of 16)")
+
+
+class FootageConfig(Section):
+    """Ground-truth videos from shards (:mod:`distill.footage`): the history the ODE
+    trajectories are conditioned on and the adversarial head's real samples (CausalCine §3.4).
+    Read once at the start into ``output_dir/footage.safetensors``."""
+
+    shards: list[str] = Field(min_length=1, description=DataConfig.model_fields["shards"].description)
+    kind: Literal["video", "latents"] = Field(DataConfig.model_fields["kind"].default, description=(
+        "'video': mp4 shards from the pipeline, encoded once by encoders.vae; 'latents': a "
+        "latent set of `multishot precompute` made at video.height x width and num_frames"))
+    num_frames: int = Field(description=(
+        "pixel frames of every clip, the first of each sample (shorter samples are skipped): "
+        "1 + 4·c·m (c = student.causal.chunk_latent_frames), so chunk 0 is the lone first "
+        "latent frame as in every rollout"))
+    samples: int = Field(ge=1, description=(
+        "how many usable samples to take, the first in shard order (sorted tars, tar order)"))
+    uncaptioned: Literal["skip", "placeholder"] = Field(
+        DataConfig.model_fields["uncaptioned"].default,
+        description=DataConfig.model_fields["uncaptioned"].description)
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, value: int) -> int:
+        num_latent_frames(value)  # raises ValueError naming the 4k+1 rule
+        return value
 
 
 class AdversarialConfig(Section):
@@ -102,7 +130,8 @@ class DistillObjective(Section):
 
 class DistillConfig(Section):
     """A whole distillation run: ``phase 1`` regresses the causal student onto its own base's
-    ODE trajectories for ``objective.ode_steps`` steps, ``phase 2`` runs DMD until
+    ODE trajectories on the ground-truth history of ``footage`` for ``objective.ode_steps``
+    steps, ``phase 2`` runs DMD until
     ``run.max_steps`` (one step = ``critic_steps_per_generator_step`` critic updates and one
     generator update)."""
 
@@ -118,6 +147,9 @@ class DistillConfig(Section):
         "JSON-lines file, one training prompt a line: {\"global_caption\": str, \"shots\": "
         "[{\"caption\": str, \"chunks\": int}, ...]} (multishot.distill.prompts)"))
     video: VideoConfig
+    footage: FootageConfig | None = Field(None, description=(
+        "ground-truth shards; required by ODE initialisation (objective.ode_steps > 0) and the "
+        "adversarial head (objective.adversarial.enabled)"))
     objective: DistillObjective = Field(default_factory=DistillObjective)
     generator_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-6, warmup_steps=0))
     critic_optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=4e-7, warmup_steps=0))
@@ -141,6 +173,18 @@ class DistillConfig(Section):
         if self.video.height % 16 or self.video.width % 16:
             raise ValueError(f"video size {self.video.height}x{self.video.width} is not a "
                              "multiple of 16")
+        obj, footage = self.objective, self.footage
+        if (obj.ode_steps or obj.adversarial.enabled) and footage is None:
+            raise ValueError("footage is required: ODE initialisation (objective.ode_steps) and "
+                             "the adversarial head condition on / compare with ground truth")
+        if footage is not None:
+            c = self.student.causal.chunk_latent_frames
+            if (num_latent_frames(footage.num_frames) - 1) % c:
+                raise ValueError(f"footage.num_frames {footage.num_frames} is not 1 + 4·{c}·m "
+                                 f"(chunks of {c} latent frames after the lone first one)")
+            if footage.kind == "video" and not self.encoders.vae:
+                raise ValueError("footage.kind 'video' needs encoders.vae (the footage is "
+                                 "encoded once at the start)")
         if not self.encoders.text_encoder:
             raise ValueError("encoders.text_encoder is required: the prompts are encoded once "
                              "at the start")

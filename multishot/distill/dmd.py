@@ -32,7 +32,8 @@ Adversarial term (APT / DMD2, off by default): :class:`Discriminator` reads one 
 output tokens (the noisy half of the teacher-forcing sequence; by default the middle block,
 intermediate features); the critic step adds ``softplus(−D(real)) + softplus(D(fake))``
 (logistic loss) and APT's approximated R1 on the real samples, the generator
-``softplus(−D(fake))`` (non-saturating). "Real" videos are the causal base's ODE samples (:mod:`distill.ode`).
+``softplus(−D(fake))`` (non-saturating). "Real" videos are footage from the shards
+(:mod:`distill.footage`: ground-truth latents, each scored with its own prompt and shots).
 """
 
 from __future__ import annotations
@@ -169,26 +170,38 @@ class Discriminator(nn.Module):
         return self(tokens[:, tokens.shape[1] // 2:])                    # the noisy copies
 
 
+@dataclass
+class RealSample:
+    """A real video of the GAN: ground-truth ``latents`` ``[1, C, F, H, W]`` and their own
+    ``cond`` (:mod:`distill.footage`)."""
+
+    latents: torch.Tensor
+    cond: PromptConditioning
+
+
 def discriminator_loss(discriminator: Discriminator, critic, real: torch.Tensor,
-                       fake: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor,
-                       cond: PromptConditioning, causal: CausalConfig, r1_weight: float = 0.0,
-                       r1_noise: torch.Tensor | None = None,
+                       real_cond: PromptConditioning, fake: torch.Tensor,
+                       fake_cond: PromptConditioning, sigma: torch.Tensor,
+                       real_eps: torch.Tensor, fake_eps: torch.Tensor, causal: CausalConfig,
+                       r1_weight: float = 0.0, r1_noise: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logistic loss of the head: ``softplus(−D(real_σ)) + softplus(D(fake_σ))``, both videos
-    ``[1, C, F, H, W]`` noised to ``σ`` with the same ``ε`` (detached), each scored given its
-    own clean history; plus APT's approximated R1 on the real sample,
-    ``r1_weight·(D(real_σ) − D(real_σ + r1_noise))²`` (``r1_noise``: the perturbation, like
-    ``real``, already scaled by its std). Returns ``(loss, r1 penalty)``."""
+    """Logistic loss of the head: ``softplus(−D(real_σ)) + softplus(D(fake_σ))``, the real
+    video ``[1, C, F_r, H, W]`` (footage) and the fake ``[1, C, F, H, W]`` (the student's)
+    noised to the one ``σ`` with their own ``ε`` (``real_eps`` / ``fake_eps``; detached), each
+    scored given its own clean history and its own prompt (``real_cond`` / ``fake_cond``); plus
+    APT's approximated R1 on the real sample, ``r1_weight·(D(real_σ) − D(real_σ + r1_noise))²``
+    (``r1_noise``: the perturbation, like ``real``, already scaled by its std). Returns
+    ``(loss, r1 penalty)``."""
     t = 1000 * sigma
     real, fake = real.detach().float(), fake.detach().float()
-    real_t = (1 - sigma) * real + sigma * eps
-    fake_t = (1 - sigma) * fake + sigma * eps
-    real_logit = discriminator.logit(critic, real, real_t, t, cond, causal)
+    real_t = (1 - sigma) * real + sigma * real_eps
+    fake_t = (1 - sigma) * fake + sigma * fake_eps
+    real_logit = discriminator.logit(critic, real, real_t, t, real_cond, causal)
     loss = (F.softplus(-real_logit) +
-            F.softplus(discriminator.logit(critic, fake, fake_t, t, cond, causal))).mean()
+            F.softplus(discriminator.logit(critic, fake, fake_t, t, fake_cond, causal))).mean()
     r1 = torch.zeros((), device=real.device)
     if r1_weight and r1_noise is not None:
-        perturbed = discriminator.logit(critic, real, real_t + r1_noise, t, cond, causal)
+        perturbed = discriminator.logit(critic, real, real_t + r1_noise, t, real_cond, causal)
         r1 = (real_logit - perturbed).square().mean()
         loss = loss + r1_weight * r1
     return loss, r1.detach()

@@ -6,14 +6,21 @@ join the process group, build student, teacher and critic with
 scoring by teacher forcing, :mod:`distill.dmd`), resume from the newest checkpoint, then per step ``s``::
 
     prompt p = prompts[(s·ranks + rank) mod P]          no loader: resumes need only s
-    s <  ode_steps:  ODE regression of the student on p's base trajectory   (distill.ode)
-    s >= ode_steps:  critic_steps_per_generator_step × (student rollout, no grad
-                                                       → critic flow-matching step)
-                     student rollout with gradient → DMD (+ GAN) → generator step
+    s <  ode_steps:  ODE regression of the student on the base's trajectory of footage
+                     sample rank + ranks·(s mod ⌈(S − rank)/ranks⌉), on its ground-truth
+                     history                                                (distill.ode)
+    s >= ode_steps:  critic_steps_per_generator_step × (student rollout of p, no grad
+                                                       → critic flow-matching step
+                                                       [+ GAN head: real = footage sample])
+                     student rollout of p with gradient → DMD (+ GAN) → generator step
     checkpoint every run.checkpoint_every (student, teacher, critic, both optimisers)
 
-The trajectories are made once, before step 0, by the student's initial weights (the causal
-base), and stored in ``output_dir/trajectories.safetensors``. Every random draw comes from a
+The ground-truth footage (``footage``: the S samples ODE initialisation and the GAN's real
+side use, :mod:`distill.footage`) is read once, before step 0, by rank 0 into
+``output_dir/footage.safetensors``. Each rank makes the trajectories of its own footage samples
+(``rank, rank + ranks, …``) once, before step 0, with the student's initial weights (the causal
+base), and stores them in ``output_dir/trajectories-RANK-of-RANKS.safetensors``; a resumed run
+reads both files (same rank count) and no shards. Every random draw comes from a
 generator seeded by ``(run.seed, step, rank, purpose)``, so a resumed run repeats an
 uninterrupted one bit for bit. At the end the student is exported as
 ``output_dir/student.safetensors`` with ``student.json`` (its timesteps, shift and causal
@@ -22,6 +29,7 @@ config) beside it, which ``multishot generate --causal --checkpoint`` reads.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -39,7 +47,8 @@ from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 from multishot.config import dump_yaml
 from multishot.distill import dmd, ode
 from multishot.distill.config import DistillConfig
-from multishot.distill.prompts import PromptConditioning, encode_prompt, read_prompts
+from multishot.distill.footage import Footage, read_footage, read_shards, write_footage
+from multishot.distill.prompts import DistillPrompt, PromptConditioning, encode_prompt, read_prompts
 from multishot.distill.rollout import rollout, student_sigmas
 from multishot.distill.student import write_student_info
 from multishot.errors import UsageError
@@ -169,13 +178,16 @@ class Distiller:
         self.ema = GeneratorEMA(self.student, obj.ema_decay, obj.ema_start_step) \
             if obj.ema_decay > 0 else None
         self.metrics = MetricsLogger(self.output_dir, run.tensorboard, enabled=self.rank == 0)
-        self.conditioning = self._encode_prompts()
         if latest is not None:
             self.load(latest)
             log.info("resumed from %s (step %d)", latest, self.step)
+        prompts = self._read_prompts()
+        self.footage: list[Footage] = self._footage() \
+            if obj.ode_steps or obj.adversarial.enabled else []
+        encoded = self._encode_prompts(prompts + [f.prompt for f in self.footage])
+        self.conditioning = encoded[:len(prompts)]
+        self.footage_conditioning = encoded[len(prompts):]
         self.trajectories = self._trajectories() if obj.ode_steps else None
-        if self.discriminator is not None and self.trajectories is None:
-            self.trajectories = self._trajectories()  # the GAN's real videos
 
     # ---- construction ----------------------------------------------------------------------
     def _optimizer(self, module: nn.Module, optim, updates: int):
@@ -185,17 +197,19 @@ class Distiller:
                                 weight_decay=optim.weight_decay, fused=self.device.type == "cuda")
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, updates))
 
-    def _encode_prompts(self) -> list[PromptConditioning]:
+    def _read_prompts(self) -> list[DistillPrompt]:
+        try:
+            return read_prompts(self.config.prompts)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"prompts: {err}") from None
+
+    def _encode_prompts(self, prompts: list[DistillPrompt]) -> list[PromptConditioning]:
         cfg = self.config
         enc = cfg.encoders
         for name in ("text_encoder", "tokenizer"):
             folder = getattr(enc, name)
             if folder and not Path(folder).is_dir():
                 raise UsageError(f"encoders.{name}: no such folder {folder}")
-        try:
-            prompts = read_prompts(cfg.prompts)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"prompts: {err}") from None
         from multishot.torchvision_cpu import import_torchvision
 
         import_torchvision()  # transformers imports torchvision; the CPU wheel needs the shim
@@ -227,25 +241,83 @@ class Distiller:
     def _prompt(self, step: int) -> int:
         return (step * self.world_size + self.rank) % len(self.conditioning)
 
-    def _trajectories(self) -> list[torch.Tensor]:
-        """The base's trajectories of every prompt: read from ``trajectories.safetensors``, or
-        made by the student's initial weights (before any update) and written there."""
-        path = self.output_dir / "trajectories.safetensors"
+    def _footage(self) -> list[Footage]:
+        """The ground-truth footage (CPU): read from ``footage.safetensors``, or first
+        read from ``footage.shards`` by rank 0 and written there, its skips in
+        ``footage_report.json`` (collective)."""
+        path = self.output_dir / "footage.safetensors"
+        if not path.exists():
+            if self.step:
+                raise UsageError(f"{path} is missing: a resumed run cannot reread its footage")
+            error = [None]
+            if self.rank == 0:
+                try:
+                    self._read_footage_shards(path)
+                except (OSError, UsageError) as err:
+                    error = [f"footage: {err}"]
+            dist.broadcast_object_list(error, src=0)
+            if error[0] is not None:
+                raise UsageError(error[0])
+        footage = read_footage(path)  # on the CPU: each step moves the one sample it uses
+        if self.config.objective.ode_steps and len(footage) < self.world_size:
+            raise UsageError(f"footage: {len(footage)} usable samples for {self.world_size} "
+                             "ranks (each rank regresses on samples of its own)")
+        return footage
+
+    def _read_footage_shards(self, path: Path) -> None:
+        """Rank 0: read ``footage.shards`` (the VAE encodes kind ``video``) into ``path``."""
+        cfg = self.config
+        encoders = None
+        if cfg.footage.kind == "video":
+            if not Path(cfg.encoders.vae).exists():
+                raise UsageError(f"encoders.vae: no such file or folder {cfg.encoders.vae}")
+            encoders = FrozenEncoders.load(cfg.encoders.model_copy(
+                update={"text_encoder": None, "tokenizer": None}), self.device)
+        _, c, _, h, w = self.latent_shape(None)
+        footage, skips = read_shards(cfg.footage, cfg.video, self.causal.chunk_latent_frames,
+                                     (c, h, w), encoders)
+        del encoders
+        (self.output_dir / "footage_report.json").write_text(json.dumps(
+            {"samples": len(footage), "keys": [f.key for f in footage], "skipped": len(skips),
+             "skips": skips}, indent=1))
+        if not footage:
+            raise UsageError(f"no usable sample in {cfg.footage.shards} ({len(skips)} skipped: "
+                             f"{self.output_dir / 'footage_report.json'} lists why)")
+        if len(footage) < cfg.footage.samples:
+            log.warning("footage: %d usable samples of the %d asked for", len(footage),
+                        cfg.footage.samples)
+        write_footage(path, footage)
+
+    def _footage_index(self, step: int) -> int:
+        """The footage sample of this rank's ODE step ``step``: its own samples in turn."""
+        mine = range(self.rank, len(self.footage), self.world_size)
+        return mine[step % len(mine)]
+
+    def _history(self, index: int) -> torch.Tensor:
+        """Footage sample ``index``'s latents on the device, float32."""
+        return self.footage[index].latents.to(self.device, torch.float32)
+
+    def _trajectories(self) -> dict[int, torch.Tensor]:
+        """The base's trajectories of this rank's footage samples (CPU): read from
+        ``trajectories-RANK-of-RANKS.safetensors``, or made by the student's initial weights
+        (before any update) on each sample's ground-truth history and written there."""
+        path = self.output_dir / f"trajectories-{self.rank:05d}-of-{self.world_size:05d}.safetensors"
         if path.exists():
-            return [t.to(self.device) for t in ode.read_trajectories(path, self.sigmas)]
+            return ode.read_trajectories(path, self.sigmas)
         if self.step:
-            raise UsageError(f"{path} is missing: a resumed run cannot remake its trajectories")
+            raise UsageError(f"{path} is missing: a resumed run cannot remake its trajectories "
+                             "(resume with the rank count it started with)")
         obj = self.config.objective
-        made = []
-        for i, cond in enumerate(self.conditioning):
+        made = {}
+        for i in range(self.rank, len(self.footage), self.world_size):
+            cond = self.footage_conditioning[i]
             gen = torch.Generator(self.device).manual_seed(self.config.run.seed * 7919 + i)
             noise = torch.randn(self.latent_shape(cond), generator=gen, device=self.device)
-            made.append(ode.ode_trajectory(self.student, cond, self.causal, noise, self.sigmas,
-                                           obj.teacher_steps, obj.shift,
-                                           obj.trajectory_guidance_scale or obj.guidance_scale))
-        if self.rank == 0:  # every rank made the same trajectories
-            ode.write_trajectories(path, made, self.sigmas)
-        dist.barrier()
+            made[i] = ode.ode_trajectory(self.student, cond, self.causal, noise, self._history(i),
+                                         self.sigmas, obj.teacher_steps, obj.shift,
+                                         obj.trajectory_guidance_scale or obj.guidance_scale
+                                         ).cpu()
+        ode.write_trajectories(path, made, self.sigmas)
         return made
 
     # ---- steps -----------------------------------------------------------------------------
@@ -254,13 +326,14 @@ class Distiller:
         return self.student_state.step
 
     def ode_step(self) -> dict[str, torch.Tensor]:
-        """One ODE-regression step of the student."""
-        i = self._prompt(self.step)
-        cond = self.conditioning[i]
+        """One ODE-regression step of the student on a footage sample's trajectory."""
+        i = self._footage_index(self.step)
+        cond = self.footage_conditioning[i]
         levels = torch.randint(0, len(self.sigmas) - 1, (cond.chunks.num_chunks,),
                                generator=self._generator(self.step, 0), device=self.device)
-        loss = ode.ode_regression_loss(self.student, self.trajectories[i], cond, self.causal,
-                                       self.sigmas, levels.tolist())
+        loss = ode.ode_regression_loss(self.student, self.trajectories[i].to(self.device),
+                                       self._history(i), cond, self.causal, self.sigmas,
+                                       levels.tolist())
         grad_norm = self._update(loss, self.student, self.generator_optim, self.generator_sched,
                                  self.config.generator_optim.grad_clip)
         return {"ode_loss": loss.detach(), "generator_grad_norm": grad_norm}
@@ -282,18 +355,27 @@ class Distiller:
         loss = dmd.critic_loss(self.critic, x0, sigma, eps, cond, self.causal)
         out = {"critic_loss": loss.detach()}
         if self.discriminator is not None:
-            real = self.trajectories[i][-1:]
+            real = self.real_sample(index)
             adv = obj.adversarial
-            r1_noise = adv.r1_sigma * torch.randn(shape, generator=gen, device=self.device) \
-                if adv.r1_weight else None
-            d_loss, r1 = dmd.discriminator_loss(self.discriminator, self.critic, real, x0, sigma,
-                                                eps, cond, self.causal, adv.r1_weight, r1_noise)
+            real_eps = torch.randn(real.latents.shape, generator=gen, device=self.device)
+            r1_noise = adv.r1_sigma * torch.randn(real.latents.shape, generator=gen,
+                                                  device=self.device) if adv.r1_weight else None
+            d_loss, r1 = dmd.discriminator_loss(self.discriminator, self.critic, real.latents,
+                                                real.cond, x0, cond, sigma, real_eps, eps,
+                                                self.causal, adv.r1_weight, r1_noise)
             loss = loss + adv.critic_weight * d_loss
             out["discriminator_loss"] = d_loss.detach()
             out["r1_penalty"] = r1
         out["critic_grad_norm"] = self._update(loss, self.critic_state.model, self.critic_optim,
                                                self.critic_sched, self.config.critic_optim.grad_clip)
         return out
+
+    def real_sample(self, index: int) -> dmd.RealSample:
+        """The GAN's real video of this step's ``index``-th critic update: footage sample
+        ``((step·K + index)·ranks + rank) mod S`` (``K`` critic updates a step)."""
+        k = self.config.objective.critic_steps_per_generator_step
+        i = ((self.step * k + index) * self.world_size + self.rank) % len(self.footage)
+        return dmd.RealSample(self._history(i), self.footage_conditioning[i])
 
     def generator_step(self) -> dict[str, torch.Tensor]:
         """One DMD update of the student on its own rollout (gradient as

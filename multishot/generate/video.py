@@ -5,7 +5,6 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 #: x264 quality of generated videos (visually lossless)
@@ -34,6 +33,8 @@ class Mp4Writer:
         self.frames = 0
 
     def write(self, frames: np.ndarray) -> None:
+        import av  # here, not at module level: a stream that writes no mp4 needs no encoder
+
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be [F, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
         if frames.shape[1] % 2 or frames.shape[2] % 2:
