@@ -29,8 +29,9 @@ The flow is OpenCV's DIS (Kroeger et al., "Fast Optical Flow using Dense Inverse
 ECCV 2016; ``cv2.DISOpticalFlow``, preset ``FAST``) on BT.601 grey. Candidates half a second
 apart move far in a fast shot: DIS's coarse-to-fine pyramid follows tens of pixels, and beyond
 that the score is an underestimate, which changes nothing for the low end the threshold sits
-at. The preset: ``FAST`` costs a quarter of ``MEDIUM`` (5-8 against 21-32 CPU-ms a pair on the
-bundled footage) and gives the same decisions (``benchmarks/results/motion/``).
+at. The preset: ``FAST`` costs a quarter of ``MEDIUM`` (5.5 against 22.8 CPU-ms a pair on the
+bundled footage, 0.011 CPU-s per realtime second at 2 candidates a second) and decides every
+shot of it alike at ``filter.min_motion`` (``benchmarks/results/motion/motion.md``).
 """
 
 from __future__ import annotations
