@@ -16,6 +16,9 @@ parts of it (:func:`pick_candidates`).
   (:mod:`pipeline.overlay`).
 * aesthetic: the mean LAION score of the picks (see :mod:`pipeline.aesthetic`), or ``None``
   when the config gives no weights; the run then reports ``aesthetic: skipped``.
+* motion: the median optical-flow motion between consecutive candidates of the shot, every
+  candidate, not only the picks (see :mod:`pipeline.motion`), or ``None`` with
+  ``motion_backend: none``.
 
 A shot holding no candidate (shorter than ``1 / candidates_per_s`` seconds) gets no scores.
 """
@@ -30,6 +33,7 @@ import numpy as np
 
 from multishot.pipeline.config import AnalyseConfig
 from multishot.pipeline.detect import DetectedShot
+from multishot.pipeline.motion import shot_motion
 from multishot.pipeline.ocr import TextBox, boxes_ratio, counted
 
 
@@ -52,6 +56,7 @@ class ShotScores:
     aesthetic: float | None
     text_boxes: tuple[tuple[TextBox, ...], ...] = ()
     title_boxes: tuple[TextBox, ...] = ()
+    motion: float | None = None  # 1/s (pipeline.motion); None also for a shot under two candidates
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,16 @@ class CandidateScore:
     """Scores of one candidate frame (source frame ``index``). ``text_boxes`` (the counted OCR
     boxes, :meth:`pipeline.ocr.TextDetector.boxes`) and ``aesthetic`` are ``None`` where they
     were not measured: the scan measures them only on frames that can be a shot's pick (see
-    :mod:`pipeline.scan`), or not at all when disabled."""
+    :mod:`pipeline.scan`), or not at all when disabled. ``motion``: the optical-flow motion from
+    the previous candidate to this one (``1/s``, :class:`pipeline.motion.FlowMeter`), None for
+    the video's first candidate and with ``motion_backend: none``; a shot uses it only when the
+    previous candidate is inside it too."""
 
     index: int
     brightness: float
     text_boxes: tuple[TextBox, ...] | None = None  # every box read, whatever its score
     aesthetic: float | None = None
+    motion: float | None = None
 
     @property
     def ocr_text_ratio(self) -> float | None:
@@ -77,6 +86,18 @@ def is_candidate(index: int, fps: float, per_s: float) -> bool:
     second interval of the grid (frame 0 is one). A function of the index alone, so every
     segment of a video agrees on it."""
     return index == 0 or int(index * per_s / fps) != int((index - 1) * per_s / fps)
+
+
+def previous_candidate(index: int, fps: float, per_s: float) -> int | None:
+    """The candidate before source frame ``index`` (:func:`is_candidate`), None for ``index`` 0.
+    A segment scan decodes from it, so the motion pair across the segment's start is measured as
+    in an unsplit scan (:mod:`pipeline.scan`)."""
+    if index <= 0:
+        return None
+    i = index - 1
+    while i > 0 and not is_candidate(i, fps, per_s):
+        i -= 1
+    return i
 
 
 def pick_candidates(shot: DetectedShot, candidates: list[int], count: int) -> list[int]:
@@ -189,12 +210,13 @@ def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order
     picks = [candidates[i] for i in pick_candidates(shot, order, config.frames_per_shot)]
     if not picks:
         return ShotScores(None, None, None)
+    lo, hi = bisect.bisect_left(order, shot.start_frame), bisect.bisect_left(order, shot.end_frame)
+    inside = [candidates[i] for i in order[lo:hi]]
     ocr, boxes, titles = None, (), ()
     if config.ocr_backend != "none" and config.ocr_frames_per_shot > 0:
         read = picks[: config.ocr_frames_per_shot]
         if config.ocr_every_candidate:
-            lo, hi = bisect.bisect_left(order, shot.start_frame), bisect.bisect_left(order, shot.end_frame)
-            read = [candidates[i] for i in order[lo:hi]]
+            read = inside
         if any(p.text_boxes is None for p in read):
             raise RuntimeError(f"shot {shot}: a pick has no OCR score")
         boxes = tuple(tuple(counted(p.text_boxes, config.ocr_min_confidence)) for p in read)
@@ -205,5 +227,6 @@ def shot_scores(shot: DetectedShot, candidates: dict[int, CandidateScore], order
         if any(p.aesthetic is None for p in picks):
             raise RuntimeError(f"shot {shot}: a pick has no aesthetic score")
         aesthetic = float(np.mean([p.aesthetic for p in picks]))
+    # the first candidate's pair starts before the shot
     return ShotScores(float(np.mean([p.brightness for p in picks])), 0.0 if ocr is None else ocr, aesthetic, boxes,
-                      titles)
+                      titles, shot_motion([c.motion for c in inside[1:]]))

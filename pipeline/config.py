@@ -186,6 +186,10 @@ class AnalyseConfig(_Section):
         None, description="LAION improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth"
     )
     clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture name")
+    motion_backend: Literal["dis", "none"] = Field(
+        "dis", description="optical flow between consecutive candidate frames, for each shot's motion "
+        "(pipeline/motion.py): dis, OpenCV's DIS on the CPU; none: not measured (no shot is static)"
+    )
     overlay: OverlayConfig = OverlayConfig()
     # per-shot aggregation of the scan's scores and the overlay search: arithmetic, no core reserved
     resources: Resources = Resources(actors=1, cpus=0)
@@ -216,6 +220,13 @@ class FilterConfig(_Section):
         0.1, ge=0, le=1, description="a shot with more of its frames black (detect.black_*) than this: black"
     )
     min_aesthetic: float = Field(4.5, description="LAION aesthetic score below: ugly (when scored)")
+    min_motion: float = Field(
+        0.003, ge=0, description="a shot's motion (pipeline/motion.py: median optical flow, in fractions of "
+        "the picture's shorter side a second) below this: static; 0 keeps every shot. 0.003 is 1.1 px a second "
+        "at 360 px, under 6 px over a 5 s sample: a still to the eye. On the bundled footage the slowest moving "
+        "shot (Big Buck Bunny's stream, 11.9-15.8 s) scores 0.0053, the stillest cards 0.0024 (Sintel's logo "
+        "on black) and 0 (credits)"
+    )
 
     @model_validator(mode="after")
     def _range(self) -> FilterConfig:

@@ -2,7 +2,8 @@
 
 Every shot and every decision is kept in ``index/shots.parquet``, kept or not. Reasons:
 ``undecodable`` (none of its sampled frames decoded), ``too_dark``, ``too_bright``, ``text``
-(OCR text-area ratio above ``max_ocr_text_ratio``), ``low_aesthetic`` (only when scored).
+(OCR text-area ratio above ``max_ocr_text_ratio``), ``low_aesthetic`` (only when scored),
+``static`` (motion under ``min_motion``, :mod:`pipeline.motion`; only when measured).
 A shot failing several tests carries all their reasons, comma-separated. Reasons from
 elsewhere: ``too_short`` (detection: shorter than ``detect.min_shot_s``, never analysed),
 ``black`` (detection: more than ``max_black_fraction`` of its frames black, or nothing but black
@@ -30,4 +31,6 @@ def decide(scores: ShotScores, config: FilterConfig) -> str:
         reasons.append("text")
     if scores.aesthetic is not None and scores.aesthetic < config.min_aesthetic:
         reasons.append("low_aesthetic")
+    if scores.motion is not None and scores.motion < config.min_motion:
+        reasons.append("static")
     return ",".join(reasons)

@@ -21,6 +21,10 @@ The tables under ``index/`` (this module owns their columns):
   ``gap_before`` is ``transition == 'gradual'``. ``black_fraction``: the fraction of the shot's
   frames that are black (:mod:`pipeline.picture`; after its fades to and from black are trimmed,
   which moves its ends and widens the transitions around it; null for a too-short shot).
+  ``motion``: the median optical flow between its candidate frames, in fractions of the
+  picture's shorter side a second (:mod:`pipeline.motion`; null when not measured: a too-short
+  shot, one under two candidates, ``analyse.motion_backend: none``); under ``filter.min_motion``
+  the shot is removed as ``static``.
 * ``videos.parquet`` (:data:`VIDEO_SCHEMA`): one row per video with a result: status, duration,
   shot counts, its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
   frame, text, how many shots show it) and its ``active_area`` (the picture inside letterbox or
@@ -49,7 +53,7 @@ log = logging.getLogger(__name__)
 SHOT_COLUMNS = ["source", "source_id", "shot_index", "start_frame", "end_frame", "start_s", "end_s",
                 "gap_before", "transition", "transition_start_frame", "transition_end_frame",
                 "transition_start_s", "transition_end_s", "brightness", "ocr_text_ratio", "aesthetic",
-                "black_fraction", "kept", "reason"]
+                "motion", "black_fraction", "kept", "reason"]
 OVERLAY_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64()),
                           ("text", pa.string()), ("shots", pa.int64()), ("shot_fraction", pa.float64())])
 AREA_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64())])

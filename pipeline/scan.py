@@ -14,7 +14,11 @@ sequential decode of the segment plus 25 frames of context on each side:
   (:func:`pipeline.analyse.pick_candidates`): the picks of every shot that lies wholly inside
   the segment and is not too short (too-short shots are never analysed), and every candidate
   of the shots that reach a segment edge (their extent is known only after stitching). An
-  unsplit video has no such shots: OCR runs once per shot.
+  unsplit video has no such shots: OCR runs once per shot;
+* each candidate's **motion** from the candidate before it (optical flow, :mod:`pipeline.motion`)
+  as it passes; a segment's decode starts early enough to hold the candidate before its first
+  one (in the 25 frames of context at 2 candidates a second up to 50 fps), so every pair is
+  measured as in an unsplit scan.
 
 A segment's result (:class:`SegmentResult`: per-frame predictions and candidate scores, with
 each OCR'd candidate's text boxes for the per-video overlay search, a few bytes per frame) is saved under the output's ``_work/segments/`` as it finishes
@@ -43,9 +47,11 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
 from multishot.dataset.storage import read_json, resolve, write_json
-from multishot.pipeline.analyse import CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates
+from multishot.pipeline.analyse import (CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates,
+                                        previous_candidate)
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.detect import CONTEXT, DetectedShot, make_detector, min_shot_frames, shots_of
+from multishot.pipeline.motion import FlowMeter
 from multishot.pipeline.ocr import TextBox
 from multishot.pipeline.picture import ActiveArea, black_frames, frame_darkness, trimmed_shot
 from multishot.pipeline.transitions import THUMB, decode_thumbnails, encode_thumbnails, thumbnails
@@ -266,21 +272,32 @@ class SegmentScanner:
         brightness: dict[int, float] = {}
         lo = max(0, start_frame - context)
         hi = None if end_frame is None else end_frame + context
+        # motion: the candidate before the segment is decoded too (the pair into its first one)
+        meter = FlowMeter(fps) if analyse.motion_backend == "dis" else None
+        before = previous_candidate(start_frame, fps, analyse.candidates_per_s) if meter is not None else None
+        first = lo if before is None else min(lo, before)
+        motion: dict[int, float | None] = {}
 
         def candidate(i: int) -> bool:
-            return start_frame <= i and (end_frame is None or i < end_frame) and is_candidate(i, fps, analyse.candidates_per_s)
+            return i == before or (start_frame <= i and (end_frame is None or i < end_frame)
+                                   and is_candidate(i, fps, analyse.candidates_per_s))
 
-        for index, small, big in self.frame_source(source, fs, fps=fps, start_frame=lo, end_frame=hi,
+        for index, small, big in self.frame_source(source, fs, fps=fps, start_frame=first, end_frame=hi,
                                                    detect_size=self.detector.size, analysis_size=analysis_size,
                                                    is_candidate=candidate, stats=stats):
-            if index != lo + len(frames):
-                raise RuntimeError(f"frame source skipped from {lo + len(frames) - 1} to {index}")
+            if index != first + len(frames):
+                raise RuntimeError(f"frame source skipped from {first + len(frames) - 1} to {index}")
             frames.append(small)
             if big is not None:
                 big = area.crop(big)
+                if meter is not None:
+                    motion[index] = meter.measure(index, big)
+                if index < start_frame:
+                    continue  # the pair's first frame only
                 brightness[index] = mean_luma(big)
                 if self.scorer.text is not None or self.scorer.aesthetic is not None:
                     kept[index] = cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+        del frames[: lo - first]  # before the detector's context: decoded for the motion pair only
         eof = lo + len(frames)  # one past the last frame decoded
         end = eof if end_frame is None else min(end_frame, eof)
         at = start_frame - lo
@@ -297,7 +314,8 @@ class SegmentScanner:
                                         last=end_frame is None or eof <= end_frame, candidates=sorted(brightness),
                                         black=black, luma=luma, thumbs=thumbs)
         scores = self._score(ocr, aesthetic, kept)
-        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None))) for i in sorted(brightness)]
+        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None)), motion=motion.get(i))
+                      for i in sorted(brightness)]
         # frames of this segment only (contexts overlap the neighbours'); errors and the last
         # decoded time as the decode saw them
         inner = DecodeStats(frames=max(0, end - start_frame), errors=stats.errors, last_error=stats.last_error,

@@ -176,6 +176,7 @@ class VideoTask(BaseModel):
                 "brightness": (row.scores or unscored).brightness,
                 "ocr_text_ratio": (row.scores or unscored).ocr_text_ratio,
                 "aesthetic": (row.scores or unscored).aesthetic,
+                "motion": (row.scores or unscored).motion,
                 "black_fraction": row.black_fraction,
                 "kept": row.kept,
                 "reason": row.reason or ("not analysed" if row.scores is None else ""),

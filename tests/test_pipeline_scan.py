@@ -100,12 +100,15 @@ def test_segments_stitch_to_the_unsplit_run(tmp_path):
     np.testing.assert_array_equal(single, whole.single)  # bit for bit: the same windows and batches
     np.testing.assert_array_equal(many, whole.many)
     assert stats.frames == len(whole.single) == info.num_frames
-    # brightness of every candidate, OCR of every one a shot can pick, equal
+    # brightness of every candidate, OCR of every one a shot can pick, equal; and the motion
+    # from the candidate before, also across each segment's start (pipeline/motion.py)
     whole_by_index = {c.index: c for c in whole.candidates}
     assert [c.index for c in candidates] == sorted(whole_by_index)
+    assert sum(c.motion is None for c in candidates) == 1  # frame 0's
     for c in candidates:
         w = whole_by_index[c.index]
         assert c.brightness == w.brightness
+        assert c.motion == w.motion, c.index
         assert w.text_boxes is None or c.text_boxes == w.text_boxes, c.index
         assert w.ocr_text_ratio is None or c.ocr_text_ratio == w.ocr_text_ratio, c.index
     # the OCR'd candidates keep their text boxes (the overlay search reads them), also through

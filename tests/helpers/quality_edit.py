@@ -9,6 +9,11 @@
   every shot's frames, which carry text, every gradual transition's span.
 * ``letterbox.mp4`` / ``pillarbox.mp4`` (6 s each): one shot with black bars of 32 px top and
   bottom / 40 px left and right; truth: the active area in pixels.
+
+:func:`build_static` writes ``static.mp4`` (640×360, 24 fps, about 19 s; issue 34): the bundled
+footage's slowest moving shots (by ``pipeline.motion``'s score on the demo run) and a fast one,
+cut hard against a held frame (a real frame of Big Buck Bunny, held 3 s) and a title card (text
+on a static background, 3 s); its truth: each shot's frames and whether it moves.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ FOOTAGE = Path(__file__).resolve().parents[3] / "shared" / "footage" / "archive"
 FPS = 24
 SIZE = (320, 180)
 BBB, TRAILER, EXCERPT = "bbb_first60s_360p.mp4", "sintel_trailer_480p.mp4", "sintel_film_excerpt_26s.mp4"
+TOS = "tos_excerpt_64s_512x120_fmp4.mp4"
 #: rows of the Sintel film excerpt's picture (its bars cut off before scaling)
 EXCERPT_ROWS = (60, 420)
 
@@ -168,3 +174,29 @@ def build(out_dir: Path) -> QualityEdit:
     letterbox = _write(_boxed(clip, letter), out_dir / "letterbox.mp4")
     pillarbox = _write(_boxed(clip, pillar), out_dir / "pillarbox.mp4")
     return QualityEdit(edit, t.truth, letterbox, pillarbox, letter, pillar)
+
+
+def build_static(out_dir: Path) -> tuple[Path, list[tuple[int, int, str, bool]]]:
+    """Write ``static.mp4`` into ``out_dir`` (made if missing); return it with its shots
+    ``(start, end, label, moves)`` (half-open frames, hard cuts between them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = (640, 360)
+    shots = [
+        # Big Buck Bunny's stream, 12-15.5 s: water and a slow drift (0.0053 on the demo run,
+        # the slowest moving shot of the bundled footage)
+        (_frames(BBB, 288, 84, size), "bbb_stream", True),
+        # a frame of the meadow shot, held 3 s
+        (_frames(BBB, 100, 1, size) * 72, "held_frame", False),
+        # Tears of Steel, two people talking on a bridge (static camera, 0.0105 on the demo run)
+        (_frames(TOS, 504, 120, size), "tos_bridge", True),
+        # a title card: text on a static background
+        ([_text(np.full((size[1], size[0], 3), (52, 64, 110), np.uint8), "CHAPTER ONE", 2.0, 0.55)] * 72,
+         "title_card", False),
+        # the Sintel film excerpt's chase: fast
+        (_frames(EXCERPT, 140, 96, size), "excerpt_fast", True),
+    ]
+    frames, truth = [], []
+    for shot, label, moves in shots:
+        truth.append((len(frames), len(frames) + len(shot), label, moves))
+        frames += shot
+    return _write(frames, out_dir / "static.mp4"), truth
