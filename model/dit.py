@@ -267,6 +267,9 @@ class WanModel(nn.Module):
         #: context parallelism (model.context_parallel.apply_context_parallel sets it): None
         #: runs the sample on this device; else ``split(L)`` gives the forward's sequence shard
         self.context_parallel = None
+        #: the first-block cache of the sampler's steps (model.step_cache.apply_step_cache sets
+        #: it): None runs every block on every call of :meth:`forward`
+        self.step_cache = None
         dim = config.dim
         self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size,
                                          stride=config.patch_size)
@@ -402,9 +405,17 @@ class WanModel(nn.Module):
             shard = self.context_parallel.split(tokens.shape[1])
             tokens, cos, sin = shard.shard(tokens), shard.shard(cos, 0), shard.shard(sin, 0)
             text_mask = None if text_mask is None else shard.shard(text_mask, pad_value=True)
-        for block in self.blocks:
-            tokens = block(tokens, e0, context, cos, sin, layout, text_mask,
-                           self.attention_backend, shard, global_bank=self.global_bank)
+        def call_block(block: WanBlock, tokens: torch.Tensor) -> torch.Tensor:
+            return block(tokens, e0, context, cos, sin, layout, text_mask,
+                         self.attention_backend, shard, global_bank=self.global_bank)
+
+        if self.step_cache is not None:
+            if shard is not None:
+                raise ValueError("the step cache does not work with context parallelism")
+            tokens = self.step_cache.run(self.blocks, tokens, call_block)
+        else:
+            for block in self.blocks:
+                tokens = call_block(block, tokens)
         out = self.head(tokens, e)                                    # [B, L, pt·ph·pw·C]
         if shard is not None:
             out = shard.gather(out)
