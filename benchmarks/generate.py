@@ -55,6 +55,8 @@ dense per step. JSON and a markdown table go to ``--out`` and ``--out`` with ``.
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import json
 import statistics
 import time
@@ -199,6 +201,8 @@ def run(model, noise, cond, steps: int) -> tuple[torch.Tensor, list[float], list
 
 
 def reset_peak(device: torch.device) -> None:
+    """Free what the last case left (its model) and restart the peak-memory count."""
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -260,7 +264,6 @@ def model_case(name: str, config: WanConfig, latent: tuple, vae, mode: str, args
     else:
         _, seconds, _ = run(model, noise, cond, args.steps)
         result["peak_memory_gib"] = peak_gib(device)
-        del model
     result.update(step_s=statistics.median(seconds), step_s_all=seconds)
     print(json.dumps({k: v for k, v in result.items() if k != "step_s_all"}), flush=True)
     return result
@@ -318,7 +321,7 @@ def profile(config: WanConfig, latent: tuple, args, device, dtype, out: Path) ->
         noise, cond = make_inputs(config, latent, device, window)
         t = torch.full((1,), 500.0, device=device)
         batch = cond.batch_of_two()
-        step = lambda: guided_velocity(model, noise, t, cond, 5.0, True, batch)  # noqa: E731
+        step = functools.partial(guided_velocity, model, noise, t, cond, 5.0, True, batch)
         with torch.no_grad():
             for _ in range(max(args.warmup, 1)):
                 step()
@@ -340,11 +343,12 @@ def profile(config: WanConfig, latent: tuple, args, device, dtype, out: Path) ->
         total = sum(getattr(e, key) for e in events if not e.key.startswith("ProfilerStep"))
         wall = statistics.median(walls) * 1e3
         rows.append({"model": name, "table": path.name, "wall_ms": wall,
-                     "self_time_total_ms": total / 1e3, "busy": total / 1e3 / wall,
+                     "self_time_total_ms": total / 1e3,
+                     "busy": total / 1e3 / wall if cuda else None,  # CPU ops overlap threads
                      "top": [{"name": e.key[:120], "calls": e.count,
                               "self_ms": getattr(e, key) / 1e3} for e in top]})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "top"}), flush=True)
-        del model
+        del model, step
     return rows
 
 
@@ -426,8 +430,9 @@ def markdown(report: dict) -> str:
         lines += ["", "Profile of one CFG forward (self time, all kernels; tables beside this file):", ""]
         for r in report["profile"]:
             top = "; ".join(f"{t['name'][:60]} {t['self_ms']:.1f} ms" for t in r["top"][:5])
+            busy = "" if r["busy"] is None else f"busy {r['busy']:.0%}; "
             lines.append(f"- {r['model']}: {r['self_time_total_ms']:.1f} ms of kernels in "
-                         f"{r['wall_ms']:.1f} ms wall (busy {r['busy']:.0%}; {r['table']}); top: {top}")
+                         f"{r['wall_ms']:.1f} ms wall ({busy}{r['table']}); top: {top}")
     lines.append("")
     for name, t in report["targets"].items():
         lines.append(f"- {name}: {t}")
