@@ -32,9 +32,11 @@ Parts (``--parts``, all by default; each fits one 600 s command on one H100 at 5
   the per-step figures of these two models come from these runs;
 * ``exact``: every speed-up's final latents against today's path (``multishot generate``'s
   default: eager blocks, no cache), same seed, ``--check-steps`` steps, sparse:
-  compiled blocks, the step cache at threshold 0 (both claim exactness: relative L2 error
+  compiled blocks, CUDA graphs of the step (``runtime.step_graphs``, with its captures and
+  replays), the step cache at threshold 0 (these claim exactness: relative L2 error
   <= :data:`TOLERANCE`), and the step cache at ``--cache-threshold`` (NOT exact: its error and
   skipped steps are reported, its quality cost is measured in the synthetic world).
+  ``--graphs`` runs ours in the other parts through the CUDA graphs too.
 
 ``--profile``: instead, a ``torch.profiler`` kernel table of one CFG forward (30 blocks) of ours
 dense (masked and unmasked cross-attention) and diffusers dense, written beside the JSON as
@@ -65,6 +67,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from multishot.generate.graphs import GraphedDenoiser
 from multishot.generate.vae_tiling import decode, untiled_peak_bytes
 from multishot.model.config import WanConfig, get_config
 from multishot.model.dit import WanModel
@@ -167,11 +170,14 @@ def build_peer(config: WanConfig, compiled: bool, device: torch.device, dtype: t
     return PeerDiT(model.eval().requires_grad_(False), config.text_len, per_token)
 
 
-def make_model(name: str, config: WanConfig, compiled: bool, device, dtype, per_token: bool):
-    """One of :data:`MODELS`, and whether it runs window cross-attention."""
+def make_model(name: str, config: WanConfig, compiled: bool, device, dtype, per_token: bool,
+               graphs: bool = False):
+    """One of :data:`MODELS` (ours through :class:`GraphedDenoiser` with ``graphs``), and
+    whether it runs window cross-attention."""
     if name == "diffusers dense":
         return build_peer(config, compiled, device, dtype, per_token), False
-    return build(config, name == "ours sparse", compiled, device, dtype), name != "ours dense unmasked"
+    model = build(config, name == "ours sparse", compiled, device, dtype)
+    return GraphedDenoiser(model) if graphs else model, name != "ours dense unmasked"
 
 
 def make_inputs(config: WanConfig, latent: tuple, device: torch.device,
@@ -244,7 +250,7 @@ def model_case(name: str, config: WanConfig, latent: tuple, vae, mode: str, args
     ``--sample-steps`` steps + the VAE decode (ours: ``auto`` tiling; diffusers: tiled)."""
     reset_peak(device)
     model, window = make_model(name, config, mode == "compiled", device, dtype,
-                               args.peer_timesteps == "per-token")
+                               args.peer_timesteps == "per-token", args.graphs)
     noise, cond = make_inputs(config, latent, device, window)
     _, warm, _ = run(model, noise, cond, args.warmup)  # compiles
     result = {"model": name, "mode": mode, "tokens": cond.layout.seq_len,
@@ -278,13 +284,15 @@ def exactness(config: WanConfig, latent: tuple, args, device, dtype) -> list[dic
     rows = [{"speed_up": "none (today's path: eager blocks)", "claims_exact": True,
              "rel_err": 0.0, "reused_steps": 0, "median_step_s": statistics.median(ref_s)}]
 
-    def check(label: str, claims_exact: bool) -> None:
+    def check(label: str, claims_exact: bool, runner: torch.nn.Module = model) -> None:
         if args.mode == "compiled":
-            run(model, noise, cond, args.warmup)  # compiles
-        latents, seconds, reused = run(model, noise, cond, args.check_steps)
+            run(runner, noise, cond, args.warmup)  # compiles
+        latents, seconds, reused = run(runner, noise, cond, args.check_steps)
         err = rel_err(latents, reference)
         row = {"speed_up": label, "claims_exact": claims_exact, "rel_err": err,
                "reused_steps": sum(reused), "median_step_s": statistics.median(seconds)}
+        if isinstance(runner, GraphedDenoiser):
+            row.update(graph_captures=runner.captures, graph_replays=runner.replays)
         row["verdict"] = ("exact within tolerance" if err <= TOLERANCE else "NOT within tolerance") \
             if claims_exact else "not exact (quality cost: the synthetic world, issue J)"
         print(json.dumps(row), flush=True)
@@ -296,6 +304,7 @@ def exactness(config: WanConfig, latent: tuple, args, device, dtype) -> list[dic
         apply_compile(model)
         check("compiled blocks", True)
     prefix = "compiled blocks + " if args.mode == "compiled" else ""
+    check(prefix + "CUDA graphs of the step", True, GraphedDenoiser(model))
     apply_step_cache(model, 0.0)
     check(prefix + "step cache, threshold 0", True)
     apply_step_cache(model, args.cache_threshold)
@@ -400,7 +409,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Generation benchmark ({report['device']})", "",
              f"Ours beside diffusers {report['diffusers']} in one process: CFG as a batch of two, "
              f"{report['dtype']}, random weights, torch {report['torch']}, blocks {report['mode']}; "
-             f"{report['warmup_steps']} warm-up steps; the diffusers model gets "
+             f"{report['warmup_steps']} warm-up steps; ours with CUDA graphs of the step: "
+             f"{report['step_graphs']}; the diffusers model gets "
              f"{report['peer_timesteps']} timesteps.", ""]
     if report["cases"]:
         lines += ["| shape | model | tokens | s / CFG step | peak GiB | whole sample, s | decode |",
@@ -424,7 +434,9 @@ def markdown(report: dict) -> str:
                   "| speed-up | claims exact | rel. error | steps reused | s / step | verdict |",
                   "|---|---|---|---|---|---|"]
         for r in report["exact"]:
-            lines.append(f"| {r['speed_up']} | {r['claims_exact']} | {r['rel_err']:.2e} | "
+            graphs = f" ({r['graph_captures']} captures, {r['graph_replays']} replays)" \
+                if "graph_replays" in r else ""
+            lines.append(f"| {r['speed_up']}{graphs} | {r['claims_exact']} | {r['rel_err']:.2e} | "
                          f"{r['reused_steps']} | {r['median_step_s']:.3f} | {r.get('verdict', 'reference')} |")
     if report["profile"]:
         lines += ["", "Profile of one CFG forward (self time, all kernels; tables beside this file):", ""]
@@ -456,6 +468,8 @@ def main() -> None:
     parser.add_argument("--check-steps", type=int, default=20, help="steps of the exactness check")
     parser.add_argument("--cache-threshold", type=float, default=0.05,
                         help="the step cache's threshold in the exactness check")
+    parser.add_argument("--graphs", action="store_true", help="steps and sample parts: ours "
+                        "with CUDA graphs of the step (runtime.step_graphs)")
     parser.add_argument("--peer-timesteps", default="per-sample", choices=["per-sample", "per-token"])
     parser.add_argument("--tiny", action="store_true",
                         help="the tiny model on CPU in float32 (checks that the script works)")
@@ -480,6 +494,7 @@ def main() -> None:
               "diffusers": diffusers.__version__, "dtype": str(dtype).removeprefix("torch."),
               "mode": args.mode, "warmup_steps": args.warmup, "timed_steps": args.steps,
               "check_steps": args.check_steps, "peer_timesteps": args.peer_timesteps,
+              "step_graphs": args.graphs,
               "cases": [], "ratios": {}, "exact": [], "profile": []}
     for shape, (latent, vae_config) in shapes.items():
         config = configs[shape]

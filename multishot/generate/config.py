@@ -86,6 +86,11 @@ class RuntimeConfig(Section):
     cuda_graphs: bool = Field(True, description=(
         "streaming (--causal) on GPU: replay the denoising passes from CUDA graphs once their "
         "shapes repeat (generate.graphs; same outputs); no effect on CPU"))
+    step_graphs: bool = Field(False, description=(
+        "bidirectional sampler on GPU: replay each CFG step's blocks and head from a CUDA graph "
+        "once its shapes repeat (generate.graphs.GraphedDenoiser; the same kernels, checked on "
+        "the GPU by benchmarks/generate.py --parts exact); off by default until that check "
+        "has run; no effect on CPU or with step_cache"))
     step_cache: bool = Field(False, description=(
         "first-block cache (model.step_cache, as diffusers' FirstBlockCache): a step whose first "
         "block's residual changed by less than step_cache_threshold since the last computed step "

@@ -182,6 +182,10 @@ class Generator:
             from multishot.model.compile import apply_compile
 
             apply_compile(model)
+        if r.step_graphs and self.device.type == "cuda":
+            from multishot.generate.graphs import GraphedDenoiser
+
+            model = GraphedDenoiser(model)
         return model
 
     # ---- device placement ------------------------------------------------------------------
