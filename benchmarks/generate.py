@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
 import json
 import statistics
 import time
@@ -122,6 +123,19 @@ def build(config: WanConfig, sparse: bool, compiled: bool, device: torch.device,
     return model.eval().requires_grad_(False)
 
 
+def import_diffusers():
+    """``import diffusers``, with torchvision made importable first where it is installed but
+    cannot load its operators (a CPU torch: :mod:`multishot.torchvision_cpu`); a GPU image
+    without torchvision needs nothing."""
+    if importlib.util.find_spec("torchvision") is not None:
+        from multishot.torchvision_cpu import import_torchvision
+
+        import_torchvision()
+    import diffusers
+
+    return diffusers
+
+
 class PeerDiT(torch.nn.Module):
     """diffusers' ``WanTransformer3DModel`` behind our sampler's call ``(x [B, C, F, H, W],
     timestep [B], context [B, L, text_dim], layout, spans) → velocity``: the layout and spans
@@ -148,9 +162,7 @@ def build_peer(config: WanConfig, compiled: bool, device: torch.device, dtype: t
                per_token: bool) -> PeerDiT:
     """diffusers' ``WanTransformer3DModel`` of ``config``'s shape, random weights (PyTorch's
     default initialisation), in ``dtype`` but for its ``_keep_in_fp32_modules``."""
-    from multishot.torchvision_cpu import import_torchvision
-
-    import_torchvision()
+    import_diffusers()
     from diffusers import WanTransformer3DModel
 
     with torch.device(device):
@@ -220,9 +232,7 @@ def peak_gib(device: torch.device) -> float | None:
 
 def make_vae(vae_config: dict, device: torch.device, dtype: torch.dtype):
     """A random-weight diffusers ``AutoencoderKLWan`` of ``vae_config`` on ``device``."""
-    from multishot.torchvision_cpu import import_torchvision
-
-    import_torchvision()
+    import_diffusers()
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(**vae_config).to(device, dtype).eval()
@@ -488,10 +498,8 @@ def main() -> None:
         configs = {m: get_config(m) for m in args.models}
     out = Path(args.out or results_dir("generate") / ("generate_tiny.json" if args.tiny else "generate.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    import diffusers
-
     report = {"device": device_name(device), "torch": torch.__version__,
-              "diffusers": diffusers.__version__, "dtype": str(dtype).removeprefix("torch."),
+              "diffusers": import_diffusers().__version__, "dtype": str(dtype).removeprefix("torch."),
               "mode": args.mode, "warmup_steps": args.warmup, "timed_steps": args.steps,
               "check_steps": args.check_steps, "peer_timesteps": args.peer_timesteps,
               "step_graphs": args.graphs,
