@@ -66,9 +66,11 @@ def test_off_threshold_zero_and_large(random_models):
     latents, trace = large.denoise(request)
     cache = large.experts[0].model.step_cache
     assert trace.reused == [False] + [True] * 5 and (cache.computed, cache.reused) == (1, 5)
-    error = ((latents - exact).norm() / exact.norm()).item()
-    print(f"threshold 1e9: 5 of 6 steps skipped, relative error of the latents {error:.3f}")
-    assert error > 1e-3  # not exact, and not claimed to be
+    # not exact, and not claimed to be: the error against what the sampler moved the noise by
+    moved = (exact - large.noise(request)).norm()
+    error = ((latents - exact).norm() / moved).item()
+    print(f"threshold 1e9: 5 of 6 steps skipped, error {error:.2e} of the sampler's change")
+    assert error > 1e-4  # float32 noise of the same computation would be ~1e-7; exact is 0
     # a new sample starts afresh: nothing of the last one is reused
     _, trace = large.denoise(request)
     assert trace.reused[0] is False and cache.computed == 2
