@@ -20,7 +20,8 @@ embedding and modulation, the norms, RoPE, and the gated residual updates (as Wa
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn as nn
@@ -231,6 +232,30 @@ class Head(nn.Module):
         return self.head(_modulate(self.norm(x), scale, shift).type_as(x))
 
 
+@dataclass
+class BlockInputs:
+    """What :meth:`WanModel.forward` hands its blocks: ``tokens`` ``[B, L, dim]``, ``e``
+    ``[B, dim]`` and ``e0`` ``[B, 6, dim]`` float32, the embedded ``context``
+    ``[B, text_len, dim]``, RoPE ``cos`` / ``sin`` ``[L, head_dim / 2]``, the self-attention
+    ``layout`` (None = full), the window ``text_mask`` ``[B, L, text_len]`` or None, the
+    context-parallel ``shard`` or None and the token ``grid`` ``(f, h, w)``. A CUDA graph of
+    the blocks (:mod:`generate.graphs`) refills its copies of the tensor fields (:data:`TENSORS`)
+    before every replay."""
+
+    tokens: torch.Tensor
+    e: torch.Tensor
+    e0: torch.Tensor
+    context: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    layout: ShotLayout | None
+    text_mask: torch.Tensor | None
+    shard: object
+    grid: tuple[int, int, int]
+
+    TENSORS: ClassVar[tuple[str, ...]] = ("tokens", "e", "e0", "context", "cos", "sin", "text_mask")
+
+
 class WanModel(nn.Module):
     """Wan2.1/2.2 text-to-video DiT predicting the flow-matching velocity, with HoloCine's
     window cross-attention and sparse inter-shot self-attention.
@@ -267,6 +292,9 @@ class WanModel(nn.Module):
         #: context parallelism (model.context_parallel.apply_context_parallel sets it): None
         #: runs the sample on this device; else ``split(L)`` gives the forward's sequence shard
         self.context_parallel = None
+        #: the first-block cache of the sampler's steps (model.step_cache.apply_step_cache sets
+        #: it): None runs every block on every call of :meth:`forward`
+        self.step_cache = None
         dim = config.dim
         self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=config.patch_size,
                                          stride=config.patch_size)
@@ -361,6 +389,14 @@ class WanModel(nn.Module):
             ValueError: shapes disagree with the config or the layout; ``text_spans`` without a
                 layout.
         """
+        return self.blocks_and_head(self.block_inputs(x, timestep, context, shot_layout,
+                                                      text_spans))
+
+    def block_inputs(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                     shot_layout: ShotLayout | None = None,
+                     text_spans: list[TextSpans | None] | None = None) -> BlockInputs:
+        """The first part of :meth:`forward` (same arguments and errors): the embeddings, RoPE
+        tables, masks and sequence shard its blocks take (:class:`BlockInputs`)."""
         cfg = self.config
         b = x.shape[0]
         pt, ph, pw = cfg.patch_size
@@ -402,13 +438,29 @@ class WanModel(nn.Module):
             shard = self.context_parallel.split(tokens.shape[1])
             tokens, cos, sin = shard.shard(tokens), shard.shard(cos, 0), shard.shard(sin, 0)
             text_mask = None if text_mask is None else shard.shard(text_mask, pad_value=True)
-        for block in self.blocks:
-            tokens = block(tokens, e0, context, cos, sin, layout, text_mask,
-                           self.attention_backend, shard, global_bank=self.global_bank)
-        out = self.head(tokens, e)                                    # [B, L, pt·ph·pw·C]
-        if shard is not None:
-            out = shard.gather(out)
-        return self.unpatchify(out, grid)
+        return BlockInputs(tokens, e, e0, context, cos, sin, layout, text_mask, shard, grid)
+
+    def blocks_and_head(self, inputs: BlockInputs) -> torch.Tensor:
+        """The rest of :meth:`forward`: the blocks (through the step cache when one is set,
+        :mod:`model.step_cache`), the head and unpatchify → ``[B, C_out, F_lat, H_lat, W_lat]``."""
+        i = inputs
+
+        def call_block(block: WanBlock, tokens: torch.Tensor) -> torch.Tensor:
+            return block(tokens, i.e0, i.context, i.cos, i.sin, i.layout, i.text_mask,
+                         self.attention_backend, i.shard, global_bank=self.global_bank)
+
+        tokens = i.tokens
+        if self.step_cache is not None:
+            if i.shard is not None:
+                raise ValueError("the step cache does not work with context parallelism")
+            tokens = self.step_cache.run(self.blocks, tokens, call_block)
+        else:
+            for block in self.blocks:
+                tokens = call_block(block, tokens)
+        out = self.head(tokens, i.e)                                  # [B, L, pt·ph·pw·C]
+        if i.shard is not None:
+            out = i.shard.gather(out)
+        return self.unpatchify(out, i.grid)
 
     # ---- causal chunk-wise mode (CausalCine §3.2–3.3, model.causal) -------------------------
 

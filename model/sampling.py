@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -160,11 +160,13 @@ def guided_velocity(model: torch.nn.Module, x: torch.Tensor, timestep: torch.Ten
 
 @dataclass
 class SampleTrace:
-    """What a sampling run did: per step the timestep, the expert used and its seconds."""
+    """What a sampling run did: per step the timestep, the expert used, its seconds and whether
+    it reused the step cache's residual (:mod:`model.step_cache`; always False without one)."""
 
     timesteps: list[float]
     experts: list[str]
     step_seconds: list[float]
+    reused: list[bool] = field(default_factory=list)
 
 
 def sample(experts: Sequence[Expert], noise: torch.Tensor, cond: Conditioning,
@@ -177,6 +179,8 @@ def sample(experts: Sequence[Expert], noise: torch.Tensor, cond: Conditioning,
             ``min_timestep = 1000·boundary``, low-noise with 0).
         on_expert: called with the expert about to be used whenever it changes (moves the
             idle expert off the GPU when offloading).
+        An expert's model with a ``step_cache`` (:func:`model.step_cache.apply_step_cache`)
+        has it reset here and told of every step; ``trace.reused`` says which steps reused it.
     Returns:
         the final latents (float32, like ``noise``) and a :class:`SampleTrace`.
     """
@@ -185,6 +189,10 @@ def sample(experts: Sequence[Expert], noise: torch.Tensor, cond: Conditioning,
     batch_inputs = cond.batch_of_two() if config.cfg_batch and max(
         e.cfg_scale for e in experts) != 1.0 else None
     trace = SampleTrace([], [], [])
+    caches = {id(e): getattr(e.model, "step_cache", None) for e in experts}
+    for cache in caches.values():
+        if cache is not None:
+            cache.reset()  # a new sample: nothing of the last one is reused
     current: Expert | None = None
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     for t in tqdm(scheduler.timesteps, desc="sampling", unit="step", disable=not progress):
@@ -194,6 +202,9 @@ def sample(experts: Sequence[Expert], noise: torch.Tensor, cond: Conditioning,
             if on_expert is not None:
                 on_expert(expert)
             current = expert
+        cache = caches[id(expert)]
+        if cache is not None:
+            cache.new_step()
         timestep = t.reshape(1).to(x.device, torch.float32)
         v = guided_velocity(expert.model, x, timestep, cond, expert.cfg_scale, config.cfg_batch,
                             batch_inputs)
@@ -201,6 +212,7 @@ def sample(experts: Sequence[Expert], noise: torch.Tensor, cond: Conditioning,
         sync()  # per-step seconds are reported; one sync a step costs nothing next to a step
         trace.timesteps.append(float(t))
         trace.experts.append(expert.name)
+        trace.reused.append(cache is not None and cache.step_reused)
         trace.step_seconds.append(time.perf_counter() - start)
     return x, trace
 

@@ -187,21 +187,39 @@ def test_equals_diffusers_wan_pipeline(tmp_path, random_models, a14b):
 
 
 def test_benchmark_script_runs_tiny_on_cpu(tmp_path):
+    """benchmarks/generate.py --tiny: every part (ours and diffusers' WanTransformer3DModel per
+    step, whole samples with their decodes, the exactness check) and the --profile mode."""
     import subprocess
     import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(repo / "benchmarks/generate.py"), "--tiny",
-                             "--warmup", "0", "--steps", "1", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    script = [sys.executable, str(repo / "benchmarks/generate.py"), "--tiny", "--mode", "eager",
+              "--warmup", "1", "--out", str(out)]
+    result = subprocess.run(script + ["--steps", "1", "--sample-steps", "2", "--check-steps", "2"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [(c["attention"], c["mode"]) for c in report["cases"]] == [("sparse", "eager"),
-                                                                      ("dense", "eager")]
-    assert all(c["step_s"] > 0 and c["sample_s"] > c["step_s"] for c in report["cases"])
-    assert "| tiny | sparse | eager | 12 |" in out.with_suffix(".md").read_text()
+    cases = {c["model"]: c for c in report["cases"]}
+    assert list(cases) == ["ours sparse", "ours dense", "ours dense unmasked", "diffusers dense"]
+    assert all(c["step_s"] > 0 for c in cases.values())
+    for name, tiled in (("ours sparse", False), ("diffusers dense", True)):  # CPU auto: untiled
+        c = cases[name]
+        assert c["sample_s"] > c["sampling_s"] > 0 and c["vae_tiling"] is tiled
+        assert len(c["step_s_all"]) == c["sample_steps"] == 2
+    assert "ours dense / diffusers dense, per step" in report["ratios"]["tiny"]
+    exact = {r["speed_up"]: r for r in report["exact"]}
+    assert exact["step cache, threshold 0"]["rel_err"] == 0.0
+    assert exact["step cache, threshold 0.05"]["claims_exact"] is False
+    assert "| tiny | diffusers dense | 12 |" in out.with_suffix(".md").read_text()
+
+    result = subprocess.run(script + ["--profile"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    profiles = json.loads(out.read_text())["profile"]
+    assert [p["model"] for p in profiles] == ["ours dense", "ours dense unmasked", "diffusers dense"]
+    for p in profiles:
+        assert p["self_time_total_ms"] > 0 and "aten::" in (tmp_path / p["table"]).read_text()
 
 
 def test_prompt_past_the_text_length_falls_back_to_unmasked_cross_attention(random_models):

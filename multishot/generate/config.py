@@ -78,11 +78,26 @@ class RuntimeConfig(Section):
         "DiT dtype; 'auto' = bfloat16 on GPU, float32 on CPU"))
     offload: bool = Field(True, description=(
         "GPU only: keep the text encoder, the VAE and the idle A14B expert on the CPU until used"))
-    vae_tiling: bool = Field(True, description="tiled VAE decode (diffusers enable_tiling)")
+    vae_tiling: Literal["auto"] | bool = Field("auto", description=(
+        "tiled VAE decode (diffusers enable_tiling): true, false, or 'auto' = untiled when the "
+        "GPU's free memory holds the untiled decode's estimated peak, else tiled, and tiled "
+        "again if untiled runs out of memory; untiled on CPU (generate.vae_tiling)"))
     progress: bool = Field(True, description="tqdm bar over the denoising steps")
     cuda_graphs: bool = Field(True, description=(
         "streaming (--causal) on GPU: replay the denoising passes from CUDA graphs once their "
         "shapes repeat (generate.graphs; same outputs); no effect on CPU"))
+    step_graphs: bool = Field(False, description=(
+        "bidirectional sampler on GPU: replay each CFG step's blocks and head from a CUDA graph "
+        "once its shapes repeat (generate.graphs.GraphedDenoiser; the same kernels, checked on "
+        "the GPU by benchmarks/generate.py --parts exact); off by default until that check "
+        "has run; no effect on CPU or with step_cache"))
+    step_cache: bool = Field(False, description=(
+        "first-block cache (model.step_cache, as diffusers' FirstBlockCache): a step whose first "
+        "block's residual changed by less than step_cache_threshold since the last computed step "
+        "reuses that step's residual of the other blocks. NOT exact: faster, at a quality cost"))
+    step_cache_threshold: float = Field(0.05, ge=0, description=(
+        "relative mean-absolute change of the first block's residual under which a step is "
+        "skipped (diffusers' default 0.05; 0 = never skip)"))
 
 
 class GenerateConfig(Section):

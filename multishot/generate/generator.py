@@ -39,9 +39,10 @@ from multishot.model.config import get_config
 from multishot.model.context_parallel import apply_context_parallel, join_torchrun
 from multishot.model.encoders import FrozenEncoders
 from multishot.model.layout import latent_shot_starts
+from multishot.generate.vae_tiling import decode as decode_tiled_or_not
 from multishot.model.sampling import (NUM_TRAIN_TIMESTEPS, Conditioning, Expert, SampleTrace,
-                                      decode_latents,
                                       initial_noise, make_conditioning, sample)
+from multishot.model.step_cache import apply_step_cache
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ class Generator:
                                             "cpu" if self.offload else self.device)
         if self.encoders.vae is None or self.encoders.text_encoder is None:
             raise ValueError("generation needs encoders.vae and encoders.text_encoder")
-        if config.runtime.vae_tiling:
-            self.encoders.vae.enable_tiling()
         self.vae_stride = (self.encoders.vae.config.scale_factor_temporal,
                            self.encoders.vae.config.scale_factor_spatial)
         log.info("loaded %d DiT(s) %s (%s, %s) and encoders in %.1f s", len(self.experts),
@@ -173,10 +172,20 @@ class Generator:
             log.info("merged LoRA %s at scale %g into %d weights of %s", self.lora,
                      self.lora_scale, changed, checkpoint)
         apply_context_parallel(model, self.cp_group)
+        r = self.config.runtime
+        if r.step_cache:
+            if self.cp_group is not None:
+                raise ValueError("runtime.step_cache does not work with context parallelism "
+                                 "(each rank would decide on its own tokens)")
+            apply_step_cache(model, r.step_cache_threshold)
         if m.compile:
             from multishot.model.compile import apply_compile
 
             apply_compile(model)
+        if r.step_graphs and self.device.type == "cuda":
+            from multishot.generate.graphs import GraphedDenoiser
+
+            model = GraphedDenoiser(model)
         return model
 
     # ---- device placement ------------------------------------------------------------------
@@ -255,10 +264,13 @@ class Generator:
         return sample(self.experts, self.noise(request), cond, self.config.sampling,
                       progress=self.config.runtime.progress, on_expert=self._activate)
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """VAE decode (:func:`decode_latents`), the VAE on the GPU only meanwhile."""
+    def decode(self, latents: torch.Tensor) -> tuple[np.ndarray, dict]:
+        """VAE decode, tiled or not as ``runtime.vae_tiling`` decides (:func:`generate.
+        vae_tiling.decode`), the VAE on the GPU only meanwhile: the video ``[F, H, W, 3]``
+        uint8 and what was decided."""
         with self._on_device(self.encoders.vae):
-            return decode_latents(self.encoders.vae, latents, self.device, self.encoders.dtype)
+            return decode_tiled_or_not(self.encoders.vae, latents, self.device,
+                                       self.encoders.dtype, self.config.runtime.vae_tiling)
 
     def generate(self, request: Request) -> Generated:
         """Sample, decode and describe one request (:class:`Generated`)."""
@@ -267,10 +279,11 @@ class Generator:
         start = time.perf_counter()
         latents, trace = self.denoise(request)
         sampled = time.perf_counter()
-        video = self.decode(latents)
+        video, tiling = self.decode(latents)
         done = time.perf_counter()
         return Generated(request, video, latents.cpu(), self.describe(request, trace, {
-            "sampling_s": sampled - start, "decode_s": done - sampled, "total_s": done - start}))
+            "sampling_s": sampled - start, "decode_s": done - sampled, "total_s": done - start,
+            **tiling}))
 
     def describe(self, request: Request, trace: SampleTrace, seconds: dict) -> dict:
         """The JSON record written beside a sample's mp4."""
@@ -294,7 +307,10 @@ class Generator:
             "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
             "seconds_per_step": float(np.mean(trace.step_seconds)),
             "step_seconds": trace.step_seconds, "timesteps": trace.timesteps,
-            "experts": trace.experts, **seconds,
+            "experts": trace.experts,
+            "step_cache": {"threshold": self.config.runtime.step_cache_threshold,
+                           "reused_steps": sum(trace.reused), "exact": False}
+            if self.config.runtime.step_cache else None, **seconds,
             "peak_memory_gib": peak_memory_gib(self.device), **request.extra,
         }
 
