@@ -155,7 +155,7 @@ def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch:
         vae = new_vae(base_dim=base_dim).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))))
+        opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))))
     start, losses = time.perf_counter(), []
     n, f = frames.shape[:2]
     for step in range(steps):
@@ -189,7 +189,7 @@ def train_vae(folder: str | Path, frames: np.ndarray, steps: int, device, batch:
     vae.register_to_config(latents_mean=mean, latents_std=std)
     vae.save_pretrained(folder)
     return {"steps": len(losses), "seconds": time.perf_counter() - start,
-            "final_loss": float(np.mean(losses[-50:])), "init": init, "batch": batch,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None, "init": init, "batch": batch,
             "clip_frames": clip}
 
 
