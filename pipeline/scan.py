@@ -45,6 +45,7 @@ from pydantic import BaseModel, Field
 from multishot.dataset.storage import read_json, resolve, write_json
 from multishot.pipeline.analyse import CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates
 from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.dedup import keyframe_hash
 from multishot.pipeline.detect import CONTEXT, DetectedShot, make_detector, min_shot_frames, shots_of
 from multishot.pipeline.ocr import TextBox
 from multishot.pipeline.picture import ActiveArea, black_frames, frame_darkness, trimmed_shot
@@ -141,7 +142,8 @@ def scan_hash(config: PipelineConfig) -> str:
     """16 hex digits naming the settings a segment result depends on (detection and analysis,
     not placement): a result saved with other settings is not reused."""
     parts = {"detect": config.detect.model_dump(mode="json", exclude=set(config.detect.PLACEMENT)),
-             "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"})}
+             "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"}),
+             "keyframe_hash": "imagehash.phash 8x8"}  # results made before candidates were hashed are redone
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -264,6 +266,7 @@ class SegmentScanner:
         frames: list = []  # 48x27 frames from start_frame - context on (CUDA tensors from a GPU source)
         kept: dict[int, bytes] = {}  # JPEG of each candidate, until OCR/aesthetic are decided
         brightness: dict[int, float] = {}
+        hashes: dict[int, str] = {}  # each candidate's perceptual hash (near-duplicates: pipeline.dedup)
         lo = max(0, start_frame - context)
         hi = None if end_frame is None else end_frame + context
 
@@ -279,6 +282,7 @@ class SegmentScanner:
             if big is not None:
                 big = area.crop(big)
                 brightness[index] = mean_luma(big)
+                hashes[index] = keyframe_hash(big)
                 if self.scorer.text is not None or self.scorer.aesthetic is not None:
                     kept[index] = cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
         eof = lo + len(frames)  # one past the last frame decoded
@@ -297,7 +301,8 @@ class SegmentScanner:
                                         last=end_frame is None or eof <= end_frame, candidates=sorted(brightness),
                                         black=black, luma=luma, thumbs=thumbs)
         scores = self._score(ocr, aesthetic, kept)
-        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None))) for i in sorted(brightness)]
+        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None)), phash=hashes[i])
+                      for i in sorted(brightness)]
         # frames of this segment only (contexts overlap the neighbours'); errors and the last
         # decoded time as the decode saw them
         inner = DecodeStats(frames=max(0, end - start_frame), errors=stats.errors, last_error=stats.last_error,
