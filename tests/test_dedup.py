@@ -3,6 +3,7 @@ shared shot, a re-encoded rescaled copy, and a second run into the same output."
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -47,14 +48,27 @@ def test_bundled_footage_only_the_shot_the_trailer_shares_with_the_film(pipeline
     pre-release render): Sintel's close-up looking up over rubble (trailer 22.3-23.8 s, film
     3.04-4.84 s) and the flight over the ruined city with the red dragon (trailer 23.8-25.9 s,
     film 4.84-12.76 s, its 7.5-10 s). The close-up fades in from black in the trailer and what
-    is left after the fade is 0.75 s: too short, never analysed. So exactly one shot is marked:
-    the trailer's flight, a duplicate of the film's; no other shot of the footage."""
+    is left after the fade is 0.75 s: too short, never analysed. So exactly one shot of the
+    archive is marked: the trailer's flight, a duplicate of the film's. The run also holds the
+    damaged copies of Big Buck Bunny (footage/bad): each of their shots the filter keeps is a
+    duplicate of the intact film's shot at the same time, 0 bits apart."""
     out, _ = pipeline_run
     shots = _shots(Path(out))
     marked = [s for s in shots if "duplicate" in s["reason"].split(",")]
-    assert [(Path(s["source"]).name, round(s["start_s"], 1), round(s["end_s"], 1)) for s in marked] == \
+    archive = [s for s in marked if Path(s["source"]).parent.name == "archive"]
+    assert [(Path(s["source"]).name, round(s["start_s"], 1), round(s["end_s"], 1)) for s in archive] == \
         [(TRAILER, 23.8, 25.9)]
-    (dup,) = marked
+    bbb = {s["shot_index"]: s for s in shots if Path(s["source"]).name == "bbb_first60s_360p.mp4"}
+    damaged = [s for s in shots if Path(s["source"]).name.startswith("corrupt_") and s["reason"] in ("", "duplicate")
+               and s["brightness"] is not None]
+    assert {Path(s["source"]).name for s in damaged} == {"corrupt_truncated_faststart_bbb.mp4",
+                                                         "corrupt_zeroed_middle_bbb.mp4"}
+    for s in damaged:
+        twin = bbb[s["duplicate_of_shot"]]
+        assert s["reason"] == "duplicate" and s["duplicate_of_source_id"] == twin["source_id"] and twin["kept"]
+        assert abs(twin["start_s"] - s["start_s"]) < 0.2 and abs(twin["end_s"] - s["end_s"]) < 0.2
+    assert len(marked) == len(archive) + len(damaged)
+    (dup,) = archive
     (twin,) = [s for s in shots if s["source_id"] == dup["duplicate_of_source_id"]
                and s["shot_index"] == dup["duplicate_of_shot"]]
     assert Path(twin["source"]).name == FILM and twin["start_s"] <= 7.5 and twin["end_s"] >= 10.0 and twin["kept"]
@@ -68,12 +82,13 @@ def _reencode(src: Path, dst: Path, size: tuple[int, int]) -> Path:
     ultrafast) at its own frame rate: another file, another resolution, the same pictures."""
     with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
         stream_in = inp.streams.video[0]
-        stream = out.add_stream("libx264", rate=stream_in.average_rate)
+        rate = stream_in.average_rate
+        stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.options = {"crf": "32", "preset": "ultrafast"}
-        for frame in inp.decode(stream_in):
+        for k, frame in enumerate(inp.decode(stream_in)):
             picture = frame.reformat(width=size[0], height=size[1], format="yuv420p")
-            picture.pts = None
+            picture.pts, picture.time_base = k, 1 / Fraction(rate)
             out.mux(stream.encode(picture))
         out.mux(stream.encode())
     return dst
