@@ -13,8 +13,11 @@ import pytest
 
 from multishot.dataset.shards import ShardSetLayout
 from multishot.pipeline.config import PipelineConfig
-from multishot.pipeline.dedup import near_pairs
+from multishot.pipeline.analyse import ShotScores
+from multishot.pipeline.dedup import mark_duplicates, near_pairs
+from multishot.pipeline.detect import DetectedShot
 from multishot.pipeline.run import run_pipeline
+from multishot.pipeline.task import ShotRow, VideoTask
 
 FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage" / "archive"
 FILM = "sintel_film_excerpt_26s.mp4"
@@ -36,6 +39,45 @@ def test_index_finds_exactly_the_pairs_brute_force_finds(max_distance):
     assert list(zip(i.tolist(), j.tolist())) == list(zip(want_i.tolist(), want_j.tolist()))
     assert (distance == brute[i, j]).all()
     assert len(i) >= sum(len(b) <= max_distance for b in flips)  # the planted copies are there
+
+
+def _video(name: str, shots: list[tuple[list[int], str]]) -> VideoTask:
+    """A task with one 48-frame shot per ``(keyframe hashes, reason)``."""
+    rows = [ShotRow(shot=DetectedShot(48 * k, 48 * k + 48, False), scores=ShotScores(100.0, 0.0, None),
+                    keyframe_hashes=[f"{h:016x}" for h in hashes], reason=reason)
+            for k, (hashes, reason) in enumerate(shots)]
+    return VideoTask(source=f"/films/{name}", source_id=name.split(".")[0] * 4, shots=rows)
+
+
+def _marks(tasks: list[VideoTask]) -> dict[tuple[str, int], tuple[str, int, int] | None]:
+    return {(t.source_id, k): row.duplicate_of for t in tasks for k, row in enumerate(t.shots)}
+
+
+def test_the_later_copy_is_marked_whatever_order_the_videos_come_in():
+    """Path order decides within a run (b.mp4's shot, not a.mp4's), earlier runs come before it
+    (c.mp4, finished, beats a.mp4), the nearest kept twin is named, a shot removed for another
+    reason is neither marked nor anyone's twin, and the task order Ray delivers changes nothing."""
+    far = 0xFFFF_FFFF_0000_0000
+
+    def make() -> tuple[list[VideoTask], list[VideoTask]]:
+        earlier = [_video("c.mp4", [([0x00FF], ""), ([far ^ 0xF0F0], "")])]
+        tasks = [_video("b.mp4", [([0x0001, 0x1234_5678_9ABC_DEF0], ""), ([far], ""), ([0xAAAA_0000_0000_0000], "")]),
+                 _video("a.mp4", [([0xAAAA_0000_0000_0001], ""), ([far ^ 0x1], "too_dark"), ([0x0FFF_0000_00FF], "")])]
+        return earlier, tasks
+
+    earlier, tasks = make()
+    assert mark_duplicates(earlier, tasks, max_distance=10) == 3
+    marks = _marks(tasks)
+    assert marks == {("bbbb", 0): ("cccc", 0, 7),   # 0x0001 is 7 bits from c's 0x00FF: the earlier run's shot
+                     ("bbbb", 1): ("cccc", 1, 8),   # far is 8 bits from c's; a's too-dark copy is 1 bit but removed
+                     ("bbbb", 2): ("aaaa", 0, 1),   # a.mp4 comes before b.mp4
+                     ("aaaa", 0): None, ("aaaa", 1): None,
+                     ("aaaa", 2): None}             # 0x0FFF_0000_00FF: 12 bits from c's first, over 10
+    assert [r.reason for t in tasks for r in t.shots] == ["duplicate"] * 3 + ["", "too_dark", ""]
+    assert all(r.duplicate_of is None for t in earlier for r in t.shots)  # earlier runs' decisions stand
+    again_earlier, again = make()
+    mark_duplicates(again_earlier, list(reversed(again)), max_distance=10)
+    assert _marks(again) == marks
 
 
 def _shots(out: Path) -> list[dict]:
