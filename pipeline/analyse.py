@@ -74,6 +74,7 @@ class CandidateScore:
     text_boxes: tuple[TextBox, ...] | None = None  # every box read, whatever its score
     aesthetic: float | None = None
     motion: float | None = None
+    phash: str | None = None  # the frame's perceptual hash (pipeline.dedup.keyframe_hash)
 
     @property
     def ocr_text_ratio(self) -> float | None:

@@ -236,6 +236,18 @@ class FilterConfig(_Section):
         return self
 
 
+class DedupConfig(_Section):
+    """Near-duplicate removal across every video of the output (``pipeline/dedup.py``): a shot
+    the filter keeps whose keyframe perceptual hash lies within ``max_distance`` bits of a
+    keyframe of an earlier kept shot is removed as ``duplicate``."""
+
+    enabled: bool = Field(True, description="look for near-duplicate shots (False: none is marked)")
+    max_distance: int = Field(
+        10, ge=0, le=31, description="Hamming distance (bits of the 64-bit pHash of a keyframe) at or below "
+        "which two keyframes are the same picture"
+    )
+
+
 class Bucket(_Section):
     """A target duration: samples of ``target_s ± tolerance_s`` seconds of whole shots."""
 
@@ -340,6 +352,7 @@ class PipelineConfig(_Section):
     detect: DetectConfig = DetectConfig()
     analyse: AnalyseConfig = AnalyseConfig()
     filter: FilterConfig = FilterConfig()
+    dedup: DedupConfig = DedupConfig()
     pack: PackConfig = PackConfig()
     render: RenderConfig = RenderConfig()
     caption: CaptionConfig = CaptionConfig()

@@ -25,6 +25,10 @@ The tables under ``index/`` (this module owns their columns):
   picture's shorter side a second (:mod:`pipeline.motion`; null when not measured: a too-short
   shot, one under two candidates, ``analyse.motion_backend: none``); under ``filter.min_motion``
   the shot is removed as ``static``.
+  ``keyframe_hashes``: the 64-bit perceptual hash (16 hex digits) of each candidate frame in the
+  shot; a shot removed as ``duplicate`` names its kept twin, ``duplicate_of_source_id`` and
+  ``duplicate_of_shot`` (its ``shot_index``), and ``duplicate_distance``, the bits between their
+  nearest keyframes (:mod:`pipeline.dedup`); null otherwise.
 * ``videos.parquet`` (:data:`VIDEO_SCHEMA`): one row per video with a result: status, duration,
   shot counts, its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
   frame, text, how many shots show it) and its ``active_area`` (the picture inside letterbox or
@@ -53,7 +57,8 @@ log = logging.getLogger(__name__)
 SHOT_COLUMNS = ["source", "source_id", "shot_index", "start_frame", "end_frame", "start_s", "end_s",
                 "gap_before", "transition", "transition_start_frame", "transition_end_frame",
                 "transition_start_s", "transition_end_s", "brightness", "ocr_text_ratio", "aesthetic",
-                "motion", "black_fraction", "kept", "reason"]
+                "motion", "black_fraction", "keyframe_hashes", "duplicate_of_source_id", "duplicate_of_shot",
+                "duplicate_distance", "kept", "reason"]
 OVERLAY_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64()),
                           ("text", pa.string()), ("shots", pa.int64()), ("shot_fraction", pa.float64())])
 AREA_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64())])

@@ -19,7 +19,7 @@ from multishot.pipeline.config import DetectConfig, PipelineConfig
 from multishot.pipeline.discover import discover, encode_uri
 from multishot.pipeline.index import finalize
 from multishot.pipeline.scan import RayScans
-from multishot.pipeline.stages import STAGES, Stage, apply, run_sequential
+from multishot.pipeline.stages import STAGES, Stage, apply, apply_barrier, phases, run_sequential
 from multishot.pipeline.source_stamp import SourceChanged, fingerprint_stamped
 from multishot.pipeline.task import VideoTask
 from multishot.pipeline.write import last_manifest, load_result, trusted_results
@@ -234,7 +234,9 @@ def _task_stage(row: dict, stage: Stage, config: PipelineConfig, samples_hash: s
 
 def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -> Iterator[VideoTask]:
     """Map :data:`STAGES` onto a Ray Data chain, one ``ds.map`` per stage, placed by its
-    ``resources``; yields the finished tasks as they complete."""
+    ``resources``; yields the finished tasks as they complete. A barrier stage cuts the chain:
+    the tasks before it are gathered in the driver, it runs there over all of them, and a new
+    chain starts from its result."""
     # the segment-scanning actors every video's detect task feeds, started first: loading their
     # models is most of the start-up, and runs while Ray Data is imported and set up
     scans = RayScans(config)
@@ -250,8 +252,28 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
     ctx.enable_progress_bars = False  # one bar over videos instead of one per operator
     ctx.execution_options.preserve_order = False
 
-    ds = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
-    for stage in STAGES:
+    cut = phases(STAGES)
+    rows = [t.to_row() for t in todo]
+    for k, phase in enumerate(cut):
+        if phase[0].barrier:
+            tasks = apply_barrier(phase[0], phase[0].setup(config, samples_hash), [VideoTask.from_row(r) for r in rows])
+            rows = [t.to_row() for t in tasks]
+            continue
+        ds = _chain(ray.data.from_items(rows, override_num_blocks=max(1, len(rows))), phase, config, samples_hash, scans)
+        if k < len(cut) - 1:
+            rows = list(ds.iter_rows())  # all videos through this part before the barrier
+            continue
+        for row in ds.iter_rows():
+            yield VideoTask.from_row(row)
+        return
+    yield from (VideoTask.from_row(r) for r in rows)  # the list ended with a barrier
+
+
+def _chain(ds, stages: list[Stage], config: PipelineConfig, samples_hash: str, scans: RayScans):
+    """``ds`` mapped through ``stages`` (per-video stages), each placed by its ``resources``."""
+    import ray.data
+
+    for stage in stages:
         res = stage.resources(config)
         place = {"num_cpus": res.cpus, "num_gpus": res.gpus}
         if res.memory_gib:
@@ -268,5 +290,4 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
         else:
             ds = ds.map(_task_stage, fn_kwargs={"stage": stage, "config": config, "samples_hash": samples_hash},
                         compute=ray.data.TaskPoolStrategy(size=res.actors), **place)
-    for row in ds.iter_rows():
-        yield VideoTask.from_row(row)
+    return ds

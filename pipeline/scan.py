@@ -50,6 +50,7 @@ from multishot.dataset.storage import read_json, resolve, write_json
 from multishot.pipeline.analyse import (CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates,
                                         previous_candidate)
 from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.dedup import keyframe_hash
 from multishot.pipeline.detect import CONTEXT, DetectedShot, make_detector, min_shot_frames, shots_of
 from multishot.pipeline.motion import FlowMeter
 from multishot.pipeline.ocr import TextBox
@@ -147,7 +148,8 @@ def scan_hash(config: PipelineConfig) -> str:
     """16 hex digits naming the settings a segment result depends on (detection and analysis,
     not placement): a result saved with other settings is not reused."""
     parts = {"detect": config.detect.model_dump(mode="json", exclude=set(config.detect.PLACEMENT)),
-             "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"})}
+             "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"}),
+             "keyframe_hash": "imagehash.phash 8x8"}  # results made before candidates were hashed are redone
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -270,6 +272,7 @@ class SegmentScanner:
         frames: list = []  # 48x27 frames from start_frame - context on (CUDA tensors from a GPU source)
         kept: dict[int, bytes] = {}  # JPEG of each candidate, until OCR/aesthetic are decided
         brightness: dict[int, float] = {}
+        hashes: dict[int, str] = {}  # each candidate's perceptual hash (near-duplicates: pipeline.dedup)
         lo = max(0, start_frame - context)
         hi = None if end_frame is None else end_frame + context
         # motion: the candidate before the segment is decoded too (the pair into its first one)
@@ -295,6 +298,7 @@ class SegmentScanner:
                 if index < start_frame:
                     continue  # the pair's first frame only
                 brightness[index] = mean_luma(big)
+                hashes[index] = keyframe_hash(big)
                 if self.scorer.text is not None or self.scorer.aesthetic is not None:
                     kept[index] = cv2.imencode(".jpg", big[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
         del frames[: lo - first]  # before the detector's context: decoded for the motion pair only
@@ -314,7 +318,8 @@ class SegmentScanner:
                                         last=end_frame is None or eof <= end_frame, candidates=sorted(brightness),
                                         black=black, luma=luma, thumbs=thumbs)
         scores = self._score(ocr, aesthetic, kept)
-        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None)), motion=motion.get(i))
+        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None)), motion=motion.get(i),
+                                        phash=hashes[i])
                       for i in sorted(brightness)]
         # frames of this segment only (contexts overlap the neighbours'); errors and the last
         # decoded time as the decode saw them

@@ -28,6 +28,7 @@ from multishot.dataset.shards import ShardSetLayout
 from multishot.dataset.storage import resolve
 from multishot.pipeline.analyse import shot_scores
 from multishot.pipeline.config import PipelineConfig, Resources
+from multishot.pipeline.dedup import dedup_stage, shot_hashes
 from multishot.pipeline.detect import min_shot_frames, shots_of
 from multishot.pipeline.filter import decide
 from multishot.pipeline.overlay import find_overlays, is_overlay, ratio_without_overlays, shows_overlay
@@ -61,7 +62,9 @@ class Stage:
     others as Ray tasks;
     ``every_task`` stages also see rejected tasks (the writer saves their result);
     ``scans`` stages get the pool of segment-scanning actors (``setup(config, samples_hash,
-    scans)``) and run as light Ray tasks that wait on it.
+    scans)``) and run as light Ray tasks that wait on it;
+    a ``barrier`` stage's function takes every live video of the run at once (a list), after all
+    of them passed the stages before it: it runs in the driver, where the chain is cut in two.
     """
 
     name: str
@@ -70,6 +73,7 @@ class Stage:
     actor: bool = False
     every_task: bool = False
     scans: bool = False
+    barrier: bool = False
 
     def resources(self, config: PipelineConfig) -> Resources:
         return getattr(config, self.section).resources
@@ -88,6 +92,39 @@ def apply(stage: Stage, process: Process, task: VideoTask) -> VideoTask:
                 task.fail(stage.name, f"{type(err).__name__}: {err}", status="error")
     report(stage.name, task)  # per-stage progress (pipeline/stage_progress.py)
     return task
+
+
+def apply_barrier(stage: Stage, process: Callable[[list[VideoTask]], None], tasks: list[VideoTask]) -> list[VideoTask]:
+    """Run a barrier stage's ``process`` on the live ones of ``tasks`` (each is charged an equal
+    share of its time); an unexpected exception sets every live task's status to ``error``."""
+    import time
+
+    live = [t for t in tasks if t.alive]
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        process(live)
+    except Exception as err:  # noqa: BLE001 - recorded on each video; a rerun retries them
+        log.warning("%s failed:\n%s", stage.name, traceback.format_exc())
+        for task in live:
+            task.fail(stage.name, f"{type(err).__name__}: {err}", status="error")
+    for task in live:
+        task.seconds[stage.name] = (time.perf_counter() - start) / len(live)
+        task.cpu_seconds[stage.name] = (time.process_time() - cpu) / len(live)
+    for task in tasks:
+        report(stage.name, task)
+    return tasks
+
+
+def phases(stages: list[Stage]) -> list[list[Stage]]:
+    """``stages`` cut before and after each barrier stage: runs of per-video stages, and each
+    barrier alone."""
+    cut: list[list[Stage]] = [[]]
+    for stage in stages:
+        if stage.barrier:
+            cut += [[stage], []]
+        else:
+            cut[-1].append(stage)
+    return [p for p in cut if p]
 
 
 def _probe(config: PipelineConfig, samples_hash: str) -> Process:
@@ -182,6 +219,7 @@ def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
         order = sorted(by_index)
         for shot_row in rows:
             shot_row.scores = shot_scores(shot_row.shot, by_index, order, config.analyse)
+            shot_row.keyframe_hashes = shot_hashes(shot_row.shot, by_index, order)
         _overlays(task, rows, config)
         task.candidates = []  # per-shot now; keeps the result file small
 
@@ -292,6 +330,9 @@ STAGES: list[Stage] = [
     # 1:1, per-shot scores from the scan's candidate frames (shots not too short), the video's
     # burned-in overlays from their OCR boxes, then the filter: no core reserved
     Stage("analyse", _analyse, "analyse"),
+    # all videos at once, in the driver: near-duplicate shots across the run and the output's
+    # earlier runs (pipeline/dedup.py); Ray Data's chain is cut here
+    Stage("dedup", dedup_stage, "dedup", barrier=True),
     # 1:1, pure arithmetic on the shot list: no core reserved
     Stage("pack", _pack, "pack"),
     # 1:1, one decode pass, x264 per sample (mp4 bytes ride in the task): half a core each
@@ -306,9 +347,20 @@ STAGES: list[Stage] = [
 
 def run_sequential(config: PipelineConfig, samples_hash: str, tasks: Iterable[VideoTask],
                    stages: list[Stage] = STAGES) -> Iterator[VideoTask]:
-    """Run ``stages`` over ``tasks`` in this process, one video at a time; yields finished tasks."""
-    processes = [(stage, stage.setup(config, samples_hash)) for stage in stages]
-    for task in tasks:
-        for stage, process in processes:
-            apply(stage, process, task)
-        yield task
+    """Run ``stages`` over ``tasks`` in this process, one video at a time; yields finished tasks.
+    With a barrier stage every video passes the stages before it first."""
+    cut = phases(stages)
+    for k, phase in enumerate(cut):
+        processes = [(stage, stage.setup(config, samples_hash)) for stage in phase]
+        if phase[0].barrier:
+            tasks = apply_barrier(phase[0], processes[0][1], list(tasks))
+            continue
+        done = (_through(processes, task) for task in tasks)
+        tasks = done if k == len(cut) - 1 else list(done)
+    yield from tasks
+
+
+def _through(processes: list[tuple[Stage, Process]], task: VideoTask) -> VideoTask:
+    for stage, process in processes:
+        apply(stage, process, task)
+    return task

@@ -65,6 +65,10 @@ class ShotRow(BaseModel):
     reason: str = ""  # '' = kept, else comma-separated reasons
     # fraction of the shot's frames that are black (pipeline.picture), after its fades are trimmed
     black_fraction: float | None = None
+    # 16 hex digits of each keyframe's perceptual hash (the candidates inside it: pipeline.dedup)
+    keyframe_hashes: list[str] = Field(default_factory=list)
+    # reason duplicate: the kept twin (source id, shot index) and the keyframes' distance (bits)
+    duplicate_of: tuple[str, int, int] | None = None
 
     @property
     def kept(self) -> bool:
@@ -178,6 +182,10 @@ class VideoTask(BaseModel):
                 "aesthetic": (row.scores or unscored).aesthetic,
                 "motion": (row.scores or unscored).motion,
                 "black_fraction": row.black_fraction,
+                "keyframe_hashes": row.keyframe_hashes,
+                "duplicate_of_source_id": row.duplicate_of[0] if row.duplicate_of else None,
+                "duplicate_of_shot": row.duplicate_of[1] if row.duplicate_of else None,
+                "duplicate_distance": row.duplicate_of[2] if row.duplicate_of else None,
                 "kept": row.kept,
                 "reason": row.reason or ("not analysed" if row.scores is None else ""),
             })

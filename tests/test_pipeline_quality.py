@@ -39,6 +39,9 @@ def quality_run(tmp_path_factory):
         "pack": {"buckets": [{"name": "5s", "target_s": 5.0, "tolerance_s": 1.0}]},
         "render": {"width": 160, "height": 96},
         "ray": {"runner": "sequential"},
+        # letterbox.mp4 and pillarbox.mp4 box one clip that the edit's meadow shot also shows:
+        # near-duplicates by design (they are tests/test_dedup.py's subject, not this file's)
+        "dedup": {"enabled": False},
     })
     report = run_pipeline(config, progress=False)
     layout = ShardSetLayout(str(work / "out"))

@@ -1,0 +1,173 @@
+"""Near-duplicate shots (pipeline/dedup.py): the index against brute force, the bundled footage's
+shared shot, a re-encoded rescaled copy, and a second run into the same output."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from multishot.dataset.shards import ShardSetLayout
+from multishot.pipeline.config import PipelineConfig
+from multishot.pipeline.analyse import ShotScores
+from multishot.pipeline.dedup import mark_duplicates, near_pairs
+from multishot.pipeline.detect import DetectedShot
+from multishot.pipeline.run import run_pipeline
+from multishot.pipeline.task import ShotRow, VideoTask
+
+FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "footage" / "archive"
+FILM = "sintel_film_excerpt_26s.mp4"
+TRAILER = "sintel_trailer_480p.mp4"
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 7, 10, 13])
+def test_index_finds_exactly_the_pairs_brute_force_finds(max_distance):
+    """Multi-index hashing finds every pair within the distance and nothing else (brute force over
+    all pairs of 500 hashes, 200 of them copies of others with 0-15 bits flipped)."""
+    rng = np.random.default_rng(max_distance)
+    base = rng.integers(0, 2**64, size=300, dtype=np.uint64)
+    flips = [rng.choice(64, rng.integers(0, 16), replace=False) for _ in range(200)]
+    copies = [h ^ np.uint64(sum(1 << int(b) for b in bits)) for h, bits in zip(base, flips)]
+    hashes = np.concatenate([base, np.array(copies, np.uint64)])
+    i, j, distance = near_pairs(hashes, max_distance)
+    brute = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
+    want_i, want_j = np.nonzero(np.triu(brute <= max_distance, 1))
+    assert list(zip(i.tolist(), j.tolist())) == list(zip(want_i.tolist(), want_j.tolist()))
+    assert (distance == brute[i, j]).all()
+    assert len(i) >= sum(len(b) <= max_distance for b in flips)  # the planted copies are there
+
+
+def _video(name: str, shots: list[tuple[list[int], str]]) -> VideoTask:
+    """A task with one 48-frame shot per ``(keyframe hashes, reason)``."""
+    rows = [ShotRow(shot=DetectedShot(48 * k, 48 * k + 48, False), scores=ShotScores(100.0, 0.0, None),
+                    keyframe_hashes=[f"{h:016x}" for h in hashes], reason=reason)
+            for k, (hashes, reason) in enumerate(shots)]
+    return VideoTask(source=f"/films/{name}", source_id=name.split(".")[0] * 4, shots=rows)
+
+
+def _marks(tasks: list[VideoTask]) -> dict[tuple[str, int], tuple[str, int, int] | None]:
+    return {(t.source_id, k): row.duplicate_of for t in tasks for k, row in enumerate(t.shots)}
+
+
+def test_the_later_copy_is_marked_whatever_order_the_videos_come_in():
+    """Path order decides within a run (b.mp4's shot, not a.mp4's), earlier runs come before it
+    (c.mp4, finished, beats a.mp4), the nearest kept twin is named, a shot removed for another
+    reason is neither marked nor anyone's twin, and the task order Ray delivers changes nothing."""
+    far = 0xFFFF_FFFF_0000_0000
+
+    def make() -> tuple[list[VideoTask], list[VideoTask]]:
+        earlier = [_video("c.mp4", [([0x00FF], ""), ([far ^ 0xF0F0], "")])]
+        tasks = [_video("b.mp4", [([0x0001, 0x1234_5678_9ABC_DEF0], ""), ([far], ""), ([0xAAAA_0000_0000_0000], "")]),
+                 _video("a.mp4", [([0xAAAA_0000_0000_0001], ""), ([far ^ 0x1], "too_dark"), ([0x0FFF_0000_00FF], "")])]
+        return earlier, tasks
+
+    earlier, tasks = make()
+    assert mark_duplicates(earlier, tasks, max_distance=10) == 3
+    marks = _marks(tasks)
+    assert marks == {("bbbb", 0): ("cccc", 0, 7),   # 0x0001 is 7 bits from c's 0x00FF: the earlier run's shot
+                     ("bbbb", 1): ("cccc", 1, 8),   # far is 8 bits from c's; a's too-dark copy is 1 bit but removed
+                     ("bbbb", 2): ("aaaa", 0, 1),   # a.mp4 comes before b.mp4
+                     ("aaaa", 0): None, ("aaaa", 1): None,
+                     ("aaaa", 2): None}             # 0x0FFF_0000_00FF: 12 bits from c's first, over 10
+    assert [r.reason for t in tasks for r in t.shots] == ["duplicate"] * 3 + ["", "too_dark", ""]
+    assert all(r.duplicate_of is None for t in earlier for r in t.shots)  # earlier runs' decisions stand
+    again_earlier, again = make()
+    mark_duplicates(again_earlier, list(reversed(again)), max_distance=10)
+    assert _marks(again) == marks
+
+
+def _shots(out: Path) -> list[dict]:
+    return pq.read_table(ShardSetLayout(str(out)).shots_table).to_pylist()
+
+
+def test_bundled_footage_only_the_shot_the_trailer_shares_with_the_film(pipeline_run):
+    """Counted by hand (contact sheets of both at 2 and 4 frames a second): the trailer shares 2
+    shots with the film excerpt, both re-rendered and graded differently in the trailer (a
+    pre-release render): Sintel's close-up looking up over rubble (trailer 22.3-23.8 s, film
+    3.04-4.84 s) and the flight over the ruined city with the red dragon (trailer 23.8-25.9 s,
+    film 4.84-12.76 s, its 7.5-10 s). The close-up fades in from black in the trailer and what
+    is left after the fade is 0.75 s: too short, never analysed. So exactly one shot of the
+    archive is marked: the trailer's flight, a duplicate of the film's. The run also holds the
+    damaged copies of Big Buck Bunny (footage/bad): each of their shots the filter keeps is a
+    duplicate of the intact film's shot at the same time, 0 bits apart."""
+    out, _ = pipeline_run
+    shots = _shots(Path(out))
+    marked = [s for s in shots if "duplicate" in s["reason"].split(",")]
+    archive = [s for s in marked if Path(s["source"]).parent.name == "archive"]
+    assert [(Path(s["source"]).name, round(s["start_s"], 1), round(s["end_s"], 1)) for s in archive] == \
+        [(TRAILER, 23.8, 25.9)]
+    bbb = {s["shot_index"]: s for s in shots if Path(s["source"]).name == "bbb_first60s_360p.mp4"}
+    damaged = [s for s in shots if Path(s["source"]).name.startswith("corrupt_") and s["reason"] in ("", "duplicate")
+               and s["brightness"] is not None]
+    assert {Path(s["source"]).name for s in damaged} == {"corrupt_truncated_faststart_bbb.mp4",
+                                                         "corrupt_zeroed_middle_bbb.mp4"}
+    for s in damaged:
+        twin = bbb[s["duplicate_of_shot"]]
+        assert s["reason"] == "duplicate" and s["duplicate_of_source_id"] == twin["source_id"] and twin["kept"]
+        assert abs(twin["start_s"] - s["start_s"]) < 0.2 and abs(twin["end_s"] - s["end_s"]) < 0.2
+    assert len(marked) == len(archive) + len(damaged)
+    (dup,) = archive
+    (twin,) = [s for s in shots if s["source_id"] == dup["duplicate_of_source_id"]
+               and s["shot_index"] == dup["duplicate_of_shot"]]
+    assert Path(twin["source"]).name == FILM and twin["start_s"] <= 7.5 and twin["end_s"] >= 10.0 and twin["kept"]
+    assert 0 <= dup["duplicate_distance"] <= 10 and not dup["kept"]
+    # every analysed shot has its keyframes (2 a second) on record
+    assert all(len(s["keyframe_hashes"]) >= 1 for s in shots if s["brightness"] is not None)
+
+
+def _reencode(src: Path, dst: Path, size: tuple[int, int]) -> Path:
+    """``src`` decoded, scaled to ``size`` and encoded again with other x264 settings (CRF 32,
+    ultrafast) at its own frame rate: another file, another resolution, the same pictures."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream_in = inp.streams.video[0]
+        rate = stream_in.average_rate
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"crf": "32", "preset": "ultrafast"}
+        for k, frame in enumerate(inp.decode(stream_in)):
+            picture = frame.reformat(width=size[0], height=size[1], format="yuv420p")
+            picture.pts, picture.time_base = k, 1 / Fraction(rate)
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode())
+    return dst
+
+
+def test_second_run_finds_a_rescaled_reencoded_copy_of_the_first_runs_film(tmp_path):
+    """Run 1: the film excerpt. Run 2, into the same output: a 640x360 CRF-32 copy of it, named
+    so that it sorts first (earlier runs come before path order). Every shot of the copy that
+    the filter keeps is a duplicate of a kept shot of run 1's film, at the same time; the copy
+    gives no sample; run 1's shots stay as they were."""
+    first, second = tmp_path / "in1", tmp_path / "in2"
+    first.mkdir(), second.mkdir()
+    (first / FILM).symlink_to(FOOTAGE / FILM)
+    _reencode(FOOTAGE / FILM, second / "a_copy.mp4", (640, 360))
+    out = tmp_path / "out"
+
+    def run(folder: Path) -> dict:
+        config = PipelineConfig(input=str(folder), output=str(out), ray={"runner": "sequential"},
+                                pack={"buckets": [{"name": "5s", "target_s": 5, "tolerance_s": 1}]},
+                                render={"width": 320, "height": 192})
+        return run_pipeline(config, progress=False)
+
+    report1 = run(first)
+    before = _shots(out)
+    assert report1["samples"] > 0 and not any("duplicate" in s["reason"] for s in before)
+    report2 = run(second)
+    shots = _shots(out)
+    original = [s for s in shots if Path(s["source"]).name == FILM]
+    copy = [s for s in shots if Path(s["source"]).name == "a_copy.mp4"]
+    assert [(s["shot_index"], s["kept"], s["reason"]) for s in original] == \
+        [(s["shot_index"], s["kept"], s["reason"]) for s in before]
+    analysed = [s for s in copy if s["brightness"] is not None and s["reason"] in ("", "duplicate")]
+    assert len(analysed) == sum(s["kept"] for s in original) > 0  # the copy's shots pass the filter alike
+    by_index = {s["shot_index"]: s for s in original}
+    for s in analysed:
+        assert s["reason"] == "duplicate" and not s["kept"], s
+        twin = by_index[s["duplicate_of_shot"]]
+        assert s["duplicate_of_source_id"] == twin["source_id"] and twin["kept"]
+        assert abs(twin["start_s"] - s["start_s"]) < 0.2 and abs(twin["end_s"] - s["end_s"]) < 0.2
+    assert report2["samples"] == report1["samples"]  # the copy added none
