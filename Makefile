@@ -41,7 +41,7 @@ learn: install
 
 LEARN_PRODUCT_OUT ?= out/learn_product
 learn-product: install
-	$(PY) -m multishot.learn_product all --out $(LEARN_PRODUCT_OUT) --set-generate runtime.device=auto
+	$(PY) -m multishot.learn_product all --out $(LEARN_PRODUCT_OUT) --concurrent 4 --set-generate runtime.device=auto
 
 test: install
 	$(VENV)/bin/python -m pytest -q
