@@ -21,8 +21,8 @@ table.
 4. ``generate``: ``multishot generate --config configs/generate/learn_<variant>.yaml --prompts
    DIR/world/eval_prompts.jsonl`` with the variant's ``model.safetensors`` into
    ``DIR/generate/<variant>/`` (an mp4 and its JSON per prompt).
-5. ``eval``: ``multishot eval`` of those videos (SCA from its own shot detection,
-   ``DIR/eval/<variant>.json``) and the world's classifier on the decoded pixels
+5. ``eval``: ``multishot eval --config configs/eval/learn.yaml`` of those videos (SCA from its
+   own shot detection, ``DIR/eval/<variant>.json``) and the world's classifier on the decoded pixels
    (:func:`multishot.learn.score_files`: SCA against the read scene changes, caption following,
    named / held-out character, character consistency, A-B-A recall; ``DIR/eval/<variant>_world.json``).
 6. ``table``: ``DIR/learn_product.md`` (and ``.json``): one row per variant, with the device,
@@ -174,7 +174,8 @@ def evaluate(out: Path, variant: str, sets: list[str], log=print) -> dict:
 
     videos = sorted(str(p) for p in (out / "generate" / variant).glob("*.mp4"))
     report = out / "eval" / f"{variant}.json"
-    seconds = multishot("eval", *videos, "-o", str(report), *_sets(sets), log=log)
+    seconds = multishot("eval", *videos, "--config", str(ROOT / "configs/eval/learn.yaml"), "-o", str(report),
+                        *_sets(sets), log=log)
     product = json.loads(report.read_text())["overall"]["sca"]  # {"mean", "videos"}
     world_scores = score_files(videos)
     (out / "eval" / f"{variant}_world.json").write_text(json.dumps(world_scores, indent=1))
