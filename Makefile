@@ -5,11 +5,13 @@
 #   make demo-train   tiny fine-tune on out/demo → checkpoint → multishot generate → multishot eval
 # and, on a GPU machine (issue 30, ~8 min on one H100/H200):
 #   make learn        synthetic world → VAE → four ablation variants → generate → classify → table
+#   make learn-product  the same ablation through the product (docs/learn.md): world → multishot
+#                     pipeline run → shards → multishot train → generate → eval → table
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo demo-train learn test bench clean
+.PHONY: install demo demo-train learn learn-product test bench clean
 
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	python3 -m venv $(VENV)
@@ -36,6 +38,10 @@ demo-train: install
 LEARN_OUT ?= out/learn
 learn: install
 	$(PY) -m multishot.learn run --out $(LEARN_OUT) --train-films 6000 --vae-steps 1500 --vae-batch 16 --vae-clip 17 --steps 1500 --batch 32 --sample-steps 20
+
+LEARN_PRODUCT_OUT ?= out/learn_product
+learn-product: install
+	$(PY) -m multishot.learn_product all --out $(LEARN_PRODUCT_OUT) --concurrent 4 --set-generate runtime.device=auto
 
 test: install
 	$(VENV)/bin/python -m pytest -q

@@ -26,6 +26,10 @@ from pathlib import Path, PurePosixPath
 
 from multishot.dataset.record import SampleRecord, with_shot_count
 
+#: the share of a shot's source span its caption entry must cover (``join_captions``'s and the
+#: pipeline's ``caption.min_overlap`` default)
+MIN_OVERLAP = 0.5
+
 
 @dataclass
 class CaptionSource:
@@ -88,7 +92,7 @@ class CaptionSource:
 
 
 def join_captions(record: SampleRecord, source: CaptionSource,
-                  min_overlap: float = 0.5) -> tuple[SampleRecord, str | None]:
+                  min_overlap: float = MIN_OVERLAP) -> tuple[SampleRecord, str | None]:
     """``record`` with its captions from ``source`` (``caption_status`` ``"ok"``,
     ``caption_model`` the source's name), and None; or ``record`` unchanged and the reason when
     a shot has no entry covering ``min_overlap`` of its source span."""

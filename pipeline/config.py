@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from multishot.annotate.caption_source import MIN_OVERLAP
 from multishot.annotate.config import AnnotateConfig
 from multishot.config import FrozenSection
 
@@ -313,8 +314,34 @@ class RenderConfig(_Section):
 
 
 class CaptionConfig(_Section):
-    """Stage 7, Gemini captions of rendered samples when a key is set (what to ask is the
-    ``annotate`` section, shared with ``multishot annotate``)."""
+    """Stage 7, captions of rendered samples: from ``source`` (captions the archive already
+    has, :mod:`annotate.caption_source`), then, for samples it does not cover, from Gemini (or
+    the openai backend) when its credentials are set (what to ask is the ``annotate`` section,
+    shared with ``multishot annotate``)."""
+
+    source: Path | None = Field(
+        None, description="caption-source file (JSON lines: per-shot captions keyed by source video and "
+        "time span, optional global captions; annotate/caption_source.py), joined to each sample by its "
+        "source video and its shots' source spans; None: none (`multishot pipeline run --caption-source`)"
+    )
+    min_overlap: float = Field(
+        MIN_OVERLAP, gt=0, le=1, description="a shot takes the caption entry of its video that overlaps "
+        "its source span the most, if it covers at least this share of it; a sample with a shot no entry "
+        "covers stays caption_status pending, the reason in caption_error"
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _readable(cls, source: Path | None) -> Path | None:
+        """Read (and so checked) at load: a bad file is a config error naming the key."""
+        if source is not None:
+            from multishot.annotate.caption_source import CaptionSource
+
+            try:
+                CaptionSource.read(source)
+            except OSError as err:
+                raise ValueError(f"cannot read {source}: {err.strerror or err}") from None
+        return source
 
     # waits on the network, not the CPU: reserves no core
     resources: Resources = Resources(actors=1, cpus=0)

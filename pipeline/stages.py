@@ -277,17 +277,26 @@ def _render(config: PipelineConfig, samples_hash: str) -> Process:
 
 
 def _caption(config: PipelineConfig, samples_hash: str) -> Process:
+    """Captions from ``caption.source`` (joined by source video and time span), then from the
+    captioning backend for the samples still pending, when its credentials are set."""
+    from multishot.annotate.caption_source import CaptionSource, join_captions
     from multishot.annotate.captioner import Captioner
 
     layout = ShardSetLayout(resolve(config.output)[1])
+    source = CaptionSource.read(config.caption.source) if config.caption.source else None
     captioner = Captioner.from_env(config.annotate, cache_dir=f"{layout.work_dir}/captions")
 
     def process(task: VideoTask) -> None:
-        if captioner is None or not task.rendered:
+        if source is not None:
+            for rendered in task.rendered:
+                record, why = join_captions(rendered.record, source, config.caption.min_overlap)
+                rendered.record = record if why is None else record.model_copy(update={"caption_error": why})
+        pending = [r for r in task.rendered if r.record.caption_status != "ok"]
+        if captioner is None or not pending:
             return  # no credentials (Gemini key, api_key_env): samples stay caption_status=pending
         with ThreadPoolExecutor(config.annotate.concurrency) as pool:
-            records = list(pool.map(lambda r: captioner.annotate(r.record, r.mp4), task.rendered))
-        for rendered, record in zip(task.rendered, records):
+            records = list(pool.map(lambda r: captioner.annotate(r.record, r.mp4), pending))
+        for rendered, record in zip(pending, records):
             rendered.record = record
 
     return process
@@ -337,7 +346,8 @@ STAGES: list[Stage] = [
     Stage("pack", _pack, "pack"),
     # 1:1, one decode pass, x264 per sample (mp4 bytes ride in the task): half a core each
     Stage("render", _render, "render"),
-    # 1:1, waits on Gemini (a client per actor, its cache on the output): no core reserved
+    # 1:1, joins caption.source, then waits on Gemini (a client per actor, its cache on the
+    # output) for what it left pending: no core reserved
     Stage("caption", _caption, "caption", actor=True),
     # 1:1, shards then the resume marker; sees rejected videos too so their result is recorded;
     # an actor: webdataset (which imports torch, 2 CPU-s) is imported once, at the first shard

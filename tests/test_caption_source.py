@@ -5,6 +5,9 @@ films, whose ground-truth captions must come back exactly."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +63,40 @@ def test_uncovered_shots_and_bad_lines_are_reported(tmp_path):
     path.write_text('{"source": "v.mp4", "start_s": 2, "end_s": 1, "caption": "a"}\n')
     with pytest.raises(ValueError, match="c.jsonl:1"):
         CaptionSource.read(path)
+
+
+def test_the_pipelines_caption_stage_joins_the_configs_source(tmp_path, monkeypatch):
+    """``caption.source`` (``multishot pipeline run --caption-source``): the caption stage fills
+    the samples it covers and leaves the others pending with the reason."""
+    from multishot.pipeline.config import PipelineConfig
+    from multishot.pipeline.stages import STAGES
+    from multishot.pipeline.task import RenderedSample, VideoTask
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI"):
+        monkeypatch.delenv(name, raising=False)  # the source alone captions here
+    film = w.sample_film(3, num_shots=2)
+    path = tmp_path / "captions.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in w.caption_source_entries(film, f"{film.name}.mp4")))
+    config = PipelineConfig(output=str(tmp_path / "out"), caption={"source": path})
+    spans = [(s.start_frame, s.end_frame) for s in film.shots]
+    covered = _record("a", f"/films/{film.name}.mp4", spans, film.fps)
+    other = _record("b", "/films/other.mp4", spans, film.fps)
+    task = VideoTask(source=covered.source, source_id="x",
+                     rendered=[RenderedSample(record=r, mp4=b"") for r in (covered, other)])
+    caption = next(s for s in STAGES if s.name == "caption")
+    caption.setup(config, "test")(task)
+    joined, left = (r.record for r in task.rendered)
+    assert joined.caption_status == "ok" and joined.prompt() == film.prompt
+    assert left.caption_status == "pending" and "no caption covering" in left.caption_error
+
+
+def test_a_bad_caption_source_is_a_config_error_naming_the_key(tmp_path):
+    bad = tmp_path / "c.jsonl"
+    bad.write_text("not json\n")
+    for source in (bad, tmp_path / "missing.jsonl"):
+        run = subprocess.run([sys.executable, "-m", "multishot", "pipeline", "run", "--config",
+                              "configs/pipeline/learn.yaml", "--input", str(tmp_path), "--output",
+                              str(tmp_path / "out"), "--caption-source", str(source)],
+                             capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        assert run.returncode == 2 and "caption.source" in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1

@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--input", help="folder, glob, text file of paths, or Parquet manifest; local or URI "
                      "(overrides the config's 'input')")
     run.add_argument("-o", "--output", "--out", help="output folder or URI (overrides the config's 'output')")
+    run.add_argument("--caption-source", metavar="FILE", help="captions the archive already has: JSON lines of "
+                     "per-shot captions keyed by source video and time span (overrides the config's caption.source; "
+                     "docs/pipeline.md)")
     run.add_argument("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--dry-run", action="store_true",
@@ -71,6 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             flags[key] = value if "://" in value else os.path.abspath(value)
+    if args.caption_source is not None:
+        flags["caption"] = {"source": os.path.abspath(args.caption_source)}
     if args.ray_address:
         flags["ray"] = {"address": args.ray_address}
     try:
@@ -79,6 +84,9 @@ def _run(args: argparse.Namespace) -> int:
             k: os.path.abspath(v) for k, v in (("input", config.input), ("output", config.output))
             if v is not None and "://" not in v
         })
+        if config.caption.source is not None:  # the caption actors may not share this directory
+            config = config.model_copy(update={"caption": config.caption.model_copy(
+                update={"source": config.caption.source.resolve()})})
         if args.dry_run:
             from multishot.pipeline.plan import format_plan, plan_run
 
