@@ -42,9 +42,10 @@
    Shots are the *requested* frame ranges for the per-shot scores.
 
 This is the learning path through the project's model, objective, layout, encoders, sampler
-and metric code; the data enter as tensors here, not through ``multishot pipeline run`` shards
-and ``multishot train`` (issue 30's product path; see the report in
-``benchmarks/results/learn/``).
+and metric code, with the data entering as tensors (fast enough for the four-variant ablation in
+minutes on one GPU; ``benchmarks/results/learn/``). The same world through the product
+(``multishot pipeline run`` with a caption source → shards → ``multishot train`` →
+``multishot generate`` → ``multishot eval``) is :mod:`multishot.learn_product`.
 """
 
 from __future__ import annotations
