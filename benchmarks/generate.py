@@ -44,7 +44,7 @@ dense (masked and unmasked cross-attention) and diffusers dense, written beside 
 forward's wall time beside its kernels' total (``busy``): the share a CUDA graph of the step
 could at most recover is ``1 − busy``.
 
-    python benchmarks/generate.py --parts steps sample --out benchmarks/results/generate/generate_5b_h100.json
+    python benchmarks/generate.py --parts steps --out benchmarks/results/generate/generate_5b_steps_h100.json
     python benchmarks/generate.py --parts exact --out benchmarks/results/generate/generate_5b_exact_h100.json
     python benchmarks/generate.py --profile --out benchmarks/results/generate/generate_5b_profile_h100.json
     python benchmarks/generate.py --tiny       # CPU check: benchmarks/results/generate/generate_tiny.json
