@@ -133,9 +133,9 @@ def test_detector_runs_where_asked():
 
 
 def test_openvino_detector_reads_what_onnxruntime_reads():
-    """Frames of the bundled footage with text (Tears of Steel's stamp and credits, the Sintel
-    trailer's title and end credits) and without: OpenVINO's detector (float32) gives
-    onnxruntime's boxes, texts and scores exactly."""
+    """Frames of the bundled footage with text (Tears of Steel's stamp, title and credits, the
+    Sintel trailer's cards) and without: OpenVINO's detector (float32) gives onnxruntime's
+    boxes, texts and scores exactly."""
     frames = []
     for name, seconds in [("tos_excerpt_64s_512x120_fmp4.mp4", (1.0, 15.0, 61.0)),
                           ("sintel_trailer_480p.mp4", (10.5, 42.0, 49.0, 3.0))]:
@@ -147,7 +147,7 @@ def test_openvino_detector_reads_what_onnxruntime_reads():
     reads = [(openvino.read(f), onnx_runtime.read(f)) for f in frames]
     assert all(got == expected for got, expected in reads)
     texts = {b.text for _, expected in reads for b in expected}
-    assert {"450Kbps", "SINTEL"} <= texts, texts  # the comparison is not of empty lists
+    assert "450Kbps" in texts and len(texts) >= 5, texts  # the comparison is not of empty lists
 
 
 def test_gpu_asked_without_onnx2torch_stays_on_the_cpu_and_says_so(monkeypatch, caplog):
