@@ -88,9 +88,10 @@ class OpenVinoSession:
     sides multiples of 32) → text probability map ``[1, 1, H, W]``. Everything else is the
     replaced session's. Safe to call from several threads (one inference request per thread).
 
-    Why: on the 2-core test machine (Xeon, AVX-512) onnxruntime 1.32 spends 160 CPU-ms on a
-    640×352 frame, OpenVINO 51 CPU-ms for the same map (max difference 0); every read of the
-    demo footage's 406 candidates comes out identical (``benchmarks/results/pipeline/pipeline.md``).
+    Why: on the 2-core test machine (Xeon, AVX-512, AMX; other jobs running) onnxruntime 1.32
+    spends 160 CPU-ms on a 640×352 frame, OpenVINO 51 CPU-ms for the same map (max difference 0);
+    every read of the demo footage's 406 candidates comes out identical
+    (``benchmarks/results/pipeline/pipeline.md``).
     The recogniser gains nothing measurable (crops of a few boxes) and is left on onnxruntime.
 
     Raises:
