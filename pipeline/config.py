@@ -164,6 +164,11 @@ class AnalyseConfig(_Section):
         True, description="OCR reads every candidate frame of a shot (candidates_per_s), and a shot showing "
         "a title anywhere is removed as text (pipeline/analyse.py); False: only its first ocr_frames_per_shot picks"
     )
+    ocr_runtime: Literal["openvino", "onnxruntime"] = Field(
+        "openvino", description="where rapidocr's text detector runs on the CPU: openvino (the same ONNX model "
+        "in float32, the same boxes, 2-3x less CPU on the test machine: pipeline/ocr.py) or onnxruntime "
+        "(rapidocr's own); an actor given a GPU runs it there (pipeline/ocr_gpu.py)"
+    )
     ocr_max_side: int = Field(640, ge=64, description="longest side (px) of frames given to OCR")
     ocr_min_side: int = Field(240, ge=32, description="OCR upscales frames whose shorter side is below this (px)")
     ocr_min_confidence: float = Field(0.8, ge=0, le=1, description="recognition score a text box needs")

@@ -7,8 +7,11 @@ Sintel footage, while real titles and burned-in text are read with scores above 
 Backends:
 
 * ``rapidocr`` (default): PP-OCR detection models shipped as ONNX inside the ``rapidocr``
-  wheel, run by onnxruntime; works offline. On an actor given a GPU the same models run there
-  through PyTorch (:mod:`pipeline.ocr_gpu`; needs ``multishot[gpu]``, else the CPU, saying so).
+  wheel, run by onnxruntime; works offline. On the CPU the text detector, nearly all of OCR's
+  time, runs on OpenVINO instead (``ocr_runtime``, :class:`OpenVinoSession`): the same ONNX file,
+  the same float32 arithmetic, the same boxes, 2-3x less CPU. On an actor given a GPU the same
+  models run there through PyTorch (:mod:`pipeline.ocr_gpu`; needs ``multishot[gpu]``, else the
+  CPU, saying so).
 * ``paddleocr``: PaddleOCR's own detector (``pip install multishot[paddle]``); it downloads its
   models on first use, so it fails on machines without internet.
 
@@ -26,7 +29,9 @@ so they compare across scales) for the per-video overlay search (:mod:`pipeline.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import cv2
@@ -74,15 +79,59 @@ def boxes_ratio(boxes: Sequence[TextBox]) -> float:
     return min(1.0, sum(b.area for b in boxes))
 
 
+class OpenVinoSession:
+    """Stands in for a rapidocr ``OrtInferSession``: called with the same float32 NCHW array it
+    returns the same output array, computed by OpenVINO on the CPU from the session's own ONNX
+    file, in float32 (``INFERENCE_PRECISION_HINT``: on a CPU with bf16 units OpenVINO's default
+    is bf16, which moves the detector's probabilities by up to 0.3) on one thread (as the
+    onnxruntime session: ``TextDetector``). For the PP-OCR detector: ``[1, 3, H, W]`` (normalised,
+    sides multiples of 32) → text probability map ``[1, 1, H, W]``. Everything else is the
+    replaced session's. Safe to call from several threads (one inference request per thread).
+
+    Why: on the 2-core test machine (Xeon, AVX-512, AMX; other jobs running) onnxruntime 1.32
+    spends 160 CPU-ms on a 640×352 frame, OpenVINO 51 CPU-ms for the same map (max difference 0);
+    every read of the demo footage's 406 candidates comes out identical
+    (``benchmarks/results/pipeline/pipeline.md``).
+    The recogniser gains nothing measurable (crops of a few boxes) and is left on onnxruntime.
+
+    Raises:
+        ImportError: ``openvino`` missing (with the install command).
+    """
+
+    def __init__(self, session: Any):
+        try:
+            import openvino
+        except ImportError as err:
+            raise ImportError("ocr_runtime 'openvino' needs: pip install openvino "
+                              "(or set analyse.ocr_runtime: onnxruntime)") from err
+        self.replaced = session
+        # onnxruntime's InferenceSession keeps the path it was opened with
+        self.model = openvino.Core().compile_model(session.session._model_path, "CPU", {
+            "INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+        self.local = threading.local()
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        request = getattr(self.local, "request", None)
+        if request is None:
+            request = self.local.request = self.model.create_infer_request()
+        request.infer([inputs])
+        return request.get_output_tensor().data.copy()  # the request reuses its buffer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.replaced, name)
+
+
 class TextDetector:
     """Text boxes in RGB frames with the configured backend.
 
     ``device``: where rapidocr's models run; ``None``: the GPU when the process sees one
     (``torch.cuda.is_available()``, as the shot detector), else the CPU. ``self.device`` is where
-    they do run: the CPU when the GPU path cannot load (logged once, with the reason).
+    they do run: the CPU when the GPU path cannot load (logged once, with the reason). On the
+    CPU the detector runs on ``ocr_runtime`` (:class:`OpenVinoSession`, or rapidocr's onnxruntime).
 
     Raises:
-        ImportError: ``paddleocr`` chosen but not installed (with the install command).
+        ImportError: ``paddleocr`` chosen but not installed, or ``ocr_runtime: openvino`` without
+            ``openvino`` (with the install command).
     """
 
     def __init__(self, config: AnalyseConfig, device: str | None = None):
@@ -112,6 +161,9 @@ class TextDetector:
                     self.device = device
                 except ImportError as err:
                     log.warning("OCR runs on the CPU although %s is there: %s", device, err)
+            if self.device == "cpu" and config.ocr_runtime == "openvino":
+                det = self.engine._load_det_model()
+                det.session = OpenVinoSession(det.session)
         elif config.ocr_backend == "paddleocr":
             try:
                 from paddleocr import PaddleOCR

@@ -7,6 +7,8 @@ what is ours; ``benchmarks/pipeline_gpu.py`` checks the same boxes on a GPU.
 * The bundled detector and recogniser converted give onnxruntime's outputs.
 * Whole frames of the bundled footage (Tears of Steel's "450Kbps" stamp, upscaled to 1080p as an
   archive's copy) give the same boxes, texts and scores either way.
+* The CPU's text detector on OpenVINO (:class:`pipeline.ocr.OpenVinoSession`) reads exactly what
+  onnxruntime reads.
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def test_same_padding_with_a_stride_or_dilation_is_refused(strides, dilations):
 @pytest.fixture(scope="module")
 def detectors() -> tuple[TextDetector, TextDetector]:
     """rapidocr as configured by the pipeline: on onnxruntime, and through PyTorch (on the CPU)."""
-    onnx_runtime = TextDetector(AnalyseConfig(), device="cpu")
-    pytorch = TextDetector(AnalyseConfig(), device="cpu")
+    onnx_runtime = TextDetector(AnalyseConfig(ocr_runtime="onnxruntime"), device="cpu")
+    pytorch = TextDetector(AnalyseConfig(ocr_runtime="onnxruntime"), device="cpu")
     run_on(pytorch.engine, "cpu")
     return onnx_runtime, pytorch
 
@@ -121,7 +123,31 @@ def test_text_boxes_through_pytorch_equal_onnxruntime(detectors):
 
 def test_detector_runs_where_asked():
     assert TextDetector(AnalyseConfig()).device == "cpu"  # no GPU here
-    assert type(TextDetector(AnalyseConfig(), device="cpu").engine._load_det_model().session).__name__ == "OrtInferSession"
+    # on the CPU the text detector runs on OpenVINO unless onnxruntime is asked for; the
+    # recogniser stays on onnxruntime (pipeline/ocr.py)
+    engine = TextDetector(AnalyseConfig(), device="cpu").engine
+    assert type(engine._load_det_model().session).__name__ == "OpenVinoSession"
+    assert type(engine._load_rec_model().session).__name__ == "OrtInferSession"
+    engine = TextDetector(AnalyseConfig(ocr_runtime="onnxruntime"), device="cpu").engine
+    assert type(engine._load_det_model().session).__name__ == "OrtInferSession"
+
+
+def test_openvino_detector_reads_what_onnxruntime_reads():
+    """Frames of the bundled footage with text (Tears of Steel's stamp, title and credits, the
+    Sintel trailer's cards) and without: OpenVINO's detector (float32) gives onnxruntime's
+    boxes, texts and scores exactly."""
+    frames = []
+    for name, seconds in [("tos_excerpt_64s_512x120_fmp4.mp4", (1.0, 15.0, 61.0)),
+                          ("sintel_trailer_480p.mp4", (10.5, 42.0, 49.0, 3.0))]:
+        info = probe(str(FOOTAGE / "archive" / name))
+        frames += [f for _, f in iter_frames(str(FOOTAGE / "archive" / name), fps=info.fps,
+                                             wanted=np.array([int(s * info.fps) for s in seconds]))]
+    openvino = TextDetector(AnalyseConfig(), device="cpu")
+    onnx_runtime = TextDetector(AnalyseConfig(ocr_runtime="onnxruntime"), device="cpu")
+    reads = [(openvino.read(f), onnx_runtime.read(f)) for f in frames]
+    assert all(got == expected for got, expected in reads)
+    texts = {b.text for _, expected in reads for b in expected}
+    assert "450Kbps" in texts and len(texts) >= 5, texts  # the comparison is not of empty lists
 
 
 def test_gpu_asked_without_onnx2torch_stays_on_the_cpu_and_says_so(monkeypatch, caplog):
@@ -132,6 +158,6 @@ def test_gpu_asked_without_onnx2torch_stays_on_the_cpu_and_says_so(monkeypatch, 
     caplog.set_level(logging.WARNING)
     detector = TextDetector(AnalyseConfig(), device="cuda")
     assert detector.device == "cpu"
-    assert type(detector.engine._load_det_model().session).__name__ == "OrtInferSession"
+    assert type(detector.engine._load_det_model().session).__name__ == "OpenVinoSession"
     (record,) = [r for r in caplog.records if "OCR runs on the CPU" in r.message]
     assert "cuda" in record.message and "multishot[gpu]" in record.message

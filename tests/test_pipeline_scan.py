@@ -256,3 +256,27 @@ def test_scores_do_not_depend_on_the_source_resolution(tmp_path):
         assert abs(a["ocr_text_ratio"] - b["ocr_text_ratio"]) <= 0.002 + 0.05 * max(a["ocr_text_ratio"], b["ocr_text_ratio"])
     assert reports["360p"]["samples"] == reports["1080p"]["samples"] > 0
     assert reports["360p"]["samples_per_bucket"] == reports["1080p"]["samples_per_bucket"]
+
+
+def test_every_candidate_ocr_reads_the_analysed_shots_and_no_other(joined):
+    """With ``ocr_every_candidate`` (the default) the scan OCRs every candidate of every shot the
+    analyse stage scores (too-short shots and fades excluded, as it trims them) and no other."""
+    from multishot.pipeline.analyse import shot_scores
+    from multishot.pipeline.stages import _trim_black
+
+    config = PipelineConfig(detect={"batch_windows": 1}, analyse={"analysis_short_side": 180})
+    info = probe(str(joined))
+    size = analysis_size(info, config.analyse.analysis_short_side)
+    result = SegmentScanner(config).scan(str(joined), None, info.fps, 0, None, analysis_size=size)
+    black, luma, thumbs = stitch_picture([result])
+    shots = shots_of(config.detect, np.array(result.single), np.array(result.many), info.fps, thumbs)
+    rows = [r for r in _trim_black(shots, black, luma, config, info.fps) if not r.shot.too_short]
+    by_index = {c.index: c for c in result.candidates}
+    order = sorted(by_index)
+    inside = set()
+    for row in rows:
+        shot_scores(row.shot, by_index, order, config.analyse)  # raises where a candidate was not read
+        inside |= {i for i in order if row.shot.start_frame <= i < row.shot.end_frame}
+    read = {c.index for c in result.candidates if c.text_boxes is not None}
+    assert read == inside
+    assert len(read) < len(order), "every candidate lies in an analysed shot: nothing tested"
