@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -184,11 +182,12 @@ def evaluate(out: Path, variant: str, sets: list[str], log=print) -> dict:
 
 
 def device_name() -> str:
+    """This machine's accelerator (or CPU), named as :func:`multishot.learn.device_name` does."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    from multishot.learn import device_name as name
+
+    return name(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 #: the table's columns: the world's classifier (multishot/learn.py's metrics) and the run
