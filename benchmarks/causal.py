@@ -32,7 +32,7 @@ step count on one GPU.
     python benchmarks/causal.py --part train --out benchmarks/results/causal/causal_h100.json
     python benchmarks/causal.py --part stream --chunks 8 --out benchmarks/results/causal/causal_h100.json
     python benchmarks/causal.py --tiny --out /tmp/causal_tiny.json                    # CPU check
-    python benchmarks/causal.py --part long --minutes 10 --out benchmarks/results/causal/causal_long_h100.json
+    python benchmarks/causal.py --part long --minutes 10 --overlap --out benchmarks/results/causal/causal_long_h100.json
 
 Each part updates its own key in ``--out`` (so two device calls fill one file) and rewrites the
 markdown table next to it (``.md``). Progress goes to stdout; ``long`` prints each memory mark as
@@ -53,6 +53,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -242,13 +243,16 @@ def run_stream(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> d
     return result
 
 
-def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dict:
+def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool,
+             partial: Callable[[dict], None] | None = None) -> dict:
     """The long stream (issue 32): ``--minutes`` of video at ``--fps`` streamed by a 4-step
     student (Euler, shift 5, no CFG; random weights) with the real loop (CUDA graphs and
     compiled blocks on CUDA), decode included. Reports video frames per second over the whole
     stream, peak memory (allocated on CUDA; the KV cache's bytes everywhere) when the video
     reaches each ``--marks`` minute, and seconds per chunk at the start and the end (median of
-    the first and last ten chunks after the first two)."""
+    the first and last ten chunks after the first two). ``--overlap`` decodes chunk k while
+    chunk k + 1 is denoised (the streaming CLI's option). At each mark ``partial`` (if given)
+    receives what was measured so far, so a run stopped at a time limit keeps it."""
     import_diffusers()
     from diffusers import AutoencoderKLWan
 
@@ -277,7 +281,8 @@ def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dic
     sampling = SamplingConfig(sampler="euler", steps=steps, shift=5.0, cfg_scale=1.0)
     streamer = ChunkStreamer(model, causal, sampling, vae, text,
                              (mc.in_channels, *args.latent_hw), device, dtype,
-                             cuda_graphs=device.type == "cuda", compile_decoder=compiled)
+                             overlap_decode=args.overlap, cuda_graphs=device.type == "cuda",
+                             compile_decoder=compiled)
     frames_per_chunk = 4 * causal.chunk_latent_frames
     total_frames = args.minutes * 60 * args.fps
     num_chunks = 1 + math.ceil((total_frames - 1) / frames_per_chunk)
@@ -306,6 +311,11 @@ def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dic
             # on stdout as it happens: a run stopped at a time limit still shows its marks
             mark = next(reversed(at_marks))
             print(f"mark {mark} min: {json.dumps(at_marks[mark])}", flush=True)
+            if partial is not None:  # a run stopped at a time limit keeps the marks it reached
+                partial({"device": device_name(device), "model": args.model,
+                         "overlap_decode": args.overlap, "minutes": args.minutes,
+                         "stopped_after_mark": mark, "at_minutes": at_marks,
+                         "chunk_wall_s": [c["wall_s"] for c in chunks]})
         if chunk.index % 50 == 0:
             print(f"chunk {chunk.index}: {minute:.2f} min of video, {chunk.seconds['wall_s']:.3f}"
                   f" s", flush=True)
@@ -316,7 +326,8 @@ def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool) -> dic
         "device": device_name(device), "torch": torch.__version__, "model": args.model,
         "weights": "random", "dtype": str(dtype).removeprefix("torch."),
         "latent_hw": list(args.latent_hw), "causal": causal_dict, "compiled": compiled,
-        "cuda_graphs": streamer.graphed.enabled, "sampler": "euler", "steps": steps,
+        "cuda_graphs": streamer.graphed.enabled, "overlap_decode": args.overlap,
+        "sampler": "euler", "steps": steps,
         "cfg_scale": 1.0, "fps": args.fps, "minutes": args.minutes, "chunks": len(chunks),
         "video_frames": video_frames, "wall_s": wall,
         "video_frames_per_s": video_frames / wall,
@@ -392,6 +403,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["train", "stream", "long", "all"], default="all",
                         help="all = train and stream; long = the long stream of --minutes")
+    parser.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=False,
+                        help="long: decode chunk k while chunk k + 1 is denoised")
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="long: minutes of video to stream (at --fps)")
     parser.add_argument("--fps", type=int, default=16, help="long: video frames per second")
@@ -430,8 +443,13 @@ def main() -> None:
     for part in (["train", "stream"] if args.part == "all" else [args.part]):
         print(f"== {part}", flush=True)
         compiled = args.compile if args.compile is not None else cuda
-        run = {"train": run_train, "stream": run_stream, "long": run_long}[part]
-        report[part] = run(args, causal, compiled)
+        if part == "long":
+            def partial(result: dict, part: str = part) -> None:
+                write_report(out, {**report, f"{part}_partial": result}, markdown)
+            report[part] = run_long(args, causal, compiled, partial)
+            report.pop(f"{part}_partial", None)
+        else:
+            report[part] = {"train": run_train, "stream": run_stream}[part](args, causal, compiled)
         print(json.dumps({k: v for k, v in report[part].items()
                           if k not in ("step_times_s", "chunk_seconds")}), flush=True)
         write_report(out, report, markdown)
