@@ -738,13 +738,15 @@ def scan_window(output: Path) -> dict:
 
 def ray_overrides(s: Setup, gpu: bool) -> list[str]:
     """``--set`` pairs of the Ray run: the benchmark's random CLIP weights (as the standalone
-    parts score aesthetics), OCR when rapidocr is there, near-duplicate removal off (the copies are
-    duplicates by construction; a real archive's shots are not, and the copies' shots must be
-    rendered as another film's would be). Without a GPU (the plumbing check): one scanning actor
-    of one session and no GPU asked for, one render actor, Ray on 2 CPUs."""
+    parts score aesthetics) with the aesthetic threshold off (random weights score every shot
+    "ugly", and a run that keeps no shot renders nothing), OCR when rapidocr is there,
+    near-duplicate removal off (the copies are duplicates by construction; a real archive's shots
+    are not, and the copies' shots must be rendered as another film's would be). Without a GPU
+    (the plumbing check): one scanning actor of one session and no GPU asked for, one render
+    actor, Ray on 2 CPUs."""
     name, clip, head = s.weights
     pairs = [f"analyse.clip_model={name}", f"analyse.clip_weights={clip}", f"analyse.aesthetic_head_weights={head}",
-             f"analyse.ocr_backend={s.config.analyse.ocr_backend}", "dedup.enabled=false"]
+             "filter.min_aesthetic=-1000", f"analyse.ocr_backend={s.config.analyse.ocr_backend}", "dedup.enabled=false"]
     if not gpu:
         pairs += ["detect.resources={actors: 1, cpus: 1, gpus: 0, memory_gib: 0}", "detect.sessions=1",
                   "detect.ocr_threads=1", "render.resources={actors: 1, cpus: 1}", "ray.num_cpus=2"]

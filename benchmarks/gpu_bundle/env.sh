@@ -3,7 +3,8 @@
 # as a folder of links, and the carried packages, on PYTHONPATH. Run Python from elsewhere than
 # the repository root (cd /tmp): there its own multishot/ folder would shadow the links.
 R=$PWD
-mkdir -p /tmp/shim/multishot
-for f in "$R"/multishot/*; do ln -sfn "$f" /tmp/shim/multishot/; done
-for p in pipeline annotate dataset model trainer; do ln -sfn "$R/$p" /tmp/shim/multishot/$p; done
-export PYTHONPATH=/tmp/shim:/tmp/site
+T=${BUNDLE_DIR:-/tmp}
+mkdir -p $T/shim/multishot
+for f in "$R"/multishot/*; do ln -sfn "$f" $T/shim/multishot/; done
+for p in pipeline annotate dataset model trainer; do ln -sfn "$R/$p" $T/shim/multishot/$p; done
+export PYTHONPATH=$T/shim:$T/site
