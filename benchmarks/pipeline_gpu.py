@@ -576,14 +576,15 @@ def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool,
 
 
 def part_processes(s: Setup, counts: list[int], sessions: int, ocr_threads: int, scale: bool,
-                   checks: list[str] = ("on",)) -> dict:
+                   checks: list[str] = ("on",), rounds: int | None = None, on_run=None) -> dict:
     """``count`` processes side by side on the one GPU, as several scanning actors per GPU
     (``detect.resources.gpus`` below 1) are: each its own models and GIL, ``sessions`` NVDEC
-    sessions (threads) and ``ocr_threads`` OCR threads, scanning the whole input 2 × ``sessions``
-    times: realtime factor per GPU; once per entry of ``checks`` (``on``: the defaults; ``off``:
-    :data:`CHECKS_OFF`) for each count, and where both ran, what the checks cost
-    (:func:`checks_cost`)."""
-    rounds = 2 * sessions
+    sessions (threads) and ``ocr_threads`` OCR threads, scanning the whole input ``rounds``
+    times (default 2 × ``sessions``): realtime factor per GPU; once per entry of ``checks``
+    (``on``: the defaults; ``off``: :data:`CHECKS_OFF`) for each count, and where both ran, what
+    the checks cost (:func:`checks_cost`). ``on_run(out)`` after each run (the report is
+    rewritten: a call cut short keeps the runs done)."""
+    rounds = rounds or 2 * sessions
     out = {"sessions_each": sessions, "ocr_threads_each": ocr_threads, "rounds_each": rounds, "nvdec_scale": scale,
            "checks_off": CHECKS_OFF, "runs": []}
     monitor = GpuMonitor()
@@ -591,9 +592,11 @@ def part_processes(s: Setup, counts: list[int], sessions: int, ocr_threads: int,
         for count in counts:
             for check in checks:
                 out["runs"].append(_processes_run(s, count, sessions, ocr_threads, rounds, scale, monitor, check))
+                out["checks_cost"] = checks_cost(out["runs"])
+                if on_run is not None:
+                    on_run(out)
     finally:
         monitor.stop()
-    out["checks_cost"] = checks_cost(out["runs"])
     return out
 
 
@@ -962,7 +965,7 @@ def _check_lines(parts: dict) -> list[str]:
     for c in parts.get("processes", {}).get("checks_cost", []):
         lines.append(f"- The checks of issues 28/34 with {c['processes']} processes: {c['realtime_on']}× realtime on "
                      f"against {c['realtime_off']}× off ({c['realtime_lost_pct']}% lost), {c['gpu_ms_per_video_s']} "
-                     "ms of the GPU per second of video"
+                     "ms of the whole device (one GPU) per second of video"
                      + (f"; CPU {c['cpu_s_per_video_s_on']} against {c['cpu_s_per_video_s_off']} CPU-s per second of "
                         f"video ({c['cpu_ms_per_video_s']:+} CPU-ms)" if "cpu_ms_per_video_s" in c else "")
                      + f". Off: {', '.join(f'{k}.{x}={v}' for k, d in CHECKS_OFF.items() for x, v in d.items())}.")
@@ -1009,6 +1012,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", default="4,8", help="scanning processes side by side, comma-separated ('' skips)")
     parser.add_argument("--worker-sessions", type=int, default=4, help="processes: NVDEC sessions (threads) of each")
     parser.add_argument("--worker-ocr-threads", type=int, default=4, help="processes: OCR threads of each")
+    parser.add_argument("--worker-rounds", type=int, default=None,
+                        help="processes: whole-input scans of each (default: 2 x --worker-sessions)")
     parser.add_argument("--checks", default="on", help="processes: with the checks of issues 28/34 on, off "
                         "(CHECKS_OFF), or both ('on,off': what they cost)")
     parser.add_argument("--scan-pieces", type=int, default=1, help="scan_sessions: segments the input is split into")
@@ -1134,8 +1139,12 @@ def run_parts(args: argparse.Namespace, s: Setup, run: PartRunner, gpu: bool) ->
     run("scan", part_scan, s)
     run("scan_sessions", part_scan_sessions, s, args.session_counts, args.scan_pieces, args.scan_rounds, args.ocr_threads)
     if args.worker_counts:
+        def partial(out: dict) -> None:
+            run.report["parts"]["processes"] = out
+            write_report(run.out, run.report, markdown)
+
         run("processes", part_processes, s, args.worker_counts, args.worker_sessions, args.worker_ocr_threads, scaled,
-            args.check_list)
+            args.check_list, args.worker_rounds, partial)
     if args.cpu_frames:
         run("cpu_scan", part_cpu, s, args.cpu_frames, scaled)
     run("ray", part_ray, s, Path(args.work_dir), args.ray_videos, args.ray_config, args.ray_timeout_s, gpu)
