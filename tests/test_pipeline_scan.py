@@ -280,3 +280,32 @@ def test_every_candidate_ocr_reads_the_analysed_shots_and_no_other(joined):
     read = {c.index for c in result.candidates if c.text_boxes is not None}
     assert read == inside
     assert len(read) < len(order), "every candidate lies in an analysed shot: nothing tested"
+
+
+def test_closed_ray_scans_give_their_resources_back():
+    """The scanning actors hold their reserved CPUs until closed (the run closes them once every
+    video is scanned, so the renders get those cores); after :meth:`RayScans.close` Ray has them
+    back."""
+    import ray
+
+    from multishot.pipeline.scan import RayScans
+    from multishot.ray_connect import init_ray
+
+    assert init_ray(num_cpus=2, include_dashboard=False)
+    try:
+        config = PipelineConfig(analyse={"ocr_backend": "none"},
+                                detect={"resources": {"actors": 1, "cpus": 1, "memory_gib": 0}})
+        scans = RayScans(config)
+        ray.get(scans.actors[0].__ray_ready__.remote())
+
+        def free_cpus(expected: float) -> float:
+            deadline = time.monotonic() + 60
+            while (free := ray.available_resources().get("CPU", 0.0)) != expected and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return free
+
+        assert free_cpus(1.0) == 1.0
+        scans.close()
+        assert free_cpus(2.0) == 2.0
+    finally:
+        ray.shutdown()
