@@ -4,10 +4,11 @@ films streams held-out ones with CAMR on (``camr``) and with the local window al
 decoded frames. The experiment, its numbers (chunk, window, routed frames, shot lengths) and
 its metrics are :mod:`multishot.learn_recall`'s docstring.
 
-    python benchmarks/aba_recall.py --device cpu --out benchmarks/results/causal/aba_recall_cpu.json
-    python benchmarks/aba_recall.py --device cuda --train-films 4000 --steps 2000 --batch 32 \\
-        --dim 256 --layers 6 --heads 4 --seeds 0,1 --eval-films 64 --sample-steps 20 \\
-        --max-seconds 60 --out benchmarks/results/causal/aba_recall_h100.json
+    python benchmarks/aba_recall.py --device cpu --max-seconds 420 \\
+        --out benchmarks/results/causal/aba_recall_cpu.json
+    python benchmarks/aba_recall.py --device cuda --train-films 4000 --eval-films 48 --steps 2000 \\
+        --batch 32 --lr 5e-4 --dim 256 --layers 6 --heads 4 --sample-steps 16 --seeds 0 \\
+        --stream-seeds 0 --max-seconds 90 --out benchmarks/results/causal/aba_recall_h100.json
 
 Needs the committed world encoders (``checkpoints/learn/vae``, ``checkpoints/learn/text_encoder``).
 """
@@ -78,14 +79,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--train-films", type=int, default=96)
-    parser.add_argument("--eval-films", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--train-films", type=int, default=48)
+    parser.add_argument("--eval-films", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--sample-steps", type=int, default=10)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--sample-steps", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=96)
+    parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     parser.add_argument("--stream-seeds", default="0", help="noise seeds of the streams")

@@ -29,6 +29,8 @@ def test_recall_path_runs_both_rows_and_only_camr_reaches_shot_a():
     rows = result["rows"]
     assert set(rows) == {"camr", "local_window"}
     assert result["training"][0]["steps"] == 2
+    # the ceiling: ground truth through the world VAE reads scene A back in the third shot
+    assert result["vae_ceiling"]["scene_recall"] == 1.0
     for row in rows.values():
         (run,) = row["per_seed"]
         for key in ("aba_recall", "character_recall", "scene_recall", "b_empty"):
