@@ -9,7 +9,9 @@ straight line at constant speed, at most :data:`MAX_SPEED` pixels a frame; a cut
 re-frames it). Two caption modes: ``named`` (the global
 caption names the character: caption following) and ``anonymous`` (no caption names it: only
 attention across shots can keep it, the job of HoloCine's summary tokens). Some films of three
-or more shots return to their first scene (A-B-A).
+or more shots return to their first scene (A-B-A). For memory tests (CausalCine's recall) the
+character can be **away** in chosen shots (``sample_film(character_away=...)``: an empty scene),
+and the shots' lengths can be fixed (``shot_latent_frames``).
 
 Everything is deterministic from a seed (:func:`sample_film`, :func:`sample_films`), rendered
 as ``[F, H, W, 3]`` uint8 frames (:func:`render_film`) or as an mp4 through PyAV
@@ -83,7 +85,8 @@ class Character:
 @dataclass(frozen=True)
 class ShotTruth:
     """One shot's ground truth: the half-open frame range, its scene and the character's path
-    (centre ``(x0, y)`` → ``(x1, y)`` in pixels over the shot)."""
+    (centre ``(x0, y)`` → ``(x1, y)`` in pixels over the shot); ``character_visible`` False:
+    the character is away (the shot shows its scene alone)."""
 
     start_frame: int
     end_frame: int
@@ -91,6 +94,7 @@ class ShotTruth:
     x0: float
     x1: float
     y: float
+    character_visible: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,25 +149,41 @@ def caption(character: Character, scenes: list[str], mode: str) -> str:
 def sample_film(seed: int, *, num_shots: int | None = None, caption_mode: str | None = None,
                 aba_probability: float = 0.3, num_frames: int = NUM_FRAMES,
                 height: int = HEIGHT, width: int = WIDTH, max_shots: int = 4,
-                name: str | None = None) -> Film:
+                name: str | None = None, shot_latent_frames: tuple[int, ...] | None = None,
+                character_away: tuple[int, ...] = ()) -> Film:
     """One film drawn from ``seed`` alone (``numpy.random.default_rng(seed)``).
 
     1–``max_shots`` shots (or ``num_shots``), every shot at least 2 latent frames long, cuts at
     ``4t + 1``; consecutive shots differ in scene; a film of three or more shots returns to its
-    first scene in its third shot with ``aba_probability``.
+    first scene in its third shot with ``aba_probability``. ``shot_latent_frames``: the shots'
+    lengths in latent frames instead of random cuts (they sum to the film's latent frames;
+    the shot count is their count); ``character_away``: indices of shots the character is away
+    from (rendered as the empty scene; the captions do not change).
 
     Raises:
-        ValueError: ``num_frames`` not ``4k + 1`` or too short for the shots.
+        ValueError: ``num_frames`` not ``4k + 1`` or too short for the shots; shot lengths that
+            do not sum to the film's latent frames; an away shot that does not exist.
     """
     rng = np.random.default_rng(seed)
     f_lat = num_latent_frames(num_frames)
+    if shot_latent_frames is not None:
+        if sum(shot_latent_frames) != f_lat or min(shot_latent_frames) < 1:
+            raise ValueError(f"shot lengths {shot_latent_frames} do not split {f_lat} latent "
+                             "frames")
+        num_shots = len(shot_latent_frames)
     shots = int(num_shots or rng.integers(1, max_shots + 1))
-    if 2 * shots > f_lat:
-        raise ValueError(f"{shots} shots of >= 2 latent frames do not fit {f_lat} latent frames")
-    # latent shot starts: 0 then shots-1 distinct starts with gaps >= 2 (stars and bars)
-    slack = f_lat - 2 * shots
-    extra = np.sort(rng.integers(0, slack + 1, shots - 1)) if shots > 1 else np.array([], int)
-    starts = [0] + [2 * (i + 1) + int(e) for i, e in enumerate(extra)]
+    if any(not 0 <= i < shots for i in character_away):
+        raise ValueError(f"away shots {character_away} of a film of {shots} shots")
+    if shot_latent_frames is not None:
+        starts = [int(s) for s in np.cumsum([0, *shot_latent_frames[:-1]])]
+    else:
+        if 2 * shots > f_lat:
+            raise ValueError(f"{shots} shots of >= 2 latent frames do not fit {f_lat} latent "
+                             "frames")
+        # latent shot starts: 0 then shots-1 distinct starts with gaps >= 2 (stars and bars)
+        slack = f_lat - 2 * shots
+        extra = np.sort(rng.integers(0, slack + 1, shots - 1)) if shots > 1 else np.array([], int)
+        starts = [0] + [2 * (i + 1) + int(e) for i, e in enumerate(extra)]
     cuts = [4 * s - 3 for s in starts[1:]]          # latent frame s starts at pixel 4s - 3
     names = list(SCENES)
     scenes = [str(rng.choice(names))]
@@ -181,14 +201,14 @@ def sample_film(seed: int, *, num_shots: int | None = None, caption_mode: str | 
     size = _size(height, width)
     margin = BORDER + size / 2 + 2
     truths = []
-    for (a, b), scene in zip(zip(edges, edges[1:]), scenes):
+    for i, ((a, b), scene) in enumerate(zip(zip(edges, edges[1:]), scenes)):
         # at most MAX_SPEED pixels a frame: a latent frame (4 frames) holds a nearly still pose
         x0 = rng.uniform(margin, width - margin)
         reach = MAX_SPEED * (b - a - 1)
         x1 = rng.uniform(max(margin, x0 - reach), min(width - margin, x0 + reach))
         y = rng.uniform(margin, height - margin)
         truths.append(ShotTruth(a, b, scene, round(float(x0), 2), round(float(x1), 2),
-                                round(float(y), 2)))
+                                round(float(y), 2), i not in character_away))
     return Film(name or f"film{seed:06d}", int(seed), num_frames, height, width, FPS, character,
                 tuple(truths), mode, bool(aba), caption(character, scenes, mode))
 
@@ -250,8 +270,9 @@ def render_film(film: Film) -> np.ndarray:
         for i in range(n):
             u = i / max(1, n - 1)
             cx = shot.x0 + (shot.x1 - shot.x0) * u
-            frames[shot.start_frame + i] = render_frame(shot.scene, film.character, cx, shot.y,
-                                                        film.height, film.width)
+            frames[shot.start_frame + i] = render_frame(
+                shot.scene, film.character, cx, shot.y, film.height, film.width) \
+                if shot.character_visible else background(shot.scene, film.height, film.width)
     return frames
 
 

@@ -291,11 +291,15 @@ def prepare(out: Path, args, device, log=print) -> dict:
 # ---- one variant -----------------------------------------------------------------------------
 
 def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, device,
-                  seed: int = 0, log=print, max_seconds: float = float("inf"), config=None):
+                  seed: int = 0, log=print, max_seconds: float = float("inf"), config=None,
+                  causal=None):
     """Train a fresh ``learn`` WanModel of ``variant`` on the encoded data for ``steps`` steps
     (or until ``max_seconds``, a safety stop: the steps done are the losses' count); returns
     ``(model, losses, seconds)``. ``config``: a :class:`model.config.WanConfig` (default the
-    ``learn`` architecture)."""
+    ``learn`` architecture). ``causal``: a :class:`model.causal.CausalConfig` tunes the causal
+    mode by parallel teacher forcing instead (:meth:`model.dit.WanModel.forward_teacher_forcing`
+    with every latent frame's window of its shot, as :meth:`trainer.trainer.Trainer.step` does;
+    :mod:`multishot.learn_recall`)."""
     import torch
 
     from multishot.model.config import get_config
@@ -334,7 +338,12 @@ def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, d
         noised = flow.noise(latents[ix], gen)
         # float32 parameters and compute (TF32 matmuls on CUDA): the model keeps its time
         # embedding float32 and asserts it, which autocast would break
-        pred = model(noised.x_t, noised.timestep, context[ix], layout, spans)
+        if causal is None:
+            pred = model(noised.x_t, noised.timestep, context[ix], layout, spans)
+        else:
+            text_mask = None if spans is None else model.frame_text_mask(layout, spans)
+            pred = model.forward_teacher_forcing(latents[ix], noised.x_t, noised.timestep,
+                                                 context[ix], causal, text_mask)
         loss = flow.loss(pred, noised)
         opt.zero_grad(set_to_none=True)
         loss.backward()
