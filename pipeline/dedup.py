@@ -237,7 +237,7 @@ def _kept_shots(tasks: Iterable[VideoTask]) -> list[tuple[VideoTask, int]]:
 
 
 def mark_duplicates(earlier: Iterable[VideoTask], tasks: Iterable[VideoTask], max_distance: int,
-                    min_cosine: float = 0.99) -> dict[str, int]:
+                    min_cosine: float) -> dict[str, int]:
     """Mark the kept shots of ``tasks`` that near-duplicate an earlier kept shot (the rule in
     the module docstring): reason ``duplicate``, ``duplicate_of`` naming the twin (with the
     keyframes' distance in bits when found by pHash) and ``duplicate_cosine`` (when found by

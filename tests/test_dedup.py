@@ -109,7 +109,7 @@ def test_the_later_copy_is_marked_whatever_order_the_videos_come_in():
         return earlier, tasks
 
     earlier, tasks = make()
-    assert mark_duplicates(earlier, tasks, max_distance=10) == {"marked": 3, "clip": 0, "phash": 7}
+    assert mark_duplicates(earlier, tasks, max_distance=10, min_cosine=0.99) == {"marked": 3, "clip": 0, "phash": 7}
     marks = _marks(tasks)
     assert marks == {("bbbb", 0): ("cccc", 0, 7),   # 0x0001 is 7 bits from c's 0x00FF: the earlier run's shot
                      ("bbbb", 1): ("cccc", 1, 8),   # far is 8 bits from c's; a's too-dark copy is 1 bit but removed
@@ -119,7 +119,7 @@ def test_the_later_copy_is_marked_whatever_order_the_videos_come_in():
     assert [r.reason for t in tasks for r in t.shots] == ["duplicate"] * 3 + ["", "too_dark", ""]
     assert all(r.duplicate_of is None for t in earlier for r in t.shots)  # earlier runs' decisions stand
     again_earlier, again = make()
-    mark_duplicates(again_earlier, list(reversed(again)), max_distance=10)
+    mark_duplicates(again_earlier, list(reversed(again)), max_distance=10, min_cosine=0.99)
     assert _marks(again) == marks
 
 
@@ -285,9 +285,9 @@ def tiny_clip(tmp_path_factory) -> dict:
 
 
 def test_clip_embeddings_find_copies_across_videos_and_runs_through_ray(tmp_path, tiny_clip):
-    """CLIP weights given (small random ones), through Ray. Run 1: the film excerpt's first 13 s
-    and a 480x272 CRF-32 copy of it sorting after it; run 2, into the same output: a 640x360
-    copy sorting first. Every shot of each copy that the filter keeps is a duplicate, by
+    """CLIP weights given (small random ones). Run 1, through Ray (the scanning actors load the
+    model by its config file): the film excerpt's first 8 s and a 480x272 CRF-32 copy of it
+    sorting after it; run 2, into the same output (sequential): a 640x360 copy sorting first. Every shot of each copy that the filter keeps is a duplicate, by
     embedding (a cosine, no distance), of the film's kept shot at the same time; no shot of the
     film is marked; the report says which test ran; the result file keeps each shot's pick
     embeddings. A threshold of 0.98: with these weights the copies' shots reach 0.991-0.998 of
@@ -298,14 +298,14 @@ def test_clip_embeddings_find_copies_across_videos_and_runs_through_ray(tmp_path
 
     first, second = tmp_path / "in1", tmp_path / "in2"
     first.mkdir(), second.mkdir()
-    film = _reencode(FOOTAGE / FILM, first / "film.mp4", (848, 480), crf=18, frames=13 * 25)
+    film = _reencode(FOOTAGE / FILM, first / "film.mp4", (848, 480), crf=18, frames=8 * 25)
     _reencode(film, first / "z_copy.mp4", (480, 272))
     _reencode(film, second / "a_copy.mp4", (640, 360))
     out = tmp_path / "out"
 
-    def run(folder: Path) -> dict:
+    def run(folder: Path, runner: str) -> dict:
         config = PipelineConfig.model_validate({
-            "input": str(folder), "output": str(out), "ray": {"num_cpus": 2},
+            "input": str(folder), "output": str(out), "ray": {"num_cpus": 2, "runner": runner},
             "analyse": {**tiny_clip, "ocr_backend": "none", "motion_backend": "none"},
             "filter": {"min_aesthetic": -1e9},  # a random head's scores
             "dedup": {"min_cosine": 0.98},
@@ -314,11 +314,11 @@ def test_clip_embeddings_find_copies_across_videos_and_runs_through_ray(tmp_path
         })
         return run_pipeline(config, progress=False)
 
-    report1 = run(first)
+    report1 = run(first, "ray")
     analysed = sum(s["brightness"] is not None for s in _shots(out))
     assert report1["dedup"].startswith(f"{analysed} analysed shots by CLIP image embedding (cosine >= 0.98), "
                                        "0 by keyframe pHash")
-    report2 = run(second)
+    report2 = run(second, "sequential")  # Ray's part is run 1's; a second start adds only time
     shots = _shots(out)
     original = {s["shot_index"]: s for s in shots if Path(s["source"]).name == "film.mp4"}
     assert not any("duplicate" in s["reason"] for s in original.values())
@@ -337,3 +337,17 @@ def test_clip_embeddings_find_copies_across_videos_and_runs_through_ray(tmp_path
     result = read_result(fs, result_path(ShardSetLayout(root), original[0]["source_id"]))
     scored = [r for r in result.shots if r.scores is not None]
     assert scored and all(1 <= len(r.keyframe_embeddings) <= 3 for r in scored)
+
+
+def test_min_cosine_is_checked_on_load_and_a_missing_model_config_is_named(tmp_path, tiny_clip):
+    """``dedup.min_cosine`` outside (0, 1] is a config error naming the key; a ``clip_model``
+    config file that is not there is named by the loader."""
+    from multishot.config import ConfigError, load_config
+    from multishot.pipeline.aesthetic import load_clip
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dedup: {min_cosine: 1.5}\n")
+    with pytest.raises(ConfigError, match="dedup.min_cosine"):
+        load_config(bad, PipelineConfig)
+    with pytest.raises(FileNotFoundError, match="CLIP model config not found"):
+        load_clip(str(tmp_path / "nope.json"), Path(tiny_clip["clip_weights"]), "cpu")
