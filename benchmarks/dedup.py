@@ -24,6 +24,7 @@ exhaustive, so recall 1 by construction.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--embedding-sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000])
     parser.add_argument("--out", type=Path, default=harness.results_dir("dedup") / "dedup.json")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
 
     import av
 
@@ -91,8 +93,11 @@ def main() -> None:
               "search": search,
               "embedding_bytes_per_keyframe_768d": len(packed[0]),
               "embedding_pack_us": round(pack_us, 2), "embedding_unpack_us": round(unpack_us, 2),
-              "embedding_search": embedding}
+              "embedding_search": embedding,
+              "load_average_1min": [round(load_at_start, 1), round(os.getloadavg()[0], 1)]}
     lines = [f"# Near-duplicate search cost ({report['device']})", "",
+             f"The machine's 1-minute load average at the start and the end: {report['load_average_1min'][0]} and "
+             f"{report['load_average_1min'][1]} (other processes share its cores: every time is an upper bound).", "",
              f"pHash of a 640x360 keyframe: {report['hash_ms_per_frame_640x360']} ms (median of 3 passes over "
              "200 frames; 2 keyframes per source second).", "",
              "| keyframes | max_distance | seconds | pairs found |", "|---|---|---|---|"]

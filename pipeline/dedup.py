@@ -50,7 +50,9 @@ keyframe joins the lists of its :data:`SPILL` nearest centroids, so that a pair 
 boundary is still found. The work grows as ``SPILL² N^1.5`` (lists of about ``SPILL sqrt(N)``),
 not ``N²``; it is approximate: the recall of the pairs above the threshold is measured against
 brute force (tests/test_dedup.py, benchmarks/dedup.py). Every pair found is verified: its
-cosine is recomputed alone.
+cosine is recomputed alone. The lists depend on every embedding in the search, so past
+:data:`EXACT_UP_TO` a resume (which searches another set: the finished videos' kept shots and
+the rest) may find a pair the first run missed, or miss one it found; up to it, never.
 """
 
 from __future__ import annotations

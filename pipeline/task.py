@@ -68,7 +68,7 @@ class ShotRow(BaseModel):
     # 16 hex digits of each keyframe's perceptual hash (the candidates inside it: pipeline.dedup)
     keyframe_hashes: list[str] = Field(default_factory=list)
     # the CLIP image embedding of each of its picks when CLIP ran (pipeline.dedup.pack_embedding);
-    # in the result file only (1.5 KB each at ViT-L/14), not in shots.parquet
+    # in the result file only (2 KB of base64 each at ViT-L/14), not in shots.parquet
     keyframe_embeddings: list[str] = Field(default_factory=list)
     # reason duplicate: the kept twin (source id, shot index) and the keyframes' distance (bits)
     # when found by pHash (None when found by CLIP embedding)
