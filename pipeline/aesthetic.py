@@ -51,6 +51,11 @@ def load_clip(clip_model: str, clip_weights: Path, device: str) -> tuple[nn.Modu
     ``device``: ``(model, preprocess)`` where ``preprocess`` is CLIP's resize + centre crop +
     normalisation of a PIL image to ``[3, S, S]``. Nothing is downloaded.
 
+    ``clip_model`` is an open_clip architecture name, or the path of an open_clip model config
+    (a ``.json`` file as in open_clip's ``model_configs/``): it is registered under its file
+    stem in the process that loads it (every Ray actor loads its own), so an architecture
+    open_clip does not ship needs no code.
+
     Raises:
         FileNotFoundError: ``clip_weights`` does not exist.
         RuntimeError: the weights do not fit the architecture (names the missing keys).
@@ -62,6 +67,11 @@ def load_clip(clip_model: str, clip_weights: Path, device: str) -> tuple[nn.Modu
 
     if not Path(clip_weights).is_file():
         raise FileNotFoundError(f"CLIP weights not found: {clip_weights}")
+    if clip_model.endswith(".json"):
+        if not Path(clip_model).is_file():
+            raise FileNotFoundError(f"CLIP model config not found: {clip_model}")
+        open_clip.add_model_config(clip_model)
+        clip_model = Path(clip_model).stem
     model, _, preprocess = open_clip.create_model_and_transforms(clip_model, pretrained=str(clip_weights), device=device)
     return model.eval(), preprocess
 
@@ -84,13 +94,19 @@ class AestheticScorer:
         self.head = AestheticHead(dim).to(self.device).eval()
         self.head.load_state_dict(torch.load(head_weights, map_location=self.device, weights_only=True))
 
-    @torch.inference_mode()
     def score(self, frames: list[np.ndarray]) -> np.ndarray:
         """Scores ``[N]`` for RGB uint8 frames ``[H, W, 3]`` (CLIP's resize + centre crop)."""
+        return self.score_and_embed(frames)[0]
+
+    @torch.inference_mode()
+    def score_and_embed(self, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``[N]`` and the L2-normalised CLIP image embeddings ``[N, D]`` (float32; D 768
+        for ViT-L/14) the head read, of RGB uint8 frames ``[H, W, 3]``: one CLIP forward for
+        both (the embeddings are what near-duplicate removal compares, :mod:`pipeline.dedup`)."""
         from PIL import Image
 
         batch = torch.stack([self.preprocess(Image.fromarray(f)) for f in frames]).to(self.device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.device == "cuda"):
             embedding = self.model.encode_image(batch).float()
         embedding = embedding / embedding.norm(dim=-1, keepdim=True)
-        return self.head(embedding).cpu().numpy()
+        return self.head(embedding).cpu().numpy(), embedding.cpu().numpy()

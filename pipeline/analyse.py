@@ -75,6 +75,9 @@ class CandidateScore:
     aesthetic: float | None = None
     motion: float | None = None
     phash: str | None = None  # the frame's perceptual hash (pipeline.dedup.keyframe_hash)
+    # the L2-normalised CLIP image embedding the aesthetic head read (base64 float16,
+    # pipeline.dedup.pack_embedding); None where no aesthetic score was measured
+    embedding: str | None = None
 
     @property
     def ocr_text_ratio(self) -> float | None:
@@ -151,12 +154,17 @@ class FrameScorer:
         :meth:`pipeline.ocr.TextDetector.read`), or None when OCR is off."""
         return None if self.text is None else tuple(self.text.read(frame))
 
-    def aesthetic_scores(self, frames: list[np.ndarray]) -> list[float | None]:
-        """LAION scores of RGB frames ``[H, W, 3]``, or Nones when aesthetic scoring is off."""
+    def aesthetic_scores(self, frames: list[np.ndarray]) -> list[tuple[float, np.ndarray] | None]:
+        """``(LAION score, L2-normalised CLIP image embedding [D] float32)`` of each RGB frame
+        ``[H, W, 3]`` (one CLIP forward for both), or Nones when aesthetic scoring is off."""
         if self.aesthetic is None or not frames:
             return [None] * len(frames)
         # batches of 16: a segment edge may hold hundreds of candidates
-        return [float(s) for i in range(0, len(frames), 16) for s in self.aesthetic.score(frames[i : i + 16])]
+        found = []
+        for i in range(0, len(frames), 16):
+            scores, embeddings = self.aesthetic.score_and_embed(frames[i : i + 16])
+            found += [(float(s), e) for s, e in zip(scores, embeddings)]
+        return found
 
 
 def title_boxes(candidate: CandidateScore, config: AnalyseConfig) -> list[TextBox]:

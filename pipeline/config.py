@@ -191,7 +191,10 @@ class AnalyseConfig(_Section):
     aesthetic_head_weights: Path | None = Field(
         None, description="LAION improved aesthetic predictor, sac+logos+ava1-l14-linearMSE.pth"
     )
-    clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture name")
+    clip_model: str = Field(
+        "ViT-L-14-quickgelu", description="open_clip architecture name, or the path of an open_clip model "
+        "config (.json) for an architecture open_clip does not ship"
+    )
     motion_backend: Literal["dis", "none"] = Field(
         "dis", description="optical flow between consecutive candidate frames, for each shot's motion "
         "(pipeline/motion.py): dis, OpenCV's DIS on the CPU; none: not measured (no shot is static)"
@@ -244,13 +247,20 @@ class FilterConfig(_Section):
 
 class DedupConfig(_Section):
     """Near-duplicate removal across every video of the output (``pipeline/dedup.py``): a shot
-    the filter keeps whose keyframe perceptual hash lies within ``max_distance`` bits of a
-    keyframe of an earlier kept shot is removed as ``duplicate``."""
+    the filter keeps with a keyframe matching a keyframe of an earlier kept shot is removed as
+    ``duplicate``. Keyframes match by CLIP image embedding (``min_cosine``) when both shots have
+    one (``analyse.clip_weights`` given), else by perceptual hash (``max_distance``)."""
 
     enabled: bool = Field(True, description="look for near-duplicate shots (False: none is marked)")
     max_distance: int = Field(
         10, ge=0, le=31, description="Hamming distance (bits of the 64-bit pHash of a keyframe) at or below "
-        "which two keyframes are the same picture"
+        "which two keyframes are the same picture (shots without CLIP embeddings)"
+    )
+    min_cosine: float = Field(
+        0.99, gt=0, le=1, description="cosine similarity of two keyframes' CLIP image embeddings at or above "
+        "which they are the same picture (when CLIP weights are given): 1 - eps of NeMo Curator's semantic "
+        "dedup with Cosmos-Curate's default eps 0.01 (their clip-level video embeddings; not checked on "
+        "the footage with real ViT-L/14 weights)"
     )
 
 

@@ -27,8 +27,10 @@ The tables under ``index/`` (this module owns their columns):
   the shot is removed as ``static``.
   ``keyframe_hashes``: the 64-bit perceptual hash (16 hex digits) of each candidate frame in the
   shot; a shot removed as ``duplicate`` names its kept twin, ``duplicate_of_source_id`` and
-  ``duplicate_of_shot`` (its ``shot_index``), and ``duplicate_distance``, the bits between their
-  nearest keyframes (:mod:`pipeline.dedup`); null otherwise.
+  ``duplicate_of_shot`` (its ``shot_index``), and how near they are: ``duplicate_cosine``, the
+  cosine similarity of their nearest keyframes' CLIP embeddings when both shots have them (CLIP
+  weights given), else ``duplicate_distance``, the bits between their nearest keyframes' hashes
+  (:mod:`pipeline.dedup`); null otherwise.
 * ``videos.parquet`` (:data:`VIDEO_SCHEMA`): one row per video with a result: status, duration,
   shot counts, its burned-in ``overlays`` (:mod:`pipeline.overlay`: box in fractions of the
   frame, text, how many shots show it) and its ``active_area`` (the picture inside letterbox or
@@ -58,7 +60,7 @@ SHOT_COLUMNS = ["source", "source_id", "shot_index", "start_frame", "end_frame",
                 "gap_before", "transition", "transition_start_frame", "transition_end_frame",
                 "transition_start_s", "transition_end_s", "brightness", "ocr_text_ratio", "aesthetic",
                 "motion", "black_fraction", "keyframe_hashes", "duplicate_of_source_id", "duplicate_of_shot",
-                "duplicate_distance", "kept", "reason"]
+                "duplicate_distance", "duplicate_cosine", "kept", "reason"]
 OVERLAY_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64()),
                           ("text", pa.string()), ("shots", pa.int64()), ("shot_fraction", pa.float64())])
 AREA_TYPE = pa.struct([("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()), ("y1", pa.float64())])
@@ -181,6 +183,7 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
         "source_hours": source_s / 3600,
         "dropped_samples": [d for r in results for d in r.dropped_samples],
         "aesthetic": "scored" if config.analyse.aesthetic_enabled else "skipped (no weights in config)",
+        "dedup": _dedup(config, results),
         "ocr_backend": config.analyse.ocr_backend,
         "captions": _captions(samples),
         "stage_seconds": dict(stage_s),
@@ -191,6 +194,20 @@ def summary(config: PipelineConfig, results: list[VideoTask], unreadable: list[d
         "wall_s": wall_s,
         "realtime_factor": processed_s / wall_s if processed_s and wall_s else None,
     }
+
+
+def _dedup(config: PipelineConfig, results: list[VideoTask]) -> str:
+    """Which near-duplicate test the analysed shots took part in (:mod:`pipeline.dedup`): by CLIP
+    image embedding (shots with embeddings) or by keyframe pHash (the others)."""
+    if not config.dedup.enabled:
+        return "off"
+    analysed = [row for r in results for row in r.shots if row.scores is not None]
+    clip = sum(bool(row.keyframe_embeddings) for row in analysed)
+    text = (f"{clip} analysed shots by CLIP image embedding (cosine >= {config.dedup.min_cosine}), "
+            f"{len(analysed) - clip} by keyframe pHash (<= {config.dedup.max_distance} bits)")
+    if clip:
+        text += "; the embeddings are only as meaningful as analyse.clip_weights (random weights: meaningless)"
+    return text
 
 
 def _per_bucket_seconds(samples: list[dict]) -> collections.Counter:
@@ -236,6 +253,7 @@ def format_report(report: dict) -> str:
         f"{', '.join(f'{k} {v:.1f} s' for k, v in report['sample_seconds_per_bucket'].items()) or 'none'} "
         "(buckets overlap: one shot may be in several)",
         f"aesthetic        {report['aesthetic']}",
+        f"near-duplicates  {report['dedup']}",
         f"captions         {report['captions']}",
         f"wall time        {report['wall_s']:.1f} s  " + (
             f"({report['realtime_factor']:.2f}× realtime over the {report['this_run']['processed']} videos "

@@ -149,6 +149,12 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> dict:
     if not config.analyse.aesthetic_enabled:
         log.warning("aesthetic: skipped (no clip_weights / aesthetic_head_weights in the config); "
                     "every sample is marked aesthetic_status=skipped")
+    if config.dedup.enabled:
+        log.info("near-duplicates: %s", (
+            f"by the CLIP image embeddings of {config.analyse.clip_weights} (cosine >= {config.dedup.min_cosine}; "
+            "only as meaningful as those weights: random test weights make it meaningless), by keyframe pHash "
+            "for shots of earlier results without embeddings" if config.analyse.aesthetic_enabled else
+            f"by keyframe pHash (<= {config.dedup.max_distance} bits): no CLIP weights in the config"))
 
     finished = []
     if todo:

@@ -53,7 +53,7 @@ from multishot.dataset.storage import read_json, resolve, write_json
 from multishot.pipeline.analyse import (CandidateScore, FrameScorer, is_candidate, mean_luma, pick_candidates,
                                         previous_candidate)
 from multishot.pipeline.config import PipelineConfig
-from multishot.pipeline.dedup import keyframe_hash
+from multishot.pipeline.dedup import keyframe_hash, pack_embedding
 from multishot.pipeline.detect import CONTEXT, DetectedShot, make_detector, min_shot_frames, shots_of
 from multishot.pipeline.motion import FlowMeter
 from multishot.pipeline.ocr import TextBox
@@ -153,6 +153,10 @@ def scan_hash(config: PipelineConfig) -> str:
     parts = {"detect": config.detect.model_dump(mode="json", exclude=set(config.detect.PLACEMENT)),
              "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"}),
              "keyframe_hash": "imagehash.phash 8x8"}  # results made before candidates were hashed are redone
+    if config.analyse.aesthetic_enabled:
+        # results made before the aesthetic picks kept their CLIP embeddings are redone (only
+        # where CLIP runs: without weights nothing changed)
+        parts["keyframe_embedding"] = "clip image embedding, L2-normalised, float16"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -321,9 +325,10 @@ class SegmentScanner:
                                         last=end_frame is None or eof <= end_frame, candidates=sorted(brightness),
                                         black=black, luma=luma, thumbs=thumbs)
         scores = self._score(ocr, aesthetic, kept)
-        candidates = [CandidateScore(i, brightness[i], *scores.get(i, (None, None)), motion=motion.get(i),
-                                        phash=hashes[i])
-                      for i in sorted(brightness)]
+        unread = (None, None, None)
+        candidates = [CandidateScore(i, brightness[i], text, score, motion=motion.get(i), phash=hashes[i],
+                                     embedding=embedding)
+                      for i in sorted(brightness) for text, score, embedding in [scores.get(i, unread)]]
         # frames of this segment only (contexts overlap the neighbours'); errors and the last
         # decoded time as the decode saw them
         inner = DecodeStats(frames=max(0, end - start_frame), errors=stats.errors, last_error=stats.last_error,
@@ -385,8 +390,10 @@ class SegmentScanner:
         return sorted(ocr), sorted(edges.union(*picks))
 
     def _score(self, ocr: list[int], aesthetic: list[int], kept: dict[int, bytes]
-               ) -> dict[int, tuple[tuple[TextBox, ...] | None, float | None]]:
-        """``{index: (text_boxes, aesthetic)}`` of the candidates OCR / the aesthetic model read."""
+               ) -> dict[int, tuple[tuple[TextBox, ...] | None, float | None, str | None]]:
+        """``{index: (text_boxes, aesthetic, embedding)}`` of the candidates OCR / the aesthetic
+        model read; ``embedding``: the CLIP image embedding the aesthetic head read
+        (:func:`pipeline.dedup.pack_embedding`), kept for near-duplicate removal."""
         if not kept:
             return {}
 
@@ -399,8 +406,9 @@ class SegmentScanner:
             read = dict(zip(ocr, reader(lambda i: self.scorer.text_boxes(image(i)), ocr)))
         looked = {}
         if self.scorer.aesthetic is not None:
-            looked = dict(zip(aesthetic, self.scorer.aesthetic_scores([image(i) for i in aesthetic])))
-        return {i: (read.get(i), looked.get(i)) for i in sorted(set(read) | set(looked))}
+            found = self.scorer.aesthetic_scores([image(i) for i in aesthetic])
+            looked = {i: (score, pack_embedding(embedding)) for i, (score, embedding) in zip(aesthetic, found)}
+        return {i: (read.get(i), *looked.get(i, (None, None))) for i in sorted(set(read) | set(looked))}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from multishot.dataset.shards import ShardSetLayout
 from multishot.dataset.storage import resolve
 from multishot.pipeline.analyse import shot_scores
 from multishot.pipeline.config import PipelineConfig, Resources
-from multishot.pipeline.dedup import dedup_stage, shot_hashes
+from multishot.pipeline.dedup import dedup_stage, shot_embeddings, shot_hashes
 from multishot.pipeline.detect import min_shot_frames, shots_of
 from multishot.pipeline.filter import decide
 from multishot.pipeline.overlay import find_overlays, is_overlay, ratio_without_overlays, shows_overlay
@@ -220,6 +220,8 @@ def _analyse(config: PipelineConfig, samples_hash: str) -> Process:
         for shot_row in rows:
             shot_row.scores = shot_scores(shot_row.shot, by_index, order, config.analyse)
             shot_row.keyframe_hashes = shot_hashes(shot_row.shot, by_index, order)
+            shot_row.keyframe_embeddings = shot_embeddings(shot_row.shot, by_index, order,
+                                                           config.analyse.frames_per_shot)
         _overlays(task, rows, config)
         task.candidates = []  # per-shot now; keeps the result file small
 

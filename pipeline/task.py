@@ -67,8 +67,13 @@ class ShotRow(BaseModel):
     black_fraction: float | None = None
     # 16 hex digits of each keyframe's perceptual hash (the candidates inside it: pipeline.dedup)
     keyframe_hashes: list[str] = Field(default_factory=list)
+    # the CLIP image embedding of each of its picks when CLIP ran (pipeline.dedup.pack_embedding);
+    # in the result file only (2 KB of base64 each at ViT-L/14), not in shots.parquet
+    keyframe_embeddings: list[str] = Field(default_factory=list)
     # reason duplicate: the kept twin (source id, shot index) and the keyframes' distance (bits)
-    duplicate_of: tuple[str, int, int] | None = None
+    # when found by pHash (None when found by CLIP embedding)
+    duplicate_of: tuple[str, int, int | None] | None = None
+    duplicate_cosine: float | None = None  # found by CLIP embedding: the keyframes' cosine similarity
 
     @property
     def kept(self) -> bool:
@@ -186,6 +191,7 @@ class VideoTask(BaseModel):
                 "duplicate_of_source_id": row.duplicate_of[0] if row.duplicate_of else None,
                 "duplicate_of_shot": row.duplicate_of[1] if row.duplicate_of else None,
                 "duplicate_distance": row.duplicate_of[2] if row.duplicate_of else None,
+                "duplicate_cosine": row.duplicate_cosine,
                 "kept": row.kept,
                 "reason": row.reason or ("not analysed" if row.scores is None else ""),
             })

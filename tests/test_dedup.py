@@ -1,5 +1,7 @@
-"""Near-duplicate shots (pipeline/dedup.py): the index against brute force, the bundled footage's
-shared shot, a re-encoded rescaled copy, and a second run into the same output."""
+"""Near-duplicate shots (pipeline/dedup.py): both indexes (pHash, CLIP embedding) against brute
+force, the rule over mixed results, the bundled footage's shared shot, a re-encoded rescaled
+copy, a second run into the same output, and the CLIP path through Ray with a small random CLIP
+loaded by the real loading code."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 from multishot.dataset.shards import ShardSetLayout
 from multishot.pipeline.config import PipelineConfig
 from multishot.pipeline.analyse import ShotScores
-from multishot.pipeline.dedup import mark_duplicates, near_pairs
+from multishot.pipeline.dedup import mark_duplicates, near_pairs, pack_embedding, similar_pairs
 from multishot.pipeline.detect import DetectedShot
 from multishot.pipeline.run import run_pipeline
 from multishot.pipeline.task import ShotRow, VideoTask
@@ -41,11 +43,52 @@ def test_index_finds_exactly_the_pairs_brute_force_finds(max_distance):
     assert len(i) >= sum(len(b) <= max_distance for b in flips)  # the planted copies are there
 
 
-def _video(name: str, shots: list[tuple[list[int], str]]) -> VideoTask:
-    """A task with one 48-frame shot per ``(keyframe hashes, reason)``."""
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _at_cosine(rng: np.random.Generator, x: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+    """Unit vectors at exactly ``cosine`` ``[N]`` from the unit rows of ``x`` ``[N, D]``."""
+    noise = rng.standard_normal(x.shape)
+    noise -= (noise * x).sum(1, keepdims=True) * x
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return cosine[:, None] * x + np.sqrt(1 - cosine[:, None] ** 2) * noise
+
+
+@pytest.mark.parametrize("min_cosine", [0.9, 0.99])
+@pytest.mark.parametrize("exact_up_to", [10_000, 400])
+def test_embedding_index_finds_the_pairs_brute_force_finds(min_cosine, exact_up_to):
+    """Up to ``exact_up_to`` embeddings every pair above the threshold, exactly; above, within
+    k-means lists: nothing below the threshold, and at least 98% of the pairs brute force finds
+    (2,400 random 64-d unit vectors, 400 of them copies of others at cosines from 0.03 under the
+    threshold to 1: the hard case, no cluster structure to follow)."""
+    rng = np.random.default_rng(7)
+    base = _unit(rng, 2000, 64)
+    copies = _at_cosine(rng, base[:400], rng.uniform(min_cosine - 0.03, 1.0, 400))
+    x = np.concatenate([base, copies]).astype(np.float32)
+    i, j, cosine = similar_pairs(x, min_cosine, exact_up_to=exact_up_to)
+    brute = x @ x.T
+    want = set(zip(*[a.tolist() for a in np.nonzero(np.triu(brute >= min_cosine, 1))]))
+    got = list(zip(i.tolist(), j.tolist()))
+    assert len(got) == len(set(got)) and got == sorted(got) and (i < j).all()
+    np.testing.assert_allclose(cosine, brute[i, j], atol=1e-5)
+    assert set(got) <= want  # every pair found is above the threshold
+    if exact_up_to >= len(x):
+        assert set(got) == want
+    else:
+        assert len(want) > 80 and len(set(got) & want) >= 0.98 * len(want)
+
+
+def _video(name: str, shots: list[tuple[list[int], str]], embeddings: list[np.ndarray | None] | None = None
+           ) -> VideoTask:
+    """A task with one 48-frame shot per ``(keyframe hashes, reason)``; ``embeddings``: each
+    shot's one keyframe embedding (None: none, as a result made without CLIP)."""
+    embeddings = embeddings or [None] * len(shots)
     rows = [ShotRow(shot=DetectedShot(48 * k, 48 * k + 48, False), scores=ShotScores(100.0, 0.0, None),
-                    keyframe_hashes=[f"{h:016x}" for h in hashes], reason=reason)
-            for k, (hashes, reason) in enumerate(shots)]
+                    keyframe_hashes=[f"{h:016x}" for h in hashes], reason=reason,
+                    keyframe_embeddings=[] if e is None else [pack_embedding(e)])
+            for k, ((hashes, reason), e) in enumerate(zip(shots, embeddings))]
     return VideoTask(source=f"/films/{name}", source_id=name.split(".")[0] * 4, shots=rows)
 
 
@@ -66,7 +109,7 @@ def test_the_later_copy_is_marked_whatever_order_the_videos_come_in():
         return earlier, tasks
 
     earlier, tasks = make()
-    assert mark_duplicates(earlier, tasks, max_distance=10) == 3
+    assert mark_duplicates(earlier, tasks, max_distance=10, min_cosine=0.99) == {"marked": 3, "clip": 0, "phash": 7}
     marks = _marks(tasks)
     assert marks == {("bbbb", 0): ("cccc", 0, 7),   # 0x0001 is 7 bits from c's 0x00FF: the earlier run's shot
                      ("bbbb", 1): ("cccc", 1, 8),   # far is 8 bits from c's; a's too-dark copy is 1 bit but removed
@@ -76,8 +119,35 @@ def test_the_later_copy_is_marked_whatever_order_the_videos_come_in():
     assert [r.reason for t in tasks for r in t.shots] == ["duplicate"] * 3 + ["", "too_dark", ""]
     assert all(r.duplicate_of is None for t in earlier for r in t.shots)  # earlier runs' decisions stand
     again_earlier, again = make()
-    mark_duplicates(again_earlier, list(reversed(again)), max_distance=10)
+    mark_duplicates(again_earlier, list(reversed(again)), max_distance=10, min_cosine=0.99)
     assert _marks(again) == marks
+
+
+def test_embeddings_decide_where_both_shots_have_them_and_phash_elsewhere():
+    """A mixed output: c.mp4 is an earlier result without embeddings. a.mp4's first shot has
+    one but c.mp4 has none: compared by pHash (1 bit: a duplicate). b.mp4's first shot is at
+    cosine 0.995 from a.mp4's second, their hashes far apart: a duplicate by embedding, its
+    cosine recorded, no distance. b.mp4's second shot has a.mp4's second hash to a bit but
+    another picture by embedding: both have embeddings, so pHash is not asked, and it stays.
+    ``min_cosine`` over 0.995 keeps b.mp4's first shot too."""
+    rng = np.random.default_rng(3)
+    e1, e2, e3 = _unit(rng, 3, 768)
+    near = _at_cosine(rng, e2[None], np.array([0.995]))[0]
+
+    def make() -> tuple[list[VideoTask], list[VideoTask]]:
+        earlier = [_video("c.mp4", [([0xF0F0_0000_0000_0000], "")])]
+        tasks = [_video("a.mp4", [([0xF0F0_0000_0000_0001], ""), ([0x1234_5678_9ABC_DEF0], "")], [e1, e2]),
+                 _video("b.mp4", [([0x0F0F_FFFF_0000_FFFF], ""), ([0x1234_5678_9ABC_DEF1], "")], [near, e3])]
+        return earlier, tasks
+
+    earlier, tasks = make()
+    assert mark_duplicates(earlier, tasks, max_distance=10, min_cosine=0.99) == {"marked": 2, "clip": 4, "phash": 1}
+    assert _marks(tasks) == {("aaaa", 0): ("cccc", 0, 1), ("aaaa", 1): None,
+                             ("bbbb", 0): ("aaaa", 1, None), ("bbbb", 1): None}
+    assert [r.duplicate_cosine for t in tasks for r in t.shots] == [None, None, pytest.approx(0.995, abs=2e-3), None]
+    earlier, tasks = make()
+    assert mark_duplicates(earlier, tasks, max_distance=10, min_cosine=0.997)["marked"] == 1
+    assert _marks(tasks)[("bbbb", 0)] is None
 
 
 def _shots(out: Path) -> list[dict]:
@@ -119,16 +189,19 @@ def test_bundled_footage_only_the_shot_the_trailer_shares_with_the_film(pipeline
     assert all(len(s["keyframe_hashes"]) >= 1 for s in shots if s["brightness"] is not None)
 
 
-def _reencode(src: Path, dst: Path, size: tuple[int, int]) -> Path:
-    """``src`` decoded, scaled to ``size`` and encoded again with other x264 settings (CRF 32,
-    ultrafast) at its own frame rate: another file, another resolution, the same pictures."""
+def _reencode(src: Path, dst: Path, size: tuple[int, int], crf: int = 32, frames: int | None = None) -> Path:
+    """``src`` decoded, scaled to ``size`` and encoded again with other x264 settings (CRF
+    ``crf``, ultrafast) at its own frame rate: another file, another resolution, the same
+    pictures; its first ``frames`` frames only when given."""
     with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
         stream_in = inp.streams.video[0]
         rate = stream_in.average_rate
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.options = {"crf": "32", "preset": "ultrafast"}
+        stream.options = {"crf": str(crf), "preset": "ultrafast"}
         for k, frame in enumerate(inp.decode(stream_in)):
+            if k == frames:
+                break
             picture = frame.reformat(width=size[0], height=size[1], format="yuv420p")
             picture.pts, picture.time_base = k, 1 / Fraction(rate)
             out.mux(stream.encode(picture))
@@ -171,3 +244,110 @@ def test_second_run_finds_a_rescaled_reencoded_copy_of_the_first_runs_film(tmp_p
         assert s["duplicate_of_source_id"] == twin["source_id"] and twin["kept"]
         assert abs(twin["start_s"] - s["start_s"]) < 0.2 and abs(twin["end_s"] - s["end_s"]) < 0.2
     assert report2["samples"] == report1["samples"]  # the copy added none
+
+
+#: a small random CLIP. Average pooling of the patch tokens (open_clip's ``pool_type: avg``): with
+#: a random class token the picture barely moves the embedding (every frame of the film excerpt
+#: within cosine 0.976 of every other); pooled, frames of other shots fall far apart (real CLIP
+#: weights separate pictures by what they show; these only by their pixels)
+TINY_CLIP = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16, "pool_type": "avg"},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> dict:
+    """``analyse`` settings of a random tiny CLIP and LAION head saved to disk; the model is
+    named by its config file, which every Ray actor's loader registers
+    (:func:`pipeline.aesthetic.load_clip`)."""
+    import json
+
+    import torch
+
+    from multishot.pipeline.aesthetic import AestheticHead
+    from multishot.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    import open_clip
+
+    root = tmp_path_factory.mktemp("clip")
+    config = root / "tiny-dedup-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("tiny-dedup-clip").state_dict(), root / "clip.pt")
+    torch.save(AestheticHead(TINY_CLIP["embed_dim"]).state_dict(), root / "head.pth")
+    return {"clip_model": str(config), "clip_weights": str(root / "clip.pt"),
+            "aesthetic_head_weights": str(root / "head.pth")}
+
+
+def test_clip_embeddings_find_copies_across_videos_and_runs_through_ray(tmp_path, tiny_clip):
+    """CLIP weights given (small random ones). Run 1, through Ray (the scanning actors load the
+    model by its config file): the film excerpt's first 8 s and a 480x272 CRF-32 copy of it
+    sorting after it; run 2, into the same output (sequential): a 640x360 copy sorting first. Every shot of each copy that the filter keeps is a duplicate, by
+    embedding (a cosine, no distance), of the film's kept shot at the same time; no shot of the
+    film is marked; the report says which test ran; the result file keeps each shot's pick
+    embeddings. A threshold of 0.98: with these weights the copies' shots reach 0.991-0.998 of
+    the film's, its other shots at most 0.86 (measured), so the test does not sit on the
+    default 0.99's edge."""
+    from multishot.dataset.storage import resolve
+    from multishot.pipeline.write import read_result, result_path
+
+    first, second = tmp_path / "in1", tmp_path / "in2"
+    first.mkdir(), second.mkdir()
+    film = _reencode(FOOTAGE / FILM, first / "film.mp4", (848, 480), crf=18, frames=8 * 25)
+    _reencode(film, first / "z_copy.mp4", (480, 272))
+    _reencode(film, second / "a_copy.mp4", (640, 360))
+    out = tmp_path / "out"
+
+    def run(folder: Path, runner: str) -> dict:
+        config = PipelineConfig.model_validate({
+            "input": str(folder), "output": str(out), "ray": {"num_cpus": 2, "runner": runner},
+            "analyse": {**tiny_clip, "ocr_backend": "none", "motion_backend": "none"},
+            "filter": {"min_aesthetic": -1e9},  # a random head's scores
+            "dedup": {"min_cosine": 0.98},
+            "pack": {"buckets": [{"name": "5s", "target_s": 5, "tolerance_s": 1}]},
+            "render": {"width": 160, "height": 96},
+        })
+        return run_pipeline(config, progress=False)
+
+    report1 = run(first, "ray")
+    analysed = sum(s["brightness"] is not None for s in _shots(out))
+    assert report1["dedup"].startswith(f"{analysed} analysed shots by CLIP image embedding (cosine >= 0.98), "
+                                       "0 by keyframe pHash")
+    report2 = run(second, "sequential")  # Ray's part is run 1's; a second start adds only time
+    shots = _shots(out)
+    original = {s["shot_index"]: s for s in shots if Path(s["source"]).name == "film.mp4"}
+    assert not any("duplicate" in s["reason"] for s in original.values())
+    assert sum(s["kept"] for s in original.values()) >= 2
+    for name in ("z_copy.mp4", "a_copy.mp4"):
+        analysed = [s for s in shots if Path(s["source"]).name == name and s["brightness"] is not None
+                    and s["reason"] in ("", "duplicate")]
+        assert len(analysed) == sum(s["kept"] for s in original.values()), name
+        for s in analysed:
+            twin = original[s["duplicate_of_shot"]]
+            assert s["reason"] == "duplicate" and s["duplicate_of_source_id"] == twin["source_id"] and twin["kept"]
+            assert abs(twin["start_s"] - s["start_s"]) < 0.2 and abs(twin["end_s"] - s["end_s"]) < 0.2
+            assert s["duplicate_cosine"] >= 0.98 and s["duplicate_distance"] is None
+    assert report2["samples"] == report1["samples"]  # the copies added none
+    fs, root = resolve(str(out))
+    result = read_result(fs, result_path(ShardSetLayout(root), original[0]["source_id"]))
+    scored = [r for r in result.shots if r.scores is not None]
+    assert scored and all(1 <= len(r.keyframe_embeddings) <= 3 for r in scored)
+
+
+def test_min_cosine_is_checked_on_load_and_a_missing_model_config_is_named(tmp_path, tiny_clip):
+    """``dedup.min_cosine`` outside (0, 1] is a config error naming the key; a ``clip_model``
+    config file that is not there is named by the loader."""
+    from multishot.config import ConfigError, load_config
+    from multishot.pipeline.aesthetic import load_clip
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dedup: {min_cosine: 1.5}\n")
+    with pytest.raises(ConfigError, match="dedup.min_cosine"):
+        load_config(bad, PipelineConfig)
+    with pytest.raises(FileNotFoundError, match="CLIP model config not found"):
+        load_clip(str(tmp_path / "nope.json"), Path(tiny_clip["clip_weights"]), "cpu")
