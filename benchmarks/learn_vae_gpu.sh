@@ -14,6 +14,7 @@ R=${R:-$PWD}
 SECS=${SECS:-220} DEVICE=${DEVICE:-cuda} FILMS=${FILMS:-3000} PROBE=${PROBE:-64}  # CPU check: small ones
 : "${OUT:?set OUT}"
 cd /tmp
+rm -rf /tmp/vae_whole /tmp/vae_clip17 /tmp/vae_fresh24
 common=(--device "$DEVICE" --train-films "$FILMS" --vae-steps 100000 --vae-seconds "$SECS"
         --probe-films "$PROBE" --eval-films "$PROBE" --workers 5)
 init=(--vae-init "$R/checkpoints/learn/vae" --vae-lr 5e-4)
