@@ -37,7 +37,7 @@ demo-train: install
 
 LEARN_OUT ?= out/learn
 learn: install
-	$(PY) -m multishot.learn run --out $(LEARN_OUT) --train-films 6000 --vae-steps 1500 --vae-batch 16 --vae-clip 17 --steps 1500 --batch 32 --sample-steps 20
+	$(PY) -m multishot.learn run --out $(LEARN_OUT) --train-films 6000 --vae-steps 1500 --vae-batch 16 --vae-seconds 360 --steps 1500 --batch 32 --sample-steps 20
 
 LEARN_PRODUCT_OUT ?= out/learn_product
 learn-product: install

@@ -105,3 +105,32 @@ def test_the_committed_full_checkpoint_loads_as_multishot_generate_loads_it():
     assert encoders.vae.config.z_dim == 16 and encoders.text_encoder.config.d_model == 64
     spans, why = encoders.text_spans([learn.eval_films(1)[0].prompt], [2], model.config.text_len)[0]
     assert why is None and spans.num_shots == 2
+
+
+def test_the_vae_ceiling_is_perfect_on_ground_truth_and_locates_where_the_character_is_lost():
+    """multishot.learn.vae_ceiling: the renders as their own reconstruction score 1.0 in every
+    column and every latent frame; a character recoloured from pixel frame 17 on (latent frames
+    5-8) is lost exactly there, as a colour error."""
+    from dataclasses import replace
+
+    from multishot.dataset.synthetic_world import COLOURS, Character
+
+    films = learn.eval_films(6)
+    frames = learn.render_many(films)
+    perfect = learn.vae_ceiling(films, frames, frames)
+    for part in ("ground_truth", "reconstruction"):
+        for key in ("sca", "caption_following", "named_character", "character_consistency"):
+            assert perfect[part][key] == 1.0, (part, key)
+    assert perfect["psnr_db"] > 100 and perfect["where"]["latent_frame_character_read"] == [1.0] * 9
+    assert perfect["where"]["shot_index_character_read"] == [1.0] * 4
+    recoloured = frames.copy()
+    for i, film in enumerate(films):
+        other = next(c for c in COLOURS if c != film.character.colour)
+        c = film.character
+        recoloured[i, 17:] = learn.render_many([replace(film, character=Character(c.shape, other, c.texture))])[0, 17:]
+    lost = learn.vae_ceiling(films, frames, recoloured)
+    where = lost["where"]
+    assert where["latent_frame_character_read"] == [1.0] * 5 + [0.0] * 4
+    assert where["latent_frame_colour_wrong"] == [0.0] * 5 + [1.0] * 4
+    assert where["latent_frame_shape_wrong"] == [0.0] * 9 and lost["ground_truth"]["sca"] == 1.0
+    assert lost["reconstruction"]["named_character"] < 1 and lost["reconstruction"]["sca"] == 1.0
