@@ -32,7 +32,7 @@ Each check is defined here before it is run, cheapest first:
    captions (and ``</s>``) and the zero-padded positions the window mask admits.
 4. **Generation.** For named evaluation prompts (:func:`multishot.learn.eval_films`), the
    prompt asked with each colour (then each shape, each texture) of the world, from the same
-   noise (:func:`multishot.learn.generate_all`, 20 Euler steps as the H100 evaluation), decoded
+   noise (:func:`multishot.learn.generate_all`, 20 Euler steps as the H100 evaluation; ``--shift``: the sampler's shift), decoded
    and read (:func:`dataset.synthetic_world.characters_in`): per attribute, the fraction of
    shots whose read value is the one asked (``follows``; chance 1/values) and the fraction of
    shots whose read value differs between at least two of the asks (``moves``: 0 = the word
@@ -198,7 +198,7 @@ def attention_mass(model, encoders, films, sigmas=(0.8, 0.5), seed: int = 0) -> 
     return out
 
 
-def generation_check(model, encoders, films, steps: int = 20) -> dict:
+def generation_check(model, encoders, films, steps: int = 20, shift: float | None = None) -> dict:
     """Check 4 (module docstring)."""
     from collections import Counter
     from dataclasses import replace
@@ -207,14 +207,14 @@ def generation_check(model, encoders, films, steps: int = 20) -> dict:
     from multishot.dataset.synthetic_world import (COLOURS, SHAPES, TEXTURES, caption, characters_in,
                                                    classify_video)
 
-    out = {"films": len(films), "sample_steps": steps}
+    out = {"films": len(films), "sample_steps": steps, "shift": shift}
     for attr, values in (("colour", list(COLOURS)), ("shape", list(SHAPES)), ("texture", list(TEXTURES))):
         asks = [[replace(f, prompt=caption(replace(f.character, **{attr: v}), f.scenes, "named"))
                  for f in films] for v in values]
         reads = []
         for v, batch in zip(values, asks):
             latents = learn.generate_all(model, encoders, batch, model.blocks[0].cross_attn.q.weight.device,
-                                         steps, window=True)
+                                         steps, window=True, shift=shift)
             videos = learn.decode(encoders.vae, latents, latents.device)
             per = []
             for f, video in zip(batch, videos):
@@ -342,6 +342,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reading", default="", help="the measured reading, written into the markdown")
     parser.add_argument("--dit", default=f"{CKPT}/full/dit.safetensors", help="the full DiT to diagnose")
     parser.add_argument("--encoders", default=CKPT, help="folder with its vae/ and text_encoder/")
+    parser.add_argument("--shift", type=float, default=None,
+                        help="check 4's sampler shift (the one the DiT was trained with; default Wan's 5)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--rewrite", action="store_true",
                         help="only rewrite --out's markdown from its JSON with --reading")
@@ -393,7 +395,8 @@ def main(argv=None) -> int:
                                                                  changes=())}
     report["dit"]["cross_attention_mass"] = attention_mass(full, encoders, named[:8])
     report["generation"] = generation_check(
-        full, encoders, [f for f in learn.eval_films(4 * args.gen_films) if f.caption_mode == "named"][:args.gen_films])
+        full, encoders, [f for f in learn.eval_films(4 * args.gen_films) if f.caption_mode == "named"][:args.gen_films],
+        shift=args.shift)
     report["reading"] = args.reading
     harness.write_report(out, report, markdown)
     print(markdown(report))
