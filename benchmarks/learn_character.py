@@ -21,7 +21,10 @@ Each check is defined here before it is run, cheapest first:
    squared difference of the normalised VAE latents (what the DiT regresses) between a film and
    the same film with one attribute changed (as :func:`multishot.learn.recaption` changes it;
    ``scene``: the first shot's scene), over all latent positions (the most a model gains on the
-   loss by reading the word perfectly, up to the noise's weighting).
+   loss by reading the word perfectly, up to the noise's weighting); and the same difference of
+   the latents **averaged over 16 random character positions** (one still shot per film: what a
+   word can tell a model that does not yet know where the character is, as at high σ, where x_t
+   does not fix the position).
 3. **Model.** :func:`multishot.learn.caption_sensitivity` of the committed ``full`` DiT and of the
    same architecture at its initialisation (seed 0, as training starts; true caption only: Wan's
    zero-initialised head predicts 0 there): error on character vs background latent positions
@@ -232,7 +235,7 @@ def generation_check(model, encoders, films, steps: int = 20, shift: float | Non
     return out
 
 
-def word_signal(encoders, films) -> dict:
+def word_signal(encoders, films, positions: int = 16, positions_films: int = 8) -> dict:
     """Check 2's latent difference per changed word (module docstring)."""
     from dataclasses import replace
 
@@ -253,13 +256,30 @@ def word_signal(encoders, films) -> dict:
         values = {"colour": COLOURS, "shape": SHAPES, "texture": TEXTURES}[attr]
         return replace(f, character=replace(f.character, **{attr: nxt(values, getattr(f.character, attr))}))
 
+    def encode(fs):
+        return torch.cat([encoders.encode_video(learn.to_video_tensor(learn.render_many(fs[i:i + 32])))
+                          for i in range(0, len(fs), 32)])
+
+    rng = np.random.default_rng(0)
+    still = []                                            # [film][position]: one still shot
+    for f in films[:positions_films]:
+        margin = 4 + 10 + 2
+        still.append([replace(f, shots=(replace(f.shots[0], start_frame=0, end_frame=f.num_frames, x0=x,
+                                                x1=x, y=y),))
+                      for x, y in rng.uniform(margin, f.width - margin, (positions, 2))])
     with torch.no_grad():
-        base = encoders.encode_video(learn.to_video_tensor(learn.render_many(films)))
-        out = {}
+        base = encode(films)
+        base_avg = encode([g for fs in still for g in fs]).view(len(still), positions, *base.shape[1:]).mean(1)
+        out, avg = {}, {}
         for attr in ("colour", "shape", "texture", "scene"):
-            z = encoders.encode_video(learn.to_video_tensor(learn.render_many([changed(f, attr) for f in films])))
+            z = encode([changed(f, attr) for f in films])
             out[attr] = float(((z - base) ** 2).mean())
-    return {"films": len(films), "mean_squared_latent_difference": out}
+            za = encode([changed(g, attr) for fs in still for g in fs]).view(
+                len(still), positions, *base.shape[1:]).mean(1)
+            avg[attr] = float(((za - base_avg) ** 2).mean())
+    return {"films": len(films), "mean_squared_latent_difference": out,
+            "position_averaged": {"films": len(still), "positions": positions,
+                                  "mean_squared_latent_difference": avg}}
 
 
 def markdown(r: dict) -> str:
@@ -292,7 +312,11 @@ def markdown(r: dict) -> str:
     w = d["word_signal"]
     lines += ["", f"What each word decides in the training target (mean squared difference of the normalised "
               f"latents, all positions, {w['films']} films, one word changed): " + ", ".join(
-                  f"{k} {v:.4f}" for k, v in w["mean_squared_latent_difference"].items()) + "."]
+                  f"{k} {v:.4f}" for k, v in w["mean_squared_latent_difference"].items()) + "; with the "
+              f"latents averaged over {w['position_averaged']['positions']} character positions "
+              f"({w['position_averaged']['films']} films, one still shot): " + ", ".join(
+                  f"{k} {v:.5f}" for k, v in w["position_averaged"]["mean_squared_latent_difference"].items())
+              + "."]
     lines += ["", "## 3. The DiT: error on character / background latent positions", "",
               "MSE of the prediction against the flow target; `Δ` = mean squared change of the prediction "
               "from the true caption's (character positions / background positions).", ""]
