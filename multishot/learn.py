@@ -429,14 +429,15 @@ def prepare(out: Path, args, device, log=print) -> dict:
 
 def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, device,
                   seed: int = 0, log=print, max_seconds: float = float("inf"), config=None,
-                  causal=None):
+                  causal=None, shift: float | None = None):
     """Train a fresh ``learn`` WanModel of ``variant`` on the encoded data for ``steps`` steps
     (or until ``max_seconds``, a safety stop: the steps done are the losses' count); returns
     ``(model, losses, seconds)``. ``config``: a :class:`model.config.WanConfig` (default the
     ``learn`` architecture). ``causal``: a :class:`model.causal.CausalConfig` tunes the causal
     mode by parallel teacher forcing instead (:meth:`model.dit.WanModel.forward_teacher_forcing`
     with every latent frame's window of its shot, as :meth:`trainer.trainer.Trainer.step` does;
-    :mod:`multishot.learn_recall`)."""
+    :mod:`multishot.learn_recall`). ``shift``: the flow-matching timestep shift
+    (:class:`trainer.flow_matching.FlowMatchConfig`; None: its default, Wan's 5)."""
     import torch
 
     from multishot.model.config import get_config
@@ -456,7 +457,7 @@ def train_variant(variant: str, data: dict, steps: int, batch: int, lr: float, d
     opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas,
                             weight_decay=optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, steps))
-    flow = FlowMatching(FlowMatchConfig(), device)
+    flow = FlowMatching(FlowMatchConfig() if shift is None else FlowMatchConfig(shift=shift), device)
     latents, context = data["latents"].to(device), data["context"].to(device)
     n = latents.shape[0]
     tokens_per_frame = (latents.shape[3] // 2) * (latents.shape[4] // 2)
@@ -511,6 +512,119 @@ def fixed_loss(model, data: dict, variant: str, device, count: int = 8, seed: in
     with torch.no_grad():
         pred = model(noised.x_t, noised.timestep, data["context"][:count].to(device), layout, spans)
     return float(FlowMatching.loss(pred, noised))
+
+
+#: what :func:`recaption` can change in a named caption
+CAPTION_CHANGES = ("colour", "shape", "texture", "anonymous", "scene")
+
+
+def recaption(film, change: str) -> str:
+    """``film``'s prompt with one thing changed (``film`` named; :data:`CAPTION_CHANGES`): the
+    character's ``colour`` / ``shape`` / ``texture`` word replaced by the next one of the world's
+    vocabulary, the character not named (``anonymous``), or the first shot's ``scene`` replaced
+    (the control: a word the model is known to follow). Raises ``ValueError`` for another
+    ``change``."""
+    from dataclasses import replace
+
+    from multishot.dataset.synthetic_world import COLOURS, SCENES, SHAPES, TEXTURES, caption
+
+    def nxt(values, v):
+        values = list(values)
+        return values[(values.index(v) + 1) % len(values)]
+
+    c, scenes = film.character, film.scenes
+    if change in ("colour", "shape", "texture"):
+        c = replace(c, **{change: nxt({"colour": COLOURS, "shape": SHAPES, "texture": TEXTURES}[change],
+                                      getattr(c, change))})
+    elif change == "scene":
+        taken = set(scenes[1:2])
+        scenes = [nxt([s for s in SCENES if s not in taken or s == scenes[0]], scenes[0])] + scenes[1:]
+    elif change != "anonymous":
+        raise ValueError(f"caption change {change!r} is not one of {CAPTION_CHANGES}")
+    return caption(c, scenes, "anonymous" if change == "anonymous" else "named")
+
+
+def character_cover(film, stride: int = 8) -> np.ndarray:
+    """``[F_lat, H / stride, W / stride]`` float: the fraction of each latent position's pixels
+    (``stride``: the VAE's spatial stride) that the character covers, over the pixel frames of
+    each latent frame (latent frame ``t`` holds pixel frames ``4t - 3 .. 4t``; frame 0 alone).
+    The character's pixels are those that differ from the same film rendered with the character
+    away."""
+    from dataclasses import replace
+
+    from multishot.dataset.synthetic_world import render_film
+
+    away = replace(film, shots=tuple(replace(s, character_visible=False) for s in film.shots))
+    mask = (render_film(away) != render_film(film)).any(-1).astype(np.float64)   # [F, H, W]
+    f, h, w = mask.shape
+    lat = np.array([(i + 3) // 4 for i in range(f)])
+    blocks = mask.reshape(f, h // stride, stride, w // stride, stride).mean((2, 4))
+    return np.stack([blocks[lat == t].mean(0) for t in range(lat.max() + 1)])
+
+
+def caption_sensitivity(model, encoders, films, sigmas=(0.95, 0.8, 0.5, 0.2),
+                        changes=CAPTION_CHANGES, window: bool = True, seed: int = 0) -> dict:
+    """Does ``model`` (a ``learn`` :class:`model.dit.WanModel`) use the caption's character words?
+
+    For the named ``films``: their VAE latents ``x0`` (``encoders``), one noise draw
+    (``seed``), and at each flow-matching ``σ`` in ``sigmas`` (the nearest entry of the training
+    table, :class:`trainer.flow_matching.FlowMatching`) the model's prediction with the true
+    prompt and with each :func:`recaption` of it. Per σ and caption: the MSE of the prediction
+    against the flow target ``ε − x0`` on **character** latent positions (:func:`character_cover`
+    ≥ 0.5) and on **background** positions (no character pixel in the position or its 8
+    neighbours), and the mean squared change of the prediction from the true caption's on each.
+    A model that uses a word predicts worse (higher character MSE) when the word is wrong; one
+    that ignores it changes its prediction no more on character positions than on background
+    ones; ``error_share_character``: the character positions' share of the whole squared error
+    (against ``character_position_share``, their share of the positions). ``window``: window
+    cross-attention (the prompt's spans) or unmasked.
+
+    Returns ``{"films", "character_positions_per_frame", "character_position_share",
+    "sigma_<σ>": {caption: {"mse_character", "error_share_character", "mse_background",
+    "change_character", "change_background"}}}`` (σ with three decimals)."""
+    import torch
+
+    from multishot.model.layout import ShotLayout, latent_shot_starts
+    from multishot.trainer.flow_matching import FlowMatchConfig, FlowMatching
+
+    if any(f.caption_mode != "named" for f in films):
+        raise ValueError("caption_sensitivity needs named films")
+    device = next(model.parameters()).device
+    text_len = model.config.text_len
+    frames = render_many(films)
+    with torch.no_grad():
+        x0 = encoders.encode_video(to_video_tensor(frames).to(device)).float()
+    cover = torch.from_numpy(np.stack([character_cover(f, frames.shape[2] // x0.shape[3])
+                                       for f in films])).float().to(device)[:, None]
+    on_char = (cover >= 0.5).expand_as(x0)
+    on_bg = (torch.nn.functional.max_pool3d(cover, (1, 3, 3), 1, (0, 1, 1)) == 0).expand_as(x0)
+    layout = ShotLayout.from_shot_starts([latent_shot_starts(f.num_frames, f.cut_frames) for f in films],
+                                         x0.shape[2], (x0.shape[3] // 2) * (x0.shape[4] // 2), device)
+    conditions = {}
+    for name, prompts in {"true": [f.prompt for f in films],
+                          **{c: [recaption(f, c) for f in films] for c in changes}}.items():
+        states = encoders.encode_prompts(prompts, text_len)
+        context = torch.stack([torch.nn.functional.pad(s, (0, 0, 0, text_len - len(s))) for s in states])
+        spans = [sp for sp, _ in encoders.text_spans(prompts, [len(f.shots) for f in films], text_len)]
+        conditions[name] = (context.to(device), spans if window else None)
+    flow = FlowMatching(FlowMatchConfig(), device)
+    eps = torch.randn(x0.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
+    out = {"films": len(films), "character_positions_per_frame": float((cover >= 0.5).sum() / (
+        len(films) * x0.shape[2])), "character_position_share": float(on_char.float().mean())}
+    for sigma in sigmas:
+        i = int((flow.sigmas - sigma).abs().argmin())
+        s = float(flow.sigmas[i])
+        x_t, target = (1 - s) * x0 + s * eps, eps - x0
+        with torch.no_grad():
+            pred = {k: model(x_t, flow.timesteps[i].repeat(len(films)), c, layout, sp).float()
+                    for k, (c, sp) in conditions.items()}
+        out[f"sigma_{s:.3f}"] = {k: {
+            "mse_character": float(((p - target) ** 2)[on_char].mean()),
+            "error_share_character": float(((p - target) ** 2)[on_char].sum() / ((p - target) ** 2).sum()),
+            "mse_background": float(((p - target) ** 2)[on_bg].mean()),
+            "change_character": float(((p - pred["true"]) ** 2)[on_char].mean()),
+            "change_background": float(((p - pred["true"]) ** 2)[on_bg].mean())} for k, p in pred.items()}
+    return out
 
 
 def eval_films(count: int, seed: int = 99):
@@ -613,17 +727,19 @@ def score_files(paths: list[str]) -> dict:
 
 
 def generate_all(model, encoders, films, device, steps: int, window: bool, seed: int = 0,
-                 latent_hw: tuple[int, int] = (8, 8)):
+                 latent_hw: tuple[int, int] = (8, 8), shift: float | None = None):
     """Sample every film's prompt with the project's sampler (Euler, no CFG) → latents
     ``[N, C, F_lat, H_lat, W_lat]`` (``latent_hw``: the VAE's latent size of the world's
-    frames)."""
+    frames; ``shift``: the sampler's timestep shift, None: :class:`model.sampling.SamplingConfig`'s
+    default)."""
     import torch
 
     from multishot.model.layout import ShotLayout
     from multishot.model.sampling import Conditioning, Expert, SamplingConfig, sample
 
     config = model.config
-    sampling = SamplingConfig(steps=steps, cfg_scale=1.0, negative_prompt="")
+    sampling = SamplingConfig(steps=steps, cfg_scale=1.0, negative_prompt="",
+                              **({} if shift is None else {"shift": shift}))
     expert = Expert(model, 1.0)
     contexts = encoders.encode_prompts([f.prompt for f in films], config.text_len)
     spans = encoders.text_spans([f.prompt for f in films], [len(f.shots) for f in films],
@@ -657,7 +773,8 @@ def run_variant(out: Path, variant: str, args) -> dict:
     log = lambda m: print(f"[{variant} {time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     data = torch.load(out / "train_data.pt", weights_only=False)
     model, losses, seconds = train_variant(variant, data, args.steps, args.batch, args.lr,
-                                           device, args.seed, log, args.train_seconds)
+                                           device, args.seed, log, args.train_seconds,
+                                           shift=args.shift)
     state = {k: v.detach().to(torch.bfloat16 if v.is_floating_point() else v.dtype).cpu()
              for k, v in model.state_dict().items()}
     save_safetensors(state, out / variant / "dit.safetensors")
@@ -672,7 +789,7 @@ def run_variant(out: Path, variant: str, args) -> dict:
     films = eval_films(args.eval_films)
     t0 = time.perf_counter()
     latents = generate_all(model, encoders, films, device, args.sample_steps,
-                           VARIANTS[variant]["window_cross_attention"])
+                           VARIANTS[variant]["window_cross_attention"], shift=args.shift)
     videos = np.concatenate([decode(encoders.vae, latents[i:i + 32], device)
                              for i in range(0, len(latents), 32)])
     gen_s = time.perf_counter() - t0
@@ -680,7 +797,8 @@ def run_variant(out: Path, variant: str, args) -> dict:
               "final_loss": float(np.mean(losses[-100:])), "first_loss": float(np.mean(losses[:20])),
               "loss_curve": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
               "train_s": seconds, "generate_s": gen_s, "steps": len(losses), "batch": args.batch,
-              "lr": args.lr, "sample_steps": args.sample_steps, "device": device_name(device),
+              "lr": args.lr, "sample_steps": args.sample_steps, "shift": args.shift,
+              "device": device_name(device),
               "concurrent_variants": args.concurrent}
     (out / f"{variant}.json").write_text(json.dumps(result, indent=1))
     log("done: " + json.dumps({k: v for k, v in result.items() if k not in ("per_film", "loss_curve")}))
@@ -708,11 +826,12 @@ def evaluate_checkpoint(out: Path, variant: str, checkpoint: str, args) -> dict:
     films = eval_films(args.eval_films)
     t0 = time.perf_counter()
     latents = generate_all(model, encoders, films, device, args.sample_steps,
-                           switches["window_cross_attention"])
+                           switches["window_cross_attention"], shift=args.shift)
     videos = np.concatenate([decode(encoders.vae, latents[i:i + 8], device)
                              for i in range(0, len(latents), 8)])
     result = {"variant": variant, **switches, **score(films, videos), "checkpoint": checkpoint,
               "generate_s": time.perf_counter() - t0, "sample_steps": args.sample_steps,
+              "shift": args.shift,
               "eval_device": device_name(device)}
     (out / f"{variant}_eval.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "per_film"}, indent=1))
@@ -811,6 +930,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--sample-steps", type=int, default=30)
+    parser.add_argument("--shift", type=float, default=None,
+                        help="flow-matching timestep shift of training and sampling (default: the "
+                             "trainer's and sampler's, Wan's 5; benchmarks/learn_character.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--concurrent", type=int, default=4, help="variants trained at once")

@@ -134,3 +134,76 @@ def test_the_vae_ceiling_is_perfect_on_ground_truth_and_locates_where_the_charac
     assert where["latent_frame_colour_wrong"] == [0.0] * 5 + [1.0] * 4
     assert where["latent_frame_shape_wrong"] == [0.0] * 9 and lost["ground_truth"]["sca"] == 1.0
     assert lost["reconstruction"]["named_character"] < 1 and lost["reconstruction"]["sca"] == 1.0
+
+
+def test_every_shot_window_admits_the_named_characters_words():
+    """The committed tokenizer at the 'learn' text_len: no world word is <unk>, the longest
+    world caption (4 shots) is not truncated, and every word of a named character lies in the
+    global caption's span, which the window mask admits for every shot (a truncation or span
+    error here would hide the character from the DiT: benchmarks/learn_character.py)."""
+    from pathlib import Path
+
+    from multishot.dataset.synthetic_world import COLOURS, SHAPES, TEXTURES
+    from multishot.model.config import get_config
+    from multishot.model.encoders import load_tokenizer
+    from multishot.model.prompt_spans import clean_prompt, shot_text_mask, window_spans
+
+    tok = load_tokenizer(str(Path(__file__).resolve().parents[1] / "checkpoints/learn/text_encoder"))
+    text_len = get_config(learn.MODEL).text_len
+    unk = tok.convert_tokens_to_ids("<unk>")
+    films = [sample_film(500 + i, num_shots=4, caption_mode="named") for i in range(8)]
+    for f in films:
+        ids = tok(clean_prompt(f.prompt))["input_ids"]
+        assert unk not in ids and len(ids) < text_len, f.prompt
+        spans, why = window_spans(tok, f.prompt, 4, text_len)
+        assert why is None
+        words = tok.convert_ids_to_tokens(ids)
+        mask = shot_text_mask(spans, 4, text_len)
+        for w in f.character.words().split():
+            p = words.index(w)
+            assert spans.global_span[0] <= p < spans.global_span[1] and bool(mask[:, p].all()), (w, f.prompt)
+    assert all(tok.convert_tokens_to_ids(w) != unk for w in [*COLOURS, *SHAPES, *TEXTURES])
+
+
+def test_caption_sensitivity_tells_a_model_that_reads_the_caption_from_one_that_does_not():
+    """multishot.learn.recaption changes one word; character_cover finds the character's pixels;
+    caption_sensitivity: the true caption changes nothing, a random DiT's prediction moves with
+    the colour word, and the same DiT with its text embedding zeroed (blind to the caption)
+    does not move at all."""
+    from pathlib import Path
+
+    from multishot.dataset.synthetic_world import _size, character_mask
+    from multishot.model.dit import WanModel
+
+    torch.set_num_threads(2)
+    film = sample_film(3, num_shots=2, caption_mode="named")
+    for change in ("colour", "shape", "texture", "scene"):
+        other = learn.recaption(film, change)
+        assert sum(a != b for a, b in zip(film.prompt.split(), other.split())) == 1, (change, other)
+    assert film.character.colour not in learn.recaption(film, "anonymous")
+    cover = learn.character_cover(film)
+    shot = film.shots[0]
+    visible = character_mask(film.character.shape, shot.x0, shot.y, _size(64, 64), 64, 64)
+    assert cover.shape == (9, 8, 8) and abs(cover[0].sum() * 64 - visible.sum()) < 1e-6
+    root = Path(__file__).resolve().parents[1] / "checkpoints/learn"
+    encoders = FrozenEncoders.load(EncodersConfig(vae=str(root / "vae"), text_encoder=str(root / "text_encoder"),
+                                                  dtype="float32"), "cpu")
+    config = WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=2, text_dim=64, text_len=64, freq_dim=32)
+    torch.manual_seed(0)
+    model = WanModel(config, "reference").eval()
+    torch.nn.init.normal_(model.head.head.weight, std=0.02)  # Wan zero-initialises the head
+    films = [sample_film(10 + i, num_shots=2, caption_mode="named") for i in range(2)]
+    reads = learn.caption_sensitivity(model, encoders, films, sigmas=(0.5,), changes=("colour",))
+    row = reads["sigma_0.501"]
+    assert row["true"]["change_character"] == 0 and row["colour"]["change_character"] > 0
+    assert reads["character_positions_per_frame"] > 2
+    # the timestep shift reaches the sampler (python -m multishot.learn --shift)
+    same = [learn.generate_all(model, encoders, films[:1], torch.device("cpu"), 2, True, shift=x)
+            for x in (None, 5.0, 1.0)]
+    assert torch.equal(same[0], same[1]) and not torch.allclose(same[0], same[2])
+    with torch.no_grad():
+        for p in model.text_embedding.parameters():
+            p.zero_()
+    blind = learn.caption_sensitivity(model, encoders, films, sigmas=(0.5,), changes=("colour",))
+    assert blind["sigma_0.501"]["colour"]["change_character"] == 0
+
