@@ -10,13 +10,22 @@
    pattern needs; backward = 2.5 × forward), speedup over dense cuDNN SDPA, and that speedup
    over the FLOP-ideal one (dense pairs / sparse pairs). Timed with CUDA events: warm-up runs,
    then the median of ``--iters`` runs; the packing gathers and output concatenation are
-   inside the timing, building the layout (once per batch) and the flex BlockMask are not.
+   inside the timing, building the layout (once per batch) and the flex BlockMasks are not
+   (their build time is in the row). ``flex_inplace`` reads the own first frame once, so it
+   computes fewer pairs than counted (the packed pattern's count, one metric for all backends).
    Where dense attention would take too long (``--dense-max-tokens``), its time is estimated
    from its FLOPs at the dense throughput measured on case (a) with the same heads, and the
    row says so.
+3. Exactness at the real shape (the float32 reference does not fit there): every backend's
+   output and gradients of q, k, v (bf16, one forward+backward with the timing's ``grad``)
+   against ``--exact-against``'s (default ``varlen``, the kernel with no mask of its own),
+   rel. err., pass < 1e-2 as in 1.
 
 Writes ``attention.json`` and ``attention.md`` into ``--out`` (default benchmarks/results/attention).
-Needs CUDA. Usage: ``python benchmarks/attention.py [--cases a,b] [--heads 24,40]``.
+Needs CUDA. Usage: ``python benchmarks/attention.py [--cases a,b] [--heads 24,40]``; the 5B
+shape alone, both flex backends beside the others (compiling FlexAttention per shape and grad
+mode takes most of its expected 4–6 min; the report is rewritten after every part):
+``python benchmarks/attention.py --cases a --heads 24 --backends flex_inplace,flex,sdpa,varlen``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from pathlib import Path
 import torch
 
 from multishot.model.attention import (BACKENDS, dense_attention, flex_block_mask,  # noqa: E402
-                             sparse_self_attention, varlen_implementation)
+                                       flex_inplace_mask, sparse_self_attention,
+                                       varlen_implementation)
 from multishot.model.config import WanConfig  # noqa: E402
 from multishot.model.dit import WanModel  # noqa: E402
 from multishot.model.flops import ATTENTION_BACKWARD_RATIO, attention_flops  # noqa: E402
@@ -43,6 +53,8 @@ TOKENS_PER_FRAME = 30 * 52  # 480×832, VAE stride 8, patch 2
 HEAD_DIM = 128
 CASES = {"a": (241, 5), "b": (961, 13)}
 SPARSE_BACKENDS = [b for b in BACKENDS if b != "reference"]
+#: the backends whose BlockMask is built (and timed) before the timing
+MASK_BUILDERS = {"flex": flex_block_mask, "flex_inplace": flex_inplace_mask}
 
 
 def even_cuts(num_frames: int, num_shots: int) -> list[int]:
@@ -103,6 +115,21 @@ def check_agreement(device: torch.device, backends: list[str]) -> dict:
     return rows
 
 
+def outputs_and_grads(q, k, v, grad, layout: ShotLayout, backend: str) -> list[torch.Tensor]:
+    """One forward+backward of ``backend``: ``[out, dq, dk, dv]`` (detached copies)."""
+    for t in (q, k, v):
+        t.grad = None
+    out = sparse_self_attention(q, k, v, layout, backend)
+    out.backward(grad)
+    return [out.detach()] + [t.grad.clone() for t in (q, k, v)]
+
+
+def agreement_with(base: list[torch.Tensor], ours: list[torch.Tensor]) -> dict:
+    """Rel. errors of ``[out, dq, dk, dv]`` against the same of another backend, and pass."""
+    errs = {n: rel_err(a, b) for n, a, b in zip(("out", "dq", "dk", "dv"), ours, base)}
+    return {**errs, "pass": all(e < 1e-2 for e in errs.values())}
+
+
 def bench_case(case: str, heads: int, backends: list[str], dense: dict, args) -> list[dict]:
     num_frames, num_shots = CASES[case]
     device = torch.device("cuda")
@@ -146,15 +173,25 @@ def bench_case(case: str, heads: int, backends: list[str], dense: dict, args) ->
     if ref is not None:
         rows.append(_row(case, heads, seq, num_shots, "dense cuDNN SDPA", ref["fwd_ms"],
                          ref["fwd_bwd_ms"], dense_fwd, fb, ref, 1.0, ref["estimated"]))
+    base = None
+    if args.exact_against:
+        try:
+            base = outputs_and_grads(q, k, v, grad, layout, args.exact_against)
+        except (RuntimeError, torch.OutOfMemoryError) as e:
+            rows.append({"case": case, "heads": heads, "backend": args.exact_against,
+                         "error": f"exactness baseline: {str(e)[:280]}"})
     for backend in backends:
         extra = {}
-        if backend == "flex":
+        if backend in MASK_BUILDERS:
             start = time.perf_counter()
-            flex_block_mask(layout)
+            MASK_BUILDERS[backend](layout)
             torch.cuda.synchronize()
             extra["block_mask_build_s"] = time.perf_counter() - start
         try:
             f_ms, fb_ms = run(lambda: sparse_self_attention(q, k, v, layout, backend))
+            if base is not None and backend != args.exact_against:
+                extra["exact"] = agreement_with(
+                    base, outputs_and_grads(q, k, v, grad, layout, backend))
         except (RuntimeError, torch.OutOfMemoryError) as e:  # record, go on with the others
             rows.append({"case": case, "heads": heads, "backend": backend, "error": str(e)[:300]})
             torch.cuda.empty_cache()
@@ -187,7 +224,9 @@ def markdown(results: dict) -> str:
              "Useful TFLOP/s count only the pairs the sparse pattern needs (backward = 2.5× "
              "forward). Speedup is over dense cuDNN SDPA; 'of ideal' divides it by the "
              "FLOP-ideal speedup (dense pairs / sparse pairs). `*`: dense time estimated from "
-             "its FLOPs at the dense throughput measured on case (a).", "",
+             "its FLOPs at the dense throughput measured on case (a). `flex_inplace` reads each "
+             "shot's own first frame once (the packed backends twice): it computes fewer pairs "
+             "than counted.", "",
              "## Agreement with the reference (bf16 inputs; rel. err.)", "",
              "| check | out | grads (all params, or worst of dq/dk/dv) | pass |", "|---|---|---|---|"]
     for name, row in results["agreement"].items():
@@ -196,16 +235,24 @@ def markdown(results: dict) -> str:
             continue
         grads = row.get("grads", max(row.get(f"d{c}", 0.0) for c in "qkv"))
         lines.append(f"| {name} | {row['out']:.2e} | {grads:.2e} | {row['pass']} |")
+    against = results.get("exact_against") or "–"
     lines += ["", "## Speed", "",
               "| case | heads | tokens | backend | fwd ms | fwd TFLOP/s | fwd speedup (of ideal) "
-              "| fwd+bwd ms | fwd+bwd TFLOP/s | fwd+bwd speedup (of ideal) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              f"| fwd+bwd ms | fwd+bwd TFLOP/s | fwd+bwd speedup (of ideal) | vs {against}: out "
+              "/ worst of dq, dk, dv (pass) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         if "error" in r:
             lines.append(f"| {r['case']} | {r['heads']} | | {r['backend']} | error: "
-                         f"{r['error'][:80]} | | | | | |")
+                         f"{r['error'][:80]} | | | | | | |")
             continue
         star = "*" if r["dense_estimated"] else ""
+
+        def exact(r):
+            if "exact" not in r:
+                return ""
+            e = r["exact"]
+            return f"{e['out']:.2e} / {max(e['dq'], e['dk'], e['dv']):.2e} ({e['pass']})"
 
         def sp(kind):
             if f"{kind}_speedup" not in r:
@@ -214,7 +261,7 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['case']} | {r['heads']} | {r['tokens']:,} | {r['backend']} | "
                      f"{r['fwd_ms']:.1f}{star if r['backend'].startswith('dense') else ''} | "
                      f"{r['fwd_tflops']:.0f} | {sp('fwd')} | {r['fwd_bwd_ms']:.1f} | "
-                     f"{r['fwd_bwd_tflops']:.0f} | {sp('fwd_bwd')} |")
+                     f"{r['fwd_bwd_tflops']:.0f} | {sp('fwd_bwd')} | {exact(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -228,6 +275,9 @@ def main() -> None:
     parser.add_argument("--dense-max-tokens", type=int, default=100_000,
                         help="measure dense attention only up to this many tokens")
     parser.add_argument("--skip-check", action="store_true", help="skip the agreement check")
+    parser.add_argument("--exact-against", default="varlen",
+                        help="backend whose output and gradients at the real shape every other "
+                             "backend is compared with ('' to skip)")
     parser.add_argument("--out", default=str(results_dir("attention")))
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -235,7 +285,8 @@ def main() -> None:
     out = Path(args.out)
     results = {"device": device_name(), "torch": torch.__version__,
                "cudnn": torch.backends.cudnn.version(), "varlen": varlen_implementation(),
-               "python": platform.python_version(), "agreement": {}, "rows": []}
+               "python": platform.python_version(), "exact_against": args.exact_against,
+               "agreement": {}, "rows": []}
 
     def save():
         write_report(out / "attention.json", results, markdown)

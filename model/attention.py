@@ -1,4 +1,4 @@
-"""Attention for the multi-shot DiT: dense, HoloCine's sparse inter-shot self-attention in four
+"""Attention for the multi-shot DiT: dense, HoloCine's sparse inter-shot self-attention in five
 backends computing one function, and window cross-attention.
 
 Every function takes ``q, k, v`` as ``[B, L, heads, head_dim]`` (Wan's layout) and returns
@@ -25,6 +25,16 @@ Backends (``attention_backend`` of :class:`model.dit.WanModel`):
   ``create_block_mask`` on CUDA; the eager one materialises the dense mask, tens of GB at
   95k tokens). Compiled ``flex_attention`` on CUDA, the eager one on CPU (forward only:
   PyTorch's FlexAttention has no CPU backward, so it raises when gradients are needed there).
+* ``flex_inplace``: FlexAttention over the unpacked ``[B, H, L, D]`` tensors, reading the bank
+  in place (no packed K/V copies, no gather in the backward): a ``mask_mod`` admits a key of
+  the query's own shot or of its sample's bank, a ``score_mod`` adds ``ln 2`` where the key is
+  the own shot's first frame — ``reference``'s log-multiplicity mask as a block-sparse kernel,
+  which also reads the own first frame once where the packed backends compute it twice. Both
+  look up the layout's per-token shot index and bank flag by batch index (samples may have
+  different shots). BlockMask (``[B, 1, L, L]`` blocks) and mods built once per layout and
+  device (:func:`flex_inplace_mask`); compiled on CUDA, eager and forward-only on CPU, as
+  ``flex``. Source: FlexAttention (Dong et al. 2024, arXiv 2412.05496;
+  ``torch.nn.attention.flex_attention``).
 
 No backend reads a device value on the host: offsets and maxima come from the layout as ints.
 """
@@ -43,7 +53,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from multishot.model.layout import ShotLayout
 
-BACKENDS = ("reference", "varlen", "sdpa", "flex")
+BACKENDS = ("reference", "varlen", "sdpa", "flex", "flex_inplace")
 
 #: cuDNN first: on Hopper it is the fastest SDPA kernel for head dim 128 (flash next).
 _SDPA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
@@ -105,7 +115,8 @@ def sparse_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         ``[B, L, H, D]`` in ``q``'s dtype.
     Raises:
         ValueError: unknown backend or shapes that disagree with the layout.
-        RuntimeError: the backend cannot run on this device (``varlen`` on CPU).
+        RuntimeError: the backend cannot run on this device (``varlen`` on CPU; ``flex`` and
+            ``flex_inplace`` on CPU when gradients are needed).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
@@ -118,10 +129,7 @@ def sparse_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def _reference(q, k, v, layout: ShotLayout) -> torch.Tensor:
     b, seq, heads, d = q.shape
-    shot = layout.token_shot()                                          # [B, L]
-    first = torch.ones_like(layout.frame_shot, dtype=torch.bool)         # first frame of a shot
-    first[:, 1:] = layout.frame_shot[:, 1:] != layout.frame_shot[:, :-1]
-    in_bank = first.repeat_interleave(layout.tokens_per_frame, dim=1)    # [B, L]
+    shot, in_bank = layout.token_shot(), layout.token_in_bank()         # [B, L]
     # How often each key appears in the query's packed KV [K_i ; K_g]: once in its own shot,
     # once more if it is in the bank (so the own first frame counts twice).
     count = (shot[:, :, None] == shot[:, None, :]).float() + in_bank[:, None, :].float()
@@ -250,22 +258,86 @@ def flex_block_mask(layout: ShotLayout):
     return layout.cache[key]
 
 
-def _flex(q, k, v, layout: ShotLayout) -> torch.Tensor:
+def _check_flex_grad(q, k, v, backend: str) -> None:
     if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise RuntimeError("the 'flex' attention backend has no backward on CPU (PyTorch's "
+        raise RuntimeError(f"the {backend!r} attention backend has no backward on CPU (PyTorch's "
                            "FlexAttention); train on CUDA, or use 'sdpa' / 'reference' on CPU")
-    qp, kp, vp = _packed(q, k, v, layout)                       # [tokens, H, D]
-    kernel, block_mask = _flex_kernel(q.device), flex_block_mask(layout)
-    heads = q.shape[2]
-    group = max(1, heads // math.ceil(kp.numel() / _FLEX_MAX_ELEMENTS))
+
+
+def _flex_call(q, k, v, masks: Callable[[int, int], tuple]) -> torch.Tensor:
+    """FlexAttention (compiled on CUDA) on ``[B, L_q, H, D]`` / ``[B, L_k, H, D]`` tensors →
+    ``[B, L_q, H, D]``; ``masks(start, stop)`` gives ``(block_mask, score_mod)`` for samples
+    ``start:stop``. ``[B', H, L, D]`` transposed views, as many samples a call as int32
+    indexing allows; a sample past it runs head group by head group on contiguous copies."""
+    b, _, heads, _ = q.shape
+    kernel = _flex_kernel(q.device)
+    per_sample = max(q[0].numel(), k[0].numel())
+    samples = max(1, min(b, _FLEX_MAX_ELEMENTS // per_sample))
+    group = max(1, heads // math.ceil(per_sample / _FLEX_MAX_ELEMENTS))
     outs = []
-    for h0 in range(0, heads, group):
-        # [1, h, tokens, D]; a transposed view while it fits int32 indexing, else a copy.
-        qh, kh, vh = (t[None, :, h0:h0 + group].transpose(1, 2) for t in (qp, kp, vp))
-        if group < heads:
-            qh, kh, vh = qh.contiguous(), kh.contiguous(), vh.contiguous()
-        outs.append(kernel(qh, kh, vh, block_mask=block_mask).transpose(1, 2)[0])
-    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).reshape_as(q)
+    for b0 in range(0, b, samples):
+        block_mask, score_mod = masks(b0, min(b, b0 + samples))
+        parts = []
+        for h0 in range(0, heads, group):
+            qh, kh, vh = (t[b0:b0 + samples, :, h0:h0 + group].transpose(1, 2)
+                          for t in (q, k, v))
+            if group < heads:
+                qh, kh, vh = qh.contiguous(), kh.contiguous(), vh.contiguous()
+            parts.append(kernel(qh, kh, vh, score_mod=score_mod,
+                                block_mask=block_mask).transpose(1, 2))
+        outs.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def _flex(q, k, v, layout: ShotLayout) -> torch.Tensor:
+    _check_flex_grad(q, k, v, "flex")
+    qp, kp, vp = _packed(q, k, v, layout)                       # [tokens, H, D]
+    out = _flex_call(qp[None], kp[None], vp[None],
+                     lambda start, stop: (flex_block_mask(layout), None))
+    return out.reshape_as(q)
+
+
+#: the logit offset that weighs a key double (``reference``'s ``log`` of the multiplicity 2)
+_LN2 = math.log(2.0)
+
+
+def flex_inplace_mask(layout: ShotLayout, start: int = 0, stop: int | None = None):
+    """The ``flex_inplace`` backend's ``(block_mask, score_mod)`` for samples ``start:stop`` of
+    the batch (default all), built on first use and cached on the layout per device.
+
+    The mask admits key ``kv`` to query ``q`` of sample ``b`` when both are in one shot or
+    ``kv`` is in the bank; ``score_mod`` adds ``ln 2`` to the logit where ``kv`` is in the
+    bank *and* the query's shot (the own first frame, in ``[K_i ; K_g]`` twice). The BlockMask
+    is ``B' = stop − start`` by ``L × L`` tokens, broadcast over heads; compiled
+    ``create_block_mask`` on CUDA (the eager one materialises the dense ``[B', L, L]`` mask).
+
+    Returns:
+        ``(BlockMask, score_mod)`` for ``flex_attention`` on ``[B', H, L, D]`` tensors.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+    device = layout.frame_shot.device
+    stop = layout.batch_size if stop is None else stop
+    key = ("flex_inplace_mask", str(device), start, stop)
+    if key not in layout.cache:
+        shot = layout.token_shot()[start:stop].to(torch.int32)                  # [B', L]
+        bank_shot = torch.where(layout.token_in_bank()[start:stop], shot, -1)   # -1: not in bank
+
+        def own_shot_or_bank(b, h, q_idx, kv_idx):
+            return (shot[b, q_idx] == shot[b, kv_idx]) | (bank_shot[b, kv_idx] >= 0)
+
+        def own_first_frame_twice(score, b, h, q_idx, kv_idx):
+            return torch.where(bank_shot[b, kv_idx] == shot[b, q_idx], score + _LN2, score)
+
+        block_mask = create_block_mask(own_shot_or_bank, stop - start, None, layout.seq_len,
+                                       layout.seq_len, device=device,
+                                       _compile=device.type == "cuda")
+        layout.cache[key] = block_mask, own_first_frame_twice
+    return layout.cache[key]
+
+
+def _flex_inplace(q, k, v, layout: ShotLayout) -> torch.Tensor:
+    _check_flex_grad(q, k, v, "flex_inplace")
+    return _flex_call(q, k, v, lambda start, stop: flex_inplace_mask(layout, start, stop))
 
 
 def shot_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -290,4 +362,5 @@ def shot_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return _sdpa(q, k, v, (shot[:, :, None] == shot[:, None, :])[:, None])
 
 
-_SPARSE = {"reference": _reference, "varlen": _varlen, "sdpa": _per_shot_sdpa, "flex": _flex}
+_SPARSE = {"reference": _reference, "varlen": _varlen, "sdpa": _per_shot_sdpa, "flex": _flex,
+           "flex_inplace": _flex_inplace}

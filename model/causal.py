@@ -80,8 +80,8 @@ Decisions (ours; the paper leaves them open):
 
 Attention backends (the model's ``attention_backend``): ``reference`` runs float32 softmax
 attention per query chunk over its gathered, rotated keys (the definition; CPU tests); every
-other backend (``sdpa``, ``varlen``, ``flex``) runs one ``scaled_dot_product_attention`` per
-query chunk. FlexAttention has no use here: Block-Relative RoPE rotates a chunk's keys at
+other backend (``sdpa``, ``varlen``, ``flex``, ``flex_inplace``) runs one
+``scaled_dot_product_attention`` per query chunk. FlexAttention has no use here: Block-Relative RoPE rotates a chunk's keys at
 positions of its own, which no single masked call over a shared key sequence can express.
 """
 

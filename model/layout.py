@@ -200,6 +200,13 @@ class ShotLayout:
         """Shot index of every token, ``[B, L]`` int64 (on the layout's device)."""
         return self.frame_shot.repeat_interleave(self.tokens_per_frame, dim=1)
 
+    def token_in_bank(self) -> torch.Tensor:
+        """Whether every token is in its sample's global bank (the first latent frame of a
+        shot), ``[B, L]`` bool (on the layout's device)."""
+        first = torch.ones_like(self.frame_shot, dtype=torch.bool)
+        first[:, 1:] = self.frame_shot[:, 1:] != self.frame_shot[:, :-1]
+        return first.repeat_interleave(self.tokens_per_frame, dim=1)
+
     def attention_pairs(self) -> int:
         """Query-key pairs the sparse pattern computes over the batch, counting the duplicated
         own first frame: ``sum_i N_i · (N_i + G)`` (for FLOP counts)."""

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from multishot.config import Section
 from multishot.dataset.record import num_latent_frames
+from multishot.model.attention import BACKENDS
 from multishot.model.causal import CausalConfig
 
 #: the architectures of :func:`model.config.get_config`
@@ -25,7 +26,7 @@ class DiTConfig(Section):
     """The DiT and how its attention runs (HoloCine §3.2; the kernels of :mod:`model.attention`)."""
 
     name: ModelName = Field(description="architecture (model.config.get_config)")
-    attention_backend: Literal["reference", "varlen", "sdpa", "flex"] = Field("sdpa", description=(
+    attention_backend: Literal[BACKENDS] = Field("sdpa", description=(
         "sparse self-attention kernel (model.attention); 'sdpa' (per-shot cuDNN) is the fastest on "
         "Hopper (benchmarks/results/attention/attention.md)"))
     sparse_self_attention: bool = Field(True, description=(

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from multishot.model.attention import dense_attention, pack_kv, sparse_self_attention
+from multishot.model import attention
+from multishot.model.attention import (dense_attention, flex_inplace_mask, pack_kv,
+                                       sparse_self_attention)
 from multishot.model.layout import ShotLayout, enforce_4t_plus_1, latent_shot_starts
 
 
@@ -93,15 +95,70 @@ def test_reference_is_holocines_packed_attention(layout):
     assert rel(dedup, ref[:1]) > 1e-3
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex"])
-def test_backend_forward_equals_reference(layout, backend):
+#: layouts beyond the fixture's, as ``(shot starts per sample, latent frames, tokens per frame)``;
+#: 40 tokens a frame puts shot and bank edges inside FlexAttention's 128-token blocks
+LAYOUTS = {
+    "one shot": ([[0]], 7, 6),
+    "unequal shots, blocks": ([[0, 1, 4, 10]], 13, 40),
+    "batch of 2, 3 vs 1 shots, blocks": ([[0, 3, 9], [0]], 13, 40),
+    "batch of 2, 2 vs 4 shots, blocks": ([[0, 7], [0, 2, 3, 11]], 13, 40),
+}
+
+
+def any_layout(name, fixture):
+    return fixture if name == "fixture" else ShotLayout.from_shot_starts(*LAYOUTS[name])
+
+
+@pytest.mark.parametrize("name", ["fixture", *LAYOUTS])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "flex_inplace"])
+def test_backend_forward_equals_reference(layout, backend, name):
+    layout = any_layout(name, layout)
     torch.manual_seed(1)
-    q, k, v = (torch.randn(2, layout.seq_len, 2, 16) for _ in range(3))
+    q, k, v = (torch.randn(layout.batch_size, layout.seq_len, 2, 16) for _ in range(3))
     with torch.no_grad():
         ref = sparse_self_attention(q, k, v, layout, "reference")
         out = sparse_self_attention(q, k, v, layout, backend)
     assert out.shape == q.shape
     assert rel(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("backend", ["flex", "flex_inplace"])
+def test_flex_backends_split_past_int32_indexing(monkeypatch, backend):
+    """Past the int32 element limit the flex backends split the call (samples, then head groups
+    on copies): with the limit lowered to one sample, and below it, they still equal the
+    reference (the in-place masks of a batch slice index its own samples)."""
+    layout = ShotLayout.from_shot_starts(*LAYOUTS["batch of 2, 2 vs 4 shots, blocks"])
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(2, layout.seq_len, 4, 8) for _ in range(3))
+    with torch.no_grad():
+        ref = sparse_self_attention(q, k, v, layout, "reference")
+        for limit in (layout.seq_len * 4 * 8, layout.seq_len * 8):
+            monkeypatch.setattr(attention, "_FLEX_MAX_ELEMENTS", limit)
+            assert rel(sparse_self_attention(q, k, v, layout, backend), ref) < 1e-5, limit
+
+
+@pytest.mark.parametrize("name", ["fixture", *LAYOUTS])
+def test_flex_inplace_block_mask_is_the_pattern_in_blocks(layout, name):
+    """The in-place BlockMask keeps exactly the 128-token blocks holding an admitted pair (own
+    shot or bank), so the kernel skips the rest; ``score_mod`` adds ln 2 to the own first
+    frame only."""
+    layout = any_layout(name, layout)
+    block_mask, score_mod = flex_inplace_mask(layout)
+    assert flex_inplace_mask(layout)[0] is block_mask              # cached on the layout
+    shot, in_bank = layout.token_shot(), layout.token_in_bank()
+    admitted = (shot[:, :, None] == shot[:, None, :]) | in_bank[:, None, :]     # [B, L, L]
+    n = -(-layout.seq_len // 128)
+    padded = torch.zeros(layout.batch_size, n * 128, n * 128, dtype=torch.bool)
+    padded[:, :layout.seq_len, :layout.seq_len] = admitted
+    blocks = padded.view(layout.batch_size, n, 128, n, 128).any(4).any(2)
+    assert torch.equal(block_mask.to_dense()[:, 0].bool(), blocks)
+    if layout.seq_len > 256 and len(layout.shot_starts[0]) > 1:
+        assert not blocks.all()                                    # some blocks are skipped
+    b, q, kv = (torch.arange(n) for n in admitted.shape)
+    logits = torch.zeros(admitted.shape)
+    biased = score_mod(logits, b[:, None, None], 0, q[None, :, None], kv[None, None, :])
+    assert torch.equal(biased != 0, (shot[:, :, None] == shot[:, None, :]) & in_bank[:, None, :])
+    assert torch.allclose(biased.max(), torch.tensor(math.log(2.0)))
 
 
 def test_sdpa_backward_equals_reference(layout):
@@ -123,8 +180,9 @@ def test_cpu_only_limits_raise_clearly(layout):
     q, k, v = (torch.randn(2, layout.seq_len, 2, 16, requires_grad=True) for _ in range(3))
     with pytest.raises(RuntimeError, match="varlen.*CUDA"):
         sparse_self_attention(q, k, v, layout, "varlen")
-    with pytest.raises(RuntimeError, match="flex.*backward on CPU"):
-        sparse_self_attention(q, k, v, layout, "flex")
+    for backend in ("flex", "flex_inplace"):
+        with pytest.raises(RuntimeError, match=f"'{backend}'.*backward on CPU"):
+            sparse_self_attention(q, k, v, layout, backend)
     with pytest.raises(ValueError, match="unknown attention backend"):
         sparse_self_attention(q, k, v, layout, "dense")
     with pytest.raises(ValueError, match="layout"):

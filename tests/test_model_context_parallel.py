@@ -35,7 +35,7 @@ def test_forward_and_gradients_equal_single_process(ranks, tmp_path):
     result = torchrun(ranks, str(REPO / "tests" / "helpers" / "context_parallel_worker.py"), str(out))
     assert result.returncode == 0, result.stderr[-4000:]
     cases = json.loads(out.read_text())
-    assert len(cases) == 7
+    assert len(cases) == 8
     for name, case in cases.items():
         frames = int(name.rsplit("=", 1)[1])
         assert case["local_tokens"] == math.ceil(frames * 9 / ranks), name

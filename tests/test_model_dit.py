@@ -84,19 +84,27 @@ def test_forward_shape_and_unpatchify_order():
         model(x, t, ctx, ShotLayout.from_cut_frames(25, [9], 5))
 
 
-def test_sdpa_backend_equals_reference_inside_the_model():
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "flex_inplace"])
+def test_backend_equals_reference_inside_the_model(backend):
+    """Output and (sdpa: PyTorch has no FlexAttention backward on CPU) parameter gradients."""
     layout = ShotLayout.stack([ShotLayout.from_cut_frames(25, [9, 17], 6),
                                ShotLayout.from_cut_frames(25, [13], 6)])
     spans = [TextSpans((0, 3), ((3, 6), (6, 8), (8, 9))), None]
     x, t, ctx = inputs()
+    backward = backend == "sdpa"
     results = {}
-    for backend in ("reference", "sdpa"):
-        model = tiny_model(backend)
-        out = model(x, t, ctx, layout, spans)
-        out.square().mean().backward()
-        results[backend] = out, torch.cat([p.grad.flatten() for p in model.parameters()])
-    (out_ref, g_ref), (out, g) = results["reference"], results["sdpa"]
-    assert rel(out, out_ref) < 1e-5 and rel(g, g_ref) < 1e-5
+    for name in ("reference", backend):
+        model = tiny_model(name)
+        with torch.set_grad_enabled(backward):
+            out = model(x, t, ctx, layout, spans)
+        if backward:
+            out.square().mean().backward()
+        results[name] = out, (torch.cat([p.grad.flatten() for p in model.parameters()])
+                              if backward else None)
+    (out_ref, g_ref), (out, g) = results["reference"], results[backend]
+    assert rel(out, out_ref) < 1e-5
+    if backward:
+        assert rel(g, g_ref) < 1e-5
     # The sparse pattern and the window mask change the function.
     dense = tiny_model("reference")(x, t, ctx)
     assert rel(dense, out_ref) > 1e-3
