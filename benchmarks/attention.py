@@ -26,6 +26,16 @@ Needs CUDA. Usage: ``python benchmarks/attention.py [--cases a,b] [--heads 24,40
 shape alone, both flex backends beside the others (compiling FlexAttention per shape and grad
 mode takes most of its expected 4–6 min; the report is rewritten after every part):
 ``python benchmarks/attention.py --cases a --heads 24 --backends flex_inplace,flex,sdpa,varlen``.
+
+On a GPU machine with torch but not this project's other packages: the project through
+``benchmarks/gpu_bundle/env.sh``'s links, and pydantic (its layouts' records) and pyyaml as
+cp312 wheels carried in ``.whl/`` (3.6 MB: ``pip download --no-deps --only-binary :all:
+--python-version 3.12 --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4
+pydantic-core==2.50.5 annotated-types typing-inspection typing-extensions pyyaml``), unzipped::
+
+    BUNDLE_DIR=/tmp/ms; source benchmarks/gpu_bundle/env.sh && for w in .whl/*.whl; do
+      python3 -m zipfile -e "$w" $BUNDLE_DIR/site; done && python3 benchmarks/attention.py \\
+      --cases a --heads 24 --backends flex_inplace,flex,sdpa,varlen --out "$OUT"
 """
 
 from __future__ import annotations
