@@ -152,7 +152,9 @@ def scan_hash(config: PipelineConfig) -> str:
     not placement): a result saved with other settings is not reused."""
     parts = {"detect": config.detect.model_dump(mode="json", exclude=set(config.detect.PLACEMENT)),
              "analyse": config.analyse.model_dump(mode="json", exclude={"resources", "overlay"}),
-             "keyframe_hash": "imagehash.phash 8x8"}  # results made before candidates were hashed are redone
+             "keyframe_hash": "imagehash.phash 8x8",  # results made before candidates were hashed are redone
+             # results whose picks were trimmed on unrounded darkness (stored_picture) are redone
+             "picks_from": "stored picture values"}
     if config.analyse.aesthetic_enabled:
         # results made before the aesthetic picks kept their CLIP embeddings are redone (only
         # where CLIP runs: without weights nothing changed)
@@ -216,6 +218,16 @@ def stitch(results: Sequence[SegmentResult]) -> tuple[np.ndarray, np.ndarray, li
     if not single:
         return np.zeros(0, np.float32), np.zeros(0, np.float32), [], stats
     return np.concatenate(single), np.concatenate(many), candidates, stats
+
+
+def stored_picture(black: np.ndarray, luma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame black pixel fractions and mean luma ``([N], [N])`` as a segment result stores
+    them (3 and 1 decimals, float32) and :func:`stitch_picture` reads them back, bit for bit. The
+    scan trims fades (its picks, :meth:`SegmentScanner._pickable`) on these same values, as the
+    detect stage does on the stitched ones: on an H100 the unrounded values moved one fade's trim
+    by a frame, and the analyse stage found a pick the scan had not scored."""
+    return (np.round(np.asarray(black, np.float32), 3).astype(np.float32),
+            np.round(np.asarray(luma, np.float32), 1).astype(np.float32))
 
 
 def stitch_picture(results: Sequence[SegmentResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -316,7 +328,8 @@ class SegmentScanner:
             stack = _stack(frames)
             del frames
             single, many = self.detector.predict(stack[at : end - lo], stack[:at], stack[end - lo :], fps=fps)
-            black, luma = frame_darkness(stack[at : end - lo], area, self.config.detect.black_pixel_threshold)
+            black, luma = stored_picture(*frame_darkness(stack[at : end - lo], area,
+                                                         self.config.detect.black_pixel_threshold))
             thumbs = thumbnails(stack[at : end - lo])
         else:
             single = many = black = luma = np.zeros(0, np.float32)
@@ -336,7 +349,7 @@ class SegmentScanner:
                             decoder=stats.decoder, note=stats.note)
         return SegmentResult(start_frame=start_frame, end_frame=max(start_frame, end), single=single.tolist(),
                              many=many.tolist(), candidates=candidates, stats=inner,
-                             black=np.round(black, 3).tolist(), luma=np.round(luma, 1).tolist(),
+                             black=black.tolist(), luma=luma.tolist(),
                              thumbs=encode_thumbnails(thumbs),
                              cpu_s=time.process_time() - cpu, wall_s=time.perf_counter() - wall,
                              peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

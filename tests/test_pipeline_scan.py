@@ -260,15 +260,27 @@ def test_scores_do_not_depend_on_the_source_resolution(tmp_path):
 
 def test_every_candidate_ocr_reads_the_analysed_shots_and_no_other(joined):
     """With ``ocr_every_candidate`` (the default) the scan OCRs every candidate of every shot the
-    analyse stage scores (too-short shots and fades excluded, as it trims them) and no other."""
+    analyse stage scores (too-short shots and fades excluded, as it trims them) and no other; it
+    trims fades on the very per-frame values the detect stage reads back from the result."""
     from multishot.pipeline.analyse import shot_scores
     from multishot.pipeline.stages import _trim_black
 
     config = PipelineConfig(detect={"batch_windows": 1}, analyse={"analysis_short_side": 180})
     info = probe(str(joined))
     size = analysis_size(info, config.analyse.analysis_short_side)
-    result = SegmentScanner(config).scan(str(joined), None, info.fps, 0, None, analysis_size=size)
+    scanner, seen = SegmentScanner(config), {}
+    pickable = scanner._pickable
+
+    def spy(*args, **kwargs):
+        seen.update(black=kwargs["black"], luma=kwargs["luma"])
+        return pickable(*args, **kwargs)
+
+    scanner._pickable = spy
+    result = scanner.scan(str(joined), None, info.fps, 0, None, analysis_size=size)
     black, luma, thumbs = stitch_picture([result])
+    # equal bits: a fade's trim compares luma with a level, so a rounding apart can move it
+    assert np.array_equal(seen["black"], black) and np.array_equal(seen["luma"], luma)
+    assert seen["black"].dtype == black.dtype and seen["luma"].dtype == luma.dtype
     shots = shots_of(config.detect, np.array(result.single), np.array(result.many), info.fps, thumbs)
     rows = [r for r in _trim_black(shots, black, luma, config, info.fps) if not r.shot.too_short]
     by_index = {c.index: c for c in result.candidates}
