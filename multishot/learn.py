@@ -36,6 +36,8 @@
    * ``caption_following``: fraction of frames whose read scene is their shot's caption scene;
      ``named_character``: fraction of shots of ``named`` films whose read character is the
      one the global caption names (``held_out_character``: the same on the held-out ones);
+     ``named_colour`` / ``named_shape`` / ``named_texture``: the same for one attribute (a
+     shot with no character read counts wrong; chance 1/4, 1/3, 1/2);
    * ``character_consistency``: on ``anonymous`` films (no caption names the character), the
      fraction of later shots whose read character equals shot 1's;
    * ``aba_recall``: on A-B-A films, the fraction whose third shot shows scene A and shot 1's
@@ -644,6 +646,7 @@ def score(films, videos: np.ndarray) -> dict:
 
     sca, count_err, frames_ok, frames = [], [], 0, 0
     named, named_ok, held, held_ok, later, later_ok, aba, aba_ok = (0,) * 8
+    attr_ok = {"colour": 0, "shape": 0, "texture": 0}
     per_film = []
     for film, video in zip(films, videos):
         reading = classify_video(video)
@@ -659,6 +662,9 @@ def score(films, videos: np.ndarray) -> dict:
         if film.caption_mode == "named":
             ok = sum(c == film.character for c in chars)
             named, named_ok = named + len(chars), named_ok + ok
+            for a in attr_ok:
+                attr_ok[a] += sum(c is not None and getattr(c, a) == getattr(film.character, a)
+                                  for c in chars)
             if (film.character.shape, film.character.colour) in HELD_OUT_CHARACTERS:
                 held, held_ok = held + len(chars), held_ok + ok
         else:
@@ -674,6 +680,7 @@ def score(films, videos: np.ndarray) -> dict:
     ratio = lambda a, b: None if b == 0 else a / b  # noqa: E731
     return {"sca": float(np.mean(sca)), "shot_count_error": float(np.mean(count_err)),
             "caption_following": frames_ok / frames, "named_character": ratio(named_ok, named),
+            **{f"named_{a}": ratio(k, named) for a, k in attr_ok.items()}, "named_shots": named,
             "held_out_character": ratio(held_ok, held),
             "character_consistency": ratio(later_ok, later), "aba_recall": ratio(aba_ok, aba),
             "films": len(films), "aba_films": aba, "held_out_shots": held, "per_film": per_film}
@@ -731,7 +738,8 @@ def generate_all(model, encoders, films, device, steps: int, window: bool, seed:
     """Sample every film's prompt with the project's sampler (Euler, no CFG) → latents
     ``[N, C, F_lat, H_lat, W_lat]`` (``latent_hw``: the VAE's latent size of the world's
     frames; ``shift``: the sampler's timestep shift, None: :class:`model.sampling.SamplingConfig`'s
-    default)."""
+    default). Without autograd, as ``multishot generate`` samples (with it, each film's sampling
+    graph stayed alive through the returned latents: ~0.25 GiB a film on the CPU)."""
     import torch
 
     from multishot.model.layout import ShotLayout
@@ -754,7 +762,8 @@ def generate_all(model, encoders, films, device, steps: int, window: bool, seed:
                             generator=g).to(device)
         cond = Conditioning(context.to(device), context[:1].to(device), layout,
                             sp if window else None)
-        latents, _ = sample([expert], noise, cond, sampling)
+        with torch.no_grad():
+            latents, _ = sample([expert], noise, cond, sampling)
         out.append(latents.float())
     return torch.cat(out)
 

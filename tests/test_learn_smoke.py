@@ -40,6 +40,7 @@ def test_the_learning_path_runs_and_the_loss_falls(tmp_path):
     assert len(losses) == 40 and after < 0.9 * before, (before, after)
     latents = learn.generate_all(model, encoders, films[:1], torch.device("cpu"), steps=2,
                                  window=True, latent_hw=(4, 4))
+    assert not latents.requires_grad  # sampled without autograd: no graph kept per film
     videos = learn.decode(encoders.vae, latents, torch.device("cpu"))
     assert videos.shape == (1, 33, 32, 32, 3)
     scores = learn.score(films[:1], videos)
@@ -52,7 +53,8 @@ def test_the_scores_are_perfect_on_ground_truth_and_fall_with_errors():
     films = learn.eval_films(12)
     videos = learn.render_many(films)
     perfect = learn.score(films, videos)
-    for key in ("sca", "caption_following", "named_character", "character_consistency", "aba_recall"):
+    for key in ("sca", "caption_following", "named_character", "named_colour", "named_shape",
+                "named_texture", "character_consistency", "aba_recall"):
         assert perfect[key] == 1.0, key
     assert perfect["shot_count_error"] == 0 and perfect["aba_films"] >= 1
     # a film that never cuts: its first shot's frames all through
@@ -69,6 +71,16 @@ def test_the_scores_are_perfect_on_ground_truth_and_fall_with_errors():
     start = films[anon].shots[1].start_frame
     swapped[anon][:start] = videos[anon][:start]
     assert learn.score(films, swapped)["character_consistency"] < 1
+    # a named film drawn in another colour: its colour is wrong, its shape and texture right
+    named = next(i for i, f in enumerate(films) if f.caption_mode == "named")
+    c = films[named].character
+    recoloured = videos.copy()
+    recoloured[named] = render_film(films[named].__class__(**{
+        **films[named].__dict__, "character": Character(c.shape, "cyan" if c.colour != "cyan" else "red",
+                                                        c.texture)}))
+    wrong = learn.score(films, recoloured)
+    assert wrong["named_colour"] < 1 and wrong["named_character"] < 1
+    assert wrong["named_shape"] == 1.0 and wrong["named_texture"] == 1.0
 
 
 def test_a_generated_videos_request_is_read_back_from_its_prompt():
