@@ -192,21 +192,39 @@ def make_clip_weights(work: Path, name: str) -> tuple[str, Path, Path]:
 #: thumbnails of every frame (on the GPU, beside TransNetV2's frames), the candidates' pHash,
 #: TransNetV2's many-hot-only runs (``detect.gradual_threshold`` lies in (0, 1)), the title and
 #: dark-frame text rules (arithmetic on the boxes read)
+#: each check that has a switch, and its keys (``--checks no_<name>``: that one off alone)
+CHECK_SWITCHES = {"crop": ("detect", {"crop_samples": 0}), "gradual": ("detect", {"gradual_max_s": 0.0}),
+                  "ocr_every": ("analyse", {"ocr_every_candidate": False}),
+                  "motion": ("analyse", {"motion_backend": "none"})}
 CHECKS_OFF = {"detect": {"crop_samples": 0, "gradual_max_s": 0.0},
               "analyse": {"ocr_every_candidate": False, "motion_backend": "none"}}
+CHECKS = ("on", "off", *(f"no_{name}" for name in CHECK_SWITCHES))
+
+
+def checks_keys(checks: str) -> dict:
+    """The config keys of a ``--checks`` value: ``on`` none (the defaults), ``off``
+    :data:`CHECKS_OFF`, ``no_<name>`` the one switch of :data:`CHECK_SWITCHES`."""
+    if checks == "off":
+        return CHECKS_OFF
+    keys = {"detect": {}, "analyse": {}}
+    if checks != "on":
+        section, values = CHECK_SWITCHES[checks.removeprefix("no_")]
+        keys[section] = values
+    return keys
 
 
 def pipeline_config(clip_weights: tuple[str, Path, Path], decoder: str = "auto", nvdec_scale: bool = False,
                     batch_windows: int = 16, ocr_threads: int = 1, checks: str = "on"):
     """Scan settings: the defaults, random CLIP weights, OCR when rapidocr is there;
-    ``decoder="cpu"`` is the CPU run (no GPU asked for); ``checks="off"``: :data:`CHECKS_OFF`."""
+    ``decoder="cpu"`` is the CPU run (no GPU asked for); ``checks``: one of :data:`CHECKS`
+    (:func:`checks_keys`)."""
     import importlib.util
 
     from multishot.pipeline.config import PipelineConfig
 
     name, clip, head = clip_weights
     ocr = "rapidocr" if importlib.util.find_spec("rapidocr") else "none"
-    off = CHECKS_OFF if checks == "off" else {"detect": {}, "analyse": {}}
+    off = checks_keys(checks)
     return PipelineConfig(
         detect={"decoder": decoder, "nvdec_scale": nvdec_scale, "resources": {"gpus": 1 if decoder == "auto" else 0},
                 "batch_windows": batch_windows, "ocr_threads": ocr_threads, **off["detect"]},
@@ -604,21 +622,32 @@ def checks_cost(runs: list[dict]) -> list[dict]:
     """For each process count measured with the checks on and off: what the checks cost per
     realtime second of video on this GPU (its wall time: ``1/rt_on - 1/rt_off`` GPU-seconds,
     the machine being one GPU) and of CPU time (CPU-seconds of the scanning processes per
-    second of video, on minus off), and the realtime factor lost (percent)."""
+    second of video, on minus off), and the realtime factor lost (percent). Where runs with one
+    check off alone (``no_<name>``) are there too, ``by_check`` gives each such check's share the
+    same way (on minus that run): the shares need not add up to the whole (checks share frames)."""
     out = []
     for count in sorted({r["processes"] for r in runs}):
         by = {r.get("checks", "on"): r for r in runs if r["processes"] == count and "fps" in r}
         if not {"on", "off"} <= set(by):
             continue
-        on, off = by["on"], by["off"]
+        on = by["on"]
         video_s = {k: r["frames"] / FPS for k, r in by.items()}
-        row = {"processes": count, "realtime_on": on["realtime_factor"], "realtime_off": off["realtime_factor"],
-               "realtime_lost_pct": round(100 * (1 - on["fps"] / off["fps"]), 1),
-               "gpu_ms_per_video_s": round(1e3 * (1 / on["realtime_factor"] - 1 / off["realtime_factor"]), 2)}
-        if "cpu_s" in on and "cpu_s" in off:
-            row["cpu_s_per_video_s_on"] = round(on["cpu_s"] / video_s["on"], 4)
-            row["cpu_s_per_video_s_off"] = round(off["cpu_s"] / video_s["off"], 4)
-            row["cpu_ms_per_video_s"] = round(1e3 * (row["cpu_s_per_video_s_on"] - row["cpu_s_per_video_s_off"]), 1)
+
+        def cost(off: dict, name: str) -> dict:
+            row = {"realtime_lost_pct": round(100 * (1 - on["fps"] / off["fps"]), 1),
+                   "gpu_ms_per_video_s": round(1e3 * (1 / on["realtime_factor"] - 1 / off["realtime_factor"]), 2)}
+            if "cpu_s" in on and "cpu_s" in off:
+                row["cpu_s_per_video_s_on"] = round(on["cpu_s"] / video_s["on"], 4)
+                row["cpu_s_per_video_s_off"] = round(off["cpu_s"] / video_s[name], 4)
+                row["cpu_ms_per_video_s"] = round(1e3 * (row["cpu_s_per_video_s_on"] - row["cpu_s_per_video_s_off"]), 1)
+            return row
+
+        row = {"processes": count, "realtime_on": on["realtime_factor"], "realtime_off": by["off"]["realtime_factor"],
+               **cost(by["off"], "off")}
+        singles = [(name.removeprefix("no_"), r) for name, r in by.items() if name.startswith("no_")]
+        if singles:
+            row["by_check"] = [{"check": check, "realtime_without": r["realtime_factor"], **cost(r, f"no_{check}")}
+                               for check, r in singles]
         out.append(row)
     return out
 
@@ -969,6 +998,11 @@ def _check_lines(parts: dict) -> list[str]:
                      + (f"; CPU {c['cpu_s_per_video_s_on']} against {c['cpu_s_per_video_s_off']} CPU-s per second of "
                         f"video ({c['cpu_ms_per_video_s']:+} CPU-ms)" if "cpu_ms_per_video_s" in c else "")
                      + f". Off: {', '.join(f'{k}.{x}={v}' for k, d in CHECKS_OFF.items() for x, v in d.items())}.")
+        for b in c.get("by_check", []):
+            lines.append(f"  - {b['check']} alone off: {b['realtime_without']}× realtime; it costs "
+                         f"{b['gpu_ms_per_video_s']} ms of the device per second of video ({b['realtime_lost_pct']}% of the "
+                         "rate without it)" + (f", {b['cpu_ms_per_video_s']:+} CPU-ms" if "cpu_ms_per_video_s" in b else "")
+                         + ".")
     if "ray" in parts and "realtime_factor" in parts["ray"]:
         lines += _ray_lines(parts["ray"], parts)
     lines += [f"- {name}: {res.get('error') or res.get('skipped')}" for name, res in parts.items()
@@ -1015,7 +1049,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker-rounds", type=int, default=None,
                         help="processes: whole-input scans of each (default: 2 x --worker-sessions)")
     parser.add_argument("--checks", default="on", help="processes: with the checks of issues 28/34 on, off "
-                        "(CHECKS_OFF), or both ('on,off': what they cost)")
+                        "(CHECKS_OFF), or both ('on,off': what they cost); no_crop, no_gradual, no_ocr_every, "
+                        "no_motion: that check alone off (with on,off: each one's share)")
     parser.add_argument("--scan-pieces", type=int, default=1, help="scan_sessions: segments the input is split into")
     parser.add_argument("--scan-rounds", type=int, default=16, help="scan_sessions: times each segment is queued")
     parser.add_argument("--ocr-threads", type=int, default=8, help="scan_sessions: detect.ocr_threads")
@@ -1042,10 +1077,10 @@ def parse_args() -> argparse.Namespace:
         args.part_list = [p for p in args.parts.split(",") if p]
         args.check_list = [c for c in args.checks.split(",") if c]
         assert len(size) == 2 and set(args.part_list) <= set(PARTS)
-        assert args.check_list and set(args.check_list) <= {"on", "off"}
+        assert args.check_list and set(args.check_list) <= set(CHECKS)
     except (ValueError, AssertionError):
         fail(f"--size WxH; --sessions and --workers comma-separated counts; --parts some of {','.join(PARTS)}; "
-             f"--checks on, off or on,off; got {args.size!r}, {args.sessions!r}, {args.workers!r}, {args.parts!r}, "
+             f"--checks some of {','.join(CHECKS)}; got {args.size!r}, {args.sessions!r}, {args.workers!r}, {args.parts!r}, "
              f"{args.checks!r}")
     args.size = size
     return args

@@ -74,3 +74,28 @@ def test_checks_cost_from_the_on_and_off_runs():
     assert row["gpu_ms_per_video_s"] == pytest.approx(2.0)  # 1/100 - 1/125 s of the GPU per second of video
     assert (row["cpu_s_per_video_s_on"], row["cpu_s_per_video_s_off"]) == (0.08, 0.06)  # 2,000 s of video
     assert row["cpu_ms_per_video_s"] == pytest.approx(20.0)
+
+
+def test_each_check_alone_off_sets_its_keys_and_gets_its_share():
+    """``no_<name>`` switches off that check's keys alone (the union of them all is ``off``), and
+    ``checks_cost`` gives its share as on minus that run."""
+    on = pipeline_gpu.pipeline_config(WEIGHTS, decoder="cpu", checks="on")
+    merged = {"detect": {}, "analyse": {}}
+    for name, (section, keys) in pipeline_gpu.CHECK_SWITCHES.items():
+        alone = pipeline_gpu.pipeline_config(WEIGHTS, decoder="cpu", checks=f"no_{name}")
+        for other_section in ("detect", "analyse"):
+            for key, value in pipeline_gpu.CHECKS_OFF[other_section].items():
+                expected = keys[key] if other_section == section and key in keys else getattr(getattr(on, other_section), key)
+                assert getattr(getattr(alone, other_section), key) == expected
+        merged[section].update(keys)
+    assert merged == pipeline_gpu.CHECKS_OFF
+    runs = [{"processes": 6, "checks": "on", "frames": 48_000, "fps": 2_400.0, "realtime_factor": 100.0, "cpu_s": 160.0},
+            {"processes": 6, "checks": "off", "frames": 48_000, "fps": 3_000.0, "realtime_factor": 125.0, "cpu_s": 120.0},
+            {"processes": 6, "checks": "no_ocr_every", "frames": 24_000, "fps": 2_500.0, "realtime_factor": 104.1667,
+             "cpu_s": 70.0}]
+    (row,) = pipeline_gpu.checks_cost(runs)
+    (share,) = row["by_check"]
+    assert share["check"] == "ocr_every" and share["realtime_lost_pct"] == 4.0
+    assert share["gpu_ms_per_video_s"] == pytest.approx(0.4, abs=0.01)  # 1/100 - 1/104.17 s per second of video
+    assert share["cpu_ms_per_video_s"] == pytest.approx(10.0)  # 0.08 - 0.07 CPU-s (1,000 s of video)
+
