@@ -251,8 +251,10 @@ def run_long(args: argparse.Namespace, causal_dict: dict, compiled: bool,
     stream, peak memory (allocated on CUDA; the KV cache's bytes everywhere) when the video
     reaches each ``--marks`` minute, and seconds per chunk at the start and the end (median of
     the first and last ten chunks after the first two). ``--overlap`` decodes chunk k while
-    chunk k + 1 is denoised (the streaming CLI's option). At each mark ``partial`` (if given)
-    receives what was measured so far, so a run stopped at a time limit keeps it."""
+    chunk k + 1 is denoised (``ChunkStreamer(overlap_decode=True)``) once the stream is
+    settled (compiled and graphed: from chunk 6 at the 5B defaults,
+    :meth:`ChunkStreamer.stream`). At each mark ``partial`` (if given) receives what was
+    measured so far, so a run stopped at a time limit keeps it."""
     import_diffusers()
     from diffusers import AutoencoderKLWan
 

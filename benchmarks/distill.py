@@ -7,7 +7,9 @@
   ``benchmarks/causal.py`` builds them (the times are those of real weights: nothing in the
   loop depends on the values besides CAMR's top-k). ``--graphs`` (default) replays the
   denoising passes from CUDA graphs (:mod:`generate.graphs`), ``--compile`` compiles the DiT
-  blocks and the VAE decoder, ``--overlap`` decodes chunk k while chunk k + 1 is denoised;
+  blocks and the VAE decoder, ``--overlap`` decodes chunk k while chunk k + 1 is denoised (with ``--graphs`` or
+  ``--compile`` only once the stream is settled, :meth:`ChunkStreamer.stream`: from chunk 6
+  at the default causal config);
   ``--check-graphs N`` runs every replayed pass of an N-chunk stream eagerly too and reports
   the largest difference. Reports video frames per second (12 video frames over the median wall time between two yielded chunks after chunk
   1: the overlapped throughput a viewer sees) and the latency to the first frame (chunk 0:

@@ -563,6 +563,12 @@ class LayerKV:
     def capacity(self) -> int:
         return 0 if self.key_storage is None else self.key_storage.shape[1]
 
+    @property
+    def final(self) -> bool:
+        """The storage has its final size, ``recent + memory`` slots: its size and addresses
+        never change again (later reserves return at once)."""
+        return self.key_storage is not None and self.capacity == self.recent + self.memory
+
     def reserve(self, frames: int, like: torch.Tensor, recent: int, memory: int) -> None:
         """Make room for frames ``[0, frames)`` of ``like``'s ``[B, n, hw, H, D]`` layout,
         dtype and device, in a ring of ``recent`` slots and a pool of ``memory`` (keeping what
@@ -681,6 +687,13 @@ class KVCache:
         length; capped by the config's budget): fewer growth steps, so CUDA graphs of its
         passes are captured once)."""
         return cls([LayerKV() for _ in range(num_layers)], reserve_frames=reserve_frames)
+
+    def addresses(self) -> tuple:
+        """This cache's identity and the addresses of every layer's storage tensors (None
+        where not allocated yet): what a CUDA graph of a pass over it reads, unchanged while
+        the storage neither grows nor is replaced (:attr:`LayerKV.final`)."""
+        return (id(self),) + tuple(None if t is None else t.data_ptr()
+                                   for kv in self.layers for t in kv.storages())
 
     def window_start(self, window_chunks: int) -> int:
         """First frame of the next chunk's local window (the start of chunk

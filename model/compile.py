@@ -24,3 +24,14 @@ def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """
     for block in model.blocks:
         block.compile(backend=backend)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """Whether any module of ``model`` runs through ``torch.compile`` (:func:`apply_compile`'s
+    blocks, ``nn.Module.compile`` anywhere, or a ``torch.compile``'d module inside): a call
+    of it may compile (dynamo traces a new shape), which must not happen while another
+    thread runs modules (:meth:`generate.stream.ChunkStreamer.stream`)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return any(getattr(m, "_compiled_call_impl", None) is not None or isinstance(m, OptimizedModule)
+               for m in model.modules())

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import av
@@ -245,6 +246,97 @@ def test_overlapped_decode_gives_the_sequential_frames_and_runs_ahead(streamer):
     # 3 model calls a chunk (2 steps + the clean pass); chunks 1 and 2 leave with the next
     # chunk already denoised
     assert seq_calls == [3, 6, 9, 12] and ovl_calls == [3, 9, 12, 12]
+
+
+def decoding_threads(streamer, shots, **stream) -> tuple[list, list[str], list[int]]:
+    """Chunks of an overlapped stream of ``shots``, the thread that decoded each (the VAE's
+    post_quant_conv runs once a chunk) and the model calls made when each was yielded."""
+    from multishot.generate.schedule import PromptSchedule
+
+    threads = []
+    hook = streamer.vae.post_quant_conv.register_forward_pre_hook(
+        lambda module, args: threads.append(threading.current_thread().name))
+    streamer.overlap_decode = True
+    try:
+        calls, chunks = [streamer.model_calls], []
+        for chunk in streamer.stream(PromptSchedule("Blender films.", shots), **stream):
+            chunks.append(chunk)
+            calls.append(streamer.model_calls)
+    finally:
+        streamer.overlap_decode = False
+        hook.remove()
+    return chunks, threads, [n - calls[0] for n in calls[1:]]
+
+
+def test_compiling_streams_decode_inline_until_settled(streamer):
+    """With a compiled decoder (or compiled blocks, or CUDA graphs) a decode overlaps only
+    once nothing can compile or capture (ChunkStreamer.stream): chunks 0-2 of the tiny stream
+    are decoded in the main thread (chunk 2 is the first whose denoising passes' shapes and
+    plan repeat, chunk 3 the second, chunk 4 the first to replay them: chunk 3's decode may
+    run beside it), chunks 3-5 in the worker, the last one inline; the frames are the
+    sequential run's. Without compiling, every chunk is decoded in the worker, as before."""
+    from multishot.generate.schedule import PromptSchedule, Shot
+
+    inner = streamer.streamer
+    shots = [Shot("a rabbit hops", 4), Shot("Trees", 2)]
+    sequential = list(inner.stream(PromptSchedule("Blender films.", shots), seed=5))
+    assert not inner.compiles
+    plain, plain_threads, plain_calls = decoding_threads(inner, shots, seed=5)
+    assert plain_threads == ["vae-decode_0"] * 7
+    assert plain_calls == [3, 9, 12, 15, 18, 21, 21]
+    # what compile_decoder=True holds, left eager here: the rule reads that it is set
+    inner.vae_decoder = inner.vae.decoder
+    try:
+        assert inner.compiles
+        chunks, threads, calls = decoding_threads(inner, shots, seed=5)
+    finally:
+        inner.vae_decoder = None
+    assert threads == ["MainThread"] * 3 + ["vae-decode_0"] * 3 + ["MainThread"]
+    # settling chunks leave before the next is denoised, settled ones with it denoised
+    assert calls == [3, 6, 9, 15, 18, 21, 21]
+    assert [c.index for c in chunks] == list(range(7)) and [c.shot for c in chunks][-1] == 1
+    for a, b, c in zip(sequential, plain, chunks):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.frames, c.frames)
+        assert torch.equal(a.latents, c.latents)
+
+
+def test_really_compiled_stream_overlaps_to_the_end(tmp_path):
+    """Compiled blocks and decoder (aot_eager: AOTAutograd's tracing, the part that patched
+    nn.Module.__call__ process-wide in the H100 crash, without generating kernels) stream
+    overlapped without error, the sequential frames bit for bit, and nothing is compiled
+    once the first chunk is decoded in the worker."""
+    from torch._dynamo.utils import counters
+
+    from multishot.config import load_config
+    from multishot.generate.config import GenerateConfig
+    from multishot.generate.schedule import PromptSchedule, Shot
+    from multishot.generate.stream import StreamingGenerator
+    from multishot.model.compile import apply_compile
+
+    inner = StreamingGenerator(load_config(stream_config(tmp_path, None, None, steps=2),
+                                           GenerateConfig)).streamer
+    shots = [Shot("a rabbit hops", 4), Shot("Trees", 2)]
+    sequential = list(inner.stream(PromptSchedule("Blender films.", shots), seed=5))
+    graphs = []  # dynamo's compiled graphs so far, when the worker starts a decode
+    hook = inner.vae.post_quant_conv.register_forward_pre_hook(
+        lambda module, args: graphs.append(counters["stats"]["unique_graphs"])
+        if threading.current_thread().name.startswith("vae-decode") else None)
+    limit = torch._dynamo.config.recompile_limit
+    try:
+        apply_compile(inner.model, backend="aot_eager")
+        torch._dynamo.config.recompile_limit = 64  # as compile_decoder sets it
+        inner.vae_decoder = torch.compile(inner.vae.decoder, backend="aot_eager")
+        assert inner.compiles
+        chunks, threads, _ = decoding_threads(inner, shots, seed=5)
+        compiled = counters["stats"]["unique_graphs"]
+    finally:
+        hook.remove()
+        torch._dynamo.config.recompile_limit = limit
+        torch._dynamo.reset()
+    assert threads == ["MainThread"] * 3 + ["vae-decode_0"] * 3 + ["MainThread"]
+    assert len(graphs) == 3 and graphs[0] > 0 and graphs[0] == compiled
+    for a, b in zip(sequential, chunks):
+        assert np.array_equal(a.frames, b.frames) and torch.equal(a.latents, b.latents)
 
 
 def test_schedule_reads_lines_and_waits_for_appended_shots():

@@ -99,8 +99,7 @@ class GraphedChunkForward:
         if not self.enabled or cache.layers[0].key_storage is None:
             return eager()
         plan = self.model.chunk_plan(x, cache, self.causal, False)
-        storage = (id(cache),) + tuple(t.data_ptr() for kv in cache.layers
-                                       for t in kv.storages())
+        storage = cache.addresses()
         if storage != self.storage:  # a new stream, or its cache grew: new addresses
             self.graphs.clear()
             self.seen.clear()
@@ -142,7 +141,8 @@ class GraphedChunkForward:
             call()
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: a decode running in another thread (overlap_decode) may call CUDA
+        # thread_local: another thread's CUDA calls are not this capture's (overlap_decode
+        # decodes inline while captures are due, ChunkStreamer.stream; a safeguard)
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             out = call()
         self.captures += 1

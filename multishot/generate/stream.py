@@ -19,9 +19,10 @@ Per chunk ``k`` of shot ``s`` (:meth:`ChunkStreamer.stream`)::
         v = CFG of forward_chunk(x, t, cache)          cond + uncond rows, cache read only
         x = scheduler.step(v, t, x)
     forward_chunk(x, t = 0, cache, write_cache=True)   the clean pass: the chunk's K/V cached
-    StreamingDecoder.decode(x) → video frames          the VAE's causal cache kept too; in a
-                                                       worker thread (own CUDA stream) while
-                                                       chunk k + 1 is denoised
+    StreamingDecoder.decode(x) → video frames          the VAE's causal cache kept too; with
+                                                       overlap_decode in a worker thread (own
+                                                       CUDA stream) while chunk k + 1 is
+                                                       denoised (once settled, if compiling)
     yield StreamChunk                                  (send(shot) appends a shot)
 
 The unconditional (negative-prompt) pass keeps its own cache rows: the cache holds a batch of
@@ -34,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ from multishot.model.sampling import SamplingConfig, make_scheduler
 from multishot.generate.schedule import PromptSchedule, Shot
 from multishot.generate.vae_stream import StreamingDecoder
 from multishot.model.causal import CausalConfig, KVCache
+from multishot.model.compile import is_compiled
 from multishot.model.layout import ShotLayout
 from multishot.model.prompt_spans import TextSpans
 
@@ -104,7 +106,9 @@ class ChunkStreamer:
             because on one H100 (5B, 4 steps) it gained little: with CUDA graphs and
             compiled blocks 0.421 against 0.424–0.453 s a chunk in two runs, both sides being
             bound by the GPU (eager, launch-bound under one GIL, it was slower: 0.85 against
-            0.78 s; ``benchmarks/results/distill/distill_h100.md``).
+            0.78 s; ``benchmarks/results/distill/distill_h100.md``). When the stream
+            :attr:`compiles` (a compiled decoder or DiT, CUDA graphs) a chunk overlaps only
+            once nothing can compile or capture any more (the rule: :meth:`stream`).
         cuda_graphs: replay the denoising passes from CUDA graphs where their shapes repeat
             (:class:`generate.graphs.GraphedChunkForward`; CUDA only, same outputs).
         compile_decoder: decode with ``torch.compile(vae.decoder)``.
@@ -118,7 +122,7 @@ class ChunkStreamer:
         self.text, self.latent_chw, self.device, self.vae_dtype = text, latent_chw, device, vae_dtype
         self.overlap_decode = overlap_decode
         self.graphed = GraphedChunkForward(model, causal, cuda_graphs)
-        self.vae_decoder = None  # None: vae.decoder itself
+        self.vae_decoder = None  # None: vae.decoder itself (not compiled)
         if compile_decoder:
             # dynamo compiles every causal conv and residual block of the decoder on its own,
             # and all instances of a class count towards one recompile limit (8 by default,
@@ -129,6 +133,14 @@ class ChunkStreamer:
         self.model_calls = 0
         #: the KV cache of the stream running last (for inspection: its size stays bounded)
         self.cache: KVCache | None = None
+
+    @property
+    def compiles(self) -> bool:
+        """Whether a stream may compile or capture: a compiled decoder (``compile_decoder``),
+        compiled DiT modules (:func:`model.compile.is_compiled`, e.g. ``apply_compile``'s
+        blocks) or CUDA graphs. Such a stream overlaps decodes only once settled
+        (:meth:`stream`)."""
+        return self.vae_decoder is not None or self.graphed.enabled or is_compiled(self.model)
 
     def chunk_frames(self, index: int) -> int:
         """Latent frames of chunk ``index``: 1 for chunk 0, ``chunk_latent_frames`` after."""
@@ -173,6 +185,20 @@ class ChunkStreamer:
         forward(x, torch.zeros(1, device=x.device), True)  # the clean pass writes the cache
         return x
 
+    def denoise_key(self, noise: torch.Tensor, text: ShotText, cache: KVCache) -> tuple:
+        """What the compiled code and the CUDA graphs of the next chunk's passes depend on
+        (:meth:`stream`'s settling rule): the shapes of its latents ``noise``, text and text
+        mask, the plan of its denoising passes (:attr:`model.causal.ChunkPlan.key`), the cache
+        and the addresses of its storage (:meth:`model.causal.KVCache.addresses`), and whether
+        that storage has its final size (:attr:`model.causal.LayerKV.final`: else the clean
+        pass may move it). The clean pass's plan is left out: that pass is never captured,
+        and what differs between clean passes of equal keys (the history's length, its RoPE
+        tables) is read only inside the eager attention island
+        (:func:`model.dit.causal_attention_kernel`), outside compiled code."""
+        plan = self.model.chunk_plan(noise.to(self.device), cache, self.causal, False)
+        return (tuple(noise.shape), tuple(text.context.shape), text.spans is None, plan.key,
+                cache.addresses(), all(kv.final for kv in cache.layers))
+
     def stream(self, schedule: PromptSchedule, seed: int = 0, max_chunks: int | None = None,
                ) -> PyGenerator[StreamChunk, Shot | str | None, None]:
         """Generate chunk after chunk while ``schedule`` has shots for them (waiting for
@@ -188,6 +214,33 @@ class ChunkStreamer:
         receiving chunk ``k`` comes after it, so the look-ahead changes nothing); chunk 0 is
         yielded before chunk 1 starts (the first-frame latency). Frames, latents and the
         order of the noise draws are those of the sequential path.
+
+        Overlap needs that neither thread compiles nor captures while the other runs modules:
+        AOTAutograd's tracing (``make_fx``) patches ``torch.nn.Module.__call__`` for the whole
+        process, so a decoder compiled in the worker for a new shape intercepted the compiled
+        DiT blocks of the main thread (``RuntimeError: Detected that you are using FX to
+        symbolically trace a dynamo-optimized function``, one H100, ``benchmarks/causal.py
+        --part long --overlap``), and a CUDA graph capture or a recompile in the main thread
+        would catch the worker's calls the same way. So when the streamer :attr:`compiles`,
+        chunk ``k`` is decoded in the worker only when the stream is settled, i.e. both hold:
+
+        - decoder: a chunk of the same latent frames was already decoded inline from the same
+          decoder state (the first-chunk flag and the shapes of its causal feature cache), so
+          every decoder call of chunk ``k`` has shapes the compiled decoder has seen;
+        - DiT: chunk ``k + 1``'s :meth:`denoise_key` equals chunks ``k − 1``'s and ``k``'s,
+          its cache storage at its final size: its passes have run twice with these shapes,
+          plans and storage, so they are compiled and their graphs captured
+          (:mod:`generate.graphs`: eager the first time a key is seen, captured the second,
+          replayed from the third), and its clean pass cannot move the storage.
+
+        Otherwise chunk ``k`` is decoded inline in this thread (once the text and noise of
+        chunk ``k + 1`` are ready: its key needs them) and yielded before chunk ``k + 1`` is
+        denoised; the last chunk is decoded inline. A stream settles once its local window and
+        CAMR's routed frames are full and the cache has its final storage (reserved at once
+        for a stream of known length): at the 5B defaults (3-frame chunks, a window of 2
+        chunks, 6 routed frames) chunk 6 is the first decoded in the worker. A streamer that
+        compiles nothing and captures nothing overlaps from chunk 1, its decode started as
+        soon as a chunk is denoised.
 
         Args:
             schedule: the video's global caption and shots.
@@ -209,6 +262,9 @@ class ChunkStreamer:
         self.cache = cache
         decodes = _Decodes(StreamingDecoder(self.vae, self.device, self.vae_dtype,
                                             self.vae_decoder), self.device, self.overlap_decode)
+        # settling (docstring): the denoise keys of the chunks so far
+        guarded = self.overlap_decode and self.compiles
+        keys: list[tuple] = []
         text: ShotText | None = None
         pending: _Pending | None = None
         index = 0
@@ -224,7 +280,7 @@ class ChunkStreamer:
                 if shot is None:
                     if pending is None:
                         return
-                    received = yield pending.chunk(last)
+                    received = yield pending.chunk(last, decodes)
                     last, pending = time.perf_counter(), None
                     if received is not None:
                         schedule.append(received)
@@ -233,13 +289,29 @@ class ChunkStreamer:
                 if text is None or text.shot != shot:
                     text = self.text(schedule, shot)
                 noise = torch.randn((1, c, self.chunk_frames(index), h, w), generator=generator)
+                if guarded:
+                    key = self.denoise_key(noise, text, cache)
+                    if pending is not None:  # its decode not started: decide now
+                        # chunks k − 1, k and k + 1 alike, the storage final (key[-1])
+                        settled = keys[-2:] == [key, key] and key[-1] \
+                            and decodes.seen(pending.latents)
+                        if settled:
+                            pending.future = decodes.submit(pending.latents)
+                        else:  # decode and yield chunk k now, before chunk k + 1 starts
+                            prepared = time.perf_counter() - start
+                            received = yield pending.chunk(last, decodes)
+                            last, pending = time.perf_counter(), None
+                            if received is not None:
+                                schedule.append(received)
+                            start = time.perf_counter() - prepared
+                    keys.append(key)
                 # .cpu() waits for this thread's stream only (the decode of the previous chunk
                 # goes on); the decoder takes the host copy, so no device memory is shared
                 latents = self.denoise_chunk(noise.to(self.device), text, cache, index).cpu()
                 job = _Pending(index, shot, latents, time.perf_counter() - start,
-                               decodes.submit(latents))
+                               None if guarded else decodes.submit(latents))
                 if pending is not None:
-                    received = yield pending.chunk(last)
+                    received = yield pending.chunk(last, decodes)
                     last = time.perf_counter()
                     if received is not None:
                         schedule.append(received)
@@ -247,7 +319,7 @@ class ChunkStreamer:
                 # chunk 0 at once (the first frame's latency is the stream's), and every chunk
                 # when decoding inline (no look-ahead to overlap with)
                 if index == 1 or not self.overlap_decode:
-                    received = yield pending.chunk(last)
+                    received = yield pending.chunk(last, decodes)
                     last, pending = time.perf_counter(), None
                     if received is not None:
                         schedule.append(received)
@@ -257,15 +329,19 @@ class ChunkStreamer:
 
 @dataclass
 class _Pending:
-    """A denoised chunk whose decode (``future``: frames and decode seconds) may still run."""
+    """A denoised chunk whose decode (``future``: frames and decode seconds) may still run;
+    None: not started (a settling stream decides when chunk ``k + 1`` is ready)."""
 
     index: int
     shot: int
     latents: torch.Tensor
     denoise_s: float
-    future: Future
+    future: Future | None
 
-    def chunk(self, last: float) -> StreamChunk:
+    def chunk(self, last: float, decodes: _Decodes) -> StreamChunk:
+        """The finished chunk (decoded inline now if its decode was not started)."""
+        if self.future is None:
+            self.future = decodes.inline(self.latents)
         frames, decode_s = self.future.result()
         return StreamChunk(self.index, self.shot, frames, self.latents, {
             "denoise_s": self.denoise_s, "decode_s": decode_s,
@@ -275,20 +351,41 @@ class _Pending:
 class _Decodes:
     """The VAE decodes of one stream, in chunk order: in one worker thread when ``overlap``
     (on CUDA on a stream of its own, so its kernels run beside the DiT's), else inline (the
-    sequential fallback). One worker keeps the decoder's causal feature cache in order."""
+    sequential fallback). One worker keeps the decoder's causal feature cache in order; an
+    inline decode (:meth:`inline`) runs on the same CUDA stream, after the worker's.
+
+    ``states``: the decoder states (:meth:`state`) of the chunks decoded inline so far."""
 
     def __init__(self, decoder: StreamingDecoder, device: torch.device, overlap: bool):
         self.decoder = decoder
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="vae-decode") if overlap else None
         # every decode on the same stream: the feature cache it allocates stays on that stream
         self.stream = torch.cuda.Stream(device) if overlap and device.type == "cuda" else None
+        self.last: Future | None = None
+        self.states: set[tuple] = set()
+
+    def state(self, latents: torch.Tensor) -> tuple:
+        """What the decoder's calls for ``latents`` ``[1, C, f, H, W]`` depend on beyond
+        their values: ``f``, the first-chunk flag, the causal feature cache's entries (shapes
+        and dtypes of tensors, or markers). Equal states give calls of equal shapes."""
+        d = self.decoder
+
+        def entry(x):
+            return (tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else x
+
+        return (tuple(latents.shape), d.latent_frames == 0, tuple(map(entry, d.feat_cache)))
+
+    def seen(self, latents: torch.Tensor) -> bool:
+        """Whether a chunk was decoded inline from the state of ``latents``' decode (the
+        previous decodes done)."""
+        return self.state(latents) in self.states
 
     def _decode(self, latents: torch.Tensor) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
         if self.stream is None:
             frames = self.decoder.decode(latents)
         else:
-            # the current stream is per thread: set it in the worker; the decode ends in a
+            # the current stream is per thread: set it here; the decode ends in a
             # device→host copy that waits for this stream only
             with torch.cuda.stream(self.stream):
                 frames = self.decoder.decode(latents)
@@ -296,9 +393,17 @@ class _Decodes:
 
     def submit(self, latents: torch.Tensor) -> Future:
         """Decode host latents ``[1, C, f, H, W]`` → a future of (``[F, H, W, 3]`` uint8 frames,
-        seconds)."""
-        if self.pool is not None:
-            return self.pool.submit(self._decode, latents)
+        seconds): in the worker when overlapping, else :meth:`inline`."""
+        if self.pool is None:
+            return self.inline(latents)
+        self.last = self.pool.submit(self._decode, latents)
+        return self.last
+
+    def inline(self, latents: torch.Tensor) -> Future:
+        """Decode in this thread (after the worker's decodes), recording the decoder's state."""
+        if self.last is not None:
+            wait([self.last])
+        self.states.add(self.state(latents))
         done: Future = Future()
         done.set_result(self._decode(latents))
         return done
