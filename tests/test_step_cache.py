@@ -114,3 +114,32 @@ def test_the_reused_call_is_the_first_block_plus_the_cached_residual():
         FirstBlockCache(-0.1)
     model = torch.nn.Module()
     assert apply_step_cache(model, 0.05) is model.step_cache
+
+
+def test_the_world_benchmark_reproduces_the_exact_sampler_at_threshold_0(tmp_path):
+    """benchmarks/learn_step_cache.py on one world prompt through the product's Generator and the
+    committed learn checkpoint: threshold 0 gives the exact row's latents bit for bit and no
+    change; a threshold no change reaches skips every call after the first (24 of 25), moves
+    the latents and is compared against the exact row."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "step_cache.json"
+    result = subprocess.run([sys.executable, str(repo / "benchmarks/learn_step_cache.py"),
+                             "--prompts", "1", "--thresholds", "0", "1e9", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert list(rows) == ["exact", "cache 0", "cache 1e+09"] and report["steps"] == 25
+    zero, skip = rows["cache 0"], rows["cache 1e+09"]
+    assert zero["latents_bit_identical"] == 1 and zero["reused"] == 0.0
+    assert zero["sca_verdict"] == zero["caption_following_verdict"] == "no change"
+    assert skip["reused"] == 24 / 25 and skip["latents_bit_identical"] == 0
+    assert skip["latent_rel_l2_mean"] > 0
+    for k in ("sca", "caption_following"):
+        assert skip[f"{k}_change"] == skip[k] - rows["exact"][k]
+    assert "| cache 1e+09 | 0.960 |" in out.with_suffix(".md").read_text()
