@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -151,10 +151,15 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1: every socket stays bound until all are picked
+    (one picked and released at a time, the kernel handed the same port out twice in a CI run:
+    Ray's head then failed to start with two of its services on one port)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def _end(processes: set[tuple[int, int]], grace_s: float = 60) -> None:
@@ -182,16 +187,15 @@ def _private_head(env: dict[str, str]):
     token = secrets.token_hex(8)
     env = {**env, TOKEN_ENV: token}
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    dashboard = _free_port()
+    # every fixed default port (client server 10001, agent 52365, ...) taken free instead, so
+    # that a Ray another user runs on this machine neither collides nor is reached
+    flags = ("--ray-client-server-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")
+    gcs, dashboard, *others = _free_ports(2 + len(flags))
     head = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address", "127.0.0.1",
-            "--port", str(_free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+            "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
             "--num-cpus", "2", "--include-dashboard", "true", "--temp-dir", temp_dir,
-            # every fixed default port (client server 10001, agent 52365, ...) taken free instead, so
-            # that a Ray another user runs on this machine neither collides nor is reached
-            *[arg for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
-                               "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
-                               "--node-manager-port", "--object-manager-port")
-              for arg in (flag, str(_free_port()))]]
+            *[arg for flag, port in zip(flags, others) for arg in (flag, str(port))]]
     try:
         subprocess.run(head, check=True, env=env, timeout=600, capture_output=True)
         yield env, dashboard
