@@ -40,6 +40,10 @@
      shot with no character read counts wrong; chance 1/4, 1/3, 1/2);
    * ``character_consistency``: on ``anonymous`` films (no caption names the character), the
      fraction of later shots whose read character equals shot 1's;
+     ``consistency_colour`` / ``consistency_shape`` / ``consistency_texture``: the same for one
+     attribute, and ``consistency_<attribute>_chance`` (``_character_chance`` for the whole
+     character): its value if shot 1 were another film's (:func:`attribute_consistency`: the
+     chance level under the generator's own distribution of reads, e.g. of a collapsed shape);
    * ``aba_recall``: on A-B-A films, the fraction whose third shot shows scene A and shot 1's
      character.
 
@@ -639,6 +643,64 @@ def eval_films(count: int, seed: int = 99):
                         name=f"eval{i:04d}") for i in range(count)]
 
 
+#: the attributes of a character (:class:`dataset.synthetic_world.Character`)
+CHARACTER_ATTRIBUTES = ("colour", "shape", "texture")
+
+
+def attribute_consistency(shot_characters) -> dict:
+    """Inter-shot consistency of each character attribute, and its chance level, on films of
+    which only the per-shot read characters are given.
+
+    ``shot_characters``: one list per film (``anonymous`` films in :func:`score`) of its shots'
+    read characters (:func:`dataset.synthetic_world.characters_in`: the majority character of
+    each shot, None where no character was seen); films of one shot add nothing.
+
+    Defined before measured (issue 30's ``character_consistency`` split by attribute):
+
+    * ``consistency[a]``, for ``a`` in ``colour`` / ``shape`` / ``texture`` and ``character``
+      (all three: the existing ``character_consistency``): over every later shot ``k >= 2`` of
+      every film, the fraction whose read ``a`` equals shot 1's read ``a``. A later shot with no
+      character read, or a film whose shot 1 has none, is a miss, as the full metric counts it.
+      The attribute is the one of the shot's majority character (not a per-attribute vote), so
+      ``consistency["character"]`` is at most each attribute's.
+    * ``chance[a]``: the same fraction with each film's shot 1 replaced by *another* film's
+      shot 1 (every other film equally likely): the metric's expectation if shot 1 were drawn
+      independently of the later shots from the generator's own distribution of shot-1 reads
+      (read-nothing included, it never matches). It equals ``Σ_v p1(v) · pL(v)`` (``p1``: the
+      leave-one-out distribution of shot 1's read ``a``; ``pL``: that of later shots), so it
+      accounts for mode collapse: a generator that draws only circles scores shape consistency
+      1.0 at chance 1.0. Uniform draws would give 1/4, 1/3, 1/2 and 1/24.
+
+    Returns:
+        ``{"consistency": {a: float | None}, "chance": {a: float | None}, "later_shots": int,
+        "films": int}``; None where there is no later shot (or, for ``chance``, fewer than two
+        films with one).
+    """
+    films = [list(chars) for chars in shot_characters if len(chars) > 1]
+    later = sum(len(chars) - 1 for chars in films)
+    keys = (*CHARACTER_ATTRIBUTES, "character")
+
+    def value(c, a):
+        return None if c is None else c if a == "character" else getattr(c, a)
+
+    def agree(x, y):
+        return x is not None and x == y
+
+    consistency, chance = {}, {}
+    for a in keys:
+        firsts = [value(chars[0], a) for chars in films]
+        hits = sum(agree(value(c, a), first) for chars, first in zip(films, firsts) for c in chars[1:])
+        consistency[a] = None if later == 0 else hits / later
+        if len(films) < 2:
+            chance[a] = None
+            continue
+        # each later shot against every other film's shot 1, averaged
+        expected = sum(sum(agree(value(c, a), f) for j, f in enumerate(firsts) if j != i) / (len(films) - 1)
+                       for i, chars in enumerate(films) for c in chars[1:])
+        chance[a] = expected / later
+    return {"consistency": consistency, "chance": chance, "later_shots": later, "films": len(films)}
+
+
 def score(films, videos: np.ndarray) -> dict:
     """The module docstring's metrics of decoded ``videos`` ``[N, F, H, W, 3]`` of ``films``."""
     from multishot.dataset.synthetic_world import characters_in, classify_video
@@ -647,7 +709,7 @@ def score(films, videos: np.ndarray) -> dict:
     sca, count_err, frames_ok, frames = [], [], 0, 0
     named, named_ok, held, held_ok, later, later_ok, aba, aba_ok = (0,) * 8
     attr_ok = {"colour": 0, "shape": 0, "texture": 0}
-    per_film = []
+    per_film, anonymous = [], []
     for film, video in zip(films, videos):
         reading = classify_video(video)
         r = shot_cut_accuracy(reading.cut_frames, film.cut_frames, film.num_frames)
@@ -670,6 +732,7 @@ def score(films, videos: np.ndarray) -> dict:
         else:
             later += len(chars) - 1
             later_ok += sum(c is not None and c == chars[0] for c in chars[1:])
+            anonymous.append(chars)
         if film.aba:
             aba += 1
             aba_ok += shot_scenes[2] == film.shots[0].scene and chars[2] is not None \
@@ -678,11 +741,14 @@ def score(films, videos: np.ndarray) -> dict:
                          "detected_cuts": reading.cut_frames, "sca": r.sca,
                          "characters": [None if c is None else c.words() for c in chars]})
     ratio = lambda a, b: None if b == 0 else a / b  # noqa: E731
+    kept = attribute_consistency(anonymous)
     return {"sca": float(np.mean(sca)), "shot_count_error": float(np.mean(count_err)),
             "caption_following": frames_ok / frames, "named_character": ratio(named_ok, named),
             **{f"named_{a}": ratio(k, named) for a, k in attr_ok.items()}, "named_shots": named,
             "held_out_character": ratio(held_ok, held),
             "character_consistency": ratio(later_ok, later), "aba_recall": ratio(aba_ok, aba),
+            **{f"consistency_{a}": kept["consistency"][a] for a in CHARACTER_ATTRIBUTES},
+            **{f"consistency_{a}_chance": kept["chance"][a] for a in (*CHARACTER_ATTRIBUTES, "character")},
             "films": len(films), "aba_films": aba, "held_out_shots": held, "per_film": per_film}
 
 

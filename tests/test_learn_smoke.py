@@ -219,3 +219,49 @@ def test_caption_sensitivity_tells_a_model_that_reads_the_caption_from_one_that_
     blind = learn.caption_sensitivity(model, encoders, films, sigmas=(0.5,), changes=("colour",))
     assert blind["sigma_0.501"]["colour"]["change_character"] == 0
 
+
+
+def test_consistency_splits_by_attribute_against_its_chance_level():
+    """multishot.learn.attribute_consistency on hand-built reads (a missing read is a miss;
+    a collapsed shape scores at its chance), and score()'s per-attribute keys on rendered
+    anonymous films whose later shots keep the colour and texture but change the shape (or,
+    in one film, the texture)."""
+    from dataclasses import replace
+
+    from multishot.dataset.synthetic_world import SHAPES, Character, render_film
+
+    def c(words):                                             # "red plain circle"
+        colour, texture, shape = words.split()
+        return Character(shape, colour, texture)
+
+    reads = [[c("red plain circle"), c("red plain circle")],
+             [c("cyan plain circle"), c("cyan dotted circle")],
+             [None, c("red plain circle")],
+             [c("yellow dotted square")]]                     # one shot: no later shot
+    kept = learn.attribute_consistency(reads)
+    assert kept["later_shots"] == 3 and kept["films"] == 3
+    assert kept["consistency"] == {"colour": 2 / 3, "shape": 2 / 3, "texture": 1 / 3, "character": 1 / 3}
+    # shot 1 of another film: colour red|cyan,None → 0; cyan|red,None → 0; red|red,cyan → 1/2
+    assert kept["chance"] == {"colour": 1 / 6, "shape": 2 / 3, "texture": 1 / 2, "character": 1 / 6}
+    assert learn.attribute_consistency([]) == {"consistency": dict.fromkeys(kept["consistency"]),
+                                               "chance": dict.fromkeys(kept["chance"]),
+                                               "later_shots": 0, "films": 0}
+
+    films = [f for f in learn.eval_films(16) if f.caption_mode == "anonymous"]
+    videos = learn.render_many(films)
+    perfect = learn.score(films, videos)
+    assert [perfect[f"consistency_{a}"] for a in ("colour", "shape", "texture")] == [1.0] * 3
+    changed = videos.copy()
+    for i, film in enumerate(films):
+        ch = film.character
+        other = (Character(ch.shape, ch.colour, "plain" if ch.texture == "dotted" else "dotted") if i == 0
+                 else Character(next(s for s in SHAPES if s != ch.shape), ch.colour, ch.texture))
+        start = film.shots[1].start_frame
+        changed[i, start:] = render_film(replace(film, character=other))[start:]
+    later = sum(len(f.shots) - 1 for f in films)
+    first = len(films[0].shots) - 1
+    s = learn.score(films, changed)
+    assert s["character_consistency"] == 0 and s["consistency_colour"] == 1.0
+    assert s["consistency_shape"] == first / later and s["consistency_texture"] == 1 - first / later
+    assert 0 < s["consistency_colour_chance"] < 1 and s["consistency_character_chance"] <= s["consistency_colour_chance"]
+    assert s["sca"] == 1.0 and perfect["character_consistency"] == 1.0
