@@ -263,5 +263,6 @@ def test_consistency_splits_by_attribute_against_its_chance_level():
     s = learn.score(films, changed)
     assert s["character_consistency"] == 0 and s["consistency_colour"] == 1.0
     assert s["consistency_shape"] == first / later and s["consistency_texture"] == 1 - first / later
-    assert 0 < s["consistency_colour_chance"] < 1 and s["consistency_character_chance"] <= s["consistency_colour_chance"]
+    assert 0 < s["consistency_colour_chance"] < 1
+    assert s["consistency_character_chance"] <= s["consistency_colour_chance"]
     assert s["sca"] == 1.0 and perfect["character_consistency"] == 1.0
