@@ -280,7 +280,8 @@ def markdown(report: dict) -> str:
              "statistics); the generated rows' videos were sampled and read on "
              f"{report['generated_device']} (`<variant>_eval_h100.json`, 20 sampling steps). "
              "Definitions, tests and decision rules (fixed before measuring): `benchmarks/learn_consistency.py`, "
-             "`multishot.learn.attribute_consistency`. "
+             "`multishot.learn.attribute_consistency`; the decoder-carry test and the shots 3-4 view were added "
+             "after the first table had been seen, each defined before its own numbers. "
              f"{report['eval_films']} evaluation prompts; anonymous films with a later shot: "
              f"{rows['full']['films']} ({rows['full']['later_shots']} later shots).", "",
              "## Anonymous films: consistency / chance (permutation p)", "",
