@@ -5,8 +5,12 @@
 #   whole  - the committed VAE continued on whole 33-frame films (the recipe change)
 #   clip17 - the committed VAE continued on 17-frame clips, batch 32 (same pixels a step: the control)
 #   fresh24 - a new VAE of base width 24 (7.5 MB) on whole films (capacity / init)
-# The one with the highest held-out PSNR (the issue's VAE metric; chosen before measuring) is
-# copied to $OUT/vae; the report of all three is $OUT/vae_ceiling_gpu.{json,md}.
+# The one whose decoded held-out films read back the most characters right
+# (`reconstruction_character_accuracy` on the probe films, not the evaluation prompts; PSNR breaks
+# a tie) is copied to $OUT/vae. Chosen before any GPU recipe ran, after the CPU diagnosis
+# (benchmarks/results/learn/consistency_diagnosis_cpu.md): PSNR is dominated by the backgrounds,
+# while every character score of the issue is capped by what the decoder keeps of the character;
+# the report of all three is $OUT/vae_ceiling_gpu.{json,md}.
 # Needs: `python3 -m multishot.learn` importable from /tmp (torch, diffusers, pydantic, pyyaml,
 # scipy, numpy); R = this checkout (default: the current folder); OUT = the output folder.
 set -euo pipefail
@@ -32,7 +36,7 @@ done > "$OUT/vae_gpu_log.txt"
 cat "$OUT/vae_gpu_log.txt"
 records=$(ls /tmp/vae_*/vae.json)
 python3 "$R/benchmarks/learn_vae.py" --records $records --out "$OUT/vae_ceiling_gpu.json" > /dev/null
-best=$(python3 -c "import json,sys; print(max(sys.argv[1:], key=lambda p: json.load(open(p))['psnr_db']))" $records)
+best=$(python3 -c "import json,sys; r={p: json.load(open(p)) for p in sys.argv[1:]}; print(max(r, key=lambda p: (r[p]['reconstruction_character_accuracy'], r[p]['psnr_db'])))" $records)
 mkdir -p "$OUT/vae" && cp "$(dirname "$best")"/vae/* "$OUT/vae/"
 echo "kept $(dirname "$best")/vae" | tee -a "$OUT/vae_gpu_log.txt"
 exit $status
