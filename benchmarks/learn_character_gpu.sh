@@ -18,7 +18,7 @@
 # on 64 fresh prompts) and its DiT; diagnose one on the CPU afterwards with
 #   python benchmarks/learn_character.py --dit $OUT/<arm>/full/dit.safetensors --encoders $OUT/data \
 #     --shift <5 or 1> --out benchmarks/results/learn/character_diagnosis_<arm>_cpu.json
-# Needs: `python3 -m multishot.learn` importable from /tmp (on the device: `source .jcarry/setup.sh`
+# Needs: `python3 -m multishot.learn` importable from /tmp (on the device: `source .jcarry/model_env.sh`
 # first); R = this checkout (default: the current folder); OUT = the output folder.
 set -euo pipefail
 R=${R:-$PWD}
