@@ -17,6 +17,7 @@ set -euo pipefail
 R=${R:-$PWD}
 SECS=${SECS:-220} DEVICE=${DEVICE:-cuda} FILMS=${FILMS:-3000} PROBE=${PROBE:-64}  # CPU check: small ones
 : "${OUT:?set OUT}"
+mkdir -p "$OUT"
 cd /tmp
 rm -rf /tmp/vae_whole /tmp/vae_clip17 /tmp/vae_fresh24
 common=(--device "$DEVICE" --train-films "$FILMS" --vae-steps 100000 --vae-seconds "$SECS"
