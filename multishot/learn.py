@@ -975,7 +975,26 @@ def table(results: dict[str, dict], prep: dict) -> str:
                  "through encode → decode, `multishot.learn.vae_ceiling`): " + ", ".join(
                      f"{k} {fmt(rec.get(k))}" for k in ("sca", "caption_following", "named_character",
                                                         "character_consistency", "aba_recall")) + ".")
-    return head + "\n\n" + "\n".join(rows) + "\n\n" + "\n".join(lines) + "\n"
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + consistency_table(results, ceiling) + "\n" + \
+        "\n".join(lines) + "\n"
+
+
+def consistency_table(results: dict[str, dict], ceiling: dict | None) -> str:
+    """Markdown: each variant's inter-shot consistency per attribute beside its chance level
+    (:func:`attribute_consistency`; ``value / chance``), and the VAE's ceiling row where known."""
+    keys = (*CHARACTER_ATTRIBUTES, "character")
+
+    def cell(r: dict, a: str) -> str:
+        value = r.get("character_consistency" if a == "character" else f"consistency_{a}")
+        chance = r.get(f"consistency_{a}_chance")
+        return " / ".join("-" if v is None else f"{v:.3f}" for v in (value, chance))
+
+    rows = ["Inter-shot consistency per attribute on anonymous films (value / chance: shot 1 taken "
+            "from another film):", "", "| | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    rows += [f"| {name} | " + " | ".join(cell(r, a) for a in keys) + " |" for name, r in results.items()]
+    if ceiling:
+        rows.append("| VAE ceiling | " + " | ".join(cell(ceiling["reconstruction"], a) for a in keys) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

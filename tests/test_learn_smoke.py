@@ -266,3 +266,15 @@ def test_consistency_splits_by_attribute_against_its_chance_level():
     assert 0 < s["consistency_colour_chance"] < 1
     assert s["consistency_character_chance"] <= s["consistency_colour_chance"]
     assert s["sca"] == 1.0 and perfect["character_consistency"] == 1.0
+
+
+def test_the_report_puts_each_attributes_consistency_beside_its_chance():
+    results = {"full": {"character_consistency": 0.25, "consistency_colour": 0.5, "consistency_colour_chance": 0.2,
+                        "consistency_shape": 1.0, "consistency_shape_chance": 1.0, "consistency_texture": None,
+                        "consistency_texture_chance": None, "consistency_character_chance": 0.125}}
+    ceiling = {"reconstruction": {"character_consistency": 0.75, "consistency_colour": 0.875}}
+    text = learn.consistency_table(results, ceiling)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["full"] == "| full | 0.500 / 0.200 | 1.000 / 1.000 | - / - | 0.250 / 0.125 |"
+    assert rows["VAE ceiling"] == "| VAE ceiling | 0.875 / - | - / - | - / - | 0.750 / - |"
+    assert "VAE ceiling" not in learn.consistency_table(results, None)
